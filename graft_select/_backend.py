@@ -1,0 +1,222 @@
+"""The one module that knows array libraries by name.
+
+Everything else in graft_select is written against an array namespace ``xp``
+(as returned by :func:`get_namespace`). Operations the array API standard
+lacks are delegated here, with a portable fallback written in the standard.
+Neither torch nor cupy is imported by this module: they are recognised through
+array-api-compat, which only inspects objects that already exist.
+"""
+
+import warnings
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "from_numpy",
+    "get_namespace",
+    "is_cupy",
+    "is_numpy",
+    "is_sparse",
+    "is_torch",
+    "lu_pivot_rows",
+    "to_numpy",
+]
+
+
+def is_sparse(X):
+    """Return True for a scipy.sparse matrix or array (without importing scipy eagerly)."""
+    module = type(X).__module__
+    if not module.startswith("scipy.sparse"):
+        return False
+    import scipy.sparse
+
+    return scipy.sparse.issparse(X)
+
+
+def get_namespace(*arrays):
+    """Return ``(xp, device)`` shared by all arrays (``None`` entries are skipped).
+
+    Raises
+    ------
+    TypeError
+        If the arrays come from different libraries or live on different devices;
+        the message names both.
+    """
+    arrays = [a for a in arrays if a is not None]
+    if not arrays:
+        raise TypeError("get_namespace needs at least one array.")
+    names, devices = [], []
+    for a in arrays:
+        if is_sparse(a):
+            names.append(("numpy", np))
+            devices.append("cpu")
+            continue
+        try:
+            xp = array_api_compat.array_namespace(a)
+        except TypeError as exc:
+            raise TypeError(
+                f"Expected an array (NumPy, torch, CuPy or another array-API array), "
+                f"got an object of type {type(a).__name__}."
+            ) from exc
+        names.append((xp.__name__, xp))
+        devices.append(array_api_compat.device(a))
+    first_name, xp = names[0]
+    for (name, _), arr in zip(names[1:], arrays[1:]):
+        if name != first_name:
+            raise TypeError(
+                f"All arrays must come from one array library, got {first_name} "
+                f"({type(arrays[0]).__name__}) and {name} ({type(arr).__name__}); "
+                f"convert them to the same library first."
+            )
+    for dev in devices[1:]:
+        if dev != devices[0]:
+            raise TypeError(
+                f"All arrays must be on one device, got {devices[0]} and {dev}; "
+                f"move them to the same device first."
+            )
+    return xp, devices[0]
+
+
+def is_numpy(xp):
+    """True if ``xp`` is NumPy (plain or array-api-compat's wrapper)."""
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+def is_torch(xp):
+    """True if ``xp`` is torch (array-api-compat's wrapper)."""
+    return array_api_compat.is_torch_namespace(xp)
+
+
+def is_cupy(xp):
+    """True if ``xp`` is CuPy (array-api-compat's wrapper)."""
+    return array_api_compat.is_cupy_namespace(xp)
+
+
+def to_numpy(x):
+    """Copy an array of any supported library to a NumPy array on the host.
+
+    Only for small results (indices, per-chunk summaries) or explicit user requests.
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError):
+            pass
+    return np.asarray(x)
+
+
+def from_numpy(a, xp, device):
+    """Create an array of namespace ``xp`` on ``device`` from the NumPy array ``a``."""
+    if is_numpy(xp):
+        return a
+    if is_torch(xp):
+        import torch
+
+        return torch.as_tensor(a, device=device)
+    if is_cupy(xp):
+        import cupy
+
+        with cupy.cuda.Device(device.id if hasattr(device, "id") else device):
+            return cupy.asarray(a)
+    return xp.asarray(a, device=device)
+
+
+# --------------------------------------------------------------------------- LU
+
+
+def lu_pivot_rows(A):
+    """Row pivots of LU with partial pivoting for a stack ``A`` of shape (m, n, r).
+
+    Returns ``(rows, pivots)``: ``rows`` of shape (m, r), the row chosen at each
+    elimination step (int64, in A's namespace and device), and ``pivots`` of shape
+    (m, r), the absolute value of each pivot (the diagonal of U), which shows where
+    the matrix ran out of rank. Delegates to LAPACK getrf through scipy (NumPy),
+    torch.linalg.lu_factor (torch) or cupyx.scipy.linalg.lu_factor (CuPy); any
+    other namespace uses a portable elimination written in the array API.
+    """
+    xp, _ = get_namespace(A)
+    if is_numpy(xp):
+        import scipy.linalg
+
+        m, n, r = A.shape
+        rows = np.empty((m, r), dtype=np.int64)
+        pivots = np.empty((m, r), dtype=A.dtype)
+        for b in range(m):
+            with warnings.catch_warnings():
+                # a zero pivot is expected for rank-deficient A and handled by the caller
+                warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+                lu, piv = scipy.linalg.lu_factor(A[b], check_finite=False)
+            rows[b] = _swaps_to_rows(piv[None, :].astype(np.int64), n, xp)[0]
+            pivots[b] = np.abs(np.diagonal(lu))
+        return rows, pivots
+    if is_torch(xp):
+        import torch
+
+        lu, piv = torch.linalg.lu_factor(A)
+        rows = _swaps_to_rows(piv.to(torch.int64) - 1, A.shape[-2], xp)
+        return rows, torch.abs(torch.diagonal(lu, dim1=-2, dim2=-1))
+    if is_cupy(xp):
+        import cupy
+        import cupyx.scipy.linalg
+
+        m, n, r = A.shape
+        rows, pivots = [], []
+        for b in range(m):
+            lu, piv = cupyx.scipy.linalg.lu_factor(A[b], check_finite=False)
+            rows.append(_swaps_to_rows(piv[None, :].astype(cupy.int64), n, xp)[0])
+            pivots.append(cupy.abs(cupy.diagonal(lu)))
+        return cupy.stack(rows), cupy.stack(pivots)
+    return _lu_pivot_rows_portable(A, xp)
+
+
+def _swaps_to_rows(piv, n, xp):
+    """Turn LAPACK-style swap sequences (m, r), 0-based, into the chosen rows (m, r)."""
+    m, r = piv.shape
+    dev = _device_of(piv)
+    batch = xp.arange(m, device=dev)
+    perm = xp.asarray(xp.broadcast_to(xp.arange(n, dtype=xp.int64, device=dev), (m, n)), copy=True)
+    for j in range(r):
+        target = piv[:, j]
+        here = xp.asarray(perm[:, j], copy=True)
+        there = perm[batch, target]
+        perm[:, j] = there
+        perm[batch, target] = here
+    return perm[:, :r]
+
+
+def _device_of(x):
+    return None if isinstance(x, np.ndarray) else array_api_compat.device(x)
+
+
+def _lu_pivot_rows_portable(A, xp):
+    """Gaussian elimination with partial pivoting in array-API operations only."""
+    m, n, r = A.shape
+    dev = array_api_compat.device(A)
+    col_ids = xp.arange(n, device=dev)
+    R = A
+    taken = xp.zeros((m, n), dtype=xp.bool, device=dev)
+    rows, pivots = [], []
+    flat_offsets = xp.arange(m, device=dev) * n
+    for j in range(r):
+        column = xp.abs(R[:, :, j])
+        column = xp.where(taken, -xp.inf, column)
+        p = xp.argmax(column, axis=1)
+        pivot_row = xp.take(xp.reshape(R, (m * n, r)), flat_offsets + p, axis=0)  # (m, r)
+        pivot = pivot_row[:, j]
+        pivots.append(xp.abs(pivot))
+        rows.append(p)
+        safe = xp.where(pivot == 0, xp.ones_like(pivot), pivot)
+        factor = R[:, :, j] / safe[:, None]
+        factor = xp.where(xp.abs(pivot)[:, None] == 0, xp.zeros_like(factor), factor)
+        onehot = col_ids[None, :] == p[:, None]
+        taken = xp.logical_or(taken, onehot)
+        factor = xp.where(taken, xp.zeros_like(factor), factor)
+        R = R - factor[:, :, None] * pivot_row[:, None, :]
+    return xp.astype(xp.stack(rows, axis=1), xp.int64), xp.stack(pivots, axis=1)

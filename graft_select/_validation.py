@@ -1,0 +1,180 @@
+"""Parameter and array checks with one message style.
+
+Parameter errors follow scikit-learn's shape::
+
+    The 'k' parameter of fast_maxvol must be an int in the range [1, 100]. Got 0 instead.
+
+Data errors say what was found and what to do about it.
+"""
+
+import numbers
+
+import numpy as np
+
+from ._backend import get_namespace, is_sparse, to_numpy
+
+__all__ = [
+    "check_array",
+    "check_bool",
+    "check_int",
+    "check_option",
+    "check_random_state",
+    "check_real",
+]
+
+
+def _fail(name, owner, expected, value, exc=ValueError):
+    raise exc(f"The '{name}' parameter of {owner} must be {expected}. Got {value!r} instead.")
+
+
+def check_int(value, name, owner, *, low=None, high=None):
+    """Return ``value`` as int if it is an integer in ``[low, high]`` (bounds optional)."""
+    bounds = _interval(low, high, closed="both")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        _fail(name, owner, f"an int{bounds}", value, TypeError)
+    if (low is not None and value < low) or (high is not None and value > high):
+        _fail(name, owner, f"an int{bounds}", value)
+    return int(value)
+
+
+def check_real(value, name, owner, *, low=None, high=None, closed="both"):
+    """Return ``value`` as float if it is a finite real number in the interval."""
+    bounds = _interval(low, high, closed)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        _fail(name, owner, f"a float{bounds}", value, TypeError)
+    value = float(value)
+    left_ok = low is None or (value >= low if closed in ("both", "left") else value > low)
+    right_ok = high is None or (value <= high if closed in ("both", "right") else value < high)
+    if not (np.isfinite(value) and left_ok and right_ok):
+        _fail(name, owner, f"a float{bounds}", value)
+    return value
+
+
+def check_bool(value, name, owner):
+    """Return ``value`` if it is a bool (NumPy bools accepted)."""
+    if not isinstance(value, (bool, np.bool_)):
+        _fail(name, owner, "a bool", value, TypeError)
+    return bool(value)
+
+
+def check_option(value, name, owner, options):
+    """Return ``value`` if it is one of the strings in ``options``."""
+    if not isinstance(value, str) or value not in options:
+        listed = ", ".join(repr(o) for o in options)
+        _fail(name, owner, f"a str among {{{listed}}}", value)
+    return value
+
+
+def check_random_state(random_state, name="random_state", owner="this function"):
+    """Return a NumPy random generator for ``random_state``.
+
+    ``None`` gives fresh entropy, an int seeds a new ``numpy.random.Generator``; a
+    ``Generator`` or ``RandomState`` instance is used as is (and advanced).
+    """
+    if random_state is None or (
+        isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool)
+    ):
+        if random_state is not None and random_state < 0:
+            _fail(name, owner, "None, a non-negative int or a numpy random generator",
+                  random_state)
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, (np.random.Generator, np.random.RandomState)):
+        return random_state
+    _fail(name, owner, "None, a non-negative int or a numpy random generator", random_state,
+          TypeError)
+
+
+def _interval(low, high, closed):
+    if low is None and high is None:
+        return ""
+    left = "[" if closed in ("both", "left") else "("
+    right = "]" if closed in ("both", "right") else ")"
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    return f" in the range {left}{lo}, {hi}{right}"
+
+
+def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False):
+    """Validate a numeric array and return it with a floating dtype.
+
+    Integer and boolean arrays are converted to float64 (documented behaviour);
+    float32 and float64 are kept; complex arrays are rejected. Empty arrays, arrays
+    with too few dimensions and arrays holding NaN or infinity are rejected with a
+    message naming ``name`` and the first offending row.
+
+    Returns
+    -------
+    X : array
+        The validated array, in its own namespace and on its own device.
+    xp : namespace
+        The array's namespace (NumPy for scipy.sparse input).
+    """
+    if is_sparse(X):
+        if not allow_sparse:
+            raise TypeError(
+                f"{owner} does not accept a scipy.sparse matrix for '{name}'; "
+                f"pass a dense array (for example X.toarray())."
+            )
+        return _check_sparse(X, name, owner), np
+    if isinstance(X, (list, tuple)):
+        X = np.asarray(X)
+    xp, _ = get_namespace(X)
+    ndim = X.ndim
+    if ndim < min_ndim or (max_ndim is not None and ndim > max_ndim):
+        want = f"{min_ndim}-D" if max_ndim == min_ndim else f"at least {min_ndim}-D"
+        raise ValueError(
+            f"'{name}' of {owner} must be a {want} array, got an array of shape "
+            f"{tuple(X.shape)}; reshape it, e.g. X.reshape(n_samples, -1)."
+        )
+    if any(s == 0 for s in X.shape):
+        raise ValueError(
+            f"'{name}' of {owner} is empty (shape {tuple(X.shape)}); at least one row "
+            f"and one column are needed."
+        )
+    X = _as_float(X, xp, name, owner)
+    if not bool(xp.all(xp.isfinite(X))):
+        bad = ~np.all(np.isfinite(to_numpy(X)), axis=-1)
+        rows = np.flatnonzero(bad.reshape(-1))
+        first = np.unravel_index(rows[0], bad.shape)
+        first = int(first[0]) if len(first) == 1 else tuple(int(i) for i in first)
+        raise ValueError(
+            f"'{name}' of {owner} contains NaN or infinity in {rows.size} rows "
+            f"(first: {first}); remove or impute them before selection."
+        )
+    return X, xp
+
+
+def _as_float(X, xp, name, owner):
+    dtype = X.dtype
+    if xp.isdtype(dtype, "real floating"):
+        return X
+    if xp.isdtype(dtype, ("integral", "bool")):
+        return xp.astype(X, xp.float64)
+    raise TypeError(
+        f"'{name}' of {owner} must hold real numbers, got dtype {dtype}; convert it, "
+        f"e.g. to float64."
+    )
+
+
+def _check_sparse(X, name, owner):
+    if X.ndim != 2:
+        raise ValueError(f"'{name}' of {owner} must be 2-D, got shape {X.shape}.")
+    if X.format not in ("csr", "csc"):
+        raise TypeError(
+            f"'{name}' of {owner} must be a CSR or CSC sparse matrix, got format "
+            f"{X.format!r}; convert it with X.tocsr()."
+        )
+    if 0 in X.shape:
+        raise ValueError(f"'{name}' of {owner} is empty (shape {X.shape}).")
+    if not np.issubdtype(X.dtype, np.floating):
+        if np.iscomplexobj(X.data):
+            raise TypeError(f"'{name}' of {owner} must hold real numbers, got {X.dtype}.")
+        X = X.astype(np.float64)
+    if not np.all(np.isfinite(X.data)):
+        coo = X.tocoo()
+        rows = np.unique(coo.row[~np.isfinite(coo.data)])
+        raise ValueError(
+            f"'{name}' of {owner} contains NaN or infinity in {rows.size} rows "
+            f"(first: {int(rows[0])}); remove or impute them before selection."
+        )
+    return X

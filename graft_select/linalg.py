@@ -1,0 +1,474 @@
+"""Low-rank features and Fast MaxVol: the two kernels of GRAFT.
+
+Both are pure functions written against the array API: the result is in the
+input's namespace and on its device, and a stack of matrices (leading
+dimensions) is processed in one batched call.
+"""
+
+import math
+
+import numpy as np
+
+from ._backend import from_numpy, get_namespace, is_sparse, lu_pivot_rows, to_numpy
+from ._validation import (
+    check_array,
+    check_bool,
+    check_int,
+    check_option,
+    check_random_state,
+    check_real,
+)
+
+__all__ = ["fast_maxvol", "low_rank_features"]
+
+_SVD_METHODS = ("auto", "exact", "randomized")
+_MAXVOL_METHODS = ("volume", "lu")
+
+
+# ------------------------------------------------------------- low_rank_features
+
+
+def low_rank_features(
+    X, n_components, *, method="auto", n_oversamples=10, n_iter=2, random_state=None
+):
+    """First ``n_components`` left singular vectors of ``X`` (or of each matrix in a stack).
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features) or (..., n_samples, n_features)
+        Data in any array-API namespace (NumPy, torch, CuPy, ...), or a 2-D
+        scipy.sparse CSR/CSC matrix, which is never densified. Integer and bool
+        arrays are converted to float64; float32 stays float32.
+    n_components : int
+        Rank ``r`` of the factor, ``1 <= r <= min(n_samples, n_features)``.
+    method : {"auto", "exact", "randomized"}, default="auto"
+        ``"exact"``: thin SVD (``scipy.sparse.linalg.svds`` for sparse input).
+        ``"randomized"``: randomized range finder with power iterations (Halko,
+        Martinsson and Tropp, 2011). ``"auto"`` uses ``"randomized"`` when
+        ``n_components + n_oversamples`` is at most a quarter of
+        ``min(n_samples, n_features)`` or the input is sparse, else ``"exact"``.
+    n_oversamples : int, default=10
+        Extra random directions used by the range finder.
+    n_iter : int, default=2
+        Power iterations of the range finder (each is re-orthonormalised by QR).
+    random_state : None, int, numpy.random.Generator or RandomState, default=None
+        Seeds the Gaussian test matrix. It is drawn on the host with NumPy and
+        then moved to ``X``'s device, so every backend uses the same matrix.
+
+    Returns
+    -------
+    U : array of shape (..., n_samples, n_components)
+        Orthonormal columns spanning (approximately, for ``"randomized"``) the
+        dominant left singular subspace, in ``X``'s namespace, device and dtype
+        (NumPy for sparse input).
+
+    See Also
+    --------
+    fast_maxvol : Rows of maximal volume of ``U``.
+    sklearn.utils.extmath.randomized_svd : The same range finder for one NumPy matrix.
+
+    Notes
+    -----
+    The range finder costs ``O(n_samples * n_features * (r + p) * (2 * n_iter + 2))``
+    for ``p`` oversamples, against ``O(n_samples * n_features * min(n_samples,
+    n_features))`` for the exact SVD. One Gaussian test matrix is shared by every
+    matrix of a stack.
+
+    References
+    ----------
+    N. Halko, P. G. Martinsson, J. A. Tropp, "Finding structure with randomness",
+    SIAM Review 53(2), 2011.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from graft_select import low_rank_features
+    >>> X = np.random.default_rng(0).standard_normal((100, 20))
+    >>> U = low_rank_features(X, 5, random_state=0)
+    >>> U.shape
+    (100, 5)
+    >>> bool(np.allclose(U.T @ U, np.eye(5)))
+    True
+    """
+    owner = "low_rank_features"
+    X, xp = check_array(X, "X", owner, allow_sparse=True)
+    n_samples, n_features = X.shape[-2:]
+    r = check_int(n_components, "n_components", owner, low=1, high=min(n_samples, n_features))
+    method = check_option(method, "method", owner, _SVD_METHODS)
+    p = check_int(n_oversamples, "n_oversamples", owner, low=0)
+    n_iter = check_int(n_iter, "n_iter", owner, low=0)
+    rng = check_random_state(random_state, "random_state", owner)
+    sparse = is_sparse(X)
+    if method == "auto":
+        small = 4 * (r + p) <= min(n_samples, n_features)
+        method = "randomized" if sparse or small else "exact"
+    if method == "exact":
+        return _sparse_svds(X, r) if sparse else _exact_svd(X, r, xp)
+    return _randomized_range_svd(X, r, p, n_iter, rng, xp)
+
+
+def _exact_svd(X, r, xp):
+    U, _, _ = xp.linalg.svd(X, full_matrices=False)
+    return U[..., :r]
+
+
+def _sparse_svds(X, r):
+    import scipy.sparse.linalg
+
+    if r >= min(X.shape):
+        raise ValueError(
+            f"method='exact' on sparse X needs n_components < min(X.shape) = {min(X.shape)}, "
+            f"got {r}; use method='randomized' or pass a dense array."
+        )
+    U, s, _ = scipy.sparse.linalg.svds(X, k=r, random_state=0)
+    return np.ascontiguousarray(U[:, np.argsort(s)[::-1]])
+
+
+def _randomized_range_svd(X, r, p, n_iter, rng, xp):
+    n_samples, n_features = X.shape[-2:]
+    width = min(r + p, n_samples, n_features)
+    omega = rng.standard_normal((n_features, width)).astype(_np_dtype(X, xp))
+    omega = from_numpy(omega, xp, None if is_sparse(X) else _device(X))
+    Q = _orthonormal(X @ omega, xp)
+    for _ in range(n_iter):
+        Q = _orthonormal(_rmatmul_t(X, Q, xp), xp)
+        Q = _orthonormal(X @ Q, xp)
+    B = xp.matrix_transpose(_rmatmul_t(X, Q, xp))  # Q^T X, (..., width, n_features)
+    U_small, _, _ = xp.linalg.svd(B, full_matrices=False)
+    return Q @ U_small[..., :r]
+
+
+def _rmatmul_t(X, Q, xp):
+    """X^T @ Q for dense stacks and sparse matrices."""
+    if is_sparse(X):
+        return np.asarray(X.T @ Q)
+    return xp.matrix_transpose(X) @ Q
+
+
+def _orthonormal(Y, xp):
+    return xp.linalg.qr(Y).Q
+
+
+def _np_dtype(X, xp):
+    if is_sparse(X):
+        return X.dtype
+    return np.float32 if X.dtype == xp.float32 else np.float64
+
+
+def _device(X):
+    return get_namespace(X)[1]
+
+
+# ----------------------------------------------------------------- fast_maxvol
+
+
+def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=None):
+    """Indices of ``k`` rows of ``A`` whose submatrix has (locally) maximal volume.
+
+    Parameters
+    ----------
+    A : array of shape (n, r) or (..., n, r), with n >= r
+        A tall matrix (typically the orthonormal factor from
+        :func:`low_rank_features`) or a stack of them. Integer and bool arrays are
+        converted to float64. ``A`` is never modified.
+    k : int, default=None
+        Number of rows to return, ``1 <= k <= n``; ``None`` means ``k = r``.
+    method : {"volume", "lu"}, default="volume"
+        Greedy pivot rule for the first ``min(k, r)`` rows. ``"volume"`` takes
+        the row with the largest residual norm (the pivots of QR with column
+        pivoting of ``A.T``): every step maximises the volume gain exactly.
+        ``"lu"`` takes the largest entry of the next column (the pivots of LU
+        with partial pivoting), delegated to LAPACK getrf, torch or CuPy.
+    refine : bool, default=False
+        Swap rows of the square ``r``-subset until every coefficient of
+        ``A @ inv(A[I])`` is at most ``tol`` in absolute value (a dominant
+        submatrix, Goreinov et al. 2010); each swap multiplies the volume by more
+        than ``tol``. Needs ``k >= r``.
+    tol : float, default=1.05
+        Dominance tolerance for ``refine``, at least 1.0.
+    max_iter : int, default=None
+        Maximum number of swaps for ``refine``; ``None`` means ``10 * r``.
+
+    Returns
+    -------
+    indices : integer array of shape (..., k)
+        Unique row indices in pivot order (the first ``j`` are the greedy
+        ``j``-subset, unless ``refine`` swapped some of the first ``r``), int64,
+        in ``A``'s namespace and on its device.
+
+    See Also
+    --------
+    low_rank_features : The orthonormal factor this is usually applied to.
+
+    Notes
+    -----
+    For ``k > r`` the extra rows are added by rectangular MaxVol (Mikhalev and
+    Oseledets, 2018): the row with the largest norm in ``C = A @ pinv(A[I])`` is
+    added, which multiplies ``det(A[I].T @ A[I])`` by ``1 + ||C_i||^2``, and ``C``
+    is kept current with rank-1 updates.
+
+    Rank-deficient ``A``: the greedy phase stops once the largest remaining
+    residual is at most ``max(n, r) * eps * max_i ||A_i||`` (or, for ``"lu"``,
+    once a pivot is that small, after which the volume rule continues from the
+    LU pivots found so far). The remaining rows are then added by the
+    rectangular rule within the span of the rows chosen so far, so rows poorly
+    represented by the current choice come first, and rows with nothing left
+    (for example zero rows) come last, lowest index first. Every call returns
+    ``k`` unique indices.
+
+    Each greedy step costs ``O(n r)`` (a matrix-vector product with ``A``), so
+    the first ``r`` pivots cost ``O(n r^2)``.
+
+    References
+    ----------
+    S. A. Goreinov, I. V. Oseledets, D. V. Savostyanov, E. E. Tyrtyshnikov,
+    N. L. Zamarashkin, "How to find a good submatrix", 2010.
+    A. Mikhalev, I. V. Oseledets, "Rectangular maximum-volume submatrices and
+    their applications", Linear Algebra Appl. 538, 2018.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from graft_select import fast_maxvol
+    >>> A = np.array([[1.0, 0.0], [0.1, 0.1], [0.0, 2.0], [0.5, 0.5]])
+    >>> fast_maxvol(A).tolist()
+    [2, 0]
+    >>> fast_maxvol(A, 3).tolist()
+    [2, 0, 3]
+    """
+    owner = "fast_maxvol"
+    A, xp = check_array(A, "A", owner)
+    *stack, n, r = A.shape
+    if n < r:
+        raise ValueError(
+            f"'A' of {owner} must be tall (at least as many rows as columns), got shape "
+            f"{tuple(A.shape)}; pass A.T or reduce its rank with low_rank_features first."
+        )
+    k = r if k is None else check_int(k, "k", owner, low=1, high=n)
+    method = check_option(method, "method", owner, _MAXVOL_METHODS)
+    refine = check_bool(refine, "refine", owner)
+    tol = check_real(tol, "tol", owner, low=1.0)
+    max_iter = 10 * r if max_iter is None else check_int(max_iter, "max_iter", owner, low=1)
+    if refine and k < r:
+        raise ValueError(
+            f"refine=True in {owner} needs k >= r (the square submatrix is refined), got "
+            f"k={k} and r={r}; pass A[..., :{k}] to refine a {k}-subset, or refine=False."
+        )
+    m = math.prod(stack)
+    indices = _maxvol_stack(xp.reshape(A, (m, n, r)), k, method, refine, tol, max_iter, xp)
+    return xp.reshape(indices, (*stack, k))
+
+
+def _maxvol_stack(A, k, method, refine, tol, max_iter, xp):
+    m, n, r = A.shape
+    k_greedy = min(k, r)
+    norms = xp.sqrt(xp.max(xp.sum(A * A, axis=-1), axis=-1))
+    threshold = norms * (max(n, r) * float(np.finfo(_np_dtype(A, xp)).eps))
+    if method == "volume":
+        picks, rank = _volume_greedy(A, k_greedy, threshold, xp)
+    else:
+        picks, pivots = lu_pivot_rows(A)
+        picks = picks[:, :k_greedy]
+        rank = _leading_count(to_numpy(pivots[:, :k_greedy] > threshold[:, None]))
+        picks, rank = _continue_by_volume(A, picks, rank, threshold, xp)
+    if refine:
+        full = np.flatnonzero(rank == r)
+        if full.size:
+            refined = _refine(_take0(A, full, xp), _take0(picks, full, xp), tol, max_iter, xp)
+            picks = _replace_rows(picks, full, refined, xp)
+    if k > k_greedy or np.any(rank < k_greedy):
+        picks = _per_rank_group(A, picks, rank, k, xp)
+    return xp.astype(picks, xp.int64)
+
+
+def _continue_by_volume(A, picks, rank, threshold, xp):
+    """Where LU met a zero pivot early, continue from its pivots with the volume rule."""
+    k_greedy = picks.shape[1]
+    rank = rank.copy()
+    for value in np.unique(rank[rank < k_greedy]):
+        rows = np.flatnonzero(rank == value)
+        init = _take0(picks, rows, xp)[:, : int(value)]
+        new, new_rank = _volume_greedy(
+            _take0(A, rows, xp), k_greedy, _take0(threshold, rows, xp), xp, init=init)
+        picks = _replace_rows(picks, rows, new, xp)
+        rank[rows] = new_rank
+    return picks, rank
+
+
+def _leading_count(ok):
+    """Number of leading True values in each row of a boolean host array."""
+    ok = np.asarray(ok, dtype=bool)
+    return np.where(ok.all(axis=1), ok.shape[1], np.argmin(ok, axis=1))
+
+
+def _per_rank_group(A, picks, rank, k, xp):
+    """Grow the picks of every element with rank below ``k`` to ``k`` rows by `_extend`.
+
+    Elements are grouped by rank so each group is one batched call; the leading
+    ``rank`` picks of an element are kept and the rest are chosen anew.
+    """
+    new_groups, new_rows = [], []
+    for value in np.unique(rank[rank < k]):
+        rows = np.flatnonzero(rank == value)
+        init = _take0(picks, rows, xp)[:, : int(value)]
+        new_groups.append(_extend(_take0(A, rows, xp), init, k, xp))
+        new_rows.append(rows)
+    if not new_rows:
+        return picks
+    keep = np.flatnonzero(rank >= k)
+    if keep.size:
+        new_groups.append(_take0(picks, keep, xp))
+        new_rows.append(keep)
+    stacked = xp.concat([xp.astype(g, xp.int64) for g in new_groups], axis=0)
+    return _take0(stacked, np.argsort(np.concatenate(new_rows)), xp)
+
+
+def _replace_rows(picks, rows, new, xp):
+    keep = np.setdiff1d(np.arange(picks.shape[0]), rows)
+    stacked = xp.concat([new, _take0(picks, keep, xp)], axis=0)
+    return _take0(stacked, np.argsort(np.concatenate([rows, keep])), xp)
+
+
+def _take0(X, rows, xp):
+    """X[rows] along the first axis, with host integer ``rows``."""
+    index = from_numpy(np.asarray(rows, dtype=np.int64), xp, get_namespace(X)[1])
+    return xp.take(X, index, axis=0)
+
+
+def _gather_rows(X, idx, xp):
+    """Rows ``X[b, idx[b]]`` of a stack ``X`` (m, n, c) for ``idx`` of shape (m,) or (m, j)."""
+    m, n, c = X.shape
+    dev = get_namespace(X)[1]
+    offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
+    if idx.ndim == 1:
+        return xp.take(xp.reshape(X, (m * n, c)), offsets + xp.astype(idx, xp.int64), axis=0)
+    flat_idx = xp.reshape(offsets[:, None] + xp.astype(idx, xp.int64), (-1,))
+    return xp.reshape(xp.take(xp.reshape(X, (m * n, c)), flat_idx, axis=0), (m, -1, c))
+
+
+def _matvec(M, v):
+    """Batched M @ v for M (m, a, b) and v (m, b)."""
+    return (M @ v[..., None])[..., 0]
+
+
+def _mark(taken, p, columns):
+    return taken | (columns[None, :] == p[:, None])
+
+
+def _volume_greedy(A, k, threshold, xp, init=None):
+    """Greedy largest-residual pivoting (pivoted QR of A^T) for a stack (m, n, r).
+
+    Returns picks (m, k) and, per element, the step at which the residual ran out
+    (``k`` if it never did), as a host array. Picks after that step are arbitrary.
+    """
+    m, n, r = A.shape
+    dev = get_namespace(A)[1]
+    columns = xp.arange(n, device=dev)
+    d = xp.sum(A * A, axis=-1)
+    if threshold is None:
+        threshold = xp.sqrt(xp.max(d, axis=-1)) * (
+            max(n, r) * float(np.finfo(_np_dtype(A, xp)).eps))
+    taken = xp.zeros((m, n), dtype=xp.bool, device=dev)
+    basis = xp.zeros((m, r, r), dtype=A.dtype, device=dev)
+    picks = []
+    start = 0
+    if init is not None and init.shape[1] > 0:
+        start = init.shape[1]
+        q0 = xp.linalg.qr(xp.matrix_transpose(_gather_rows(A, init, xp))).Q  # (m, r, start)
+        basis = xp.concat([q0, basis[..., start:]], axis=-1)
+        coords = A @ q0
+        d = d - xp.sum(coords * coords, axis=-1)
+        for j in range(start):
+            taken = _mark(taken, init[:, j], columns)
+            picks.append(xp.astype(init[:, j], xp.int64))
+    unit = xp.eye(r, dtype=A.dtype, device=dev)
+    exhausted = xp.zeros((m,), dtype=xp.bool, device=dev)
+    rank = xp.full((m,), k, dtype=xp.int64, device=dev)
+    minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
+    for j in range(start, k):
+        p = xp.argmax(xp.where(taken, minus_inf, d), axis=1)
+        a = _gather_rows(A, p, xp)
+        v = a - _matvec(basis, _matvec(xp.matrix_transpose(basis), a))
+        norm = xp.linalg.vector_norm(v, axis=-1)
+        newly = (norm <= threshold) & ~exhausted
+        rank = xp.where(newly, j, rank)
+        exhausted = exhausted | newly
+        q = v / xp.where(exhausted, xp.ones_like(norm), norm)[:, None]
+        q = xp.where(exhausted[:, None], xp.zeros_like(q), q)
+        basis = basis + q[:, :, None] * unit[j, :][None, None, :]
+        c = _matvec(A, q)
+        d = d - c * c
+        taken = _mark(taken, p, columns)
+        picks.append(xp.astype(p, xp.int64))
+    return xp.stack(picks, axis=1), to_numpy(rank).astype(np.int64)
+
+
+def _extend(A, init, k, xp):
+    """Rectangular MaxVol: grow ``init`` (m, j0) to ``k`` rows within span(A[init])."""
+    m, n, r = A.shape
+    dev = get_namespace(A)[1]
+    columns = xp.arange(n, device=dev)
+    j0 = init.shape[1]
+    taken = xp.zeros((m, n), dtype=xp.bool, device=dev)
+    picks = []
+    for j in range(j0):
+        taken = _mark(taken, init[:, j], columns)
+        picks.append(xp.astype(init[:, j], xp.int64))
+    if j0 == 0:
+        coef = xp.zeros((m, n, 1), dtype=A.dtype, device=dev)
+    else:
+        basis = xp.linalg.qr(xp.matrix_transpose(_gather_rows(A, init, xp))).Q  # (m, r, j0)
+        B = A @ basis
+        B_sub = _gather_rows(B, init, xp)  # (m, j0, j0), invertible
+        coef = xp.matrix_transpose(
+            xp.linalg.solve(xp.matrix_transpose(B_sub), xp.matrix_transpose(B)))
+    score = xp.sum(coef * coef, axis=-1)
+    minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
+    flat_offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
+    for _ in range(j0, k):
+        p = xp.argmax(xp.where(taken, minus_inf, score), axis=1)
+        c_p = _gather_rows(coef, p, xp)
+        s = xp.take(xp.reshape(score, (-1,)), flat_offsets + p, axis=0)
+        w = _matvec(coef, c_p)
+        score = score - w * w / (1 + s)[:, None]
+        safe = xp.where(s > 0, s, xp.ones_like(s))
+        beta = xp.where(s > 0, (1 - 1 / xp.sqrt(1 + s)) / safe, xp.zeros_like(s))
+        coef = coef - beta[:, None, None] * w[:, :, None] * c_p[:, None, :]
+        taken = _mark(taken, p, columns)
+        picks.append(xp.astype(p, xp.int64))
+    return xp.stack(picks, axis=1)
+
+
+def _refine(A, picks, tol, max_iter, xp):
+    """Maxvol swaps on the square r-subset ``picks[:, :r]`` until max |coef| <= tol."""
+    m, n, r = A.shape
+    dev = get_namespace(A)[1]
+    columns = xp.arange(n, device=dev)
+    slots = xp.arange(r, device=dev)
+    square, rest = picks[:, :r], picks[:, r:]
+    coef = xp.matrix_transpose(xp.linalg.solve(
+        xp.matrix_transpose(_gather_rows(A, square, xp)), xp.matrix_transpose(A)))
+    taken = xp.zeros((m, n), dtype=xp.bool, device=dev)
+    for j in range(r):
+        taken = _mark(taken, square[:, j], columns)
+    zero = xp.zeros((), dtype=A.dtype, device=dev)
+    for _ in range(max_iter):
+        magnitude = xp.where(taken[:, :, None], zero, xp.abs(coef))
+        flat = xp.argmax(xp.reshape(magnitude, (m, n * r)), axis=1)
+        i, j = flat // r, flat % r
+        c_i = _gather_rows(coef, i, xp)  # (m, r)
+        e_j = xp.astype(slots[None, :] == j[:, None], A.dtype)
+        c_ij = xp.sum(c_i * e_j, axis=-1)
+        active = xp.abs(c_ij) > tol
+        if not bool(xp.any(active)):
+            break
+        c_j = _matvec(coef, e_j)  # column j of coef, (m, n)
+        safe = xp.where(active, c_ij, xp.ones_like(c_ij))
+        update = c_j[:, :, None] * ((c_i - e_j) / safe[:, None])[:, None, :]
+        coef = coef - xp.where(active[:, None, None], update, zero)
+        old = xp.sum(xp.where(slots[None, :] == j[:, None], square, xp.zeros_like(square)), axis=1)
+        swap = active[:, None] & (slots[None, :] == j[:, None])
+        square = xp.where(swap, xp.astype(i, square.dtype)[:, None], square)
+        drop = active[:, None] & (columns[None, :] == old[:, None])
+        taken = (taken & ~drop) | (active[:, None] & (columns[None, :] == i[:, None]))
+    return xp.concat([square, rest], axis=1)
