@@ -49,7 +49,10 @@ def get_namespace(*arrays):
     names, devices = [], []
     for a in arrays:
         if is_sparse(a):
-            names.append(("numpy", np))
+            # scipy.sparse data lives in NumPy on the host; use the same namespace
+            # object as a dense NumPy array so the two can be mixed
+            xp = array_api_compat.array_namespace(np.empty(0))
+            names.append((xp.__name__, xp))
             devices.append("cpu")
             continue
         try:
@@ -146,20 +149,22 @@ def lu_pivot_rows(A):
         import scipy.linalg
 
         m, n, r = A.shape
-        rows = np.empty((m, r), dtype=np.int64)
+        swaps = np.empty((m, r), dtype=np.int64)
         pivots = np.empty((m, r), dtype=A.dtype)
-        for b in range(m):
-            with warnings.catch_warnings():
-                # a zero pivot is expected for rank-deficient A and handled by the caller
-                warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        with warnings.catch_warnings():
+            # a zero pivot is expected for rank-deficient A and handled by the caller
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            for b in range(m):
                 lu, piv = scipy.linalg.lu_factor(A[b], check_finite=False)
-            rows[b] = _swaps_to_rows(piv[None, :].astype(np.int64), n, xp)[0]
-            pivots[b] = np.abs(np.diagonal(lu))
-        return rows, pivots
+                swaps[b] = piv
+                pivots[b] = np.abs(np.diagonal(lu))
+        # one batched conversion for the whole stack (r vectorised steps, not m * r)
+        return _swaps_to_rows(swaps, n, xp), pivots
     if is_torch(xp):
         import torch
 
-        lu, piv = torch.linalg.lu_factor(A)
+        # lu_factor_ex: a zero pivot (rank-deficient A) is reported in info, not raised
+        lu, piv, _ = torch.linalg.lu_factor_ex(A)
         rows = _swaps_to_rows(piv.to(torch.int64) - 1, A.shape[-2], xp)
         return rows, torch.abs(torch.diagonal(lu, dim1=-2, dim2=-1))
     if is_cupy(xp):

@@ -1,0 +1,200 @@
+"""Tests for graft_select._backend: namespaces, devices, conversions and LU pivots."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.sparse
+
+from graft_select._backend import (
+    _lu_pivot_rows_portable,
+    _swaps_to_rows,
+    from_numpy,
+    get_namespace,
+    is_cupy,
+    is_numpy,
+    is_sparse,
+    is_torch,
+    lu_pivot_rows,
+    to_numpy,
+)
+
+
+def scipy_lu_rows(A):
+    """The rows getrf picks for each elimination step, from scipy's swap sequence."""
+    n, r = A.shape
+    _, piv = scipy.linalg.lu_factor(A)
+    perm = np.arange(n)
+    for j, p in enumerate(piv):
+        perm[[j, p]] = perm[[p, j]]
+    return perm[:r]
+
+
+class TestGetNamespace:
+    """get_namespace: one namespace and device for all arrays, or a TypeError."""
+
+    def test_returns_namespace_and_device(self, backend):
+        """The namespace is the array's own library and the device is the array's."""
+        x = backend.asarray(np.ones((3, 2)))
+        xp, device = get_namespace(x)
+        assert device == backend.device_of(x)
+        assert xp.__name__.split(".")[-1] in backend.module.__name__
+        assert backend.is_native(xp.zeros((2,), device=device))
+
+    def test_none_entries_are_skipped(self):
+        """None among the arrays does not count as a different library."""
+        xp, device = get_namespace(None, np.ones(2), None)
+        assert is_numpy(xp)
+        assert device == "cpu"
+
+    def test_no_array_raises(self):
+        """Calling it with no array (or only None) is a TypeError."""
+        with pytest.raises(TypeError, match="at least one array"):
+            get_namespace(None)
+
+    def test_non_array_raises(self):
+        """An object that is not an array is a TypeError naming its type."""
+        with pytest.raises(TypeError, match="type str"):
+            get_namespace("not an array")
+
+    def test_mixed_libraries_name_both(self):
+        """NumPy mixed with torch raises a TypeError naming both libraries."""
+        torch = pytest.importorskip("torch")
+        with pytest.raises(TypeError, match=r"numpy.*ndarray.*torch.*Tensor"):
+            get_namespace(np.ones(2), torch.ones(2))
+
+    def test_mixed_libraries_other_order(self):
+        """The message names the libraries in the order they were passed."""
+        xps = pytest.importorskip("array_api_strict")
+        with pytest.raises(TypeError, match=r"array_api_strict.*numpy"):
+            get_namespace(xps.ones(2), np.ones(2))
+
+    def test_mixed_devices_name_both(self):
+        """Two array-api-strict arrays on different devices raise naming both devices."""
+        xps = pytest.importorskip("array_api_strict")
+        a = xps.ones(2, device=xps.Device("device1"))
+        b = xps.ones(2)
+        with pytest.raises(TypeError, match=r"one device.*device1.*CPU_DEVICE"):
+            get_namespace(a, b)
+
+    def test_sparse_is_numpy_on_cpu(self):
+        """A scipy.sparse matrix counts as NumPy on the CPU, and mixes with ndarrays."""
+        xp, device = get_namespace(scipy.sparse.eye(3, format="csr"), np.ones(3))
+        assert is_numpy(xp)
+        assert device == "cpu"
+
+
+class TestNamespacePredicates:
+    """is_numpy / is_torch / is_cupy / is_sparse recognise exactly their library."""
+
+    def test_predicates_match_backend(self, backend):
+        """Exactly the predicate of the backend's library is true."""
+        xp, _ = get_namespace(backend.asarray(np.ones(2)))
+        expected = {
+            "numpy": (True, False, False),
+            "array_api_strict": (False, False, False),
+            "torch-cpu": (False, True, False),
+            "torch-cuda": (False, True, False),
+            "cupy": (False, False, True),
+        }[backend.name]
+        assert (is_numpy(xp), is_torch(xp), is_cupy(xp)) == expected
+
+    @pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+    def test_is_sparse_true_for_scipy_sparse(self, fmt):
+        """Every scipy.sparse format is recognised as sparse."""
+        assert is_sparse(scipy.sparse.random(4, 3, density=0.5, format=fmt, random_state=0))
+
+    def test_is_sparse_false_for_dense(self, backend):
+        """Dense arrays of every backend are not sparse."""
+        assert not is_sparse(backend.asarray(np.ones((2, 2))))
+
+
+class TestConversions:
+    """to_numpy and from_numpy round-trip values, dtype and device."""
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+    def test_round_trip(self, backend, dtype):
+        """from_numpy then to_numpy gives back the same values and dtype."""
+        a = np.arange(12, dtype=dtype).reshape(3, 4)
+        xp, device = get_namespace(backend.asarray(np.ones(1)))
+        x = from_numpy(a, xp, device)
+        assert backend.is_native(x)
+        back = to_numpy(x)
+        assert isinstance(back, np.ndarray)
+        assert back.dtype == dtype
+        np.testing.assert_array_equal(back, a)
+
+    def test_to_numpy_returns_numpy_input_itself(self):
+        """A NumPy array is returned as is (no copy)."""
+        a = np.ones(3)
+        assert to_numpy(a) is a
+
+
+class TestSwapsToRows:
+    """_swaps_to_rows turns LAPACK swap sequences into chosen rows."""
+
+    def test_matches_sequential_swaps(self, rng):
+        """Rows equal applying the swaps one after another to 0..n-1."""
+        from graft_select._backend import get_namespace as ns
+
+        n, r = 9, 5
+        piv = np.stack([np.array([rng.integers(j, n) for j in range(r)]) for _ in range(4)])
+        xp, _ = ns(piv)
+        rows = _swaps_to_rows(piv.astype(np.int64), n, xp)
+        for b in range(4):
+            perm = np.arange(n)
+            for j, p in enumerate(piv[b]):
+                perm[[j, p]] = perm[[p, j]]
+            np.testing.assert_array_equal(rows[b], perm[:r])
+
+
+class TestLuPivotRows:
+    """lu_pivot_rows: getrf's pivot rows and |diag U| for a stack, on every backend."""
+
+    def test_rows_match_scipy_getrf(self, backend, rng):
+        """The rows equal scipy.linalg.lu_factor's, converted from swaps to rows."""
+        A = rng.standard_normal((3, 40, 7))
+        rows, _ = lu_pivot_rows(backend.asarray(A))
+        assert backend.is_native(rows)
+        rows = backend.to_numpy(rows)
+        assert rows.dtype == np.int64
+        for b in range(3):
+            np.testing.assert_array_equal(rows[b], scipy_lu_rows(A[b]))
+
+    def test_pivots_match_scipy_diagonal(self, backend, rng):
+        """The pivot magnitudes equal |diag(U)| of scipy's LU."""
+        A = rng.standard_normal((2, 30, 6))
+        _, pivots = lu_pivot_rows(backend.asarray(A))
+        pivots = backend.to_numpy(pivots)
+        for b in range(2):
+            lu, _ = scipy.linalg.lu_factor(A[b])
+            np.testing.assert_allclose(pivots[b], np.abs(np.diag(lu)), rtol=1e-10)
+
+    def test_rank_deficient_gives_zero_pivot(self, backend):
+        """A singular matrix gives a (near) zero pivot instead of an error."""
+        A = np.zeros((1, 6, 3))
+        A[0, 1] = [1.0, 2.0, 3.0]
+        A[0, 4] = [2.0, 4.0, 6.0]
+        A[0, 5] = [0.0, 1.0, 0.0]
+        rows, pivots = lu_pivot_rows(backend.asarray(A))
+        pivots = backend.to_numpy(pivots)[0]
+        assert pivots[0] == pytest.approx(2.0)
+        assert pivots[1] == pytest.approx(1.0)
+        assert pivots[2] == pytest.approx(0.0, abs=1e-12)
+        assert len(set(backend.to_numpy(rows)[0].tolist())) == 3
+
+    def test_portable_fallback_matches_scipy(self, rng):
+        """The array-API elimination picks the same rows and pivots as getrf."""
+        import array_api_compat.numpy as xp
+
+        A = rng.standard_normal((3, 25, 6))
+        rows, pivots = _lu_pivot_rows_portable(A, xp)
+        for b in range(3):
+            np.testing.assert_array_equal(rows[b], scipy_lu_rows(A[b]))
+            lu, _ = scipy.linalg.lu_factor(A[b])
+            np.testing.assert_allclose(pivots[b], np.abs(np.diag(lu)), rtol=1e-10)
+
+    def test_float32_pivots_stay_float32(self, backend, rng):
+        """float32 input gives float32 pivot magnitudes."""
+        A = rng.standard_normal((2, 20, 4)).astype(np.float32)
+        _, pivots = lu_pivot_rows(backend.asarray(A))
+        assert backend.to_numpy(pivots).dtype == np.float32
