@@ -121,9 +121,14 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
     xp, _ = get_namespace(X)
     ndim = X.ndim
     if ndim < min_ndim or (max_ndim is not None and ndim > max_ndim):
-        want = f"{min_ndim}-D" if max_ndim == min_ndim else f"at least {min_ndim}-D"
+        if max_ndim == min_ndim:
+            want = f"a {min_ndim}-D array"
+        elif max_ndim is None:
+            want = f"a {min_ndim}-D array or a stack of them"
+        else:
+            want = f"an array with {min_ndim} to {max_ndim} dimensions"
         raise ValueError(
-            f"'{name}' of {owner} must be a {want} array, got an array of shape "
+            f"'{name}' of {owner} must be {want}, got an array of shape "
             f"{tuple(X.shape)}; reshape it, e.g. X.reshape(n_samples, -1)."
         )
     if any(s == 0 for s in X.shape):

@@ -260,7 +260,7 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
 
 
 def _maxvol_stack(A, k, method, refine, tol, max_iter, xp):
-    m, n, r = A.shape
+    _, n, r = A.shape
     k_greedy = min(k, r)
     norms = xp.sqrt(xp.max(xp.sum(A * A, axis=-1), axis=-1))
     threshold = norms * (max(n, r) * float(np.finfo(_np_dtype(A, xp)).eps))
@@ -405,7 +405,7 @@ def _volume_greedy(A, k, threshold, xp, init=None):
 
 def _extend(A, init, k, xp):
     """Rectangular MaxVol: grow ``init`` (m, j0) to ``k`` rows within span(A[init])."""
-    m, n, r = A.shape
+    m, n, _ = A.shape
     dev = get_namespace(A)[1]
     columns = xp.arange(n, device=dev)
     j0 = init.shape[1]
