@@ -1,0 +1,91 @@
+"""Per-chunk subset sizes from nested gradient errors, under an overall budget.
+
+Pure NumPy on small host arrays (one row of errors per chunk).
+"""
+
+import numpy as np
+
+__all__ = ["allocate_sizes", "size_band"]
+
+
+def size_band(chunk_sizes, fraction, min_fraction, max_fraction):
+    """Smallest and largest subset size allowed for each chunk.
+
+    ``min_fraction=None`` means ``fraction / 2`` and ``max_fraction=None`` means
+    ``min(1, 2 * fraction)``; every chunk keeps at least one sample.
+    """
+    chunk_sizes = np.asarray(chunk_sizes, dtype=np.int64)
+    low = fraction / 2 if min_fraction is None else min_fraction
+    high = min(1.0, 2 * fraction) if max_fraction is None else max_fraction
+    k_min = np.maximum(1, np.floor(low * chunk_sizes)).astype(np.int64)
+    k_max = np.minimum(chunk_sizes, np.maximum(k_min, np.ceil(high * chunk_sizes)))
+    return k_min, k_max.astype(np.int64)
+
+
+def allocate_sizes(errors, k_min, k_max, budget, tol=None, slack=0.05):
+    """Choose one subset size per chunk from its nested approximation errors.
+
+    Parameters
+    ----------
+    errors : ndarray of shape (n_chunks, k_hi)
+        ``errors[c, j]``: relative gradient error of the first ``j + 1`` rows of
+        chunk ``c``'s nested order (non-increasing in ``j``); entries past
+        ``k_max[c]`` are ignored.
+    k_min, k_max : ndarray of shape (n_chunks,)
+        The allowed band per chunk.
+    budget : int
+        Total number of samples wanted over all chunks.
+    tol : float or None
+        With a tolerance, each chunk takes the smallest size in its band whose
+        error is at most ``tol``, as long as the total stays within ``slack`` of
+        ``budget``; otherwise (and when ``tol`` is None) the total is set to the
+        budget (clipped to that window) and distributed by error levelling.
+
+    Returns
+    -------
+    sizes : ndarray of shape (n_chunks,)
+
+    Notes
+    -----
+    Error levelling gives the next sample to the chunk whose current error is the
+    largest, until the total is reached: it equalises the chunks' errors, so easy
+    chunks get few samples and hard chunks many. Because each chunk's errors are
+    non-increasing, this is a single sort of all candidate increments.
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    k_min = np.asarray(k_min, dtype=np.int64)
+    k_max = np.asarray(k_max, dtype=np.int64)
+    lowest, highest = int(k_min.sum()), int(k_max.sum())
+    if tol is not None:
+        sizes = _sizes_for_tolerance(errors, k_min, k_max, tol)
+        window = (int(np.ceil((1 - slack) * budget)), int(np.floor((1 + slack) * budget)))
+        if window[0] <= sizes.sum() <= window[1]:
+            return sizes
+        budget = int(np.clip(sizes.sum(), *window))
+    budget = int(np.clip(budget, lowest, highest))
+    return _level_errors(errors, k_min, k_max, budget - lowest)
+
+
+def _sizes_for_tolerance(errors, k_min, k_max, tol):
+    _n_chunks, k_hi = errors.shape
+    steps = np.arange(1, k_hi + 1)[None, :]
+    allowed = (steps >= k_min[:, None]) & (steps <= k_max[:, None]) & (errors <= tol)
+    first = np.argmax(allowed, axis=1) + 1
+    return np.where(allowed.any(axis=1), first, k_max)
+
+
+def _level_errors(errors, k_min, k_max, extra):
+    """Add ``extra`` samples on top of ``k_min``, each to the chunk with the largest error."""
+    sizes = k_min.copy()
+    if extra <= 0:
+        return sizes
+    _n_chunks, k_hi = errors.shape
+    steps = np.arange(1, k_hi + 1)[None, :]
+    # Candidate increment "grow chunk c to size j + 1" has priority errors[c, j - 1].
+    candidate = (steps > k_min[:, None]) & (steps <= k_max[:, None])
+    rows, cols = np.nonzero(candidate)
+    priority = errors[rows, cols - 1]
+    # Highest error first; ties broken by the smaller size, then by chunk index.
+    order = np.lexsort((rows, cols, -priority))[:extra]
+    np.add.at(sizes, rows[order], 1)
+    return sizes

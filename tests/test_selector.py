@@ -1,0 +1,361 @@
+"""GraftSelector and GraftResampler: selection, sizing, scikit-learn citizenship."""
+
+import pickle
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from graft_select import GraftResampler, GraftSelector, gradient_error
+from graft_select._sizing import allocate_sizes, size_band
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.fixture(scope="module")
+def digit_gradients(digits):
+    """(p - onehot) outer [x, 1] from a fitted multinomial logistic regression."""
+    X, y = digits
+    model = LogisticRegression(max_iter=2000).fit(X, y)
+    residuals = model.predict_proba(X) - np.eye(10)[y]
+    inputs = np.hstack([X, np.ones((len(X), 1))])
+    return (residuals[:, :, None] * inputs[:, None, :]).reshape(len(X), -1)
+
+
+class TestSelection:
+    def test_golden_indices_on_digits(self, digits):
+        """sample_indices_ on load_digits for a fixed random_state stay pinned."""
+        X, _ = digits
+        selector = GraftSelector(fraction=0.1, batch_size=256, random_state=0).fit(X)
+        assert selector.sample_indices_[:12].tolist() == GOLDEN_FIRST_12
+        assert int(selector.sample_indices_.sum()) == GOLDEN_SUM
+
+    def test_per_chunk_sizes_without_gradients(self, digits):
+        """Each chunk keeps round(fraction * size) rows, at least one, inside its chunk."""
+        X, _ = digits
+        selector = GraftSelector(fraction=0.1, batch_size=256, random_state=0).fit(X)
+        assert selector.subset_sizes_.tolist() == [26] * 7 + [1]
+        bounds = np.cumsum([0, *selector.chunk_sizes_.tolist()])
+        start = 0
+        for c, k in enumerate(selector.subset_sizes_):
+            chunk_rows = selector.sample_indices_[start:start + k]
+            assert np.all((chunk_rows >= bounds[c]) & (chunk_rows < bounds[c + 1]))
+            start += k
+
+    def test_indices_unique(self, digits):
+        """No row is selected twice."""
+        X, _ = digits
+        idx = GraftSelector(fraction=0.5, batch_size=100, random_state=1).fit(X).sample_indices_
+        assert len(np.unique(idx)) == len(idx)
+
+    def test_deterministic_for_seed(self, digits):
+        """Two fits with the same random_state give the same selection."""
+        X, _ = digits
+        a = GraftSelector(fraction=0.2, batch_size=128, random_state=3).fit(X).sample_indices_
+        b = GraftSelector(fraction=0.2, batch_size=128, random_state=3).fit(X).sample_indices_
+        np.testing.assert_array_equal(a, b)
+
+    def test_stack_equals_chunk_by_chunk(self, digits):
+        """A chunked fit equals fitting each chunk on its own (offsets added)."""
+        X, _ = digits
+        X = X[:512]
+        whole = GraftSelector(fraction=0.25, batch_size=256, svd_method="exact").fit(X)
+        parts = [GraftSelector(fraction=0.25, svd_method="exact").fit(X[s:s + 256])
+                 .sample_indices_ + s for s in (0, 256)]
+        np.testing.assert_array_equal(whole.sample_indices_, np.concatenate(parts))
+
+    def test_rare_groups_covered(self):
+        """Without gradients, GRAFT picks rows from rare groups that uniform subsets miss."""
+        rng = np.random.default_rng(0)
+        centers = rng.standard_normal((8, 20)) * 6
+        sizes = [480] + [3] * 7
+        X = np.vstack([c + rng.standard_normal((s, 20)) * 0.3 for c, s in zip(centers, sizes)])
+        labels = np.repeat(np.arange(8), sizes)
+        order = rng.permutation(len(X))
+        X, labels = X[order], labels[order]
+        graft = GraftSelector(fraction=0.04, n_components=8, random_state=0).fit(X)
+        covered = len(np.unique(labels[graft.sample_indices_]))
+        uniform_cover = [
+            len(np.unique(labels[GraftSelector(fraction=0.04, strategy="uniform",
+                                               random_state=s).fit(X).sample_indices_]))
+            for s in range(20)]
+        assert covered == 8
+        assert np.mean(uniform_cover) < 4
+
+    def test_uniform_strategy_same_sizes(self, digits):
+        """strategy='uniform' draws subsets of the same per-chunk sizes."""
+        X, _ = digits
+        graft = GraftSelector(fraction=0.3, batch_size=200, random_state=0).fit(X)
+        uniform = GraftSelector(fraction=0.3, batch_size=200, strategy="uniform",
+                                random_state=0).fit(X)
+        np.testing.assert_array_equal(graft.subset_sizes_, uniform.subset_sizes_)
+        assert not np.array_equal(np.sort(graft.sample_indices_),
+                                  np.sort(uniform.sample_indices_))
+
+    def test_uniform_share_mixes_picks(self, digits):
+        """uniform_share=0.5 keeps the first half of the MaxVol order and adds other rows."""
+        X, _ = digits
+        pure = GraftSelector(fraction=0.2, batch_size=256, random_state=0).fit(X)
+        mixed = GraftSelector(fraction=0.2, batch_size=256, uniform_share=0.5,
+                              random_state=0).fit(X)
+        k = pure.subset_sizes_[0]
+        head = k - round(0.5 * k)
+        np.testing.assert_array_equal(mixed.sample_indices_[:head], pure.sample_indices_[:head])
+        assert len(np.unique(mixed.sample_indices_)) == len(mixed.sample_indices_)
+
+    def test_refine_keeps_sizes(self, digits):
+        """refine=True works with k < r by refining the first k directions."""
+        X, _ = digits
+        selector = GraftSelector(fraction=0.1, batch_size=256, n_components=40, refine=True,
+                                 random_state=0).fit(X)
+        assert selector.subset_sizes_[0] == 26
+
+
+class TestGradientSizing:
+    def test_budget_held_within_five_percent(self, digits, digit_gradients):
+        """With gradients the overall fraction stays within +-5% of fraction."""
+        X, _ = digits
+        selector = GraftSelector(fraction=0.25, batch_size=128, random_state=0)
+        selector.fit(X, gradients=digit_gradients)
+        share = len(selector.sample_indices_) / len(X)
+        assert abs(share - 0.25) <= 0.05 * 0.25
+
+    def test_sizes_vary_per_chunk(self, digits, digit_gradients):
+        """Chunks that are harder to summarise get more rows."""
+        X, _ = digits
+        selector = GraftSelector(fraction=0.25, batch_size=128, random_state=0)
+        selector.fit(X, gradients=digit_gradients)
+        assert len(np.unique(selector.subset_sizes_[:-1])) > 1
+
+    def test_gradient_error_beats_uniform(self, digits, digit_gradients):
+        """Mean chunk gradient error is at most 0.35x that of uniform subsets."""
+        X, _ = digits
+        kwargs = dict(fraction=0.25, batch_size=128, basis="gradients", random_state=0)
+        graft = GraftSelector(**kwargs).fit(X, gradients=digit_gradients)
+        uniform = GraftSelector(**kwargs, strategy="uniform").fit(X, gradients=digit_gradients)
+        ratio = np.mean(graft.gradient_error_) / np.mean(uniform.gradient_error_)
+        assert ratio <= 0.35
+
+    def test_weights_reproduce_error(self, digits, digit_gradients):
+        """sample_weight_ / chunk size are the least-squares weights behind gradient_error_."""
+        X, _ = digits
+        selector = GraftSelector(fraction=0.25, batch_size=128, random_state=0)
+        selector.fit(X, gradients=digit_gradients)
+        k0 = selector.subset_sizes_[0]
+        idx = selector.sample_indices_[:k0]
+        G = digit_gradients[:128]
+        target = G.mean(axis=0)
+        approx = (selector.sample_weight_[:k0] / 128) @ G[idx]
+        error = np.linalg.norm(target - approx) / np.linalg.norm(target)
+        assert error == pytest.approx(selector.gradient_error_[0], rel=1e-6, abs=1e-9)
+        assert error == pytest.approx(float(gradient_error(G, idx)[0]), rel=1e-6, abs=1e-9)
+
+    def test_tolerance_respected_inside_window(self, digits, digit_gradients):
+        """A reachable gradient_tol inside the budget window sets the chunk sizes."""
+        X, _ = digits
+        base = GraftSelector(fraction=0.25, batch_size=128, random_state=0)
+        base.fit(X, gradients=digit_gradients)
+        tol = float(np.median(base.gradient_error_))
+        tuned = GraftSelector(fraction=0.25, batch_size=128, gradient_tol=tol, random_state=0)
+        tuned.fit(X, gradients=digit_gradients)
+        share = len(tuned.sample_indices_) / len(X)
+        assert abs(share - 0.25) <= 0.05 * 0.25 + 1e-9
+
+
+class TestSizing:
+    def test_levelling_gives_more_to_harder_chunk(self):
+        """Error levelling allocates the budget to the chunk with the larger errors."""
+        errors = np.array([[0.5, 0.1, 0.05, 0.01], [0.9, 0.8, 0.7, 0.6]])
+        sizes = allocate_sizes(errors, np.array([1, 1]), np.array([4, 4]), budget=5)
+        assert sizes.tolist() == [1, 4]
+
+    def test_band_defaults(self):
+        """The default band is [fraction / 2, 2 * fraction] of each chunk."""
+        k_min, k_max = size_band([100, 10], 0.2, None, None)
+        assert k_min.tolist() == [10, 1] and k_max.tolist() == [40, 4]
+
+
+class TestTypes:
+    def test_sparse_input(self, digits):
+        """CSR input is accepted and transform returns CSR rows."""
+        X, _ = digits
+        X_sparse = sp.csr_matrix(np.where(np.abs(X) > 1, X, 0.0))
+        selector = GraftSelector(fraction=0.1, random_state=0).fit(X_sparse)
+        out = selector.transform(X_sparse)
+        assert sp.issparse(out) and out.shape == (len(selector.sample_indices_), 64)
+
+    def test_dataframe_roundtrip(self, digits):
+        """A DataFrame keeps its type, index and columns; feature_names_in_ is set."""
+        pd = pytest.importorskip("pandas")
+        X, _ = digits
+        frame = pd.DataFrame(X, columns=[f"p{i}" for i in range(64)])
+        selector = GraftSelector(fraction=0.1, random_state=0)
+        out = selector.fit_transform(frame)
+        assert isinstance(out, pd.DataFrame)
+        assert list(selector.feature_names_in_) == list(frame.columns)
+        np.testing.assert_array_equal(out.index.to_numpy(), selector.sample_indices_)
+
+    def test_torch_stays_torch(self, digits):
+        """torch input gives torch indices and torch rows on the same device."""
+        torch = pytest.importorskip("torch")
+        X, _ = digits
+        selector = GraftSelector(fraction=0.1, batch_size=256, random_state=0)
+        out = selector.fit_transform(torch.asarray(X))
+        assert isinstance(out, torch.Tensor) and isinstance(selector.sample_indices_, torch.Tensor)
+        expected = GraftSelector(fraction=0.1, batch_size=256, random_state=0).fit(X)
+        np.testing.assert_array_equal(selector.sample_indices_.numpy(), expected.sample_indices_)
+
+    def test_get_support_mask(self, digits):
+        """get_support() is a boolean mask matching sample_indices_."""
+        X, _ = digits
+        selector = GraftSelector(fraction=0.1, random_state=0).fit(X)
+        mask = selector.get_support()
+        assert mask.dtype == bool and mask.sum() == len(selector.sample_indices_)
+        np.testing.assert_array_equal(np.flatnonzero(mask), np.sort(selector.sample_indices_))
+        assert selector.get_support(indices=True) is selector.sample_indices_
+
+
+class TestErrors:
+    @pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
+    def test_bad_fraction(self, digits, fraction):
+        """fraction outside (0, 1] is rejected in fit with sklearn's message."""
+        X, _ = digits
+        with pytest.raises(ValueError, match="'fraction' parameter of GraftSelector"):
+            GraftSelector(fraction=fraction).fit(X)
+
+    def test_bad_batch_size(self, digits):
+        """batch_size < 2 is rejected."""
+        with pytest.raises(ValueError, match="'batch_size'"):
+            GraftSelector(batch_size=1).fit(digits[0])
+
+    def test_nan(self, digits):
+        """NaN rows are reported with their count and first row."""
+        X = digits[0].copy()
+        X[[5, 9]] = np.nan
+        with pytest.raises(ValueError, match=r"NaN or infinity in 2 rows \(first: 5\)"):
+            GraftSelector().fit(X)
+
+    def test_inf_torch(self, digits):
+        """Infinity in a torch tensor is rejected too."""
+        torch = pytest.importorskip("torch")
+        X = torch.asarray(digits[0].copy())
+        X[3, 0] = float("inf")
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            GraftSelector().fit(X)
+
+    def test_empty_and_one_row(self):
+        """Empty input and a single row are rejected."""
+        with pytest.raises(ValueError):
+            GraftSelector().fit(np.zeros((0, 3)))
+        with pytest.raises(ValueError, match="at least 2 rows"):
+            GraftSelector().fit(np.ones((1, 3)))
+
+    def test_gradients_wrong_rows(self, digits):
+        """gradients with another number of rows than X is rejected."""
+        X, _ = digits
+        with pytest.raises(ValueError, match="'gradients' has 10 rows but X has 1797"):
+            GraftSelector().fit(X, gradients=np.ones((10, 3)))
+
+    def test_y_wrong_length(self, digits):
+        """y with another length than X is rejected."""
+        X, y = digits
+        with pytest.raises(ValueError, match="'y' has 5 rows"):
+            GraftSelector().fit(X, y[:5])
+
+    def test_transform_other_rows(self, digits):
+        """transform on data with another number of rows is rejected."""
+        X, _ = digits
+        selector = GraftSelector(fraction=0.1).fit(X)
+        with pytest.raises(ValueError, match="fitted on 1797"):
+            selector.transform(X[:100])
+
+    def test_gradient_basis_needs_gradients(self, digits):
+        """basis='gradients' without gradients says what to pass."""
+        with pytest.raises(ValueError, match="basis='gradients' needs"):
+            GraftSelector(basis="gradients").fit(digits[0])
+
+    def test_unknown_strategy(self, digits):
+        """An unknown strategy string is an error, never a silent default."""
+        with pytest.raises(ValueError, match="'strategy' parameter"):
+            GraftSelector(strategy="random").fit(digits[0])
+
+
+class TestCitizenship:
+    def test_clone_and_params(self):
+        """clone/get_params/set_params round-trip and repr shows changed params."""
+        selector = GraftSelector(fraction=0.3, batch_size=64)
+        copy = clone(selector).set_params(random_state=7)
+        assert copy.get_params()["fraction"] == 0.3 and copy.random_state == 7
+        assert "batch_size=64" in repr(selector)
+
+    def test_pickle_fitted(self, digits):
+        """A fitted selector pickles with its selection."""
+        X, _ = digits
+        selector = GraftSelector(fraction=0.1, random_state=0).fit(X)
+        again = pickle.loads(pickle.dumps(selector))
+        np.testing.assert_array_equal(again.transform(X), selector.transform(X))
+
+    def test_pipeline_last_step(self, digits):
+        """GraftSelector works as the last step of a Pipeline."""
+        X, _ = digits
+        pipe = Pipeline([("scale", StandardScaler()), ("graft", GraftSelector(fraction=0.1))])
+        assert pipe.fit_transform(X).shape[0] == round(0.1 * len(X))
+
+    def test_imblearn_pipeline(self, digits):
+        """GraftResampler then a classifier inside an imbalanced-learn Pipeline."""
+        imblearn_pipeline = pytest.importorskip("imblearn.pipeline")
+        X, y = digits
+        pipe = imblearn_pipeline.Pipeline([
+            ("graft", GraftResampler(fraction=0.3, batch_size=256, random_state=0)),
+            ("clf", LogisticRegression(max_iter=500)),
+        ])
+        pipe.fit(X, y)
+        assert pipe.score(X, y) > 0.9
+        assert len(pipe.named_steps["graft"].sample_indices_) < len(X)
+
+    def test_resampler_matches_selector(self, digits):
+        """fit_resample returns the selector's rows of X and y."""
+        X, y = digits
+        X_sub, y_sub = GraftResampler(fraction=0.2, random_state=0).fit_resample(X, y)
+        selector = GraftSelector(fraction=0.2, random_state=0).fit(X)
+        np.testing.assert_array_equal(X_sub, selector.transform(X))
+        np.testing.assert_array_equal(y_sub, y[selector.sample_indices_])
+
+
+# Checks that cannot pass for an estimator whose transform drops rows, with reasons.
+_ROWS_DROPPED = "transform returns a subset of rows, so the output has fewer samples"
+EXPECTED_FAILED_CHECKS = {
+    "GraftSelector": {
+        "check_transformer_general": _ROWS_DROPPED,
+        "check_transformer_data_not_an_array": _ROWS_DROPPED,
+        "check_methods_sample_order_invariance": "the selection depends on the row order",
+        "check_methods_subset_invariance": "transform is defined on the fitted rows only",
+        "check_fit2d_1sample": "selection needs at least 2 rows",
+        "check_fit_idempotent": "transform is defined on the fitted rows only",
+    },
+}
+
+
+def _expected_failed(estimator):
+    return EXPECTED_FAILED_CHECKS.get(type(estimator).__name__, {})
+
+
+@parametrize_with_checks([GraftSelector(random_state=0)],
+                         expected_failed_checks=_expected_failed, xfail_strict=True)
+def test_sklearn_compatible(estimator, check):
+    """scikit-learn's estimator checks pass, except the listed row-dropping ones."""
+    check(estimator)
+
+
+GOLDEN_FIRST_12 = [87, 163, 211, 128, 12, 7, 33, 238, 9, 241, 96, 77]
+GOLDEN_SUM = 165142
