@@ -5,6 +5,7 @@ Glue only: validate -> chunk -> low-rank features -> Fast MaxVol -> subset size.
 
 import numbers
 import time
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
@@ -98,7 +99,7 @@ _DOC_ATTRIBUTES = """
 
 
 class _GraftBase(BaseEstimator):
-    _parameter_constraints = {
+    _parameter_constraints: ClassVar[dict] = {
         "fraction": [Interval(numbers.Real, 0.0, 1.0, closed="right")],
         "n_components": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "batch_size": [Interval(numbers.Integral, 2, None, closed="left"), None],
