@@ -5,7 +5,26 @@ Pure NumPy on small host arrays (one row of errors per chunk).
 
 import numpy as np
 
-__all__ = ["allocate_sizes", "size_band"]
+__all__ = ["allocate_sizes", "apportion", "size_band"]
+
+
+def apportion(fraction, chunk_sizes):
+    """Sizes ``fraction * chunk_sizes`` rounded so they sum to ``round(fraction * total)``.
+
+    Every chunk keeps at least one row (which can raise the total to the number
+    of chunks); the rows left after rounding down go to the largest remainders,
+    earlier chunks first on ties.
+    """
+    chunk_sizes = np.asarray(chunk_sizes, dtype=np.int64)
+    exact = fraction * chunk_sizes
+    sizes = np.maximum(1, np.floor(exact)).astype(np.int64)
+    extra = int(round(fraction * chunk_sizes.sum())) - int(sizes.sum())
+    if extra > 0:
+        room = sizes < chunk_sizes
+        remainder = np.where(room, exact - np.floor(exact), -np.inf)
+        order = np.argsort(-remainder, kind="stable")[:extra]
+        sizes[order[np.isfinite(remainder[order])]] += 1
+    return sizes
 
 
 def size_band(chunk_sizes, fraction, min_fraction, max_fraction):

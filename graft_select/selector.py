@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
-from ._sizing import allocate_sizes, size_band
+from ._sizing import allocate_sizes, apportion, size_band
 from ._validation import check_array, check_random_state
 from .gradients import FactoredGradients, gradient_error, gram_matrix, nested_gradient_errors
 from .linalg import fast_maxvol, low_rank_features
@@ -24,11 +24,12 @@ _DOC_PARAMETERS = """
     Parameters
     ----------
     fraction : float, default=0.25
-        Share of the rows to keep, in (0, 1]. Without gradients every chunk keeps
-        ``max(1, round(fraction * chunk_size))`` rows; with gradients the total is
-        kept at ``round(fraction * n_samples)`` (or within 5% of it when
-        ``gradient_tol`` is set) and distributed over the chunks by their
-        gradient error.
+        Share of the rows to keep, in (0, 1]. The total is
+        ``round(fraction * n_samples)`` (at least one row per chunk). Without
+        gradients every chunk keeps ``fraction * chunk_size`` rows rounded up or
+        down so that the total is exact (largest remainders first); with
+        gradients the total is distributed over the chunks by their gradient
+        error (and may move by up to 5% when ``gradient_tol`` is set).
     n_components : int, default=None
         Rank ``r`` of each chunk's low-rank factor. ``None`` uses
         ``min(n_features, chunk_size, k_max)``, where ``k_max`` is the largest
@@ -287,7 +288,7 @@ class _GraftBase(BaseEstimator):
                                  random_state=int(rng.integers(2**32)))
 
     def _fixed_sizes(self):
-        return np.maximum(1, np.rint(self.fraction * self.chunk_sizes_)).astype(np.int64)
+        return apportion(self.fraction, self.chunk_sizes_)
 
     def _sizes(self, errors, with_gradients):
         chunk_sizes = self.chunk_sizes_

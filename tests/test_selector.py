@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from graft_select import GraftResampler, GraftSelector, gradient_error
-from graft_select._sizing import allocate_sizes, size_band
+from graft_select._sizing import allocate_sizes, apportion, size_band
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,10 @@ class TestSelection:
         assert int(selector.sample_indices_.sum()) == GOLDEN_SUM
 
     def test_per_chunk_sizes_without_gradients(self, digits):
-        """Each chunk keeps round(fraction * size) rows, at least one, inside its chunk."""
+        """Chunks keep fraction * size rows rounded to an exact total, inside their chunk."""
         X, _ = digits
         selector = GraftSelector(fraction=0.1, batch_size=256, random_state=0).fit(X)
-        assert selector.subset_sizes_.tolist() == [26] * 7 + [1]
+        assert selector.subset_sizes_.tolist() == [26] * 4 + [25] * 3 + [1]
         bounds = np.cumsum([0, *selector.chunk_sizes_.tolist()])
         start = 0
         for c, k in enumerate(selector.subset_sizes_):
@@ -118,7 +118,7 @@ class TestSelection:
         X, _ = digits
         selector = GraftSelector(fraction=0.1, batch_size=256, n_components=40, refine=True,
                                  random_state=0).fit(X)
-        assert selector.subset_sizes_[0] == 26
+        assert selector.subset_sizes_[0] == 26 and selector.subset_sizes_.sum() == 180
 
 
 class TestGradientSizing:
@@ -178,6 +178,12 @@ class TestSizing:
         errors = np.array([[0.5, 0.1, 0.05, 0.01], [0.9, 0.8, 0.7, 0.6]])
         sizes = allocate_sizes(errors, np.array([1, 1]), np.array([4, 4]), budget=5)
         assert sizes.tolist() == [1, 4]
+
+    def test_apportion_exact_total(self):
+        """Fixed sizes add up to round(fraction * n) with at least one per chunk."""
+        sizes = apportion(0.3, np.array([32] * 18 + [24]))
+        assert sizes.sum() == round(0.3 * 600) and sizes.min() >= 1
+        assert set(sizes[:-1].tolist()) <= {9, 10}
 
     def test_band_defaults(self):
         """The default band is [fraction / 2, 2 * fraction] of each chunk."""
@@ -358,4 +364,4 @@ def test_sklearn_compatible(estimator, check):
 
 
 GOLDEN_FIRST_12 = [87, 163, 211, 128, 12, 7, 33, 238, 9, 241, 96, 77]
-GOLDEN_SUM = 165142
+GOLDEN_SUM = 160801
