@@ -18,7 +18,7 @@ def apportion(fraction, chunk_sizes):
     chunk_sizes = np.asarray(chunk_sizes, dtype=np.int64)
     exact = fraction * chunk_sizes
     sizes = np.maximum(1, np.floor(exact)).astype(np.int64)
-    extra = int(round(fraction * chunk_sizes.sum())) - int(sizes.sum())
+    extra = round(fraction * chunk_sizes.sum()) - int(sizes.sum())
     if extra > 0:
         room = sizes < chunk_sizes
         remainder = np.where(room, exact - np.floor(exact), -np.inf)
