@@ -242,6 +242,7 @@ class _GraftBase(BaseEstimator):
         return size_band(chunk_sizes, self.fraction, self.min_fraction, self.max_fraction)
 
     def _rank(self, n_rows, n_columns, k_hi):
+        """Rank of a chunk's factor: n_components, else min(n_columns, n_rows, k_hi, 256)."""
         if self.n_components is not None:
             return min(self.n_components, n_rows, n_columns)
         return max(1, min(n_columns, n_rows, k_hi, 256))
@@ -267,13 +268,21 @@ class _GraftBase(BaseEstimator):
         return list(to_numpy(order).astype(np.int64))
 
     def _sparse_factors(self, X, begin, stop, m, k_hi, rng):
+        """Left singular vectors of sparse chunks, from their (small, dense) Gram matrices.
+
+        The left singular vectors of a chunk X_c are the eigenvectors of
+        X_c X_c^T, so the chunks are never densified: only their
+        ``size x size`` Gram matrices are, and those go through the kernels as
+        one stack.
+        """
         size = (stop - begin) // m
         r = self._rank(size, X.shape[1], k_hi)
-        seed = int(rng.integers(2**32))
-        return np.stack([
-            low_rank_features(X[begin + c * size: begin + (c + 1) * size], r,
-                              method=self.svd_method, random_state=seed)
+        gram = np.stack([
+            (X[begin + c * size: begin + (c + 1) * size] @ X[begin + c * size:
+                                                            begin + (c + 1) * size].T).toarray()
             for c in range(m)])
+        return low_rank_features(gram, r, method=self.svd_method,
+                                 random_state=int(rng.integers(2**32)))
 
     def _gradient_factor(self, gradients, begin, stop, m, k_hi, rng):
         G = _stack_rows(gradients, begin, stop, m)
@@ -281,8 +290,9 @@ class _GraftBase(BaseEstimator):
         if isinstance(G, FactoredGradients):
             xp, _ = get_namespace(G.residuals)
             r = self._rank(size, G.residuals.shape[-1] * G.inputs.shape[-1], k_hi)
-            _, vectors = xp.linalg.eigh(gram_matrix(G))
-            return xp.flip(vectors[..., -r:], axis=-1)
+            # Left singular vectors of the wide proxies = those of their Gram matrix.
+            return low_rank_features(gram_matrix(G), r, method=self.svd_method,
+                                     random_state=int(rng.integers(2**32)))
         r = self._rank(size, G.shape[-1], k_hi)
         return low_rank_features(G, r, method=self.svd_method,
                                  random_state=int(rng.integers(2**32)))
