@@ -281,8 +281,17 @@ class _GraftBase(BaseEstimator):
             (X[begin + c * size: begin + (c + 1) * size] @ X[begin + c * size:
                                                             begin + (c + 1) * size].T).toarray()
             for c in range(m)])
-        return low_rank_features(gram, r, method=self.svd_method,
-                                 random_state=int(rng.integers(2**32)))
+        return self._gram_factor(gram, r, np, rng)
+
+    def _gram_factor(self, gram, r, xp, rng):
+        """Top-r eigenvectors of a stack of Gram matrices (= left singular vectors)."""
+        seed = int(rng.integers(2**32))
+        size = gram.shape[-1]
+        if self.svd_method == "randomized" or (
+                self.svd_method == "auto" and 4 * (r + 10) <= size):
+            return low_rank_features(gram, r, method="randomized", random_state=seed)
+        _, vectors = xp.linalg.eigh(gram)
+        return xp.flip(vectors[..., size - r:], axis=-1)
 
     def _gradient_factor(self, gradients, begin, stop, m, k_hi, rng):
         G = _stack_rows(gradients, begin, stop, m)
@@ -290,9 +299,8 @@ class _GraftBase(BaseEstimator):
         if isinstance(G, FactoredGradients):
             xp, _ = get_namespace(G.residuals)
             r = self._rank(size, G.residuals.shape[-1] * G.inputs.shape[-1], k_hi)
-            # Left singular vectors of the wide proxies = those of their Gram matrix.
-            return low_rank_features(gram_matrix(G), r, method=self.svd_method,
-                                     random_state=int(rng.integers(2**32)))
+            # Left singular vectors of the wide proxies = eigenvectors of their Gram.
+            return self._gram_factor(gram_matrix(G), r, xp, rng)
         r = self._rank(size, G.shape[-1], k_hi)
         return low_rank_features(G, r, method=self.svd_method,
                                  random_state=int(rng.integers(2**32)))
