@@ -20,6 +20,7 @@ __all__ = [
     "is_sparse",
     "is_torch",
     "lu_pivot_rows",
+    "on_host",
     "to_numpy",
 ]
 
@@ -96,6 +97,23 @@ def is_cupy(xp):
     return array_api_compat.is_cupy_namespace(xp)
 
 
+def on_host(x):
+    """True if the array ``x`` lives in host memory (NumPy, torch on the CPU, ...).
+
+    CuPy arrays and torch tensors on any other device are not on the host; an
+    array of another library counts as host memory unless its device says "cuda"
+    or "gpu".
+    """
+    if isinstance(x, np.ndarray) or is_sparse(x):
+        return True
+    if array_api_compat.is_cupy_array(x):
+        return False
+    if array_api_compat.is_torch_array(x):
+        return x.device.type == "cpu"
+    device = str(array_api_compat.device(x)).lower()
+    return "cuda" not in device and "gpu" not in device
+
+
 def to_numpy(x):
     """Copy an array of any supported library to a NumPy array on the host.
 
@@ -158,8 +176,7 @@ def lu_pivot_rows(A):
                 lu, piv = scipy.linalg.lu_factor(A[b], check_finite=False)
                 swaps[b] = piv
                 pivots[b] = np.abs(np.diagonal(lu))
-        # one batched conversion for the whole stack (r vectorised steps, not m * r)
-        return _swaps_to_rows(swaps, n, xp), pivots
+        return _swaps_to_rows_host(swaps, n, xp), pivots
     if is_torch(xp):
         import torch
 
@@ -194,6 +211,25 @@ def _swaps_to_rows(piv, n, xp):
         perm[:, j] = there
         perm[batch, target] = here
     return perm[:, :r]
+
+
+def _swaps_to_rows_host(swaps, n, xp):
+    """`_swaps_to_rows` for host (NumPy) swaps: plain Python for a few matrices.
+
+    Only the r positions a swap touches matter, so a dict replaces the length-n
+    permutation; for larger stacks one vectorised pass over the stack is cheaper.
+    """
+    m, r = swaps.shape
+    if m > 8:
+        return _swaps_to_rows(swaps, n, xp)
+    rows = []
+    for sequence in swaps.tolist():
+        moved = {}
+        for j, p in enumerate(sequence):
+            here, there = moved.get(j, j), moved.get(p, p)
+            moved[j], moved[p] = there, here
+        rows.append([moved[j] for j in range(r)])
+    return np.asarray(rows, dtype=np.int64).reshape(m, r)
 
 
 def _device_of(x):

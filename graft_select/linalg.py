@@ -9,7 +9,14 @@ import math
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, is_sparse, lu_pivot_rows, to_numpy
+from ._backend import (
+    from_numpy,
+    get_namespace,
+    is_sparse,
+    lu_pivot_rows,
+    on_host,
+    to_numpy,
+)
 from ._validation import (
     check_array,
     check_bool,
@@ -255,17 +262,39 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
             f"k={k} and r={r}; pass A[..., :{k}] to refine a {k}-subset, or refine=False."
         )
     m = math.prod(stack)
-    indices = _maxvol_stack(xp.reshape(A, (m, n, r)), k, method, refine, tol, max_iter, xp)
+    A = xp.reshape(A, (m, n, r))
+    group = _group_size(A, m, n, r)
+    parts = [
+        _maxvol_stack(A[start : min(start + group, m), ...], k, method, refine, tol,
+                      max_iter, xp)
+        for start in range(0, m, group)
+    ]
+    indices = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
     return xp.reshape(indices, (*stack, k))
+
+
+# In host memory, a stack is processed in groups of matrices that fit in cache: every
+# greedy step reads the whole group, and a group of a few MiB stays in cache between
+# steps where a stack of tens of MiB is read from memory each time. On an accelerator
+# one batched call over the whole stack is best.
+_HOST_GROUP_BYTES = 4 << 20
+
+
+def _group_size(A, m, n, r):
+    if not on_host(A):
+        return m
+    itemsize = 4 if _np_dtype(A, get_namespace(A)[0]) == np.float32 else 8
+    return max(1, _HOST_GROUP_BYTES // (n * r * itemsize))
 
 
 def _maxvol_stack(A, k, method, refine, tol, max_iter, xp):
     _, n, r = A.shape
     k_greedy = min(k, r)
-    norms = xp.sqrt(xp.max(xp.sum(A * A, axis=-1), axis=-1))
-    threshold = norms * (max(n, r) * float(np.finfo(_np_dtype(A, xp)).eps))
+    sq_norms = xp.vecdot(A, A, axis=-1)  # (m, n)
+    threshold = xp.sqrt(xp.max(sq_norms, axis=-1)) * (
+        max(n, r) * float(np.finfo(_np_dtype(A, xp)).eps))
     if method == "volume":
-        picks, rank = _volume_greedy(A, k_greedy, threshold, xp)
+        picks, rank = _volume_greedy(A, k_greedy, threshold, xp, sq_norms=sq_norms)
     else:
         picks, pivots = lu_pivot_rows(A)
         picks = picks[:, :k_greedy]
@@ -355,52 +384,58 @@ def _mark(taken, p, columns):
     return taken | (columns[None, :] == p[:, None])
 
 
-def _volume_greedy(A, k, threshold, xp, init=None):
+def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None):
     """Greedy largest-residual pivoting (pivoted QR of A^T) for a stack (m, n, r).
 
     Returns picks (m, k) and, per element, the step at which the residual ran out
     (``k`` if it never did), as a host array. Picks after that step are arbitrary.
+    ``sq_norms`` (m, n), the squared row norms of ``A``, may be passed if known.
+
+    Each step costs one matrix-vector product with ``A`` and a few passes over
+    (m, n) vectors: the chosen rows are excluded by setting their residual to
+    -inf, and the orthonormal basis is filled one column per step.
     """
     m, n, r = A.shape
     dev = get_namespace(A)[1]
-    columns = xp.arange(n, device=dev)
-    d = xp.sum(A * A, axis=-1)
-    if threshold is None:
-        threshold = xp.sqrt(xp.max(d, axis=-1)) * (
-            max(n, r) * float(np.finfo(_np_dtype(A, xp)).eps))
-    taken = xp.zeros((m, n), dtype=xp.bool, device=dev)
-    basis = xp.zeros((m, r, r), dtype=A.dtype, device=dev)
+    columns = xp.arange(n, device=dev)[None, :]
+    d = xp.vecdot(A, A, axis=-1) if sq_norms is None else sq_norms
+    minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
+    plus_inf = xp.asarray(xp.inf, dtype=A.dtype, device=dev)
+    basis = xp.zeros((m, k, r), dtype=A.dtype, device=dev)  # row j: the j-th direction
     picks = []
-    start = 0
-    if init is not None and init.shape[1] > 0:
-        start = init.shape[1]
+    start = 0 if init is None else init.shape[1]
+    if start:
         q0 = xp.linalg.qr(xp.matrix_transpose(_gather_rows(A, init, xp))).Q  # (m, r, start)
-        basis = xp.concat([q0, basis[..., start:]], axis=-1)
+        basis[:, :start, :] = xp.matrix_transpose(q0)
         coords = A @ q0
         d = d - xp.sum(coords * coords, axis=-1)
         for j in range(start):
-            taken = _mark(taken, init[:, j], columns)
+            d = xp.where(columns == init[:, j : j + 1], minus_inf, d)
             picks.append(xp.astype(init[:, j], xp.int64))
-    unit = xp.eye(r, dtype=A.dtype, device=dev)
-    exhausted = xp.zeros((m,), dtype=xp.bool, device=dev)
-    rank = xp.full((m,), k, dtype=xp.int64, device=dev)
-    minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
+    flat_A = xp.reshape(A, (m * n, r))
+    offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
+    residuals = []
     for j in range(start, k):
-        p = xp.argmax(xp.where(taken, minus_inf, d), axis=1)
-        a = _gather_rows(A, p, xp)
-        v = a - _matvec(basis, _matvec(xp.matrix_transpose(basis), a))
+        p = xp.astype(xp.argmax(d, axis=1), xp.int64)
+        a = xp.take(flat_A, offsets + p, axis=0)  # (m, r)
+        if j:
+            done = basis[:, :j, :]
+            v = a - _matvec(xp.matrix_transpose(done), _matvec(done, a))
+        else:
+            v = a
         norm = xp.linalg.vector_norm(v, axis=-1)
-        newly = (norm <= threshold) & ~exhausted
-        rank = xp.where(newly, j, rank)
-        exhausted = exhausted | newly
-        q = v / xp.where(exhausted, xp.ones_like(norm), norm)[:, None]
-        q = xp.where(exhausted[:, None], xp.zeros_like(q), q)
-        basis = basis + q[:, :, None] * unit[j, :][None, None, :]
+        residuals.append(norm)
+        # a residual at the threshold adds no direction (q = 0); rank is found after the loop
+        q = v / xp.where(norm > threshold, norm, plus_inf)[:, None]
+        basis[:, j, :] = q
         c = _matvec(A, q)
-        d = d - c * c
-        taken = _mark(taken, p, columns)
-        picks.append(xp.astype(p, xp.int64))
-    return xp.stack(picks, axis=1), to_numpy(rank).astype(np.int64)
+        d = xp.where(columns == p[:, None], minus_inf, d - c * c)
+        picks.append(p)
+    rank = np.full(m, k, dtype=np.int64)
+    if residuals:
+        above = to_numpy(xp.stack(residuals, axis=1) > threshold[:, None])
+        rank = start + _leading_count(above)
+    return xp.stack(picks, axis=1), rank
 
 
 def _extend(A, init, k, xp):

@@ -8,6 +8,7 @@ import scipy.sparse
 from graft_select._backend import (
     _lu_pivot_rows_portable,
     _swaps_to_rows,
+    _swaps_to_rows_host,
     from_numpy,
     get_namespace,
     is_cupy,
@@ -15,6 +16,7 @@ from graft_select._backend import (
     is_sparse,
     is_torch,
     lu_pivot_rows,
+    on_host,
     to_numpy,
 )
 
@@ -108,6 +110,19 @@ class TestNamespacePredicates:
         assert not is_sparse(backend.asarray(np.ones((2, 2))))
 
 
+class TestOnHost:
+    """on_host tells host memory from accelerator memory."""
+
+    def test_matches_backend(self, backend):
+        """NumPy, array-api-strict and torch-cpu are on the host; CUDA backends are not."""
+        expected = backend.name not in ("torch-cuda", "cupy")
+        assert on_host(backend.asarray(np.ones(2))) is expected
+
+    def test_sparse_on_host(self):
+        """A scipy.sparse matrix is in host memory."""
+        assert on_host(scipy.sparse.eye(2, format="csr"))
+
+
 class TestConversions:
     """to_numpy and from_numpy round-trip values, dtype and device."""
 
@@ -129,22 +144,39 @@ class TestConversions:
         assert to_numpy(a) is a
 
 
+def random_swaps(rng, m, n, r):
+    """m LAPACK-style swap sequences: step j swaps row j with a row p >= j."""
+    return np.array([[rng.integers(j, n) for j in range(r)] for _ in range(m)], dtype=np.int64)
+
+
+def sequential_rows(swaps, n):
+    """The chosen rows, by applying the swaps one after another to 0..n-1."""
+    rows = []
+    for sequence in swaps:
+        perm = np.arange(n)
+        for j, p in enumerate(sequence):
+            perm[[j, p]] = perm[[p, j]]
+        rows.append(perm[: len(sequence)])
+    return np.array(rows)
+
+
 class TestSwapsToRows:
-    """_swaps_to_rows turns LAPACK swap sequences into chosen rows."""
+    """_swaps_to_rows and its host version turn LAPACK swap sequences into chosen rows."""
 
     def test_matches_sequential_swaps(self, rng):
-        """Rows equal applying the swaps one after another to 0..n-1."""
-        from graft_select._backend import get_namespace as ns
+        """The array-API version equals applying the swaps one after another."""
+        swaps = random_swaps(rng, 4, 9, 5)
+        xp, _ = get_namespace(swaps)
+        np.testing.assert_array_equal(_swaps_to_rows(swaps, 9, xp), sequential_rows(swaps, 9))
 
-        n, r = 9, 5
-        piv = np.stack([np.array([rng.integers(j, n) for j in range(r)]) for _ in range(4)])
-        xp, _ = ns(piv)
-        rows = _swaps_to_rows(piv.astype(np.int64), n, xp)
-        for b in range(4):
-            perm = np.arange(n)
-            for j, p in enumerate(piv[b]):
-                perm[[j, p]] = perm[[p, j]]
-            np.testing.assert_array_equal(rows[b], perm[:r])
+    @pytest.mark.parametrize("m", [1, 5, 12])
+    def test_host_version_matches(self, rng, m):
+        """The host version (a dict for few matrices, vectorised for more) agrees."""
+        swaps = random_swaps(rng, m, 30, 12)
+        xp, _ = get_namespace(swaps)
+        rows = _swaps_to_rows_host(swaps, 30, xp)
+        assert rows.dtype == np.int64
+        np.testing.assert_array_equal(rows, sequential_rows(swaps, 30))
 
 
 class TestLuPivotRows:

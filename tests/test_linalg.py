@@ -333,6 +333,34 @@ class TestFastMaxvolProperties:
         np.testing.assert_array_equal(backend.to_numpy(result), looped)
 
 
+class TestFastMaxvolGroups:
+    """On the host a long stack is processed in cache-sized groups of matrices."""
+
+    @pytest.mark.parametrize("method", ["lu", "volume"])
+    def test_grouped_stack_equals_loop(self, backend, monkeypatch, method):
+        """Groups of 2 matrices give the loop's indices for a mixed-rank stack of 7."""
+        import graft_select.linalg as linalg
+
+        monkeypatch.setattr(linalg, "_HOST_GROUP_BYTES", 2 * 20 * 4 * 8)
+        rng = np.random.default_rng(9)
+        A = np.stack([rng.standard_normal((20, q)) @ rng.standard_normal((q, 4))
+                      for q in (4, 1, 4, 0, 3, 4, 2)])
+        looped = np.stack([fast_maxvol(a, 6, method=method, refine=False) for a in A])
+        result = fast_maxvol(backend.asarray(A), 6, method=method)
+        assert backend.is_native(result)
+        np.testing.assert_array_equal(backend.to_numpy(result), looped)
+
+    def test_group_size_from_bytes(self):
+        """The group holds as many matrices as fit in _HOST_GROUP_BYTES (at least one)."""
+        from graft_select.linalg import _HOST_GROUP_BYTES, _group_size
+
+        A = np.zeros((1, 256, 64))
+        assert _group_size(A, 500, 256, 64) == _HOST_GROUP_BYTES // (256 * 64 * 8)
+        assert _group_size(A.astype(np.float32), 500, 256, 64) == (
+            _HOST_GROUP_BYTES // (256 * 64 * 4))
+        assert _group_size(A, 3, 10**6, 64) == 1
+
+
 class TestFastMaxvolRankDeficient:
     """Rank-deficient A still gives k unique indices in a documented order."""
 
