@@ -137,7 +137,7 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
             f"and one column are needed."
         )
     X = _as_float(X, xp, name, owner)
-    if not bool(xp.all(xp.isfinite(X))):
+    if not _all_finite(X, xp):
         bad = ~np.all(np.isfinite(to_numpy(X)), axis=-1)
         rows = np.flatnonzero(bad.reshape(-1))
         first = np.unravel_index(rows[0], bad.shape)
@@ -147,6 +147,18 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
             f"(first: {first}); remove or impute them before selection."
         )
     return X, xp
+
+
+def _all_finite(X, xp):
+    """True if X holds no NaN or infinity.
+
+    The sum is finite exactly when every entry is, unless finite entries overflow
+    it; one reduction is much cheaper than a boolean array of X's size, and the
+    exact test runs only when the sum is not finite.
+    """
+    if bool(xp.isfinite(xp.sum(X))):
+        return True
+    return bool(xp.all(xp.isfinite(X)))
 
 
 def _as_float(X, xp, name, owner):

@@ -106,6 +106,10 @@ def low_rank_features(
     n_iter = check_int(n_iter, "n_iter", owner, low=0)
     rng = check_random_state(random_state, "random_state", owner)
     sparse = is_sparse(X)
+    if sparse:
+        # the dense factors of sparse X are NumPy arrays: use NumPy's array-API namespace
+        # (plain numpy lacks matrix_transpose and qr(...).Q before NumPy 2.0)
+        xp, _ = get_namespace(X)
     if method == "auto":
         small = 4 * (r + p) <= min(n_samples, n_features)
         method = "randomized" if sparse or small else "exact"
@@ -377,6 +381,8 @@ def _gather_rows(X, idx, xp):
 
 def _matvec(M, v):
     """Batched M @ v for M (m, a, b) and v (m, b)."""
+    if M.shape[0] == 1:  # a plain matrix-vector product (gemv) is cheaper than a stack of one
+        return (M[0, ...] @ v[0, ...])[None, ...]
     return (M @ v[..., None])[..., 0]
 
 
@@ -416,14 +422,14 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None):
     offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
     residuals = []
     for j in range(start, k):
-        p = xp.astype(xp.argmax(d, axis=1), xp.int64)
+        p = xp.astype(xp.argmax(d, axis=1), xp.int64, copy=False)
         a = xp.take(flat_A, offsets + p, axis=0)  # (m, r)
         if j:
             done = basis[:, :j, :]
             v = a - _matvec(xp.matrix_transpose(done), _matvec(done, a))
         else:
             v = a
-        norm = xp.linalg.vector_norm(v, axis=-1)
+        norm = xp.sqrt(xp.sum(v * v, axis=-1))
         residuals.append(norm)
         # a residual at the threshold adds no direction (q = 0); rank is found after the loop
         q = v / xp.where(norm > threshold, norm, plus_inf)[:, None]

@@ -533,6 +533,17 @@ class TestFastMaxvolValidation:
         result = fast_maxvol(backend.asarray(A), 6)
         np.testing.assert_array_equal(backend.to_numpy(result), expected)
 
+    def test_finite_values_with_overflowing_sum_accepted(self):
+        """Finite entries whose sum overflows are not mistaken for infinity."""
+        from graft_select._validation import check_array
+
+        X = np.full((10, 4), np.finfo(np.float64).max / 8)
+        checked, _ = check_array(X, "A", "fast_maxvol")
+        assert checked is X
+        X[3, 1] = np.inf
+        with pytest.raises(ValueError, match=r"NaN or infinity in 1 rows \(first: 3\)"):
+            check_array(X, "A", "fast_maxvol")
+
     def test_numpy_integer_k_accepted(self):
         """k given as a NumPy integer is accepted like an int."""
         np.testing.assert_array_equal(fast_maxvol(self.A, np.int64(5)), fast_maxvol(self.A, 5))
