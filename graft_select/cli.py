@@ -1,0 +1,334 @@
+"""The ``graft-select`` command line: ``demo`` and ``select``.
+
+``graft-select demo`` trains a small torch model three ways (full data, uniform subsets,
+GRAFT) and prints what GRAFT saves and costs; ``graft-select select`` runs
+:class:`~graft_select.GraftSelector` on a feature file and writes the selected row
+indices. Errors in the input or the options end in one line on stderr, starting with
+``graft-select: error:``, and exit status 2.
+"""
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+PROG = "graft-select"
+_FEATURE_SUFFIXES = (".npy", ".npz", ".csv")
+_OUTPUT_SUFFIXES = (".npy", ".txt", ".csv")
+
+
+class CommandError(Exception):
+    """A user error: reported as one line on stderr with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (the usage is in --help)."""
+
+    def error(self, message):
+        raise CommandError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+# Type names shown by argparse in "invalid <name> value" messages.
+_positive_int.__name__ = "positive int"
+_non_negative_int.__name__ = "non-negative int"
+_fraction.__name__ = "fraction"
+
+
+def build_parser():
+    """The argument parser of ``graft-select`` (exposed for documentation tools)."""
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="GRAFT data subset selection: train on a well-chosen fraction of the data.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="train a small model on full data, uniform subsets and GRAFT subsets",
+        description="Train the same small torch model three ways at the same budget (full "
+                    "data, uniform subsets, GRAFT subsets through GraftBatchSampler) and "
+                    "report accuracy, time, selection overhead, samples seen and energy. "
+                    "Needs torch (pip install graft-select[torch]).",
+    )
+    demo.add_argument("--dataset", choices=("mnist1d", "digits"), default="mnist1d",
+                      help="procedural MNIST-1D (default) or scikit-learn's digits")
+    demo.add_argument("--fractions", type=_fraction, nargs="+", metavar="F",
+                      help="subset fractions (default: 0.1 0.3; --quick: 0.3)")
+    demo.add_argument("--seeds", type=_positive_int, metavar="N",
+                      help="number of seeds, 0 to N-1 (default: 3; --quick: 1)")
+    demo.add_argument("--epochs", type=_positive_int, metavar="N",
+                      help="training epochs (default: 20; --quick: 3)")
+    demo.add_argument("--refit-every", type=_positive_int, metavar="R",
+                      help="reselect the subset every R epochs (default: 1)")
+    demo.add_argument("--warm-start-epochs", type=_non_negative_int, metavar="W",
+                      help="first W epochs on full data (default: 3; --quick: 1)")
+    demo.add_argument("--batch-size", type=_positive_int, metavar="B",
+                      help="training batch size (default: 128)")
+    demo.add_argument("--n-samples", type=_positive_int, metavar="N",
+                      help="MNIST-1D signals to generate, 80%% for training "
+                           "(default: 30000; --quick: 3000)")
+    demo.add_argument("--device", default="cpu", metavar="DEVICE",
+                      help="cpu (default) or cuda; no silent fallback")
+    demo.add_argument("--threads", type=_positive_int, metavar="N",
+                      help="torch CPU threads (default: usable cores, at most 8)")
+    demo.add_argument("--country-iso-code", default="USA", metavar="ISO",
+                      help="country for codecarbon's offline carbon intensity (default: USA)")
+    demo.add_argument("--out", default="graft_demo_out", metavar="DIR",
+                      help="folder for results.json, results.csv, results.png "
+                           "(default: graft_demo_out)")
+    demo.add_argument("--quick", action="store_true",
+                      help="CI size: small data, few epochs, 1 seed, fraction 0.3 (< 1 minute)")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    demo.set_defaults(handler=_run_demo)
+
+    select = commands.add_parser(
+        "select", help="select rows of a feature file with GraftSelector",
+        description="Run GraftSelector on FEATURES (.npy; .npz, first array unless --key; "
+                    ".csv with or without a header row) and write the selected row indices "
+                    "to OUTPUT (.npy, or one index per line for .txt and .csv).",
+    )
+    select.add_argument("features", metavar="FEATURES", help="feature file, one row per sample")
+    select.add_argument("--gradients", metavar="FILE",
+                        help="per-sample gradient proxies, same rows as FEATURES")
+    select.add_argument("--fraction", type=float, required=True, metavar="F",
+                        help="share of the rows to keep, in (0, 1]")
+    select.add_argument("--batch-size", type=int, metavar="B",
+                        help="select per chunk of B consecutive rows (default: all at once)")
+    select.add_argument("--n-components", type=int, metavar="R",
+                        help="rank of the low-rank features (default: automatic)")
+    select.add_argument("--strategy", choices=("graft", "uniform"), default="graft",
+                        help="graft (default) or the uniform baseline")
+    select.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="random seed (default: 0)")
+    select.add_argument("--key", metavar="NAME", help="array name in a FEATURES .npz file")
+    select.add_argument("--gradients-key", metavar="NAME",
+                        help="array name in a --gradients .npz file")
+    select.add_argument("--output", "-o", required=True, metavar="OUT",
+                        help="where to write the indices (.npy, .txt or .csv)")
+    select.set_defaults(handler=_run_select)
+    return parser
+
+
+def main(argv=None):
+    """Run ``graft-select`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise CommandError(f"choose a command: demo or select (see '{PROG} --help')")
+        return args.handler(args)
+    except CommandError as exc:
+        return _fail(exc)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+
+
+def _fail(exc):
+    message = " ".join(str(exc).split())
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+# -------------------------------------------------------------------------- select
+
+
+def read_array(path, *, key=None, name="FEATURES"):
+    """Read a 2-D float array from .npy, .npz or .csv; raise CommandError on bad input."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _FEATURE_SUFFIXES:
+        raise CommandError(f"{name} file {str(path)!r} has an unsupported type "
+                           f"{suffix or '(none)'!r}; use .npy, .npz or .csv.")
+    if not path.is_file():
+        raise CommandError(f"{name} file {str(path)!r} does not exist.")
+    if key is not None and suffix != ".npz":
+        raise CommandError(f"an array name was given for {name}, but {str(path)!r} is not "
+                           f"an .npz file.")
+    try:
+        if suffix == ".csv":
+            X = _read_csv(path)
+        else:
+            X = np.load(path, allow_pickle=False)
+            if suffix == ".npz":
+                X = _npz_member(X, key, path)
+    except CommandError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise CommandError(f"cannot read {name} file {str(path)!r}: {exc}") from exc
+    return _check_numeric(X, path, name)
+
+
+def _npz_member(archive, key, path):
+    with archive:
+        names = archive.files
+        if not names:
+            raise CommandError(f"{str(path)!r} holds no arrays.")
+        if key is None:
+            return archive[names[0]]
+        if key not in names:
+            raise CommandError(f"{str(path)!r} has no array {key!r}; it holds "
+                               f"{', '.join(repr(n) for n in names)}.")
+        return archive[key]
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        first = handle.readline()
+    if not first.strip():
+        raise CommandError(f"{str(path)!r} is empty.")
+    skip = int(any(cell.strip() and not _is_number(cell) for cell in first.split(",")))
+    try:
+        return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        detail = str(exc).rstrip(".")
+        # NumPy counts data rows from 0 (after skiprows) and columns from 1: say file lines
+        found = re.search(r"(could not convert string .*) at row (\d+), column (\d+)", detail)
+        if found:
+            line = int(found.group(2)) + skip + 1
+            detail = f"{found.group(1)} on line {line}, column {found.group(3)}"
+        ragged = re.search(r"number of columns changed from (\d+) to (\d+) at row (\d+)", detail)
+        if ragged:  # NumPy counts this row from 1
+            line = int(ragged.group(3)) + skip
+            detail = (f"line {line} has {ragged.group(2)} columns where earlier lines have "
+                      f"{ragged.group(1)}")
+        raise CommandError(f"{str(path)!r} is not a numeric CSV file: {detail}; every cell "
+                           f"after an optional header row must be a number.") from exc
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_numeric(X, path, name):
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise CommandError(f"{name} file {str(path)!r} holds {X.dtype} data; numbers are "
+                           f"needed.")
+    if X.ndim == 1:
+        X = X.reshape(-1, 1)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise CommandError(f"{name} in {str(path)!r} must be a non-empty 2-D array (one row "
+                           f"per sample), got shape {X.shape}.")
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise CommandError(f"{name} in {str(path)!r} contains NaN or infinity in {rows.size} "
+                           f"rows (first: {rows[0]}); remove or impute them before selection.")
+    return X
+
+
+def _check_output(path):
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _OUTPUT_SUFFIXES:
+        raise CommandError(f"--output {str(path)!r} has an unsupported type "
+                           f"{suffix or '(none)'!r}; use .npy, .txt or .csv.")
+    if not path.parent.is_dir():
+        raise CommandError(f"the folder of --output {str(path)!r} does not exist.")
+    return path
+
+
+def write_indices(indices, path):
+    """Write indices to .npy, or one per line to .txt/.csv."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if path.suffix.lower() == ".npy":
+        np.save(path, indices)
+    else:
+        np.savetxt(path, indices, fmt="%d")
+
+
+def _run_select(args):
+    output = _check_output(args.output)
+    X = read_array(args.features, key=args.key)
+    gradients = None
+    if args.gradients is not None:
+        gradients = read_array(args.gradients, key=args.gradients_key, name="gradients")
+        if gradients.shape[0] != X.shape[0]:
+            raise CommandError(f"--gradients has {gradients.shape[0]} rows but FEATURES has "
+                               f"{X.shape[0]}; give one gradient row per sample.")
+    elif args.gradients_key is not None:
+        raise CommandError("--gradients-key was given without --gradients.")
+
+    from .selector import GraftSelector
+
+    selector = GraftSelector(
+        fraction=args.fraction, n_components=args.n_components, batch_size=args.batch_size,
+        strategy=args.strategy, random_state=args.seed,
+    )
+    start = time.perf_counter()
+    try:
+        selector.fit(X, gradients=gradients)
+    except (ValueError, TypeError) as exc:  # parameter and data errors of the selector
+        raise CommandError(str(exc)) from exc
+    seconds = time.perf_counter() - start
+    indices = np.asarray(selector.sample_indices_)
+    try:
+        write_indices(indices, output)
+    except OSError as exc:
+        raise CommandError(f"cannot write {str(output)!r}: {exc}") from exc
+    n = X.shape[0]
+    print(f"selected {indices.size} of {n} rows (fraction {indices.size / n:.3f}, strategy "
+          f"{args.strategy}) in {seconds:.2f} s -> {output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def _run_demo(args):
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise CommandError("the demo needs torch: pip install graft-select[torch]") from exc
+    from .demo import check_config, config_from_options, format_tables, run_demo
+
+    options = dict(
+        fractions=args.fractions, seeds=args.seeds, epochs=args.epochs,
+        refit_every=args.refit_every, warm_start_epochs=args.warm_start_epochs,
+        batch_size=args.batch_size, n_samples=args.n_samples, device=args.device,
+        threads=args.threads, country_iso_code=args.country_iso_code,
+    )
+    try:
+        config = config_from_options(dataset=args.dataset, quick=args.quick, **options)
+        check_config(config)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise CommandError(str(exc)) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot create --out {args.out!r}: {exc}") from exc
+    result = run_demo(config, out=args.out, progress=False if args.no_progress else None)
+    print(format_tables(result))
+    print(f"results: {', '.join(result['files'].values())}")
+    return 0
