@@ -267,7 +267,8 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
         )
     m = math.prod(stack)
     A = xp.reshape(A, (m, n, r))
-    group = _group_size(A, m, n, r)
+    # LAPACK's LU works matrix by matrix anyway; grouping pays off for the volume rule
+    group = m if method == "lu" else _group_size(A, m, n, r)
     parts = [
         _maxvol_stack(A[start : min(start + group, m), ...], k, method, refine, tol,
                       max_iter, xp)
@@ -277,10 +278,10 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     return xp.reshape(indices, (*stack, k))
 
 
-# In host memory, a stack is processed in groups of matrices that fit in cache: every
-# greedy step reads the whole group, and a group of a few MiB stays in cache between
-# steps where a stack of tens of MiB is read from memory each time. On an accelerator
-# one batched call over the whole stack is best.
+# In host memory, a stack is processed by the volume rule in groups of matrices that fit
+# in cache: every greedy step reads the whole group, and a group of a few MiB stays in
+# cache between steps where a stack of tens of MiB is read from memory each time. On an
+# accelerator one batched call over the whole stack is best.
 _HOST_GROUP_BYTES = 4 << 20
 
 
@@ -303,7 +304,8 @@ def _maxvol_stack(A, k, method, refine, tol, max_iter, xp):
         picks, pivots = lu_pivot_rows(A)
         picks = picks[:, :k_greedy]
         rank = _leading_count(to_numpy(pivots[:, :k_greedy] > threshold[:, None]))
-        picks, rank = _continue_by_volume(A, picks, rank, threshold, xp)
+        if np.any(rank < k_greedy):
+            picks, rank = _continue_by_volume(A, picks, rank, threshold, xp)
     if refine:
         full = np.flatnonzero(rank == r)
         if full.size:
@@ -311,7 +313,7 @@ def _maxvol_stack(A, k, method, refine, tol, max_iter, xp):
             picks = _replace_rows(picks, full, refined, xp)
     if k > k_greedy or np.any(rank < k_greedy):
         picks = _per_rank_group(A, picks, rank, k, xp)
-    return xp.astype(picks, xp.int64)
+    return xp.astype(picks, xp.int64, copy=False)
 
 
 def _continue_by_volume(A, picks, rank, threshold, xp):
