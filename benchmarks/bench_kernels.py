@@ -163,7 +163,7 @@ class Table:
         ratio = ours / ref
         op, bound = target
         ok = ratio <= bound if op == "<=" else ref / ours >= bound
-        shown = f"{ratio:.2f}x" if op == "<=" else f"{ref / ours:.0f}x faster"
+        shown = f"{ratio:.2f}x" if op == "<=" else f"{ref / ours:.1f}x faster"
         target_text = f"<= {bound}x" if op == "<=" else f">= {bound}x faster"
         self.rows.append((name, size, dtype, f"{ours:.4f}", f"{ref:.4f}", shown,
                           target_text, "PASS" if ok else "MISS", note))

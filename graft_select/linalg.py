@@ -144,9 +144,10 @@ def _randomized_range_svd(X, r, p, n_iter, rng, xp):
     for _ in range(n_iter):
         Q = _orthonormal(_rmatmul_t(X, Q, xp), xp)
         Q = _orthonormal(X @ Q, xp)
-    B = xp.matrix_transpose(_rmatmul_t(X, Q, xp))  # Q^T X, (..., width, n_features)
-    U_small, _, _ = xp.linalg.svd(B, full_matrices=False)
-    return Q @ U_small[..., :r]
+    # B = Q^T X (width x n_features): its left singular vectors are the right singular
+    # vectors of the tall B^T = X^T Q, whose SVD LAPACK computes faster than the wide B's
+    _, _, Vh = xp.linalg.svd(_rmatmul_t(X, Q, xp), full_matrices=False)
+    return Q @ xp.matrix_transpose(Vh[..., :r, :])
 
 
 def _rmatmul_t(X, Q, xp):
