@@ -20,8 +20,8 @@ Usage::
 """
 
 import argparse
-import time
 import resource
+import time
 
 import numpy as np
 import torch

@@ -290,7 +290,7 @@ class _GraftBase(BaseEstimator):
         if self.svd_method == "randomized" or (
                 self.svd_method == "auto" and 4 * (r + 10) <= size):
             return low_rank_features(gram, r, method="randomized", random_state=seed)
-        _, vectors = xp.linalg.eigh(gram)
+        vectors = xp.linalg.eigh(gram)[1]
         return xp.flip(vectors[..., size - r:], axis=-1)
 
     def _gradient_factor(self, gradients, begin, stop, m, k_hi, rng):
