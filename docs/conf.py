@@ -72,27 +72,7 @@ numpydoc_validation_exclude = {
     r"\.__init__$",
     # A frozen dataclass: its fields are documented as Attributes, not Parameters.
     r"^graft_select\.sampler\.RefitReport$",
-    # Missing Parameters/Returns sections in the package (reported; remove each line
-    # once the docstring has its section).
-    r"^graft_select\.FactoredGradients\.materialize$",  # RT01
-    r"^graft_select\.FactoredGradients\.take$",  # PR01 indices, RT01
-    r"^graft_select\.sampler\.GraftBatchSampler\.set_epoch$",  # PR01 epoch
-    r"^graft_select\.sampler\.GraftBatchSampler\.state_dict$",  # RT01
-    r"^graft_select\.sampler\.GraftBatchSampler\.load_state_dict$",  # PR01 state
 }
-
-# Fitted-attribute names in types, such as "ndarray of shape (n_features_in_,)", read
-# as reST references (a name ending in "_") and fail the build with "Unknown target
-# name". Escape the trailing underscore of the two names the package's docstrings use
-# outside double backticks (graft_select/selector.py: the feature_names_in_ attribute,
-# get_support's Returns and transform's X). Remove once those are in ``...``.
-_FITTED_NAME = re.compile(r"(?<![`\w])(n_features_in|n_samples_fit)_(?=[,)\s])")
-
-
-def _escape_fitted_names(app, what, name, obj, options, lines):
-    if name.startswith("graft_select."):
-        lines[:] = [_FITTED_NAME.sub(r"\1\\_", line) for line in lines]
-
 
 # -- sphinx-gallery ---------------------------------------------------------------
 
@@ -185,5 +165,4 @@ def setup(app):
     app.connect("source-read", _results_fallback)
     app.connect("include-read", _results_links)
     # Before numpydoc (priority 500) so it sees the escaped names.
-    app.connect("autodoc-process-docstring", _escape_fitted_names, priority=400)
 

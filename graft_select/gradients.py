@@ -92,6 +92,11 @@ class FactoredGradients(NamedTuple):
         Row ``i`` is ``residuals[i] ⊗ inputs[i]`` flattened row-major over
         ``(C, d + 1)``, which is the layout of ``[weight, bias[:, None]]`` of a
         ``torch.nn.Linear(d, C)`` layer, flattened.
+
+        Returns
+        -------
+        G : array of shape (..., n_samples, C * (d + 1))
+            The dense per-sample gradients, in the factors' namespace and device.
         """
         xp, _ = get_namespace(self.residuals, self.inputs)
         R, H = self.residuals, self.inputs
@@ -101,8 +106,16 @@ class FactoredGradients(NamedTuple):
     def take(self, indices):
         """The rows ``indices`` of every sample axis, as a new FactoredGradients.
 
-        ``indices`` is a 1-D integer array (the same rows for every element of a
-        stack) or an integer array of shape (..., k) matching the stack.
+        Parameters
+        ----------
+        indices : integer array of shape (k,) or (..., k)
+            A 1-D array (the same rows for every element of a stack) or one row
+            of indices per element of the stack.
+
+        Returns
+        -------
+        subset : FactoredGradients
+            The selected rows of both factors.
         """
         owner = "FactoredGradients.take"
         R, H, xp, device = _check_factored(self, owner)

@@ -39,6 +39,18 @@ class RefitReport:
         Of which in the ``features`` callable (0 in observe-only mode).
     n_refreshed : int
         Samples added because their recorded values were the stalest.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graft_select.sampler import GraftBatchSampler
+    >>> sampler = GraftBatchSampler(200, batch_size=20, fraction=0.25)
+    >>> sampler.observe(torch.arange(200), embeddings=torch.randn(200, 3),
+    ...                 logits=torch.randn(200, 2), targets=torch.randint(0, 2, (200,)))
+    >>> sampler.set_epoch(1)
+    >>> report = sampler.last_refit if len(sampler) else None
+    >>> report.epoch, report.n_selected, report.n_refreshed
+    (1, 50, 5)
     """
 
     epoch: int
@@ -244,7 +256,14 @@ class GraftBatchSampler(Sampler[list[int]]):
     # ------------------------------------------------------------------ epochs
 
     def set_epoch(self, epoch):
-        """Set the epoch of the next iteration (call it before each epoch)."""
+        """Set the epoch of the next iteration (call it before each epoch).
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch number, from 0. It seeds the epoch's order and selects
+            warm-start, refit and reuse epochs.
+        """
         self.epoch = _positive_int(epoch, "epoch", low=0)
         self._resume_batches = 0
 
@@ -278,6 +297,11 @@ class GraftBatchSampler(Sampler[list[int]]):
         gradients that were observed, plus the last-seen epoch (int64). For
         50,000 samples with 512-d embeddings and 10 classes that is about 104 MB
         in float32.
+
+        Returns
+        -------
+        state : dict
+            Tensors on the CPU and plain numbers; save it with ``torch.save``.
         """
         return {
             "epoch": self.epoch,
@@ -290,7 +314,13 @@ class GraftBatchSampler(Sampler[list[int]]):
         }
 
     def load_state_dict(self, state):
-        """Restore :meth:`state_dict` output; the next iteration resumes mid-epoch."""
+        """Restore :meth:`state_dict` output; the next iteration resumes mid-epoch.
+
+        Parameters
+        ----------
+        state : dict
+            A dictionary returned by :meth:`state_dict`.
+        """
         self.epoch = int(state["epoch"])
         self._resume_batches = int(state["batches_yielded"])
         self._subset = state["subset"]
@@ -436,17 +466,22 @@ class GraftBatchSampler(Sampler[list[int]]):
             return
         import torch.distributed as dist
 
-        seen = [torch.zeros_like(self._last_seen) for _ in range(self.num_replicas)]
-        dist.all_gather(seen, self._last_seen)
-        stacked = torch.stack(seen)
+        # NCCL only moves CUDA tensors; gloo takes CPU (and CUDA) tensors.
+        comm = (torch.device("cuda", torch.cuda.current_device())
+                if dist.get_backend() == "nccl" else torch.device("cpu"))
+
+        def gather(tensor):
+            tensor = tensor.to(comm).contiguous()
+            parts = [torch.zeros_like(tensor) for _ in range(self.num_replicas)]
+            dist.all_gather(parts, tensor)
+            return torch.stack(parts)
+
+        stacked = gather(self._last_seen)
         newest = torch.argmax(stacked, dim=0)
+        rows = torch.arange(self.n_samples, device=comm)
         for name, value in self._store.items():
-            parts = [torch.zeros_like(value) for _ in range(self.num_replicas)]
-            dist.all_gather(parts, value.contiguous())
-            merged = torch.stack(parts)
-            pick = newest.to(value.device)
-            self._store[name] = merged[pick, torch.arange(self.n_samples, device=value.device)]
-        self._last_seen = stacked.max(dim=0).values
+            self._store[name] = gather(value)[newest, rows].to(value.device)
+        self._last_seen = stacked.max(dim=0).values.cpu()
 
     def _shard_length(self, total):
         if self.num_replicas == 1:

@@ -90,7 +90,7 @@ _DOC_ATTRIBUTES = """
         Selected rows per chunk.
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names, when X was a DataFrame with string column names.
     n_samples_fit_ : int
         Number of rows seen during fit.
@@ -361,7 +361,7 @@ class _GraftBase(BaseEstimator):
 
         Returns
         -------
-        support : array of shape (n_samples_fit_,) or (n_selected,)
+        support : array of shape (``n_samples_fit_``,) or (n_selected,)
             In the namespace and on the device of ``sample_indices_``.
         """
         check_is_fitted(self, "sample_indices_")
@@ -461,7 +461,7 @@ class GraftSelector(TransformerMixin, _GraftBase):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix, DataFrame, tensor} of shape (n_samples_fit_, n_features)
+        X : {array-like, sparse matrix, DataFrame, tensor} of shape (``n_samples_fit_``, m)
             The fitted data, or any data aligned with it row by row.
 
         Returns
