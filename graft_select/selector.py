@@ -461,8 +461,9 @@ class GraftSelector(TransformerMixin, _GraftBase):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix, DataFrame, tensor} of shape (``n_samples_fit_``, m)
-            The fitted data, or any data aligned with it row by row.
+        X : array-like of shape (``n_samples_fit_``, n_features)
+            The fitted data (NumPy, sparse, DataFrame, torch or CuPy), or any
+            data aligned with it row by row.
 
         Returns
         -------
