@@ -16,6 +16,7 @@ from ._backend import get_namespace, is_sparse, to_numpy
 __all__ = [
     "check_array",
     "check_bool",
+    "check_finite",
     "check_int",
     "check_option",
     "check_random_state",
@@ -94,13 +95,16 @@ def _interval(low, high, closed):
     return f" in the range {left}{lo}, {hi}{right}"
 
 
-def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False):
+def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False,
+                ensure_finite=True):
     """Validate a numeric array and return it with a floating dtype.
 
     Integer and boolean arrays are converted to float64 (documented behaviour);
     float32 and float64 are kept; complex arrays are rejected. Empty arrays, arrays
     with too few dimensions and arrays holding NaN or infinity are rejected with a
-    message naming ``name`` and the first offending row.
+    message naming ``name`` and the first offending row. ``ensure_finite=False``
+    leaves the last test to the caller (see :func:`check_finite`), for a caller
+    that reads the whole array anyway and can pass a reduction of it.
 
     Returns
     -------
@@ -137,16 +141,30 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
             f"and one column are needed."
         )
     X = _as_float(X, xp, name, owner)
-    if not _all_finite(X, xp):
-        bad = ~np.all(np.isfinite(to_numpy(X)), axis=-1)
-        rows = np.flatnonzero(bad.reshape(-1))
-        first = np.unravel_index(rows[0], bad.shape)
-        first = int(first[0]) if len(first) == 1 else tuple(int(i) for i in first)
-        raise ValueError(
-            f"'{name}' of {owner} contains NaN or infinity in {rows.size} rows "
-            f"(first: {first}); remove or impute them before selection."
-        )
+    if ensure_finite:
+        check_finite(X, name, owner, xp)
     return X, xp
+
+
+def check_finite(X, name, owner, xp, *, total=None):
+    """Raise a ValueError naming the rows of a dense X that hold NaN or infinity.
+
+    ``total``, if given, is a reduction of X already computed by the caller that is
+    NaN or infinite whenever X holds NaN or infinity (for example the sum of its
+    squared row norms): when ``total`` is finite, X is not read again.
+    """
+    if total is not None and bool(xp.isfinite(total)):
+        return
+    if _all_finite(X, xp):
+        return
+    bad = ~np.all(np.isfinite(to_numpy(X)), axis=-1)
+    rows = np.flatnonzero(bad.reshape(-1))
+    first = np.unravel_index(rows[0], bad.shape)
+    first = int(first[0]) if len(first) == 1 else tuple(int(i) for i in first)
+    raise ValueError(
+        f"'{name}' of {owner} contains NaN or infinity in {rows.size} rows "
+        f"(first: {first}); remove or impute them before selection."
+    )
 
 
 def _all_finite(X, xp):

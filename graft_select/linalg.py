@@ -20,6 +20,7 @@ from ._backend import (
 from ._validation import (
     check_array,
     check_bool,
+    check_finite,
     check_int,
     check_option,
     check_random_state,
@@ -249,7 +250,7 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     [2, 0, 3]
     """
     owner = "fast_maxvol"
-    A, xp = check_array(A, "A", owner)
+    A, xp = check_array(A, "A", owner, ensure_finite=False)  # checked below, from sq_norms
     *stack, n, r = A.shape
     if n < r:
         raise ValueError(
@@ -266,17 +267,39 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
             f"refine=True in {owner} needs k >= r (the square submatrix is refined), got "
             f"k={k} and r={r}; pass A[..., :{k}] to refine a {k}-subset, or refine=False."
         )
+    A, sq_norms = _squared_row_norms(A, xp, owner)
     m = math.prod(stack)
-    A = xp.reshape(A, (m, n, r))
+    A, sq_norms = xp.reshape(A, (m, n, r)), xp.reshape(sq_norms, (m, n))
     # LAPACK's LU works matrix by matrix anyway; grouping pays off for the volume rule
     group = m if method == "lu" else _group_size(A, m, n, r)
     parts = [
-        _maxvol_stack(A[start : min(start + group, m), ...], k, method, refine, tol,
+        _maxvol_stack(A[start:stop, ...], sq_norms[start:stop, ...], k, method, refine, tol,
                       max_iter, xp)
-        for start in range(0, m, group)
+        for start, stop in ((s, min(s + group, m)) for s in range(0, m, group))
     ]
     indices = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
     return xp.reshape(indices, (*stack, k))
+
+
+def _squared_row_norms(A, xp, owner):
+    """Check that A is finite and return ``(A, sq_norms)``, sq_norms of shape A.shape[:-1].
+
+    The squared norms also serve the finiteness test (one pass over A). If squaring
+    would overflow or lose the entries to underflow, A is first scaled by a power of
+    two, which changes no pivot (the result is invariant to the scale of A).
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        sq_norms = xp.vecdot(A, A, axis=-1)
+        total = xp.sum(sq_norms)
+    check_finite(A, "A", owner, xp, total=total)
+    info = np.finfo(_np_dtype(A, xp))
+    if info.tiny / info.eps <= float(xp.max(sq_norms)) < math.inf:
+        return A, sq_norms
+    peak = float(xp.max(xp.abs(A)))  # finite here
+    if peak == 0.0:
+        return A, sq_norms
+    A = A * (2.0 ** -math.frexp(peak)[1])
+    return A, xp.vecdot(A, A, axis=-1)
 
 
 # In host memory, a stack is processed by the volume rule in groups of matrices that fit
@@ -293,10 +316,9 @@ def _group_size(A, m, n, r):
     return max(1, _HOST_GROUP_BYTES // (n * r * itemsize))
 
 
-def _maxvol_stack(A, k, method, refine, tol, max_iter, xp):
+def _maxvol_stack(A, sq_norms, k, method, refine, tol, max_iter, xp):
     _, n, r = A.shape
     k_greedy = min(k, r)
-    sq_norms = xp.vecdot(A, A, axis=-1)  # (m, n)
     threshold = xp.sqrt(xp.max(sq_norms, axis=-1)) * (
         max(n, r) * float(np.finfo(_np_dtype(A, xp)).eps))
     if method == "volume":

@@ -310,6 +310,19 @@ class TestFastMaxvolProperties:
         for row in fast_maxvol(A, k, method=method):
             assert len(set(row.tolist())) == k
 
+    @pytest.mark.parametrize(("dtype", "scale"), [
+        (np.float64, 2.0**600), (np.float64, 2.0**-600), (np.float64, 1e300),
+        (np.float32, 1e25), (np.float32, 1e-25)])
+    @pytest.mark.parametrize("method", ["lu", "volume"])
+    def test_extreme_scales(self, rng, dtype, scale, method):
+        """Entries whose squares overflow or underflow give the unscaled result, silently."""
+        A = orthonormal(rng, 40, 5).astype(dtype)
+        expected = fast_maxvol(A, 8, method=method)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = fast_maxvol(A * dtype(scale), 8, method=method)
+        np.testing.assert_array_equal(result, expected)
+
     def test_nested_stack_shape(self, rng):
         """Leading dimensions are kept: (2, 3, n, r) gives (2, 3, k) equal to the flat stack."""
         A = rng.standard_normal((2, 3, 20, 4))
