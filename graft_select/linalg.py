@@ -424,7 +424,7 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None):
 
     Each step costs one matrix-vector product with ``A`` and a few passes over
     (m, n) vectors: the chosen rows are excluded by setting their residual to
-    -inf, and the orthonormal basis is filled one column per step.
+    -inf, and the orthonormal basis is filled one row per step.
     """
     m, n, r = A.shape
     dev = get_namespace(A)[1]
