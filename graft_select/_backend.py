@@ -20,6 +20,7 @@ __all__ = [
     "lu_pivot_rows",
     "on_host",
     "to_numpy",
+    "torch_cpu_view",
 ]
 
 
@@ -93,6 +94,17 @@ def is_torch(xp):
 def is_cupy(xp):
     """True if ``xp`` is CuPy (array-api-compat's wrapper)."""
     return array_api_compat.is_cupy_namespace(xp)
+
+
+def torch_cpu_view(x):
+    """A NumPy view (no copy) of a CPU torch tensor, else None.
+
+    Lets host-side kernels whose cost is many small steps run through NumPy, whose
+    per-operation overhead is several times lower than torch's on the CPU.
+    """
+    if array_api_compat.is_torch_array(x) and x.device.type == "cpu":
+        return x.detach().numpy()
+    return None
 
 
 def on_host(x):

@@ -16,6 +16,7 @@ from ._backend import (
     lu_pivot_rows,
     on_host,
     to_numpy,
+    torch_cpu_view,
 )
 from ._validation import (
     check_array,
@@ -250,6 +251,12 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     [2, 0, 3]
     """
     owner = "fast_maxvol"
+    view = torch_cpu_view(A)
+    if view is not None:
+        # CPU tensors run the step-by-step greedy through a NumPy view of the same memory.
+        xp, device = get_namespace(A)
+        indices = fast_maxvol(view, k, method=method, refine=refine, tol=tol, max_iter=max_iter)
+        return from_numpy(indices, xp, device)
     A, xp = check_array(A, "A", owner, ensure_finite=False)  # checked below, from sq_norms
     *stack, n, r = A.shape
     if n < r:
