@@ -87,11 +87,13 @@ def build_parser():
     demo.add_argument("--epochs", type=_positive_int, metavar="N",
                       help="training epochs (default: 20; --quick: 3)")
     demo.add_argument("--refit-every", type=_positive_int, metavar="R",
-                      help="reselect the subset every R epochs (default: 1)")
+                      help="reselect the subset every R epochs (default: 5; --quick: 1)")
     demo.add_argument("--warm-start-epochs", type=_non_negative_int, metavar="W",
                       help="first W epochs on full data (default: 3; --quick: 1)")
     demo.add_argument("--batch-size", type=_positive_int, metavar="B",
                       help="training batch size (default: 128)")
+    demo.add_argument("--selection-size", type=_positive_int, metavar="S",
+                      help="rows per GRAFT selection chunk (default: 64)")
     demo.add_argument("--n-samples", type=_positive_int, metavar="N",
                       help="MNIST-1D signals to generate, 80%% for training "
                            "(default: 30000; --quick: 3000)")
@@ -317,7 +319,8 @@ def _run_demo(args):
     options = dict(
         fractions=args.fractions, seeds=args.seeds, epochs=args.epochs,
         refit_every=args.refit_every, warm_start_epochs=args.warm_start_epochs,
-        batch_size=args.batch_size, n_samples=args.n_samples, device=args.device,
+        batch_size=args.batch_size, selection_size=args.selection_size,
+        n_samples=args.n_samples, device=args.device,
         threads=args.threads, country_iso_code=args.country_iso_code,
     )
     try:

@@ -67,10 +67,10 @@ class DemoConfig:
     fractions: tuple = (0.1, 0.3)
     seeds: tuple = (0, 1, 2)
     epochs: int = 20
-    refit_every: int = 1
+    refit_every: int = 5
     warm_start_epochs: int = 3
     batch_size: int = 128
-    selection_size: int | None = None
+    selection_size: int | None = 64
     lr: float = 1e-2
     n_samples: int | None = None
     strategies: tuple = STRATEGIES
@@ -405,6 +405,8 @@ def check_config(config, *, need_sampler=True):
     check_int(config.refit_every, "refit_every", owner, low=1)
     check_int(config.warm_start_epochs, "warm_start_epochs", owner, low=0)
     check_int(config.batch_size, "batch_size", owner, low=1)
+    if config.selection_size is not None:
+        check_int(config.selection_size, "selection_size", owner, low=2)
     if config.threads is not None:
         check_int(config.threads, "threads", owner, low=1)
     if config.n_samples is not None:

@@ -289,6 +289,7 @@ class TestDemoCommand:
         (["--dataset", "cifar"], "invalid choice"),
         (["--dataset", "digits", "--n-samples", "100"], "mnist1d only"),
         (["--device", "tpu"], "device"),
+        (["--selection-size", "1"], "selection_size"),
     ])
     def test_bad_option(self, tmp_path, capsys, options, match):
         """Bad demo options end in one line and exit status 2."""

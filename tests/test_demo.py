@@ -237,6 +237,7 @@ class TestCheckConfig:
         ({"epochs": 0}, "epochs"),
         ({"dataset": "digits", "n_samples": 100}, "mnist1d only"),
         ({"device": "tpu"}, "device"),
+        ({"selection_size": 1}, "selection_size"),
     ])
     def test_bad_settings(self, changes, match):
         """Bad settings raise ValueError naming the setting."""
