@@ -54,12 +54,14 @@ def low_rank_features(
         ``"exact"``: thin SVD (``scipy.sparse.linalg.svds`` for sparse input).
         ``"randomized"``: randomized range finder with power iterations (Halko,
         Martinsson and Tropp, 2011). ``"auto"`` uses ``"randomized"`` when
-        ``n_components + n_oversamples`` is at most a quarter of
+        ``n_components + n_oversamples`` is at most half of
         ``min(n_samples, n_features)`` or the input is sparse, else ``"exact"``.
     n_oversamples : int, default=10
         Extra random directions used by the range finder.
     n_iter : int, default=2
-        Power iterations of the range finder (each is re-orthonormalised by QR).
+        Power iterations of the range finder. As in scikit-learn's
+        ``randomized_range_finder``, up to two run without normalisation in
+        between; with more, each is re-orthonormalised by QR.
     random_state : None, int, numpy.random.Generator or RandomState, default=None
         Seeds the Gaussian test matrix. It is drawn on the host with NumPy and
         then moved to ``X``'s device, so every backend uses the same matrix.
@@ -113,7 +115,7 @@ def low_rank_features(
         # (plain numpy lacks matrix_transpose and qr(...).Q before NumPy 2.0)
         xp, _ = get_namespace(X)
     if method == "auto":
-        small = 4 * (r + p) <= min(n_samples, n_features)
+        small = 2 * (r + p) <= min(n_samples, n_features)
         method = "randomized" if sparse or small else "exact"
     if method == "exact":
         return _sparse_svds(X, r) if sparse else _exact_svd(X, r, xp)
@@ -142,14 +144,19 @@ def _randomized_range_svd(X, r, p, n_iter, rng, xp):
     width = min(r + p, n_samples, n_features)
     omega = rng.standard_normal((n_features, width)).astype(_np_dtype(X, xp))
     omega = from_numpy(omega, xp, None if is_sparse(X) else _device(X))
-    Q = _orthonormal(X @ omega, xp)
+    Y = X @ omega
     for _ in range(n_iter):
-        Q = _orthonormal(_rmatmul_t(X, Q, xp), xp)
-        Q = _orthonormal(X @ Q, xp)
-    # B = Q^T X (width x n_features): its left singular vectors are the right singular
-    # vectors of the tall B^T = X^T Q, whose SVD LAPACK computes faster than the wide B's
-    _, _, Vh = xp.linalg.svd(_rmatmul_t(X, Q, xp), full_matrices=False)
-    return Q @ xp.matrix_transpose(Vh[..., :r, :])
+        # As scikit-learn's randomized_range_finder: up to two power iterations need no
+        # normalisation in between; more are re-orthonormalised each time.
+        Y = X @ _rmatmul_t(X, Y, xp)
+        if n_iter > 2:
+            Y = _orthonormal(Y, xp)
+    Q = _orthonormal(Y, xp)
+    # The left singular vectors of B = Q^T X (width x n_features) are the eigenvectors
+    # of the small B B^T: one width x width eigh per matrix instead of an SVD of B.
+    B = _rmatmul_t(X, Q, xp)  # B^T, (..., n_features, width)
+    _, V = xp.linalg.eigh(xp.matrix_transpose(B) @ B)
+    return Q @ xp.flip(V[..., width - r:], axis=-1)
 
 
 def _rmatmul_t(X, Q, xp):

@@ -739,15 +739,15 @@ class TestLowRankFeaturesRandomState:
         np.testing.assert_array_equal(a, b)
 
     def test_auto_is_randomized_when_rank_small(self, rng):
-        """'auto' uses the range finder when 4 * (r + p) <= min(n_samples, n_features)."""
-        X = rng.standard_normal((200, 100))
+        """'auto' uses the range finder when 2 * (r + p) <= min(n_samples, n_features)."""
+        X = rng.standard_normal((200, 30))
         np.testing.assert_array_equal(
             low_rank_features(X, 5, n_iter=0, random_state=1),
             low_rank_features(X, 5, method="randomized", n_iter=0, random_state=1))
 
     def test_auto_is_exact_when_rank_large(self, rng):
-        """'auto' uses the exact SVD when r + p exceeds a quarter of the smaller side."""
-        X = rng.standard_normal((200, 40))
+        """'auto' uses the exact SVD when r + p exceeds half of the smaller side."""
+        X = rng.standard_normal((200, 28))
         np.testing.assert_array_equal(
             low_rank_features(X, 5, random_state=1),
             low_rank_features(X, 5, method="exact"))
