@@ -11,6 +11,7 @@ import array_api_compat
 import numpy as np
 
 __all__ = [
+    "as_contiguous",
     "from_numpy",
     "get_namespace",
     "is_cupy",
@@ -94,6 +95,23 @@ def is_torch(xp):
 def is_cupy(xp):
     """True if ``xp`` is CuPy (array-api-compat's wrapper)."""
     return array_api_compat.is_cupy_namespace(xp)
+
+
+def as_contiguous(x):
+    """``x`` in C order (a copy only if it is not): NumPy, CuPy and torch; others as is.
+
+    The greedy kernels gather rows of a reshaped stack at every step; on a strided
+    view (a slice or a flip of a factor) each reshape would copy the whole stack.
+    """
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x)
+    if array_api_compat.is_cupy_array(x):
+        import cupy
+
+        return cupy.ascontiguousarray(x)
+    if array_api_compat.is_torch_array(x):
+        return x.contiguous()
+    return x
 
 
 def torch_cpu_view(x):

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from ._backend import (
+    as_contiguous,
     from_numpy,
     get_namespace,
     is_sparse,
@@ -281,7 +282,7 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
             f"refine=True in {owner} needs k >= r (the square submatrix is refined), got "
             f"k={k} and r={r}; pass A[..., :{k}] to refine a {k}-subset, or refine=False."
         )
-    A, sq_norms = _squared_row_norms(A, xp, owner)
+    A, sq_norms = _squared_row_norms(as_contiguous(A), xp, owner)
     m = math.prod(stack)
     A, sq_norms = xp.reshape(A, (m, n, r)), xp.reshape(sq_norms, (m, n))
     # LAPACK's LU works matrix by matrix anyway; grouping pays off for the volume rule

@@ -288,7 +288,7 @@ class _GraftBase(BaseEstimator):
         seed = int(rng.integers(2**32))
         size = gram.shape[-1]
         if self.svd_method == "randomized" or (
-                self.svd_method == "auto" and 4 * (r + 10) <= size):
+                self.svd_method == "auto" and 2 * (r + 10) <= size):
             return low_rank_features(gram, r, method="randomized", random_state=seed)
         vectors = xp.linalg.eigh(gram)[1]
         return xp.flip(vectors[..., size - r:], axis=-1)
