@@ -277,10 +277,7 @@ class _GraftBase(BaseEstimator):
         """
         size = (stop - begin) // m
         r = self._rank(size, X.shape[1], k_hi)
-        gram = np.stack([
-            (X[begin + c * size: begin + (c + 1) * size] @ X[begin + c * size:
-                                                            begin + (c + 1) * size].T).toarray()
-            for c in range(m)])
+        gram = _block_grams(X[begin:stop], m, size)
         return self._gram_factor(gram, r, np, rng)
 
     def _gram_factor(self, gram, r, xp, rng):
@@ -591,6 +588,25 @@ def _stack_groups(chunks):
             groups.append((chunks[first][0], chunks[c - 1][1], (first, c)))
             first = c
     return groups
+
+
+def _block_grams(X, m, size):
+    """The Gram matrices X_c X_c^T of m consecutive sparse chunks, as a dense (m, size, size).
+
+    One sparse product: each chunk's columns are moved to a block of their own, so
+    the product is block diagonal and holds exactly the chunks' Gram matrices.
+    """
+    import scipy.sparse
+
+    X = scipy.sparse.csr_matrix(X)
+    d = X.shape[1]
+    chunk_of_entry = np.repeat(np.arange(X.shape[0]) // size, np.diff(X.indptr))
+    shifted = scipy.sparse.csr_matrix(
+        (X.data, X.indices + chunk_of_entry * d, X.indptr), shape=(X.shape[0], m * d))
+    product = (shifted @ shifted.T).tocoo()
+    gram = np.zeros((m, size, size), dtype=X.dtype)
+    gram[product.row // size, product.row % size, product.col % size] = product.data
+    return gram
 
 
 def _stack_rows(gradients, begin, stop, m):
