@@ -16,6 +16,7 @@ import importlib
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 from graft_select._backend import to_numpy as _to_numpy
 
@@ -121,3 +122,13 @@ def numpy_backend():
 def rng():
     """A freshly seeded NumPy generator (the same stream in every test)."""
     return np.random.default_rng(20250813)
+
+
+def scipy_lu_rows(A):
+    """The rows LAPACK getrf picks at each elimination step, from scipy's swap sequence."""
+    n, r = A.shape
+    _, piv = scipy.linalg.lu_factor(A)
+    perm = np.arange(n)
+    for j, p in enumerate(piv):
+        perm[[j, p]] = perm[[p, j]]
+    return perm[:r]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.sparse
+from conftest import scipy_lu_rows
 
 from graft_select._backend import (
     _lu_pivot_rows_portable,
@@ -19,16 +20,6 @@ from graft_select._backend import (
     on_host,
     to_numpy,
 )
-
-
-def scipy_lu_rows(A):
-    """The rows getrf picks for each elimination step, from scipy's swap sequence."""
-    n, r = A.shape
-    _, piv = scipy.linalg.lu_factor(A)
-    perm = np.arange(n)
-    for j, p in enumerate(piv):
-        perm[[j, p]] = perm[[p, j]]
-    return perm[:r]
 
 
 class TestGetNamespace:

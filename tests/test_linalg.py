@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.sparse
+from conftest import scipy_lu_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,16 +54,6 @@ def log_volume(A, idx):
     gram = S.T @ S if S.shape[0] >= S.shape[1] else S @ S.T
     sign, logdet = np.linalg.slogdet(gram)
     return 0.5 * logdet if sign > 0 else -np.inf
-
-
-def scipy_lu_rows(A):
-    """The rows scipy's getrf picks, from its swap sequence."""
-    n, r = A.shape
-    _, piv = scipy.linalg.lu_factor(A)
-    perm = np.arange(n)
-    for j, p in enumerate(piv):
-        perm[[j, p]] = perm[[p, j]]
-    return perm[:r]
 
 
 def scipy_qr_pivots(A):
