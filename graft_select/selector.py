@@ -318,18 +318,33 @@ class _GraftBase(BaseEstimator):
         return allocate_sizes(padded, k_min, k_max, budget, tol=self.gradient_tol)
 
     def _pick(self, orders, sizes, rng):
-        """Chunk-local selected rows: MaxVol prefix plus uniform picks from the rest."""
-        local = []
-        for order, size, k in zip(orders, self.chunk_sizes_, sizes):
-            k = int(k)
-            if order is None:
-                local.append(np.sort(rng.permutation(int(size))[:k]))
-                continue
-            n_uniform = round(self.uniform_share * k) if k > 1 else 0
-            head = order[: k - n_uniform]
-            rest = np.setdiff1d(np.arange(int(size)), head)
-            tail = rng.choice(rest, size=n_uniform, replace=False) if n_uniform else rest[:0]
-            local.append(np.concatenate([head, np.sort(tail)]).astype(np.int64))
+        """Chunk-local selected rows: MaxVol prefix plus uniform picks from the rest.
+
+        The uniform picks of all chunks of one size come from one array of random
+        keys: rows already in the MaxVol prefix get an infinite key, and each chunk
+        takes its rows with the smallest keys.
+        """
+        local = [None] * len(sizes)
+        chunk_sizes = self.chunk_sizes_
+        for size in np.unique(chunk_sizes):
+            members = np.flatnonzero(chunk_sizes == size)
+            keys = rng.random((members.size, int(size)))
+            n_uniform = np.zeros(members.size, dtype=np.int64)
+            for j, c in enumerate(members):
+                k = int(sizes[c])
+                if orders[c] is None:
+                    n_uniform[j] = k
+                    continue
+                n_uniform[j] = round(self.uniform_share * k) if k > 1 else 0
+                keys[j, orders[c][: k - n_uniform[j]]] = np.inf
+            ranked = np.argsort(keys, axis=1, kind="stable")
+            for j, c in enumerate(members):
+                tail = np.sort(ranked[j, : n_uniform[j]])
+                if orders[c] is None:
+                    local[c] = tail.astype(np.int64)
+                    continue
+                head = orders[c][: int(sizes[c]) - n_uniform[j]]
+                local[c] = np.concatenate([head, tail]).astype(np.int64)
         return local
 
     def _finish(self, local, chunks, gradients, xp, X):
