@@ -12,6 +12,7 @@ import torch
 from sklearn.base import clone
 from torch.utils.data import Sampler
 
+from ._validation import check_int, check_real
 from .gradients import FactoredGradients
 from .selector import GraftSelector
 
@@ -166,16 +167,17 @@ class GraftBatchSampler(Sampler[list[int]]):
             raise ValueError(
                 f"The 'data_source' of {owner} must have at least one sample, got length {n}.")
         self.n_samples = int(n)
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.fraction = _share(fraction, "fraction", low_open=True)
+        self.batch_size = check_int(batch_size, "batch_size", owner, low=1)
+        self.fraction = check_real(fraction, "fraction", owner, low=0.0, high=1.0, closed="right")
         self.selection_size = (self.batch_size if selection_size is None
-                               else _positive_int(selection_size, "selection_size", low=2))
-        self.refit_every = _positive_int(refit_every, "refit_every")
-        self.warm_start_epochs = _positive_int(warm_start_epochs, "warm_start_epochs", low=0)
-        self.refresh_share = _share(refresh_share, "refresh_share", low_open=False)
-        self.feature_batch_size = _positive_int(feature_batch_size, "feature_batch_size")
+                               else check_int(selection_size, "selection_size", owner, low=2))
+        self.refit_every = check_int(refit_every, "refit_every", owner, low=1)
+        self.warm_start_epochs = check_int(warm_start_epochs, "warm_start_epochs", owner, low=0)
+        self.refresh_share = check_real(refresh_share, "refresh_share", owner, low=0.0, high=1.0)
+        self.feature_batch_size = check_int(feature_batch_size, "feature_batch_size", owner,
+                                            low=1)
         self.drop_last, self.shuffle = bool(drop_last), bool(shuffle)
-        self.seed = _positive_int(seed, "seed", low=0)
+        self.seed = check_int(seed, "seed", owner, low=0)
         if selector is not None and not isinstance(selector, GraftSelector):
             raise TypeError(f"The 'selector' parameter of {owner} must be a GraftSelector or "
                             f"None. Got {type(selector).__name__} instead.")
@@ -264,7 +266,7 @@ class GraftBatchSampler(Sampler[list[int]]):
             The epoch number, from 0. It seeds the epoch's order and selects
             warm-start, refit and reuse epochs.
         """
-        self.epoch = _positive_int(epoch, "epoch", low=0)
+        self.epoch = check_int(epoch, "epoch", "GraftBatchSampler.set_epoch", low=0)
         self._resume_batches = 0
 
     def __len__(self):
@@ -550,22 +552,6 @@ def _same_device(gradients, X):
     return gradients.to(device)
 
 
-def _positive_int(value, name, low=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"The '{name}' parameter of GraftBatchSampler must be an int >= {low}. "
-                         f"Got {value!r} instead.")
-    return int(value)
-
-
-def _share(value, name, low_open):
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    if not ok or not ((0 < value <= 1) if low_open else (0 <= value <= 1)):
-        bounds = "(0.0, 1.0]" if low_open else "[0.0, 1.0]"
-        raise ValueError(f"The '{name}' parameter of GraftBatchSampler must be a float in the "
-                         f"range {bounds}. Got {value!r} instead.")
-    return float(value)
-
-
 def _dist_ready():
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -575,11 +561,8 @@ def _replicas(num_replicas, rank):
         num_replicas = torch.distributed.get_world_size() if _dist_ready() else 1
     if rank is None:
         rank = torch.distributed.get_rank() if _dist_ready() else 0
-    num_replicas = _positive_int(num_replicas, "num_replicas")
-    rank = _positive_int(rank, "rank", low=0)
-    if rank >= num_replicas:
-        raise ValueError(f"The 'rank' parameter of GraftBatchSampler must be in [0, "
-                         f"{num_replicas - 1}]. Got {rank} instead.")
+    num_replicas = check_int(num_replicas, "num_replicas", "GraftBatchSampler", low=1)
+    rank = check_int(rank, "rank", "GraftBatchSampler", low=0, high=num_replicas - 1)
     return num_replicas, rank
 
 
