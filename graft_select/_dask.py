@@ -21,13 +21,14 @@ namespace and returns NumPy results.
 """
 
 import math
+import time
 
 import dask
 import dask.array as da
 import numpy as np
 from sklearn.base import clone
 
-from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
+from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
 from ._validation import _all_finite, check_random_state
 from .gradients import FactoredGradients, nested_gradient_errors
 from .selector import _chunk_bounds, _n_rows, _ns_dev, _stack_groups, _stack_rows, _subset_errors
@@ -40,8 +41,6 @@ __all__ = ["aligned", "fit_dask", "take_rows"]
 
 def fit_dask(selector, X, y, gradients, start):
     """Fit ``selector`` (a GraftSelector or GraftResampler) on the dask array ``X``."""
-    import time
-
     owner = type(selector).__name__
     X = _check_dask(X, "X", owner)
     batch_size = _check_batch_size(selector.batch_size, owner)
@@ -367,13 +366,13 @@ def _check_gradient_part(G, X, name, owner):
             raise ValueError(f"'{name}' of {owner} must be a 2-D array, got shape {G.shape}.")
         if G.shape[0] == X.shape[0]:
             G = da.from_array(G, chunks=(X.chunks[0], -1))
-    elif not _is_dask(G):
+    elif not is_dask_array(G):
         raise TypeError(
             f"'{name}' of {owner} must be a dask array (or a NumPy array) when X is a "
             f"dask array, got {type(G).__name__}; wrap it with "
             f"dask.array.from_array({name}, chunks=(X.chunks[0], -1))."
         )
-    if _is_dask(G):
+    if is_dask_array(G):
         G = _check_dask(G, name, owner)
     if G.shape[0] != X.shape[0]:
         raise ValueError(
@@ -387,10 +386,6 @@ def _check_gradient_part(G, X, name, owner):
             f"{name} = {name}.rechunk({{0: X.chunks[0]}})."
         )
     return G
-
-
-def _is_dask(X):
-    return isinstance(X, da.Array)
 
 
 def _short(sizes):

@@ -78,7 +78,7 @@ _DOC_ATTRIBUTES = """
     sample_indices_ : integer array of shape (n_selected,)
         Selected rows, chunk by chunk, each chunk in MaxVol pivot order (uniform
         picks last), in the input's namespace and on its device (NumPy for NumPy,
-        sparse and pandas input).
+        sparse, pandas and dask input).
     sample_weight_ : float array of shape (n_selected,)
         One weight per selected row: with gradients, the least-squares weights
         of the chunk's mean gradient on the selected rows times the chunk size
@@ -472,7 +472,9 @@ class GraftSelector(TransformerMixin, _GraftBase):
         ----------
         X : {array-like, sparse matrix, DataFrame, tensor} of shape (n_samples, n_features)
             Features, one row per sample: NumPy, scipy.sparse CSR/CSC, pandas,
-            torch or CuPy (device arrays stay on their device).
+            torch or CuPy (device arrays stay on their device), or a dask array
+            chunked along its rows (selected block by block on the workers;
+            needs an int ``batch_size``, see :doc:`/dask`).
         y : array-like of shape (n_samples,), default=None
             Ignored except for its length, which must match X.
         gradients : array of shape (n_samples, p) or FactoredGradients, default=None
@@ -493,13 +495,13 @@ class GraftSelector(TransformerMixin, _GraftBase):
         Parameters
         ----------
         X : array-like of shape (``n_samples_fit_``, n_features)
-            The fitted data (NumPy, sparse, DataFrame, torch or CuPy), or any
-            data aligned with it row by row.
+            The fitted data (NumPy, sparse, DataFrame, torch, CuPy or dask), or
+            any data aligned with it row by row.
 
         Returns
         -------
         X_subset : same type as X, of shape (n_selected, n_features)
-            The rows ``sample_indices_`` of X.
+            The rows ``sample_indices_`` of X (a lazy dask array for dask input).
         """
         check_is_fitted(self, "sample_indices_")
         if not is_dask_array(X):  # a dask array is checked block by block, lazily
