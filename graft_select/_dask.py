@@ -35,6 +35,8 @@ from .selector import _chunk_bounds, _n_rows, _ns_dev, _stack_groups, _stack_row
 
 __all__ = ["aligned", "fit_dask", "take_rows"]
 
+_X_DTYPES = (np.float32, np.float64)  # the dtypes X keeps, as in GraftSelector._validate_X
+
 
 # ----------------------------------------------------------------------- fitting
 
@@ -339,8 +341,8 @@ def _check_dask(X, name, owner, *, min_ndim=2, convert=True):
     if not convert:
         return X
     kind = np.dtype(X.dtype).kind
-    if kind in "iub":
-        return X.astype(np.float64)
+    if kind in "iub" or (name == "X" and kind == "f" and X.dtype not in _X_DTYPES):
+        return X.astype(np.float64)  # as the in-memory fit converts X
     if kind != "f":
         raise TypeError(
             f"'{name}' of {owner} must hold real numbers, got dtype {X.dtype}; convert "

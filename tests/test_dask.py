@@ -165,6 +165,24 @@ class TestSameAsInMemory:
                 da.from_array(X, chunks=(128, -1)))
         _assert_same_fit(lazy, eager)
 
+    def test_float16_input(self):
+        """float16 dask input is converted to float64, as in memory."""
+        X = np.random.default_rng(0).standard_normal((600, 7)).astype(np.float16)
+        eager = GraftSelector(0.3, batch_size=64, random_state=0).fit(X)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(0.3, batch_size=64, random_state=0).fit(
+                da.from_array(X, chunks=(128, -1)))
+        _assert_same_fit(lazy, eager)
+
+    def test_batch_size_above_rows(self, data):
+        """batch_size >= n_samples is one chunk of all rows, gathered into one block."""
+        X = data[0][:500]
+        eager = GraftSelector(0.2, batch_size=800, random_state=0).fit(X)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(0.2, batch_size=800, random_state=0).fit(
+                da.from_array(X, chunks=(128, -1)))
+        _assert_same_fit(lazy, eager)
+
     def test_refit_forgets_feature_names(self, data):
         """A refit on a dask array drops feature names of an earlier DataFrame fit."""
         pd = pytest.importorskip("pandas")
