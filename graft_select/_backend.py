@@ -15,6 +15,7 @@ __all__ = [
     "from_numpy",
     "get_namespace",
     "is_cupy",
+    "is_dask_array",
     "is_numpy",
     "is_sparse",
     "is_torch",
@@ -33,6 +34,11 @@ def is_sparse(X):
     import scipy.sparse
 
     return scipy.sparse.issparse(X)
+
+
+def is_dask_array(X):
+    """Return True for a ``dask.array.Array`` (recognised by its type, without importing dask)."""
+    return type(X).__module__.startswith("dask.") and type(X).__name__ == "Array"
 
 
 def get_namespace(*arrays):

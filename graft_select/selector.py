@@ -12,13 +12,16 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
+from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
 from ._sizing import allocate_sizes, apportion, size_band
 from ._validation import check_array, check_random_state
 from .gradients import FactoredGradients, gradient_error, gram_matrix, nested_gradient_errors
 from .linalg import fast_maxvol, low_rank_features
 
 __all__ = ["GraftResampler", "GraftSelector"]
+
+# Random keys of the uniform picks held at once (8 MiB of float64).
+_PICK_KEYS = 1 << 20
 
 _DOC_PARAMETERS = """
     Parameters
@@ -75,7 +78,7 @@ _DOC_ATTRIBUTES = """
     sample_indices_ : integer array of shape (n_selected,)
         Selected rows, chunk by chunk, each chunk in MaxVol pivot order (uniform
         picks last), in the input's namespace and on its device (NumPy for NumPy,
-        sparse and pandas input).
+        sparse, pandas and dask input).
     sample_weight_ : float array of shape (n_selected,)
         One weight per selected row: with gradients, the least-squares weights
         of the chunk's mean gradient on the selected rows times the chunk size
@@ -151,6 +154,10 @@ class _GraftBase(BaseEstimator):
 
     def _fit(self, X, y=None, gradients=None):
         start = time.perf_counter()
+        if is_dask_array(X):
+            from ._dask import fit_dask  # dask is imported only for dask input
+
+            return fit_dask(self, X, y, gradients, start)
         X, xp = self._validate_X(X, reset=True)
         n = X.shape[0]
         if n < 2:
@@ -322,30 +329,38 @@ class _GraftBase(BaseEstimator):
 
         The uniform picks of all chunks of one size come from one array of random
         keys: rows already in the MaxVol prefix get an infinite key, and each chunk
-        takes its rows with the smallest keys.
+        takes its rows with the smallest keys. The keys are drawn in slices of
+        chunks, so the host holds about ``_PICK_KEYS`` of them at a time.
         """
         local = [None] * len(sizes)
         chunk_sizes = self.chunk_sizes_
         for size in np.unique(chunk_sizes):
-            members = np.flatnonzero(chunk_sizes == size)
-            keys = rng.random((members.size, int(size)))
-            n_uniform = np.zeros(members.size, dtype=np.int64)
-            for j, c in enumerate(members):
-                k = int(sizes[c])
-                if orders[c] is None:
-                    n_uniform[j] = k
-                    continue
-                n_uniform[j] = round(self.uniform_share * k) if k > 1 else 0
-                keys[j, orders[c][: k - n_uniform[j]]] = np.inf
-            ranked = np.argsort(keys, axis=1, kind="stable")
-            for j, c in enumerate(members):
-                tail = np.sort(ranked[j, : n_uniform[j]])
-                if orders[c] is None:
-                    local[c] = tail.astype(np.int64)
-                    continue
-                head = orders[c][: int(sizes[c]) - n_uniform[j]]
-                local[c] = np.concatenate([head, tail]).astype(np.int64)
+            every = np.flatnonzero(chunk_sizes == size)
+            # drawn in slices of about _PICK_KEYS keys: the same stream as one draw
+            step = max(1, _PICK_KEYS // int(size))
+            for members in (every[s:s + step] for s in range(0, every.size, step)):
+                self._pick_members(orders, sizes, rng, local, members, size)
         return local
+
+    def _pick_members(self, orders, sizes, rng, local, members, size):
+        """`_pick` for the chunks ``members``, all of ``size`` rows (fills ``local``)."""
+        keys = rng.random((members.size, int(size)))
+        n_uniform = np.zeros(members.size, dtype=np.int64)
+        for j, c in enumerate(members):
+            k = int(sizes[c])
+            if orders[c] is None:
+                n_uniform[j] = k
+                continue
+            n_uniform[j] = round(self.uniform_share * k) if k > 1 else 0
+            keys[j, orders[c][: k - n_uniform[j]]] = np.inf
+        ranked = np.argsort(keys, axis=1, kind="stable")
+        for j, c in enumerate(members):
+            tail = np.sort(ranked[j, : n_uniform[j]])
+            if orders[c] is None:
+                local[c] = tail.astype(np.int64)
+                continue
+            head = orders[c][: int(sizes[c]) - n_uniform[j]]
+            local[c] = np.concatenate([head, tail]).astype(np.int64)
 
     def _finish(self, local, chunks, gradients, xp, X):
         offsets = np.array([begin for begin, _ in chunks])
@@ -385,6 +400,10 @@ class _GraftBase(BaseEstimator):
         return from_numpy(mask, xp, device)
 
     def _take_rows(self, X, name="X"):
+        if is_dask_array(X):
+            from ._dask import take_rows
+
+            return take_rows(self, X, name)
         rows = _n_rows(X)
         if rows != self.n_samples_fit_:
             raise ValueError(
@@ -453,7 +472,9 @@ class GraftSelector(TransformerMixin, _GraftBase):
         ----------
         X : {array-like, sparse matrix, DataFrame, tensor} of shape (n_samples, n_features)
             Features, one row per sample: NumPy, scipy.sparse CSR/CSC, pandas,
-            torch or CuPy (device arrays stay on their device).
+            torch or CuPy (device arrays stay on their device), or a dask array
+            chunked along its rows (selected block by block on the workers;
+            needs an int ``batch_size``, see :doc:`/dask`).
         y : array-like of shape (n_samples,), default=None
             Ignored except for its length, which must match X.
         gradients : array of shape (n_samples, p) or FactoredGradients, default=None
@@ -474,16 +495,17 @@ class GraftSelector(TransformerMixin, _GraftBase):
         Parameters
         ----------
         X : array-like of shape (``n_samples_fit_``, n_features)
-            The fitted data (NumPy, sparse, DataFrame, torch or CuPy), or any
-            data aligned with it row by row.
+            The fitted data (NumPy, sparse, DataFrame, torch, CuPy or dask), or
+            any data aligned with it row by row.
 
         Returns
         -------
         X_subset : same type as X, of shape (n_selected, n_features)
-            The rows ``sample_indices_`` of X.
+            The rows ``sample_indices_`` of X (a lazy dask array for dask input).
         """
         check_is_fitted(self, "sample_indices_")
-        self._validate_X(X, reset=False)
+        if not is_dask_array(X):  # a dask array is checked block by block, lazily
+            self._validate_X(X, reset=False)
         return self._take_rows(X)
 
     def fit_transform(self, X, y=None, *, gradients=None):

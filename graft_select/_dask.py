@@ -1,0 +1,424 @@
+"""GraftSelector on Dask arrays: every block is selected where it lives.
+
+Imported by :class:`~graft_select.GraftSelector` only when ``X`` is a
+``dask.array.Array`` (``import graft_select`` does not import dask).
+
+The fit is the in-memory fit split at block boundaries:
+
+1. host: check the arrays, rechunk so that no selection chunk straddles a block,
+   plan the chunks and draw the seeds exactly as the in-memory fit does;
+2. workers, one task per block: MaxVol orders of the block's chunks and, with
+   gradients, their nested gradient errors (the same kernels and the same seeds
+   as in memory, so the same orders);
+3. host: one allocation of the budget over all chunks from those errors and the
+   uniform picks (the functions the in-memory fit calls);
+4. workers, with gradients only: least-squares weights and errors of the picked
+   rows, block by block.
+
+Only orders, errors, picks and weights travel; the rows stay on the workers.
+Blocks may be NumPy or CuPy arrays: each task runs the kernels in its block's
+namespace and returns NumPy results.
+"""
+
+import math
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+from sklearn.base import clone
+
+from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
+from ._validation import _all_finite, check_random_state
+from .gradients import FactoredGradients, nested_gradient_errors
+from .selector import _chunk_bounds, _n_rows, _ns_dev, _stack_groups, _stack_rows, _subset_errors
+
+__all__ = ["aligned", "fit_dask", "take_rows"]
+
+_X_DTYPES = (np.float32, np.float64)  # the dtypes X keeps, as in GraftSelector._validate_X
+
+
+# ----------------------------------------------------------------------- fitting
+
+
+def fit_dask(selector, X, y, gradients, start):
+    """Fit ``selector`` (a GraftSelector or GraftResampler) on the dask array ``X``."""
+    owner = type(selector).__name__
+    X = _check_dask(X, "X", owner)
+    batch_size = _check_batch_size(selector.batch_size, owner)
+    n = X.shape[0]
+    if n < 2:
+        raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
+    if y is not None and _n_rows(y) != n:
+        raise ValueError(
+            f"'y' has {_n_rows(y)} rows but X has {n}; pass one target per row of X."
+        )
+    gradients = _check_gradients(gradients, X, owner)
+    selector.n_features_in_ = int(X.shape[1])
+    if hasattr(selector, "feature_names_in_"):
+        del selector.feature_names_in_
+    X = aligned(X, batch_size)
+    gradients = _map_gradients(gradients, lambda G: aligned(G, batch_size))
+    selector._check_band()
+    rng = check_random_state(selector.random_state, "random_state", owner)
+    chunks = _chunk_bounds(n, batch_size)
+    selector.chunk_sizes_ = np.array([stop - begin for begin, stop in chunks], dtype=np.int64)
+    if selector.basis == "gradients" and gradients is None and selector.strategy == "graft":
+        raise ValueError(
+            "basis='gradients' needs per-sample gradients: call fit(X, gradients=G) "
+            "or use basis='input'."
+        )
+    groups = _plan_groups(selector, chunks, gradients is not None, rng)
+    orders, errors = _block_orders(selector, X, gradients, batch_size, groups, owner)
+    sizes = selector._sizes(errors, gradients is not None)
+    local = selector._pick(orders, sizes, rng)
+    offsets = np.array([begin for begin, _ in chunks], dtype=np.int64)
+    indices = np.concatenate([o + lo for o, lo in zip(offsets, local)])
+    counts = np.array([len(lo) for lo in local], dtype=np.int64)
+    selector.gradient_error_ = None
+    if gradients is None:
+        weights = np.repeat(selector.chunk_sizes_ / counts, counts).astype(np.float64)
+    else:
+        selector.gradient_error_, weights = _block_weights(gradients, batch_size, chunks, local)
+    selector.sample_indices_ = indices
+    selector.sample_weight_ = weights
+    selector.subset_sizes_ = sizes
+    selector.n_samples_fit_ = n
+    selector.fit_time_ = time.perf_counter() - start
+    return selector
+
+
+def _plan_groups(selector, chunks, with_gradients, rng):
+    """Stacks of equal chunks with their largest subset size and seed, as in memory.
+
+    The in-memory fit draws one seed per stack (for its low-rank factor) in stack
+    order, unless the strategy is uniform: the same draws, in the same order,
+    here.
+    """
+    if with_gradients:
+        k_hi = selector._k_band(selector.chunk_sizes_)[1]
+    else:
+        k_hi = selector._fixed_sizes()
+    groups = []
+    for _, _, count in _stack_groups(chunks):
+        seed = None if selector.strategy == "uniform" else int(rng.integers(2**32))
+        groups.append((count, int(k_hi[count[0]:count[1]].max()), seed))
+    return groups
+
+
+def _block_orders(selector, X, gradients, batch_size, groups, owner):
+    """MaxVol orders and nested errors of every chunk, one task per block."""
+    template = dask.delayed(clone(selector), pure=True)
+    X_blocks = X.to_delayed().ravel()
+    G_blocks = _gradient_blocks(gradients)
+    tasks = []
+    for b, (start, stop) in enumerate(_block_bounds(X)):
+        pieces = _block_pieces(groups, start // batch_size, -(-stop // batch_size), batch_size,
+                               start, stop)
+        G_block = None if G_blocks is None else G_blocks[b]
+        tasks.append(dask.delayed(_order_block, pure=True)(template, X_blocks[b], G_block,
+                                                           pieces))
+    results = dask.compute(*tasks)
+    _raise_non_finite(results, _block_bounds(X), owner)
+    orders, errors = [], []
+    for _, _, block in results:
+        for order, error in block:
+            if order is None:
+                orders.extend([None] * error)  # error holds the number of chunks here
+                continue
+            orders.extend(order)
+            if error is not None:
+                errors.extend(error)
+    return orders, errors
+
+
+def _block_pieces(groups, first, last, batch_size, start, stop):
+    """The parts of the stacks in chunks ``[first, last)`` of one block.
+
+    Each piece is ``(begin, stop, count, k_hi, seed)`` with rows relative to the
+    block, as ``GraftSelector._order_group`` takes them.
+    """
+    pieces = []
+    for (c0, c1), k_hi, seed in groups:
+        lo, hi = max(c0, first), min(c1, last)
+        if lo >= hi:
+            continue
+        rows = (lo * batch_size - start, min(hi * batch_size, stop) - start)
+        pieces.append((*rows, (lo, hi), k_hi, seed))
+    return pieces
+
+
+class _Seed:
+    """Stands in for the host generator on a worker: ``integers`` returns the planned seed."""
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def integers(self, high):
+        return self.seed
+
+
+def _order_block(selector, X, gradients, pieces):
+    """Worker task: (bad X rows, bad gradient rows, [(orders, errors) per piece]).
+
+    ``orders`` is an int64 array (chunks, k_hi), ``errors`` a float64 array of
+    the same shape or None (without gradients); for the uniform strategy a
+    piece is ``(None, number of chunks)``. If X or dense gradients hold NaN or
+    infinity, nothing is selected and the bad rows are reported instead.
+    """
+    xp, _ = get_namespace(X)
+    if isinstance(gradients, tuple):
+        gradients = FactoredGradients(*gradients)
+    bad_X = _bad_rows(X)
+    bad_G = None if gradients is None or isinstance(gradients, FactoredGradients) else (
+        _bad_rows(gradients))
+    if bad_X is not None or bad_G is not None:
+        return bad_X, bad_G, []
+    out = []
+    for begin, stop, count, k_hi, seed in pieces:
+        order = selector._order_group(X, xp, gradients, begin, stop, count, k_hi, _Seed(seed))
+        if order[0] is None:
+            out.append((None, len(order)))
+            continue
+        order = np.stack(order)
+        errors = None
+        if gradients is not None:
+            errors = nested_gradient_errors(_stack_rows(gradients, begin, stop, len(order)),
+                                            from_numpy(order, *_ns_dev(gradients)))
+            errors = np.asarray(to_numpy(errors), dtype=np.float64)
+        out.append((order, errors))
+    return None, None, out
+
+
+def _bad_rows(X):
+    """``(count, first)`` of the rows of a block holding NaN or infinity, or None."""
+    xp, _ = get_namespace(X)
+    if _all_finite(X, xp):
+        return None
+    rows = np.flatnonzero(~np.all(np.isfinite(to_numpy(X)), axis=-1))
+    return int(rows.size), int(rows[0])
+
+
+def _raise_non_finite(results, bounds, owner):
+    for position, name in ((0, "X"), (1, "gradients")):
+        found = [(r[position], start) for r, (start, _) in zip(results, bounds)
+                 if r[position] is not None]
+        if found:
+            count = sum(c for (c, _), _ in found)
+            first = min(start + f for (_, f), start in found)
+            raise ValueError(
+                f"'{name}' of {owner} contains NaN or infinity in {count} rows "
+                f"(first: {first}); remove or impute them before selection."
+            )
+
+
+def _block_weights(gradients, batch_size, chunks, local):
+    """Errors (n_chunks,) and weights (n_selected,) of the picked rows, one task per block."""
+    G_blocks = _gradient_blocks(gradients)
+    bounds = _block_bounds(gradients.residuals if isinstance(gradients, FactoredGradients)
+                           else gradients)
+    tasks = []
+    for b, (start, stop) in enumerate(bounds):
+        first, last = start // batch_size, -(-stop // batch_size)
+        block_chunks = [(s - start, e - start) for s, e in chunks[first:last]]
+        tasks.append(dask.delayed(_weights_block, pure=True)(
+            G_blocks[b], block_chunks, local[first:last]))
+    results = dask.compute(*tasks)
+    errors = np.concatenate([e for e, _ in results])
+    weights = np.concatenate([w for _, w in results])
+    return errors, weights
+
+
+def _weights_block(gradients, chunks, local):
+    """Worker task: `_subset_errors` of the chunks of one block."""
+    if isinstance(gradients, tuple):
+        gradients = FactoredGradients(*gradients)
+    return _subset_errors(gradients, chunks, local)
+
+
+# --------------------------------------------------------------------- transform
+
+
+def take_rows(selector, X, name="X"):
+    """The rows ``sample_indices_`` of the dask array ``X``, as a lazy dask array.
+
+    Block ``b`` of the result holds the selected rows of block ``b`` of ``X``
+    (after the rechunk of :func:`aligned` to the fitted chunks), in the order of
+    ``sample_indices_``; it is computed where that block lives.
+    """
+    owner = type(selector).__name__
+    X = _check_dask(X, name, owner, min_ndim=1 if name != "X" else 2, convert=False)
+    if name == "X" and X.shape[1] != selector.n_features_in_:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {owner} is expecting "
+            f"{selector.n_features_in_} features as input."
+        )
+    if X.shape[0] != selector.n_samples_fit_:
+        raise ValueError(
+            f"'{name}' has {X.shape[0]} rows but {owner} was fitted on "
+            f"{selector.n_samples_fit_}; the selection is a set of row indices of the "
+            f"fitted data, so pass that same data (or refit)."
+        )
+    X = aligned(X, int(selector.chunk_sizes_[0]))
+    indices = np.asarray(to_numpy(selector.sample_indices_), dtype=np.int64)
+    starts = np.array([start for start, _ in _block_bounds(X)], dtype=np.int64)
+    block = np.searchsorted(starts, indices, side="right") - 1
+    counts = tuple(int(c) for c in np.bincount(block, minlength=len(starts)))
+    local = da.from_array(indices - starts[block], chunks=(counts,))
+    letters = "ij"[: X.ndim]
+    return da.blockwise(_take_block, letters, X, letters, local, "i",
+                        adjust_chunks={"i": counts}, dtype=X.dtype, meta=X._meta,
+                        align_arrays=False, concatenate=True)
+
+
+def _take_block(X, local):
+    if isinstance(X, np.ndarray):
+        return X[local]
+    xp, device = get_namespace(X)
+    return xp.take(X, from_numpy(np.asarray(local), xp, device), axis=0)
+
+
+# ------------------------------------------------------------------------ checks
+
+
+def aligned(X, batch_size):
+    """``X`` rechunked so that no selection chunk of ``batch_size`` rows straddles a block.
+
+    The rule: if every block but the last holds a multiple of ``batch_size``
+    rows, the blocks stay as they are; otherwise ``X`` is rechunked along its rows
+    to blocks of ``batch_size * max(1, rows_of_first_block // batch_size)`` rows
+    (the first block's size rounded down to a multiple of ``batch_size``, at
+    least one chunk), so blocks never grow beyond what the caller chose.
+    """
+    rows = X.chunks[0]
+    boundaries = np.cumsum(rows)[:-1]
+    if np.all(boundaries % batch_size == 0):
+        return X
+    return X.rechunk({0: batch_size * max(1, rows[0] // batch_size)})
+
+
+def _check_batch_size(batch_size, owner):
+    if batch_size is None:
+        raise ValueError(
+            f"The 'batch_size' parameter of {owner} must be an int for dask input (the "
+            f"size of the selection chunks; blocks are rechunked to a multiple of it). "
+            f"Got None instead, which selects over all rows at once, in memory: set "
+            f"batch_size, for example batch_size=256."
+        )
+    return int(batch_size)
+
+
+def _check_dask(X, name, owner, *, min_ndim=2, convert=True):
+    """Check a dask array's shape, blocks and dtype; return it with a float dtype."""
+    if not min_ndim <= X.ndim <= 2:
+        want = "a 2-D array" if min_ndim == 2 else "a 1-D or 2-D array"
+        raise ValueError(
+            f"'{name}' of {owner} must be {want}, got a dask array of shape {X.shape}; "
+            f"reshape it, e.g. X.reshape(n_samples, -1)."
+        )
+    if any(math.isnan(c) for c in X.chunks[0]):
+        raise ValueError(
+            f"'{name}' of {owner} is a dask array with unknown chunk sizes (NaN in "
+            f"{name}.chunks, as after boolean indexing or DataFrame.values); call "
+            f"{name} = {name}.compute_chunk_sizes() first."
+        )
+    if X.ndim == 2 and len(X.chunks[1]) > 1:
+        raise ValueError(
+            f"'{name}' of {owner} is split into {len(X.chunks[1])} blocks along its "
+            f"columns ({name}.chunks[1] = {_short(X.chunks[1])}); every block must hold "
+            f"whole rows: {name} = {name}.rechunk({{1: -1}})."
+        )
+    if any(s == 0 for s in X.shape):
+        raise ValueError(
+            f"'{name}' of {owner} is empty (shape {X.shape}); at least one row and one "
+            f"column are needed."
+        )
+    if is_sparse(X._meta):
+        raise TypeError(
+            f"{owner} does not accept a dask array of scipy.sparse blocks for '{name}'; "
+            f"pass dense blocks ({name}.map_blocks(lambda b: b.toarray()))."
+        )
+    if not convert:
+        return X
+    kind = np.dtype(X.dtype).kind
+    if kind in "iub" or (name == "X" and kind == "f" and X.dtype not in _X_DTYPES):
+        return X.astype(np.float64)  # as the in-memory fit converts X
+    if kind != "f":
+        raise TypeError(
+            f"'{name}' of {owner} must hold real numbers, got dtype {X.dtype}; convert "
+            f"it, e.g. {name}.astype('float64')."
+        )
+    return X
+
+
+def _check_gradients(gradients, X, owner):
+    """Dense or factored gradients as dask arrays chunked like X (NumPy is wrapped)."""
+    if gradients is None:
+        return None
+    if isinstance(gradients, FactoredGradients):
+        return FactoredGradients(
+            _check_gradient_part(gradients.residuals, X, "gradients.residuals", owner),
+            _check_gradient_part(gradients.inputs, X, "gradients.inputs", owner))
+    return _check_gradient_part(gradients, X, "gradients", owner)
+
+
+def _check_gradient_part(G, X, name, owner):
+    if isinstance(G, np.ndarray):
+        if G.ndim != 2:
+            raise ValueError(f"'{name}' of {owner} must be a 2-D array, got shape {G.shape}.")
+        if G.shape[0] == X.shape[0]:
+            G = da.from_array(G, chunks=(X.chunks[0], -1))
+    elif not is_dask_array(G):
+        raise TypeError(
+            f"'{name}' of {owner} must be a dask array (or a NumPy array) when X is a "
+            f"dask array, got {type(G).__name__}; wrap it with "
+            f"dask.array.from_array({name}, chunks=(X.chunks[0], -1))."
+        )
+    if is_dask_array(G):
+        G = _check_dask(G, name, owner)
+    if G.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"'{name}' has {G.shape[0]} rows but X has {X.shape[0]}; pass one gradient "
+            f"proxy per row of X, in the same order."
+        )
+    if G.chunks[0] != X.chunks[0]:
+        raise ValueError(
+            f"'{name}' of {owner} is split into row blocks of {_short(G.chunks[0])} rows "
+            f"but X into {_short(X.chunks[0])}; chunk them alike: "
+            f"{name} = {name}.rechunk({{0: X.chunks[0]}})."
+        )
+    return G
+
+
+def _short(sizes):
+    sizes = tuple(sizes)
+    if len(sizes) <= 4:
+        return str(sizes)
+    return f"({sizes[0]}, {sizes[1]}, ..., {sizes[-1]}; {len(sizes)} blocks)"
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _block_bounds(X):
+    ends = np.cumsum(X.chunks[0])
+    return [(int(e - s), int(e)) for s, e in zip(X.chunks[0], ends)]
+
+
+def _map_gradients(gradients, function):
+    if gradients is None:
+        return None
+    if isinstance(gradients, FactoredGradients):
+        return FactoredGradients(function(gradients.residuals), function(gradients.inputs))
+    return function(gradients)
+
+
+def _gradient_blocks(gradients):
+    """One delayed block per row block: dense, or a (residuals, inputs) pair."""
+    if gradients is None:
+        return None
+    if isinstance(gradients, FactoredGradients):
+        residuals = gradients.residuals.to_delayed().ravel()
+        inputs = gradients.inputs.to_delayed().ravel()
+        return [dask.delayed(tuple)([r, h]) for r, h in zip(residuals, inputs)]
+    return list(gradients.to_delayed().ravel())

@@ -1,0 +1,445 @@
+"""GraftSelector on dask arrays: the same selection as in memory, block by block.
+
+Every fit is compared with the in-memory fit of the same data and seed (same
+indices, weights, sizes and errors), on several block layouts, under the
+synchronous scheduler and on a real two-worker LocalCluster.
+"""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+
+from graft_select import (  # noqa: E402
+    FactoredGradients,
+    GraftResampler,
+    GraftSelector,
+    _dask,
+    last_layer_gradients,
+    selector,
+)
+
+N, D, BATCH = 2300, 12, 100  # 23 chunks of 100 rows: the last block's chunks are full
+N_SHORT = 2260  # 22 full chunks and a short one (two stacks, two seeds)
+
+# Row block layouts: aligned uniform, aligned uneven, one block, and unaligned (rechunked).
+LAYOUTS = {
+    "aligned": 500,
+    "uneven": (300, 1000, 200, -1),
+    "one block": -1,
+    "unaligned": 730,
+}
+
+
+def _chunks(layout, n):
+    spec = LAYOUTS[layout]
+    if isinstance(spec, tuple):
+        sizes = list(spec[:-1])
+        return (tuple([*sizes, n - sum(sizes)]), -1)
+    return (spec, -1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Features, dense gradients and factored gradients with unequal chunk difficulty."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((N, D))
+    X[: N // 2] *= np.linspace(0.2, 3.0, D)  # the first half: a few dominant directions
+    logits = X @ rng.standard_normal((D, 4))
+    y = rng.integers(0, 4, N)
+    embeddings = X[:, :6]
+    dense = last_layer_gradients(logits, y, embeddings)
+    factored = last_layer_gradients(logits, y, embeddings, factored=True)
+    return X, y, dense, factored
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A real two-worker cluster (one thread each), closed after the module."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(params=["synchronous", "distributed"])
+def scheduler(request):
+    """Run the test body under the synchronous scheduler, then on the LocalCluster."""
+    if request.param == "synchronous":
+        with dask.config.set(scheduler="synchronous"):
+            yield request.param
+    else:
+        c = request.getfixturevalue("client")
+        with dask.config.set(scheduler=c.get):
+            yield request.param
+
+
+def _dask_like(A, chunks):
+    if isinstance(A, FactoredGradients):
+        return FactoredGradients(_dask_like(A.residuals, chunks), _dask_like(A.inputs, chunks))
+    return da.from_array(A, chunks=chunks)
+
+
+def _assert_same_fit(lazy, eager):
+    np.testing.assert_array_equal(lazy.sample_indices_, eager.sample_indices_)
+    np.testing.assert_array_equal(lazy.sample_weight_, eager.sample_weight_)
+    np.testing.assert_array_equal(lazy.subset_sizes_, eager.subset_sizes_)
+    np.testing.assert_array_equal(lazy.chunk_sizes_, eager.chunk_sizes_)
+    if eager.gradient_error_ is None:
+        assert lazy.gradient_error_ is None
+    else:
+        np.testing.assert_array_equal(lazy.gradient_error_, eager.gradient_error_)
+    assert isinstance(lazy.sample_indices_, np.ndarray)
+    assert isinstance(lazy.sample_weight_, np.ndarray)
+    assert lazy.n_samples_fit_ == eager.n_samples_fit_
+    assert lazy.n_features_in_ == eager.n_features_in_
+
+
+class TestSameAsInMemory:
+    """A fit on a dask array equals the in-memory fit of the same data and seed."""
+
+    @pytest.mark.parametrize("layout", list(LAYOUTS))
+    @pytest.mark.parametrize("n", [N, N_SHORT])
+    def test_without_gradients(self, data, layout, n):
+        """Indices and weights match for every block layout, with and without a short chunk."""
+        X = data[0][:n]
+        params = dict(fraction=0.15, batch_size=BATCH, random_state=3)
+        eager = GraftSelector(**params).fit(X)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(**params).fit(da.from_array(X, chunks=_chunks(layout, n)))
+        _assert_same_fit(lazy, eager)
+
+    @pytest.mark.parametrize("params", [
+        {"uniform_share": 0.4},
+        {"strategy": "uniform"},
+        {"method": "lu", "refine": True, "n_components": 4},
+        {"svd_method": "randomized", "n_components": 3},
+    ], ids=["uniform_share", "uniform", "lu-refine", "randomized"])
+    def test_options(self, data, scheduler, params):
+        """Uniform picks, the uniform strategy, LU + refine and the randomized SVD match."""
+        X = data[0][:N_SHORT]
+        params = dict(fraction=0.2, batch_size=BATCH, random_state=11, **params)
+        eager = GraftSelector(**params).fit(X)
+        lazy = GraftSelector(**params).fit(da.from_array(X, chunks=(400, -1)))
+        _assert_same_fit(lazy, eager)
+
+    @pytest.mark.parametrize("kind", ["dense", "factored"])
+    @pytest.mark.parametrize("params", [
+        {}, {"basis": "gradients"}, {"gradient_tol": 0.2}, {"uniform_share": 0.3},
+    ], ids=["input", "basis-gradients", "tol", "uniform_share"])
+    def test_with_gradients(self, data, scheduler, kind, params):
+        """Sizes, weights and gradient errors match with dense and factored gradients."""
+        X, _, dense, factored = data
+        G = dense if kind == "dense" else factored
+        params = dict(fraction=0.2, batch_size=BATCH, random_state=5, **params)
+        eager = GraftSelector(**params).fit(X, gradients=G)
+        chunks = _chunks("uneven", N)
+        lazy = GraftSelector(**params).fit(da.from_array(X, chunks=chunks),
+                                           gradients=_dask_like(G, chunks))
+        _assert_same_fit(lazy, eager)
+
+    @pytest.mark.parametrize("layout", ["aligned", "unaligned"])
+    def test_gradient_strategy_uniform_and_numpy_gradients(self, data, layout):
+        """NumPy gradients with a dask X are chunked like X; the uniform strategy matches."""
+        X, _, dense, _ = data
+        params = dict(fraction=0.2, batch_size=BATCH, strategy="uniform", random_state=2)
+        eager = GraftSelector(**params).fit(X, gradients=dense)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(**params).fit(da.from_array(X, chunks=_chunks(layout, N)),
+                                               gradients=dense)
+        _assert_same_fit(lazy, eager)
+
+    def test_integer_input(self):
+        """Integer dask input is converted to float64, as in memory."""
+        X = np.random.default_rng(0).integers(-5, 5, (600, 7))
+        eager = GraftSelector(0.3, batch_size=64, random_state=0).fit(X)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(0.3, batch_size=64, random_state=0).fit(
+                da.from_array(X, chunks=(128, -1)))
+        _assert_same_fit(lazy, eager)
+
+    def test_float16_input(self):
+        """float16 dask input is converted to float64, as in memory."""
+        X = np.random.default_rng(0).standard_normal((600, 7)).astype(np.float16)
+        eager = GraftSelector(0.3, batch_size=64, random_state=0).fit(X)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(0.3, batch_size=64, random_state=0).fit(
+                da.from_array(X, chunks=(128, -1)))
+        _assert_same_fit(lazy, eager)
+
+    def test_batch_size_above_rows(self, data):
+        """batch_size >= n_samples is one chunk of all rows, gathered into one block."""
+        X = data[0][:500]
+        eager = GraftSelector(0.2, batch_size=800, random_state=0).fit(X)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(0.2, batch_size=800, random_state=0).fit(
+                da.from_array(X, chunks=(128, -1)))
+        _assert_same_fit(lazy, eager)
+
+    def test_refit_forgets_feature_names(self, data):
+        """A refit on a dask array drops feature names of an earlier DataFrame fit."""
+        pd = pytest.importorskip("pandas")
+        X = data[0][:400]
+        sel = GraftSelector(0.2, batch_size=BATCH, random_state=0)
+        sel.fit(pd.DataFrame(X, columns=[f"f{i}" for i in range(D)]))
+        assert hasattr(sel, "feature_names_in_")
+        with dask.config.set(scheduler="synchronous"):
+            sel.fit(da.from_array(X, chunks=(200, -1)))
+        assert not hasattr(sel, "feature_names_in_")
+
+
+class TestOneBudget:
+    """The gradient-aware sizing spreads one budget over all chunks, across blocks."""
+
+    def test_budget_is_global_not_per_block(self, data):
+        """An easy block gives its budget to a hard one: one exact total, as in memory."""
+        rng = np.random.default_rng(1)
+        X = data[0]
+        G = rng.standard_normal((N, 30))
+        G[:1100] = rng.standard_normal((1100, 2)) @ rng.standard_normal((2, 30))  # rank 2
+        params = dict(fraction=0.2, batch_size=BATCH, basis="gradients", random_state=0)
+        eager = GraftSelector(**params).fit(X, gradients=G)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(**params).fit(da.from_array(X, chunks=(1100, -1)),
+                                               gradients=da.from_array(G, chunks=(1100, -1)))
+        _assert_same_fit(lazy, eager)
+        assert lazy.subset_sizes_.sum() == round(0.2 * N)
+        easy, hard = lazy.subset_sizes_[:11].sum() / 1100, lazy.subset_sizes_[11:].sum() / 1200
+        assert easy == pytest.approx(0.1)  # the band's floor, fraction / 2
+        assert hard > 0.28
+
+
+class TestTransform:
+    """transform returns the selected rows as a lazy dask array."""
+
+    def test_lazy_rows_in_selection_order(self, data):
+        """The result is a dask array equal to X[sample_indices_], one block per X block."""
+        X = data[0][:N_SHORT]
+        Xd = da.from_array(X, chunks=(500, -1))
+        sel = GraftSelector(0.2, batch_size=BATCH, random_state=0)
+        with dask.config.set(scheduler="synchronous"):
+            out = sel.fit(Xd).transform(Xd)
+            assert isinstance(out, da.Array)
+            assert out.numblocks == Xd.numblocks
+            assert type(out._meta) is type(Xd._meta)
+            np.testing.assert_array_equal(out.compute(), X[sel.sample_indices_])
+
+    def test_other_chunking_of_the_same_rows(self, data, scheduler):
+        """Data chunked differently from the fit is realigned and gives the same rows."""
+        X = data[0]
+        sel = GraftSelector(0.1, batch_size=BATCH, random_state=1)
+        out = sel.fit_transform(da.from_array(X, chunks=(500, -1)))
+        again = sel.transform(da.from_array(X, chunks=(333, -1)))
+        np.testing.assert_array_equal(out.compute(), X[sel.sample_indices_])
+        np.testing.assert_array_equal(again.compute(), X[sel.sample_indices_])
+
+    def test_resampler_rows_and_targets(self, data):
+        """GraftResampler.fit_resample takes the same rows of a dask X and a dask y."""
+        X, y, _, _ = data
+        with dask.config.set(scheduler="synchronous"):
+            X_sub, y_sub = GraftResampler(0.2, batch_size=BATCH, random_state=0).fit_resample(
+                da.from_array(X, chunks=(500, -1)), da.from_array(y, chunks=500))
+            eager = GraftSelector(0.2, batch_size=BATCH, random_state=0).fit(X)
+            np.testing.assert_array_equal(X_sub.compute(), X[eager.sample_indices_])
+            np.testing.assert_array_equal(y_sub.compute(), y[eager.sample_indices_])
+
+    def test_wrong_rows_or_features(self, data):
+        """transform refuses data with other rows or features than the fit."""
+        X = data[0]
+        sel = GraftSelector(0.2, batch_size=BATCH, random_state=0)
+        with dask.config.set(scheduler="synchronous"):
+            sel.fit(da.from_array(X, chunks=(500, -1)))
+        with pytest.raises(ValueError, match="has 1000 rows but GraftSelector was fitted on"):
+            sel.transform(da.from_array(X[:1000], chunks=(500, -1)))
+        with pytest.raises(ValueError, match="X has 5 features, but GraftSelector is expecting"):
+            sel.transform(da.from_array(X[:, :5], chunks=(500, -1)))
+
+
+class TestAligned:
+    """The one rechunk rule: blocks become multiples of batch_size only when needed."""
+
+    def test_aligned_blocks_are_kept(self):
+        """Blocks whose boundaries are multiples of batch_size are not rechunked."""
+        X = da.zeros((1000, 3), chunks=((200, 400, 300, 100), (3,)))
+        assert _dask.aligned(X, 100) is X
+
+    def test_first_block_rounded_down(self):
+        """Unaligned blocks become the first block's size rounded down to the batch size."""
+        X = da.zeros((1000, 3), chunks=(350, 3))
+        assert _dask.aligned(X, 100).chunks[0] == (300, 300, 300, 100)
+
+    def test_at_least_one_chunk(self):
+        """Blocks smaller than batch_size become one chunk each."""
+        X = da.zeros((1000, 3), chunks=(64, 3))
+        assert _dask.aligned(X, 256).chunks[0] == (256, 256, 256, 232)
+
+
+class TestBadInput:
+    """Inputs the dask path cannot use get an error that names the fix."""
+
+    def test_unknown_chunk_sizes(self, data):
+        """NaN chunk sizes (after boolean indexing) ask for compute_chunk_sizes()."""
+        Xd = da.from_array(data[0], chunks=(500, -1))
+        masked = Xd[Xd[:, 0] > 0]
+        with pytest.raises(ValueError, match=r"unknown chunk sizes.*compute_chunk_sizes\(\)"):
+            GraftSelector(0.2, batch_size=BATCH).fit(masked)
+
+    def test_column_blocks(self, data):
+        """Blocks that split rows over columns ask for rechunk({1: -1})."""
+        Xd = da.from_array(data[0], chunks=(500, 4))
+        with pytest.raises(ValueError, match=r"3 blocks along its columns.*rechunk\(\{1: -1\}\)"):
+            GraftSelector(0.2, batch_size=BATCH).fit(Xd)
+
+    @pytest.mark.parametrize("kind", ["dense", "factored"])
+    def test_gradients_chunked_differently(self, data, kind):
+        """Gradients with other row blocks than X ask for rechunk({0: X.chunks[0]})."""
+        X, _, dense, factored = data
+        G = _dask_like(dense if kind == "dense" else factored, (400, -1))
+        with pytest.raises(ValueError, match=r"row blocks of .* but X into .*"
+                                             r"rechunk\(\{0: X.chunks\[0\]\}\)"):
+            GraftSelector(0.2, batch_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
+                                                     gradients=G)
+
+    def test_gradient_column_blocks(self, data):
+        """Gradients split over columns ask for rechunk({1: -1})."""
+        X, _, dense, _ = data
+        with pytest.raises(ValueError, match=r"'gradients'.*columns.*rechunk\(\{1: -1\}\)"):
+            GraftSelector(0.2, batch_size=BATCH).fit(
+                da.from_array(X, chunks=(500, -1)), gradients=da.from_array(dense, (500, 10)))
+
+    def test_gradient_rows(self, data):
+        """Gradients with another number of rows are refused, NumPy or dask."""
+        X, _, dense, _ = data
+        Xd = da.from_array(X, chunks=(500, -1))
+        for G in (dense[:100], da.from_array(dense[:100], chunks=(50, -1))):
+            with pytest.raises(ValueError, match="'gradients' has 100 rows but X has 2300"):
+                GraftSelector(0.2, batch_size=BATCH).fit(Xd, gradients=G)
+
+    def test_gradient_type(self, data):
+        """Gradients that are neither dask nor NumPy arrays are refused."""
+        X, _, dense, _ = data
+        with pytest.raises(TypeError, match=r"must be a dask array .*from_array"):
+            GraftSelector(0.2, batch_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
+                                                     gradients=dense.tolist())
+
+    def test_batch_size_none(self, data):
+        """batch_size=None (one chunk of all rows) is refused for dask input."""
+        with pytest.raises(ValueError, match="'batch_size' parameter of GraftSelector must be "
+                                             "an int for dask input"):
+            GraftSelector(0.2).fit(da.from_array(data[0], chunks=(500, -1)))
+
+    @pytest.mark.parametrize("name", ["X", "gradients"])
+    def test_non_finite_rows_in_global_numbers(self, data, name):
+        """NaN rows are reported with their global row numbers, as in memory."""
+        X, _, dense, _ = data
+        X, dense = X.copy(), dense.copy()
+        bad = X if name == "X" else dense
+        bad[[1234, 1800, 2299], 1] = np.nan
+        message = re.escape(f"'{name}' of GraftSelector contains NaN or infinity in 3 rows "
+                            "(first: 1234)")
+        with pytest.raises(ValueError, match=message):
+            GraftSelector(0.2, batch_size=BATCH).fit(X, gradients=dense)
+        with dask.config.set(scheduler="synchronous"), pytest.raises(ValueError, match=message):
+            GraftSelector(0.2, batch_size=BATCH).fit(
+                da.from_array(X, chunks=(500, -1)), gradients=da.from_array(dense, (500, -1)))
+
+    def test_wrong_dimensions_and_dtype(self):
+        """1-D, empty and complex dask arrays get the in-memory kind of error."""
+        sel = GraftSelector(0.2, batch_size=BATCH)
+        with pytest.raises(ValueError, match="must be a 2-D array"):
+            sel.fit(da.zeros(100, chunks=50))
+        with pytest.raises(ValueError, match="is empty"):
+            sel.fit(da.zeros((100, 0), chunks=(50, -1)))
+        with pytest.raises(TypeError, match="must hold real numbers"):
+            sel.fit(da.zeros((100, 3), chunks=(50, -1), dtype=complex))
+        with pytest.raises(ValueError, match="at least 2 rows"):
+            sel.fit(da.zeros((1, 3), chunks=(1, -1)))
+
+    def test_sparse_blocks(self):
+        """A dask array of scipy.sparse blocks is refused with the way to densify it."""
+        import scipy.sparse
+
+        X = da.from_array(scipy.sparse.random(200, 5, density=0.3, format="csr",
+                                              random_state=0), chunks=(100, -1),
+                          asarray=False)
+        with pytest.raises(TypeError, match=r"scipy\.sparse blocks"):
+            GraftSelector(0.2, batch_size=BATCH).fit(X)
+
+
+class TestBlockTask:
+    """The per-block task is namespace-generic: the CuPy path runs the same code."""
+
+    def test_array_api_strict_block_matches_numpy(self, data):
+        """The block task on non-NumPy blocks gives the NumPy block's orders and errors."""
+        xps = pytest.importorskip("array_api_strict")
+        X, _, dense, _ = data
+        sel = GraftSelector(0.2, batch_size=BATCH, basis="input")
+        pieces = [(0, 500, (0, 5), 40, 123)]
+        ref = _dask._order_block(sel, X[:500], dense[:500], pieces)
+        out = _dask._order_block(sel, xps.asarray(X[:500]), xps.asarray(dense[:500]), pieces)
+        assert ref[:2] == out[:2] == (None, None)
+        (ref_order, ref_err), = ref[2]
+        (order, err), = out[2]
+        assert isinstance(order, np.ndarray) and isinstance(err, np.ndarray)
+        np.testing.assert_array_equal(order, ref_order)
+        np.testing.assert_allclose(err, ref_err, rtol=1e-10, atol=1e-12)
+
+    def test_take_block_non_numpy(self, data):
+        """The transform's block take works on non-NumPy blocks with NumPy indices."""
+        xps = pytest.importorskip("array_api_strict")
+        X = data[0][:50]
+        out = _dask._take_block(xps.asarray(X), np.array([4, 0, 9]))
+        np.testing.assert_array_equal(np.asarray(out), X[[4, 0, 9]])
+
+    def test_cupy_blocks(self, data):
+        """A dask array of CuPy blocks selects what the in-memory CuPy fit selects."""
+        cupy = pytest.importorskip("cupy")
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                pytest.skip("cupy: no CUDA device")
+        except Exception as exc:  # CUDA runtime errors without a driver
+            pytest.skip(f"cupy: not usable here ({type(exc).__name__})")
+        X = cupy.asarray(data[0])
+        params = dict(fraction=0.2, batch_size=BATCH, random_state=0)
+        eager = GraftSelector(**params).fit(X)
+        Xd = da.from_array(X, chunks=(500, -1), asarray=False)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(**params).fit(Xd)
+            out = lazy.transform(Xd)
+            assert isinstance(out._meta, cupy.ndarray)
+            np.testing.assert_array_equal(cupy.asnumpy(out.compute()),
+                                          data[0][lazy.sample_indices_])
+        np.testing.assert_array_equal(lazy.sample_indices_, cupy.asnumpy(eager.sample_indices_))
+
+
+class TestPickSlices:
+    """The uniform keys drawn in slices are the same stream as one draw."""
+
+    def test_small_slices_same_selection(self, data, monkeypatch):
+        """Slices of a few chunks give the selection of the default slice size."""
+        X = data[0]
+        params = dict(fraction=0.3, batch_size=BATCH, uniform_share=0.5, random_state=4)
+        ref = GraftSelector(**params).fit(X)
+        monkeypatch.setattr(selector, "_PICK_KEYS", 3 * BATCH)
+        small = GraftSelector(**params).fit(X)
+        np.testing.assert_array_equal(small.sample_indices_, ref.sample_indices_)
+
+
+class TestImportStaysLight:
+    """Dask is imported only when a dask array is fitted."""
+
+    def test_numpy_fit_does_not_import_dask(self):
+        """import graft_select and a NumPy fit leave dask out of sys.modules."""
+        code = ("import numpy as np, sys, graft_select\n"
+                "graft_select.GraftSelector(0.2, batch_size=50).fit(np.eye(200, 5))\n"
+                "print('dask' in sys.modules, 'graft_select._dask' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=120)
+        assert out.stdout.split() == ["False", "False"]
