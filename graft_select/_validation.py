@@ -23,6 +23,8 @@ __all__ = [
     "check_option",
     "check_random_state",
     "check_real",
+    "check_real_host",
+    "half_dtype",
     "rescale_extreme",
 ]
 
@@ -195,6 +197,36 @@ def _as_array_like(X, name, owner):
     return X
 
 
+def check_real_host(X, name, owner):
+    """Reject complex or non-numeric host data (NumPy, lists, pandas) with ``name`` in the text.
+
+    For the host inputs an estimator passes on to scikit-learn's ``validate_data``,
+    whose own messages ("Complex data not supported", "could not convert string to
+    float") do not say which argument was wrong.
+    """
+    if hasattr(X, "dtypes") and not hasattr(X, "dtype"):  # a DataFrame
+        kinds = [getattr(d, "kind", "O") for d in X.dtypes]
+        convert = X.to_numpy
+    else:
+        X = _as_array_like(X, name, owner) if isinstance(X, (list, tuple)) else X
+        kinds = [getattr(getattr(X, "dtype", None), "kind", "f")]
+        convert = X.astype if hasattr(X, "astype") else None
+    if "c" in kinds:  # a ValueError, as scikit-learn's estimator checks expect
+        raise ValueError(
+            f"Complex data not supported: '{name}' of {owner} must hold real numbers; "
+            f"convert it first, e.g. np.abs({name}) or np.hstack([{name}.real, {name}.imag])."
+        )
+    if set(kinds) <= set("biuf"):
+        return
+    try:  # object columns of numbers are fine (scikit-learn converts them)
+        convert(dtype=np.float64) if hasattr(X, "dtypes") else convert(np.float64)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(
+            f"'{name}' of {owner} must hold real numbers, got non-numeric values ({exc}); "
+            f"encode text columns as numbers first."
+        ) from exc
+
+
 def check_finite(X, name, owner, xp, *, total=None):
     """Raise a ValueError naming the rows of a dense X that hold NaN or infinity.
 
@@ -240,9 +272,19 @@ def _all_finite(X, xp):
 _HALF = ("float16", "bfloat16")
 
 
+def half_dtype(X):
+    """X's dtype if it is half precision (float16, bfloat16), else None.
+
+    The kernels compute half precision in float32 (see :func:`check_array`); a
+    function that returns floating arrays casts them back to this dtype.
+    """
+    dtype = getattr(X, "dtype", None)
+    return dtype if str(dtype).rsplit(".", 1)[-1] in _HALF else None
+
+
 def _as_float(X, xp, name, owner):
     dtype = X.dtype
-    if str(dtype).rsplit(".", 1)[-1] in _HALF:
+    if half_dtype(X) is not None:
         return xp.astype(X, xp.float32)
     if xp.isdtype(dtype, "real floating"):
         return X

@@ -29,6 +29,7 @@ from ._validation import (
     check_option,
     check_random_state,
     check_real,
+    half_dtype,
     rescale_extreme,
 )
 
@@ -109,7 +110,7 @@ def low_rank_features(
     True
     """
     owner = "low_rank_features"
-    half = None if is_sparse(X) or isinstance(X, (list, tuple)) or X is None else _half_dtype(X)
+    half = None if is_sparse(X) else half_dtype(X)
     X, xp = check_array(X, "X", owner, allow_sparse=True)
     n_samples, n_features = X.shape[-2:]
     r = check_int(n_components, "n_components", owner, low=1, high=min(n_samples, n_features))
@@ -131,12 +132,6 @@ def low_rank_features(
     else:
         U = _randomized_range_svd(X, r, p, n_iter, rng, xp)
     return U if half is None else xp.astype(U, half)
-
-
-def _half_dtype(X):
-    """X's dtype if it is float16 or bfloat16 (computed in float32), else None."""
-    dtype = getattr(X, "dtype", None)
-    return dtype if str(dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16") else None
 
 
 def _exact_svd(X, r, xp):
