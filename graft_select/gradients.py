@@ -184,7 +184,10 @@ or FactoredGradients
         (the layout of ``[weight, bias[:, None]]`` of ``torch.nn.Linear(d, C)``),
         in the inputs' namespace and device. The dtype is the promoted floating
         dtype of ``logits``, ``embeddings`` and floating ``targets`` (integer
-        targets take the dtype of ``logits``).
+        targets take the dtype of ``logits``). Half precision (float16,
+        bfloat16) is computed in float32 and returned in half precision when
+        every floating input is half precision; a ValueError is raised if the
+        result does not fit in it.
 
     See Also
     --------
@@ -230,7 +233,9 @@ or FactoredGradients
                 f"{owner} cannot return both a factored and a sketched result; pass "
                 f"factored=True or n_sketch={n_sketch}, not both."
             )
-    half = half_dtype(logits)
+    # half precision is computed in float32 and returned as such when every floating
+    # input is half precision (otherwise the promoted dtype is wider anyway)
+    half = half_dtype(logits) if embeddings is None or half_dtype(embeddings) else None
     logits, xp = check_array(logits, "logits", owner, min_ndim=2)
     logits = _values(logits, xp)
     targets = _check_targets(targets, owner)
@@ -258,13 +263,24 @@ or FactoredGradients
     F = FactoredGradients(residuals, inputs)
     if factored:
         return F if half is None else FactoredGradients(
-            xp.astype(residuals, half), xp.astype(inputs, half))
+            _to_half(residuals, half, xp, owner), _to_half(inputs, half, xp, owner))
     if n_sketch is None:
         G = F.materialize()
     else:
         rng = check_random_state(random_state, "random_state", owner)
         G = _sketch(F, n_sketch, rng, xp, device)
-    return G if half is None else xp.astype(G, half)
+    return G if half is None else _to_half(G, half, xp, owner)
+
+
+def _to_half(X, half, xp, owner):
+    """X (computed in float32) in the caller's half dtype; a clear error if it overflows."""
+    out = xp.astype(X, half)
+    if not bool(xp.all(xp.isfinite(out))):
+        raise ValueError(
+            f"The gradients computed by {owner} exceed the range of {half} (the dtype of "
+            f"the inputs); pass float32 inputs to get them in float32."
+        )
+    return out
 
 
 def _check_targets(targets, owner):
@@ -520,7 +536,7 @@ def nested_gradient_errors(G, order):
         R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
         R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
         order = _flatten_order(order, R, xp)
-        K, b, gg, zero = _factored_quantities(R, H, order, xp)
+        K, b, gg, zero, _ = _factored_quantities(R, H, order, xp)
         tol = 10 * max(order.shape[-1], R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
         errors = _nested_gram(K, b, gg, zero, tol, xp)
     else:
@@ -728,15 +744,19 @@ def gradient_error(G, indices, *, weights=None):
         R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
         indices = _flatten_order(indices, R, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
-        K, b, gg, zero = _factored_quantities(R, H, indices, xp)
+        K, b, gg, zero, scale = _factored_quantities(R, H, indices, xp)
         if w is None:
             k = indices.shape[-1]
             rtol = 10 * max(k, R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
-            w = _matvec(xp.linalg.pinv(K, rtol=rtol), b)
-            w = xp.where(zero[:, None], xp.zeros_like(w), w)
-        dtype = xp.result_type(K.dtype, w.dtype)
-        K, b, gg, w = (xp.astype(a, dtype) for a in (K, b, gg, w))
-        squared = gg - 2 * xp.sum(w * b, axis=-1) + xp.sum(w * _matvec(K, w), axis=-1)
+            v = _matvec(xp.linalg.pinv(K, rtol=rtol), b)  # weights of the scaled rows
+            v = xp.where(zero[:, None], xp.zeros_like(v), v)
+            safe = xp.where(scale > 0, scale, xp.ones_like(scale))
+            w = xp.where(scale > 0, v / safe, xp.zeros_like(v))
+        else:
+            v = w * xp.astype(scale, w.dtype)
+        dtype = xp.result_type(K.dtype, v.dtype)
+        K, b, gg, v = (xp.astype(a, dtype) for a in (K, b, gg, v))
+        squared = gg - 2 * xp.sum(v * b, axis=-1) + xp.sum(v * _matvec(K, v), axis=-1)
         squared = xp.where(squared > 0, squared, xp.zeros_like(squared))
         error = _relative(xp.sqrt(squared), xp.sqrt(gg), zero, xp)
     else:
@@ -749,9 +769,14 @@ def gradient_error(G, indices, *, weights=None):
         G = _rescale_stack(G, xp)
         indices = _flatten_order(indices, G, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
-        g, zero = _mean_and_zero(G, xp)
+        g, zero, largest = _mean_and_zero(G, xp, with_largest=True)
         A = _take_rows(G, indices, xp)
         if w is None:
+            # rows at the rounding level of the chunk's largest gradient count as zero
+            # (their least-squares weight, about 1 / their norm, could overflow)
+            tiny = xp.linalg.vector_norm(A, axis=-1) <= (
+                G.shape[-2] * _eps(G.dtype, xp) * largest)[:, None]
+            A = xp.where(tiny[..., None], xp.zeros_like(A), A)
             w = _matvec(xp.linalg.pinv(xp.matrix_transpose(A)), g)
             w = xp.where(zero[:, None], xp.zeros_like(w), w)
         residual = g - _rmatvec(A, w)
@@ -861,13 +886,22 @@ def _check_indices(indices, name, owner, lead_shape, xp, device, *, unique=False
 
 def _host_indices(indices, name, owner, n):
     """Host indices (lists, NumPy) as int64, with values beyond int64 reported, not wrapped."""
-    try:
-        host = np.asarray(indices)
-    except ValueError as exc:
-        raise ValueError(
-            f"'{name}' of {owner} must be a rectangular integer array, but the nested list "
-            f"has rows of different lengths."
-        ) from exc
+    host = indices
+    if isinstance(indices, (list, tuple)):
+        try:  # Python ints beyond int64 would become float64 or wrap around
+            host = np.asarray(indices, dtype=object)
+        except ValueError:
+            host = None
+        if host is None or host.dtype != object or not all(
+                isinstance(v, numbers.Integral) for v in host.flat):
+            try:
+                host = np.asarray(indices)
+            except ValueError as exc:
+                raise ValueError(
+                    f"'{name}' of {owner} must be a rectangular integer array, but the "
+                    f"nested list has rows of different lengths."
+                ) from exc
+    host = np.asarray(host)
     if host.dtype == object and host.size and all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in host.flat):
         big = [int(v) for v in host.flat if not 0 <= int(v) < n]
@@ -958,26 +992,51 @@ def _eps(dtype, xp):
     return float(np.finfo(np.float32 if dtype == xp.float32 else np.float64).eps)
 
 
-def _mean_and_zero(G, xp):
-    """Mean row g (m, p) of G (m, n, p) and where it is numerically zero (m,)."""
+def _mean_and_zero(G, xp, with_largest=False):
+    """Mean row g (m, p) of G (m, n, p) and where it is numerically zero (m,).
+
+    With ``with_largest``, also the largest row norm of each matrix (m,).
+    """
     n = G.shape[-2]
     g = xp.mean(G, axis=-2)
     largest = xp.max(xp.linalg.vector_norm(G, axis=-1), axis=-1)
     zero = xp.linalg.vector_norm(g, axis=-1) <= n * _eps(G.dtype, xp) * largest
-    return g, zero
+    return (g, zero, largest) if with_largest else (g, zero)
 
 
 def _factored_quantities(R, H, order, xp):
-    """K = Gram of the rows ``order``, b = G[order] @ g, gg = ||g||^2, zero mask."""
+    """Gram quantities of the rows ``order``, each row scaled to a peak of about 1.
+
+    Returns ``(K, b, gg, zero, scale)``: K the Gram matrix and b = G[order] @ g of
+    the scaled rows ``g_i / scale_i``, ``gg = ||g||^2``, the zero mask and
+    ``scale`` (m, k). Scaling the rows first keeps the Gram entries of rows much
+    smaller than the chunk's largest (residuals of 1e-20 in float32, whose squares
+    are 0) in range; the in-order Cholesky errors do not change, and least-squares
+    weights of the scaled rows are divided by ``scale`` to give those of the rows.
+    """
     n = R.shape[-2]
     g = xp.matrix_transpose(R) @ H / n  # (m, C, d + 1), the mean gradient
     gg = xp.sum(xp.reshape(g * g, (g.shape[0], -1)), axis=-1)
     norms = xp.linalg.vector_norm(R, axis=-1) * xp.linalg.vector_norm(H, axis=-1)
     zero = xp.sqrt(gg) <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)
-    R_sub, H_sub = _take_rows(R, order, xp), _take_rows(H, order, xp)
+    R_sub, r_scale = _unit_peak_rows(_take_rows(R, order, xp), xp)
+    H_sub, h_scale = _unit_peak_rows(_take_rows(H, order, xp), xp)
+    scale = r_scale * h_scale
+    # a row at the rounding level of the chunk's largest gradient is treated as zero: its
+    # least-squares weight would be beyond any dtype's range (1 / 1e-309)
+    negligible = scale <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)[:, None]
+    R_sub = xp.where(negligible[..., None], xp.zeros_like(R_sub), R_sub)
+    scale = xp.where(negligible, xp.zeros_like(scale), scale)
     K = _factored_gram(R_sub, H_sub, R_sub, H_sub, xp)
     b = xp.sum((R_sub @ g) * H_sub, axis=-1)
-    return K, b, gg, zero
+    return K, b, gg, zero, scale
+
+
+def _unit_peak_rows(X, xp):
+    """X (m, k, c) with each row divided by its largest magnitude (zero rows kept); scales."""
+    peak = xp.max(xp.abs(X), axis=-1)
+    safe = xp.where(peak > 0, peak, xp.ones_like(peak))
+    return X / safe[..., None], peak
 
 
 def _relative(norm, gnorm, zero, xp):
