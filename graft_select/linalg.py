@@ -11,9 +11,9 @@ import numpy as np
 
 from ._backend import (
     as_contiguous,
-    is_meta,
     from_numpy,
     get_namespace,
+    is_meta,
     is_sparse,
     lu_pivot_rows,
     on_host,

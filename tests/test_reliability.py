@@ -373,7 +373,7 @@ class TestOddArguments:
     def test_factored_one_d_residuals(self, rng):
         """FactoredGradients validation: 1-D residuals name 'gradients.residuals'."""
         F = FactoredGradients(rng.standard_normal(20), rng.standard_normal((20, 4)))
-        with pytest.raises(ValueError, match="'gradients.residuals' of GraftSelector"):
+        with pytest.raises(ValueError, match=r"'gradients.residuals' of GraftSelector"):
             GraftSelector().fit(rng.standard_normal((20, 3)), gradients=F)
 
     def test_factored_lists(self, rng):
@@ -388,7 +388,7 @@ class TestOddArguments:
     def test_factored_none(self, rng):
         """FactoredGradients validation: a None factor is a TypeError naming it."""
         F = FactoredGradients(None, rng.standard_normal((20, 4)))
-        with pytest.raises(TypeError, match="'gradients.residuals'"):
+        with pytest.raises(TypeError, match=r"'gradients.residuals'"):
             GraftSelector().fit(rng.standard_normal((20, 3)), gradients=F)
 
     def test_factored_stack_rejected(self, rng):
@@ -442,7 +442,7 @@ class TestMessages:
         """Ragged lists: 'rectangular', naming the argument."""
         with pytest.raises(ValueError, match="'X' of low_rank_features must be a rectangular"):
             low_rank_features([[1.0, 2.0], [3.0]], 1)
-        with pytest.raises(ValueError, match="'targets'.*rectangular"):
+        with pytest.raises(ValueError, match=r"'targets'.*rectangular"):
             last_layer_gradients(np.zeros((2, 2)), [[1.0, 0.0], [1.0]])
 
     @pytest.mark.parametrize("targets", [3, "abc"])
@@ -453,7 +453,7 @@ class TestMessages:
 
     def test_str_target_array(self):
         """A string array of targets names 'targets'."""
-        with pytest.raises(TypeError, match="'targets'.*must hold numbers"):
+        with pytest.raises(TypeError, match=r"'targets'.*must hold numbers"):
             last_layer_gradients(np.zeros((2, 2)), np.array(["a", "b"]))
 
     def test_string_indices(self, rng):
@@ -489,7 +489,7 @@ class TestMessages:
         R = rng.standard_normal((20, 3))
         R[4, 1] = np.nan
         F = FactoredGradients(R, rng.standard_normal((20, 4)))
-        with pytest.raises(ValueError, match="'gradients.residuals' of GraftSelector"):
+        with pytest.raises(ValueError, match=r"'gradients.residuals' of GraftSelector"):
             GraftSelector().fit(rng.standard_normal((20, 3)), gradients=F)
 
     @pytest.mark.parametrize("X, error", [
