@@ -50,7 +50,7 @@ def main():
     d, fraction = 16, 0.1
     sizes = [8_000, 16_000, 32_000] if args.quick else [25_000, 50_000, 100_000, 200_000]
     reference_sizes = sizes[:2]
-    repeats = 1 if args.quick else 2
+    repeats = 1 if args.quick else 3
 
     print(f"GraftSelector(fraction={fraction}) on n x {d} float64, default batch_size=None")
     print("| n | chunks | default s | s per 1k rows | t(n)/t(n0) | n/n0 | "

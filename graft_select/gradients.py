@@ -380,13 +380,14 @@ def _squared_error_residuals(logits, targets, xp, owner):
     targets = _as_array(targets, xp)
     get_namespace(logits, targets)
     n_outputs = logits.shape[-1]
+    given = tuple(targets.shape)  # reported as given, before the column is added
     if targets.ndim == logits.ndim - 1 and n_outputs == 1:
         targets = targets[..., None]
     if targets.shape != logits.shape:
         one_d = (f" or {tuple(logits.shape[:-1])}" if n_outputs == 1 else "")
         raise ValueError(
             f"'targets' of {owner} with loss='mse' must have the shape of 'logits', "
-            f"{tuple(logits.shape)}{one_d}, got shape {tuple(targets.shape)}."
+            f"{tuple(logits.shape)}{one_d}, got shape {given}."
         )
     y, _ = check_array(_like_logits(targets, logits, xp), "targets", owner, min_ndim=2)
     y = _values(y, xp)

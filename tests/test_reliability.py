@@ -451,6 +451,11 @@ class TestMessages:
         with pytest.raises(TypeError, match="'targets' of last_layer_gradients"):
             last_layer_gradients(np.zeros((2, 2)), targets)
 
+    def test_targets_shape_reported_as_given(self):
+        """2-D targets: the message gives the targets' own shape, not a reshaped one."""
+        with pytest.raises(ValueError, match=r"got shape \(24, 1\)\.$"):
+            last_layer_gradients(np.zeros((2, 24, 1)), np.zeros((24, 1)), loss="mse")
+
     def test_str_target_array(self):
         """A string array of targets names 'targets'."""
         with pytest.raises(TypeError, match=r"'targets'.*must hold numbers"):
