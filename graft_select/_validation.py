@@ -337,8 +337,7 @@ def rescale_extreme(X, xp):
         peak = float(to_numpy(xp.max(xp.abs(X))))
     if peak == 0.0 or not math.isfinite(peak):
         return X, 0
-    emax = np.finfo(np.float32 if X.dtype == np.float32 or str(X.dtype).endswith("float32")
-                    else np.float64).maxexp
+    emax = np.finfo(np.float32 if X.dtype == xp.float32 else np.float64).maxexp
     exponent = math.frexp(peak)[1]
     if abs(exponent) <= emax // 4:
         return X, 0

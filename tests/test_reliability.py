@@ -93,6 +93,20 @@ class TestSilentWrongAnswers:
         assert selector.gradient_error_[0] > 0.05
         assert selector.gradient_error_[0] == pytest.approx(dense.gradient_error_[0], rel=1e-3)
 
+    def test_refit_report_large_margin(self, rng):
+        """Item 3: RefitReport.gradient_error is not 0 for float32 logits at margin 60."""
+        from graft_select.sampler import GraftBatchSampler
+
+        n = 256
+        Z, y = _margin_logits(rng, n, 4, 60.0, misfit=0)
+        embeddings = torch.tensor(rng.standard_normal((n, 6)), dtype=torch.float32)
+        sampler = GraftBatchSampler(n, 32, fraction=0.3, seed=0)
+        sampler.observe(torch.arange(n), embeddings=embeddings, logits=torch.from_numpy(Z),
+                        targets=torch.from_numpy(y))
+        sampler.set_epoch(1)
+        list(sampler)
+        assert sampler.last_refit.gradient_error > 0.05
+
     def test_sample_weight_of_huge_gradients(self, rng):
         """Item 3: fit(X, gradients=G * 1e20 in float32) gives the weights of G, not 0."""
         X = rng.standard_normal((40, 6))
