@@ -392,7 +392,14 @@ def _squared_error_residuals(logits, targets, xp, owner):
     y, _ = check_array(_like_logits(targets, logits, xp), "targets", owner, min_ndim=2)
     y = _values(y, xp)
     dtype = xp.result_type(logits.dtype, y.dtype)
-    return xp.astype(logits, dtype) - xp.astype(y, dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        residuals = xp.astype(logits, dtype) - xp.astype(y, dtype)
+    if not bool(xp.all(xp.isfinite(residuals))):
+        raise ValueError(
+            f"'logits' - 'targets' of {owner} overflows {dtype} (values near the largest "
+            f"finite number); rescale the predictions and targets, or use float64."
+        )
+    return residuals
 
 
 def _like_logits(targets, logits, xp):

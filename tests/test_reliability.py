@@ -437,6 +437,11 @@ class TestOddArguments:
         with pytest.raises(TypeError, match="'targets' of last_layer_gradients"):
             last_layer_gradients(rng.standard_normal((5, 3)), None)
 
+    def test_mse_residual_overflow(self):
+        """Finite input never gives inf out: an overflowing mse residual is a ValueError."""
+        with pytest.raises(ValueError, match="overflows"):
+            last_layer_gradients(np.full((3, 1), 1.5e308), np.full(3, -1.5e308), loss="mse")
+
     def test_fit_scalar_y(self, rng):
         """Odd arguments: fit(X, 3) names 'y'."""
         with pytest.raises(TypeError, match="'y' must be an array-like"):
