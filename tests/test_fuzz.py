@@ -5,6 +5,7 @@ input never gives NaN or infinity out; the input is never modified. The number o
 examples is bounded so the whole module runs in a few seconds.
 """
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -24,6 +25,8 @@ FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 
 _DTYPES = st.sampled_from([np.float64, np.float32, np.float16, np.int64, np.bool_])
+_LIBRARIES = st.sampled_from(
+    ["numpy"] + (["torch"] if importlib.util.find_spec("torch") else []))
 _SCALES = st.sampled_from([1.0, 1e-300, 1e-30, 1e-8, 1e8, 1e30, 1e300])
 
 
@@ -51,9 +54,26 @@ _ANYTHING = st.one_of(
 )
 
 
+def _host_copy(x):
+    if isinstance(x, np.ndarray):
+        return np.array(x, copy=True)
+    if type(x).__module__.startswith("torch"):
+        return x.detach().float().numpy().copy() if x.dtype.is_floating_point else (
+            x.numpy().copy())
+    return None
+
+
+def _as_library(X, library):
+    if library == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(X))
+    return X
+
+
 def _contract(call, *inputs):
     """Run ``call``: only ValueError/TypeError escape, outputs finite, inputs unchanged."""
-    before = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
+    before = [_host_copy(x) for x in inputs]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # budget warnings are allowed
@@ -62,23 +82,25 @@ def _contract(call, *inputs):
         out = None
     for x, copy in zip(inputs, before):
         if copy is not None:
-            np.testing.assert_array_equal(x, copy)
+            np.testing.assert_array_equal(_host_copy(x), copy)
     if out is None:
         return None
     finite_in = all(
         copy is None or copy.dtype.kind not in "fc" or np.all(np.isfinite(copy))
         for copy in before)
     for array in out if isinstance(out, tuple) else (out,):
-        array = np.asarray(array)
+        array = _host_copy(array) if _host_copy(array) is not None else np.asarray(array)
         if finite_in and array.dtype.kind == "f":
             assert np.all(np.isfinite(array)), "finite input gave NaN or infinity"
     return out
 
 
 @FUZZ
-@given(X=matrices(), r=st.integers(0, 7), method=st.sampled_from(["auto", "exact", "randomized"]))
-def test_low_rank_features(X, r, method):
-    """low_rank_features: the error contract over dtypes, shapes and magnitudes."""
+@given(X=matrices(), r=st.integers(0, 7), method=st.sampled_from(["auto", "exact", "randomized"]),
+       library=_LIBRARIES)
+def test_low_rank_features(X, r, method, library):
+    """low_rank_features: the error contract over dtypes, shapes, magnitudes, libraries."""
+    X = _as_library(X, library)
     U = _contract(lambda: low_rank_features(X, r, method=method, random_state=0), X)
     if U is not None:
         assert U.shape == (X.shape[0], r)
@@ -86,11 +108,14 @@ def test_low_rank_features(X, r, method):
 
 @FUZZ
 @given(A=matrices(), k=st.one_of(st.none(), st.integers(0, 14)),
-       method=st.sampled_from(["volume", "lu"]), refine=st.booleans())
-def test_fast_maxvol(A, k, method, refine):
+       method=st.sampled_from(["volume", "lu"]), refine=st.booleans(),
+       library=_LIBRARIES)
+def test_fast_maxvol(A, k, method, refine, library):
     """fast_maxvol: unique in-range indices, or a ValueError/TypeError."""
+    A = _as_library(A, library)
     out = _contract(lambda: fast_maxvol(A, k, method=method, refine=refine), A)
     if out is not None:
+        out = np.asarray(_host_copy(out))
         assert len(set(out.tolist())) == out.size
         assert out.min() >= 0 and out.max() < A.shape[0]
 
