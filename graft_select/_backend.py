@@ -16,11 +16,13 @@ __all__ = [
     "get_namespace",
     "is_cupy",
     "is_dask_array",
+    "is_meta",
     "is_numpy",
     "is_sparse",
     "is_torch",
     "lu_pivot_rows",
     "on_host",
+    "scale_by_power_of_two",
     "to_numpy",
     "torch_cpu_view",
 ]
@@ -88,6 +90,11 @@ def get_namespace(*arrays):
     return xp, devices[0]
 
 
+def is_meta(x):
+    """True for a torch tensor on the meta device (a shape without values)."""
+    return array_api_compat.is_torch_array(x) and x.device.type == "meta"
+
+
 def is_numpy(xp):
     """True if ``xp`` is NumPy (plain or array-api-compat's wrapper)."""
     return array_api_compat.is_numpy_namespace(xp)
@@ -127,6 +134,12 @@ def torch_cpu_view(x):
     per-operation overhead is several times lower than torch's on the CPU.
     """
     if array_api_compat.is_torch_array(x) and x.device.type == "cpu":
+        import torch
+
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # NumPy has no bfloat16 and its float16 LAPACK support is missing: the
+            # kernels compute half precision in float32 (a copy, documented)
+            return x.detach().to(torch.float32).numpy()
         return x.detach().numpy()
     return None
 
@@ -146,6 +159,26 @@ def on_host(x):
         return x.device.type == "cpu"
     device = str(array_api_compat.device(x)).lower()
     return "cuda" not in device and "gpu" not in device
+
+
+def scale_by_power_of_two(x, exponent):
+    """``x * 2**exponent`` for an integer ``exponent``, exact and without overflowing the factor.
+
+    ``2**exponent`` itself may not be representable in ``x``'s dtype (2**132 in
+    float32, 2**1030 in float64), so the factor is applied in steps that are.
+    NumPy arrays use ``numpy.ldexp`` (one exact pass).
+    """
+    exponent = int(exponent)
+    if exponent == 0:
+        return x
+    if isinstance(x, np.ndarray):
+        return np.ldexp(x, np.int32(exponent)).astype(x.dtype, copy=False)
+    step = 60 if exponent > 0 else -60
+    while exponent:
+        part = step if abs(exponent) > abs(step) else exponent
+        x = x * (2.0 ** part)
+        exponent -= part
+    return x
 
 
 def to_numpy(x):

@@ -5,7 +5,50 @@ Pure NumPy on small host arrays (one row of errors per chunk).
 
 import numpy as np
 
-__all__ = ["allocate_sizes", "apportion", "size_band"]
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "allocate_sizes",
+    "apportion",
+    "budget_overshoot",
+    "default_chunks",
+    "size_band",
+]
+
+#: Largest chunk of the default chunking (``batch_size=None``).
+DEFAULT_CHUNK_ROWS = 4096
+
+
+def default_chunks(n, max_rows=DEFAULT_CHUNK_ROWS):
+    """Chunk bounds for ``batch_size=None``: one chunk up to ``max_rows`` rows, else
+    ``ceil(n / max_rows)`` consecutive chunks whose sizes differ by at most one.
+
+    The greedy selection in a chunk of ``c`` rows costs ``O(fraction * c^2 * r)``;
+    with chunks of at most ``max_rows`` rows the total is linear in ``n``.
+    """
+    n_chunks = -(-n // max_rows)
+    base, longer = divmod(n, n_chunks)
+    sizes = [base + 1] * longer + [base] * (n_chunks - longer)
+    stops = np.cumsum(sizes).tolist()
+    return [(stop - size, stop) for stop, size in zip(stops, sizes)]
+
+
+def budget_overshoot(sizes, fraction, chunk_sizes, owner, limit=0.1):
+    """A warning text if ``sizes`` exceed the budget ``round(fraction * n)`` by over ``limit``.
+
+    Only the at-least-one-row-per-chunk rule makes the total exceed the budget by
+    more than a few percent (for example ``fraction=0.3`` with chunks of 2 rows
+    keeps one row in two); the caller warns with the returned text, or gets None.
+    """
+    total = int(np.sum(sizes))
+    n = int(np.sum(chunk_sizes))
+    budget = max(1, round(fraction * n))
+    if total <= (1 + limit) * budget:
+        return None
+    return (
+        f"{owner} keeps {total} of {n} rows ({total / n:.1%}) although fraction={fraction} "
+        f"asks for {budget}: every one of the {len(chunk_sizes)} chunks keeps at least one "
+        f"row. Use larger chunks (batch_size) or a larger fraction to stay within budget."
+    )
 
 
 def apportion(fraction, chunk_sizes):

@@ -7,20 +7,25 @@ Parameter errors follow scikit-learn's shape::
 Data errors say what was found and what to do about it.
 """
 
+import math
 import numbers
 
 import numpy as np
 
-from ._backend import get_namespace, is_sparse, to_numpy
+from ._backend import get_namespace, is_meta, is_sparse, scale_by_power_of_two, to_numpy
 
 __all__ = [
     "check_array",
     "check_bool",
     "check_finite",
     "check_int",
+    "check_no_bool_numbers",
     "check_option",
     "check_random_state",
     "check_real",
+    "check_real_host",
+    "half_dtype",
+    "rescale_extreme",
 ]
 
 
@@ -51,6 +56,20 @@ def check_real(value, name, owner, *, low=None, high=None, closed="both"):
     return value
 
 
+def check_no_bool_numbers(params, expected, owner):
+    """Reject a bool given for a numeric parameter (``True`` is an int to Python).
+
+    ``params`` maps parameter names to values and ``expected`` maps the numeric
+    ones to their description, e.g. ``{"fraction": "a float in the range (0.0, 1.0]"}``.
+    scikit-learn's interval constraints accept ``True`` as 1; an estimator calls this
+    after them so that ``fraction=True`` is a TypeError, not "keep everything".
+    """
+    for name, description in expected.items():
+        value = params.get(name)
+        if isinstance(value, (bool, np.bool_)):
+            _fail(name, owner, description, value, TypeError)
+
+
 def check_bool(value, name, owner):
     """Return ``value`` if it is a bool (NumPy bools accepted)."""
     if not isinstance(value, (bool, np.bool_)):
@@ -70,7 +89,8 @@ def check_random_state(random_state, name="random_state", owner="this function")
     """Return a NumPy random generator for ``random_state``.
 
     ``None`` gives fresh entropy, an int seeds a new ``numpy.random.Generator``; a
-    ``Generator`` or ``RandomState`` instance is used as is (and advanced).
+    ``Generator`` is used as is (and advanced); a ``RandomState`` is wrapped in a
+    ``Generator`` over its bit generator, so it is advanced too.
     """
     if random_state is None or (
         isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool)
@@ -79,8 +99,12 @@ def check_random_state(random_state, name="random_state", owner="this function")
             _fail(name, owner, "None, a non-negative int or a numpy random generator",
                   random_state)
         return np.random.default_rng(random_state)
-    if isinstance(random_state, (np.random.Generator, np.random.RandomState)):
+    if isinstance(random_state, np.random.Generator):
         return random_state
+    if isinstance(random_state, np.random.RandomState):
+        # a Generator on the RandomState's own bit generator: the RandomState is
+        # advanced, and the Generator API (integers, random, ...) is available
+        return np.random.Generator(random_state._bit_generator)
     _fail(name, owner, "None, a non-negative int or a numpy random generator", random_state,
           TypeError)
 
@@ -100,7 +124,9 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
     """Validate a numeric array and return it with a floating dtype.
 
     Integer and boolean arrays are converted to float64 (documented behaviour);
-    float32 and float64 are kept; complex arrays are rejected. Empty arrays, arrays
+    float32 and float64 are kept; half precision (float16, bfloat16) is converted
+    to float32, where every kernel computes; complex arrays are rejected, and so
+    are ``None``, ragged lists and meta tensors (which hold no values). Empty arrays, arrays
     with too few dimensions and arrays holding NaN or infinity are rejected with a
     message naming ``name`` and the first offending row. ``ensure_finite=False``
     leaves the last test to the caller (see :func:`check_finite`), for a caller
@@ -120,8 +146,12 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
                 f"pass a dense array (for example X.toarray())."
             )
         return _check_sparse(X, name, owner), np
-    if isinstance(X, (list, tuple)):
-        X = np.asarray(X)
+    X = _as_array_like(X, name, owner)
+    if is_meta(X):
+        raise TypeError(
+            f"'{name}' of {owner} is a meta tensor, which holds no values; pass a tensor "
+            f"on a real device (cpu, cuda, ...)."
+        )
     xp, _ = get_namespace(X)
     ndim = X.ndim
     if ndim < min_ndim or (max_ndim is not None and ndim > max_ndim):
@@ -146,6 +176,57 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
     return X, xp
 
 
+def _as_array_like(X, name, owner):
+    """Lists and tuples become NumPy arrays; None and ragged lists are named errors."""
+    if X is None:
+        raise TypeError(f"'{name}' of {owner} must be an array, got None.")
+    if isinstance(X, (list, tuple)):
+        try:
+            return np.asarray(X)
+        except ValueError as exc:
+            raise ValueError(
+                f"'{name}' of {owner} must be a rectangular array, but the nested list has "
+                f"rows of different lengths; pad or trim the rows to one length."
+            ) from exc
+    if isinstance(X, (str, bytes)) or (
+        isinstance(X, numbers.Number) and not hasattr(X, "shape")
+    ):
+        raise TypeError(
+            f"'{name}' of {owner} must be an array, got a {type(X).__name__} ({X!r})."
+        )
+    return X
+
+
+def check_real_host(X, name, owner):
+    """Reject complex or non-numeric host data (NumPy, lists, pandas) with ``name`` in the text.
+
+    For the host inputs an estimator passes on to scikit-learn's ``validate_data``,
+    whose own messages ("Complex data not supported", "could not convert string to
+    float") do not say which argument was wrong.
+    """
+    if hasattr(X, "dtypes") and not hasattr(X, "dtype"):  # a DataFrame
+        kinds = [getattr(d, "kind", "O") for d in X.dtypes]
+        convert = X.to_numpy
+    else:
+        X = _as_array_like(X, name, owner) if isinstance(X, (list, tuple)) else X
+        kinds = [getattr(getattr(X, "dtype", None), "kind", "f")]
+        convert = X.astype if hasattr(X, "astype") else None
+    if "c" in kinds:  # a ValueError, as scikit-learn's estimator checks expect
+        raise ValueError(
+            f"Complex data not supported: '{name}' of {owner} must hold real numbers; "
+            f"convert it first, e.g. np.abs({name}) or np.hstack([{name}.real, {name}.imag])."
+        )
+    if set(kinds) <= set("biuf"):
+        return
+    try:  # object columns of numbers are fine (scikit-learn converts them)
+        convert(dtype=np.float64) if hasattr(X, "dtypes") else convert(np.float64)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(
+            f"'{name}' of {owner} must hold real numbers, got non-numeric values ({exc}); "
+            f"encode text columns as numbers first."
+        ) from exc
+
+
 def check_finite(X, name, owner, xp, *, total=None):
     """Raise a ValueError naming the rows of a dense X that hold NaN or infinity.
 
@@ -157,7 +238,14 @@ def check_finite(X, name, owner, xp, *, total=None):
         return
     if _all_finite(X, xp):
         return
-    bad = ~np.all(np.isfinite(to_numpy(X)), axis=-1)
+    host = to_numpy(X)
+    if host.ndim == 1:
+        positions = np.flatnonzero(~np.isfinite(host))
+        raise ValueError(
+            f"'{name}' of {owner} contains NaN or infinity in {positions.size} entries "
+            f"(first: {int(positions[0])}); remove or replace them."
+        )
+    bad = ~np.all(np.isfinite(host), axis=-1)
     rows = np.flatnonzero(bad.reshape(-1))
     first = np.unravel_index(rows[0], bad.shape)
     first = int(first[0]) if len(first) == 1 else tuple(int(i) for i in first)
@@ -181,8 +269,23 @@ def _all_finite(X, xp):
     return bool(xp.all(xp.isfinite(X)))
 
 
+_HALF = ("float16", "bfloat16")
+
+
+def half_dtype(X):
+    """X's dtype if it is half precision (float16, bfloat16), else None.
+
+    The kernels compute half precision in float32 (see :func:`check_array`); a
+    function that returns floating arrays casts them back to this dtype.
+    """
+    dtype = getattr(X, "dtype", None)
+    return dtype if str(dtype).rsplit(".", 1)[-1] in _HALF else None
+
+
 def _as_float(X, xp, name, owner):
     dtype = X.dtype
+    if half_dtype(X) is not None:
+        return xp.astype(X, xp.float32)
     if xp.isdtype(dtype, "real floating"):
         return X
     if xp.isdtype(dtype, ("integral", "bool")):
@@ -215,3 +318,31 @@ def _check_sparse(X, name, owner):
             f"(first: {int(rows[0])}); remove or impute them before selection."
         )
     return X
+
+
+def rescale_extreme(X, xp):
+    """``(X * 2**e, e)``, scaled so that its largest magnitude is about 1, or ``(X, 0)``.
+
+    Scaling by a power of two is exact and changes no singular vector, pivot or
+    relative error. It is applied only when the largest magnitude is outside
+    ``[2**(-emax / 4), 2**(emax / 4)]`` (emax = 128 for float32, 1024 for
+    float64), where products of a few entries summed over the rows (Gram
+    matrices, squared norms, power iterations) could overflow or underflow;
+    otherwise X is returned as is, without a copy. Works for dense arrays and
+    scipy.sparse matrices.
+    """
+    if is_sparse(X):
+        peak = float(abs(X).max()) if X.nnz else 0.0
+    else:
+        peak = float(to_numpy(xp.max(xp.abs(X))))
+    if peak == 0.0 or not math.isfinite(peak):
+        return X, 0
+    emax = np.finfo(np.float32 if X.dtype == xp.float32 else np.float64).maxexp
+    exponent = math.frexp(peak)[1]
+    if abs(exponent) <= emax // 4:
+        return X, 0
+    if is_sparse(X):
+        X = X.copy()
+        X.data = scale_by_power_of_two(X.data, -exponent)
+        return X, -exponent
+    return scale_by_power_of_two(X, -exponent), -exponent

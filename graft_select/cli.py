@@ -11,6 +11,7 @@ import argparse
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,9 @@ def build_parser():
     select = commands.add_parser(
         "select", help="select rows of a feature file with GraftSelector",
         description="Run GraftSelector on FEATURES (.npy; .npz, first array unless --key; "
-                    ".csv with or without a header row) and write the selected row indices "
+                    ".csv, where the first line is a header only with --header, or by "
+                    "default when every cell of it is non-numeric text; blank lines and a "
+                    "UTF-8 byte-order mark are ignored) and write the selected row indices "
                     "to OUTPUT (.npy, or one index per line for .txt and .csv).",
     )
     select.add_argument("features", metavar="FEATURES", help="feature file, one row per sample")
@@ -123,13 +126,22 @@ def build_parser():
     select.add_argument("--fraction", type=float, required=True, metavar="F",
                         help="share of the rows to keep, in (0, 1]")
     select.add_argument("--batch-size", type=int, metavar="B",
-                        help="select per chunk of B consecutive rows (default: all at once)")
+                        help="select per chunk of B consecutive rows (default: all rows at "
+                             "once up to 4096, else equal chunks of at most 4096 rows, which "
+                             "keeps the cost linear in the number of rows); every chunk "
+                             "keeps at least one row, and a warning says when that moves "
+                             "the total by more than 10%%")
     select.add_argument("--n-components", type=int, metavar="R",
                         help="rank of the low-rank features (default: automatic)")
     select.add_argument("--strategy", choices=("graft", "uniform"), default="graft",
                         help="graft (default) or the uniform baseline")
     select.add_argument("--seed", type=int, default=0, metavar="S",
                         help="random seed (default: 0)")
+    header = select.add_mutually_exclusive_group()
+    header.add_argument("--header", dest="header", action="store_true", default=None,
+                        help="CSV files have a header row (skipped)")
+    header.add_argument("--no-header", dest="header", action="store_false",
+                        help="CSV files have no header row: the first line is data")
     select.add_argument("--key", metavar="NAME", help="array name in a FEATURES .npz file")
     select.add_argument("--gradients-key", metavar="NAME",
                         help="array name in a --gradients .npz file")
@@ -162,8 +174,12 @@ def _fail(exc):
 # -------------------------------------------------------------------------- select
 
 
-def read_array(path, *, key=None, name="FEATURES"):
-    """Read a 2-D float array from .npy, .npz or .csv; raise CommandError on bad input."""
+def read_array(path, *, key=None, name="FEATURES", header=None):
+    """Read a 2-D float array from .npy, .npz or .csv; raise CommandError on bad input.
+
+    ``header`` (CSV only): True skips the first non-blank line, False reads it as
+    data, None applies the default rule of `_read_csv`.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _FEATURE_SUFFIXES:
@@ -176,8 +192,9 @@ def read_array(path, *, key=None, name="FEATURES"):
                            f"an .npz file.")
     try:
         if suffix == ".csv":
-            X = _read_csv(path)
+            X = _read_csv(path, header)
         else:
+            _check_magic(path, suffix, name)
             X = np.load(path, allow_pickle=False)
             if suffix == ".npz":
                 X = _npz_member(X, key, path)
@@ -186,6 +203,21 @@ def read_array(path, *, key=None, name="FEATURES"):
     except (OSError, ValueError, EOFError) as exc:
         raise CommandError(f"cannot read {name} file {str(path)!r}: {exc}") from exc
     return _check_numeric(X, path, name)
+
+
+_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
+
+
+def _check_magic(path, suffix, name):
+    """NumPy takes any file without its magic bytes for a pickle: say what it really is."""
+    with open(path, "rb") as handle:
+        start = handle.read(len(_MAGIC[suffix]))
+    if start != _MAGIC[suffix]:
+        kind = "NumPy .npy" if suffix == ".npy" else "NumPy .npz (zip)"
+        found = "it is empty" if not start else "its first bytes are not the format's header"
+        raise CommandError(f"cannot read {name} file {str(path)!r}: it is not a {kind} file "
+                           f"({found}); write it with np.save / np.savez, or use .csv for "
+                           f"text.")
 
 
 def _npz_member(archive, key, path):
@@ -201,28 +233,50 @@ def _npz_member(archive, key, path):
         return archive[key]
 
 
-def _read_csv(path):
-    with open(path, newline="") as handle:
-        first = handle.readline()
-    if not first.strip():
-        raise CommandError(f"{str(path)!r} is empty.")
-    skip = int(any(cell.strip() and not _is_number(cell) for cell in first.split(",")))
+_MISSING = {"", "na", "n/a", "nan", "null", "none", "-"}
+
+
+def _read_csv(path, header=None):
+    """Read a numeric CSV file; ``header`` True/False, or None for the default rule.
+
+    Default rule: the first non-blank line is a header only if every one of its
+    cells is non-numeric text (not a number and not a missing-value marker such
+    as NA); a first line like ``NA,2,3`` or ``id,2,3`` is data, and a non-numeric
+    cell in it is reported with its line number. A UTF-8 byte-order mark is
+    ignored and blank lines are skipped; reported line numbers are the file's.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        lines = [(number, text) for number, text in enumerate(handle.read().splitlines(), 1)
+                 if text.strip()]
+    if not lines:
+        raise CommandError(f"{str(path)!r} holds no data rows (it is empty or has only "
+                           f"blank lines).")
+    if header is None:
+        cells = [cell.strip() for cell in lines[0][1].split(",")]
+        header = all(cell and cell.lower() not in _MISSING and not _is_number(cell)
+                     for cell in cells)
+    data = lines[1:] if header else lines
+    if not data:
+        raise CommandError(f"{str(path)!r} has a header row but no data rows.")
     try:
-        return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+        return np.loadtxt([text for _, text in data], delimiter=",", ndmin=2,
+                          dtype=np.float64)
     except ValueError as exc:
         detail = str(exc).rstrip(".")
-        # NumPy counts data rows from 0 (after skiprows) and columns from 1: say file lines
+        # NumPy counts data rows from 0 and columns from 1: say file lines
         found = re.search(r"(could not convert string .*) at row (\d+), column (\d+)", detail)
         if found:
-            line = int(found.group(2)) + skip + 1
+            line = data[int(found.group(2))][0]
             detail = f"{found.group(1)} on line {line}, column {found.group(3)}"
         ragged = re.search(r"number of columns changed from (\d+) to (\d+) at row (\d+)", detail)
         if ragged:  # NumPy counts this row from 1
-            line = int(ragged.group(3)) + skip
+            line = data[int(ragged.group(3)) - 1][0]
             detail = (f"line {line} has {ragged.group(2)} columns where earlier lines have "
                       f"{ragged.group(1)}")
-        raise CommandError(f"{str(path)!r} is not a numeric CSV file: {detail}; every cell "
-                           f"after an optional header row must be a number.") from exc
+        hint = ("every cell after the header row must be a number" if header else
+                "every cell must be a number (pass --header if the first line is a header)")
+        raise CommandError(f"{str(path)!r} is not a numeric CSV file: {detail}; "
+                           f"{hint}.") from exc
 
 
 def _is_number(text):
@@ -273,10 +327,11 @@ def write_indices(indices, path):
 
 def _run_select(args):
     output = _check_output(args.output)
-    X = read_array(args.features, key=args.key)
+    X = read_array(args.features, key=args.key, header=args.header)
     gradients = None
     if args.gradients is not None:
-        gradients = read_array(args.gradients, key=args.gradients_key, name="gradients")
+        gradients = read_array(args.gradients, key=args.gradients_key, name="gradients",
+                               header=args.header)
         if gradients.shape[0] != X.shape[0]:
             raise CommandError(f"--gradients has {gradients.shape[0]} rows but FEATURES has "
                                f"{X.shape[0]}; give one gradient row per sample.")
@@ -291,9 +346,14 @@ def _run_select(args):
     )
     start = time.perf_counter()
     try:
-        selector.fit(X, gradients=gradients)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            selector.fit(X, gradients=gradients)
     except (ValueError, TypeError) as exc:  # parameter and data errors of the selector
         raise CommandError(str(exc)) from exc
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
     seconds = time.perf_counter() - start
     indices = np.asarray(selector.sample_indices_)
     try:

@@ -11,6 +11,7 @@ processed in one batched call.
 """
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,6 +23,7 @@ from ._validation import (
     check_int,
     check_option,
     check_random_state,
+    half_dtype,
 )
 
 __all__ = [
@@ -98,8 +100,7 @@ class FactoredGradients(NamedTuple):
         G : array of shape (..., n_samples, C * (d + 1))
             The dense per-sample gradients, in the factors' namespace and device.
         """
-        xp, _ = get_namespace(self.residuals, self.inputs)
-        R, H = self.residuals, self.inputs
+        R, H, xp, _ = _check_factored(self, "FactoredGradients.materialize", name="")
         outer = R[..., :, None] * H[..., None, :]
         return xp.reshape(outer, (*outer.shape[:-2], self.n_features))
 
@@ -118,7 +119,7 @@ class FactoredGradients(NamedTuple):
             The selected rows of both factors.
         """
         owner = "FactoredGradients.take"
-        R, H, xp, device = _check_factored(self, owner)
+        R, H, xp, device = _check_factored(self, owner, name="")
         idx = _check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
         return FactoredGradients(_take_rows(R, idx, xp), _take_rows(H, idx, xp))
 
@@ -183,7 +184,10 @@ or FactoredGradients
         (the layout of ``[weight, bias[:, None]]`` of ``torch.nn.Linear(d, C)``),
         in the inputs' namespace and device. The dtype is the promoted floating
         dtype of ``logits``, ``embeddings`` and floating ``targets`` (integer
-        targets take the dtype of ``logits``).
+        targets take the dtype of ``logits``). Half precision (float16,
+        bfloat16) is computed in float32 and returned in half precision when
+        every floating input is half precision; a ValueError is raised if the
+        result does not fit in it.
 
     See Also
     --------
@@ -229,8 +233,12 @@ or FactoredGradients
                 f"{owner} cannot return both a factored and a sketched result; pass "
                 f"factored=True or n_sketch={n_sketch}, not both."
             )
+    # half precision is computed in float32 and returned as such when every floating
+    # input is half precision (otherwise the promoted dtype is wider anyway)
+    half = half_dtype(logits) if embeddings is None or half_dtype(embeddings) else None
     logits, xp = check_array(logits, "logits", owner, min_ndim=2)
     logits = _values(logits, xp)
+    targets = _check_targets(targets, owner)
     device = get_namespace(logits)[1]
     if embeddings is not None:
         embeddings, _ = check_array(embeddings, "embeddings", owner, min_ndim=2)
@@ -254,11 +262,53 @@ or FactoredGradients
         [xp.astype(embeddings, dtype), ones], axis=-1)
     F = FactoredGradients(residuals, inputs)
     if factored:
-        return F
+        return F if half is None else FactoredGradients(
+            _to_half(residuals, half, xp, owner), _to_half(inputs, half, xp, owner))
     if n_sketch is None:
-        return F.materialize()
-    rng = check_random_state(random_state, "random_state", owner)
-    return _sketch(F, n_sketch, rng, xp, device)
+        G = F.materialize()
+    else:
+        rng = check_random_state(random_state, "random_state", owner)
+        G = _sketch(F, n_sketch, rng, xp, device)
+    return G if half is None else _to_half(G, half, xp, owner)
+
+
+def _to_half(X, half, xp, owner):
+    """X (computed in float32) in the caller's half dtype; a clear error if it overflows."""
+    out = xp.astype(X, half)
+    if not bool(xp.all(xp.isfinite(out))):
+        raise ValueError(
+            f"The gradients computed by {owner} exceed the range of {half} (the dtype of "
+            f"the inputs); pass float32 inputs to get them in float32."
+        )
+    return out
+
+
+def _check_targets(targets, owner):
+    """Targets as an array: None, scalars, strings and ragged lists are named errors."""
+    if targets is None:
+        raise TypeError(
+            f"'targets' of {owner} must be an array of class labels, class probabilities "
+            f"or regression targets, got None."
+        )
+    if isinstance(targets, (str, bytes, numbers.Number)):
+        raise TypeError(
+            f"'targets' of {owner} must be an array with one entry per row of 'logits', "
+            f"got a {type(targets).__name__} ({targets!r})."
+        )
+    if isinstance(targets, (list, tuple)):
+        try:
+            targets = np.asarray(targets)
+        except ValueError as exc:
+            raise ValueError(
+                f"'targets' of {owner} must be a rectangular array, but the nested list "
+                f"has rows of different lengths."
+            ) from exc
+    if isinstance(targets, np.ndarray) and targets.dtype.kind not in "biuf":
+        raise TypeError(
+            f"'targets' of {owner} must hold numbers (integer labels or real values), got "
+            f"dtype {targets.dtype}; convert them first, e.g. with sklearn's LabelEncoder."
+        )
+    return targets
 
 
 def _values(X, xp):
@@ -330,18 +380,26 @@ def _squared_error_residuals(logits, targets, xp, owner):
     targets = _as_array(targets, xp)
     get_namespace(logits, targets)
     n_outputs = logits.shape[-1]
+    given = tuple(targets.shape)  # reported as given, before the column is added
     if targets.ndim == logits.ndim - 1 and n_outputs == 1:
         targets = targets[..., None]
     if targets.shape != logits.shape:
         one_d = (f" or {tuple(logits.shape[:-1])}" if n_outputs == 1 else "")
         raise ValueError(
             f"'targets' of {owner} with loss='mse' must have the shape of 'logits', "
-            f"{tuple(logits.shape)}{one_d}, got shape {tuple(targets.shape)}."
+            f"{tuple(logits.shape)}{one_d}, got shape {given}."
         )
     y, _ = check_array(_like_logits(targets, logits, xp), "targets", owner, min_ndim=2)
     y = _values(y, xp)
     dtype = xp.result_type(logits.dtype, y.dtype)
-    return xp.astype(logits, dtype) - xp.astype(y, dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        residuals = xp.astype(logits, dtype) - xp.astype(y, dtype)
+    if not bool(xp.all(xp.isfinite(residuals))):
+        raise ValueError(
+            f"'logits' - 'targets' of {owner} overflows {dtype} (values near the largest "
+            f"finite number); rescale the predictions and targets, or use float64."
+        )
+    return residuals
 
 
 def _like_logits(targets, logits, xp):
@@ -484,8 +542,9 @@ def nested_gradient_errors(G, order):
         stack = R.shape[:-2]
         order = _check_indices(order, "order", owner, R.shape[:-1], xp, device, unique=True)
         R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
+        R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
         order = _flatten_order(order, R, xp)
-        K, b, gg, zero = _factored_quantities(R, H, order, xp)
+        K, b, gg, zero, _ = _factored_quantities(R, H, order, xp)
         tol = 10 * max(order.shape[-1], R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
         errors = _nested_gram(K, b, gg, zero, tol, xp)
     else:
@@ -495,6 +554,7 @@ def nested_gradient_errors(G, order):
         stack = G.shape[:-2]
         order = _check_indices(order, "order", owner, G.shape[:-1], xp, device, unique=True)
         G = _flatten_stack(G, xp)
+        G = _rescale_stack(G, xp)
         order = _flatten_order(order, G, xp)
         g, zero = _mean_and_zero(G, xp)
         A = _take_rows(G, order, xp)
@@ -689,17 +749,22 @@ def gradient_error(G, indices, *, weights=None):
         stack = R.shape[:-2]
         indices = _check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
         R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
+        R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
         indices = _flatten_order(indices, R, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
-        K, b, gg, zero = _factored_quantities(R, H, indices, xp)
+        K, b, gg, zero, scale = _factored_quantities(R, H, indices, xp)
         if w is None:
             k = indices.shape[-1]
             rtol = 10 * max(k, R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
-            w = _matvec(xp.linalg.pinv(K, rtol=rtol), b)
-            w = xp.where(zero[:, None], xp.zeros_like(w), w)
-        dtype = xp.result_type(K.dtype, w.dtype)
-        K, b, gg, w = (xp.astype(a, dtype) for a in (K, b, gg, w))
-        squared = gg - 2 * xp.sum(w * b, axis=-1) + xp.sum(w * _matvec(K, w), axis=-1)
+            v = _matvec(xp.linalg.pinv(K, rtol=rtol), b)  # weights of the scaled rows
+            v = xp.where(zero[:, None], xp.zeros_like(v), v)
+            safe = xp.where(scale > 0, scale, xp.ones_like(scale))
+            w = xp.where(scale > 0, v / safe, xp.zeros_like(v))
+        else:
+            v = w * xp.astype(scale, w.dtype)
+        dtype = xp.result_type(K.dtype, v.dtype)
+        K, b, gg, v = (xp.astype(a, dtype) for a in (K, b, gg, v))
+        squared = gg - 2 * xp.sum(v * b, axis=-1) + xp.sum(v * _matvec(K, v), axis=-1)
         squared = xp.where(squared > 0, squared, xp.zeros_like(squared))
         error = _relative(xp.sqrt(squared), xp.sqrt(gg), zero, xp)
     else:
@@ -709,11 +774,17 @@ def gradient_error(G, indices, *, weights=None):
         stack = G.shape[:-2]
         indices = _check_indices(indices, "indices", owner, G.shape[:-1], xp, device)
         G = _flatten_stack(G, xp)
+        G = _rescale_stack(G, xp)
         indices = _flatten_order(indices, G, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
-        g, zero = _mean_and_zero(G, xp)
+        g, zero, largest = _mean_and_zero(G, xp, with_largest=True)
         A = _take_rows(G, indices, xp)
         if w is None:
+            # rows at the rounding level of the chunk's largest gradient count as zero
+            # (their least-squares weight, about 1 / their norm, could overflow)
+            tiny = xp.linalg.vector_norm(A, axis=-1) <= (
+                G.shape[-2] * _eps(G.dtype, xp) * largest)[:, None]
+            A = xp.where(tiny[..., None], xp.zeros_like(A), A)
             w = _matvec(xp.linalg.pinv(xp.matrix_transpose(A)), g)
             w = xp.where(zero[:, None], xp.zeros_like(w), w)
         residual = g - _rmatvec(A, w)
@@ -734,9 +805,10 @@ def _check_weights(weights, indices, stack, xp, owner):
     get_namespace(indices, weights)
     m, k = indices.shape
     if weights.shape not in ((k,), (*stack, k)):
+        shapes = f"({k},)" if not stack else f"({k},) or {(*stack, k)}"
         raise ValueError(
-            f"'weights' of {owner} must have shape ({k},) or {(*stack, k)}, one weight "
-            f"per index, got shape {tuple(weights.shape)}."
+            f"'weights' of {owner} must have shape {shapes}, one weight per index, got "
+            f"shape {tuple(weights.shape)}."
         )
     return xp.broadcast_to(xp.reshape(weights, (-1, k)), (m, k))
 
@@ -744,10 +816,15 @@ def _check_weights(weights, indices, stack, xp, owner):
 # ----------------------------------------------------------------------- helpers
 
 
-def _check_factored(F, owner):
-    """Validate the two factors; returns (residuals, inputs, xp, device)."""
-    R, xp = check_array(F.residuals, "G.residuals", owner, min_ndim=2)
-    H, _ = check_array(F.inputs, "G.inputs", owner, min_ndim=2)
+def _check_factored(F, owner, name="G"):
+    """Validate the two factors; returns (residuals, inputs, xp, device).
+
+    ``name`` is what the caller calls the FactoredGradients (``"gradients"`` in the
+    selector), so a message names the user's argument; ``""`` for a method of it.
+    """
+    prefix = f"{name}." if name else ""
+    R, xp = check_array(F.residuals, f"{prefix}residuals", owner, min_ndim=2)
+    H, _ = check_array(F.inputs, f"{prefix}inputs", owner, min_ndim=2)
     _, device = get_namespace(R, H)
     if R.ndim != H.ndim or R.shape[:-1] != H.shape[:-1]:
         raise ValueError(
@@ -764,14 +841,15 @@ def _check_indices(indices, name, owner, lead_shape, xp, device, *, unique=False
     """Integer row indices of shape (k,) or (*stack, k), in xp on ``device``."""
     *stack, n = lead_shape
     stack = tuple(stack)
+    shapes = "(k,)" if not stack else f"(k,) or ({''.join(f'{s}, ' for s in stack)}k)"
+    if isinstance(indices, (str, bytes)) or indices is None:
+        raise TypeError(
+            f"'{name}' of {owner} must be an integer array of shape {shapes}, got "
+            f"{type(indices).__name__} ({indices!r})."
+        )
     if isinstance(indices, (list, tuple, np.ndarray)):
-        indices = np.asarray(indices)
-        if indices.dtype.kind not in "iu":
-            raise TypeError(
-                f"'{name}' of {owner} must hold integer row indices, got dtype "
-                f"{indices.dtype}."
-            )
-        indices = from_numpy(indices.astype(np.int64), xp, device)
+        indices = _host_indices(indices, name, owner, n)
+        indices = from_numpy(indices, xp, device)
     try:
         ixp, idevice = get_namespace(indices)
     except TypeError as exc:
@@ -792,8 +870,7 @@ def _check_indices(indices, name, owner, lead_shape, xp, device, *, unique=False
         indices.ndim > 1 and tuple(indices.shape[:-1]) != stack
     ):
         raise ValueError(
-            f"'{name}' of {owner} must have shape (k,) or ({''.join(f'{s}, ' for s in stack)}k), "
-            f"got shape {tuple(indices.shape)}."
+            f"'{name}' of {owner} must have shape {shapes}, got shape {tuple(indices.shape)}."
         )
     if indices.shape[-1] == 0:
         raise ValueError(f"'{name}' of {owner} is empty; pass at least one row index.")
@@ -815,9 +892,78 @@ def _check_indices(indices, name, owner, lead_shape, xp, device, *, unique=False
     return xp.astype(indices, xp.int64)
 
 
+def _host_indices(indices, name, owner, n):
+    """Host indices (lists, NumPy) as int64, with values beyond int64 reported, not wrapped."""
+    host = indices
+    if isinstance(indices, (list, tuple)):
+        try:  # Python ints beyond int64 would become float64 or wrap around
+            host = np.asarray(indices, dtype=object)
+        except ValueError:
+            host = None
+        if host is None or host.dtype != object or not all(
+                isinstance(v, numbers.Integral) for v in host.flat):
+            try:
+                host = np.asarray(indices)
+            except ValueError as exc:
+                raise ValueError(
+                    f"'{name}' of {owner} must be a rectangular integer array, but the "
+                    f"nested list has rows of different lengths."
+                ) from exc
+    host = np.asarray(host)
+    if host.dtype == object and host.size and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in host.flat):
+        big = [int(v) for v in host.flat if not 0 <= int(v) < n]
+        if big:
+            raise ValueError(
+                f"'{name}' of {owner} holds {len(big)} indices outside [0, {n}) (first: "
+                f"{big[0]}); there are {n} rows."
+            )
+        return host.astype(np.int64)
+    if host.dtype.kind not in "iu":
+        raise TypeError(
+            f"'{name}' of {owner} must hold integer row indices, got dtype {host.dtype}; "
+            f"pass positions as integers (e.g. np.asarray(indices, dtype=int))."
+        )
+    if host.dtype.kind == "u" and host.size and int(host.max()) >= n:
+        bad = host.reshape(-1) >= n
+        raise ValueError(
+            f"'{name}' of {owner} holds {int(bad.sum())} indices outside [0, {n}) (first: "
+            f"{int(host.reshape(-1)[np.flatnonzero(bad)[0]])}); there are {n} rows."
+        )
+    return host.astype(np.int64)
+
+
 def _flatten_stack(X, xp):
     """Reshape (..., n, c) to (m, n, c)."""
     return xp.reshape(X, (math.prod(X.shape[:-2]), *X.shape[-2:]))
+
+
+def _rescale_stack(X, xp):
+    """Scale each matrix of a stack X (m, n, c) by a power of two to a peak of about 1.
+
+    The relative errors and least-squares weights do not change with the scale of
+    the gradients, but their squares do under- or overflow: float32 logits with a
+    margin of 45 give residuals of 1e-20, whose squares are 0, and the mean
+    gradient would count as zero. Scaling before squaring keeps every quantity in
+    range. X is returned as is when every peak is already in a safe range.
+    """
+    with np.errstate(over="ignore"):
+        peaks = np.asarray(to_numpy(xp.max(xp.reshape(xp.abs(X), (X.shape[0], -1)), axis=-1)),
+                           dtype=np.float64)
+    exponents = np.frexp(np.where(peaks > 0, peaks, 1.0))[1].astype(np.int64)
+    emax = np.finfo(np.float32 if X.dtype == xp.float32 else np.float64).maxexp
+    if np.all(np.abs(exponents) <= emax // 4):
+        return X
+    # two factors, each representable in X's dtype (2**-e alone may not be)
+    first = -exponents // 2
+    second = -exponents - first
+    np_dtype = np.float32 if X.dtype == xp.float32 else np.float64
+    device = get_namespace(X)[1]
+    for part in (first, second):
+        factor = from_numpy(np.ldexp(np.ones(part.shape, dtype=np_dtype), part.astype(np.int32)),
+                            xp, device)
+        X = X * factor[:, None, None]
+    return X
 
 
 def _flatten_order(order, X, xp):
@@ -854,26 +1000,51 @@ def _eps(dtype, xp):
     return float(np.finfo(np.float32 if dtype == xp.float32 else np.float64).eps)
 
 
-def _mean_and_zero(G, xp):
-    """Mean row g (m, p) of G (m, n, p) and where it is numerically zero (m,)."""
+def _mean_and_zero(G, xp, with_largest=False):
+    """Mean row g (m, p) of G (m, n, p) and where it is numerically zero (m,).
+
+    With ``with_largest``, also the largest row norm of each matrix (m,).
+    """
     n = G.shape[-2]
     g = xp.mean(G, axis=-2)
     largest = xp.max(xp.linalg.vector_norm(G, axis=-1), axis=-1)
     zero = xp.linalg.vector_norm(g, axis=-1) <= n * _eps(G.dtype, xp) * largest
-    return g, zero
+    return (g, zero, largest) if with_largest else (g, zero)
 
 
 def _factored_quantities(R, H, order, xp):
-    """K = Gram of the rows ``order``, b = G[order] @ g, gg = ||g||^2, zero mask."""
+    """Gram quantities of the rows ``order``, each row scaled to a peak of about 1.
+
+    Returns ``(K, b, gg, zero, scale)``: K the Gram matrix and b = G[order] @ g of
+    the scaled rows ``g_i / scale_i``, ``gg = ||g||^2``, the zero mask and
+    ``scale`` (m, k). Scaling the rows first keeps the Gram entries of rows much
+    smaller than the chunk's largest (residuals of 1e-20 in float32, whose squares
+    are 0) in range; the in-order Cholesky errors do not change, and least-squares
+    weights of the scaled rows are divided by ``scale`` to give those of the rows.
+    """
     n = R.shape[-2]
     g = xp.matrix_transpose(R) @ H / n  # (m, C, d + 1), the mean gradient
     gg = xp.sum(xp.reshape(g * g, (g.shape[0], -1)), axis=-1)
     norms = xp.linalg.vector_norm(R, axis=-1) * xp.linalg.vector_norm(H, axis=-1)
     zero = xp.sqrt(gg) <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)
-    R_sub, H_sub = _take_rows(R, order, xp), _take_rows(H, order, xp)
+    R_sub, r_scale = _unit_peak_rows(_take_rows(R, order, xp), xp)
+    H_sub, h_scale = _unit_peak_rows(_take_rows(H, order, xp), xp)
+    scale = r_scale * h_scale
+    # a row at the rounding level of the chunk's largest gradient is treated as zero: its
+    # least-squares weight would be beyond any dtype's range (1 / 1e-309)
+    negligible = scale <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)[:, None]
+    R_sub = xp.where(negligible[..., None], xp.zeros_like(R_sub), R_sub)
+    scale = xp.where(negligible, xp.zeros_like(scale), scale)
     K = _factored_gram(R_sub, H_sub, R_sub, H_sub, xp)
     b = xp.sum((R_sub @ g) * H_sub, axis=-1)
-    return K, b, gg, zero
+    return K, b, gg, zero, scale
+
+
+def _unit_peak_rows(X, xp):
+    """X (m, k, c) with each row divided by its largest magnitude (zero rows kept); scales."""
+    peak = xp.max(xp.abs(X), axis=-1)
+    safe = xp.where(peak > 0, peak, xp.ones_like(peak))
+    return X / safe[..., None], peak
 
 
 def _relative(norm, gnorm, zero, xp):

@@ -13,9 +13,11 @@ from ._backend import (
     as_contiguous,
     from_numpy,
     get_namespace,
+    is_meta,
     is_sparse,
     lu_pivot_rows,
     on_host,
+    scale_by_power_of_two,
     to_numpy,
     torch_cpu_view,
 )
@@ -27,6 +29,8 @@ from ._validation import (
     check_option,
     check_random_state,
     check_real,
+    half_dtype,
+    rescale_extreme,
 )
 
 __all__ = ["fast_maxvol", "low_rank_features"]
@@ -48,7 +52,10 @@ def low_rank_features(
     X : array of shape (n_samples, n_features) or (..., n_samples, n_features)
         Data in any array-API namespace (NumPy, torch, CuPy, ...), or a 2-D
         scipy.sparse CSR/CSC matrix, which is never densified. Integer and bool
-        arrays are converted to float64; float32 stays float32.
+        arrays are converted to float64; float32 stays float32. Half precision
+        (float16, bfloat16) is computed in float32 and the result is returned in
+        the input's dtype. Inputs of any finite magnitude are accepted: X is
+        scaled by a power of two when its entries are extremely large or small.
     n_components : int
         Rank ``r`` of the factor, ``1 <= r <= min(n_samples, n_features)``.
     method : {"auto", "exact", "randomized"}, default="auto"
@@ -60,9 +67,9 @@ def low_rank_features(
     n_oversamples : int, default=10
         Extra random directions used by the range finder.
     n_iter : int, default=2
-        Power iterations of the range finder. As in scikit-learn's
-        ``randomized_range_finder``, up to two run without normalisation in
-        between; with more, each is re-orthonormalised by QR.
+        Power iterations of the range finder. After every product the columns
+        are scaled to unit norm (cheap, and it keeps float32 from overflowing);
+        with more than two iterations each is also re-orthonormalised by QR.
     random_state : None, int, numpy.random.Generator or RandomState, default=None
         Seeds the Gaussian test matrix. It is drawn on the host with NumPy and
         then moved to ``X``'s device, so every backend uses the same matrix.
@@ -103,6 +110,7 @@ def low_rank_features(
     True
     """
     owner = "low_rank_features"
+    half = None if is_sparse(X) else half_dtype(X)
     X, xp = check_array(X, "X", owner, allow_sparse=True)
     n_samples, n_features = X.shape[-2:]
     r = check_int(n_components, "n_components", owner, low=1, high=min(n_samples, n_features))
@@ -118,9 +126,12 @@ def low_rank_features(
     if method == "auto":
         small = 2 * (r + p) <= min(n_samples, n_features)
         method = "randomized" if sparse or small else "exact"
+    X, _ = rescale_extreme(X, xp)
     if method == "exact":
-        return _sparse_svds(X, r) if sparse else _exact_svd(X, r, xp)
-    return _randomized_range_svd(X, r, p, n_iter, rng, xp)
+        U = _sparse_svds(X, r) if sparse else _exact_svd(X, r, xp)
+    else:
+        U = _randomized_range_svd(X, r, p, n_iter, rng, xp)
+    return U if half is None else xp.astype(U, half)
 
 
 def _exact_svd(X, r, xp):
@@ -145,11 +156,12 @@ def _randomized_range_svd(X, r, p, n_iter, rng, xp):
     width = min(r + p, n_samples, n_features)
     omega = rng.standard_normal((n_features, width)).astype(_np_dtype(X, xp))
     omega = from_numpy(omega, xp, None if is_sparse(X) else _device(X))
-    Y = X @ omega
+    Y = _unit_columns(X @ omega, xp)
     for _ in range(n_iter):
-        # As scikit-learn's randomized_range_finder: up to two power iterations need no
-        # normalisation in between; more are re-orthonormalised each time.
-        Y = X @ _rmatmul_t(X, Y, xp)
+        # Each product multiplies the columns by up to ||X||: scaling them to unit norm
+        # after each keeps float32 from overflowing (the span is unchanged); with more
+        # than two iterations the columns are also re-orthonormalised, as scikit-learn does.
+        Y = _unit_columns(X @ _unit_columns(_rmatmul_t(X, Y, xp), xp), xp)
         if n_iter > 2:
             Y = _orthonormal(Y, xp)
     Q = _orthonormal(Y, xp)
@@ -158,6 +170,12 @@ def _randomized_range_svd(X, r, p, n_iter, rng, xp):
     B = _rmatmul_t(X, Q, xp)  # B^T, (..., n_features, width)
     _, V = xp.linalg.eigh(xp.matrix_transpose(B) @ B)
     return Q @ xp.flip(V[..., width - r:], axis=-1)
+
+
+def _unit_columns(Y, xp):
+    """Y with every column scaled to unit norm (zero columns stay zero)."""
+    norms = xp.linalg.vector_norm(Y, axis=-2, keepdims=True)
+    return Y / xp.where(norms > 0, norms, xp.ones_like(norms))
 
 
 def _rmatmul_t(X, Q, xp):
@@ -192,7 +210,8 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     A : array of shape (n, r) or (..., n, r), with n >= r
         A tall matrix (typically the orthonormal factor from
         :func:`low_rank_features`) or a stack of them. Integer and bool arrays are
-        converted to float64. ``A`` is never modified.
+        converted to float64; half precision (float16, bfloat16) is computed in
+        float32. ``A`` is never modified.
     k : int, default=None
         Number of rows to return, ``1 <= k <= n``; ``None`` means ``k = r``.
     method : {"volume", "lu"}, default="volume"
@@ -259,6 +278,8 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     [2, 0, 3]
     """
     owner = "fast_maxvol"
+    if is_meta(A):
+        check_array(A, "A", owner)  # raises the meta-tensor error
     view = torch_cpu_view(A)
     if view is not None:
         # CPU tensors run the step-by-step greedy through a NumPy view of the same memory.
@@ -313,7 +334,8 @@ def _squared_row_norms(A, xp, owner):
     peak = float(xp.max(xp.abs(A)))  # finite here
     if peak == 0.0:
         return A, sq_norms
-    A = A * (2.0 ** -math.frexp(peak)[1])
+    # the factor 2**-e may not be representable itself (2**132 in float32): scale in steps
+    A = scale_by_power_of_two(A, -math.frexp(peak)[1])
     return A, xp.vecdot(A, A, axis=-1)
 
 

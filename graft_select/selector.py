@@ -5,6 +5,7 @@ Glue only: validate -> chunk -> low-rank features -> Fast MaxVol -> subset size.
 
 import numbers
 import time
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -13,9 +14,21 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
-from ._sizing import allocate_sizes, apportion, size_band
-from ._validation import check_array, check_random_state
-from .gradients import FactoredGradients, gradient_error, gram_matrix, nested_gradient_errors
+from ._sizing import allocate_sizes, apportion, budget_overshoot, default_chunks, size_band
+from ._validation import (
+    check_array,
+    check_no_bool_numbers,
+    check_random_state,
+    check_real_host,
+    rescale_extreme,
+)
+from .gradients import (
+    FactoredGradients,
+    _check_factored,
+    gradient_error,
+    gram_matrix,
+    nested_gradient_errors,
+)
 from .linalg import fast_maxvol, low_rank_features
 
 __all__ = ["GraftResampler", "GraftSelector"]
@@ -28,7 +41,10 @@ _DOC_PARAMETERS = """
     ----------
     fraction : float, default=0.25
         Share of the rows to keep, in (0, 1]. The total is
-        ``round(fraction * n_samples)`` (at least one row per chunk). Without
+        ``round(fraction * n_samples)``, except that every chunk keeps at least
+        one row: with many small chunks (``fraction * batch_size < 1``) this
+        raises the total, and a UserWarning says so when it moves the total by
+        more than 10%. Without
         gradients every chunk keeps ``fraction * chunk_size`` rows rounded up or
         down so that the total is exact (largest remainders first); with
         gradients the total is distributed over the chunks by their gradient
@@ -38,10 +54,14 @@ _DOC_PARAMETERS = """
         ``min(n_features, chunk_size, k_max)``, where ``k_max`` is the largest
         subset size a chunk may get, capped at 256.
     batch_size : int, default=None
-        Size of the selection chunks (consecutive rows). ``None`` selects over all
-        rows at once; an int selects per chunk of ``batch_size`` rows (the last
-        chunk may be shorter), as GRAFT does per training batch. Dense chunks go
-        through the kernels as one stack.
+        Size of the selection chunks (consecutive rows). An int selects per chunk
+        of ``batch_size`` rows (the last chunk may be shorter), as GRAFT does per
+        training batch. ``None`` selects over all rows at once up to 4096 rows,
+        and beyond that over ``ceil(n_samples / 4096)`` consecutive chunks of
+        equal size (within one row): the greedy pivots of one chunk of ``c``
+        rows cost ``O(fraction * c^2 * r)``, so a single chunk of all rows would
+        make the cost quadratic in ``n_samples``; capped chunks keep it linear.
+        Dense chunks go through the kernels as one stack.
     strategy : {"graft", "uniform"}, default="graft"
         ``"uniform"`` draws a seeded uniform subset of the same sizes: the
         baseline to check GRAFT against at the same budget.
@@ -152,8 +172,31 @@ class _GraftBase(BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
 
+    # numeric parameters that scikit-learn's interval constraints would take True for
+    _NUMBERS: ClassVar[dict] = {
+        "fraction": "a float in the range (0.0, 1.0]",
+        "n_components": "an int in the range [1, inf) or None",
+        "batch_size": "an int in the range [2, inf) or None",
+        "uniform_share": "a float in the range [0.0, 1.0)",
+        "gradient_tol": "a float in the range [0.0, inf) or None",
+        "min_fraction": "a float in the range (0.0, 1.0] or None",
+        "max_fraction": "a float in the range (0.0, 1.0] or None",
+        "random_state": "an int, a numpy random generator or None",
+    }
+
     def _fit(self, X, y=None, gradients=None):
+        """Fit atomically: a failing fit leaves the estimator's state as it was."""
+        saved = dict(self.__dict__)
+        try:
+            return self._fit_steps(X, y, gradients)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _fit_steps(self, X, y=None, gradients=None):
         start = time.perf_counter()
+        check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, type(self).__name__)
         if is_dask_array(X):
             from ._dask import fit_dask  # dask is imported only for dask input
 
@@ -164,13 +207,15 @@ class _GraftBase(BaseEstimator):
             raise ValueError(
                 f"{type(self).__name__} needs at least 2 rows to select from, got {n}."
             )
-        if y is not None and _n_rows(y) != n:
+        if y is not None and _n_rows(y, "y") != n:
             raise ValueError(
                 f"'y' has {_n_rows(y)} rows but X has {n}; pass one target per row of X."
             )
         gradients = self._validate_gradients(gradients, n)
         self._check_band()
         rng = check_random_state(self.random_state, "random_state", type(self).__name__)
+        # extreme magnitudes would over- or underflow in Gram matrices: an exact rescale
+        X_scaled, _ = rescale_extreme(X, xp)
         chunks = _chunk_bounds(n, self.batch_size)
         self.chunk_sizes_ = np.array([stop - begin for begin, stop in chunks], dtype=np.int64)
         if self.basis == "gradients" and gradients is None and self.strategy == "graft":
@@ -185,7 +230,8 @@ class _GraftBase(BaseEstimator):
             k_hi = self._k_band(self.chunk_sizes_)[1]
         for begin, stop, count in _stack_groups(chunks):
             group_hi = int(k_hi[count[0]:count[1]].max())
-            order = self._order_group(X, xp, gradients, begin, stop, count, group_hi, rng)
+            order = self._order_group(X_scaled, xp, gradients, begin, stop, count, group_hi,
+                                      rng)
             orders.extend(order)
             if gradients is not None and order[0] is not None:
                 errs = nested_gradient_errors(
@@ -193,6 +239,9 @@ class _GraftBase(BaseEstimator):
                     from_numpy(np.stack(order), *_ns_dev(gradients)))
                 errors.extend(np.asarray(to_numpy(errs), dtype=np.float64))
         sizes = self._sizes(errors, gradients is not None)
+        message = budget_overshoot(sizes, self.fraction, self.chunk_sizes_, type(self).__name__)
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=5)
         local = self._pick(orders, sizes, rng)
         self._finish(local, chunks, gradients, xp, X)
         self.subset_sizes_ = sizes
@@ -203,6 +252,8 @@ class _GraftBase(BaseEstimator):
     def _validate_X(self, X, reset):
         """Check X and return (X ready for the kernels, namespace)."""
         if is_sparse(X) or _is_host_like(X):
+            if not is_sparse(X):
+                check_real_host(X, "X", type(self).__name__)
             checked = validate_data(
                 self, X, reset=reset, accept_sparse=("csr", "csc"),
                 dtype=(np.float64, np.float32), ensure_all_finite=False,
@@ -225,10 +276,21 @@ class _GraftBase(BaseEstimator):
             return None
         owner = type(self).__name__
         if isinstance(gradients, FactoredGradients):
-            rows = gradients.residuals.shape[0]
+            R, H, xp, _ = _check_factored(gradients, owner, name="gradients")
+            if R.ndim != 2:
+                raise ValueError(
+                    f"'gradients' of {owner} must be a FactoredGradients of 2-D factors "
+                    f"(n_samples, C) and (n_samples, d + 1), got residuals of shape "
+                    f"{tuple(R.shape)}; pass the factors of one matrix, not a stack."
+                )
+            rows = R.shape[0]
+            gradients = FactoredGradients(rescale_extreme(R, xp)[0], rescale_extreme(H, xp)[0])
         else:
-            gradients, _ = check_array(gradients, "gradients", owner, max_ndim=2)
+            if _is_host_like(gradients):
+                check_real_host(gradients, "gradients", owner)
+            gradients, xp = check_array(gradients, "gradients", owner, max_ndim=2)
             rows = gradients.shape[0]
+            gradients = rescale_extreme(gradients, xp)[0]
         if rows != n:
             raise ValueError(
                 f"'gradients' has {rows} rows but X has {n}; pass one gradient proxy per "
@@ -404,7 +466,7 @@ class _GraftBase(BaseEstimator):
             from ._dask import take_rows
 
             return take_rows(self, X, name)
-        rows = _n_rows(X)
+        rows = _n_rows(X, name)
         if rows != self.n_samples_fit_:
             raise ValueError(
                 f"'{name}' has {rows} rows but {type(self).__name__} was fitted on "
@@ -591,8 +653,15 @@ def _is_host_like(X):
     return type(X).__module__.startswith("pandas")
 
 
-def _n_rows(X):
-    return X.shape[0] if hasattr(X, "shape") else len(X)
+def _n_rows(X, name="y"):
+    if hasattr(X, "shape") and len(X.shape):
+        return X.shape[0]
+    if hasattr(X, "__len__") and not isinstance(X, (str, bytes)) and not hasattr(X, "shape"):
+        return len(X)
+    raise TypeError(
+        f"'{name}' must be an array-like of shape (n_samples,), one entry per row of X; got "
+        f"{type(X).__name__} ({X!r})."
+    )
 
 
 def _take(X, indices):
@@ -603,12 +672,16 @@ def _take(X, indices):
         return [X[i] for i in to_numpy(indices)]
     if is_sparse(X) or isinstance(X, np.ndarray):
         return X[to_numpy(indices)]
-    xp, _ = get_namespace(X)
-    return xp.take(X, indices, axis=0)
+    # X may come from another library than the fitted data (NumPy fit, torch transform;
+    # NumPy X with torch y): the indices follow X to its namespace and device
+    xp, device = get_namespace(X)
+    return xp.take(X, from_numpy(to_numpy(indices), xp, device), axis=0)
 
 
 def _chunk_bounds(n, batch_size):
-    if batch_size is None or batch_size >= n:
+    if batch_size is None:
+        return default_chunks(n)
+    if batch_size >= n:
         return [(0, n)]
     starts = range(0, n, batch_size)
     return [(s, min(s + batch_size, n)) for s in starts]
