@@ -108,7 +108,10 @@ class GraftBatchSampler(Sampler[list[int]]):
         - an array or tensor of shape (n_samples, n_features): fixed features
           (raw inputs); gradient feedback, if observed, still sizes the subsets.
     selection_size : int, default=None
-        Rows per selection chunk; ``None`` means ``batch_size``.
+        Rows per selection chunk; ``None`` means ``batch_size`` (at least 2).
+        Every chunk keeps at least one sample, so a budget below one sample
+        per chunk is raised to the number of chunks (a warning says so when
+        that moves the budget by more than 10%).
     refit_every : int, default=1
         Epochs between refits.
     warm_start_epochs : int, default=1
@@ -411,7 +414,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         remaining = budget - refreshed
         if remaining <= 0:
             return refreshed
-        chunks = math.ceil((self.n_samples - refreshed) / self.selection_size)
+        chunks = math.ceil((self.n_samples - refreshed) / max(2, self.selection_size))
         return refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
 
     def _batch_count(self, count):
@@ -576,6 +579,8 @@ class GraftBatchSampler(Sampler[list[int]]):
             keep = torch.ones(self.n_samples, dtype=torch.bool)
             keep[refreshed] = False
             candidates = candidates[keep[candidates]]
+        if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
+            return candidates, None
         X, gradients = self._selection_inputs(candidates)
         selector = self._make_selector(remaining / len(candidates), generator)
         selector.fit(X, gradients=gradients)
@@ -615,7 +620,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         selector = clone(template)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         has_gradients = "residuals" in self._store or "gradients" in self._store
-        params = {"fraction": min(1.0, fraction), "batch_size": self.selection_size,
+        params = {"fraction": min(1.0, fraction), "batch_size": max(2, self.selection_size),
                   "random_state": seed}
         if selector.basis == "gradients" and not has_gradients:
             params["basis"] = "input"
@@ -815,7 +820,7 @@ def _agree_on_names(store, gather):
     if bool((every != every[0]).any()):
         kinds = [[f"{name}({int(c[row, 0])} columns, {dtypes[int(c[row, 1]) - 1]})"
                   for row, name in enumerate(FEEDBACK_NAMES) if c[row, 1]] for c in every]
-        listed = "; ".join(f"rank {r}: {k or 'nothing'}" for r, k in enumerate(kinds))
+        listed = "; ".join(f"rank {r}: {', '.join(k) or 'nothing'}" for r, k in enumerate(kinds))
         raise ValueError(f"The ranks of GraftBatchSampler observed different kinds of feedback "
                          f"({listed}); pass the same arguments to observe() on every rank.")
 
