@@ -88,9 +88,13 @@ def main(mode, out):
         fresh.load_state_dict(state)
         fresh_loader = prepare_data_loader(accelerator, DataLoader(data, batch_sampler=fresh))
         fresh_loader.set_epoch(3)  # the same epoch keeps the resume position
-        rest = [len(x) for x, _ in fresh_loader]
+        rest, match = [], True
+        for (x, _), index in zip(fresh_loader, expected[5:]):
+            rest.append(len(x))
+            match = match and torch.equal(x, data.tensors[0][index])
         result.update(epoch=sampler.epoch, batches=batches, rest=rest,
-                      expected=[len(b) for b in expected], position=state["batches_yielded"])
+                      expected=[len(b) for b in expected], position=state["batches_yielded"],
+                      rest_match=match)
     torch.save(result, os.path.join(out, f"{mode}-rank{rank}.pt"))
     accelerator.end_training()
 
