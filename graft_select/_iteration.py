@@ -120,11 +120,38 @@ class LiveFeedback:
         return self.snapshot()
 
 
-class LastLayerCapture:
+class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
     """Forward hook that keeps the latest input and output of one linear layer.
 
     Returned by :meth:`GraftBatchSampler.watch`; :meth:`remove` detaches it.
     The kept tensors are detached (no copy, no host transfer).
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        The hooked layer (normally the ``torch.nn.Linear`` producing logits).
+
+    Attributes
+    ----------
+    inputs, outputs : tensor or None
+        The layer's input (embeddings) and output (logits) at the latest
+        forward pass not yet recorded by :meth:`GraftBatchSampler.observe`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graft_select.sampler import GraftBatchSampler
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(3, 2))
+    >>> sampler = GraftBatchSampler(10, batch_size=5, targets=torch.arange(10) % 2)
+    >>> capture = sampler.watch(model)
+    >>> batch = next(iter(sampler))
+    >>> _ = model(torch.randn(5, 4))
+    >>> tuple(capture.inputs.shape), tuple(capture.outputs.shape)
+    ((5, 3), (5, 2))
+    >>> sampler.observe()  # this batch's indices, embeddings, logits and targets
+    >>> sorted(sampler.state_dict()["store"])
+    ['embeddings', 'residuals']
     """
 
     def __init__(self, layer):
@@ -135,6 +162,8 @@ class LastLayerCapture:
     def _hook(self, module, inputs, output):
         self.inputs = inputs[0].detach()
         self.outputs = output.detach()
+
+    __module__ = "graft_select.sampler"
 
     def take(self):
         """The latest (embeddings, logits), cleared so they are never used twice."""

@@ -35,6 +35,20 @@ class GraftDataLoader:
     ----------
     sampler : GraftBatchSampler
         The batch sampler.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> from graft_select.accelerate import GraftDataLoader
+    >>> from graft_select.sampler import GraftBatchSampler
+    >>> data = TensorDataset(torch.arange(12))
+    >>> sampler = GraftBatchSampler(12, 4, fraction=1.0)
+    >>> loader = GraftDataLoader(DataLoader(data, batch_sampler=sampler),
+    ...                          torch.device("cpu"))
+    >>> loader.set_epoch(2)
+    >>> len(loader), loader.sampler.epoch
+    (3, 2)
     """
 
     def __init__(self, dataloader, device):

@@ -169,13 +169,15 @@ class TestTorchdata:
         assert [b[0].tolist() for b in loader2] == next_epoch
 
 
-class TestLightning:
-    @pytest.fixture(scope="class")
-    def single(self, tmp_path_factory):
-        out = tmp_path_factory.mktemp("lightning")
-        _run([str(SCRIPTS / "lightning_run.py"), "single"], out)
-        return _load(out / "single-rank0.pt")
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """One 4-epoch single-process Lightning run, shared by the tests below."""
+    out = tmp_path_factory.mktemp("lightning")
+    _run([str(SCRIPTS / "lightning_run.py"), "single"], out)
+    return _load(out / "single-rank0.pt")
 
+
+class TestLightning:
     def test_every_epoch_trains(self, single):
         """Every epoch runs batches, the warm-start epoch the full data (set_epoch arrives)."""
         epochs = single["epochs"]
