@@ -105,7 +105,8 @@ def main(mode, out):
     if mode in ("single", "ddp", "ddp-default"):
         devices = 1 if mode == "single" else 2
         trainer, loader, record = make_run(devices, 4,
-                                           use_distributed_sampler=mode == "ddp-default")
+                                           use_distributed_sampler=mode == "ddp-default",
+                                           enable_checkpointing=False)
         module = Classifier()
         trainer.fit(module, loader)
         save(out, mode, trainer, module, record)
