@@ -26,6 +26,7 @@ __all__ = [
     "GraftBatchSampler",
     "GraftResampler",
     "GraftSelector",
+    "LastLayerCapture",
     "RefitReport",
     "__version__",
     "fast_maxvol",
@@ -39,7 +40,7 @@ __all__ = [
 
 def __getattr__(name):
     # The sampler imports torch: load it only when asked for.
-    if name in ("GraftBatchSampler", "RefitReport"):
+    if name in ("GraftBatchSampler", "LastLayerCapture", "RefitReport"):
         from . import sampler
 
         return getattr(sampler, name)

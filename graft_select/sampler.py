@@ -5,18 +5,29 @@ This module imports torch; nothing in graft_select imports it back.
 
 import dataclasses
 import math
+import numbers
 import time
+import warnings
 
 import numpy as np
 import torch
 from sklearn.base import clone
 from torch.utils.data import Sampler
 
-from ._validation import check_int, check_real
+from ._iteration import (
+    FEEDBACK_NAMES,
+    BatchIterator,
+    LastLayerCapture,
+    accelerate_wrapper,
+    check_feedback,
+    check_state,
+    last_linear,
+)
+from ._validation import check_bool, check_int, check_real
 from .gradients import FactoredGradients
 from .selector import GraftSelector
 
-__all__ = ["GraftBatchSampler", "RefitReport"]
+__all__ = ["GraftBatchSampler", "LastLayerCapture", "RefitReport"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +108,10 @@ class GraftBatchSampler(Sampler[list[int]]):
         - an array or tensor of shape (n_samples, n_features): fixed features
           (raw inputs); gradient feedback, if observed, still sizes the subsets.
     selection_size : int, default=None
-        Rows per selection chunk; ``None`` means ``batch_size``.
+        Rows per selection chunk; ``None`` means ``batch_size`` (at least 2).
+        Every chunk keeps at least one sample, so a budget below one sample
+        per chunk is raised to the number of chunks (a warning says so when
+        that moves the budget by more than 10%).
     refit_every : int, default=1
         Epochs between refits.
     warm_start_epochs : int, default=1
@@ -162,11 +176,7 @@ class GraftBatchSampler(Sampler[list[int]]):
                  drop_last=False, shuffle=True, seed=0, num_replicas=None, rank=None,
                  targets=None, refresh_share=0.1, feature_batch_size=1024):
         owner = "GraftBatchSampler"
-        n = data_source if isinstance(data_source, int) else len(data_source)
-        if isinstance(data_source, bool) or n < 1:
-            raise ValueError(
-                f"The 'data_source' of {owner} must have at least one sample, got length {n}.")
-        self.n_samples = int(n)
+        self.n_samples = _dataset_length(data_source)
         self.batch_size = check_int(batch_size, "batch_size", owner, low=1)
         self.fraction = check_real(fraction, "fraction", owner, low=0.0, high=1.0, closed="right")
         self.selection_size = (self.batch_size if selection_size is None
@@ -176,15 +186,19 @@ class GraftBatchSampler(Sampler[list[int]]):
         self.refresh_share = check_real(refresh_share, "refresh_share", owner, low=0.0, high=1.0)
         self.feature_batch_size = check_int(feature_batch_size, "feature_batch_size", owner,
                                             low=1)
-        self.drop_last, self.shuffle = bool(drop_last), bool(shuffle)
+        self.drop_last = check_bool(drop_last, "drop_last", owner)
+        self.shuffle = check_bool(shuffle, "shuffle", owner)
         self.seed = check_int(seed, "seed", owner, low=0)
         if selector is not None and not isinstance(selector, GraftSelector):
             raise TypeError(f"The 'selector' parameter of {owner} must be a GraftSelector or "
                             f"None. Got {type(selector).__name__} instead.")
         self.selector = selector
-        self.num_replicas, self.rank = _replicas(num_replicas, rank)
+        # Read from torch.distributed at the first set_epoch, len() or iteration, so a
+        # sampler built before the process group exists still shards.
+        self._replica_args = _check_replica_args(num_replicas, rank)
+        self._resolved_replicas = None
         self.features = self._check_features(features)
-        self.targets = None if targets is None else torch.as_tensor(targets)
+        self.targets = self._check_targets(targets)
         self.epoch = 0
         self.last_refit = None
         self.selection_seconds = 0.0
@@ -193,21 +207,53 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._subset = None  # dataset indices of the current plan, as an int64 tensor
         self._subset_epoch = None
         self._plan_cache = None
-        self._resume_batches = 0
+        self._resume = None  # batches to skip at the first iteration after load_state_dict
+        self._iteration = None  # the current pass (a BatchIterator)
+        self._capture = None  # LastLayerCapture from watch()
+
+    @property
+    def num_replicas(self):
+        """Number of ranks sharing each epoch (read lazily from torch.distributed)."""
+        return self._replicas()[0]
+
+    @property
+    def rank(self):
+        """This process's rank among ``num_replicas`` (read lazily from torch.distributed)."""
+        return self._replicas()[1]
+
+    def _replicas(self):
+        if self._resolved_replicas is None:
+            self._resolved_replicas = _replicas(*self._replica_args)
+        return self._resolved_replicas
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_capture"] = None  # a forward hook belongs to a model in this process
+        return state
 
     # ----------------------------------------------------------------- feedback
 
-    def observe(self, indices, *, embeddings=None, logits=None, targets=None, gradients=None):
+    def observe(self, indices=None, *, embeddings=None, logits=None, targets=None,
+                gradients=None):
         """Record per-sample feedback from the training loop.
 
-        Call it after the forward pass with the batch's dataset indices. Values
-        are detached and kept on their device; later observations overwrite
-        earlier ones. Nothing is stored if any argument is rejected.
+        Call it once per training batch, after the forward pass. Values are
+        detached and kept on their device; later observations overwrite earlier
+        ones. Nothing is stored if any argument is rejected.
+
+        Without ``indices`` the batch is the oldest one this sampler handed out
+        and that was not observed yet (the one being trained, also behind a
+        prefetching DataLoader). Without ``embeddings``, ``logits`` and
+        ``gradients`` the values come from the layer hooked by :meth:`watch`;
+        without ``targets`` from the sampler's ``targets``. So with
+        ``sampler.watch(model)`` and the targets known, ``sampler.observe()``
+        needs nothing from an unmodified model and dataset.
 
         Parameters
         ----------
-        indices : tensor, array or list of int, shape (b,)
-            Dataset indices of the batch.
+        indices : tensor, array or list of int, shape (b,), default=None
+            Dataset indices of the batch; ``None`` for the batch handed out by
+            the sampler.
         embeddings : tensor of shape (b, d), default=None
             Penultimate-layer embeddings.
         logits : tensor of shape (b, C), default=None
@@ -218,30 +264,24 @@ class GraftBatchSampler(Sampler[list[int]]):
         gradients : tensor of shape (b, p), default=None
             Explicit per-sample gradient proxies (instead of logits and targets).
         """
-        idx = self._check_indices(indices)
-        values = {}
-        if embeddings is not None:
-            values["embeddings"] = _rows(embeddings, "embeddings", len(idx))
-        if logits is not None or targets is not None:
-            if logits is None or targets is None:
-                raise ValueError("observe() needs both 'logits' and 'targets' to form gradient "
-                                 "proxies; pass both or neither.")
-            logits = _rows(logits, "logits", len(idx))
-            targets = torch.as_tensor(targets).detach().reshape(-1)
-            if targets.shape[0] != len(idx) or targets.dtype.is_floating_point:
-                raise ValueError(f"'targets' must hold {len(idx)} integer labels, got shape "
-                                 f"{tuple(targets.shape)} and dtype {targets.dtype}.")
-            if targets.min() < 0 or targets.max() >= logits.shape[1]:
-                raise ValueError(f"'targets' must be class labels in [0, {logits.shape[1]}), got "
-                                 f"values in [{int(targets.min())}, {int(targets.max())}].")
-            probabilities = torch.softmax(logits.to(torch.float32), dim=1)
-            onehot = torch.nn.functional.one_hot(targets.to(logits.device), logits.shape[1])
-            values["residuals"] = probabilities - onehot.to(probabilities.dtype)
-        if gradients is not None:
-            values["gradients"] = _rows(gradients, "gradients", len(idx))
-        if not values:
-            raise ValueError("observe() got nothing to record; pass embeddings, logits and "
-                             "targets, or gradients.")
+        iteration = self._iteration
+        if indices is None:
+            if iteration is None or not iteration.pending:
+                raise ValueError("observe() without 'indices' records the oldest batch this "
+                                 "sampler handed out and that was not observed yet, and there "
+                                 "is none: pass indices=, or observe each yielded batch once.")
+            idx = iteration.batches[iteration.pending[0]]
+        else:
+            idx = self._check_indices(indices)
+        captured = embeddings is None and logits is None and gradients is None
+        if captured and self._capture is not None:
+            embeddings, logits = self._capture.inputs, self._capture.outputs
+            if embeddings is None:
+                raise ValueError("observe() found no forward pass of the watched layer since "
+                                 "the last observation; call it after the model's forward.")
+        if logits is not None and targets is None and self.targets is not None:
+            targets = self.targets[idx]
+        values = self._feedback_values(idx, embeddings, logits, targets, gradients)
         for name, value in values.items():
             stored = self._store.get(name)
             if stored is not None and stored.shape[1] != value.shape[1]:
@@ -254,11 +294,71 @@ class GraftBatchSampler(Sampler[list[int]]):
             stored = self._store[name]
             stored[idx.to(stored.device)] = value.to(stored.device, stored.dtype)
         self._last_seen[idx] = self.epoch
+        if captured and self._capture is not None:
+            self._capture.take()
+        if iteration is not None:
+            if indices is None:
+                iteration.take_pending()
+            else:
+                iteration.match(idx)
+
+    def _feedback_values(self, idx, embeddings, logits, targets, gradients):
+        values = {}
+        if embeddings is not None:
+            values["embeddings"] = _rows(embeddings, "embeddings", len(idx))
+        if logits is not None or targets is not None:
+            if logits is None or targets is None:
+                raise ValueError("observe() needs both 'logits' and 'targets' to form gradient "
+                                 "proxies; pass both or neither (or give the sampler "
+                                 "targets=).")
+            logits = _rows(logits, "logits", len(idx))
+            targets = _labels(targets, len(idx), logits.shape[1])
+            probabilities = torch.softmax(logits.to(torch.float32), dim=1)
+            onehot = torch.nn.functional.one_hot(targets.to(logits.device), logits.shape[1])
+            values["residuals"] = probabilities - onehot.to(probabilities.dtype)
+        if gradients is not None:
+            values["gradients"] = _rows(gradients, "gradients", len(idx))
+        if not values:
+            raise ValueError("observe() got nothing to record; pass embeddings, logits and "
+                             "targets, or gradients, or watch() the model first.")
+        return values
+
+    def watch(self, model, layer=None):
+        """Capture the input and output of the model's last linear layer at every forward.
+
+        After ``sampler.watch(model)``, :meth:`observe` called without values
+        records the latest forward pass's embeddings (the layer's input) and
+        logits (its output): no change to the model's ``forward``. Watching
+        again replaces the previous hook.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model; its last registered ``torch.nn.Linear`` is hooked.
+        layer : torch.nn.Linear, default=None
+            The layer to hook instead (the one mapping embeddings to logits).
+
+        Returns
+        -------
+        capture : LastLayerCapture
+            The hook; ``capture.remove()`` detaches it.
+        """
+        target = last_linear(model) if layer is None else layer
+        if not isinstance(target, torch.nn.Module):
+            raise TypeError(f"The 'layer' argument of GraftBatchSampler.watch must be a "
+                            f"torch.nn.Module. Got {type(target).__name__} instead.")
+        if self._capture is not None:
+            self._capture.remove()
+        self._capture = LastLayerCapture(target)
+        return self._capture
 
     # ------------------------------------------------------------------ epochs
 
     def set_epoch(self, epoch):
         """Set the epoch of the next iteration (call it before each epoch).
+
+        Setting the epoch the sampler is already at changes nothing, so it keeps
+        a resume position loaded by :meth:`load_state_dict`.
 
         Parameters
         ----------
@@ -266,34 +366,89 @@ class GraftBatchSampler(Sampler[list[int]]):
             The epoch number, from 0. It seeds the epoch's order and selects
             warm-start, refit and reuse epochs.
         """
-        self.epoch = check_int(epoch, "epoch", "GraftBatchSampler.set_epoch", low=0)
-        self._resume_batches = 0
+        epoch = check_int(epoch, "epoch", "GraftBatchSampler.set_epoch", low=0)
+        self._replicas()
+        if epoch != self.epoch:
+            self._resume = None
+            self._iteration = None
+        self.epoch = epoch
 
     def __len__(self):
-        """Number of batches this rank yields in the coming epoch."""
-        count = self._shard_length(len(self._plan()))
+        """Number of batches this rank yields in a full pass of the coming epoch."""
+        return self._batch_count(self._shard_length(len(self._plan())))
+
+    def total_batches(self, num_epochs):
+        """Number of batches this rank yields over epochs ``0 .. num_epochs - 1``.
+
+        Warm-start epochs count the full data; selected epochs the current
+        subset, or before the first refit the budget (which is what the
+        default selector yields). Use it to plan a learning-rate schedule.
+
+        Parameters
+        ----------
+        num_epochs : int
+            Number of epochs of the run.
+
+        Returns
+        -------
+        total : int
+        """
+        num_epochs = check_int(num_epochs, "num_epochs", "GraftBatchSampler.total_batches",
+                               low=0)
+        return sum(self._epoch_batches(epoch) for epoch in range(num_epochs))
+
+    def _epoch_batches(self, epoch):
+        if self._plan_cache is not None and self._plan_cache[0] == epoch:
+            size = len(self._plan_cache[1])
+        elif epoch < self.warm_start_epochs or self.fraction >= 1.0:
+            size = self.n_samples
+        elif self._subset is not None:
+            size = len(self._subset)
+        else:
+            size = self._expected_subset_size()
+        return self._batch_count(self._shard_length(size))
+
+    def _expected_subset_size(self):
+        budget = max(1, round(self.fraction * self.n_samples))
+        refreshed = round(self.refresh_share * budget) if self.features is None else 0
+        remaining = budget - refreshed
+        if remaining <= 0:
+            return refreshed
+        chunks = math.ceil((self.n_samples - refreshed) / max(2, self.selection_size))
+        return refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
+
+    def _batch_count(self, count):
         if self.drop_last:
             return count // self.batch_size
         return math.ceil(count / self.batch_size)
 
     def __iter__(self):
+        wrapper = accelerate_wrapper()
+        if wrapper is not None:
+            raise TypeError(
+                f"GraftBatchSampler is being iterated by accelerate's {wrapper}, which shards "
+                "its batches a second time and overrides its epochs. Do not pass the DataLoader "
+                "to accelerator.prepare(); prepare the model and optimizer only and wrap the "
+                "loader with graft_select.accelerate.prepare_data_loader(accelerator, loader) "
+                "(GraftBatchSampler shards over the processes itself).")
         plan = self._plan()
         shard = self._shard(plan)
-        skip = self._resume_batches
-        batches = [shard[i:i + self.batch_size] for i in range(0, len(shard), self.batch_size)]
+        batches = list(torch.split(shard, self.batch_size)) if len(shard) else []
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
-        for position in range(skip, len(batches)):
-            self._resume_batches = position + 1
-            yield batches[position].tolist()
-        self._resume_batches = 0
+        start = 0 if self._resume is None else min(self._resume, len(batches))
+        self._resume = None
+        self._iteration = BatchIterator(self, batches, start)
+        return self._iteration
 
     # ------------------------------------------------------------------- state
 
     def state_dict(self):
         """Everything needed to resume mid-epoch with the same remaining batches.
 
-        Holds the epoch, the number of batches already yielded, the current
+        Holds the epoch, the number of batches the training loop consumed (the
+        batches observed so far when the loop observes, else the batches handed
+        out: a prefetching loader runs ahead of the loop), the current
         subset (``fraction * n_samples`` int64) and the recorded feedback: one
         row per sample for each of embeddings, gradient residuals and explicit
         gradients that were observed, plus the last-seen epoch (int64). For
@@ -307,7 +462,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         """
         return {
             "epoch": self.epoch,
-            "batches_yielded": self._resume_batches,
+            "batches_yielded": self._position(),
             "subset": None if self._subset is None else self._subset.clone(),
             "subset_epoch": self._subset_epoch,
             "store": {k: v.detach().cpu().clone() for k, v in self._store.items()},
@@ -318,19 +473,39 @@ class GraftBatchSampler(Sampler[list[int]]):
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output; the next iteration resumes mid-epoch.
 
+        The whole state is checked (keys, types, sizes against this sampler's
+        dataset) before anything is written, and its tensors are copied.
+
         Parameters
         ----------
         state : dict
             A dictionary returned by :meth:`state_dict`.
+
+        Raises
+        ------
+        ValueError or TypeError
+            If the state is not one :meth:`state_dict` of a sampler over a dataset
+            of the same size returns; the sampler is left unchanged.
         """
-        self.epoch = int(state["epoch"])
-        self._resume_batches = int(state["batches_yielded"])
-        self._subset = state["subset"]
-        self._subset_epoch = state["subset_epoch"]
-        self._store = {k: v.clone() for k, v in state["store"].items()}
-        self._last_seen = state["last_seen"].clone()
-        self.selection_seconds = float(state["selection_seconds"])
+        checked = check_state(state, self.n_samples)
+        self.epoch = checked["epoch"]
+        self._resume = checked["batches_yielded"]
+        self._iteration = None
+        self._subset = checked["subset"]
+        self._subset_epoch = checked["subset_epoch"]
+        self._store = checked["store"]
+        self._last_seen = checked["last_seen"]
+        self.selection_seconds = checked["selection_seconds"]
         self._plan_cache = None
+
+    def _position(self):
+        if self._iteration is not None:
+            return self._iteration.resume_position()
+        return self._resume or 0
+
+    def _load_feedback(self, feedback):
+        checked = check_feedback(feedback, self.n_samples, "GraftBatchSampler")
+        self._store, self._last_seen = checked["store"], checked["last_seen"]
 
     # -------------------------------------------------------------- internals
 
@@ -364,11 +539,18 @@ class GraftBatchSampler(Sampler[list[int]]):
         if callable(self.features):
             feature_seconds = self._run_features(candidates)
         else:
+            self._check_replicas_agree()
             self._gather_replicas()
             if self.features is None:
                 refreshed = self._stalest(candidates, budget)
         chosen, error = self._select(candidates, refreshed, budget, generator)
         subset = torch.cat([refreshed, chosen])
+        if abs(len(subset) - budget) > 0.1 * budget:
+            warnings.warn(
+                f"GraftBatchSampler selected {len(subset)} samples for a budget of {budget} "
+                f"(fraction={self.fraction} of {n}): every selection chunk keeps at least one "
+                f"sample. Raise 'fraction' or 'selection_size' (now {self.selection_size}) "
+                "to hold the budget.", UserWarning, stacklevel=3)
         seconds = time.perf_counter() - start
         self.selection_seconds += seconds
         self.last_refit = RefitReport(
@@ -397,6 +579,8 @@ class GraftBatchSampler(Sampler[list[int]]):
             keep = torch.ones(self.n_samples, dtype=torch.bool)
             keep[refreshed] = False
             candidates = candidates[keep[candidates]]
+        if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
+            return candidates, None
         X, gradients = self._selection_inputs(candidates)
         selector = self._make_selector(remaining / len(candidates), generator)
         selector.fit(X, gradients=gradients)
@@ -436,7 +620,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         selector = clone(template)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         has_gradients = "residuals" in self._store or "gradients" in self._store
-        params = {"fraction": min(1.0, fraction), "batch_size": self.selection_size,
+        params = {"fraction": min(1.0, fraction), "batch_size": max(2, self.selection_size),
                   "random_state": seed}
         if selector.basis == "gradients" and not has_gradients:
             params["basis"] = "input"
@@ -462,6 +646,15 @@ class GraftBatchSampler(Sampler[list[int]]):
                              "was given none: pass targets= to GraftBatchSampler.")
         return self.targets[batch]
 
+    def _check_replicas_agree(self):
+        if self.num_replicas > 1 and not _dist_ready() and self._store:
+            raise ValueError(
+                f"GraftBatchSampler has num_replicas={self.num_replicas} but no torch.distributed "
+                "process group, so it cannot merge the feedback the ranks observed and their "
+                "plans would differ. Initialise torch.distributed before the first refit (the "
+                "sampler then gathers feedback), or use a features callable or array, which "
+                "every rank evaluates the same way.")
+
     def _gather_replicas(self):
         """Under torch.distributed, merge every rank's recorded feedback (newest wins)."""
         if self.num_replicas == 1 or not _dist_ready():
@@ -478,12 +671,27 @@ class GraftBatchSampler(Sampler[list[int]]):
             dist.all_gather(parts, tensor)
             return torch.stack(parts)
 
+        _agree_on_names(self._store, gather)
         stacked = gather(self._last_seen)
         newest = torch.argmax(stacked, dim=0)
         rows = torch.arange(self.n_samples, device=comm)
         for name, value in self._store.items():
             self._store[name] = gather(value)[newest, rows].to(value.device)
         self._last_seen = stacked.max(dim=0).values.cpu()
+
+    def _check_targets(self, targets):
+        if targets is None:
+            return None
+        targets = _tensor(targets, "targets")
+        if targets.ndim != 1 or targets.shape[0] != self.n_samples:
+            raise ValueError(f"The 'targets' parameter of GraftBatchSampler must hold one label "
+                             f"per sample, shape ({self.n_samples},). Got shape "
+                             f"{tuple(targets.shape)} instead.")
+        if targets.dtype.is_floating_point or targets.dtype.is_complex or (
+                targets.dtype == torch.bool):
+            raise TypeError(f"The 'targets' parameter of GraftBatchSampler must hold integer "
+                            f"class labels. Got dtype {targets.dtype} instead.")
+        return targets.to(torch.int64)
 
     def _shard_length(self, total):
         if self.num_replicas == 1:
@@ -503,7 +711,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         return plan[self.rank:total:self.num_replicas]
 
     def _check_indices(self, indices):
-        idx = torch.as_tensor(indices).detach().reshape(-1).to("cpu")
+        idx = _tensor(indices, "indices").reshape(-1).to("cpu")
         if idx.dtype.is_floating_point or idx.dtype == torch.bool:
             raise TypeError(f"'indices' must be integer dataset indices, got dtype {idx.dtype}.")
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n_samples):
@@ -526,8 +734,23 @@ class GraftBatchSampler(Sampler[list[int]]):
 # ------------------------------------------------------------------------ helpers
 
 
+def _tensor(value, name):
+    """``value`` as a detached tensor; meta tensors (no data) are rejected."""
+    if isinstance(value, torch.Tensor) and value.is_meta:
+        raise ValueError(f"'{name}' is a meta tensor (shape only, no data); pass the tensor "
+                         "computed by the forward pass on a real device.")
+    try:
+        return torch.as_tensor(value).detach()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"'{name}' must be a tensor or array of numbers. Got "
+                        f"{type(value).__name__} ({exc}).") from None
+
+
 def _rows(value, name, n):
-    value = torch.as_tensor(value).detach()
+    value = _tensor(value, name)
+    if value.dtype.is_complex:
+        raise TypeError(f"'{name}' is complex ({value.dtype}); pass real values (observe() "
+                        "would drop the imaginary part).")
     if value.ndim == 1:
         value = value.reshape(-1, 1)
     if value.ndim != 2 or value.shape[0] != n:
@@ -543,6 +766,65 @@ def _rows(value, name, n):
     return value
 
 
+def _labels(targets, n, n_classes):
+    targets = _tensor(targets, "targets").reshape(-1)
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or (
+            targets.dtype == torch.bool):
+        raise TypeError(f"'targets' must hold integer class labels, got dtype {targets.dtype}; "
+                        "convert them with .long().")
+    if targets.shape[0] != n:
+        raise ValueError(f"'targets' must hold {n} integer labels, got shape "
+                         f"{tuple(targets.shape)}.")
+    if targets.min() < 0 or targets.max() >= n_classes:
+        raise ValueError(f"'targets' must be class labels in [0, {n_classes}), got values in "
+                         f"[{int(targets.min())}, {int(targets.max())}].")
+    return targets
+
+
+def _dataset_length(data_source):
+    owner = "GraftBatchSampler"
+    if isinstance(data_source, Sampler):
+        raise TypeError(
+            f"The 'data_source' of {owner} must be a dataset or a number of samples. Got a "
+            f"{type(data_source).__name__}, a Sampler: Lightning re-creates batch samplers that "
+            "way under DDP. Pass use_distributed_sampler=False to lightning.Trainer "
+            "(GraftBatchSampler shards over the ranks itself), with "
+            "graft_select.lightning.GraftCallback(sampler) among the callbacks.")
+    if isinstance(data_source, (bool, np.bool_)):
+        raise TypeError(f"The 'data_source' of {owner} must be a dataset or an int number of "
+                        f"samples. Got {data_source!r} instead.")
+    if isinstance(data_source, numbers.Integral):
+        n = int(data_source)
+    else:
+        try:
+            n = len(data_source)
+        except TypeError:
+            raise TypeError(f"The 'data_source' of {owner} must be a dataset with a length or "
+                            f"an int number of samples. Got {type(data_source).__name__} "
+                            "instead.") from None
+    if n < 1:
+        raise ValueError(f"The 'data_source' of {owner} must have at least one sample, got "
+                         f"length {n}.")
+    return n
+
+
+def _agree_on_names(store, gather):
+    """All ranks hold the same feedback entries (names, widths, dtypes), or all raise."""
+    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    code = torch.zeros((len(FEEDBACK_NAMES), 2), dtype=torch.int64)
+    for row, name in enumerate(FEEDBACK_NAMES):
+        if name in store:
+            value = store[name]
+            code[row] = torch.tensor([value.shape[1], 1 + dtypes.index(value.dtype)])
+    every = gather(code).cpu()  # the same tensor on every rank, so every rank decides alike
+    if bool((every != every[0]).any()):
+        kinds = [[f"{name}({int(c[row, 0])} columns, {dtypes[int(c[row, 1]) - 1]})"
+                  for row, name in enumerate(FEEDBACK_NAMES) if c[row, 1]] for c in every]
+        listed = "; ".join(f"rank {r}: {', '.join(k) or 'nothing'}" for r, k in enumerate(kinds))
+        raise ValueError(f"The ranks of GraftBatchSampler observed different kinds of feedback "
+                         f"({listed}); pass the same arguments to observe() on every rank.")
+
+
 def _same_device(gradients, X):
     if gradients is None:
         return None
@@ -554,6 +836,16 @@ def _same_device(gradients, X):
 
 def _dist_ready():
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _check_replica_args(num_replicas, rank):
+    owner = "GraftBatchSampler"
+    if num_replicas is not None:
+        num_replicas = check_int(num_replicas, "num_replicas", owner, low=1)
+    if rank is not None:
+        high = None if num_replicas is None else num_replicas - 1
+        rank = check_int(rank, "rank", owner, low=0, high=high)
+    return num_replicas, rank
 
 
 def _replicas(num_replicas, rank):

@@ -21,7 +21,8 @@ import graft_select
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 # tests/test_import.py runs the doctests of _backend, _validation and linalg.
-DOCTEST_MODULES = ["graft_select.gradients", "graft_select.selector", "graft_select.sampler"]
+DOCTEST_MODULES = ["graft_select.gradients", "graft_select.selector", "graft_select.sampler",
+                   "graft_select.lightning", "graft_select.accelerate"]
 
 # Public names whose docstring has no example yet; strict xfail, so adding one fails
 # the test until the name is removed from here.
@@ -59,6 +60,9 @@ def documented():
 def needs_torch(module_name):
     if module_name == "graft_select.sampler":
         pytest.importorskip("torch")
+    if module_name in ("graft_select.lightning", "graft_select.accelerate"):
+        pytest.importorskip("torch")
+        pytest.importorskip(module_name.rsplit(".", 1)[1])
 
 
 class TestApiReference:
@@ -84,6 +88,9 @@ class TestApiReference:
         needs_torch(module_name)
         module = importlib.import_module(module_name)
         assert hasattr(module, name), f"{module_name}.{name} does not exist"
+        if module_name in ("graft_select.lightning", "graft_select.accelerate"):
+            assert name in module.__all__  # on-demand integrations, not in graft_select
+            return
         assert name in graft_select.__all__, f"{name} is documented but not public"
         assert getattr(module, name) is getattr(graft_select, name)
 

@@ -26,6 +26,11 @@ class TestImport:
         assert "torch" not in loaded
         assert "cupy" not in loaded
 
+    def test_import_does_not_load_lightning_or_accelerate(self):
+        """Neither `import graft_select` nor the sampler imports lightning or accelerate."""
+        loaded = modules_after("import graft_select, graft_select.sampler")
+        assert not {"lightning", "accelerate", "pytorch_lightning"} & loaded
+
     def test_numpy_kernels_do_not_load_torch_or_cupy(self):
         """Running both kernels on NumPy input imports neither torch nor cupy."""
         loaded = modules_after(

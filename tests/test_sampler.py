@@ -291,13 +291,14 @@ class TestDistributed:
 
     def test_padding_without_distributed(self):
         """Explicit num_replicas/rank pad an odd subset to equal shares."""
+        X = torch.randn(N, 5, generator=torch.Generator().manual_seed(1))
         shares = []
         for rank in range(4):
-            sampler = _observed(fraction=0.3, num_replicas=4, rank=rank, batch_size=7)
+            sampler = GraftBatchSampler(N, 7, fraction=0.3, features=X, num_replicas=4,
+                                        rank=rank)
             sampler.set_epoch(1)
             shares.append(_flat(sampler))
         assert len({len(s) for s in shares}) == 1
-        whole = _observed(fraction=0.3, batch_size=7)
+        whole = GraftBatchSampler(N, 7, fraction=0.3, features=X)
         whole.set_epoch(1)
         assert set().union(*shares) == set(_flat(whole))
-

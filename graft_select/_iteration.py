@@ -1,0 +1,292 @@
+"""Pieces of GraftBatchSampler that track a pass: the batch iterator, the layer capture,
+the state check and the live feedback that torchdata snapshots hold.
+
+This module imports torch; only graft_select.sampler imports it.
+"""
+
+import collections
+import math
+import numbers
+import sys
+
+import torch
+
+__all__ = ["BatchIterator", "LastLayerCapture", "check_state"]
+
+FEEDBACK_NAMES = ("embeddings", "residuals", "gradients")
+STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
+              "selection_seconds"}
+
+
+class BatchIterator:
+    """One pass over an epoch's batches that knows what the training loop consumed.
+
+    ``position`` counts the batches handed out (prefetching loaders run ahead of
+    the loop); ``pending`` holds the handed-out batches not yet observed, oldest
+    first, so that ``observe()`` without indices finds the batch being trained
+    and the resume position counts consumed batches.
+    """
+
+    def __init__(self, sampler, batches, start):
+        self.sampler = sampler
+        self.batches = batches
+        self.position = start
+        self.consumed = start
+        self.observed_any = False
+        self.pending = collections.deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.position >= len(self.batches):
+            raise StopIteration
+        batch = self.batches[self.position]
+        self.pending.append(self.position)
+        self.position += 1
+        return batch.tolist()
+
+    def __len__(self):
+        return len(self.batches) - self.position
+
+    def resume_position(self):
+        """Batches the loop consumed: observed ones if it observes, else handed-out ones."""
+        return self.consumed if self.observed_any else self.position
+
+    def take_pending(self):
+        """The oldest handed-out batch not yet observed (for observe() without indices)."""
+        if not self.pending:
+            return None
+        position = self.pending.popleft()
+        self._consume(position)
+        return self.batches[position]
+
+    def match(self, indices):
+        """Mark the handed-out batch equal to ``indices`` (and those before it) consumed."""
+        for depth, position in enumerate(self.pending):
+            batch = self.batches[position]
+            if len(batch) == len(indices) and torch.equal(batch, indices):
+                for _ in range(depth + 1):
+                    self.pending.popleft()
+                self._consume(position)
+                return
+            if depth >= 8:  # prefetch depth of ordinary loaders; deeper is not a match
+                return
+
+    def _consume(self, position):
+        self.observed_any = True
+        self.consumed = max(self.consumed, position + 1)
+
+    # torchdata's StatefulDataLoader snapshots the iterator of its batch sampler at the
+    # moment it hands indices to a worker, ahead of training. The feedback entry stays
+    # live until the state is saved (pickled or deep-copied), so a saved state holds
+    # every observation made before it was saved.
+    def state_dict(self):
+        return {"position": self.position, "feedback": LiveFeedback(self.sampler)}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict) or set(state) != {"position", "feedback"}:
+            raise ValueError("The iterator state of GraftBatchSampler must be a dict with keys "
+                             "'position' and 'feedback', as returned by its state_dict().")
+        position = state["position"]
+        if isinstance(position, bool) or not isinstance(position, numbers.Integral) or not (
+                0 <= position <= len(self.batches)):
+            raise ValueError(f"The iterator state's 'position' must be an int in [0, "
+                             f"{len(self.batches)}]. Got {position!r} instead.")
+        feedback = state["feedback"]
+        if isinstance(feedback, LiveFeedback):
+            feedback = feedback.snapshot()
+        self.sampler._load_feedback(feedback)
+        self.position = self.consumed = int(position)
+        self.pending.clear()
+        self.observed_any = False
+
+
+class LiveFeedback:
+    """The sampler's recorded feedback, copied when saved rather than when taken."""
+
+    def __init__(self, sampler):
+        self._sampler = sampler
+
+    def snapshot(self):
+        sampler = self._sampler
+        return {"store": {k: v.detach().cpu().clone() for k, v in sampler._store.items()},
+                "last_seen": sampler._last_seen.clone()}
+
+    def __reduce__(self):
+        return (dict, (self.snapshot(),))
+
+    def __deepcopy__(self, memo):
+        return self.snapshot()
+
+
+class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
+    """Forward hook that keeps the latest input and output of one linear layer.
+
+    Returned by :meth:`GraftBatchSampler.watch`; :meth:`remove` detaches it.
+    The kept tensors are detached (no copy, no host transfer).
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        The hooked layer (normally the ``torch.nn.Linear`` producing logits).
+
+    Attributes
+    ----------
+    inputs, outputs : tensor or None
+        The layer's input (embeddings) and output (logits) at the latest
+        forward pass not yet recorded by :meth:`GraftBatchSampler.observe`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graft_select.sampler import GraftBatchSampler
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(3, 2))
+    >>> sampler = GraftBatchSampler(10, batch_size=5, targets=torch.arange(10) % 2)
+    >>> capture = sampler.watch(model)
+    >>> batch = next(iter(sampler))
+    >>> _ = model(torch.randn(5, 4))
+    >>> tuple(capture.inputs.shape), tuple(capture.outputs.shape)
+    ((5, 3), (5, 2))
+    >>> sampler.observe()  # this batch's indices, embeddings, logits and targets
+    >>> sorted(sampler.state_dict()["store"])
+    ['embeddings', 'residuals']
+    """
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.inputs = self.outputs = None
+        self._handle = layer.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.inputs = inputs[0].detach()
+        self.outputs = output.detach()
+
+    __module__ = "graft_select.sampler"
+
+    def take(self):
+        """The latest (embeddings, logits), cleared so they are never used twice."""
+        values = (self.inputs, self.outputs)
+        self.inputs = self.outputs = None
+        return values
+
+    def remove(self):
+        """Remove the forward hook."""
+        self._handle.remove()
+
+
+def last_linear(model):
+    """The last ``torch.nn.Linear`` registered in ``model`` (the head of most classifiers)."""
+    if isinstance(model, torch.nn.Linear):
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"The 'model' argument of GraftBatchSampler.watch must be a "
+                        f"torch.nn.Module. Got {type(model).__name__} instead.")
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no torch.nn.Linear layer to watch; pass "
+                         "the layer that maps embeddings to logits as 'layer='.")
+    return layers[-1]
+
+
+def check_state(state, n_samples):
+    """Validate a whole state dict of GraftBatchSampler; return cleaned copies."""
+    owner = "GraftBatchSampler.load_state_dict"
+    if not isinstance(state, dict):
+        raise TypeError(f"{owner} expects the dict returned by state_dict(). Got "
+                        f"{type(state).__name__} instead.")
+    if set(state) != STATE_KEYS:
+        missing, extra = sorted(STATE_KEYS - set(state)), sorted(set(state) - STATE_KEYS)
+        raise ValueError(f"{owner} got a state with missing keys {missing} and unknown keys "
+                         f"{extra}; pass the dict returned by GraftBatchSampler.state_dict().")
+    epoch = _state_int(state["epoch"], "epoch", owner)
+    batches = _state_int(state["batches_yielded"], "batches_yielded", owner)
+    subset_epoch = state["subset_epoch"]
+    if subset_epoch is not None:
+        subset_epoch = _state_int(subset_epoch, "subset_epoch", owner)
+    subset = state["subset"]
+    if subset is not None:
+        subset = _index_tensor(subset, "subset", owner, n_samples)
+        if len(subset) == 0 or len(torch.unique(subset)) != len(subset):
+            raise ValueError(f"The 'subset' of the state passed to {owner} must hold distinct "
+                             "dataset indices.")
+    if (subset is None) != (subset_epoch is None):
+        raise ValueError(f"The state passed to {owner} must have both 'subset' and "
+                         "'subset_epoch' or neither.")
+    seconds = state["selection_seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not (
+            math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"The 'selection_seconds' of the state passed to {owner} must be a "
+                         f"finite float >= 0. Got {seconds!r} instead.")
+    feedback = check_feedback({"store": state["store"], "last_seen": state["last_seen"]},
+                              n_samples, owner)
+    return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
+            "subset_epoch": subset_epoch, "selection_seconds": float(seconds), **feedback}
+
+
+def check_feedback(feedback, n_samples, owner):
+    """Validate ``{"store": ..., "last_seen": ...}``; return copies on the CPU."""
+    store = feedback.get("store") if isinstance(feedback, dict) else None
+    if not isinstance(store, dict):
+        raise TypeError(f"The 'store' of the state passed to {owner} must be a dict of "
+                        f"tensors. Got {type(store).__name__} instead.")
+    unknown = sorted(set(store) - set(FEEDBACK_NAMES))
+    if unknown:
+        raise ValueError(f"The 'store' of the state passed to {owner} has unknown entries "
+                         f"{unknown}; expected some of {list(FEEDBACK_NAMES)}.")
+    copies = {}
+    for name, value in store.items():
+        if not torch.is_tensor(value) or value.ndim != 2 or value.shape[0] != n_samples or (
+                not value.dtype.is_floating_point):
+            shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+            raise ValueError(f"The store entry '{name}' of the state passed to {owner} must be "
+                             f"a floating tensor of shape ({n_samples}, n_columns). Got "
+                             f"{shape} instead; was the state saved by a sampler of another "
+                             "dataset?")
+        copies[name] = value.detach().cpu().clone()
+    last_seen = feedback["last_seen"]
+    if not torch.is_tensor(last_seen) or last_seen.shape != (n_samples,) or (
+            last_seen.dtype != torch.int64):
+        shape = tuple(last_seen.shape) if torch.is_tensor(last_seen) else type(last_seen).__name__
+        raise ValueError(f"The 'last_seen' of the state passed to {owner} must be an int64 "
+                         f"tensor of shape ({n_samples},). Got {shape} instead; was the state "
+                         "saved by a sampler of another dataset?")
+    return {"store": copies, "last_seen": last_seen.detach().cpu().clone()}
+
+
+def _state_int(value, name, owner):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"The '{name}' of the state passed to {owner} must be an int >= 0. "
+                         f"Got {value!r} instead.")
+    return int(value)
+
+
+def _index_tensor(value, name, owner, n_samples):
+    if not torch.is_tensor(value) or value.ndim != 1 or value.dtype != torch.int64:
+        raise ValueError(f"The '{name}' of the state passed to {owner} must be a 1-D int64 "
+                         f"tensor of dataset indices.")
+    if len(value) and (int(value.min()) < 0 or int(value.max()) >= n_samples):
+        raise ValueError(f"The '{name}' of the state passed to {owner} holds indices outside "
+                         f"[0, {n_samples}); was the state saved by a sampler of another "
+                         "dataset?")
+    return value.detach().cpu().clone()
+
+
+def accelerate_wrapper():
+    """Name of the accelerate wrapper iterating the sampler, or None (looks a few frames up)."""
+    module = sys.modules.get("accelerate.data_loader")
+    if module is None:
+        return None
+    wrappers = tuple(getattr(module, name) for name in
+                     ("BatchSamplerShard", "DataLoaderShard", "DataLoaderDispatcher")
+                     if hasattr(module, name))
+    frame = sys._getframe(2)
+    for _ in range(16):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, wrappers):
+            return type(owner).__name__
+        frame = frame.f_back
+    return None

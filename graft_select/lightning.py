@@ -1,0 +1,151 @@
+"""Lightning integration: :class:`GraftCallback` drives a GraftBatchSampler in a Trainer.
+
+Importing this module imports lightning; ``import graft_select`` does not.
+"""
+
+import math
+
+import lightning.pytorch as pl
+
+from .sampler import GraftBatchSampler
+
+__all__ = ["GraftCallback"]
+
+
+class GraftCallback(pl.Callback):
+    """Lightning callback that runs a :class:`~graft_select.sampler.GraftBatchSampler`.
+
+    Put the sampler in the training DataLoader (``batch_sampler=sampler``) and
+    the callback in ``Trainer(callbacks=[GraftCallback(sampler)])``; the
+    LightningModule and the dataset need no change. The callback
+
+    - hooks the module's last ``torch.nn.Linear`` (or ``layer``) and records
+      its input and output after every training batch with
+      :meth:`~graft_select.sampler.GraftBatchSampler.observe`;
+    - sets the sampler's epoch before each epoch's first batch is drawn;
+    - keeps the epoch's number of batches (``trainer.num_training_batches``,
+      the progress bar) equal to the sampler's, warm start included, and makes
+      ``trainer.estimated_stepping_batches`` the real number of optimizer steps
+      of the run (from :meth:`~graft_select.sampler.GraftBatchSampler.total_batches`);
+    - saves the sampler's state (recorded feedback included) in checkpoints
+      and restores it on resume.
+
+    Parameters
+    ----------
+    sampler : GraftBatchSampler
+        The training DataLoader's batch sampler.
+    layer : torch.nn.Linear, default=None
+        The layer mapping embeddings to logits; ``None`` hooks the last
+        ``torch.nn.Linear`` of the LightningModule.
+    targets : callable, default=None
+        ``targets(batch) -> labels`` of a training batch. ``None`` uses the
+        sampler's ``targets`` when it has them, else ``batch[1]``.
+
+    Notes
+    -----
+    Under DDP, GraftBatchSampler shards the epoch over the ranks itself: pass
+    ``use_distributed_sampler=False`` to the Trainer. With the default
+    (``True``) Lightning would rebuild the batch sampler around a
+    DistributedSampler; the callback stops the run at setup with that fix.
+
+    Examples
+    --------
+    >>> from graft_select.lightning import GraftCallback
+    >>> from graft_select.sampler import GraftBatchSampler
+    >>> callback = GraftCallback(GraftBatchSampler(100, batch_size=10))
+    >>> callback.state_key
+    'GraftCallback'
+    """
+
+    def __init__(self, sampler, *, layer=None, targets=None):
+        if not isinstance(sampler, GraftBatchSampler):
+            raise TypeError(f"The 'sampler' parameter of GraftCallback must be a "
+                            f"GraftBatchSampler. Got {type(sampler).__name__} instead.")
+        if targets is not None and not callable(targets):
+            raise TypeError(f"The 'targets' parameter of GraftCallback must be a callable "
+                            f"batch -> labels or None. Got {type(targets).__name__} instead.")
+        self.sampler = sampler
+        self.layer = layer
+        self.targets = targets
+        self._capture = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, trainer, pl_module, stage):
+        if stage != "fit":
+            return
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            raise ValueError(
+                "GraftCallback: the Trainer runs on several processes with "
+                "use_distributed_sampler=True, so Lightning would rebuild the GraftBatchSampler "
+                "around a DistributedSampler and shard the data twice. Pass "
+                "use_distributed_sampler=False to lightning.Trainer: GraftBatchSampler shards "
+                "each epoch over the ranks itself.")
+        _plan_steps_with(trainer)
+        self._capture = self.sampler.watch(pl_module, layer=self.layer)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+
+    # ----------------------------------------------------------------- epochs
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.sampler.set_epoch(trainer.current_epoch)
+        if trainer.limit_train_batches != 1.0:
+            return  # the user caps the epoch; Lightning's own count is then the right one
+        length = len(self.sampler)
+        trainer.fit_loop.max_batches = length
+        combined = getattr(trainer.fit_loop, "_combined_loader", None)
+        if combined is not None and len(combined.flattened) == 1:
+            combined.limits = [length]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        targets = None
+        if self.targets is not None:
+            targets = self.targets(batch)
+        elif self.sampler.targets is None:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ValueError("GraftCallback needs the batch's class labels: give the "
+                                 "sampler targets=, or the callback targets=lambda batch: ...; "
+                                 "the batch is not an (inputs, labels, ...) sequence.")
+            targets = batch[1]
+        self.sampler.observe(targets=targets)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self):
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        state = state_dict["sampler"]
+        self.sampler.load_state_dict(state)
+        # A checkpoint taken after the epoch's last batch resumes at the next epoch:
+        # Lightning creates that epoch's iterator before any epoch hook runs.
+        if state["batches_yielded"] >= len(self.sampler):
+            self.sampler.set_epoch(state["epoch"] + 1)
+
+
+def _plan_steps_with(trainer):
+    """Make ``trainer.estimated_stepping_batches`` count the sampler's real batches."""
+    cls = type(trainer)
+    if getattr(cls, "_graft_steps", False):
+        return
+    base = cls.estimated_stepping_batches
+
+    def estimated_stepping_batches(self):
+        callbacks = [c for c in self.callbacks if isinstance(c, GraftCallback)]
+        if (len(callbacks) != 1 or self.max_epochs in (None, -1)
+                or self.limit_train_batches != 1.0):
+            return base.fget(self)
+        sampler = callbacks[0].sampler
+        accumulate = self.accumulate_grad_batches
+        steps = sum(math.ceil(sampler._epoch_batches(epoch) / accumulate)
+                    for epoch in range(self.max_epochs))
+        return min(steps, self.max_steps) if self.max_steps != -1 else steps
+
+    trainer.__class__ = type(cls.__name__, (cls,), {
+        "estimated_stepping_batches": property(estimated_stepping_batches, doc=base.__doc__),
+        "_graft_steps": True, "__module__": cls.__module__})
