@@ -583,7 +583,10 @@ class GraftBatchSampler(Sampler[list[int]]):
             return candidates, None
         X, gradients = self._selection_inputs(candidates)
         selector = self._make_selector(remaining / len(candidates), generator)
-        selector.fit(X, gradients=gradients)
+        with warnings.catch_warnings():
+            # the sampler warns about the budget itself, in its own terms (see _refit)
+            warnings.filterwarnings("ignore", message="GraftSelector keeps", category=UserWarning)
+            selector.fit(X, gradients=gradients)
         local = selector.sample_indices_.to("cpu") if torch.is_tensor(
             selector.sample_indices_) else torch.as_tensor(selector.sample_indices_)
         error = selector.gradient_error_

@@ -204,6 +204,19 @@ class TestBudgetWarning:
             flat = [i for b in sampler for i in b]
         assert len(flat) == 8  # one per chunk of 8 rows
 
+    def test_overshoot_warns_once(self):
+        """The sampler's warning replaces the selector's: one warning per refit, not two."""
+        sampler = GraftBatchSampler(60, 8, fraction=1e-9)
+        sampler.observe(torch.arange(60), embeddings=torch.randn(60, 3))
+        sampler.set_epoch(1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            list(sampler)
+        budget = [w for w in caught if issubclass(w.category, UserWarning)
+                  and "at least one" in str(w.message)]
+        assert len(budget) == 1, [str(w.message) for w in budget]
+        assert "GraftBatchSampler" in str(budget[0].message)
+
     def test_normal_budget_silent(self):
         """A budget the chunks can hold gives no warning."""
         sampler = _observed()
