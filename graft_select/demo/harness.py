@@ -79,7 +79,7 @@ class DemoConfig:
     warm_start_epochs: int = 3
     batch_size: int = 128
     selection_size: int | None = 64
-    uniform_share: float = 0.0
+    uniform_share: float = 0.5
     basis: str = "gradients"
     n_components: int | None = None
     refresh_share: float = 0.1
