@@ -1,7 +1,8 @@
 """The ``graft-select`` command line: ``demo`` and ``select``.
 
-``graft-select demo`` trains a small torch model three ways (full data, uniform subsets,
-GRAFT) and prints what GRAFT saves and costs; ``graft-select select`` runs
+``graft-select demo`` trains a small torch model with GRAFT and with what a user would do
+instead (full data, budget-matched full data, RS2, InfoBatch, uniform subsets) and prints
+what GRAFT saves and costs; ``graft-select select`` runs
 :class:`~graft_select.GraftSelector` on a feature file and writes the selected row
 indices. Errors in the input or the options end in one line on stderr, starting with
 ``graft-select: error:``, and exit status 2.
@@ -73,18 +74,28 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="train a small model on full data, uniform subsets and GRAFT subsets",
-        description="Train the same small torch model three ways at the same budget (full "
-                    "data, uniform subsets, GRAFT subsets through GraftBatchSampler) and "
-                    "report accuracy, time, selection overhead, samples seen and energy. "
-                    "Needs torch (pip install graft-select[torch]).",
+        "demo", help="train a small model with GRAFT and with the baselines it competes with",
+        description="Train the same small torch model with every strategy at GRAFT's "
+                    "sample budget (full data for all epochs; full data stopped at the "
+                    "budget; RS2; InfoBatch; uniform subsets; GRAFT through "
+                    "GraftBatchSampler; full data for GRAFT's wall-clock) and report "
+                    "accuracy, time, selection and feedback overhead, samples seen, "
+                    "time-to-accuracy and energy. Needs torch (pip install "
+                    "graft-select[torch]).",
     )
-    demo.add_argument("--dataset", choices=("mnist1d", "digits"), default="mnist1d",
-                      help="procedural MNIST-1D (default) or scikit-learn's digits")
+    demo.add_argument("--dataset", choices=("mnist1d", "digits", "noisy_digits"),
+                      default="mnist1d",
+                      help="procedural MNIST-1D (default), scikit-learn's digits, or digits "
+                           "with 6 jittered copies per image and 15%% wrong labels")
+    demo.add_argument("--strategies", nargs="+", metavar="S",
+                      choices=("full", "budget", "rs2", "infobatch", "uniform", "graft",
+                               "budget_wall"),
+                      help="strategies to run (default: all of full budget rs2 infobatch "
+                           "uniform graft budget_wall)")
     demo.add_argument("--fractions", type=_fraction, nargs="+", metavar="F",
                       help="subset fractions (default: 0.1 0.3; --quick: 0.3)")
     demo.add_argument("--seeds", type=_positive_int, metavar="N",
-                      help="number of seeds, 0 to N-1 (default: 3; --quick: 1)")
+                      help="number of seeds, 0 to N-1 (default: 5; --quick: 1)")
     demo.add_argument("--epochs", type=_positive_int, metavar="N",
                       help="training epochs (default: 20; --quick: 3)")
     demo.add_argument("--refit-every", type=_positive_int, metavar="R",
@@ -378,6 +389,7 @@ def _run_demo(args):
 
     options = dict(
         fractions=args.fractions, seeds=args.seeds, epochs=args.epochs,
+        strategies=args.strategies,
         refit_every=args.refit_every, warm_start_epochs=args.warm_start_epochs,
         batch_size=args.batch_size, selection_size=args.selection_size,
         n_samples=args.n_samples, device=args.device,

@@ -65,10 +65,12 @@ _DOC_PARAMETERS = """
     strategy : {"graft", "uniform"}, default="graft"
         ``"uniform"`` draws a seeded uniform subset of the same sizes: the
         baseline to check GRAFT against at the same budget.
-    basis : {"input", "gradients"}, default="input"
+    basis : {"auto", "input", "gradients"}, default="auto"
         What the low-rank factor is computed from: the rows of ``X``, or the
         per-sample gradient proxies given to ``fit`` (for factored last-layer
-        gradients, from their Gram matrix, without forming them).
+        gradients, from their Gram matrix, without forming them). ``"auto"``
+        uses the gradients when ``fit`` gets them and the rows of ``X``
+        otherwise; ``basis_`` says which.
     method : {"volume", "lu"}, default="volume"
         Pivot rule of :func:`~graft_select.fast_maxvol`.
     refine : bool, default=False
@@ -107,6 +109,8 @@ _DOC_ATTRIBUTES = """
     gradient_error_ : ndarray of shape (n_chunks,) or None
         Relative error of each chunk's mean gradient when approximated with the
         selected rows and ``sample_weight_``; None when fit without gradients.
+    basis_ : {"input", "gradients"}
+        The basis the fit used (``basis`` with ``"auto"`` resolved).
     chunk_sizes_ : ndarray of shape (n_chunks,)
         Rows per chunk.
     subset_sizes_ : ndarray of shape (n_chunks,)
@@ -128,7 +132,7 @@ class _GraftBase(BaseEstimator):
         "n_components": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "batch_size": [Interval(numbers.Integral, 2, None, closed="left"), None],
         "strategy": [StrOptions({"graft", "uniform"})],
-        "basis": [StrOptions({"input", "gradients"})],
+        "basis": [StrOptions({"auto", "input", "gradients"})],
         "method": [StrOptions({"volume", "lu"})],
         "refine": ["boolean"],
         "uniform_share": [Interval(numbers.Real, 0.0, 1.0, closed="left")],
@@ -146,7 +150,7 @@ class _GraftBase(BaseEstimator):
         n_components=None,
         batch_size=None,
         strategy="graft",
-        basis="input",
+        basis="auto",
         method="volume",
         refine=False,
         uniform_share=0.0,
@@ -223,6 +227,9 @@ class _GraftBase(BaseEstimator):
                 "basis='gradients' needs per-sample gradients: call fit(X, gradients=G) "
                 "or use basis='input'."
             )
+        self.basis_ = self.basis
+        if self.basis == "auto":
+            self.basis_ = "input" if gradients is None else "gradients"
         orders, errors = [], []
         if gradients is None:
             k_hi = self._fixed_sizes()
@@ -321,7 +328,7 @@ class _GraftBase(BaseEstimator):
         m = count[1] - count[0]
         if self.strategy == "uniform":
             return [None] * m
-        if self.basis == "gradients":
+        if self.basis_ == "gradients":
             U = self._gradient_factor(gradients, begin, stop, m, k_hi, rng)
         elif is_sparse(X):
             U = self._sparse_factors(X, begin, stop, m, k_hi, rng)

@@ -1,10 +1,11 @@
-"""The demo harness: models, the full-data sampler, training runs, results and energy."""
+"""The demo harness: models, the baselines' samplers, training runs, results and energy."""
 
 import csv
 import json
 import sys
 import time
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,12 +17,21 @@ from graft_select.demo import (  # noqa: E402
     CNN1D,
     MLP,
     DemoConfig,
+    InfoBatchSampler,
+    RS2BatchSampler,
     ShuffledBatchSampler,
     check_config,
+    cosine_rate,
     format_tables,
+    graft_samples,
     make_batch_sampler,
+    plan_seed,
     run_demo,
+    train_run,
+    wants_feedback,
 )
+from graft_select.demo.harness import load_data  # noqa: E402
+from graft_select.demo.report import time_to_accuracy  # noqa: E402
 
 TINY = dict(n_samples=300, epochs=2, batch_size=32, fractions=(0.3,), seeds=(0,),
             warm_start_epochs=1, refit_every=1, threads=1)
@@ -30,19 +40,18 @@ TINY = dict(n_samples=300, epochs=2, batch_size=32, fractions=(0.3,), seeds=(0,)
 class FakeSubsetSampler(ShuffledBatchSampler):
     """GraftBatchSampler's interface, with the first ``fraction`` of a shuffled order."""
 
-    def __init__(self, n_samples, batch_size, *, fraction, seed, warm_start_epochs, **ignored):
-        super().__init__(n_samples, batch_size, seed=seed)
+    def __init__(self, n_samples, batch_size, *, fraction, seed, warm_start_epochs, epochs):
+        super().__init__(n_samples, batch_size, seed=seed, epochs=epochs + 1)
         self.fraction, self.warm_start_epochs = fraction, warm_start_epochs
         self.selection_seconds, self.last_refit, self.observed = 0.0, None, []
 
     def observe(self, indices, *, embeddings=None, logits=None, targets=None, gradients=None):
         assert embeddings.shape[0] == logits.shape[0] == targets.shape[0] == len(indices)
         assert not embeddings.requires_grad and not logits.requires_grad
-        self.observed.append(indices.tolist())
+        self.observed.append((self.epoch, indices.tolist()))
 
-    def _subset(self):
-        order = super().__iter__()
-        flat = [i for batch in order for i in batch]
+    def _order(self):
+        flat = super()._order()
         if self.epoch < self.warm_start_epochs:
             return flat
         start = time.perf_counter()
@@ -53,26 +62,25 @@ class FakeSubsetSampler(ShuffledBatchSampler):
                                                 gradient_error=0.5, seconds=seconds)
         return keep
 
-    def __len__(self):
-        return -(-len(self._subset()) // self.batch_size)
 
-    def __iter__(self):
-        subset = self._subset()
-        for begin in range(0, len(subset), self.batch_size):
-            yield subset[begin:begin + self.batch_size]
-
-
-def fake_factory(strategy, n_samples, **kwargs):
-    """The demo's factory, with FakeSubsetSampler for the subset strategies."""
-    if strategy == "full":
-        return make_batch_sampler(strategy, n_samples, **kwargs)
-    return FakeSubsetSampler(n_samples, **kwargs)
+def fake_factory(strategy, n_samples, *, fraction, seed, config, total_samples=None):
+    """The demo's factory, with FakeSubsetSampler for the GraftBatchSampler strategies."""
+    if strategy not in ("uniform", "graft"):
+        return make_batch_sampler(strategy, n_samples, fraction=fraction, seed=seed,
+                                  config=config, total_samples=total_samples)
+    return FakeSubsetSampler(n_samples, config.batch_size, fraction=fraction, seed=seed,
+                             warm_start_epochs=config.warm_start_epochs, epochs=config.epochs)
 
 
 @pytest.fixture(scope="module")
 def fake_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     return run_demo(DemoConfig(**TINY), out=out, progress=False, sampler_factory=fake_factory)
+
+
+def _flat(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return [i for batch in sampler for i in batch]
 
 
 class TestModels:
@@ -94,17 +102,180 @@ class TestModels:
 class TestShuffledBatchSampler:
     def test_every_index_once(self):
         """An epoch yields every index exactly once, in batches of batch_size (last shorter)."""
-        batches = list(ShuffledBatchSampler(103, 10, seed=0))
-        assert len(batches) == len(ShuffledBatchSampler(103, 10)) == 11
+        sampler = ShuffledBatchSampler(103, 10, seed=0, epochs=1)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 11
         assert sorted(i for b in batches for i in b) == list(range(103))
         assert all(isinstance(i, int) for b in batches for i in b)
 
     def test_seeded_per_epoch(self):
         """Same seed and epoch give the same order; another epoch gives another."""
-        a, b = ShuffledBatchSampler(50, 10, seed=1), ShuffledBatchSampler(50, 10, seed=1)
-        assert list(a) == list(b)
-        b.set_epoch(1)
-        assert list(a) != list(b)
+        a = ShuffledBatchSampler(50, 10, seed=1, epochs=2)
+        b = ShuffledBatchSampler(50, 10, seed=1, epochs=2)
+        assert _flat(a, 0) == _flat(b, 0)
+        assert _flat(a, 0) != _flat(b, 1)
+
+    def test_epochs_then_empty(self):
+        """With epochs=E, epoch E has no batches."""
+        sampler = ShuffledBatchSampler(20, 8, epochs=2)
+        sampler.set_epoch(2)
+        assert len(sampler) == 0 and list(sampler) == []
+
+    def test_budget_stops_at_total_samples(self):
+        """total_samples: full shuffled epochs, then a cut epoch; exactly that many samples."""
+        sampler = ShuffledBatchSampler(50, 16, seed=3, total_samples=130)
+        seen = [_flat(sampler, e) for e in range(4)]
+        assert [len(s) for s in seen] == [50, 50, 30, 0]
+        assert sorted(seen[0]) == sorted(seen[1]) == list(range(50))
+        assert len(set(seen[2])) == 30
+        assert sum(len(s) for s in seen) == sampler.total_samples == 130
+
+    def test_needs_epochs_or_budget(self):
+        """Exactly one of epochs and total_samples."""
+        with pytest.raises(ValueError, match="exactly one"):
+            ShuffledBatchSampler(10, 2)
+        with pytest.raises(ValueError, match="exactly one"):
+            ShuffledBatchSampler(10, 2, epochs=1, total_samples=5)
+
+
+class TestRS2BatchSampler:
+    def test_rounds_without_replacement(self):
+        """Rounds of round(f n) samples; no sample twice before every sample once."""
+        sampler = RS2BatchSampler(100, 7, fraction=0.3, total_samples=600, seed=0)
+        rounds = [_flat(sampler, e) for e in range(21)]
+        assert [len(r) for r in rounds] == [30] * 20 + [0]
+        stream = [i for r in rounds for i in r]
+        for begin in range(0, 600, 100):  # every pass of 100 is a permutation
+            assert sorted(stream[begin:begin + 100]) == list(range(100))
+        assert all(len(set(r)) == len(r) for r in rounds)  # also across the wrap
+
+    def test_budget_cut_and_seeded(self):
+        """The last round is cut to meet total_samples; the same seed gives the same rounds."""
+        a = RS2BatchSampler(40, 4, fraction=0.25, total_samples=55, seed=2)
+        b = RS2BatchSampler(40, 4, fraction=0.25, total_samples=55, seed=2)
+        sizes = [len(_flat(a, e)) for e in range(7)]
+        assert sizes == [10, 10, 10, 10, 10, 5, 0]
+        assert [_flat(a, e) for e in range(6)] == [_flat(b, e) for e in range(6)]
+        assert _flat(a, 0) != _flat(RS2BatchSampler(40, 4, fraction=0.25, total_samples=55,
+                                                    seed=3), 0)
+
+
+class TestInfoBatchSampler:
+    def _after_first_epoch(self, **kwargs):
+        sampler = InfoBatchSampler(200, 20, seed=0, **kwargs)
+        first = _flat(sampler, 0)
+        losses = torch.where(torch.arange(200) < 100, 0.1, 2.0)  # rows < 100 well learned
+        sampler.record_losses(torch.tensor(first), losses[first])
+        return sampler, first
+
+    def test_first_epoch_is_full(self):
+        """All scores start equal, so nothing is below the mean in epoch 0."""
+        _, first = self._after_first_epoch(epochs=8)
+        assert sorted(first) == list(range(200))
+
+    def test_prunes_well_learned_at_random_and_rescales(self):
+        """Below-mean samples are kept with probability 1 - r and weighted 1 / (1 - r)."""
+        sampler, _ = self._after_first_epoch(epochs=8, prune_ratio=0.5)
+        second = np.array(_flat(sampler, 1))
+        assert len(set(second.tolist())) == len(second)
+        assert set(range(100, 200)) <= set(second.tolist())  # hard samples always kept
+        kept_easy = second[second < 100]
+        assert 30 <= len(kept_easy) <= 70  # about half of the 100 easy ones
+        weights = sampler.loss_weights(second).numpy()
+        assert np.all(weights[second < 100] == 2.0) and np.all(weights[second >= 100] == 1.0)
+
+    def test_prune_ratio_sets_the_weight(self):
+        """r = 0.75 keeps about a quarter of the easy samples, each weighted 4."""
+        sampler, _ = self._after_first_epoch(epochs=8, prune_ratio=0.75)
+        second = np.array(_flat(sampler, 1))
+        assert 10 <= int((second < 100).sum()) <= 45
+        assert np.all(sampler.loss_weights(second[second < 100]).numpy() == 4.0)
+
+    def test_anneals_to_full_data(self):
+        """Native: epochs e >= delta * epochs are full, with weight 1 everywhere."""
+        sampler, _ = self._after_first_epoch(epochs=4, delta=0.5)
+        assert len(_flat(sampler, 1)) < 200
+        sampler.scores[:100] = 0.1  # keep the easy samples easy
+        third = _flat(sampler, 2)
+        assert sorted(third) == list(range(200))
+        assert np.all(sampler.loss_weights(third).numpy() == 1.0)
+
+    def test_budget_mode_prunes_then_anneals_and_stops(self):
+        """Budget: prune while fewer than delta * total were planned; stop at the total."""
+        sampler, _ = self._after_first_epoch(total_samples=900, delta=0.5)
+        sizes, planned_before, e = [200], [0], 1
+        while True:
+            planned_before.append(sum(sizes))
+            order = _flat(sampler, e)
+            if not order:
+                break
+            sizes.append(len(order))
+            sampler.scores[:100], sampler.scores[100:] = 0.1, 2.0  # easy stay easy
+            e += 1
+        assert sum(sizes) == 900
+        for size, before in zip(sizes[1:], planned_before[1:]):
+            if before < 450:
+                assert size < 200  # pruning
+            else:
+                assert size == min(200, 900 - before)  # annealed: full data, cut at the end
+        assert any(before >= 450 for before in planned_before[1:len(sizes)])
+
+    def test_epochs_in_order(self):
+        """Plans depend on earlier losses, so epochs are planned in order."""
+        sampler = InfoBatchSampler(10, 2, epochs=3)
+        sampler.set_epoch(1)
+        with pytest.raises(ValueError, match="epoch 0"):
+            len(sampler)
+
+    def test_training_records_losses_and_weights(self):
+        """train_run feeds InfoBatch every batch's unweighted losses as its scores."""
+        made = []
+
+        def factory(strategy, n, **kwargs):
+            made.append(make_batch_sampler(strategy, n, **kwargs))
+            return made[-1]
+
+        config = DemoConfig(**{**TINY, "epochs": 3, "strategies": ("infobatch",)})
+        run = train_run("infobatch", 1.0, 0, load_data(config), config, sampler_factory=factory)
+        sampler = made[0]
+        assert not np.any(sampler.scores == 1.0)  # every sample's score was recorded
+        assert run["samples_seen"] < 3 * 240 and run["feedback_seconds"] > 0
+
+
+class TestSchedule:
+    def test_cosine_over_the_planned_samples(self):
+        """The rate starts at lr, is lr / 2 halfway and 0 at the end (and stays there)."""
+        assert cosine_rate(0.1, 0, 500) == 0.1
+        assert cosine_rate(0.1, 250, 500) == pytest.approx(0.05)
+        assert cosine_rate(0.1, 500, 500) == pytest.approx(0.0, abs=1e-12)
+        assert cosine_rate(0.1, 700, 500) == pytest.approx(0.0, abs=1e-12)
+
+    def test_graft_samples_formula(self):
+        """W epochs of n, then E - W epochs of round(f n)."""
+        config = DemoConfig(epochs=20, warm_start_epochs=3)
+        assert graft_samples(config, 24000, 0.3) == 3 * 24000 + 17 * 7200
+        assert graft_samples(replace(config, warm_start_epochs=30), 100, 0.3) == 2000
+
+    def test_feedback_only_before_refits(self):
+        """'refit' observes in the epoch before each refit; 'every' in every epoch."""
+        config = DemoConfig(epochs=20, warm_start_epochs=3, refit_every=5)
+        observed = [e for e in range(20) if wants_feedback("graft", e, config)]
+        assert observed == [2, 7, 12, 17]
+        assert not any(wants_feedback("budget", e, config) for e in range(20))
+        every = replace(config, feedback="every")
+        assert all(wants_feedback("uniform", e, every) for e in range(20))
+
+
+class TestPlan:
+    def test_order_within_a_seed(self):
+        """Reference group first; per fraction GRAFT first, budget_wall last, rest rotated."""
+        config = DemoConfig(fractions=(0.1,))
+        plan = plan_seed(config, 0)
+        assert plan[:3] == [("full", 1.0), ("infobatch", 1.0), ("budget", 1.0)]
+        assert plan[3] == ("graft", 0.1) and plan[-1] == ("budget_wall", 0.1)
+        middle = [s for s, _ in plan[4:-1]]
+        assert sorted(middle) == ["budget", "infobatch", "rs2", "uniform"]
+        assert [s for s, _ in plan_seed(config, 1)[4:-1]] == middle[1:] + middle[:1]
 
 
 class TestRunDemo:
@@ -116,31 +287,74 @@ class TestRunDemo:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
     def test_json_records_every_run(self, fake_result):
-        """One run per strategy with per-epoch accuracy, time, selection and samples."""
+        """One run per strategy and group, with its accuracy curve, time and samples."""
         with open(fake_result["files"]["json"]) as handle:
             saved = json.load(handle)
-        assert [r["strategy"] for r in saved["runs"]] == ["full", "uniform", "graft"]
+        runs = {(r["strategy"], r["fraction"]): r for r in saved["runs"]}
+        assert set(runs) == {("full", 1.0), ("infobatch", 1.0), ("budget", 1.0),
+                             *((s, 0.3) for s in ("graft", "budget", "uniform", "rs2",
+                                                  "infobatch", "budget_wall"))}
         for run in saved["runs"]:
-            assert len(run["epochs"]) == TINY["epochs"]
-            walls = [e["wall_seconds"] for e in run["epochs"]]
+            walls = [p["wall_seconds"] for p in run["curve"]]
             assert walls == sorted(walls) and walls[0] > 0
-            assert 0 <= run["test_accuracy"] <= 1
-        full, graft = saved["runs"][0], saved["runs"][2]
-        assert full["samples_seen"] == 2 * 240
-        assert graft["samples_seen"] == 240 + 72
-        assert [r["epoch"] for r in graft["refits"]] == [1]
+            assert 0 <= run["test_accuracy"] <= 1 and run["curve"][-1]["epoch_end"]
+        assert runs[("full", 1.0)]["samples_seen"] == 2 * 240
+        budget = 240 + 72
+        for strategy in ("graft", "budget", "uniform", "rs2", "infobatch"):
+            assert runs[(strategy, 0.3)]["samples_seen"] == budget
+        assert runs[("budget", 1.0)]["samples_seen"] == runs[("infobatch", 1.0)]["samples_seen"]
+        assert [r["epoch"] for r in runs[("graft", 0.3)]["refits"]] == [1]
         assert saved["machine"]["torch"] == torch.__version__
         assert saved["dataset"] == {"name": "mnist1d", "n_train": 240, "n_test": 60}
 
-    def test_csv_has_a_row_per_strategy(self, fake_result):
-        """The CSV summary has one row per fraction and strategy, with the speed-up."""
+    def test_budget_wall_matches_graft_time(self, fake_result):
+        """budget_wall's samples are budget's scaled by GRAFT's over budget's wall-clock."""
+        runs = {r["strategy"]: r for r in fake_result["runs"] if r["fraction"] == 0.3}
+        expected = runs["budget"]["samples_seen"] * (
+            runs["graft"]["wall_seconds"] / runs["budget"]["wall_seconds"])
+        assert runs["budget_wall"]["samples_seen"] == max(1, round(expected))
+
+    def test_only_graft_feedback_epochs_observed(self, fake_result):
+        """The loop observes only in the epoch before each refit (warm-start epoch 0 here)."""
+        made = []
+
+        def factory(strategy, n, **kwargs):
+            made.append(fake_factory(strategy, n, **kwargs))
+            return made[-1]
+
+        config = DemoConfig(**{**TINY, "epochs": 4, "refit_every": 2})
+        train_run("graft", 0.3, 0, load_data(config), config, sampler_factory=factory)
+        assert sorted({epoch for epoch, _ in made[0].observed}) == [0, 2]
+
+    def test_csv_has_a_row_per_group(self, fake_result):
+        """The CSV summary has one row per group and strategy, with shares and speed-up."""
         with open(fake_result["files"]["csv"], newline="") as handle:
             rows = list(csv.DictReader(handle))
-        assert [r["strategy"] for r in rows] == ["full", "uniform", "graft"]
+        assert len(rows) == 9
         assert float(rows[0]["speedup_vs_full"]) == 1.0
-        assert all(float(r["selection_share"]) < 1 for r in rows)
+        assert all(float(r["selection_share"]) < 1 and float(r["feedback_share"]) < 1
+                   for r in rows)
 
-    def test_energy_columns_say_why_they_are_empty(self, fake_result, monkeypatch):
+    def test_comparisons_are_paired_differences(self, fake_result):
+        """GRAFT minus each baseline, in points, at equal samples (budget_wall: wall-clock)."""
+        runs = {r["strategy"]: r for r in fake_result["runs"] if r["fraction"] == 0.3}
+        comparisons = {c["baseline"]: c for c in fake_result["comparisons"]}
+        assert set(comparisons) == {"budget", "rs2", "infobatch", "uniform", "budget_wall"}
+        for name, c in comparisons.items():
+            expected = 100 * (runs["graft"]["test_accuracy"] - runs[name]["test_accuracy"])
+            assert c["difference_mean"] == pytest.approx(expected)
+        assert comparisons["budget_wall"]["equal"] == "wall-clock"
+        assert comparisons["budget"]["equal"] == "samples"
+
+    def test_time_to_accuracy(self):
+        """The wall-clock of the first evaluation at or above the target, else None."""
+        run = {"curve": [{"test_accuracy": a, "wall_seconds": w}
+                         for a, w in ((0.5, 1.0), (0.8, 2.0), (0.7, 3.0), (0.9, 4.0))]}
+        assert time_to_accuracy(run, 0.75) == 2.0
+        assert time_to_accuracy(run, 0.85) == 4.0
+        assert time_to_accuracy(run, 0.95) is None
+
+    def test_energy_columns_say_why_they_are_empty(self, fake_result):
         """Without codecarbon, the energy cells name the extra to install."""
         if fake_result["energy_note"] is None:
             pytest.skip("codecarbon is installed here")
@@ -149,18 +363,20 @@ class TestRunDemo:
         assert row["energy_kwh"] == row["co2_kg"] == demo.CARBON_HINT
         assert demo.CARBON_HINT in format_tables(fake_result)
 
-    def test_table_per_fraction(self, fake_result):
-        """The printed table has a header per fraction and a row per strategy."""
+    def test_table_per_group(self, fake_result):
+        """The printed table has a header per group, a row per strategy, the differences."""
         table = format_tables(fake_result)
-        assert "fraction 0.3" in table
-        for strategy in ("full", "uniform", "graft"):
+        assert "fraction 0.3" in table and "reference" in table
+        for strategy in ("full", "budget", "rs2", "infobatch", "uniform", "graft",
+                         "budget_wall"):
             assert any(line.startswith(strategy) for line in table.splitlines())
+        assert "vs budget_wall  at equal wall-clock" in table
 
     def test_same_seed_same_result(self):
-        """Two runs with the same seed train identically (accuracy per epoch)."""
+        """Two runs with the same seed train identically (accuracy per evaluation)."""
         config = DemoConfig(**TINY, strategies=("full",))
-        a = run_demo(config, progress=False)["runs"][0]["epochs"]
-        b = run_demo(config, progress=False)["runs"][0]["epochs"]
+        a = run_demo(config, progress=False)["runs"][0]["curve"]
+        b = run_demo(config, progress=False)["runs"][0]["curve"]
         assert [e["test_accuracy"] for e in a] == [e["test_accuracy"] for e in b]
 
     def test_no_global_state_changed(self):
@@ -173,12 +389,14 @@ class TestRunDemo:
         assert np.array_equal(np.random.get_state()[1], np_state)  # noqa: NPY002 (the legacy global generator is what is checked)
         assert torch.get_num_threads() == threads
 
-    def test_digits_with_mlp(self):
-        """--dataset digits trains the MLP on load_digits."""
-        config = DemoConfig(dataset="digits", epochs=1, seeds=(0,), fractions=(0.3,),
+    @pytest.mark.parametrize(("dataset", "n_train"), [("digits", 1347),
+                                                      ("noisy_digits", 6 * 1347)])
+    def test_digits_with_mlp(self, dataset, n_train):
+        """--dataset digits and noisy_digits train the MLP."""
+        config = DemoConfig(dataset=dataset, epochs=1, seeds=(0,), fractions=(0.3,),
                             strategies=("full",), threads=1)
         result = run_demo(config, progress=False)
-        assert result["dataset"]["n_train"] == 1347
+        assert result["dataset"]["n_train"] == n_train
         assert result["runs"][0]["test_accuracy"] > 0.5
 
     def test_codecarbon_fills_energy(self, monkeypatch):
@@ -214,30 +432,50 @@ class TestRunDemo:
         assert result["energy_note"] == demo.CARBON_HINT
         assert result["summary"][0]["energy_kwh"] is None
 
-    @pytest.mark.slow
-    def test_with_graft_batch_sampler(self, tmp_path):
-        """The real GraftBatchSampler runs the uniform and graft strategies end to end."""
+
+@pytest.mark.slow
+class TestWithGraftBatchSampler:
+    def test_end_to_end(self, tmp_path):
+        """The real GraftBatchSampler runs uniform and graft; GRAFT's budget is the formula."""
         pytest.importorskip("graft_select.sampler")
-        config = DemoConfig(**{**TINY, "n_samples": 600})
+        config = DemoConfig(**{**TINY, "n_samples": 600, "epochs": 3})
         result = run_demo(config, out=tmp_path, progress=False)
-        graft = result["runs"][2]
-        assert graft["strategy"] == "graft" and graft["refits"]
-        assert graft["selection_seconds"] > 0
-        assert graft["samples_seen"] < result["runs"][0]["samples_seen"]
+        runs = {(r["strategy"], r["fraction"]): r for r in result["runs"]}
+        graft = runs[("graft", 0.3)]
+        assert graft["refits"] and graft["selection_seconds"] > 0
+        assert graft["samples_seen"] == graft_samples(config, 480, 0.3) == graft[
+            "planned_samples"]
+        assert runs[("budget", 0.3)]["samples_seen"] == graft["samples_seen"]
         assert (tmp_path / "results.png").is_file()
+
+    def test_refit_feedback_gives_the_same_training(self):
+        """Observing only before refits trains exactly as observing every epoch."""
+        pytest.importorskip("graft_select.sampler")
+        config = DemoConfig(**{**TINY, "n_samples": 600, "epochs": 6, "warm_start_epochs": 1,
+                               "refit_every": 2})
+        data = load_data(config)
+        a = train_run("graft", 0.3, 0, data, config)
+        b = train_run("graft", 0.3, 0, data, replace(config, feedback="every"))
+        assert [p["test_accuracy"] for p in a["curve"]] == [
+            p["test_accuracy"] for p in b["curve"]]
+        assert a["feedback_seconds"] < b["feedback_seconds"]
 
 
 class TestCheckConfig:
     @pytest.mark.parametrize(("changes", "match"), [
         ({"dataset": "mnist"}, "dataset"),
         ({"fractions": (0.0,)}, "fractions"),
-        ({"fractions": (1.5,)}, "fractions"),
+        ({"fractions": (1.0,)}, "fractions"),
         ({"seeds": ()}, "at least one"),
         ({"strategies": ("full", "random")}, "strategies"),
+        ({"strategies": ("graft", "budget_wall")}, "budget_wall"),
         ({"epochs": 0}, "epochs"),
         ({"dataset": "digits", "n_samples": 100}, "mnist1d only"),
         ({"device": "tpu"}, "device"),
         ({"selection_size": 1}, "selection_size"),
+        ({"uniform_share": 1.0}, "uniform_share"),
+        ({"feedback": "sometimes"}, "feedback"),
+        ({"basis": "auto"}, "basis"),
     ])
     def test_bad_settings(self, changes, match):
         """Bad settings raise ValueError naming the setting."""
@@ -256,3 +494,4 @@ class TestCheckConfig:
         assert config.quick and len(config.seeds) == 1 and len(config.fractions) == 1
         assert config.n_samples <= 5000 and config.epochs <= 5
         assert DemoConfig.quick_config(dataset="digits").n_samples is None
+        assert DemoConfig.quick_config(dataset="noisy_digits").n_samples is None

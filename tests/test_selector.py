@@ -146,6 +146,27 @@ class TestGradientSizing:
         ratio = np.mean(graft.gradient_error_) / np.mean(uniform.gradient_error_)
         assert ratio <= 0.35
 
+    def test_auto_basis_uses_gradients_when_given(self, digits, digit_gradients):
+        """Default basis='auto' is basis='gradients' with gradients, 'input' without."""
+        X, _ = digits
+        kwargs = dict(fraction=0.25, batch_size=128, random_state=0)
+        auto = GraftSelector(**kwargs).fit(X, gradients=digit_gradients)
+        explicit = GraftSelector(**kwargs, basis="gradients").fit(X, gradients=digit_gradients)
+        assert auto.basis_ == "gradients"
+        assert auto.sample_indices_.tolist() == explicit.sample_indices_.tolist()
+        plain = GraftSelector(**kwargs).fit(X)
+        assert plain.basis_ == "input"
+        assert plain.sample_indices_.tolist() == GraftSelector(
+            **kwargs, basis="input").fit(X).sample_indices_.tolist()
+
+    def test_auto_basis_gradient_error_beats_input_basis(self, digits, digit_gradients):
+        """With gradients, the default's gradient error is below the input basis's."""
+        X, _ = digits
+        kwargs = dict(fraction=0.25, batch_size=128, random_state=0)
+        auto = GraftSelector(**kwargs).fit(X, gradients=digit_gradients)
+        inputs = GraftSelector(**kwargs, basis="input").fit(X, gradients=digit_gradients)
+        assert np.mean(auto.gradient_error_) < 0.5 * np.mean(inputs.gradient_error_)
+
     def test_weights_reproduce_error(self, digits, digit_gradients):
         """sample_weight_ / chunk size are the least-squares weights behind gradient_error_."""
         X, _ = digits
