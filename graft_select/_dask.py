@@ -63,11 +63,7 @@ def fit_dask(selector, X, y, gradients, start):
     rng = check_random_state(selector.random_state, "random_state", owner)
     chunks = _chunk_bounds(n, batch_size)
     selector.chunk_sizes_ = np.array([stop - begin for begin, stop in chunks], dtype=np.int64)
-    if selector.basis == "gradients" and gradients is None and selector.strategy == "graft":
-        raise ValueError(
-            "basis='gradients' needs per-sample gradients: call fit(X, gradients=G) "
-            "or use basis='input'."
-        )
+    selector._resolve_basis(gradients)
     groups = _plan_groups(selector, chunks, gradients is not None, rng)
     orders, errors = _block_orders(selector, X, gradients, batch_size, groups, owner)
     sizes = selector._sizes(errors, gradients is not None)
@@ -108,7 +104,9 @@ def _plan_groups(selector, chunks, with_gradients, rng):
 
 def _block_orders(selector, X, gradients, batch_size, groups, owner):
     """MaxVol orders and nested errors of every chunk, one task per block."""
-    template = dask.delayed(clone(selector), pure=True)
+    template = clone(selector)  # parameters only: the workers need no fitted state
+    template.basis_ = selector.basis_  # but _order_group reads the resolved basis
+    template = dask.delayed(template, pure=True)
     X_blocks = X.to_delayed().ravel()
     G_blocks = _gradient_blocks(gradients)
     tasks = []

@@ -198,6 +198,17 @@ class _GraftBase(BaseEstimator):
             self.__dict__.update(saved)
             raise
 
+    def _resolve_basis(self, gradients):
+        """Set ``basis_``: ``basis`` with "auto" resolved, checked against ``gradients``."""
+        if self.basis == "gradients" and gradients is None and self.strategy == "graft":
+            raise ValueError(
+                "basis='gradients' needs per-sample gradients: call fit(X, gradients=G) "
+                "or use basis='input'."
+            )
+        self.basis_ = self.basis
+        if self.basis == "auto":
+            self.basis_ = "input" if gradients is None else "gradients"
+
     def _fit_steps(self, X, y=None, gradients=None):
         start = time.perf_counter()
         check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, type(self).__name__)
@@ -222,14 +233,7 @@ class _GraftBase(BaseEstimator):
         X_scaled, _ = rescale_extreme(X, xp)
         chunks = _chunk_bounds(n, self.batch_size)
         self.chunk_sizes_ = np.array([stop - begin for begin, stop in chunks], dtype=np.int64)
-        if self.basis == "gradients" and gradients is None and self.strategy == "graft":
-            raise ValueError(
-                "basis='gradients' needs per-sample gradients: call fit(X, gradients=G) "
-                "or use basis='input'."
-            )
-        self.basis_ = self.basis
-        if self.basis == "auto":
-            self.basis_ = "input" if gradients is None else "gradients"
+        self._resolve_basis(gradients)
         orders, errors = [], []
         if gradients is None:
             k_hi = self._fixed_sizes()

@@ -100,6 +100,7 @@ def _assert_same_fit(lazy, eager):
     assert isinstance(lazy.sample_weight_, np.ndarray)
     assert lazy.n_samples_fit_ == eager.n_samples_fit_
     assert lazy.n_features_in_ == eager.n_features_in_
+    assert lazy.basis_ == eager.basis_
 
 
 class TestSameAsInMemory:
@@ -381,6 +382,7 @@ class TestBlockTask:
         xps = pytest.importorskip("array_api_strict")
         X, _, dense, _ = data
         sel = GraftSelector(0.2, batch_size=BATCH, basis="input")
+        sel._resolve_basis(dense)  # as fit_dask does before the tasks are sent
         pieces = [(0, 500, (0, 5), 40, 123)]
         ref = _dask._order_block(sel, X[:500], dense[:500], pieces)
         out = _dask._order_block(sel, xps.asarray(X[:500]), xps.asarray(dense[:500]), pieces)
