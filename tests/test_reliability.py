@@ -87,8 +87,11 @@ class TestSilentWrongAnswers:
         H = rng.standard_normal((64, 5)).astype(np.float32)
         F = last_layer_gradients(Z, y, H, factored=True)
         X = rng.standard_normal((64, 6))
-        selector = GraftSelector(fraction=0.1, random_state=0).fit(X, gradients=F)
-        dense = GraftSelector(fraction=0.1, random_state=0).fit(
+        # basis='input' (written before basis='auto' became the default): MaxVol on X leaves
+        # a real error, which under- or overflow used to report as 0
+        selector = GraftSelector(fraction=0.1, basis="input", random_state=0).fit(
+            X, gradients=F)
+        dense = GraftSelector(fraction=0.1, basis="input", random_state=0).fit(
             X, gradients=F.materialize().astype(np.float64))
         assert selector.gradient_error_[0] > 0.05
         assert selector.gradient_error_[0] == pytest.approx(dense.gradient_error_[0], rel=1e-3)
