@@ -166,7 +166,14 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
     __module__ = "graft_select.sampler"
 
     def take(self):
-        """The latest (embeddings, logits), cleared so they are never used twice."""
+        """The latest (embeddings, logits), cleared so they are never used twice.
+
+        Returns
+        -------
+        embeddings, logits : tensor or None
+            Input and output of the hooked layer at the latest forward pass
+            (None before any forward pass since the last call).
+        """
         values = (self.inputs, self.outputs)
         self.inputs = self.outputs = None
         return values

@@ -64,7 +64,13 @@ class GraftDataLoader:
         return len(self.dataloader)
 
     def set_epoch(self, epoch):
-        """Set the sampler's epoch (see :meth:`GraftBatchSampler.set_epoch`)."""
+        """Set the sampler's epoch (see :meth:`GraftBatchSampler.set_epoch`).
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch number, from 0.
+        """
         self.sampler.set_epoch(epoch)
 
 

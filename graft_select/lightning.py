@@ -72,6 +72,17 @@ class GraftCallback(pl.Callback):
     # ------------------------------------------------------------------ setup
 
     def setup(self, trainer, pl_module, stage):
+        """Check the distributed setup, plan the step count and hook the last linear layer.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+            The running trainer.
+        pl_module : lightning.LightningModule
+            The module being trained.
+        stage : str
+            Lightning's stage; only ``"fit"`` is acted on.
+        """
         if stage != "fit":
             return
         connector = getattr(trainer, "_accelerator_connector", None)
@@ -86,6 +97,17 @@ class GraftCallback(pl.Callback):
         self._capture = self.sampler.watch(pl_module, layer=self.layer)
 
     def teardown(self, trainer, pl_module, stage):
+        """Remove the forward hook that :meth:`setup` registered.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+            The running trainer.
+        pl_module : lightning.LightningModule
+            The module being trained.
+        stage : str
+            Lightning's stage.
+        """
         if self._capture is not None:
             self._capture.remove()
             self._capture = None
@@ -93,6 +115,15 @@ class GraftCallback(pl.Callback):
     # ----------------------------------------------------------------- epochs
 
     def on_train_epoch_start(self, trainer, pl_module):
+        """Set the sampler's epoch and make Lightning's batch count match the sampler's.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+            The running trainer.
+        pl_module : lightning.LightningModule
+            The module being trained.
+        """
         self.sampler.set_epoch(trainer.current_epoch)
         if trainer.limit_train_batches != 1.0:
             return  # the user caps the epoch; Lightning's own count is then the right one
@@ -103,6 +134,22 @@ class GraftCallback(pl.Callback):
             combined.limits = [length]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        """Record the batch's feedback (captured by the hook) with the sampler.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+            The running trainer.
+        pl_module : lightning.LightningModule
+            The module being trained.
+        outputs : object
+            What ``training_step`` returned (unused).
+        batch : object
+            The training batch; its second item holds the labels unless the
+            sampler or the callback was given ``targets``.
+        batch_idx : int
+            Position of the batch in the epoch (unused).
+        """
         targets = None
         if self.targets is not None:
             targets = self.targets(batch)
@@ -117,9 +164,23 @@ class GraftCallback(pl.Callback):
     # ------------------------------------------------------------ checkpoints
 
     def state_dict(self):
+        """The sampler's state, saved in Lightning checkpoints.
+
+        Returns
+        -------
+        state : dict
+            ``{"sampler": sampler.state_dict()}``.
+        """
         return {"sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state_dict):
+        """Restore the sampler from a checkpoint written by :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state_dict : dict
+            The callback's state from a Lightning checkpoint.
+        """
         state = state_dict["sampler"]
         self.sampler.load_state_dict(state)
         # A checkpoint taken after the epoch's last batch resumes at the next epoch:
