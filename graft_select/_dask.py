@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.base import clone
 
 from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
-from ._validation import _all_finite, check_random_state
+from ._validation import _all_finite, check_not_empty, check_random_state
 from .gradients import FactoredGradients, nested_gradient_errors
 from .selector import _chunk_bounds, _n_rows, _ns_dev, _stack_groups, _stack_rows, _subset_errors
 
@@ -326,11 +326,7 @@ def _check_dask(X, name, owner, *, min_ndim=2, convert=True):
             f"columns ({name}.chunks[1] = {_short(X.chunks[1])}); every block must hold "
             f"whole rows: {name} = {name}.rechunk({{1: -1}})."
         )
-    if any(s == 0 for s in X.shape):
-        raise ValueError(
-            f"'{name}' of {owner} is empty (shape {X.shape}); at least one row and one "
-            f"column are needed."
-        )
+    check_not_empty(X.shape, name, owner)
     if is_sparse(X._meta):
         raise TypeError(
             f"{owner} does not accept a dask array of scipy.sparse blocks for '{name}'; "

@@ -119,6 +119,15 @@ def _interval(low, high, closed):
     return f" in the range {left}{lo}, {hi}{right}"
 
 
+def check_not_empty(shape, name, owner):
+    """Raise a ValueError naming ``name`` if an array of ``shape`` has no elements."""
+    if any(s == 0 for s in shape):
+        raise ValueError(
+            f"'{name}' of {owner} is empty (shape {tuple(shape)}); at least one row "
+            f"and one column are needed."
+        )
+
+
 def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False,
                 ensure_finite=True):
     """Validate a numeric array and return it with a floating dtype.
@@ -165,11 +174,7 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
             f"'{name}' of {owner} must be {want}, got an array of shape "
             f"{tuple(X.shape)}; reshape it, e.g. X.reshape(n_samples, -1)."
         )
-    if any(s == 0 for s in X.shape):
-        raise ValueError(
-            f"'{name}' of {owner} is empty (shape {tuple(X.shape)}); at least one row "
-            f"and one column are needed."
-        )
+    check_not_empty(X.shape, name, owner)
     X = _as_float(X, xp, name, owner)
     if ensure_finite:
         check_finite(X, name, owner, xp)
