@@ -109,9 +109,7 @@ class LiveFeedback:
         self._sampler = sampler
 
     def snapshot(self):
-        sampler = self._sampler
-        return {"store": {k: v.detach().cpu().clone() for k, v in sampler._store.items()},
-                "last_seen": sampler._last_seen.clone()}
+        return self._sampler._store.state()
 
     def __reduce__(self):
         return (dict, (self.snapshot(),))
