@@ -23,7 +23,7 @@ from ._iteration import (
     check_state,
     last_linear,
 )
-from ._store import FEEDBACK_DTYPES, FeedbackStore, as_tensor, feedback_rows
+from ._store import FEEDBACK_DTYPES, FeedbackStore, as_tensor, check_batch
 from ._validation import check_bool, check_int, check_real
 from .gradients import FactoredGradients
 from .selector import GraftSelector
@@ -309,9 +309,9 @@ class GraftBatchSampler(Sampler[list[int]]):
                 raise ValueError("observe() without 'indices' records the oldest batch this "
                                  "sampler handed out and that was not observed yet, and there "
                                  "is none: pass indices=, or observe each yielded batch once.")
-            idx = iteration.batches[iteration.pending[0]]
+            idx, depth = iteration.batches[iteration.pending[0]], 0
         else:
-            idx = self._check_indices(indices)
+            idx, depth = self._check_indices(indices)
         captured = embeddings is None and logits is None and gradients is None
         if captured and self._capture is not None:
             embeddings, logits = self._capture.inputs, self._capture.outputs
@@ -320,21 +320,16 @@ class GraftBatchSampler(Sampler[list[int]]):
                                  "the last observation; call it after the model's forward.")
         if logits is not None and targets is None and self.targets is not None:
             targets = self._sampler_targets(idx)
-        values, ok = feedback_rows(len(idx), embeddings, logits, targets, gradients)
-        on_host = idx.device.type == "cpu"
-        if not on_host:  # checked on the device; the spare row n_samples takes the others
-            inside = (idx >= 0) & (idx < self.n_samples)
-            idx = torch.where(inside, idx, self.n_samples)
-            ok = ok & inside.to(ok.device, non_blocking=True)
-        self._store.check_widths(values)
-        self._store.record(idx, values, ok, self.epoch)
+        batch = check_batch(len(idx), embeddings, logits, targets, gradients)
+        # a batch this sampler handed out is never written to, so it needs no copy
+        self._store.stage(idx, batch, self.epoch, copy_indices=depth is None)
         if captured and self._capture is not None:
             self._capture.take()
         if iteration is not None:
-            if indices is None or not on_host:
+            if depth is not None:
+                iteration.take(depth)
+            elif idx.device.type != "cpu":
                 iteration.take_pending()
-            else:
-                iteration.match(idx)
 
     def _sampler_targets(self, idx):
         """The sampler's targets of ``idx``, indexed on idx's device (no read-back)."""
@@ -712,16 +707,24 @@ class GraftBatchSampler(Sampler[list[int]]):
         return _plan.shard(plan, self.num_replicas, self.rank, self.drop_last)
 
     def _check_indices(self, indices):
-        idx = as_tensor(indices, "indices").reshape(-1)
+        idx = as_tensor(indices, "indices")
+        if idx.ndim != 1:
+            idx = idx.reshape(-1)
         if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
             raise TypeError(f"'indices' must be integer dataset indices, got dtype {idx.dtype}.")
         idx = idx.to(torch.int64)
-        if idx.device.type == "cpu" and len(idx):  # on an accelerator: checked on the device
-            low, high = torch.aminmax(idx)
+        if idx.device.type != "cpu":  # checked on the device when recorded
+            return idx, None
+        iteration = self._iteration
+        depth = None if iteration is None else iteration.find(idx)
+        if depth is not None:  # a batch this sampler handed out: valid
+            return iteration.batches[iteration.pending[depth]], depth
+        if len(idx):
+            low, high = (int(v) for v in torch.aminmax(idx))
             if low < 0 or high >= self.n_samples:
                 raise ValueError(f"'indices' must lie in [0, {self.n_samples}), got values in "
                                  f"[{int(low)}, {int(high)}]; pass dataset indices.")
-        return idx
+        return idx, None
 
     def _check_features(self, features):
         if features is None or callable(features):

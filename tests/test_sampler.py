@@ -335,6 +335,66 @@ class TestRejectedRows:
                                    expected.cpu())
 
 
+class TestStagedBatches:
+    """observe() copies batches; they are recorded in blocks, before any read of the store."""
+
+    def test_later_observation_wins_within_a_block(self):
+        """The same samples observed twice before a recording keep the later values."""
+        sampler = GraftBatchSampler(N, 32)
+        first, second = torch.randn(8, D), torch.randn(8, D)
+        sampler.observe(torch.arange(8), embeddings=first)
+        sampler.observe(torch.arange(8).flip(0), embeddings=second)
+        stored = sampler.state_dict()["store"]["embeddings"][:8]
+        torch.testing.assert_close(stored, second.flip(0))
+
+    def test_good_row_kept_over_later_bad_row(self):
+        """A good row then a NaN row of the same sample in one block: the good row is stored."""
+        sampler = GraftBatchSampler(N, 32)
+        good = torch.randn(2, D)
+        sampler.observe(torch.tensor([3, 4]), embeddings=good)
+        sampler.observe(torch.tensor([3]), embeddings=torch.full((1, D), float("nan")))
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][3:5], good)
+        assert sampler._store.take_rejected()[0].tolist() == [3]
+
+    def test_many_batches_recorded(self):
+        """More batches than one block holds are all recorded, in order."""
+        sampler = GraftBatchSampler(N, 8)
+        emb = torch.randn(N, D)
+        for begin in range(0, N, 8):
+            sampler.observe(torch.arange(begin, begin + 8), embeddings=emb[begin:begin + 8])
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"], emb)
+
+    def test_large_batch_recorded_at_once(self, monkeypatch):
+        """A batch larger than the staging budget is recorded without staging."""
+        from graft_select import _store
+
+        monkeypatch.setattr(_store, "STAGED_BYTES", 64)
+        sampler = GraftBatchSampler(N, 32)
+        emb = torch.randn(8, D)
+        sampler.observe(torch.arange(8), embeddings=emb)
+        assert sampler._store._staged == []
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][:8], emb)
+
+    def test_load_replaces_staged_batches(self):
+        """Batches staged before load_state_dict are replaced by the loaded state."""
+        source = _observed()
+        sampler = GraftBatchSampler(N, 32, fraction=0.3)
+        sampler.observe(torch.arange(8), embeddings=torch.zeros(8, D))
+        sampler.load_state_dict(source.state_dict())
+        assert torch.equal(sampler.state_dict()["store"]["embeddings"],
+                           source.state_dict()["store"]["embeddings"])
+
+    def test_in_place_change_after_observe_not_recorded(self):
+        """observe() copies: writing to the tensors afterwards changes nothing stored."""
+        sampler = GraftBatchSampler(N, 32)
+        emb, index = torch.randn(8, D), torch.arange(8)
+        kept = emb.clone()
+        sampler.observe(index, embeddings=emb)
+        emb.zero_()
+        index += 8
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][:8], kept)
+
+
 class TestRejectedIndicesOnDevice:
     def test_out_of_range_device_indices_counted(self):
         """Indices checked on the device: rows outside the dataset are counted, not stored."""
