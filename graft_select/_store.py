@@ -93,6 +93,8 @@ class FeedbackStore(collections.abc.Mapping):
         """Bytes held by the store's tensors (rows and bookkeeping, spare rows included)."""
         tensors = [*self._rows.values(), self._last_seen, self._dirty, self._rejected,
                    *self._projections.values()]
+        if self._last_row is not None:
+            tensors.append(self._last_row)
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # ---------------------------------------------------------------- recording
@@ -164,10 +166,11 @@ class FeedbackStore(collections.abc.Mapping):
 
     def _record_block(self, indices, batch, epoch):
         values, ok = _block_values(batch)
-        device = indices.device
+        device = ok.device  # the values' device: host indices go there, never the reverse
+        indices = indices.to(device, non_blocking=True)
         inside = (indices >= 0) & (indices < self.n_samples)  # checked here on accelerators
         indices = torch.where(inside, indices, self.n_samples)
-        ok = ok.to(device, non_blocking=True) & inside
+        ok = ok & inside
         written = ok
         if len(indices) > 1:  # a sample twice in the block: its last good row wins
             if self._last_row is None or self._last_row.device != device:
@@ -228,17 +231,19 @@ class FeedbackStore(collections.abc.Mapping):
             seed = mix(self.seed, 1 + FEEDBACK_NAMES.index(name))
             generator = torch.Generator().manual_seed(seed)
             projection = torch.randn(width, stored, generator=generator) / math.sqrt(stored)
-            self._projections[name] = projection.to(device)
+            self._projections[name] = projection.to(device, non_blocking=True)
         self._in_widths.setdefault(name, width)
         if name not in self._rows:  # else loaded by load(), with this width (check_widths)
             self._rows[name] = torch.zeros((self.n_samples + 1, stored), dtype=self.dtype,
                                            device=device)
 
     def _place(self, device):
-        self._last_seen = self._last_seen.to(device)
-        self._dirty = self._dirty.to(device)
-        self._rejected = self._rejected.to(device)
-        self._rows = {name: rows.to(device) for name, rows in self._rows.items()}
+        # host-to-device copies only: non_blocking needs no synchronisation
+        self._last_seen = self._last_seen.to(device, non_blocking=True)
+        self._dirty = self._dirty.to(device, non_blocking=True)
+        self._rejected = self._rejected.to(device, non_blocking=True)
+        self._rows = {name: rows.to(device, non_blocking=True)
+                      for name, rows in self._rows.items()}
         self._placed = True
 
     # ------------------------------------------------------------------ refits

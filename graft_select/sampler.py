@@ -270,12 +270,16 @@ class GraftBatchSampler(Sampler[list[int]]):
         """Record per-sample feedback from the training loop.
 
         Call it once per training batch, after the forward pass. Values are
-        detached and kept on their device; later observations overwrite earlier
-        ones. It never reads a value back to the host (no device synchronisation
-        on CUDA): shapes and dtypes are checked at once, and nothing is stored if
-        one is wrong; rows with NaN or infinity, or a label outside
-        ``[0, n_classes)``, are not stored (those samples keep their earlier
-        values) and the next refit lists them in :attr:`last_refit` and warns.
+        copied (detached) and kept on their device; later observations overwrite
+        earlier ones. It never reads a value back to the host (no device
+        synchronisation on CUDA): shapes and dtypes are checked at once, and
+        nothing is stored if one is wrong; rows with NaN or infinity, or a label
+        outside ``[0, n_classes)``, are not stored (those samples keep their
+        earlier values) and the next refit lists them in :attr:`last_refit` and
+        warns. Per call it only checks and copies the batch: the copies are
+        recorded as one block every 32 batches and before anything reads the
+        recorded feedback (a refit, :meth:`state_dict`), so these always see
+        every observation.
 
         Without ``indices`` the batch is the oldest one this sampler handed out
         and that was not observed yet (the one being trained, also behind a
@@ -336,7 +340,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         if idx.device.type == "cpu":
             return self.targets[idx]
         if idx.device not in self._targets_on:
-            self._targets_on[idx.device] = self.targets.to(idx.device)
+            self._targets_on[idx.device] = self.targets.to(idx.device, non_blocking=True)
         # an index outside the dataset is rejected later; clamp so the lookup is valid
         return self._targets_on[idx.device][idx.clamp(0, self.n_samples - 1)]
 

@@ -418,14 +418,18 @@ class TestRejectedIndicesOnDevice:
         sampler = GraftBatchSampler(N, 32, targets=torch.randint(0, C, (N,)),
                                     sketch_width=4, feedback_dtype=torch.float16)
         emb, logits = torch.randn(32, D, device="cuda"), torch.randn(32, C, device="cuda")
-        sampler.observe(torch.arange(32), embeddings=emb, logits=logits)  # allocates
+        emb[3] = float("nan")
+        sampler.observe(torch.arange(32), embeddings=emb, logits=logits)
+        sampler._store.flush()  # allocates the store
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
             sampler.observe(torch.arange(32, 64), embeddings=emb, logits=logits)
             sampler.observe(torch.arange(64, 96, device="cuda"), embeddings=emb, logits=logits)
+            sampler._store.flush()  # records the staged batches
         finally:
             torch.cuda.set_sync_debug_mode("default")
+        assert sampler._store.take_rejected()[0].tolist() == [3, 35, 67]
 
 
 class TestCompactStore:
@@ -481,6 +485,18 @@ class TestCompactStore:
         with pytest.raises(ValueError, match="'embeddings' has 7 columns but earlier "
                                              "observations had 8"):
             sampler.observe(torch.arange(4), embeddings=torch.randn(4, 7))
+
+    @TORCH_BACKENDS
+    def test_store_on_the_values_device(self, backend):
+        """The store lives on the observed values' device, with the same sketch as on the CPU."""
+        emb = torch.randn(16, D)
+        stored = []
+        for device in (backend.device, "cpu"):
+            sampler = GraftBatchSampler(N, 32, sketch_width=4, feedback_dtype=torch.float16)
+            sampler.observe(torch.arange(16), embeddings=emb.to(device))
+            assert sampler._store["embeddings"].device == torch.device(device)
+            stored.append(sampler.state_dict()["store"]["embeddings"])
+        torch.testing.assert_close(stored[0], stored[1], atol=1e-2, rtol=1e-2)
 
     def test_loaded_state_cast(self):
         """A float32 state loaded into a float16 sampler is stored in float16."""
