@@ -148,8 +148,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         Distributed training: each rank gets a disjoint share of equal length of
         the epoch's subset (padded by repetition as ``DistributedSampler`` does,
         or truncated with ``drop_last``). Read from ``torch.distributed`` when it
-        is initialised. Recorded feedback is gathered from every rank at a refit
-        so that all ranks agree on the plan.
+        is initialised. At a refit every rank sends the feedback rows it
+        observed since the previous refit to all ranks (the newest row of each
+        sample wins), so that all ranks agree on the plan.
     targets : array-like of shape (n_samples,), default=None
         Class labels, used with a ``features`` callable that returns no targets.
     refresh_share : float, default=0.1
