@@ -428,7 +428,7 @@ def _block_values(batch):
         sums.append(values["embeddings"].sum(dim=1))
     if "logits" in batch:
         logits = batch["logits"]
-        targets = batch["targets"].to(logits.device, non_blocking=True)
+        targets = batch["targets"].to(logits.device, torch.int64, non_blocking=True)
         labels = targets.clamp(0, logits.shape[1] - 1)
         label_ok = labels == targets
         # softmax by hand: torch.softmax over a few classes is 5x slower on the CPU

@@ -159,9 +159,11 @@ class GraftBatchSampler(Sampler[list[int]]):
         are more than ``R * ceil(1 / (refresh_share * fraction))`` epochs old.
     feature_batch_size : int, default=1024
         Batch size of the ``features`` callable.
-    feedback_dtype : torch.dtype, default=torch.float32
-        Dtype of the recorded feedback: ``torch.float16`` or ``torch.bfloat16``
-        halve the store (the selection computes in float32 from it).
+    feedback_dtype : torch.dtype or str, default=torch.float32
+        Dtype of the recorded feedback, one of ``torch.float32``,
+        ``torch.float16``, ``torch.bfloat16`` and ``torch.float64`` (or its name,
+        e.g. ``"float16"``): float16 or bfloat16 halve the store (the selection
+        computes in float32 from it). A loaded state is cast to it.
     sketch_width : int, default=None
         Store every kind of feedback wider than this (embeddings, the residuals
         of many classes, explicit gradients) as a fixed random sketch of this

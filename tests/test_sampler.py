@@ -325,6 +325,16 @@ class TestRejectedRows:
         len(sampler)
         assert sampler.last_refit.n_rejected == 0 and sampler.last_refit.rejected_indices == ()
 
+    def test_int32_targets(self, backend):
+        """Targets of any integer dtype are labels (int32 from many data pipelines)."""
+        sampler = GraftBatchSampler(N, 32)
+        emb, logits, targets = _batch(backend)
+        sampler.observe(torch.arange(8), embeddings=emb, logits=logits,
+                        targets=targets.to(torch.int32))
+        expected = torch.softmax(logits, 1) - torch.nn.functional.one_hot(targets, C)
+        torch.testing.assert_close(sampler.state_dict()["store"]["residuals"][:8],
+                                   expected.cpu())
+
     def test_residuals_match_definition(self, backend):
         """Stored residuals are softmax(logits) - onehot(targets)."""
         sampler = GraftBatchSampler(N, 32)
