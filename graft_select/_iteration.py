@@ -61,17 +61,21 @@ class BatchIterator:
         self._consume(position)
         return self.batches[position]
 
-    def match(self, indices):
-        """Mark the handed-out batch equal to ``indices`` (and those before it) consumed."""
+    def find(self, indices):
+        """Depth in ``pending`` of the handed-out batch equal to ``indices``, or None."""
         for depth, position in enumerate(self.pending):
             batch = self.batches[position]
             if len(batch) == len(indices) and torch.equal(batch, indices):
-                for _ in range(depth + 1):
-                    self.pending.popleft()
-                self._consume(position)
-                return
+                return depth
             if depth >= 8:  # prefetch depth of ordinary loaders; deeper is not a match
-                return
+                return None
+        return None
+
+    def take(self, depth):
+        """Mark the pending batch at ``depth`` (and those before it) consumed."""
+        for _ in range(depth):
+            self.pending.popleft()
+        self.take_pending()
 
     def _consume(self, position):
         self.observed_any = True
@@ -109,9 +113,7 @@ class LiveFeedback:
         self._sampler = sampler
 
     def snapshot(self):
-        sampler = self._sampler
-        return {"store": {k: v.detach().cpu().clone() for k, v in sampler._store.items()},
-                "last_seen": sampler._last_seen.clone()}
+        return self._sampler._store.state()
 
     def __reduce__(self):
         return (dict, (self.snapshot(),))

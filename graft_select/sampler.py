@@ -14,8 +14,8 @@ import torch
 from sklearn.base import clone
 from torch.utils.data import Sampler
 
+from . import _plan
 from ._iteration import (
-    FEEDBACK_NAMES,
     BatchIterator,
     LastLayerCapture,
     accelerate_wrapper,
@@ -23,6 +23,7 @@ from ._iteration import (
     check_state,
     last_linear,
 )
+from ._store import FEEDBACK_DTYPES, FeedbackStore, as_tensor, check_batch
 from ._validation import check_bool, check_int, check_real
 from .gradients import FactoredGradients
 from .selector import GraftSelector
@@ -51,6 +52,16 @@ class RefitReport:
         Of which in the ``features`` callable (0 in observe-only mode).
     n_refreshed : int
         Samples added because their recorded values were the stalest.
+    n_rejected : int, default=0
+        Observed rows rejected since the previous refit (NaN or infinity in the
+        feedback, a label outside ``[0, n_classes)``, or an index outside the
+        dataset when the indices were on an accelerator); they were not stored,
+        the samples kept their earlier values, and the refit warned.
+    rejected_indices : tuple of int, default=()
+        Dataset indices of the samples with rejected rows, sorted.
+    gathered_bytes : int, default=0
+        Bytes this rank sent to merge the ranks' feedback (0 without
+        ``torch.distributed``).
 
     Examples
     --------
@@ -72,6 +83,9 @@ class RefitReport:
     seconds: float
     feature_seconds: float
     n_refreshed: int
+    n_rejected: int = 0
+    rejected_indices: tuple = ()
+    gathered_bytes: int = 0
 
 
 class GraftBatchSampler(Sampler[list[int]]):
@@ -134,8 +148,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         Distributed training: each rank gets a disjoint share of equal length of
         the epoch's subset (padded by repetition as ``DistributedSampler`` does,
         or truncated with ``drop_last``). Read from ``torch.distributed`` when it
-        is initialised. Recorded feedback is gathered from every rank at a refit
-        so that all ranks agree on the plan.
+        is initialised. At a refit every rank sends the feedback rows it
+        observed since the previous refit to all ranks (the newest row of each
+        sample wins), so that all ranks agree on the plan.
     targets : array-like of shape (n_samples,), default=None
         Class labels, used with a ``features`` callable that returns no targets.
     refresh_share : float, default=0.1
@@ -144,6 +159,21 @@ class GraftBatchSampler(Sampler[list[int]]):
         are more than ``R * ceil(1 / (refresh_share * fraction))`` epochs old.
     feature_batch_size : int, default=1024
         Batch size of the ``features`` callable.
+    feedback_dtype : torch.dtype or str, default=torch.float32
+        Dtype of the recorded feedback, one of ``torch.float32``,
+        ``torch.float16``, ``torch.bfloat16`` and ``torch.float64`` (or its name,
+        e.g. ``"float16"``): float16 or bfloat16 halve the store (the selection
+        computes in float32 from it). A loaded state is cast to it.
+    sketch_width : int, default=None
+        Store every kind of feedback wider than this (embeddings, the residuals
+        of many classes, explicit gradients) as a fixed random sketch of this
+        width: the rows are multiplied by a Gaussian matrix of shape
+        (width, sketch_width), seeded from ``seed`` and scaled by
+        ``1 / sqrt(sketch_width)``, so the Gram matrices the selection reads are
+        kept in expectation (Johnson-Lindenstrauss). ``None`` stores the
+        feedback as observed. At 1,280,000 samples with 2,048-d embeddings and
+        1,000 classes, ``sketch_width=256`` in float16 is a 1.3 GB store
+        instead of 15.6 GB.
 
     Attributes
     ----------
@@ -174,7 +204,8 @@ class GraftBatchSampler(Sampler[list[int]]):
     def __init__(self, data_source, batch_size, *, fraction=0.3, features=None,
                  selection_size=None, refit_every=1, warm_start_epochs=1, selector=None,
                  drop_last=False, shuffle=True, seed=0, num_replicas=None, rank=None,
-                 targets=None, refresh_share=0.1, feature_batch_size=1024):
+                 targets=None, refresh_share=0.1, feature_batch_size=1024,
+                 feedback_dtype=torch.float32, sketch_width=None):
         owner = "GraftBatchSampler"
         self.n_samples = _dataset_length(data_source)
         self.batch_size = check_int(batch_size, "batch_size", owner, low=1)
@@ -199,11 +230,15 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._resolved_replicas = None
         self.features = self._check_features(features)
         self.targets = self._check_targets(targets)
+        self.feedback_dtype = _check_feedback_dtype(feedback_dtype)
+        self.sketch_width = (None if sketch_width is None
+                             else check_int(sketch_width, "sketch_width", owner, low=1))
         self.epoch = 0
         self.last_refit = None
         self.selection_seconds = 0.0
-        self._store = {}
-        self._last_seen = torch.full((self.n_samples,), -1, dtype=torch.int64)
+        self._store = FeedbackStore(self.n_samples, dtype=self.feedback_dtype,
+                                    sketch_width=self.sketch_width, seed=self.seed)
+        self._targets_on = {}  # device -> self.targets there (observe() reads no value back)
         self._subset = None  # dataset indices of the current plan, as an int64 tensor
         self._subset_epoch = None
         self._plan_cache = None
@@ -238,8 +273,16 @@ class GraftBatchSampler(Sampler[list[int]]):
         """Record per-sample feedback from the training loop.
 
         Call it once per training batch, after the forward pass. Values are
-        detached and kept on their device; later observations overwrite earlier
-        ones. Nothing is stored if any argument is rejected.
+        copied (detached) and kept on their device; later observations overwrite
+        earlier ones. It never reads a value back to the host (no device
+        synchronisation on CUDA): shapes and dtypes are checked at once, and
+        nothing is stored if one is wrong; rows with NaN or infinity, or a label
+        outside ``[0, n_classes)``, are not stored (those samples keep their
+        earlier values) and the next refit lists them in :attr:`last_refit` and
+        warns. Per call it only checks and copies the batch: the copies are
+        recorded as one block every 32 batches and before anything reads the
+        recorded feedback (a refit, :meth:`state_dict`), so these always see
+        every observation.
 
         Without ``indices`` the batch is the oldest one this sampler handed out
         and that was not observed yet (the one being trained, also behind a
@@ -253,7 +296,10 @@ class GraftBatchSampler(Sampler[list[int]]):
         ----------
         indices : tensor, array or list of int, shape (b,), default=None
             Dataset indices of the batch; ``None`` for the batch handed out by
-            the sampler.
+            the sampler. Indices on the host outside the dataset raise; indices
+            on an accelerator are checked there (rows outside the dataset are
+            rejected and reported at the refit) and mark the oldest handed-out
+            batch as trained.
         embeddings : tensor of shape (b, d), default=None
             Penultimate-layer embeddings.
         logits : tensor of shape (b, C), default=None
@@ -270,9 +316,9 @@ class GraftBatchSampler(Sampler[list[int]]):
                 raise ValueError("observe() without 'indices' records the oldest batch this "
                                  "sampler handed out and that was not observed yet, and there "
                                  "is none: pass indices=, or observe each yielded batch once.")
-            idx = iteration.batches[iteration.pending[0]]
+            idx, depth = iteration.batches[iteration.pending[0]], 0
         else:
-            idx = self._check_indices(indices)
+            idx, depth = self._check_indices(indices)
         captured = embeddings is None and logits is None and gradients is None
         if captured and self._capture is not None:
             embeddings, logits = self._capture.inputs, self._capture.outputs
@@ -280,48 +326,26 @@ class GraftBatchSampler(Sampler[list[int]]):
                 raise ValueError("observe() found no forward pass of the watched layer since "
                                  "the last observation; call it after the model's forward.")
         if logits is not None and targets is None and self.targets is not None:
-            targets = self.targets[idx]
-        values = self._feedback_values(idx, embeddings, logits, targets, gradients)
-        for name, value in values.items():
-            stored = self._store.get(name)
-            if stored is not None and stored.shape[1] != value.shape[1]:
-                raise ValueError(f"'{name}' has {value.shape[1]} columns but earlier "
-                                 f"observations had {stored.shape[1]}.")
-        for name, value in values.items():
-            if name not in self._store:
-                self._store[name] = torch.zeros((self.n_samples, value.shape[1]),
-                                                dtype=value.dtype, device=value.device)
-            stored = self._store[name]
-            stored[idx.to(stored.device)] = value.to(stored.device, stored.dtype)
-        self._last_seen[idx] = self.epoch
+            targets = self._sampler_targets(idx)
+        batch = check_batch(len(idx), embeddings, logits, targets, gradients)
+        # a batch this sampler handed out is never written to, so it needs no copy
+        self._store.stage(idx, batch, self.epoch, copy_indices=depth is None)
         if captured and self._capture is not None:
             self._capture.take()
         if iteration is not None:
-            if indices is None:
+            if depth is not None:
+                iteration.take(depth)
+            elif idx.device.type != "cpu":
                 iteration.take_pending()
-            else:
-                iteration.match(idx)
 
-    def _feedback_values(self, idx, embeddings, logits, targets, gradients):
-        values = {}
-        if embeddings is not None:
-            values["embeddings"] = _rows(embeddings, "embeddings", len(idx))
-        if logits is not None or targets is not None:
-            if logits is None or targets is None:
-                raise ValueError("observe() needs both 'logits' and 'targets' to form gradient "
-                                 "proxies; pass both or neither (or give the sampler "
-                                 "targets=).")
-            logits = _rows(logits, "logits", len(idx))
-            targets = _labels(targets, len(idx), logits.shape[1])
-            probabilities = torch.softmax(logits.to(torch.float32), dim=1)
-            onehot = torch.nn.functional.one_hot(targets.to(logits.device), logits.shape[1])
-            values["residuals"] = probabilities - onehot.to(probabilities.dtype)
-        if gradients is not None:
-            values["gradients"] = _rows(gradients, "gradients", len(idx))
-        if not values:
-            raise ValueError("observe() got nothing to record; pass embeddings, logits and "
-                             "targets, or gradients, or watch() the model first.")
-        return values
+    def _sampler_targets(self, idx):
+        """The sampler's targets of ``idx``, indexed on idx's device (no read-back)."""
+        if idx.device.type == "cpu":
+            return self.targets[idx]
+        if idx.device not in self._targets_on:
+            self._targets_on[idx.device] = self.targets.to(idx.device, non_blocking=True)
+        # an index outside the dataset is rejected later; clamp so the lookup is valid
+        return self._targets_on[idx.device][idx.clamp(0, self.n_samples - 1)]
 
     def watch(self, model, layer=None):
         """Capture the input and output of the model's last linear layer at every forward.
@@ -418,9 +442,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         return refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
 
     def _batch_count(self, count):
-        if self.drop_last:
-            return count // self.batch_size
-        return math.ceil(count / self.batch_size)
+        return _plan.batch_count(count, self.batch_size, self.drop_last)
 
     def __iter__(self):
         wrapper = accelerate_wrapper()
@@ -432,10 +454,7 @@ class GraftBatchSampler(Sampler[list[int]]):
                 "loader with graft_select.accelerate.prepare_data_loader(accelerator, loader) "
                 "(GraftBatchSampler shards over the processes itself).")
         plan = self._plan()
-        shard = self._shard(plan)
-        batches = list(torch.split(shard, self.batch_size)) if len(shard) else []
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
+        batches = _plan.split_batches(self._shard(plan), self.batch_size, self.drop_last)
         start = 0 if self._resume is None else min(self._resume, len(batches))
         self._resume = None
         self._iteration = BatchIterator(self, batches, start)
@@ -465,8 +484,7 @@ class GraftBatchSampler(Sampler[list[int]]):
             "batches_yielded": self._position(),
             "subset": None if self._subset is None else self._subset.clone(),
             "subset_epoch": self._subset_epoch,
-            "store": {k: v.detach().cpu().clone() for k, v in self._store.items()},
-            "last_seen": self._last_seen.clone(),
+            **self._store.state(),
             "selection_seconds": self.selection_seconds,
         }
 
@@ -493,8 +511,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._iteration = None
         self._subset = checked["subset"]
         self._subset_epoch = checked["subset_epoch"]
-        self._store = checked["store"]
-        self._last_seen = checked["last_seen"]
+        self._store.load(checked["store"], checked["last_seen"])
         self.selection_seconds = checked["selection_seconds"]
         self._plan_cache = None
 
@@ -505,7 +522,7 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def _load_feedback(self, feedback):
         checked = check_feedback(feedback, self.n_samples, "GraftBatchSampler")
-        self._store, self._last_seen = checked["store"], checked["last_seen"]
+        self._store.load(checked["store"], checked["last_seen"])
 
     # -------------------------------------------------------------- internals
 
@@ -513,19 +530,18 @@ class GraftBatchSampler(Sampler[list[int]]):
         """The epoch's subset (dataset indices in training order), computed once."""
         if self._plan_cache is not None and self._plan_cache[0] == self.epoch:
             return self._plan_cache[1]
-        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
         if self.epoch < self.warm_start_epochs or self.fraction >= 1.0:
             subset = torch.arange(self.n_samples)
         else:
             since = (self.epoch - self.warm_start_epochs) % self.refit_every
             fit_epoch = self.epoch - since  # the epoch whose refit this epoch reuses
             if self._subset is None or self._subset_epoch != fit_epoch:
-                refit_generator = torch.Generator().manual_seed(_mix(self.seed, fit_epoch))
-                self._subset = self._refit(refit_generator, fit_epoch)
+                self._subset = self._refit(_plan.epoch_generator(self.seed, fit_epoch),
+                                           fit_epoch)
                 self._subset_epoch = fit_epoch
             subset = self._subset
         if self.shuffle:
-            subset = subset[torch.randperm(len(subset), generator=generator)]
+            subset = _plan.shuffled(subset, self.seed, self.epoch)
         self._plan_cache = (self.epoch, subset)
         return subset
 
@@ -536,13 +552,15 @@ class GraftBatchSampler(Sampler[list[int]]):
                       else torch.arange(n))
         budget = max(1, round(self.fraction * n))
         feature_seconds, refreshed = 0.0, torch.zeros(0, dtype=torch.int64)
+        gathered_bytes = 0
         if callable(self.features):
             feature_seconds = self._run_features(candidates)
         else:
             self._check_replicas_agree()
-            self._gather_replicas()
+            gathered_bytes = self._gather_replicas()
             if self.features is None:
                 refreshed = self._stalest(candidates, budget)
+        rejected, n_rejected = self._report_rejected()
         chosen, error = self._select(candidates, refreshed, budget, generator)
         subset = torch.cat([refreshed, chosen])
         if abs(len(subset) - budget) > 0.1 * budget:
@@ -556,20 +574,31 @@ class GraftBatchSampler(Sampler[list[int]]):
         self.last_refit = RefitReport(
             epoch=epoch, fraction=len(subset) / n, n_selected=len(subset),
             gradient_error=error, seconds=seconds, feature_seconds=feature_seconds,
-            n_refreshed=len(refreshed))
+            n_refreshed=len(refreshed), n_rejected=n_rejected,
+            rejected_indices=tuple(rejected.tolist()), gathered_bytes=gathered_bytes)
         return subset
 
     def _stalest(self, candidates, budget):
         """The least recently observed candidates (never observed first), in a share of budget."""
-        observed = self._last_seen >= 0
         share = round(self.refresh_share * budget)
-        if not bool(observed.any()):
+        if not self._store.observed_any():
             share = budget
         if share == 0:
             return torch.zeros(0, dtype=torch.int64)
-        age = self._last_seen[candidates]
-        order = torch.argsort(age, stable=True)  # ties in the epoch's random order
-        return candidates[order[:share]]
+        return self._store.stalest(candidates, share)
+
+    def _report_rejected(self):
+        """Rows observe() rejected since the last refit: warn, and return them for the report."""
+        rejected, n_rows = self._store.take_rejected()
+        if n_rows:
+            first = ", ".join(str(i) for i in rejected[:5].tolist())
+            warnings.warn(
+                f"GraftBatchSampler rejected {n_rows} observed rows since the last refit: NaN "
+                f"or infinity in the feedback, or labels (or indices) out of range. The "
+                f"{len(rejected)} samples concerned (first: {first or 'none'}) keep their "
+                "earlier values; check the model's outputs and the targets of these samples "
+                "(all of them are in last_refit.rejected_indices).", UserWarning, stacklevel=4)
+        return rejected, n_rows
 
     def _select(self, candidates, refreshed, budget, generator):
         remaining = budget - len(refreshed)
@@ -659,33 +688,15 @@ class GraftBatchSampler(Sampler[list[int]]):
                 "every rank evaluates the same way.")
 
     def _gather_replicas(self):
-        """Under torch.distributed, merge every rank's recorded feedback (newest wins)."""
+        """Under torch.distributed, merge the rows every rank observed since the last merge."""
         if self.num_replicas == 1 or not _dist_ready():
-            return
-        import torch.distributed as dist
-
-        # NCCL only moves CUDA tensors; gloo takes CPU (and CUDA) tensors.
-        comm = (torch.device("cuda", torch.cuda.current_device())
-                if dist.get_backend() == "nccl" else torch.device("cpu"))
-
-        def gather(tensor):
-            tensor = tensor.to(comm).contiguous()
-            parts = [torch.zeros_like(tensor) for _ in range(self.num_replicas)]
-            dist.all_gather(parts, tensor)
-            return torch.stack(parts)
-
-        _agree_on_names(self._store, gather)
-        stacked = gather(self._last_seen)
-        newest = torch.argmax(stacked, dim=0)
-        rows = torch.arange(self.n_samples, device=comm)
-        for name, value in self._store.items():
-            self._store[name] = gather(value)[newest, rows].to(value.device)
-        self._last_seen = stacked.max(dim=0).values.cpu()
+            return 0
+        return self._store.merge(self.num_replicas)
 
     def _check_targets(self, targets):
         if targets is None:
             return None
-        targets = _tensor(targets, "targets")
+        targets = as_tensor(targets, "targets")
         if targets.ndim != 1 or targets.shape[0] != self.n_samples:
             raise ValueError(f"The 'targets' parameter of GraftBatchSampler must hold one label "
                              f"per sample, shape ({self.n_samples},). Got shape "
@@ -697,30 +708,30 @@ class GraftBatchSampler(Sampler[list[int]]):
         return targets.to(torch.int64)
 
     def _shard_length(self, total):
-        if self.num_replicas == 1:
-            return total
-        if self.drop_last:
-            return total // self.num_replicas
-        return math.ceil(total / self.num_replicas)
+        return _plan.shard_length(total, self.num_replicas, self.drop_last)
 
     def _shard(self, plan):
-        if self.num_replicas == 1:
-            return plan
-        per_rank = self._shard_length(len(plan))
-        total = per_rank * self.num_replicas
-        if total > len(plan):
-            repeats = math.ceil(total / len(plan))
-            plan = plan.repeat(repeats)[:total]
-        return plan[self.rank:total:self.num_replicas]
+        return _plan.shard(plan, self.num_replicas, self.rank, self.drop_last)
 
     def _check_indices(self, indices):
-        idx = _tensor(indices, "indices").reshape(-1).to("cpu")
-        if idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        idx = as_tensor(indices, "indices")
+        if idx.ndim != 1:
+            idx = idx.reshape(-1)
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
             raise TypeError(f"'indices' must be integer dataset indices, got dtype {idx.dtype}.")
-        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_samples):
-            raise ValueError(f"'indices' must lie in [0, {self.n_samples}), got values in "
-                             f"[{int(idx.min())}, {int(idx.max())}]; pass dataset indices.")
-        return idx.to(torch.int64)
+        idx = idx.to(torch.int64)
+        if idx.device.type != "cpu":  # checked on the device when recorded
+            return idx, None
+        iteration = self._iteration
+        depth = None if iteration is None else iteration.find(idx)
+        if depth is not None:  # a batch this sampler handed out: valid
+            return iteration.batches[iteration.pending[depth]], depth
+        if len(idx):
+            low, high = (int(v) for v in torch.aminmax(idx))
+            if low < 0 or high >= self.n_samples:
+                raise ValueError(f"'indices' must lie in [0, {self.n_samples}), got values in "
+                                 f"[{int(low)}, {int(high)}]; pass dataset indices.")
+        return idx, None
 
     def _check_features(self, features):
         if features is None or callable(features):
@@ -735,53 +746,6 @@ class GraftBatchSampler(Sampler[list[int]]):
 
 
 # ------------------------------------------------------------------------ helpers
-
-
-def _tensor(value, name):
-    """``value`` as a detached tensor; meta tensors (no data) are rejected."""
-    if isinstance(value, torch.Tensor) and value.is_meta:
-        raise ValueError(f"'{name}' is a meta tensor (shape only, no data); pass the tensor "
-                         "computed by the forward pass on a real device.")
-    try:
-        return torch.as_tensor(value).detach()
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"'{name}' must be a tensor or array of numbers. Got "
-                        f"{type(value).__name__} ({exc}).") from None
-
-
-def _rows(value, name, n):
-    value = _tensor(value, name)
-    if value.dtype.is_complex:
-        raise TypeError(f"'{name}' is complex ({value.dtype}); pass real values (observe() "
-                        "would drop the imaginary part).")
-    if value.ndim == 1:
-        value = value.reshape(-1, 1)
-    if value.ndim != 2 or value.shape[0] != n:
-        raise ValueError(f"'{name}' must have one row per index ({n}), got shape "
-                         f"{tuple(value.shape)}.")
-    if not value.dtype.is_floating_point:
-        value = value.to(torch.float32)
-    bad = ~torch.isfinite(value).all(dim=1)
-    if bool(bad.any()):
-        first = int(torch.nonzero(bad)[0, 0])
-        raise ValueError(f"'{name}' contains NaN or infinity in {int(bad.sum())} rows (first: "
-                         f"{first}); nothing was recorded.")
-    return value
-
-
-def _labels(targets, n, n_classes):
-    targets = _tensor(targets, "targets").reshape(-1)
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or (
-            targets.dtype == torch.bool):
-        raise TypeError(f"'targets' must hold integer class labels, got dtype {targets.dtype}; "
-                        "convert them with .long().")
-    if targets.shape[0] != n:
-        raise ValueError(f"'targets' must hold {n} integer labels, got shape "
-                         f"{tuple(targets.shape)}.")
-    if targets.min() < 0 or targets.max() >= n_classes:
-        raise ValueError(f"'targets' must be class labels in [0, {n_classes}), got values in "
-                         f"[{int(targets.min())}, {int(targets.max())}].")
-    return targets
 
 
 def _dataset_length(data_source):
@@ -809,23 +773,6 @@ def _dataset_length(data_source):
         raise ValueError(f"The 'data_source' of {owner} must have at least one sample, got "
                          f"length {n}.")
     return n
-
-
-def _agree_on_names(store, gather):
-    """All ranks hold the same feedback entries (names, widths, dtypes), or all raise."""
-    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-    code = torch.zeros((len(FEEDBACK_NAMES), 2), dtype=torch.int64)
-    for row, name in enumerate(FEEDBACK_NAMES):
-        if name in store:
-            value = store[name]
-            code[row] = torch.tensor([value.shape[1], 1 + dtypes.index(value.dtype)])
-    every = gather(code).cpu()  # the same tensor on every rank, so every rank decides alike
-    if bool((every != every[0]).any()):
-        kinds = [[f"{name}({int(c[row, 0])} columns, {dtypes[int(c[row, 1]) - 1]})"
-                  for row, name in enumerate(FEEDBACK_NAMES) if c[row, 1]] for c in every]
-        listed = "; ".join(f"rank {r}: {', '.join(k) or 'nothing'}" for r, k in enumerate(kinds))
-        raise ValueError(f"The ranks of GraftBatchSampler observed different kinds of feedback "
-                         f"({listed}); pass the same arguments to observe() on every rank.")
 
 
 def _same_device(gradients, X):
@@ -861,6 +808,11 @@ def _replicas(num_replicas, rank):
     return num_replicas, rank
 
 
-def _mix(seed, epoch):
-    """A 63-bit seed from (seed, epoch) that differs for every pair."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def _check_feedback_dtype(dtype):
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, dtype)
+    if dtype not in FEEDBACK_DTYPES:
+        names = ", ".join(str(d) for d in FEEDBACK_DTYPES)
+        raise ValueError(f"The 'feedback_dtype' parameter of GraftBatchSampler must be one of "
+                         f"{names}. Got {dtype!r} instead.")
+    return dtype

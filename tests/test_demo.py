@@ -130,6 +130,17 @@ class TestShuffledBatchSampler:
         assert len(set(seen[2])) == 30
         assert sum(len(s) for s in seen) == sampler.total_samples == 130
 
+    def test_same_epochs_as_graft_sampler_at_fraction_one(self):
+        """ShuffledBatchSampler's epochs are GraftBatchSampler(fraction=1.0)'s epochs."""
+        from graft_select.sampler import GraftBatchSampler
+
+        sampler = ShuffledBatchSampler(53, 8, seed=4, epochs=3)
+        graft = GraftBatchSampler(53, 8, fraction=1.0, seed=4)
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            graft.set_epoch(epoch)
+            assert list(sampler) == list(graft)
+
     def test_needs_epochs_or_budget(self):
         """Exactly one of epochs and total_samples."""
         with pytest.raises(ValueError, match="exactly one"):

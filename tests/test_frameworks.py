@@ -146,7 +146,7 @@ class TestTorchdata:
             observe(sampler, next(iterator)[0])
         buffer = io.BytesIO()
         torch.save(loader.state_dict(), buffer)
-        seen_then = sampler._last_seen.clone()
+        seen_then = sampler.state_dict()["last_seen"]
         rest = []
         for (index,) in iterator:
             observe(sampler, index)
@@ -161,7 +161,8 @@ class TestTorchdata:
         rest2 = []
         for (index,) in loader2:
             if not rest2:
-                assert torch.equal(fresh._last_seen, seen_then)  # every observation so far
+                # every observation so far
+                assert torch.equal(fresh.state_dict()["last_seen"], seen_then)
             observe(fresh, index)
             rest2.append(index.tolist())
         fresh.set_epoch(2)

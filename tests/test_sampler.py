@@ -218,19 +218,14 @@ class TestErrors:
         with pytest.raises(ValueError, match=r"must lie in \[0, 600\)"):
             sampler.observe(torch.tensor([0, 600]), embeddings=torch.randn(2, D))
 
-    def test_nan_embeddings(self):
-        """NaN embeddings are rejected with the row count."""
-        sampler = _observed()
-        bad = torch.randn(4, D)
-        bad[2, 0] = float("nan")
-        with pytest.raises(ValueError, match=r"NaN or infinity in 1 rows \(first: 2\)"):
-            sampler.observe(torch.arange(4), embeddings=bad)
-
     @pytest.mark.parametrize(("kwargs", "match"), [
         ({"batch_size": 0}, "'batch_size'"),
         ({"batch_size": 8, "fraction": 0.0}, "'fraction'"),
         ({"batch_size": 8, "fraction": 1.5}, "'fraction'"),
         ({"batch_size": 8, "num_replicas": 2, "rank": 2}, "'rank'"),
+        ({"batch_size": 8, "feedback_dtype": torch.int8}, "'feedback_dtype'"),
+        ({"batch_size": 8, "feedback_dtype": "float8"}, "'feedback_dtype'"),
+        ({"batch_size": 8, "sketch_width": 0}, "'sketch_width'"),
     ])
     def test_bad_parameters(self, kwargs, match):
         """Bad parameters raise a ValueError naming them."""
@@ -241,6 +236,283 @@ class TestErrors:
         """A dataset of length 0 is rejected."""
         with pytest.raises(ValueError, match="at least one sample"):
             GraftBatchSampler([], 8)
+
+
+TORCH_BACKENDS = pytest.mark.parametrize("backend", ["torch-cpu", "torch-cuda"], indirect=True)
+
+
+def _batch(backend, rows=8, seed=1):
+    emb, logits, targets = (t[:rows] for t in _feedback(rows, seed=seed))
+    return emb.to(backend.device), logits.to(backend.device), targets.to(backend.device)
+
+
+def _refit_report(sampler):
+    sampler.set_epoch(sampler.epoch + 1)
+    with pytest.warns(UserWarning, match="rejected") as caught:
+        len(sampler)
+    return sampler.last_refit, str(caught[0].message)
+
+
+@TORCH_BACKENDS
+class TestRejectedRows:
+    """observe() reads nothing back: bad rows are kept out of the store and reported."""
+
+    def test_nan_row_not_stored_good_rows_stored(self, backend):
+        """A NaN row keeps its earlier values; the batch's other rows are stored."""
+        sampler = _observed()
+        before = sampler.state_dict()["store"]["embeddings"].clone()
+        emb, logits, targets = _batch(backend)
+        emb[2, 0] = float("nan")
+        sampler.observe(torch.arange(8, device=backend.device), embeddings=emb, logits=logits,
+                        targets=targets)
+        after = sampler.state_dict()["store"]["embeddings"]
+        assert torch.equal(after[2], before[2])
+        good = [0, 1, 3, 4, 5, 6, 7]
+        torch.testing.assert_close(after[good], emb[good].cpu())
+
+    def test_refit_reports_and_warns(self, backend):
+        """The next refit lists the rejected samples and warns with their count and indices."""
+        sampler = _observed()
+        emb, logits, targets = _batch(backend)
+        emb[5, 1] = float("inf")
+        logits[3, 0] = float("nan")
+        indices = torch.arange(100, 108, device=backend.device)
+        sampler.observe(indices, embeddings=emb, logits=logits, targets=targets)
+        report, message = _refit_report(sampler)
+        assert report.n_rejected == 2 and report.rejected_indices == (103, 105)
+        assert "rejected 2 observed rows" in message and "first: 103, 105" in message
+
+    @pytest.mark.parametrize("label", [-1, C])
+    def test_label_out_of_range_rejected(self, backend, label):
+        """A label outside [0, n_classes) is a rejected row, not an exception."""
+        sampler = _observed()
+        before = sampler.state_dict()["store"]["residuals"][4].clone()
+        emb, logits, targets = _batch(backend)
+        targets[4] = label
+        sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
+        assert torch.equal(sampler.state_dict()["store"]["residuals"][4], before)
+        report, _ = _refit_report(sampler)
+        assert report.rejected_indices == (4,)
+
+    def test_rejected_rows_keep_their_age(self, backend):
+        """A rejected row does not count as seen: it stays among the stalest."""
+        sampler = _observed()
+        sampler.set_epoch(3)
+        emb, logits, targets = _batch(backend)
+        emb[0] = float("nan")
+        sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
+        last_seen = sampler.state_dict()["last_seen"]
+        assert last_seen[0] == 0 and bool((last_seen[1:8] == 3).all())
+
+    def test_minus_inf_logit_accepted(self, backend):
+        """A -inf logit alone (a masked class) is a valid row."""
+        sampler = _observed()
+        emb, logits, targets = _batch(backend)
+        logits[1, (int(targets[1]) + 1) % C] = float("-inf")
+        sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
+        sampler.set_epoch(1)
+        len(sampler)
+        assert sampler.last_refit.n_rejected == 0
+
+    def test_reported_once(self, backend):
+        """Rejected rows are reported by the next refit only."""
+        sampler = _observed(refit_every=1)
+        emb, logits, targets = _batch(backend)
+        emb[0] = float("nan")
+        sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
+        _refit_report(sampler)
+        sampler.set_epoch(2)
+        len(sampler)
+        assert sampler.last_refit.n_rejected == 0 and sampler.last_refit.rejected_indices == ()
+
+    def test_int32_targets(self, backend):
+        """Targets of any integer dtype are labels (int32 from many data pipelines)."""
+        sampler = GraftBatchSampler(N, 32)
+        emb, logits, targets = _batch(backend)
+        sampler.observe(torch.arange(8), embeddings=emb, logits=logits,
+                        targets=targets.to(torch.int32))
+        expected = torch.softmax(logits, 1) - torch.nn.functional.one_hot(targets, C)
+        torch.testing.assert_close(sampler.state_dict()["store"]["residuals"][:8],
+                                   expected.cpu())
+
+    def test_residuals_match_definition(self, backend):
+        """Stored residuals are softmax(logits) - onehot(targets)."""
+        sampler = GraftBatchSampler(N, 32)
+        emb, logits, targets = _batch(backend)
+        sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
+        expected = torch.softmax(logits, 1) - torch.nn.functional.one_hot(targets, C)
+        torch.testing.assert_close(sampler.state_dict()["store"]["residuals"][:8],
+                                   expected.cpu())
+
+
+class TestStagedBatches:
+    """observe() copies batches; they are recorded in blocks, before any read of the store."""
+
+    def test_later_observation_wins_within_a_block(self):
+        """The same samples observed twice before a recording keep the later values."""
+        sampler = GraftBatchSampler(N, 32)
+        first, second = torch.randn(8, D), torch.randn(8, D)
+        sampler.observe(torch.arange(8), embeddings=first)
+        sampler.observe(torch.arange(8).flip(0), embeddings=second)
+        stored = sampler.state_dict()["store"]["embeddings"][:8]
+        torch.testing.assert_close(stored, second.flip(0))
+
+    def test_good_row_kept_over_later_bad_row(self):
+        """A good row then a NaN row of the same sample in one block: the good row is stored."""
+        sampler = GraftBatchSampler(N, 32)
+        good = torch.randn(2, D)
+        sampler.observe(torch.tensor([3, 4]), embeddings=good)
+        sampler.observe(torch.tensor([3]), embeddings=torch.full((1, D), float("nan")))
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][3:5], good)
+        assert sampler._store.take_rejected()[0].tolist() == [3]
+
+    def test_many_batches_recorded(self):
+        """More batches than one block holds are all recorded, in order."""
+        sampler = GraftBatchSampler(N, 8)
+        emb = torch.randn(N, D)
+        for begin in range(0, N, 8):
+            sampler.observe(torch.arange(begin, begin + 8), embeddings=emb[begin:begin + 8])
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"], emb)
+
+    def test_large_batch_recorded_at_once(self, monkeypatch):
+        """A batch larger than the staging budget is recorded without staging."""
+        from graft_select import _store
+
+        monkeypatch.setattr(_store, "STAGED_BYTES", 64)
+        sampler = GraftBatchSampler(N, 32)
+        emb = torch.randn(8, D)
+        sampler.observe(torch.arange(8), embeddings=emb)
+        assert sampler._store._staged == []
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][:8], emb)
+
+    def test_load_replaces_staged_batches(self):
+        """Batches staged before load_state_dict are replaced by the loaded state."""
+        source = _observed()
+        sampler = GraftBatchSampler(N, 32, fraction=0.3)
+        sampler.observe(torch.arange(8), embeddings=torch.zeros(8, D))
+        sampler.load_state_dict(source.state_dict())
+        assert torch.equal(sampler.state_dict()["store"]["embeddings"],
+                           source.state_dict()["store"]["embeddings"])
+
+    def test_in_place_change_after_observe_not_recorded(self):
+        """observe() copies: writing to the tensors afterwards changes nothing stored."""
+        sampler = GraftBatchSampler(N, 32)
+        emb, index = torch.randn(8, D), torch.arange(8)
+        kept = emb.clone()
+        sampler.observe(index, embeddings=emb)
+        emb.zero_()
+        index += 8
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][:8], kept)
+
+
+class TestRejectedIndicesOnDevice:
+    def test_out_of_range_device_indices_counted(self):
+        """Indices checked on the device: rows outside the dataset are counted, not stored."""
+        if not torch.cuda.is_available():
+            pytest.skip("torch-cuda: torch.cuda.is_available() is False")
+        sampler = _observed()
+        before = sampler.state_dict()["store"]["embeddings"].clone()
+        emb = torch.randn(3, D, device="cuda")
+        sampler.observe(torch.tensor([1, N, 2], device="cuda"), embeddings=emb)
+        after = sampler.state_dict()["store"]["embeddings"]
+        torch.testing.assert_close(after[[1, 2]], emb[[0, 2]].cpu())
+        others = [i for i in range(N) if i not in (1, 2)]
+        assert torch.equal(after[others], before[others])
+        report, _ = _refit_report(sampler)
+        assert report.n_rejected == 1 and report.rejected_indices == ()
+
+    def test_observe_does_not_synchronise(self):
+        """observe() with CUDA values runs under torch.cuda.set_sync_debug_mode('error')."""
+        if not torch.cuda.is_available():
+            pytest.skip("torch-cuda: torch.cuda.is_available() is False")
+        sampler = GraftBatchSampler(N, 32, targets=torch.randint(0, C, (N,)),
+                                    sketch_width=4, feedback_dtype=torch.float16)
+        emb, logits = torch.randn(32, D, device="cuda"), torch.randn(32, C, device="cuda")
+        emb[3] = float("nan")
+        sampler.observe(torch.arange(32), embeddings=emb, logits=logits)
+        sampler._store.flush()  # allocates the store
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            sampler.observe(torch.arange(32, 64), embeddings=emb, logits=logits)
+            sampler.observe(torch.arange(64, 96, device="cuda"), embeddings=emb, logits=logits)
+            sampler._store.flush()  # records the staged batches
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert sampler._store.take_rejected()[0].tolist() == [3, 35, 67]
+
+
+class TestCompactStore:
+    """feedback_dtype and sketch_width keep the store small."""
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "float16"])
+    def test_feedback_dtype(self, dtype):
+        """The store holds the feedback in feedback_dtype, and a refit selects from it."""
+        sampler = _observed(feedback_dtype=dtype)
+        store = sampler.state_dict()["store"]
+        expected = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        assert {v.dtype for v in store.values()} == {expected}
+        sampler.set_epoch(1)
+        assert len(_flat(sampler)) == round(0.3 * N)
+
+    def test_sketch_width(self):
+        """Feedback wider than sketch_width is stored at that width; narrower as observed."""
+        sampler = _observed(sketch_width=6)
+        store = sampler.state_dict()["store"]
+        assert store["embeddings"].shape == (N, 6) and store["residuals"].shape == (N, C)
+        torch.testing.assert_close(store["residuals"][:3], torch.softmax(_feedback()[1][:3], 1)
+                                   - torch.nn.functional.one_hot(_feedback()[2][:3], C))
+
+    def test_sketch_keeps_gram(self):
+        """The sketch keeps the embeddings' Gram matrix (a wide sketch: closely)."""
+        emb = torch.randn(50, 40, generator=torch.Generator().manual_seed(3))
+        sampler = GraftBatchSampler(50, 10, sketch_width=39 * 100)
+        sampler.observe(torch.arange(50), embeddings=torch.cat([emb] * 100, dim=1) / 10)
+        stored = sampler.state_dict()["store"]["embeddings"]
+        gram, sketched = emb @ emb.T, stored @ stored.T
+        assert torch.linalg.norm(sketched - gram) < 0.1 * torch.linalg.norm(gram)
+
+    def test_sketch_seeded(self):
+        """The sketch follows the seed: same seed same rows, another seed other rows."""
+        rows = [_observed(sketch_width=6, seed=s).state_dict()["store"]["embeddings"]
+                for s in (0, 0, 1)]
+        assert torch.equal(rows[0], rows[1]) and not torch.allclose(rows[0], rows[2])
+
+    def test_sketch_after_resume(self):
+        """After load_state_dict the same sketch applies to new observations."""
+        sampler = _observed(sketch_width=6)
+        fresh = GraftBatchSampler(N, 32, fraction=0.3, sketch_width=6)
+        fresh.load_state_dict(GraftBatchSampler(N, 32, sketch_width=6).state_dict())
+        emb = torch.randn(4, D)
+        for s in (sampler, fresh):
+            s.observe(torch.arange(4), embeddings=emb)
+        assert torch.equal(sampler.state_dict()["store"]["embeddings"][:4],
+                           fresh.state_dict()["store"]["embeddings"][:4])
+
+    def test_sketch_width_mismatch(self):
+        """Embeddings of another width raise even when both are sketched to one width."""
+        sampler = _observed(sketch_width=6)
+        with pytest.raises(ValueError, match="'embeddings' has 7 columns but earlier "
+                                             "observations had 8"):
+            sampler.observe(torch.arange(4), embeddings=torch.randn(4, 7))
+
+    @TORCH_BACKENDS
+    def test_store_on_the_values_device(self, backend):
+        """The store lives on the observed values' device, with the same sketch as on the CPU."""
+        emb = torch.randn(16, D)
+        stored = []
+        for device in (backend.device, "cpu"):
+            sampler = GraftBatchSampler(N, 32, sketch_width=4, feedback_dtype=torch.float16)
+            sampler.observe(torch.arange(16), embeddings=emb.to(device))
+            assert sampler._store["embeddings"].device == torch.device(device)
+            stored.append(sampler.state_dict()["store"]["embeddings"])
+        torch.testing.assert_close(stored[0], stored[1], atol=1e-2, rtol=1e-2)
+
+    def test_loaded_state_cast(self):
+        """A float32 state loaded into a float16 sampler is stored in float16."""
+        fresh = GraftBatchSampler(N, 32, fraction=0.3, feedback_dtype=torch.float16)
+        fresh.load_state_dict(_observed().state_dict())
+        assert fresh.state_dict()["store"]["embeddings"].dtype == torch.float16
 
 
 class TestDataLoader:
@@ -277,6 +549,45 @@ def _ddp_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+def _merge_worker(rank, world, port, out_dir):
+    """Four ranks observe overlapping rows over two refits (refit_every=2); see the test."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3, refit_every=2)
+        emb, logits, targets = _feedback()
+        mine = torch.arange(rank, N, world)
+        sampler.observe(mine, embeddings=emb[mine], logits=logits[mine], targets=targets[mine])
+        overlap = torch.arange(10)  # observed by every rank in epoch 0: rank 3 wins the tie
+        sampler.observe(overlap, embeddings=emb[overlap] + rank, logits=logits[overlap],
+                        targets=targets[overlap])
+        out = {}
+        sampler.set_epoch(1)
+        out["plan1"], out["store1"] = sampler._plan().tolist(), sampler.state_dict()["store"]
+        out["bytes1"] = sampler.last_refit.gathered_bytes
+        if rank == 3:  # older than rank 0's observation of row 7 in epoch 2
+            sampler.observe([7], embeddings=torch.full((1, D), 30.0), logits=logits[[7]],
+                            targets=targets[[7]])
+        if rank == 1:
+            rows = torch.arange(20, 30)
+            sampler.observe(rows, embeddings=torch.full((10, D), 1.0), logits=logits[rows],
+                            targets=targets[rows])
+        sampler.set_epoch(2)
+        if rank == 0:
+            sampler.observe([7], embeddings=torch.full((1, D), 70.0), logits=logits[[7]],
+                            targets=targets[[7]])
+        sampler.set_epoch(3)
+        out["plan3"], out["store3"] = sampler._plan().tolist(), sampler.state_dict()["store"]
+        out["bytes3"] = sampler.last_refit.gathered_bytes
+        out["last_seen3"] = sampler.state_dict()["last_seen"]
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
 class TestDistributed:
     def test_two_ranks_gloo(self, tmp_path):
         """Two gloo ranks get disjoint shares of equal length and agree on the plan."""
@@ -288,6 +599,30 @@ class TestDistributed:
         shares = [_flat(r["batches"]) for r in results]
         assert len(shares[0]) == len(shares[1]) == round(0.3 * N) // 2
         assert not set(shares[0]) & set(shares[1])
+
+    def test_four_ranks_merge_changed_rows(self, tmp_path):
+        """Four gloo ranks send only their changed rows; newest wins, ties to the highest rank."""
+        import torch.multiprocessing as mp
+
+        mp.spawn(_merge_worker, args=(4, _free_port(), str(tmp_path)), nprocs=4, join=True)
+        out = [torch.load(tmp_path / f"rank{r}.pt") for r in range(4)]
+        emb = _feedback()[0]
+        for key in ("plan1", "plan3"):
+            assert all(o[key] == out[0][key] for o in out)
+        for key in ("store1", "store3"):
+            for name in ("embeddings", "residuals"):
+                assert all(torch.equal(o[key][name], out[0][key][name]) for o in out)
+        first, last = out[0]["store1"]["embeddings"], out[0]["store3"]["embeddings"]
+        torch.testing.assert_close(first[10:], emb[10:])
+        torch.testing.assert_close(first[:10], emb[:10] + 3)
+        assert bool((last[7] == 70).all()) and bool((last[20:30] == 1).all())
+        assert out[0]["last_seen3"][7] == 2 and out[0]["last_seen3"][20] == 1
+        row = (D + C) * 4 + 16  # values, index and last-seen epoch
+        setup = 3 * 2 * 8 + 8  # the kinds of feedback and the row count
+        observed = max(len(set(range(r, N, 4)) | set(range(10))) for r in range(4))
+        for o in out:  # the rows observed since the last refit (padded to the most), no more
+            assert o["bytes1"] == setup + observed * row
+            assert o["bytes3"] == setup + 10 * row  # rank 1's ten rows set the padding
 
     def test_padding_without_distributed(self):
         """Explicit num_replicas/rank pad an odd subset to equal shares."""

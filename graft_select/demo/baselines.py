@@ -21,13 +21,13 @@ is stretched over). Each draws from private generators seeded with ``seed``.
   with weight 1.
 """
 
-import math
 import time
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from .. import _plan
 from .._validation import check_int, check_real
 
 __all__ = ["InfoBatchSampler", "RS2BatchSampler", "ShuffledBatchSampler"]
@@ -57,18 +57,22 @@ class _PlannedSampler(Sampler):
         return self._epochs[self.epoch] if self.epoch < len(self._epochs) else self._empty
 
     def __len__(self):
-        return math.ceil(len(self._order()) / self.batch_size)
+        return _plan.batch_count(len(self._order()), self.batch_size, drop_last=False)
 
     def __iter__(self):
-        order = self._order()
-        for begin in range(0, len(order), self.batch_size):
-            yield order[begin:begin + self.batch_size].tolist()
+        order = torch.as_tensor(self._order())
+        for batch in _plan.split_batches(order, self.batch_size, drop_last=False):
+            yield batch.tolist()
 
     _empty = np.zeros(0, dtype=np.int64)
 
 
 class ShuffledBatchSampler(_PlannedSampler):
     """Shuffled epochs of every sample, for ``epochs`` epochs or ``total_samples`` samples.
+
+    Epoch ``e`` is the order ``GraftBatchSampler(n_samples, batch_size, fraction=1.0,
+    seed=seed)`` yields in epoch ``e`` (the same shared epoch plan), cut short when
+    the budget ends.
 
     Parameters
     ----------
@@ -77,7 +81,8 @@ class ShuffledBatchSampler(_PlannedSampler):
     batch_size : int
         Training batch size.
     seed : int, default=0
-        Seeds the order of every epoch (epoch ``e`` from ``(seed, e)``).
+        Seeds the order of every epoch (epoch ``e`` from ``(seed, e)``), as in
+        :class:`~graft_select.sampler.GraftBatchSampler`.
     epochs : int, default=None
         Number of full epochs (``"full"``); None needs ``total_samples``.
     total_samples : int, default=None
@@ -96,10 +101,9 @@ class ShuffledBatchSampler(_PlannedSampler):
         self._epochs = []
         left = self.total_samples
         while left > 0:
-            rng = np.random.default_rng([self.seed, len(self._epochs)])
-            order = rng.permutation(self.n_samples)[:left]
-            self._epochs.append(order)
-            left -= len(order)
+            order = _plan.shuffled(torch.arange(self.n_samples), self.seed, len(self._epochs))
+            self._epochs.append(order[:left])
+            left -= len(self._epochs[-1])
 
 
 class RS2BatchSampler(_PlannedSampler):
