@@ -123,15 +123,25 @@ def low_rank_features(
         # the dense factors of sparse X are NumPy arrays: use NumPy's array-API namespace
         # (plain numpy lacks matrix_transpose and qr(...).Q before NumPy 2.0)
         xp, _ = get_namespace(X)
-    if method == "auto":
-        small = 2 * (r + p) <= min(n_samples, n_features)
-        method = "randomized" if sparse or small else "exact"
     X, _ = rescale_extreme(X, xp)
-    if method == "exact":
-        U = _sparse_svds(X, r) if sparse else _exact_svd(X, r, xp)
-    else:
-        U = _randomized_range_svd(X, r, p, n_iter, rng, xp)
+    U = _low_rank_features(X, r, xp, method=method, n_oversamples=p, n_iter=n_iter, rng=rng)
     return U if half is None else xp.astype(U, half)
+
+
+def _low_rank_features(X, r, xp, *, method="auto", n_oversamples=10, n_iter=2, rng=None):
+    """The body of `low_rank_features` for checked arguments.
+
+    X is a float stack (or a sparse matrix, with ``xp`` NumPy's namespace) whose
+    magnitudes are in range (see ``rescale_extreme``), ``rng`` a NumPy generator.
+    """
+    n_samples, n_features = X.shape[-2:]
+    sparse = is_sparse(X)
+    if method == "auto":
+        small = 2 * (r + n_oversamples) <= min(n_samples, n_features)
+        method = "randomized" if sparse or small else "exact"
+    if method == "exact":
+        return _sparse_svds(X, r) if sparse else _exact_svd(X, r, xp)
+    return _randomized_range_svd(X, r, n_oversamples, n_iter, rng, xp)
 
 
 def _exact_svd(X, r, xp):
@@ -281,17 +291,13 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     if is_meta(A):
         check_array(A, "A", owner)  # raises the meta-tensor error
     view = torch_cpu_view(A)
-    if view is not None:
-        # CPU tensors run the step-by-step greedy through a NumPy view of the same memory.
-        xp, device = get_namespace(A)
-        indices = fast_maxvol(view, k, method=method, refine=refine, tol=tol, max_iter=max_iter)
-        return from_numpy(indices, xp, device)
-    A, xp = check_array(A, "A", owner, ensure_finite=False)  # checked below, from sq_norms
-    *stack, n, r = A.shape
+    checked, _ = check_array(A if view is None else view, "A", owner,
+                             ensure_finite=False)  # checked in the body, from sq_norms
+    n, r = checked.shape[-2:]
     if n < r:
         raise ValueError(
             f"'A' of {owner} must be tall (at least as many rows as columns), got shape "
-            f"{tuple(A.shape)}; pass A.T or reduce its rank with low_rank_features first."
+            f"{tuple(checked.shape)}; pass A.T or reduce its rank with low_rank_features first."
         )
     k = r if k is None else check_int(k, "k", owner, low=1, high=n)
     method = check_option(method, "method", owner, _MAXVOL_METHODS)
@@ -303,6 +309,29 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
             f"refine=True in {owner} needs k >= r (the square submatrix is refined), got "
             f"k={k} and r={r}; pass A[..., :{k}] to refine a {k}-subset, or refine=False."
         )
+    indices = _fast_maxvol(checked, k, method=method, refine=refine, tol=tol,
+                           max_iter=max_iter)
+    return indices if view is None else from_numpy(indices, *get_namespace(A))
+
+
+def _fast_maxvol(A, k, *, method="volume", refine=False, tol=1.05, max_iter=None):
+    """The body of `fast_maxvol` for checked arguments (a float stack A, n >= r).
+
+    Internal callers that produced A themselves call this directly: it skips the
+    parameter checks; A's finiteness is still tested from the squared row norms
+    it computes anyway (one reduction, no extra pass).
+    """
+    owner = "fast_maxvol"
+    view = torch_cpu_view(A)
+    if view is not None:
+        # CPU tensors run the step-by-step greedy through a NumPy view of the same memory.
+        xp, device = get_namespace(A)
+        indices = _fast_maxvol(view, k, method=method, refine=refine, tol=tol,
+                               max_iter=max_iter)
+        return from_numpy(indices, xp, device)
+    xp, _ = get_namespace(A)
+    *stack, n, r = A.shape
+    max_iter = 10 * r if max_iter is None else max_iter
     A, sq_norms = _squared_row_norms(as_contiguous(A), xp, owner)
     m = math.prod(stack)
     A, sq_norms = xp.reshape(A, (m, n, r)), xp.reshape(sq_norms, (m, n))
@@ -523,21 +552,25 @@ def _extend(A, init, k, xp):
         basis = xp.linalg.qr(xp.matrix_transpose(_gather_rows(A, init, xp))).Q  # (m, r, j0)
         B = A @ basis
         B_sub = _gather_rows(B, init, xp)  # (m, j0, j0), invertible
-        coef = xp.matrix_transpose(
-            xp.linalg.solve(xp.matrix_transpose(B_sub), xp.matrix_transpose(B)))
+        # C order: the steps gather rows of coef and update it in place
+        coef = as_contiguous(xp.matrix_transpose(
+            xp.linalg.solve(xp.matrix_transpose(B_sub), xp.matrix_transpose(B))))
     score = xp.sum(coef * coef, axis=-1)
     minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
+    # taken rows keep a score of -inf: the updates below subtract finite values only
+    score = xp.where(taken, minus_inf, score)
     flat_offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
     for _ in range(j0, k):
-        p = xp.argmax(xp.where(taken, minus_inf, score), axis=1)
+        p = xp.argmax(score, axis=1)
         c_p = _gather_rows(coef, p, xp)
-        s = xp.take(xp.reshape(score, (-1,)), flat_offsets + p, axis=0)
+        s = xp.take(xp.reshape(score, (-1,)), flat_offsets + p, axis=0)  # finite: not taken
         w = _matvec(coef, c_p)
-        score = score - w * w / (1 + s)[:, None]
+        score = xp.where(columns[None, :] == p[:, None], minus_inf,
+                         score - w * w / (1 + s)[:, None])
         safe = xp.where(s > 0, s, xp.ones_like(s))
         beta = xp.where(s > 0, (1 - 1 / xp.sqrt(1 + s)) / safe, xp.zeros_like(s))
-        coef = coef - beta[:, None, None] * w[:, :, None] * c_p[:, None, :]
-        taken = _mark(taken, p, columns)
+        # a rank-1 update in place: one temporary instead of three full-size arrays
+        coef -= (beta[:, None] * w)[:, :, None] * c_p[:, None, :]
         picks.append(xp.astype(p, xp.int64))
     return xp.stack(picks, axis=1)
 
