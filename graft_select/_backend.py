@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = [
     "as_contiguous",
+    "cholesky_checked",
     "from_numpy",
     "get_namespace",
     "is_cupy",
@@ -23,6 +24,7 @@ __all__ = [
     "lu_pivot_rows",
     "on_host",
     "scale_by_power_of_two",
+    "solve_triangular",
     "to_numpy",
     "torch_cpu_view",
 ]
@@ -214,6 +216,63 @@ def from_numpy(a, xp, device):
         with cupy.cuda.Device(device.id if hasattr(device, "id") else device):
             return cupy.asarray(a)
     return xp.asarray(a, device=device)
+
+
+# --------------------------------------------------------------------- Cholesky
+
+
+def cholesky_checked(A, xp):
+    """Cholesky factors of a stack A (m, k, k) and which of them succeeded.
+
+    Returns ``(L, ok)``: ``L`` (m, k, k) and ``ok`` (m,), a boolean array in A's
+    namespace and device, False where the matrix is not (numerically) positive
+    definite; the caller must not use ``L[i]`` where ``ok[i]`` is False. No
+    backend raises for such a matrix here, and no other error is caught (a
+    device out-of-memory error propagates):
+
+    - torch: ``torch.linalg.cholesky_ex`` reports failures in ``info``, without
+      a host synchronisation;
+    - CuPy: ``cupy.linalg.cholesky`` does not raise under CuPy's default error
+      state (the factor holds NaN instead), so the result is checked;
+    - NumPy and others: ``numpy.linalg.LinAlgError`` on the stack, then the
+      matrices are factored one by one to find the failures.
+    """
+    if is_torch(xp):
+        import torch
+
+        L, info = torch.linalg.cholesky_ex(A)
+        return L, info == 0
+    if is_cupy(xp):
+        L = xp.linalg.cholesky(A)
+        return L, xp.all(xp.isfinite(xp.reshape(L, (L.shape[0], -1))), axis=-1)
+    try:
+        L = xp.linalg.cholesky(A)
+        return L, xp.ones(A.shape[0], dtype=xp.bool, device=_device_of(A))
+    except np.linalg.LinAlgError:
+        pass
+    factors, ok = [], []
+    for i in range(A.shape[0]):
+        try:
+            factors.append(xp.linalg.cholesky(A[i, ...]))
+            ok.append(True)
+        except np.linalg.LinAlgError:
+            factors.append(xp.zeros_like(A[i, ...]))
+            ok.append(False)
+    return xp.stack(factors), xp.asarray(ok, dtype=xp.bool, device=_device_of(A))
+
+
+def solve_triangular(L, B, *, lower):
+    """Solve ``L X = B`` for a stack of triangular L (m, k, k) and B (m, k, j).
+
+    torch uses its batched triangular solver; other namespaces a general solve
+    (the same result, at the cost of an LU of each small matrix).
+    """
+    xp, _ = get_namespace(L, B)
+    if is_torch(xp):
+        import torch
+
+        return torch.linalg.solve_triangular(L, B, upper=not lower)
+    return xp.linalg.solve(L, B)
 
 
 # --------------------------------------------------------------------------- LU

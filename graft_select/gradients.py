@@ -16,7 +16,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, is_torch, to_numpy
+from ._backend import (
+    cholesky_checked,
+    from_numpy,
+    get_namespace,
+    is_torch,
+    solve_triangular,
+    to_numpy,
+)
 from ._validation import (
     check_array,
     check_bool,
@@ -644,14 +651,11 @@ def _nested_gram_batched(K, b, gg, zero, tol, xp):
     Cholesky factor, so when every one passes the dependence test the two give
     the same errors, the batched one in a single LAPACK call per matrix.
     """
-    try:
-        L = xp.linalg.cholesky(K)
-    except Exception:  # any backend's "not positive definite" error
-        return None
+    L, ok = cholesky_checked(K, xp)
     pivots = xp.linalg.diagonal(L) ** 2
-    if not bool(xp.all(pivots > tol * xp.linalg.diagonal(K))):
+    if not bool(xp.all(ok & xp.all(pivots > tol * xp.linalg.diagonal(K), axis=-1))):
         return None
-    c = xp.linalg.solve(L, b[..., None])[..., 0]
+    c = solve_triangular(L, b[..., None], lower=True)[..., 0]
     if not bool(xp.all(xp.isfinite(c))):
         return None
     squared = gg[:, None] - xp.cumulative_sum(c * c, axis=-1)
