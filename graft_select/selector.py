@@ -14,6 +14,15 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
+from ._gram import (
+    chunk_grams,
+    gram_eigenvectors,
+    gram_summaries,
+    group_chunks,
+    maxvol_rank,
+    nested_errors,
+    subset_weights,
+)
 from ._sizing import allocate_sizes, apportion, budget_overshoot, default_chunks, size_band
 from ._validation import (
     check_array,
@@ -25,16 +34,22 @@ from ._validation import (
 from .gradients import (
     FactoredGradients,
     _check_factored,
+    _take_rows,
     gradient_error,
     gram_matrix,
     nested_gradient_errors,
 )
-from .linalg import fast_maxvol, low_rank_features
+from .linalg import _fast_maxvol, _low_rank_features
 
 __all__ = ["GraftResampler", "GraftSelector"]
 
 # Random keys of the uniform picks held at once (8 MiB of float64).
 _PICK_KEYS = 1 << 20
+
+# Rows of the feedback store gathered at once by `_fit_feedback`: with 512-d float32
+# embeddings and chunks of 256, one group holds about 32 MiB of rows and 16 MiB of Gram
+# matrices, whatever the size of the store.
+_GROUP_ROWS = 1 << 14
 
 _DOC_PARAMETERS = """
     Parameters
@@ -188,11 +203,15 @@ class _GraftBase(BaseEstimator):
         "random_state": "an int, a numpy random generator or None",
     }
 
-    def _fit(self, X, y=None, gradients=None):
-        """Fit atomically: a failing fit leaves the estimator's state as it was."""
+    def _fit(self, X, y=None, gradients=None, *, steps=None):
+        """Fit atomically: a failing fit leaves the estimator's state as it was.
+
+        ``steps`` is the fitting body (``_fit_steps`` unless given), called with
+        ``(X, y, gradients)``.
+        """
         saved = dict(self.__dict__)
         try:
-            return self._fit_steps(X, y, gradients)
+            return (steps or self._fit_steps)(X, y, gradients)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
@@ -260,6 +279,97 @@ class _GraftBase(BaseEstimator):
         self.fit_time_ = time.perf_counter() - start
         return self
 
+    def _fit_feedback(self, residuals, embeddings, rows):
+        """Fit on factored last-layer gradients held in a feedback store (private).
+
+        The same selection as ``fit(X, gradients=FactoredGradients(residuals[rows],
+        [embeddings[rows], 1]))`` with ``basis="gradients"``, without copying the
+        store: rows are gathered one group of chunks at a time (about
+        ``_GROUP_ROWS`` rows), converted to float32 there (the store may be half
+        precision), and every quantity comes from the chunks' Gram matrices (see
+        ``_gram``). The ones column is implicit.
+
+        Parameters
+        ----------
+        residuals : array of shape (n_store, C)
+            ``softmax(logits) - onehot(targets)`` per stored sample.
+        embeddings : array of shape (n_store, d) or None
+            The embeddings per stored sample (or a fixed sketch of them).
+        rows : integer array of shape (n_samples,)
+            The store rows to select from, in selection order (chunks are
+            consecutive runs of it); host or on the store's device.
+
+        Returns
+        -------
+        self : the fitted estimator; ``sample_indices_`` are positions in ``rows``.
+        """
+        return self._fit((residuals, embeddings), None, rows, steps=self._feedback_steps)
+
+    def _feedback_steps(self, factors, _, rows):
+        start = time.perf_counter()
+        owner = type(self).__name__
+        check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, owner)
+        residuals, embeddings = factors
+        xp, device = get_namespace(residuals, embeddings)
+        if self.strategy != "graft" or self.basis == "input":
+            raise ValueError(
+                f"{owner}._fit_feedback selects on the gradients with strategy='graft'; got "
+                f"strategy={self.strategy!r} and basis={self.basis!r}: call fit instead."
+            )
+        host_rows = np.asarray(to_numpy(rows), dtype=np.int64)
+        n = host_rows.shape[0]
+        if n < 2:
+            raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
+        rows = from_numpy(host_rows, xp, device)
+        self._check_band()
+        rng = check_random_state(self.random_state, "random_state", owner)
+        chunks = _chunk_bounds(n, self.batch_size)
+        self.chunk_sizes_ = np.array([stop - begin for begin, stop in chunks], dtype=np.int64)
+        self.basis_ = "gradients"
+        d = 0 if embeddings is None else int(embeddings.shape[1])
+        self.n_features_in_ = d + 1
+        n_columns = int(residuals.shape[1]) + d + 1
+        k_hi = self._k_band(self.chunk_sizes_)[1]
+        orders, errors, summaries = [], [], []
+        for group in _feedback_groups(chunks):
+            first, last, size = group
+            m = last - first
+            group_hi = int(k_hi[first:last].max())
+            R, E = _gather_factors(residuals, embeddings, rows, chunks[first][0], m, size, xp)
+            K, scales = chunk_grams(R, E, xp)
+            b, gg, zero, _ = gram_summaries(K, xp)
+            if not bool(xp.all(xp.isfinite(gg))):
+                raise ValueError(
+                    f"The feedback of {owner} holds NaN or infinity in the chunks {first} to "
+                    f"{last - 1} (rows {chunks[first][0]} to {chunks[last - 1][1] - 1} of "
+                    f"'rows'); record finite values only."
+                )
+            r = self._rank(size, int(residuals.shape[1]) * (d + 1), group_hi)
+            child = _child_rng(rng)
+            U = gram_eigenvectors(K, r, child, xp)
+            order = self._maxvol_order(U, group_hi, child, with_tail=True)
+            orders.extend(order)
+            errs = nested_errors(K, b, gg, zero, from_numpy(np.stack(order), xp, device),
+                                 n_columns, xp)
+            errors.extend(np.asarray(to_numpy(errs), dtype=np.float64))
+            summaries.append((b, gg, zero, scales))
+        sizes = self._sizes(errors, True)
+        message = budget_overshoot(sizes, self.fraction, self.chunk_sizes_, owner)
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=4)
+        local = self._pick(orders, sizes, rng)
+        errors, weights = _feedback_weights(residuals, embeddings, rows, chunks, local,
+                                            summaries, n_columns, xp)
+        offsets = np.array([begin for begin, _ in chunks])
+        indices = np.concatenate([o + lo for o, lo in zip(offsets, local)])
+        self.gradient_error_ = errors
+        self.sample_indices_ = from_numpy(indices, xp, device)
+        self.sample_weight_ = from_numpy(weights, xp, device)
+        self.subset_sizes_ = sizes
+        self.n_samples_fit_ = n
+        self.fit_time_ = time.perf_counter() - start
+        return self
+
     def _validate_X(self, X, reset):
         """Check X and return (X ready for the kernels, namespace)."""
         if is_sparse(X) or _is_host_like(X):
@@ -322,30 +432,55 @@ class _GraftBase(BaseEstimator):
         return size_band(chunk_sizes, self.fraction, self.min_fraction, self.max_fraction)
 
     def _rank(self, n_rows, n_columns, k_hi):
-        """Rank of a chunk's factor: n_components, else min(n_columns, n_rows, k_hi, 256)."""
+        """Rank of a chunk's factor: n_components, else min(n_columns, n_rows, k_pivots, 256).
+
+        ``k_pivots`` is the largest number of rows any subset size up to ``k_hi``
+        takes from the MaxVol order (``uniform_share`` of a subset is drawn
+        uniformly): a larger rank would cost time and change no pick.
+        """
         if self.n_components is not None:
             return min(self.n_components, n_rows, n_columns)
-        return max(1, min(n_columns, n_rows, k_hi, 256))
+        k_pivots = maxvol_rank(k_hi, self.uniform_share)
+        return max(1, min(n_columns, n_rows, k_pivots, 256))
 
     def _order_group(self, X, xp, gradients, begin, stop, count, k_hi, rng):
         """MaxVol order (list of host int arrays, one per chunk) for one stack of chunks."""
         m = count[1] - count[0]
         if self.strategy == "uniform":
             return [None] * m
+        child = _child_rng(rng)  # one draw per stack, whatever the factor (dask relies on it)
         if self.basis_ == "gradients":
-            U = self._gradient_factor(gradients, begin, stop, m, k_hi, rng)
+            U = self._gradient_factor(gradients, begin, stop, m, k_hi, child)
         elif is_sparse(X):
-            U = self._sparse_factors(X, begin, stop, m, k_hi, rng)
+            U = self._sparse_factors(X, begin, stop, m, k_hi, child)
         else:
             Xs = xp.reshape(X[begin:stop, ...], (m, (stop - begin) // m, X.shape[1]))
             r = self._rank(Xs.shape[1], Xs.shape[2], k_hi)
-            U = low_rank_features(Xs, r, method=self.svd_method,
-                                  random_state=int(rng.integers(2**32)))
-        r = U.shape[-1]
-        if self.refine and k_hi < r:
-            U = U[..., :k_hi]
-        order = fast_maxvol(U, k_hi, method=self.method, refine=self.refine)
-        return list(to_numpy(order).astype(np.int64))
+            U = _low_rank_features(Xs, r, xp, method=self.svd_method, rng=child)
+        return self._maxvol_order(U, k_hi, child, with_tail=gradients is not None)
+
+    def _maxvol_order(self, U, k_hi, rng, with_tail):
+        """Selection order of a stack of factors U (m, n, r): host int64 arrays, one per chunk.
+
+        A chunk keeping ``k`` rows takes its first ``k - round(uniform_share * k)``
+        rows from this order, so only ``k_pivots = maxvol_rank(k_hi, uniform_share)``
+        rows are MaxVol pivots. ``with_tail`` (the size criterion needs an error
+        for every size up to ``k_hi``) appends ``k_hi - k_pivots`` other rows in a
+        uniformly random order drawn from ``rng``: like the uniform share of the
+        subsets, they are typical rows, so the nested errors of the whole order
+        follow those of the subsets the chunks will keep.
+        """
+        k_pivots = min(k_hi, maxvol_rank(k_hi, self.uniform_share))
+        if self.refine and k_pivots < U.shape[-1]:
+            U = U[..., :k_pivots]
+        order = to_numpy(_fast_maxvol(U, k_pivots, method=self.method, refine=self.refine))
+        order = order.astype(np.int64, copy=False)
+        if with_tail and k_pivots < k_hi:
+            keys = rng.random((order.shape[0], U.shape[-2]))
+            np.put_along_axis(keys, order, np.inf, axis=1)
+            tail = np.argsort(keys, axis=1, kind="stable")[:, : k_hi - k_pivots]
+            order = np.concatenate([order, tail], axis=1)
+        return list(order)
 
     def _sparse_factors(self, X, begin, stop, m, k_hi, rng):
         """Left singular vectors of sparse chunks, from their (small, dense) Gram matrices.
@@ -362,11 +497,11 @@ class _GraftBase(BaseEstimator):
 
     def _gram_factor(self, gram, r, xp, rng):
         """Top-r eigenvectors of a stack of Gram matrices (= left singular vectors)."""
-        seed = int(rng.integers(2**32))
         size = gram.shape[-1]
         if self.svd_method == "randomized" or (
                 self.svd_method == "auto" and 2 * (r + 10) <= size):
-            return low_rank_features(gram, r, method="randomized", random_state=seed)
+            gram, _ = rescale_extreme(gram, xp)
+            return _low_rank_features(gram, r, xp, method="randomized", rng=rng)
         vectors = xp.linalg.eigh(gram)[1]
         return xp.flip(vectors[..., size - r:], axis=-1)
 
@@ -379,8 +514,7 @@ class _GraftBase(BaseEstimator):
             # Left singular vectors of the wide proxies = eigenvectors of their Gram.
             return self._gram_factor(gram_matrix(G), r, xp, rng)
         r = self._rank(size, G.shape[-1], k_hi)
-        return low_rank_features(G, r, method=self.svd_method,
-                                 random_state=int(rng.integers(2**32)))
+        return _low_rank_features(G, r, get_namespace(G)[0], method=self.svd_method, rng=rng)
 
     def _fixed_sizes(self):
         return apportion(self.fraction, self.chunk_sizes_)
@@ -658,6 +792,11 @@ class GraftResampler(_GraftBase):
 # ---------------------------------------------------------------------- helpers
 
 
+def _child_rng(rng):
+    """A generator seeded from ``rng`` (one draw), for one kernel call."""
+    return np.random.default_rng(int(rng.integers(2**32)))
+
+
 def _is_host_like(X):
     if isinstance(X, (np.ndarray, list, tuple)):
         return True
@@ -770,3 +909,68 @@ def _gather_chunks(gradients, bounds):
                                  _gather_chunks(gradients.inputs, bounds))
     xp, _ = get_namespace(gradients)
     return xp.stack([gradients[b:s, ...] for b, s in bounds])
+
+
+def _feedback_groups(chunks):
+    """(first chunk, last chunk + 1, chunk size): equal chunks, about _GROUP_ROWS rows each."""
+    groups = []
+    for _, _, (first, last) in _stack_groups(chunks):
+        size = chunks[first][1] - chunks[first][0]
+        groups.extend((first + a, first + b, size)
+                      for a, b in group_chunks(last - first, size, _GROUP_ROWS))
+    return groups
+
+
+def _gather_factors(residuals, embeddings, rows, begin, m, size, xp):
+    """Store rows ``rows[begin:begin + m * size]`` as float32 stacks (m, size, C), (m, size, d)."""
+    idx = rows[begin:begin + m * size]
+    out = []
+    for factor in (residuals, embeddings):
+        if factor is None:
+            out.append(None)
+            continue
+        block = _compute_dtype(xp.take(factor, idx, axis=0), xp)
+        out.append(xp.reshape(block, (m, size, factor.shape[1])))
+    return out
+
+
+def _compute_dtype(X, xp):
+    """Half precision and integers in float32 (a copy of this block only); floats as they are."""
+    if xp.isdtype(X.dtype, "real floating") and X.dtype in (xp.float32, xp.float64):
+        return X
+    return xp.astype(X, xp.float32)
+
+
+def _feedback_weights(residuals, embeddings, rows, chunks, local, summaries, n_columns, xp):
+    """Per-chunk gradient errors and weights (times the chunk size) of the final subsets.
+
+    Per group: the subsets' rows are gathered (padded to the group's largest
+    subset with zero residuals, which adds nothing), their Gram blocks formed, and
+    ``b``, ``||g||^2`` and the chunks' scales taken from the first pass.
+    """
+    errors = np.zeros(len(chunks))
+    weights = [None] * len(chunks)
+    device = get_namespace(rows)[1]
+    for (first, last, size), (b, gg, zero, scales) in zip(_feedback_groups(chunks), summaries):
+        m = last - first
+        k = max(len(local[c]) for c in range(first, last))
+        picks = np.zeros((m, k), dtype=np.int64)
+        valid = np.zeros((m, k), dtype=bool)
+        for j, c in enumerate(range(first, last)):
+            picks[j, :len(local[c])] = local[c]
+            valid[j, :len(local[c])] = True
+        flat = (picks + (chunks[first][0] + size * np.arange(m))[:, None]).reshape(-1)
+        idx = xp.take(rows, from_numpy(flat, xp, device), axis=0)
+        R, E = _gather_factors(residuals, embeddings, idx, 0, m, k, xp)
+        mask = from_numpy(valid, xp, device)
+        R = xp.where(mask[..., None], R, xp.zeros_like(R))
+        K_sub, _ = chunk_grams(R, E, xp, scales)
+        local_picks = from_numpy(picks, xp, device)
+        b_sub = _take_rows(b[..., None], local_picks, xp)[..., 0]
+        b_sub = xp.where(mask, b_sub, xp.zeros_like(b_sub))
+        w, err = subset_weights(K_sub, b_sub, gg, zero, n_columns, xp)
+        w, err = to_numpy(w), to_numpy(err)
+        for j, c in enumerate(range(first, last)):
+            errors[c] = float(err[j])
+            weights[c] = np.asarray(w[j, :len(local[c])], dtype=np.float64) * size
+    return errors, np.concatenate(weights)

@@ -103,13 +103,20 @@ class TestSelection:
                                   np.sort(uniform.sample_indices_))
 
     def test_uniform_share_mixes_picks(self, digits):
-        """uniform_share=0.5 keeps the first half of the MaxVol order and adds other rows."""
+        """uniform_share=0.5 keeps the first half of the MaxVol order and adds other rows.
+
+        The factor's rank is the most MaxVol picks a chunk of the stack takes (26 of
+        the largest subset, 52 rows), so the head is the pure MaxVol order of a
+        rank-26 factor.
+        """
         X, _ = digits
-        pure = GraftSelector(fraction=0.2, batch_size=256, random_state=0).fit(X)
+        pure = GraftSelector(fraction=0.2, batch_size=256, n_components=26,
+                             random_state=0).fit(X)
         mixed = GraftSelector(fraction=0.2, batch_size=256, uniform_share=0.5,
                               random_state=0).fit(X)
         k = pure.subset_sizes_[0]
         head = k - round(0.5 * k)
+        assert (k, head) == (52, 26)
         np.testing.assert_array_equal(mixed.sample_indices_[:head], pure.sample_indices_[:head])
         assert len(np.unique(mixed.sample_indices_)) == len(mixed.sample_indices_)
 
