@@ -411,3 +411,35 @@ def test_sklearn_compatible(estimator, check):
 
 GOLDEN_FIRST_12 = [87, 163, 211, 128, 12, 7, 33, 238, 9, 241, 96, 77]
 GOLDEN_SUM = 160801
+
+
+class TestBackendMatrix:
+    """GraftSelector on every backend of the conftest matrix (CUDA and CuPy where present)."""
+
+    def test_fit_with_factored_gradients(self, backend, rng):
+        """Selection on factored gradients: results native and equal to NumPy's."""
+        from graft_select.gradients import FactoredGradients, last_layer_gradients
+
+        X = rng.standard_normal((300, 12))
+        F = last_layer_gradients(rng.standard_normal((300, 4)), rng.integers(0, 4, 300), X,
+                                 factored=True)
+        params = {"fraction": 0.3, "batch_size": 100, "uniform_share": 0.5,
+                  "random_state": 0}
+        expected = GraftSelector(**params).fit(F.inputs, gradients=F)
+        sel = GraftSelector(**params).fit(
+            backend.asarray(F.inputs),
+            gradients=FactoredGradients(backend.asarray(F.residuals), backend.asarray(F.inputs)))
+        assert backend.is_native(sel.sample_indices_) and backend.is_native(sel.sample_weight_)
+        np.testing.assert_array_equal(backend.to_numpy(sel.sample_indices_),
+                                      expected.sample_indices_)
+        np.testing.assert_allclose(sel.gradient_error_, expected.gradient_error_, atol=1e-8)
+
+    def test_fit_on_inputs(self, backend, rng):
+        """Selection on the inputs: results native and equal to NumPy's."""
+        X = rng.standard_normal((300, 12))
+        expected = GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X)
+        sel = GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(
+            backend.asarray(X))
+        assert backend.is_native(sel.sample_indices_)
+        np.testing.assert_array_equal(backend.to_numpy(sel.sample_indices_),
+                                      expected.sample_indices_)
