@@ -7,12 +7,16 @@ Neither torch nor cupy is imported by this module: they are recognised through
 array-api-compat, which only inspects objects that already exist.
 """
 
+import contextlib
+import functools
+
 import array_api_compat
 import numpy as np
 
 __all__ = [
     "as_contiguous",
     "cholesky_checked",
+    "device_scope",
     "from_numpy",
     "get_namespace",
     "is_cupy",
@@ -23,6 +27,7 @@ __all__ = [
     "is_torch",
     "lu_pivot_rows",
     "on_host",
+    "on_input_device",
     "scale_by_power_of_two",
     "solve_triangular",
     "to_numpy",
@@ -183,6 +188,36 @@ def scale_by_power_of_two(x, exponent):
     return x
 
 
+def device_scope(x):
+    """A context under which ``x``'s library creates new arrays on ``x``'s device.
+
+    CuPy ignores ``device=`` in its creation functions (``cupy.zeros(...,
+    device=d)`` lands on the current device), so a kernel given an array on
+    ``cuda:1`` would build its helpers on ``cuda:0``; entering
+    ``cupy.cuda.Device(x.device.id)`` makes ``x``'s device current. Other
+    libraries honour ``device=``: a no-op context.
+    """
+    if array_api_compat.is_cupy_array(x):
+        import cupy
+
+        return cupy.cuda.Device(x.device.id)
+    return contextlib.nullcontext()
+
+
+def on_input_device(function):
+    """Decorator: run ``function(X, ...)`` under :func:`device_scope` of ``X``.
+
+    For a tuple ``X`` (a FactoredGradients) the scope is that of its first element.
+    """
+
+    @functools.wraps(function)
+    def wrapper(X, *args, **kwargs):
+        with device_scope(X[0] if isinstance(X, tuple) else X):
+            return function(X, *args, **kwargs)
+
+    return wrapper
+
+
 def to_numpy(x):
     """Copy an array of any supported library to a NumPy array on the host.
 
@@ -284,9 +319,11 @@ def lu_pivot_rows(A):
     Returns ``(rows, pivots)``: ``rows`` of shape (m, r), the row chosen at each
     elimination step (int64, in A's namespace and device), and ``pivots`` of shape
     (m, r), the absolute value of each pivot (the diagonal of U), which shows where
-    the matrix ran out of rank. Delegates to LAPACK getrf through scipy (NumPy),
-    torch.linalg.lu_factor (torch) or cupyx.scipy.linalg.lu_factor (CuPy); any
-    other namespace uses a portable elimination written in the array API.
+    the matrix ran out of rank. Delegates to LAPACK getrf through scipy (NumPy) or
+    torch.linalg.lu_factor_ex (torch, batched, failures in ``info``); any other
+    namespace, CuPy included, uses a portable elimination written in the array API,
+    batched over the stack (cupyx.scipy.linalg.lu_factor works one matrix at a
+    time and reads its status from the device twice per call).
     """
     xp, _ = get_namespace(A)
     if is_numpy(xp):
@@ -313,17 +350,6 @@ def lu_pivot_rows(A):
         lu, piv, _ = torch.linalg.lu_factor_ex(A)
         rows = _swaps_to_rows(piv.to(torch.int64) - 1, A.shape[-2], xp)
         return rows, torch.abs(torch.diagonal(lu, dim1=-2, dim2=-1))
-    if is_cupy(xp):
-        import cupy
-        import cupyx.scipy.linalg
-
-        m, n, r = A.shape
-        rows, pivots = [], []
-        for b in range(m):
-            lu, piv = cupyx.scipy.linalg.lu_factor(A[b], check_finite=False)
-            rows.append(_swaps_to_rows(piv[None, :].astype(cupy.int64), n, xp)[0])
-            pivots.append(cupy.abs(cupy.diagonal(lu)))
-        return cupy.stack(rows), cupy.stack(pivots)
     return _lu_pivot_rows_portable(A, xp)
 
 

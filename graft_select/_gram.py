@@ -24,7 +24,8 @@ from ._backend import (
     solve_triangular,
     to_numpy,
 )
-from .gradients import _eps, _nested_gram, _relative, _take_rows
+from .gradients import _eps, _nested_gram, _relative
+from .linalg import _replace_rows, _take_rows, _unit_columns
 
 
 def chunk_grams(R, E, xp, scales=None):
@@ -132,11 +133,6 @@ def gram_eigenvectors(K, r, rng, xp, *, n_oversamples=0, n_iter=0):
     return Q @ xp.flip(V[..., width - r:], axis=-1)
 
 
-def _unit_columns(Y, xp):
-    norms = xp.linalg.vector_norm(Y, axis=-2, keepdims=True)
-    return Y / xp.where(norms > 0, norms, xp.ones_like(norms))
-
-
 def gram_block(K, rows, xp):
     """``K[rows][:, rows]`` of each matrix of a stack K (m, B, B), rows (m, k)."""
     K_rows = _take_rows(K, rows, xp)  # (m, k, B)
@@ -187,7 +183,7 @@ def subset_weights(K_sub, b_sub, gg, zero, n_columns, xp):
         index = from_numpy(bad, xp, get_namespace(K_sub)[1])
         fallback = _pinv_solve(xp.take(K_sub, index, axis=0), xp.take(b_sub, index, axis=0),
                                rtol, xp)
-        w = _put_rows(w, bad, fallback, xp)
+        w = _replace_rows(w, bad, fallback, xp)
     w = xp.where(zero[:, None], xp.zeros_like(w), w)
     Kw = (K_sub @ w[..., None])[..., 0]
     w64, b64, Kw64 = (xp.astype(a, xp.float64) for a in (w, b_sub, Kw))
@@ -210,15 +206,6 @@ def _pinv_solve(K, b, rtol, xp):
 def _solve_triangular(L, b, xp, *, lower):
     """Solve ``L x = b`` for a stack of triangular L (m, k, k) and b (m, k)."""
     return solve_triangular(L, b[..., None], lower=lower)[..., 0]
-
-
-def _put_rows(X, rows, values, xp):
-    """X with the rows ``rows`` (host ints) of its first axis replaced by ``values``."""
-    keep = np.setdiff1d(np.arange(X.shape[0]), rows)
-    device = get_namespace(X)[1]
-    stacked = xp.concat([values, xp.take(X, from_numpy(keep, xp, device), axis=0)], axis=0)
-    order = np.argsort(np.concatenate([rows, keep]))
-    return xp.take(stacked, from_numpy(order, xp, device), axis=0)
 
 
 def maxvol_rank(k_hi, uniform_share):

@@ -21,6 +21,7 @@ from ._backend import (
     from_numpy,
     get_namespace,
     is_torch,
+    on_input_device,
     solve_triangular,
     to_numpy,
 )
@@ -30,8 +31,10 @@ from ._validation import (
     check_int,
     check_option,
     check_random_state,
+    float_info,
     half_dtype,
 )
+from .linalg import _matvec, _rmatvec, _take_rows
 
 __all__ = [
     "FactoredGradients",
@@ -480,6 +483,7 @@ def _factored_gram(R1, H1, R2, H2, xp):
 # ------------------------------------------------------- nested_gradient_errors
 
 
+@on_input_device
 def nested_gradient_errors(G, order):
     """Relative gradient errors of every prefix of ``order``, in one pass.
 
@@ -691,6 +695,7 @@ def _nested_gram_stepwise(K, b, gg, zero, tol, xp):
 # ----------------------------------------------------------------- gradient_error
 
 
+@on_input_device
 def gradient_error(G, indices, *, weights=None):
     """Relative error of a weighted subset's gradient against the chunk's mean gradient.
 
@@ -955,7 +960,7 @@ def _rescale_stack(X, xp):
         peaks = np.asarray(to_numpy(xp.max(xp.reshape(xp.abs(X), (X.shape[0], -1)), axis=-1)),
                            dtype=np.float64)
     exponents = np.frexp(np.where(peaks > 0, peaks, 1.0))[1].astype(np.int64)
-    emax = np.finfo(np.float32 if X.dtype == xp.float32 else np.float64).maxexp
+    emax = float_info(X.dtype, xp).maxexp
     if np.all(np.abs(exponents) <= emax // 4):
         return X
     # two factors, each representable in X's dtype (2**-e alone may not be)
@@ -976,32 +981,8 @@ def _flatten_order(order, X, xp):
     return xp.broadcast_to(xp.reshape(order, (-1, k)), (X.shape[0], k))
 
 
-def _take_rows(X, idx, xp):
-    """Rows ``X[..., idx, :]`` for X (..., n, c) and idx (k,) or (..., k)."""
-    if idx.ndim == 1:
-        return xp.take(X, idx, axis=X.ndim - 2)
-    *stack, n, c = X.shape
-    m = math.prod(stack)
-    k = idx.shape[-1]
-    device = get_namespace(X)[1]
-    offsets = xp.arange(m, dtype=xp.int64, device=device)[:, None] * n
-    flat = xp.reshape(offsets + xp.reshape(xp.astype(idx, xp.int64), (m, k)), (-1,))
-    rows = xp.take(xp.reshape(X, (m * n, c)), flat, axis=0)
-    return xp.reshape(rows, (*stack, k, c))
-
-
-def _matvec(M, v):
-    """Batched M @ v for M (m, a, b) and v (m, b)."""
-    return (M @ v[..., None])[..., 0]
-
-
-def _rmatvec(M, v):
-    """Batched M.T @ v for M (m, a, b) and v (m, a)."""
-    return (v[..., None, :] @ M)[..., 0, :]
-
-
 def _eps(dtype, xp):
-    return float(np.finfo(np.float32 if dtype == xp.float32 else np.float64).eps)
+    return float(float_info(dtype, xp).eps)
 
 
 def _mean_and_zero(G, xp, with_largest=False):

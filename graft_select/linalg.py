@@ -17,6 +17,7 @@ from ._backend import (
     is_sparse,
     lu_pivot_rows,
     on_host,
+    on_input_device,
     scale_by_power_of_two,
     to_numpy,
     torch_cpu_view,
@@ -29,6 +30,7 @@ from ._validation import (
     check_option,
     check_random_state,
     check_real,
+    float_info,
     half_dtype,
     rescale_extreme,
 )
@@ -42,6 +44,7 @@ _MAXVOL_METHODS = ("volume", "lu")
 # ------------------------------------------------------------- low_rank_features
 
 
+@on_input_device
 def low_rank_features(
     X, n_components, *, method="auto", n_oversamples=10, n_iter=2, random_state=None
 ):
@@ -212,6 +215,7 @@ def _device(X):
 # ----------------------------------------------------------------- fast_maxvol
 
 
+@on_input_device
 def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=None):
     """Indices of ``k`` rows of ``A`` whose submatrix has (locally) maximal volume.
 
@@ -357,7 +361,7 @@ def _squared_row_norms(A, xp, owner):
         sq_norms = xp.vecdot(A, A, axis=-1)
         total = xp.sum(sq_norms)
     check_finite(A, "A", owner, xp, total=total)
-    info = np.finfo(_np_dtype(A, xp))
+    info = float_info(A.dtype, xp)
     if info.tiny / info.eps <= float(xp.max(sq_norms)) < math.inf:
         return A, sq_norms
     peak = float(xp.max(xp.abs(A)))  # finite here
@@ -386,7 +390,7 @@ def _maxvol_stack(A, sq_norms, k, method, refine, tol, max_iter, xp):
     _, n, r = A.shape
     k_greedy = min(k, r)
     threshold = xp.sqrt(xp.max(sq_norms, axis=-1)) * (
-        max(n, r) * float(np.finfo(_np_dtype(A, xp)).eps))
+        max(n, r) * float(float_info(A.dtype, xp).eps))
     if method == "volume":
         picks, rank = _volume_greedy(A, k_greedy, threshold, xp, sq_norms=sq_norms)
     else:
@@ -459,15 +463,27 @@ def _take0(X, rows, xp):
     return xp.take(X, index, axis=0)
 
 
-def _gather_rows(X, idx, xp):
-    """Rows ``X[b, idx[b]]`` of a stack ``X`` (m, n, c) for ``idx`` of shape (m,) or (m, j)."""
-    m, n, c = X.shape
-    dev = get_namespace(X)[1]
-    offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
+def _take_rows(X, idx, xp):
+    """Rows ``X[..., idx, :]`` for X (..., n, c): idx (k,) for every matrix, or (..., k) each.
+
+    The one row gatherer of the kernels: per-matrix rows are read from the
+    flattened stack with one ``take``.
+    """
     if idx.ndim == 1:
-        return xp.take(xp.reshape(X, (m * n, c)), offsets + xp.astype(idx, xp.int64), axis=0)
-    flat_idx = xp.reshape(offsets[:, None] + xp.astype(idx, xp.int64), (-1,))
-    return xp.reshape(xp.take(xp.reshape(X, (m * n, c)), flat_idx, axis=0), (m, -1, c))
+        return xp.take(X, idx, axis=X.ndim - 2)
+    *stack, n, c = X.shape
+    m = math.prod(stack)
+    k = idx.shape[-1]
+    device = get_namespace(X)[1]
+    offsets = xp.arange(m, dtype=xp.int64, device=device)[:, None] * n
+    flat = xp.reshape(offsets + xp.reshape(xp.astype(idx, xp.int64), (m, k)), (-1,))
+    rows = xp.take(xp.reshape(X, (m * n, c)), flat, axis=0)
+    return xp.reshape(rows, (*stack, k, c))
+
+
+def _take_row(X, p, xp):
+    """Row ``X[b, p[b]]`` of each matrix of a stack X (m, n, c), as (m, c)."""
+    return _take_rows(X, p[:, None], xp)[:, 0, :]
 
 
 def _matvec(M, v):
@@ -475,6 +491,11 @@ def _matvec(M, v):
     if M.shape[0] == 1:  # a plain matrix-vector product (gemv) is cheaper than a stack of one
         return (M[0, ...] @ v[0, ...])[None, ...]
     return (M @ v[..., None])[..., 0]
+
+
+def _rmatvec(M, v):
+    """Batched M.T @ v for M (m, a, b) and v (m, a)."""
+    return (v[..., None, :] @ M)[..., 0, :]
 
 
 def _mark(taken, p, columns):
@@ -502,7 +523,7 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None):
     picks = []
     start = 0 if init is None else init.shape[1]
     if start:
-        q0 = xp.linalg.qr(xp.matrix_transpose(_gather_rows(A, init, xp))).Q  # (m, r, start)
+        q0 = xp.linalg.qr(xp.matrix_transpose(_take_rows(A, init, xp))).Q  # (m, r, start)
         basis[:, :start, :] = xp.matrix_transpose(q0)
         coords = A @ q0
         d = d - xp.sum(coords * coords, axis=-1)
@@ -549,9 +570,9 @@ def _extend(A, init, k, xp):
     if j0 == 0:
         coef = xp.zeros((m, n, 1), dtype=A.dtype, device=dev)
     else:
-        basis = xp.linalg.qr(xp.matrix_transpose(_gather_rows(A, init, xp))).Q  # (m, r, j0)
+        basis = xp.linalg.qr(xp.matrix_transpose(_take_rows(A, init, xp))).Q  # (m, r, j0)
         B = A @ basis
-        B_sub = _gather_rows(B, init, xp)  # (m, j0, j0), invertible
+        B_sub = _take_rows(B, init, xp)  # (m, j0, j0), invertible
         # C order: the steps gather rows of coef and update it in place
         coef = as_contiguous(xp.matrix_transpose(
             xp.linalg.solve(xp.matrix_transpose(B_sub), xp.matrix_transpose(B))))
@@ -562,7 +583,7 @@ def _extend(A, init, k, xp):
     flat_offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
     for _ in range(j0, k):
         p = xp.argmax(score, axis=1)
-        c_p = _gather_rows(coef, p, xp)
+        c_p = _take_row(coef, p, xp)
         s = xp.take(xp.reshape(score, (-1,)), flat_offsets + p, axis=0)  # finite: not taken
         w = _matvec(coef, c_p)
         score = xp.where(columns[None, :] == p[:, None], minus_inf,
@@ -583,7 +604,7 @@ def _refine(A, picks, tol, max_iter, xp):
     slots = xp.arange(r, device=dev)
     square, rest = picks[:, :r], picks[:, r:]
     coef = xp.matrix_transpose(xp.linalg.solve(
-        xp.matrix_transpose(_gather_rows(A, square, xp)), xp.matrix_transpose(A)))
+        xp.matrix_transpose(_take_rows(A, square, xp)), xp.matrix_transpose(A)))
     taken = xp.zeros((m, n), dtype=xp.bool, device=dev)
     for j in range(r):
         taken = _mark(taken, square[:, j], columns)
@@ -592,7 +613,7 @@ def _refine(A, picks, tol, max_iter, xp):
         magnitude = xp.where(taken[:, :, None], zero, xp.abs(coef))
         flat = xp.argmax(xp.reshape(magnitude, (m, n * r)), axis=1)
         i, j = flat // r, flat % r
-        c_i = _gather_rows(coef, i, xp)  # (m, r)
+        c_i = _take_row(coef, i, xp)  # (m, r)
         e_j = xp.astype(slots[None, :] == j[:, None], A.dtype)
         c_ij = xp.sum(c_i * e_j, axis=-1)
         active = xp.abs(c_ij) > tol

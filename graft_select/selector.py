@@ -13,7 +13,14 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
+from ._backend import (
+    device_scope,
+    from_numpy,
+    get_namespace,
+    is_dask_array,
+    is_sparse,
+    to_numpy,
+)
 from ._gram import (
     chunk_grams,
     gram_eigenvectors,
@@ -34,12 +41,11 @@ from ._validation import (
 from .gradients import (
     FactoredGradients,
     _check_factored,
-    _take_rows,
     gradient_error,
     gram_matrix,
     nested_gradient_errors,
 )
-from .linalg import _fast_maxvol, _low_rank_features
+from .linalg import _fast_maxvol, _low_rank_features, _take_rows
 
 __all__ = ["GraftResampler", "GraftSelector"]
 
@@ -211,7 +217,9 @@ class _GraftBase(BaseEstimator):
         """
         saved = dict(self.__dict__)
         try:
-            return (steps or self._fit_steps)(X, y, gradients)
+            # CuPy creates arrays on the current device, whatever device= says
+            with device_scope(X[0] if isinstance(X, tuple) else X):
+                return (steps or self._fit_steps)(X, y, gradients)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
