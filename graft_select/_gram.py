@@ -1,4 +1,4 @@
-"""Gram algebra of factored last-layer gradients, chunk by chunk.
+"""Gram algebra of per-sample gradients: ``gram_matrix`` and the chunk quantities of GRAFT.
 
 For a chunk of ``B`` samples with residuals ``R`` (B, C) and embeddings ``E``
 (B, d), sample ``i``'s gradient is ``g_i = R[i] ⊗ [E[i], 1]``, and every
@@ -17,15 +17,89 @@ caller validates and bounds the stack size.
 
 import numpy as np
 
-from ._backend import (
-    cholesky_checked,
-    from_numpy,
-    get_namespace,
-    solve_triangular,
-    to_numpy,
-)
-from .gradients import _eps, _nested_gram, _relative
-from .linalg import _replace_rows, _take_rows, _unit_columns
+from ._backend import from_numpy, get_namespace
+from ._proxies import FactoredGradients, _check_factored, _values
+from ._validation import check_array, float_info
+from .linalg import _take_rows, _unit_columns
+
+
+def _eps(dtype, xp):
+    return float(float_info(dtype, xp).eps)
+
+
+
+# ------------------------------------------------------------------ gram_matrix
+
+
+def gram_matrix(G):
+    """Gram matrix ``G @ G.T`` of per-sample gradients (of each matrix in a stack).
+
+    Parameters
+    ----------
+    G : array of shape (..., n_samples, n_features) or FactoredGradients
+        Per-sample gradients, one per row.
+
+    Returns
+    -------
+    K : array of shape (..., n_samples, n_samples)
+        ``K[i, j] = <g_i, g_j>``. For a :class:`FactoredGradients` it is
+        ``(R @ R.T) * (H @ H.T)`` (elementwise), so the gradients are never formed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from graft_select.gradients import FactoredGradients, gram_matrix
+    >>> F = FactoredGradients(np.array([[1.0, -1.0], [0.5, -0.5]]),
+    ...                       np.array([[1.0, 1.0], [2.0, 1.0]]))
+    >>> gram_matrix(F).tolist()
+    [[4.0, 3.0], [3.0, 2.5]]
+    """
+    if isinstance(G, FactoredGradients):
+        R, H, xp, _ = _check_factored(G, "gram_matrix")
+        return _factored_gram(R, H, R, H, xp)
+    G, xp = check_array(G, "G", "gram_matrix", min_ndim=2)
+    G = _values(G, xp)
+    return G @ xp.matrix_transpose(G)
+
+
+def _factored_gram(R1, H1, R2, H2, xp):
+    return (R1 @ xp.matrix_transpose(R2)) * (H1 @ xp.matrix_transpose(H2))
+
+
+
+def _factored_quantities(R, H, order, xp):
+    """Gram quantities of the rows ``order``, each row scaled to a peak of about 1.
+
+    Returns ``(K, b, gg, zero, scale)``: K the Gram matrix and b = G[order] @ g of
+    the scaled rows ``g_i / scale_i``, ``gg = ||g||^2``, the zero mask and
+    ``scale`` (m, k). Scaling the rows first keeps the Gram entries of rows much
+    smaller than the chunk's largest (residuals of 1e-20 in float32, whose squares
+    are 0) in range; the in-order Cholesky errors do not change, and least-squares
+    weights of the scaled rows are divided by ``scale`` to give those of the rows.
+    """
+    n = R.shape[-2]
+    g = xp.matrix_transpose(R) @ H / n  # (m, C, d + 1), the mean gradient
+    gg = xp.sum(xp.reshape(g * g, (g.shape[0], -1)), axis=-1)
+    norms = xp.linalg.vector_norm(R, axis=-1) * xp.linalg.vector_norm(H, axis=-1)
+    zero = xp.sqrt(gg) <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)
+    R_sub, r_scale = _unit_peak_rows(_take_rows(R, order, xp), xp)
+    H_sub, h_scale = _unit_peak_rows(_take_rows(H, order, xp), xp)
+    scale = r_scale * h_scale
+    # a row at the rounding level of the chunk's largest gradient is treated as zero: its
+    # least-squares weight would be beyond any dtype's range (1 / 1e-309)
+    negligible = scale <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)[:, None]
+    R_sub = xp.where(negligible[..., None], xp.zeros_like(R_sub), R_sub)
+    scale = xp.where(negligible, xp.zeros_like(scale), scale)
+    K = _factored_gram(R_sub, H_sub, R_sub, H_sub, xp)
+    b = xp.sum((R_sub @ g) * H_sub, axis=-1)
+    return K, b, gg, zero, scale
+
+
+def _unit_peak_rows(X, xp):
+    """X (m, k, c) with each row divided by its largest magnitude (zero rows kept); scales."""
+    peak = xp.max(xp.abs(X), axis=-1)
+    safe = xp.where(peak > 0, peak, xp.ones_like(peak))
+    return X / safe[..., None], peak
 
 
 def chunk_grams(R, E, xp, scales=None):
@@ -56,7 +130,9 @@ def chunk_grams(R, E, xp, scales=None):
             EE = E @ xp.matrix_transpose(E)
         largest = xp.max(xp.linalg.diagonal(EE), axis=-1)
         if bool(xp.all(largest <= _EMBEDDING_LIMIT)):  # the common case: no rescaling
-            return K * (EE + 1), (f, None)
+            EE += 1  # in place: no (m, B, B) temporaries
+            K *= EE
+            return K, (f, None)
         t = _power_of_two_scale(E, xp)
         t = xp.where(t < 1, t, xp.ones_like(t))  # only large embeddings are scaled
     E = E * t[:, None, None]
@@ -137,75 +213,6 @@ def gram_block(K, rows, xp):
     """``K[rows][:, rows]`` of each matrix of a stack K (m, B, B), rows (m, k)."""
     K_rows = _take_rows(K, rows, xp)  # (m, k, B)
     return xp.matrix_transpose(_take_rows(xp.matrix_transpose(K_rows), rows, xp))
-
-
-def nested_errors(K, b, gg, zero, order, n_columns, xp):
-    """Relative errors (m, k) of every prefix of ``order`` (m, k), from the Gram stack.
-
-    The in-order Cholesky of ``K[order][:, order]`` with right-hand side
-    ``b[order]`` (see ``gradients.nested_gradient_errors``); ``n_columns`` is
-    ``C + d + 1``, which sets the dependence tolerance as there.
-    """
-    k = order.shape[-1]
-    K_sub = gram_block(K, order, xp)
-    b_sub = _take_rows(b[..., None], order, xp)[..., 0]
-    tol = 10 * max(k, n_columns) * _eps(K.dtype, xp)
-    errors = _nested_gram(K_sub, b_sub, gg, zero, tol, xp)
-    return xp.where(errors < 1, errors, xp.ones_like(errors))
-
-
-def subset_weights(K_sub, b_sub, gg, zero, n_columns, xp):
-    """Least-squares weights (m, k) and relative errors (m,) of subsets, from Gram blocks.
-
-    ``w = pinv(K_sub) b_sub`` for the symmetric PSD ``K_sub`` (m, k, k), and
-    ``error^2 = (||g||^2 - 2 w.b + w.K w) / ||g||^2``. A Cholesky solve serves
-    the matrices whose pivots all exceed ``10 max(k, n_columns) eps`` times their
-    diagonal entry (independent rows); the others get the pseudo-inverse from
-    their eigendecomposition (eigenvalues below that tolerance times the largest
-    are cut). Zero rows and columns (padding of subsets smaller than k) must
-    come with zero ``b_sub``: they get weight 0 and change nothing.
-    """
-    k = K_sub.shape[-1]
-    rtol = 10 * max(k, n_columns) * _eps(K_sub.dtype, xp)
-    diag = xp.linalg.diagonal(K_sub)
-    padded = diag <= 0
-    # padding rows get a unit diagonal for the Cholesky solve (their b is 0, so w is 0)
-    eye = xp.eye(k, dtype=K_sub.dtype, device=get_namespace(K_sub)[1])
-    L, ok = cholesky_checked(K_sub + xp.astype(padded, K_sub.dtype)[..., None] * eye, xp)
-    pivots = xp.linalg.diagonal(L) ** 2
-    ok = ok & xp.all((pivots > rtol * diag) | padded, axis=-1)
-    L = xp.where(ok[:, None, None], L, eye)  # the failures are solved below, by pinv
-    y = _solve_triangular(L, b_sub, xp, lower=True)
-    w = _solve_triangular(xp.matrix_transpose(L), y, xp, lower=False)
-    ok = ok & xp.all(xp.isfinite(w), axis=-1)
-    bad = np.flatnonzero(~np.asarray(to_numpy(ok), dtype=bool))
-    if bad.size:
-        index = from_numpy(bad, xp, get_namespace(K_sub)[1])
-        fallback = _pinv_solve(xp.take(K_sub, index, axis=0), xp.take(b_sub, index, axis=0),
-                               rtol, xp)
-        w = _replace_rows(w, bad, fallback, xp)
-    w = xp.where(zero[:, None], xp.zeros_like(w), w)
-    Kw = (K_sub @ w[..., None])[..., 0]
-    w64, b64, Kw64 = (xp.astype(a, xp.float64) for a in (w, b_sub, Kw))
-    squared = gg - 2 * xp.sum(w64 * b64, axis=-1) + xp.sum(w64 * Kw64, axis=-1)
-    squared = xp.where(squared > 0, squared, xp.zeros_like(squared))
-    error = _relative(xp.sqrt(squared), xp.sqrt(gg), zero, xp)
-    return w, xp.where(error < 1, error, xp.ones_like(error))
-
-
-def _pinv_solve(K, b, rtol, xp):
-    """``pinv(K) b`` for symmetric PSD K (m, k, k) from its eigendecomposition."""
-    values, vectors = xp.linalg.eigh(K)
-    keep = values > rtol * xp.max(xp.abs(values), axis=-1, keepdims=True)
-    inverse = xp.where(keep, 1 / xp.where(keep, values, xp.ones_like(values)),
-                       xp.zeros_like(values))
-    coords = (xp.matrix_transpose(vectors) @ b[..., None])[..., 0]
-    return (vectors @ (inverse * coords)[..., None])[..., 0]
-
-
-def _solve_triangular(L, b, xp, *, lower):
-    """Solve ``L x = b`` for a stack of triangular L (m, k, k) and b (m, k)."""
-    return solve_triangular(L, b[..., None], lower=lower)[..., 0]
 
 
 def maxvol_rank(k_hi, uniform_share):

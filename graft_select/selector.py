@@ -21,15 +21,21 @@ from ._backend import (
     is_sparse,
     to_numpy,
 )
+from ._criterion import (
+    gradient_error,
+    nested_errors,
+    nested_gradient_errors,
+    subset_weights,
+)
 from ._gram import (
     chunk_grams,
     gram_eigenvectors,
+    gram_matrix,
     gram_summaries,
     group_chunks,
     maxvol_rank,
-    nested_errors,
-    subset_weights,
 )
+from ._proxies import FactoredGradients, _check_factored
 from ._sizing import allocate_sizes, apportion, budget_overshoot, default_chunks, size_band
 from ._validation import (
     check_array,
@@ -37,13 +43,6 @@ from ._validation import (
     check_random_state,
     check_real_host,
     rescale_extreme,
-)
-from .gradients import (
-    FactoredGradients,
-    _check_factored,
-    gradient_error,
-    gram_matrix,
-    nested_gradient_errors,
 )
 from .linalg import _fast_maxvol, _low_rank_features, _take_rows
 

@@ -5,13 +5,12 @@ import pytest
 
 from graft_select import GraftSelector
 from graft_select._backend import cholesky_checked, get_namespace
+from graft_select._criterion import nested_errors, subset_weights
 from graft_select._gram import (
     chunk_grams,
     gram_eigenvectors,
     gram_summaries,
     maxvol_rank,
-    nested_errors,
-    subset_weights,
 )
 from graft_select.gradients import (
     FactoredGradients,
