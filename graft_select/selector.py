@@ -21,20 +21,9 @@ from ._backend import (
     is_sparse,
     to_numpy,
 )
-from ._criterion import (
-    gradient_error,
-    nested_errors,
-    nested_gradient_errors,
-    subset_weights,
-)
-from ._gram import (
-    chunk_grams,
-    gram_eigenvectors,
-    gram_matrix,
-    gram_summaries,
-    group_chunks,
-    maxvol_rank,
-)
+from ._criterion import gradient_error, nested_gradient_errors
+from ._feedback import groups_of, orders_and_errors, subset_errors
+from ._gram import gram_matrix, maxvol_rank
 from ._proxies import FactoredGradients, _check_factored
 from ._sizing import allocate_sizes, apportion, budget_overshoot, default_chunks, size_band
 from ._validation import (
@@ -44,7 +33,7 @@ from ._validation import (
     check_real_host,
     rescale_extreme,
 )
-from .linalg import _fast_maxvol, _low_rank_features, _take_rows
+from .linalg import _fast_maxvol, _low_rank_features
 
 __all__ = ["GraftResampler", "GraftSelector"]
 
@@ -335,38 +324,20 @@ class _GraftBase(BaseEstimator):
         self.basis_ = "gradients"
         d = 0 if embeddings is None else int(embeddings.shape[1])
         self.n_features_in_ = d + 1
-        n_columns = int(residuals.shape[1]) + d + 1
-        k_hi = self._k_band(self.chunk_sizes_)[1]
-        orders, errors, summaries = [], [], []
-        for group in _feedback_groups(chunks):
-            first, last, size = group
-            m = last - first
-            group_hi = int(k_hi[first:last].max())
-            R, E = _gather_factors(residuals, embeddings, rows, chunks[first][0], m, size, xp)
-            K, scales = chunk_grams(R, E, xp)
-            b, gg, zero, _ = gram_summaries(K, xp)
-            if not bool(xp.all(xp.isfinite(gg))):
-                raise ValueError(
-                    f"The feedback of {owner} holds NaN or infinity in the chunks {first} to "
-                    f"{last - 1} (rows {chunks[first][0]} to {chunks[last - 1][1] - 1} of "
-                    f"'rows'); record finite values only."
-                )
-            r = self._rank(size, int(residuals.shape[1]) * (d + 1), group_hi)
-            child = _child_rng(rng)
-            U = gram_eigenvectors(K, r, child, xp)
-            order = self._maxvol_order(U, group_hi, child, with_tail=True)
-            orders.extend(order)
-            errs = nested_errors(K, b, gg, zero, from_numpy(np.stack(order), xp, device),
-                                 n_columns, xp)
-            errors.extend(np.asarray(to_numpy(errs), dtype=np.float64))
-            summaries.append((b, gg, zero, scales))
+        width = int(residuals.shape[1]) * (d + 1)  # of one flattened gradient
+        store = (residuals, embeddings, rows, xp)
+        groups = groups_of(_stack_groups(chunks), chunks, _GROUP_ROWS)
+        orders, errors, summaries = orders_and_errors(
+            store, chunks, groups, self._k_band(self.chunk_sizes_)[1],
+            rank_of=lambda size, k_hi: self._rank(size, width, k_hi),
+            order_of=lambda U, k_hi, child: self._maxvol_order(U, k_hi, child, with_tail=True),
+            rng=rng, owner=owner)
         sizes = self._sizes(errors, True)
         message = budget_overshoot(sizes, self.fraction, self.chunk_sizes_, owner)
         if message:
             warnings.warn(message, UserWarning, stacklevel=4)
         local = self._pick(orders, sizes, rng)
-        errors, weights = _feedback_weights(residuals, embeddings, rows, chunks, local,
-                                            summaries, n_columns, xp)
+        errors, weights = subset_errors(store, chunks, groups, local, summaries)
         offsets = np.array([begin for begin, _ in chunks])
         indices = np.concatenate([o + lo for o, lo in zip(offsets, local)])
         self.gradient_error_ = errors
@@ -916,68 +887,3 @@ def _gather_chunks(gradients, bounds):
                                  _gather_chunks(gradients.inputs, bounds))
     xp, _ = get_namespace(gradients)
     return xp.stack([gradients[b:s, ...] for b, s in bounds])
-
-
-def _feedback_groups(chunks):
-    """(first chunk, last chunk + 1, chunk size): equal chunks, about _GROUP_ROWS rows each."""
-    groups = []
-    for _, _, (first, last) in _stack_groups(chunks):
-        size = chunks[first][1] - chunks[first][0]
-        groups.extend((first + a, first + b, size)
-                      for a, b in group_chunks(last - first, size, _GROUP_ROWS))
-    return groups
-
-
-def _gather_factors(residuals, embeddings, rows, begin, m, size, xp):
-    """Store rows ``rows[begin:begin + m * size]`` as float32 stacks (m, size, C), (m, size, d)."""
-    idx = rows[begin:begin + m * size]
-    out = []
-    for factor in (residuals, embeddings):
-        if factor is None:
-            out.append(None)
-            continue
-        block = _compute_dtype(xp.take(factor, idx, axis=0), xp)
-        out.append(xp.reshape(block, (m, size, factor.shape[1])))
-    return out
-
-
-def _compute_dtype(X, xp):
-    """Half precision and integers in float32 (a copy of this block only); floats as they are."""
-    if xp.isdtype(X.dtype, "real floating") and X.dtype in (xp.float32, xp.float64):
-        return X
-    return xp.astype(X, xp.float32)
-
-
-def _feedback_weights(residuals, embeddings, rows, chunks, local, summaries, n_columns, xp):
-    """Per-chunk gradient errors and weights (times the chunk size) of the final subsets.
-
-    Per group: the subsets' rows are gathered (padded to the group's largest
-    subset with zero residuals, which adds nothing), their Gram blocks formed, and
-    ``b``, ``||g||^2`` and the chunks' scales taken from the first pass.
-    """
-    errors = np.zeros(len(chunks))
-    weights = [None] * len(chunks)
-    device = get_namespace(rows)[1]
-    for (first, last, size), (b, gg, zero, scales) in zip(_feedback_groups(chunks), summaries):
-        m = last - first
-        k = max(len(local[c]) for c in range(first, last))
-        picks = np.zeros((m, k), dtype=np.int64)
-        valid = np.zeros((m, k), dtype=bool)
-        for j, c in enumerate(range(first, last)):
-            picks[j, :len(local[c])] = local[c]
-            valid[j, :len(local[c])] = True
-        flat = (picks + (chunks[first][0] + size * np.arange(m))[:, None]).reshape(-1)
-        idx = xp.take(rows, from_numpy(flat, xp, device), axis=0)
-        R, E = _gather_factors(residuals, embeddings, idx, 0, m, k, xp)
-        mask = from_numpy(valid, xp, device)
-        R = xp.where(mask[..., None], R, xp.zeros_like(R))
-        K_sub, _ = chunk_grams(R, E, xp, scales)
-        local_picks = from_numpy(picks, xp, device)
-        b_sub = _take_rows(b[..., None], local_picks, xp)[..., 0]
-        b_sub = xp.where(mask, b_sub, xp.zeros_like(b_sub))
-        w, err = subset_weights(K_sub, b_sub, gg, zero, n_columns, xp)
-        w, err = to_numpy(w), to_numpy(err)
-        for j, c in enumerate(range(first, last)):
-            errors[c] = float(err[j])
-            weights[c] = np.asarray(w[j, :len(local[c])], dtype=np.float64) * size
-    return errors, np.concatenate(weights)
