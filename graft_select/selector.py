@@ -60,8 +60,10 @@ _DOC_PARAMETERS = """
         error (and may move by up to 5% when ``gradient_tol`` is set).
     n_components : int, default=None
         Rank ``r`` of each chunk's low-rank factor. ``None`` uses
-        ``min(n_features, chunk_size, k_max)``, where ``k_max`` is the largest
-        subset size a chunk may get, capped at 256.
+        ``min(n_features, chunk_size, k_pivots, 256)``, where ``k_pivots`` is the
+        largest number of rows a chunk takes from its MaxVol order: ``k_max -
+        round(uniform_share * k_max)`` or so, for ``k_max`` the largest subset
+        size a chunk may get (all of ``k_max`` when ``uniform_share=0``).
     batch_size : int, default=None
         Size of the selection chunks (consecutive rows). An int selects per chunk
         of ``batch_size`` rows (the last chunk may be shorter), as GRAFT does per
@@ -89,7 +91,9 @@ _DOC_PARAMETERS = """
         Share of each chunk's picks, in [0, 1), drawn uniformly from the rows
         MaxVol did not pick. Mixing keeps a floor of typical samples when MaxVol
         would only keep extreme ones (for example at small fractions on gradient
-        features).
+        features). With gradients, the order whose prefixes' errors size the
+        chunks continues past the MaxVol pivots with rows in a seeded uniform
+        order, like the uniform picks.
     gradient_tol : float, default=None
         Relative gradient error each chunk should reach (smallest size in the band
         that reaches it). ``None`` sets the total to the budget and levels the
