@@ -102,8 +102,27 @@ def nested_gradient_errors(G, order):
     owner = "nested_gradient_errors"
     if isinstance(G, FactoredGradients):
         R, H, xp, device = _check_factored(G, owner)
-        stack = R.shape[:-2]
         order = _check_indices(order, "order", owner, R.shape[:-1], xp, device, unique=True)
+        G = FactoredGradients(R, H)
+    else:
+        G, xp = check_array(G, "G", owner, min_ndim=2)
+        G = _values(G, xp)
+        device = get_namespace(G)[1]
+        order = _check_indices(order, "order", owner, G.shape[:-1], xp, device, unique=True)
+    return _nested_gradient_errors(G, order, xp)
+
+
+def _nested_gradient_errors(G, order, xp):
+    """The body of `nested_gradient_errors` for checked arguments.
+
+    ``G`` is a float array or a FactoredGradients of float factors of one dtype,
+    ``order`` an int64 array of unique indices in G's namespace and device, as
+    the public function's checks leave them; internal callers that built both
+    themselves (the selector) call this directly.
+    """
+    if isinstance(G, FactoredGradients):
+        R, H = G
+        stack = R.shape[:-2]
         R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
         R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
         order = _flatten_order(order, R, xp)
@@ -111,11 +130,7 @@ def nested_gradient_errors(G, order):
         tol = 10 * max(order.shape[-1], R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
         errors = _nested_gram(K, b, gg, zero, tol, xp)
     else:
-        G, xp = check_array(G, "G", owner, min_ndim=2)
-        G = _values(G, xp)
-        device = get_namespace(G)[1]
         stack = G.shape[:-2]
-        order = _check_indices(order, "order", owner, G.shape[:-1], xp, device, unique=True)
         G = _flatten_stack(G, xp)
         G = _rescale_stack(G, xp)
         order = _flatten_order(order, G, xp)
@@ -307,8 +322,24 @@ def gradient_error(G, indices, *, weights=None):
     owner = "gradient_error"
     if isinstance(G, FactoredGradients):
         R, H, xp, device = _check_factored(G, owner)
-        stack = R.shape[:-2]
         indices = _check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
+        G = FactoredGradients(R, H)
+    else:
+        G, xp = check_array(G, "G", owner, min_ndim=2)
+        G = _values(G, xp)
+        device = get_namespace(G)[1]
+        indices = _check_indices(indices, "indices", owner, G.shape[:-1], xp, device)
+    return _gradient_error(G, indices, xp, weights=weights, owner=owner)
+
+
+def _gradient_error(G, indices, xp, *, weights=None, owner="gradient_error"):
+    """The body of `gradient_error` for checked ``G`` and ``indices`` (see
+    `_nested_gradient_errors`); ``weights`` are still checked here, against the
+    flattened stack.
+    """
+    if isinstance(G, FactoredGradients):
+        R, H = G
+        stack = R.shape[:-2]
         R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
         R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
         indices = _flatten_order(indices, R, xp)
@@ -329,11 +360,7 @@ def gradient_error(G, indices, *, weights=None):
         squared = xp.where(squared > 0, squared, xp.zeros_like(squared))
         error = _relative(xp.sqrt(squared), xp.sqrt(gg), zero, xp)
     else:
-        G, xp = check_array(G, "G", owner, min_ndim=2)
-        G = _values(G, xp)
-        device = get_namespace(G)[1]
         stack = G.shape[:-2]
-        indices = _check_indices(indices, "indices", owner, G.shape[:-1], xp, device)
         G = _flatten_stack(G, xp)
         G = _rescale_stack(G, xp)
         indices = _flatten_order(indices, G, xp)

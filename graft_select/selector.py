@@ -21,7 +21,7 @@ from ._backend import (
     is_sparse,
     to_numpy,
 )
-from ._criterion import gradient_error, nested_gradient_errors
+from ._criterion import _gradient_error, _nested_gradient_errors
 from ._feedback import groups_of, orders_and_errors, subset_errors
 from ._gram import gram_matrix, maxvol_rank
 from ._proxies import FactoredGradients, _check_factored
@@ -266,9 +266,9 @@ class _GraftBase(BaseEstimator):
                                       rng)
             orders.extend(order)
             if gradients is not None and order[0] is not None:
-                errs = nested_gradient_errors(
+                errs = _nested_gradient_errors(
                     _stack_rows(gradients, begin, stop, len(order)),
-                    from_numpy(np.stack(order), *_ns_dev(gradients)))
+                    from_numpy(np.stack(order), *_ns_dev(gradients)), _ns_dev(gradients)[0])
                 errors.extend(np.asarray(to_numpy(errs), dtype=np.float64))
         sizes = self._sizes(errors, gradients is not None)
         message = budget_overshoot(sizes, self.fraction, self.chunk_sizes_, type(self).__name__)
@@ -879,7 +879,7 @@ def _subset_errors(gradients, chunks, local):
                    if s - b == size and len(lo) == k]
         G = _gather_chunks(gradients, [chunks[c] for c in members])
         idx = from_numpy(np.stack([local[c] for c in members]), xp, device)
-        err, w = gradient_error(G, idx)
+        err, w = _gradient_error(G, idx, xp)
         err, w = to_numpy(err), to_numpy(w)
         for j, c in enumerate(members):
             errors[c] = float(err[j])

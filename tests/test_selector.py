@@ -443,3 +443,32 @@ class TestBackendMatrix:
         assert backend.is_native(sel.sample_indices_)
         np.testing.assert_array_equal(backend.to_numpy(sel.sample_indices_),
                                       expected.sample_indices_)
+
+
+class TestValidateOnce:
+    """The estimator validates its input once and calls the kernels' private bodies."""
+
+    def test_fit_skips_the_public_checks(self, rng, monkeypatch):
+        """fit with gradients never re-runs the kernels' or the criterion's argument checks."""
+        import graft_select._criterion as criterion
+        import graft_select.linalg as linalg
+        from graft_select.gradients import last_layer_gradients
+
+        calls = []
+
+        def spy(name, function):
+            def wrapped(*args, **kwargs):
+                calls.append(name)
+                return function(*args, **kwargs)
+            return wrapped
+
+        monkeypatch.setattr(linalg, "check_int", spy("check_int", linalg.check_int))
+        monkeypatch.setattr(criterion, "_check_indices",
+                            spy("_check_indices", criterion._check_indices))
+        X = rng.standard_normal((400, 12))
+        G = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X)
+        F = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X,
+                                 factored=True)
+        GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X, gradients=G)
+        GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X, gradients=F)
+        assert calls == []
