@@ -7,11 +7,16 @@ Neither torch nor cupy is imported by this module: they are recognised through
 array-api-compat, which only inspects objects that already exist.
 """
 
+import contextlib
+import functools
+
 import array_api_compat
 import numpy as np
 
 __all__ = [
     "as_contiguous",
+    "cholesky_checked",
+    "device_scope",
     "from_numpy",
     "get_namespace",
     "is_cupy",
@@ -22,7 +27,9 @@ __all__ = [
     "is_torch",
     "lu_pivot_rows",
     "on_host",
+    "on_input_device",
     "scale_by_power_of_two",
+    "solve_triangular",
     "to_numpy",
     "torch_cpu_view",
 ]
@@ -181,6 +188,36 @@ def scale_by_power_of_two(x, exponent):
     return x
 
 
+def device_scope(x):
+    """A context under which ``x``'s library creates new arrays on ``x``'s device.
+
+    CuPy ignores ``device=`` in its creation functions (``cupy.zeros(...,
+    device=d)`` lands on the current device), so a kernel given an array on
+    ``cuda:1`` would build its helpers on ``cuda:0``; entering
+    ``cupy.cuda.Device(x.device.id)`` makes ``x``'s device current. Other
+    libraries honour ``device=``: a no-op context.
+    """
+    if array_api_compat.is_cupy_array(x):
+        import cupy
+
+        return cupy.cuda.Device(x.device.id)
+    return contextlib.nullcontext()
+
+
+def on_input_device(function):
+    """Decorator: run ``function(X, ...)`` under :func:`device_scope` of ``X``.
+
+    For a tuple ``X`` (a FactoredGradients) the scope is that of its first element.
+    """
+
+    @functools.wraps(function)
+    def wrapper(X, *args, **kwargs):
+        with device_scope(X[0] if isinstance(X, tuple) else X):
+            return function(X, *args, **kwargs)
+
+    return wrapper
+
+
 def to_numpy(x):
     """Copy an array of any supported library to a NumPy array on the host.
 
@@ -216,6 +253,63 @@ def from_numpy(a, xp, device):
     return xp.asarray(a, device=device)
 
 
+# --------------------------------------------------------------------- Cholesky
+
+
+def cholesky_checked(A, xp):
+    """Cholesky factors of a stack A (m, k, k) and which of them succeeded.
+
+    Returns ``(L, ok)``: ``L`` (m, k, k) and ``ok`` (m,), a boolean array in A's
+    namespace and device, False where the matrix is not (numerically) positive
+    definite; the caller must not use ``L[i]`` where ``ok[i]`` is False. No
+    backend raises for such a matrix here, and no other error is caught (a
+    device out-of-memory error propagates):
+
+    - torch: ``torch.linalg.cholesky_ex`` reports failures in ``info``, without
+      a host synchronisation;
+    - CuPy: ``cupy.linalg.cholesky`` does not raise under CuPy's default error
+      state (the factor holds NaN instead), so the result is checked;
+    - NumPy and others: ``numpy.linalg.LinAlgError`` on the stack, then the
+      matrices are factored one by one to find the failures.
+    """
+    if is_torch(xp):
+        import torch
+
+        L, info = torch.linalg.cholesky_ex(A)
+        return L, info == 0
+    if is_cupy(xp):
+        L = xp.linalg.cholesky(A)
+        return L, xp.all(xp.isfinite(xp.reshape(L, (L.shape[0], -1))), axis=-1)
+    try:
+        L = xp.linalg.cholesky(A)
+        return L, xp.ones(A.shape[0], dtype=xp.bool, device=_device_of(A))
+    except np.linalg.LinAlgError:
+        pass
+    factors, ok = [], []
+    for i in range(A.shape[0]):
+        try:
+            factors.append(xp.linalg.cholesky(A[i, ...]))
+            ok.append(True)
+        except np.linalg.LinAlgError:
+            factors.append(xp.zeros_like(A[i, ...]))
+            ok.append(False)
+    return xp.stack(factors), xp.asarray(ok, dtype=xp.bool, device=_device_of(A))
+
+
+def solve_triangular(L, B, *, lower):
+    """Solve ``L X = B`` for a stack of triangular L (m, k, k) and B (m, k, j).
+
+    torch uses its batched triangular solver; other namespaces a general solve
+    (the same result, at the cost of an LU of each small matrix).
+    """
+    xp, _ = get_namespace(L, B)
+    if is_torch(xp):
+        import torch
+
+        return torch.linalg.solve_triangular(L, B, upper=not lower)
+    return xp.linalg.solve(L, B)
+
+
 # --------------------------------------------------------------------------- LU
 
 
@@ -225,9 +319,11 @@ def lu_pivot_rows(A):
     Returns ``(rows, pivots)``: ``rows`` of shape (m, r), the row chosen at each
     elimination step (int64, in A's namespace and device), and ``pivots`` of shape
     (m, r), the absolute value of each pivot (the diagonal of U), which shows where
-    the matrix ran out of rank. Delegates to LAPACK getrf through scipy (NumPy),
-    torch.linalg.lu_factor (torch) or cupyx.scipy.linalg.lu_factor (CuPy); any
-    other namespace uses a portable elimination written in the array API.
+    the matrix ran out of rank. Delegates to LAPACK getrf through scipy (NumPy) or
+    torch.linalg.lu_factor_ex (torch, batched, failures in ``info``); any other
+    namespace, CuPy included, uses a portable elimination written in the array API,
+    batched over the stack (cupyx.scipy.linalg.lu_factor works one matrix at a
+    time and reads its status from the device twice per call).
     """
     xp, _ = get_namespace(A)
     if is_numpy(xp):
@@ -254,17 +350,6 @@ def lu_pivot_rows(A):
         lu, piv, _ = torch.linalg.lu_factor_ex(A)
         rows = _swaps_to_rows(piv.to(torch.int64) - 1, A.shape[-2], xp)
         return rows, torch.abs(torch.diagonal(lu, dim1=-2, dim2=-1))
-    if is_cupy(xp):
-        import cupy
-        import cupyx.scipy.linalg
-
-        m, n, r = A.shape
-        rows, pivots = [], []
-        for b in range(m):
-            lu, piv = cupyx.scipy.linalg.lu_factor(A[b], check_finite=False)
-            rows.append(_swaps_to_rows(piv[None, :].astype(cupy.int64), n, xp)[0])
-            pivots.append(cupy.abs(cupy.diagonal(lu)))
-        return cupy.stack(rows), cupy.stack(pivots)
     return _lu_pivot_rows_portable(A, xp)
 
 

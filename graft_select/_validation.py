@@ -24,6 +24,7 @@ __all__ = [
     "check_random_state",
     "check_real",
     "check_real_host",
+    "float_info",
     "half_dtype",
     "rescale_extreme",
 ]
@@ -274,6 +275,15 @@ def _all_finite(X, xp):
     return bool(xp.all(xp.isfinite(X)))
 
 
+def float_info(dtype, xp):
+    """``numpy.finfo`` of the float dtype the kernels compute in: float32 or float64.
+
+    The one place that maps an array's dtype (of any namespace, or a sparse
+    matrix's NumPy dtype) to its machine epsilon and exponent range.
+    """
+    return np.finfo(np.float32 if dtype == xp.float32 else np.float64)
+
+
 _HALF = ("float16", "bfloat16")
 
 
@@ -342,7 +352,7 @@ def rescale_extreme(X, xp):
         peak = float(to_numpy(xp.max(xp.abs(X))))
     if peak == 0.0 or not math.isfinite(peak):
         return X, 0
-    emax = np.finfo(np.float32 if X.dtype == xp.float32 else np.float64).maxexp
+    emax = float_info(X.dtype, xp).maxexp
     exponent = math.frexp(peak)[1]
     if abs(exponent) <= emax // 4:
         return X, 0

@@ -17,6 +17,7 @@ from ._backend import (
     is_sparse,
     lu_pivot_rows,
     on_host,
+    on_input_device,
     scale_by_power_of_two,
     to_numpy,
     torch_cpu_view,
@@ -29,6 +30,7 @@ from ._validation import (
     check_option,
     check_random_state,
     check_real,
+    float_info,
     half_dtype,
     rescale_extreme,
 )
@@ -42,6 +44,7 @@ _MAXVOL_METHODS = ("volume", "lu")
 # ------------------------------------------------------------- low_rank_features
 
 
+@on_input_device
 def low_rank_features(
     X, n_components, *, method="auto", n_oversamples=10, n_iter=2, random_state=None
 ):
@@ -123,15 +126,25 @@ def low_rank_features(
         # the dense factors of sparse X are NumPy arrays: use NumPy's array-API namespace
         # (plain numpy lacks matrix_transpose and qr(...).Q before NumPy 2.0)
         xp, _ = get_namespace(X)
-    if method == "auto":
-        small = 2 * (r + p) <= min(n_samples, n_features)
-        method = "randomized" if sparse or small else "exact"
     X, _ = rescale_extreme(X, xp)
-    if method == "exact":
-        U = _sparse_svds(X, r) if sparse else _exact_svd(X, r, xp)
-    else:
-        U = _randomized_range_svd(X, r, p, n_iter, rng, xp)
+    U = _low_rank_features(X, r, xp, method=method, n_oversamples=p, n_iter=n_iter, rng=rng)
     return U if half is None else xp.astype(U, half)
+
+
+def _low_rank_features(X, r, xp, *, method="auto", n_oversamples=10, n_iter=2, rng=None):
+    """The body of `low_rank_features` for checked arguments.
+
+    X is a float stack (or a sparse matrix, with ``xp`` NumPy's namespace) whose
+    magnitudes are in range (see ``rescale_extreme``), ``rng`` a NumPy generator.
+    """
+    n_samples, n_features = X.shape[-2:]
+    sparse = is_sparse(X)
+    if method == "auto":
+        small = 2 * (r + n_oversamples) <= min(n_samples, n_features)
+        method = "randomized" if sparse or small else "exact"
+    if method == "exact":
+        return _sparse_svds(X, r) if sparse else _exact_svd(X, r, xp)
+    return _randomized_range_svd(X, r, n_oversamples, n_iter, rng, xp)
 
 
 def _exact_svd(X, r, xp):
@@ -202,6 +215,7 @@ def _device(X):
 # ----------------------------------------------------------------- fast_maxvol
 
 
+@on_input_device
 def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=None):
     """Indices of ``k`` rows of ``A`` whose submatrix has (locally) maximal volume.
 
@@ -281,17 +295,13 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     if is_meta(A):
         check_array(A, "A", owner)  # raises the meta-tensor error
     view = torch_cpu_view(A)
-    if view is not None:
-        # CPU tensors run the step-by-step greedy through a NumPy view of the same memory.
-        xp, device = get_namespace(A)
-        indices = fast_maxvol(view, k, method=method, refine=refine, tol=tol, max_iter=max_iter)
-        return from_numpy(indices, xp, device)
-    A, xp = check_array(A, "A", owner, ensure_finite=False)  # checked below, from sq_norms
-    *stack, n, r = A.shape
+    checked, _ = check_array(A if view is None else view, "A", owner,
+                             ensure_finite=False)  # checked in the body, from sq_norms
+    n, r = checked.shape[-2:]
     if n < r:
         raise ValueError(
             f"'A' of {owner} must be tall (at least as many rows as columns), got shape "
-            f"{tuple(A.shape)}; pass A.T or reduce its rank with low_rank_features first."
+            f"{tuple(checked.shape)}; pass A.T or reduce its rank with low_rank_features first."
         )
     k = r if k is None else check_int(k, "k", owner, low=1, high=n)
     method = check_option(method, "method", owner, _MAXVOL_METHODS)
@@ -303,6 +313,29 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
             f"refine=True in {owner} needs k >= r (the square submatrix is refined), got "
             f"k={k} and r={r}; pass A[..., :{k}] to refine a {k}-subset, or refine=False."
         )
+    indices = _fast_maxvol(checked, k, method=method, refine=refine, tol=tol,
+                           max_iter=max_iter)
+    return indices if view is None else from_numpy(indices, *get_namespace(A))
+
+
+def _fast_maxvol(A, k, *, method="volume", refine=False, tol=1.05, max_iter=None):
+    """The body of `fast_maxvol` for checked arguments (a float stack A, n >= r).
+
+    Internal callers that produced A themselves call this directly: it skips the
+    parameter checks; A's finiteness is still tested from the squared row norms
+    it computes anyway (one reduction, no extra pass).
+    """
+    owner = "fast_maxvol"
+    view = torch_cpu_view(A)
+    if view is not None:
+        # CPU tensors run the step-by-step greedy through a NumPy view of the same memory.
+        xp, device = get_namespace(A)
+        indices = _fast_maxvol(view, k, method=method, refine=refine, tol=tol,
+                               max_iter=max_iter)
+        return from_numpy(indices, xp, device)
+    xp, _ = get_namespace(A)
+    *stack, n, r = A.shape
+    max_iter = 10 * r if max_iter is None else max_iter
     A, sq_norms = _squared_row_norms(as_contiguous(A), xp, owner)
     m = math.prod(stack)
     A, sq_norms = xp.reshape(A, (m, n, r)), xp.reshape(sq_norms, (m, n))
@@ -328,7 +361,7 @@ def _squared_row_norms(A, xp, owner):
         sq_norms = xp.vecdot(A, A, axis=-1)
         total = xp.sum(sq_norms)
     check_finite(A, "A", owner, xp, total=total)
-    info = np.finfo(_np_dtype(A, xp))
+    info = float_info(A.dtype, xp)
     if info.tiny / info.eps <= float(xp.max(sq_norms)) < math.inf:
         return A, sq_norms
     peak = float(xp.max(xp.abs(A)))  # finite here
@@ -357,7 +390,7 @@ def _maxvol_stack(A, sq_norms, k, method, refine, tol, max_iter, xp):
     _, n, r = A.shape
     k_greedy = min(k, r)
     threshold = xp.sqrt(xp.max(sq_norms, axis=-1)) * (
-        max(n, r) * float(np.finfo(_np_dtype(A, xp)).eps))
+        max(n, r) * float(float_info(A.dtype, xp).eps))
     if method == "volume":
         picks, rank = _volume_greedy(A, k_greedy, threshold, xp, sq_norms=sq_norms)
     else:
@@ -430,15 +463,27 @@ def _take0(X, rows, xp):
     return xp.take(X, index, axis=0)
 
 
-def _gather_rows(X, idx, xp):
-    """Rows ``X[b, idx[b]]`` of a stack ``X`` (m, n, c) for ``idx`` of shape (m,) or (m, j)."""
-    m, n, c = X.shape
-    dev = get_namespace(X)[1]
-    offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
+def _take_rows(X, idx, xp):
+    """Rows ``X[..., idx, :]`` for X (..., n, c): idx (k,) for every matrix, or (..., k) each.
+
+    The one row gatherer of the kernels: per-matrix rows are read from the
+    flattened stack with one ``take``.
+    """
     if idx.ndim == 1:
-        return xp.take(xp.reshape(X, (m * n, c)), offsets + xp.astype(idx, xp.int64), axis=0)
-    flat_idx = xp.reshape(offsets[:, None] + xp.astype(idx, xp.int64), (-1,))
-    return xp.reshape(xp.take(xp.reshape(X, (m * n, c)), flat_idx, axis=0), (m, -1, c))
+        return xp.take(X, idx, axis=X.ndim - 2)
+    *stack, n, c = X.shape
+    m = math.prod(stack)
+    k = idx.shape[-1]
+    device = get_namespace(X)[1]
+    offsets = xp.arange(m, dtype=xp.int64, device=device)[:, None] * n
+    flat = xp.reshape(offsets + xp.reshape(xp.astype(idx, xp.int64), (m, k)), (-1,))
+    rows = xp.take(xp.reshape(X, (m * n, c)), flat, axis=0)
+    return xp.reshape(rows, (*stack, k, c))
+
+
+def _take_row(X, p, xp):
+    """Row ``X[b, p[b]]`` of each matrix of a stack X (m, n, c), as (m, c)."""
+    return _take_rows(X, p[:, None], xp)[:, 0, :]
 
 
 def _matvec(M, v):
@@ -446,6 +491,11 @@ def _matvec(M, v):
     if M.shape[0] == 1:  # a plain matrix-vector product (gemv) is cheaper than a stack of one
         return (M[0, ...] @ v[0, ...])[None, ...]
     return (M @ v[..., None])[..., 0]
+
+
+def _rmatvec(M, v):
+    """Batched M.T @ v for M (m, a, b) and v (m, a)."""
+    return (v[..., None, :] @ M)[..., 0, :]
 
 
 def _mark(taken, p, columns):
@@ -473,7 +523,7 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None):
     picks = []
     start = 0 if init is None else init.shape[1]
     if start:
-        q0 = xp.linalg.qr(xp.matrix_transpose(_gather_rows(A, init, xp))).Q  # (m, r, start)
+        q0 = xp.linalg.qr(xp.matrix_transpose(_take_rows(A, init, xp))).Q  # (m, r, start)
         basis[:, :start, :] = xp.matrix_transpose(q0)
         coords = A @ q0
         d = d - xp.sum(coords * coords, axis=-1)
@@ -520,24 +570,28 @@ def _extend(A, init, k, xp):
     if j0 == 0:
         coef = xp.zeros((m, n, 1), dtype=A.dtype, device=dev)
     else:
-        basis = xp.linalg.qr(xp.matrix_transpose(_gather_rows(A, init, xp))).Q  # (m, r, j0)
+        basis = xp.linalg.qr(xp.matrix_transpose(_take_rows(A, init, xp))).Q  # (m, r, j0)
         B = A @ basis
-        B_sub = _gather_rows(B, init, xp)  # (m, j0, j0), invertible
-        coef = xp.matrix_transpose(
-            xp.linalg.solve(xp.matrix_transpose(B_sub), xp.matrix_transpose(B)))
+        B_sub = _take_rows(B, init, xp)  # (m, j0, j0), invertible
+        # C order: the steps gather rows of coef and update it in place
+        coef = as_contiguous(xp.matrix_transpose(
+            xp.linalg.solve(xp.matrix_transpose(B_sub), xp.matrix_transpose(B))))
     score = xp.sum(coef * coef, axis=-1)
     minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
+    # taken rows keep a score of -inf: the updates below subtract finite values only
+    score = xp.where(taken, minus_inf, score)
     flat_offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
     for _ in range(j0, k):
-        p = xp.argmax(xp.where(taken, minus_inf, score), axis=1)
-        c_p = _gather_rows(coef, p, xp)
-        s = xp.take(xp.reshape(score, (-1,)), flat_offsets + p, axis=0)
+        p = xp.argmax(score, axis=1)
+        c_p = _take_row(coef, p, xp)
+        s = xp.take(xp.reshape(score, (-1,)), flat_offsets + p, axis=0)  # finite: not taken
         w = _matvec(coef, c_p)
-        score = score - w * w / (1 + s)[:, None]
+        score = xp.where(columns[None, :] == p[:, None], minus_inf,
+                         score - w * w / (1 + s)[:, None])
         safe = xp.where(s > 0, s, xp.ones_like(s))
         beta = xp.where(s > 0, (1 - 1 / xp.sqrt(1 + s)) / safe, xp.zeros_like(s))
-        coef = coef - beta[:, None, None] * w[:, :, None] * c_p[:, None, :]
-        taken = _mark(taken, p, columns)
+        # a rank-1 update in place: one temporary instead of three full-size arrays
+        coef -= (beta[:, None] * w)[:, :, None] * c_p[:, None, :]
         picks.append(xp.astype(p, xp.int64))
     return xp.stack(picks, axis=1)
 
@@ -550,7 +604,7 @@ def _refine(A, picks, tol, max_iter, xp):
     slots = xp.arange(r, device=dev)
     square, rest = picks[:, :r], picks[:, r:]
     coef = xp.matrix_transpose(xp.linalg.solve(
-        xp.matrix_transpose(_gather_rows(A, square, xp)), xp.matrix_transpose(A)))
+        xp.matrix_transpose(_take_rows(A, square, xp)), xp.matrix_transpose(A)))
     taken = xp.zeros((m, n), dtype=xp.bool, device=dev)
     for j in range(r):
         taken = _mark(taken, square[:, j], columns)
@@ -559,7 +613,7 @@ def _refine(A, picks, tol, max_iter, xp):
         magnitude = xp.where(taken[:, :, None], zero, xp.abs(coef))
         flat = xp.argmax(xp.reshape(magnitude, (m, n * r)), axis=1)
         i, j = flat // r, flat % r
-        c_i = _gather_rows(coef, i, xp)  # (m, r)
+        c_i = _take_row(coef, i, xp)  # (m, r)
         e_j = xp.astype(slots[None, :] == j[:, None], A.dtype)
         c_ij = xp.sum(c_i * e_j, axis=-1)
         active = xp.abs(c_ij) > tol

@@ -610,20 +610,32 @@ class GraftBatchSampler(Sampler[list[int]]):
             candidates = candidates[keep[candidates]]
         if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
             return candidates, None
-        X, gradients = self._selection_inputs(candidates)
         selector = self._make_selector(remaining / len(candidates), generator)
+        X, gradients = self._selection_inputs(candidates, selector)
         with warnings.catch_warnings():
             # the sampler warns about the budget itself, in its own terms (see _refit)
             warnings.filterwarnings("ignore", message="GraftSelector keeps", category=UserWarning)
-            selector.fit(X, gradients=gradients)
+            if X is None:  # the store's own factors, gathered chunk group by chunk group
+                selector._fit_feedback(*gradients, candidates)
+            else:
+                selector.fit(X, gradients=gradients)
         local = selector.sample_indices_.to("cpu") if torch.is_tensor(
             selector.sample_indices_) else torch.as_tensor(selector.sample_indices_)
         error = selector.gradient_error_
         return candidates[local], None if error is None else float(np.mean(error))
 
-    def _selection_inputs(self, candidates):
-        """Features and gradient proxies of the candidates, in candidate order."""
+    def _selection_inputs(self, candidates, selector):
+        """Features and gradient proxies of the candidates, in candidate order.
+
+        When ``selector`` selects on the stored last-layer gradients (the default),
+        returns ``(None, (residuals, embeddings))``: the store's own tensors, which
+        ``selector._fit_feedback`` reads chunk group by chunk group, so the store is
+        never copied. Otherwise ``(X, gradients)`` for ``selector.fit``.
+        """
         store = self._store
+        if (self.features is None and "residuals" in store and selector.strategy == "graft"
+                and selector.basis != "input"):
+            return None, (store["residuals"], store.get("embeddings"))
         gradients = None
         if "residuals" in store:
             device = store["residuals"].device

@@ -221,3 +221,39 @@ class TestLuPivotRows:
         A = rng.standard_normal((2, 20, 4)).astype(np.float32)
         _, pivots = lu_pivot_rows(backend.asarray(A))
         assert backend.to_numpy(pivots).dtype == np.float32
+
+
+class TestDeviceScope:
+    def test_noop_outside_cupy(self):
+        """NumPy and torch honour device=: the scope is a no-op context."""
+        from graft_select._backend import device_scope
+
+        with device_scope(np.zeros(3)) as entered:
+            assert entered is None
+
+    def test_decorated_kernels_keep_their_names(self):
+        """on_input_device keeps the public kernels' names and docstrings (API docs)."""
+        from graft_select import fast_maxvol, low_rank_features
+        from graft_select.gradients import gradient_error, nested_gradient_errors
+
+        for function in (fast_maxvol, low_rank_features, gradient_error,
+                         nested_gradient_errors):
+            assert "Parameters" in function.__doc__
+            assert function.__wrapped__.__name__ == function.__name__
+
+    def test_cupy_second_device(self):
+        """A CuPy array on cuda:1 gets its results (and helpers) on cuda:1."""
+        cupy = pytest.importorskip("cupy")
+        try:
+            n_devices = cupy.cuda.runtime.getDeviceCount()
+        except cupy.cuda.runtime.CUDARuntimeError:
+            pytest.skip("cupy: no CUDA runtime")
+        if n_devices < 2:
+            pytest.skip("cupy: needs two CUDA devices")
+        from graft_select import GraftSelector, fast_maxvol
+
+        with cupy.cuda.Device(1):
+            A = cupy.asarray(np.random.default_rng(0).standard_normal((3, 50, 4)))
+        assert fast_maxvol(A, 6).device.id == 1
+        sel = GraftSelector(fraction=0.2, batch_size=25, random_state=0).fit(A[0])
+        assert sel.sample_indices_.device.id == 1

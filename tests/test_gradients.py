@@ -629,3 +629,42 @@ class TestGradientError:
         G = last_layer_gradients(*_chunk())
         with pytest.raises(ValueError, match=r"'weights'.*NaN"):
             gradient_error(G, np.array([0, 1]), weights=np.array([1.0, np.nan]))
+
+
+class TestBackendMatrix:
+    """The criterion on every backend of the conftest matrix (CUDA and CuPy where present)."""
+
+    def _factored(self, rng, backend):
+        logits = rng.standard_normal((2, 30, 4))
+        F = last_layer_gradients(logits, rng.integers(0, 4, (2, 30)),
+                                 rng.standard_normal((2, 30, 5)), factored=True)
+        return F, FactoredGradients(backend.asarray(F.residuals), backend.asarray(F.inputs))
+
+    def test_nested_errors_factored(self, backend, rng):
+        """Factored nested errors: native result, equal to NumPy's."""
+        F, F_b = self._factored(rng, backend)
+        order = rng.permutation(30)[:10]
+        out = nested_gradient_errors(F_b, order)
+        assert backend.is_native(out)
+        np.testing.assert_allclose(backend.to_numpy(out), nested_gradient_errors(F, order),
+                                   atol=1e-10)
+
+    def test_nested_errors_dense(self, backend, rng):
+        """Dense nested errors: native result, equal to NumPy's."""
+        F, _ = self._factored(rng, backend)
+        G = F.materialize()
+        order = rng.permutation(30)[:10]
+        out = nested_gradient_errors(backend.asarray(G), order)
+        assert backend.is_native(out)
+        np.testing.assert_allclose(backend.to_numpy(out), nested_gradient_errors(G, order),
+                                   atol=1e-10)
+
+    def test_gradient_error_factored(self, backend, rng):
+        """Error and weights of a subset: native, equal to NumPy's."""
+        F, F_b = self._factored(rng, backend)
+        idx = rng.permutation(30)[:8]
+        err, w = gradient_error(F_b, idx)
+        assert backend.is_native(err) and backend.is_native(w)
+        expected_err, expected_w = gradient_error(F, idx)
+        np.testing.assert_allclose(backend.to_numpy(err), expected_err, atol=1e-10)
+        np.testing.assert_allclose(backend.to_numpy(w), expected_w, rtol=1e-8, atol=1e-10)

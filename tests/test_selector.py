@@ -103,13 +103,20 @@ class TestSelection:
                                   np.sort(uniform.sample_indices_))
 
     def test_uniform_share_mixes_picks(self, digits):
-        """uniform_share=0.5 keeps the first half of the MaxVol order and adds other rows."""
+        """uniform_share=0.5 keeps the first half of the MaxVol order and adds other rows.
+
+        The factor's rank is the most MaxVol picks a chunk of the stack takes (26 of
+        the largest subset, 52 rows), so the head is the pure MaxVol order of a
+        rank-26 factor.
+        """
         X, _ = digits
-        pure = GraftSelector(fraction=0.2, batch_size=256, random_state=0).fit(X)
+        pure = GraftSelector(fraction=0.2, batch_size=256, n_components=26,
+                             random_state=0).fit(X)
         mixed = GraftSelector(fraction=0.2, batch_size=256, uniform_share=0.5,
                               random_state=0).fit(X)
         k = pure.subset_sizes_[0]
         head = k - round(0.5 * k)
+        assert (k, head) == (52, 26)
         np.testing.assert_array_equal(mixed.sample_indices_[:head], pure.sample_indices_[:head])
         assert len(np.unique(mixed.sample_indices_)) == len(mixed.sample_indices_)
 
@@ -404,3 +411,64 @@ def test_sklearn_compatible(estimator, check):
 
 GOLDEN_FIRST_12 = [87, 163, 211, 128, 12, 7, 33, 238, 9, 241, 96, 77]
 GOLDEN_SUM = 160801
+
+
+class TestBackendMatrix:
+    """GraftSelector on every backend of the conftest matrix (CUDA and CuPy where present)."""
+
+    def test_fit_with_factored_gradients(self, backend, rng):
+        """Selection on factored gradients: results native and equal to NumPy's."""
+        from graft_select.gradients import FactoredGradients, last_layer_gradients
+
+        X = rng.standard_normal((300, 12))
+        F = last_layer_gradients(rng.standard_normal((300, 4)), rng.integers(0, 4, 300), X,
+                                 factored=True)
+        params = {"fraction": 0.3, "batch_size": 100, "uniform_share": 0.5,
+                  "random_state": 0}
+        expected = GraftSelector(**params).fit(F.inputs, gradients=F)
+        sel = GraftSelector(**params).fit(
+            backend.asarray(F.inputs),
+            gradients=FactoredGradients(backend.asarray(F.residuals), backend.asarray(F.inputs)))
+        assert backend.is_native(sel.sample_indices_) and backend.is_native(sel.sample_weight_)
+        np.testing.assert_array_equal(backend.to_numpy(sel.sample_indices_),
+                                      expected.sample_indices_)
+        np.testing.assert_allclose(sel.gradient_error_, expected.gradient_error_, atol=1e-8)
+
+    def test_fit_on_inputs(self, backend, rng):
+        """Selection on the inputs: results native and equal to NumPy's."""
+        X = rng.standard_normal((300, 12))
+        expected = GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X)
+        sel = GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(
+            backend.asarray(X))
+        assert backend.is_native(sel.sample_indices_)
+        np.testing.assert_array_equal(backend.to_numpy(sel.sample_indices_),
+                                      expected.sample_indices_)
+
+
+class TestValidateOnce:
+    """The estimator validates its input once and calls the kernels' private bodies."""
+
+    def test_fit_skips_the_public_checks(self, rng, monkeypatch):
+        """fit with gradients never re-runs the kernels' or the criterion's argument checks."""
+        import graft_select._criterion as criterion
+        import graft_select.linalg as linalg
+        from graft_select.gradients import last_layer_gradients
+
+        calls = []
+
+        def spy(name, function):
+            def wrapped(*args, **kwargs):
+                calls.append(name)
+                return function(*args, **kwargs)
+            return wrapped
+
+        monkeypatch.setattr(linalg, "check_int", spy("check_int", linalg.check_int))
+        monkeypatch.setattr(criterion, "_check_indices",
+                            spy("_check_indices", criterion._check_indices))
+        X = rng.standard_normal((400, 12))
+        G = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X)
+        F = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X,
+                                 factored=True)
+        GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X, gradients=G)
+        GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X, gradients=F)
+        assert calls == []

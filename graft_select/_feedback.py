@@ -1,0 +1,159 @@
+"""The feedback-store selection as a pipeline of pure functions.
+
+A sampler's refit selects on the factored last-layer gradients it recorded: a
+store of residuals (n_store, C) and embeddings (n_store, d), read through a row
+permutation. Two passes over the store, each one group of chunks (about
+``group_rows`` rows) at a time, so neither the store nor its gradients are ever
+copied whole:
+
+1. ``orders_and_errors``: gather -> Gram matrices -> factor -> MaxVol order ->
+   nested errors (the size criterion), per group;
+2. ``subset_errors``: the chosen subsets' errors and least-squares weights.
+
+Between the two, the estimator sizes the subsets (over all chunks) and draws
+the uniform picks. The functions know nothing about the estimator: what depends
+on its parameters (the rank, the MaxVol order) is passed in as callables.
+"""
+
+import numpy as np
+
+from ._backend import from_numpy, get_namespace, to_numpy
+from ._criterion import nested_errors, subset_weights
+from ._gram import chunk_grams, gram_eigenvectors, gram_summaries, group_chunks
+from .linalg import _take_rows
+
+
+def groups_of(stacks, chunks, group_rows):
+    """(first chunk, last chunk + 1, chunk size): runs of equal chunks of ~group_rows rows.
+
+    ``stacks`` are the runs of equal chunks, as ``(row begin, row end, (first,
+    last + 1))``.
+    """
+    groups = []
+    for _, _, (first, last) in stacks:
+        size = chunks[first][1] - chunks[first][0]
+        groups.extend((first + a, first + b, size)
+                      for a, b in group_chunks(last - first, size, group_rows))
+    return groups
+
+
+def gather_factors(residuals, embeddings, rows, begin, m, size, xp):
+    """Store rows ``rows[begin:begin + m * size]`` as stacks (m, size, C) and (m, size, d).
+
+    Half precision (and integer) blocks are converted to float32: a copy of this
+    block only; float32 and float64 are used as they are.
+    """
+    idx = rows[begin:begin + m * size]
+    out = []
+    for factor in (residuals, embeddings):
+        if factor is None:
+            out.append(None)
+            continue
+        block = xp.take(factor, idx, axis=0)
+        if block.dtype not in (xp.float32, xp.float64):
+            block = xp.astype(block, xp.float32)
+        out.append(xp.reshape(block, (m, size, factor.shape[1])))
+    return out
+
+
+def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner):
+    """Pass 1: per chunk, the selection order and the nested errors of its prefixes.
+
+    Parameters
+    ----------
+    store : tuple (residuals, embeddings, rows, xp)
+        The store's factors (embeddings may be None), the row permutation (in
+        the store's namespace and device) and the namespace.
+    chunks : list of (begin, end)
+        Chunk bounds in ``rows``.
+    groups : list of (first, last + 1, size)
+        From `groups_of`.
+    k_hi : ndarray of shape (n_chunks,)
+        Largest subset size per chunk (the length of its order).
+    rank_of : callable (size, k_hi) -> int
+        Rank of the factor of a group of chunks of ``size`` rows.
+    order_of : callable (U, k_hi, rng) -> list of host int arrays
+        The selection order of a stack of factors.
+    rng : numpy.random.Generator
+        One child generator is drawn per group.
+    owner : str
+        Named in the error for non-finite feedback.
+
+    Returns
+    -------
+    orders : list of ndarray, errors : list of ndarray, summaries : list
+        Per chunk the order and its nested errors; per group the ``(b, gg,
+        zero, scales)`` the second pass needs.
+    """
+    residuals, embeddings, rows, xp = store
+    device = get_namespace(rows)[1]
+    n_columns = _n_columns(residuals, embeddings)
+    orders, errors, summaries = [], [], []
+    for first, last, size in groups:
+        group_hi = int(k_hi[first:last].max())
+        R, E = gather_factors(residuals, embeddings, rows, chunks[first][0], last - first,
+                              size, xp)
+        K, scales = chunk_grams(R, E, xp)
+        b, gg, zero, _ = gram_summaries(K, xp)
+        if not bool(xp.all(xp.isfinite(gg))):
+            raise ValueError(
+                f"The feedback of {owner} holds NaN or infinity in the chunks {first} to "
+                f"{last - 1} (rows {chunks[first][0]} to {chunks[last - 1][1] - 1} of "
+                f"'rows'); record finite values only."
+            )
+        child = np.random.default_rng(int(rng.integers(2**32)))
+        U = gram_eigenvectors(K, rank_of(size, group_hi), child, xp)
+        order = order_of(U, group_hi, child)
+        orders.extend(order)
+        errs = nested_errors(K, b, gg, zero, from_numpy(np.stack(order), xp, device),
+                             n_columns, xp)
+        errors.extend(np.asarray(to_numpy(errs), dtype=np.float64))
+        summaries.append((b, gg, zero, scales))
+    return orders, errors, summaries
+
+
+def subset_errors(store, chunks, groups, local, summaries):
+    """Pass 2: per chunk the gradient error and weights (times the chunk size) of its subset.
+
+    Per group the subsets' rows are gathered (padded to the group's largest
+    subset with zero residuals, which adds nothing), their Gram blocks formed
+    with the chunks' scales of pass 1, and ``b`` and ``||g||^2`` taken from pass 1.
+
+    Returns
+    -------
+    errors : ndarray of shape (n_chunks,)
+    weights : ndarray of shape (n_selected,), float64, chunk by chunk
+    """
+    residuals, embeddings, rows, xp = store
+    device = get_namespace(rows)[1]
+    n_columns = _n_columns(residuals, embeddings)
+    errors = np.zeros(len(chunks))
+    weights = [None] * len(chunks)
+    for (first, last, size), (b, gg, zero, scales) in zip(groups, summaries):
+        m = last - first
+        k = max(len(local[c]) for c in range(first, last))
+        picks = np.zeros((m, k), dtype=np.int64)
+        valid = np.zeros((m, k), dtype=bool)
+        for j, c in enumerate(range(first, last)):
+            picks[j, :len(local[c])] = local[c]
+            valid[j, :len(local[c])] = True
+        flat = (picks + (chunks[first][0] + size * np.arange(m))[:, None]).reshape(-1)
+        idx = xp.take(rows, from_numpy(flat, xp, device), axis=0)
+        R, E = gather_factors(residuals, embeddings, idx, 0, m, k, xp)
+        mask = from_numpy(valid, xp, device)
+        R = xp.where(mask[..., None], R, xp.zeros_like(R))
+        K_sub, _ = chunk_grams(R, E, xp, scales)
+        b_sub = _take_rows(b[..., None], from_numpy(picks, xp, device), xp)[..., 0]
+        b_sub = xp.where(mask, b_sub, xp.zeros_like(b_sub))
+        w, err = subset_weights(K_sub, b_sub, gg, zero, n_columns, xp)
+        w, err = to_numpy(w), to_numpy(err)
+        for j, c in enumerate(range(first, last)):
+            errors[c] = float(err[j])
+            weights[c] = np.asarray(w[j, :len(local[c])], dtype=np.float64) * size
+    return errors, np.concatenate(weights)
+
+
+def _n_columns(residuals, embeddings):
+    """``C + d + 1``: sets the dependence tolerances of the criterion."""
+    d = 0 if embeddings is None else int(embeddings.shape[1])
+    return int(residuals.shape[1]) + d + 1
