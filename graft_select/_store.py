@@ -248,6 +248,14 @@ class FeedbackStore(collections.abc.Mapping):
 
     # ------------------------------------------------------------------ refits
 
+    def sketched(self, name):
+        """Whether ``name`` is stored as a sketch (for a loaded store: its width says so)."""
+        self.flush()
+        if name in self._in_widths:
+            return self._stored_width(self._in_widths[name]) != self._in_widths[name]
+        return (name in self._rows and self.sketch_width is not None
+                and self._rows[name].shape[1] == self.sketch_width)
+
     def observed_any(self):
         """Whether any sample was recorded (reads a value back: call it at a refit)."""
         return bool((self.last_seen >= 0).any())

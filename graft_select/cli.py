@@ -105,7 +105,7 @@ def build_parser():
     demo.add_argument("--batch-size", type=_positive_int, metavar="B",
                       help="training batch size (default: 128)")
     demo.add_argument("--selection-size", type=_positive_int, metavar="S",
-                      help="rows per GRAFT selection chunk (default: 64)")
+                      help="rows per GRAFT selection chunk (default: 128)")
     demo.add_argument("--n-samples", type=_positive_int, metavar="N",
                       help="MNIST-1D signals to generate, 80%% for training "
                            "(default: 30000; --quick: 3000)")

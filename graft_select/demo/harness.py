@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .._validation import check_int, check_option, check_real
+from .._validation import check_bool, check_int, check_option, check_real
 from ..datasets import load_digits_split, make_mnist1d, make_noisy_digits
 from .baselines import InfoBatchSampler, RS2BatchSampler, ShuffledBatchSampler
 from .energy import Energy
@@ -63,8 +63,10 @@ class DemoConfig:
     signals generated (train and test, 80/20) and must stay None for the digits sets.
 
     The GRAFT settings: ``refit_every``, ``warm_start_epochs``, ``selection_size`` (rows
-    per selection chunk), ``uniform_share``, ``basis``, ``n_components`` and
-    ``refresh_share`` go to GraftBatchSampler and its GraftSelector. ``feedback``:
+    per selection chunk), ``uniform_share``, ``basis``, ``n_components``,
+    ``refresh_share`` and ``label_noise_guard`` go to GraftBatchSampler and its
+    GraftSelector (the ``uniform`` strategy runs without the guard: it is the plain
+    uniform-subset baseline). ``feedback``:
     ``"refit"`` calls ``observe`` only in the epochs whose feedback the next refit
     reads (the last epoch before each refit), ``"every"`` in every epoch. Both give the
     same subsets, since the subset is fixed between refits and the last observation
@@ -78,11 +80,12 @@ class DemoConfig:
     refit_every: int = 5
     warm_start_epochs: int = 3
     batch_size: int = 128
-    selection_size: int | None = 64
-    uniform_share: float = 0.5
+    selection_size: int | None = 128
+    uniform_share: float = 0.0
     basis: str = "gradients"
     n_components: int | None = None
-    refresh_share: float = 0.1
+    refresh_share: float = 0.0
+    label_noise_guard: bool = True
     feedback: str = "refit"
     lr: float = 1e-2
     n_samples: int | None = None
@@ -180,6 +183,7 @@ def make_batch_sampler(strategy, n_samples, *, fraction, seed, config, total_sam
         n_samples, batch_size, fraction=fraction, selection_size=config.selection_size,
         refit_every=config.refit_every, warm_start_epochs=config.warm_start_epochs,
         selector=selector, refresh_share=config.refresh_share, seed=seed,
+        label_noise_guard=config.label_noise_guard and strategy != "uniform",
     )
 
 
@@ -392,6 +396,7 @@ def check_config(config, *, need_sampler=True):
     check_real(config.uniform_share, "uniform_share", owner, low=0.0, high=1.0, closed="left")
     check_real(config.refresh_share, "refresh_share", owner, low=0.0, high=1.0)
     check_option(config.basis, "basis", owner, ("input", "gradients"))
+    check_bool(config.label_noise_guard, "label_noise_guard", owner)
     check_option(config.feedback, "feedback", owner, FEEDBACK)
     if config.n_components is not None:
         check_int(config.n_components, "n_components", owner, low=1)
