@@ -69,14 +69,14 @@ def flag_rows(residuals, rule, value, budget):
         flagged = p_given < value
     elif rule == "estimate":  # value = (t, c): flag c x the share with p_y < t, highest loss first
         t, c = value
-        count = int(round(c * float((p_given < t).float().mean()) * n))
+        count = round(c * float((p_given < t).float().mean()) * n)
         flagged = torch.zeros(n, dtype=torch.bool, device=residuals.device)
         flagged[torch.argsort(p_given)[:count]] = True
     elif rule == "gated":  # value = (t, c, gate): "estimate" only when nu > gate
         t, c, gate = value
         nu = float((p_given < t).float().mean())
         NU.append(nu)
-        count = int(round(c * nu * n)) if nu > gate else 0
+        count = round(c * nu * n) if nu > gate else 0
         flagged = torch.zeros(n, dtype=torch.bool, device=residuals.device)
         flagged[torch.argsort(p_given)[:count]] = True
     elif rule == "ratio":  # value = (t, c, rho): "estimate" when nu > rho x misclassified share
@@ -84,12 +84,12 @@ def flag_rows(residuals, rule, value, budget):
         nu = float((p_given < t).float().mean())
         wrong = float((residuals.max(dim=1).values > p_given).float().mean())
         NU.append(nu / max(wrong, 1e-12))
-        count = int(round(c * nu * n)) if nu > rho * wrong else 0
+        count = round(c * nu * n) if nu > rho * wrong else 0
         flagged = torch.zeros(n, dtype=torch.bool, device=residuals.device)
         flagged[torch.argsort(p_given)[:count]] = True
     elif rule == "quantile":
         flagged = torch.zeros(n, dtype=torch.bool, device=residuals.device)
-        flagged[torch.argsort(p_given)[:int(round(value * n))]] = True
+        flagged[torch.argsort(p_given)[:round(value * n)]] = True
     else:
         raise ValueError(rule)
     cap = max(0, min(n // 2, n - int(np.ceil(1.25 * budget))))
@@ -211,6 +211,11 @@ CONFIGS["ratio.05x1.3>.5,us0.0,chunk128,refresh0"] = (
 CONFIGS["ratio.02x2>.4,us0.0,chunk128,refresh0"] = (
     {"uniform_share": 0.0, "selection_size": 128, "refresh_share": 0.0},
     ("ratio", (0.02, 2.0, 0.4), "drop"))
+RATIO = ("ratio", (0.05, 1.3, 0.5), "drop")
+for extra, tag in (({"refit_every": 2}, "R2"), ({"warm_start_epochs": 2}, "warm2"),
+                   ({"refit_every": 3}, "R3")):
+    CONFIGS[f"ratio.05x1.3>.5,us0.0,chunk128,refresh0,{tag}"] = (
+        {"uniform_share": 0.0, "selection_size": 128, "refresh_share": 0.0, **extra}, RATIO)
 CONFIGS["gated.05x1.3>.015,us0.0,chunk128,refresh0"] = (
     {"uniform_share": 0.0, "selection_size": 128, "refresh_share": 0.0},
     ("gated", (0.05, 1.3, 0.015), "drop"))
