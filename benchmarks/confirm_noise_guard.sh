@@ -13,3 +13,5 @@ for ln in 0.0 0.02 0.05; do
     python benchmarks/bench_noise_guard.py --dataset noisy_digits --label-noise $ln --seeds 5 \
         --only "$R" "default(us0.5)"
 done
+python benchmarks/bench_noise_guard.py --dataset noisy_digits --seeds 5 --only "$R,R2" "$R,R3"
+python benchmarks/bench_noise_guard.py --dataset mnist1d --seeds 5 --only "$R,R3" "$R,R2"
