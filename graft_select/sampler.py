@@ -78,7 +78,7 @@ class RefitReport:
     >>> sampler.set_epoch(1)
     >>> report = sampler.last_refit if len(sampler) else None
     >>> report.epoch, report.n_selected, report.n_refreshed
-    (1, 50, 5)
+    (1, 50, 0)
     """
 
     epoch: int
