@@ -112,6 +112,15 @@ def nested_gradient_errors(G, order):
     return _nested_gradient_errors(G, order, xp)
 
 
+def _flat_factors(G, order, xp):
+    """A factored stack as 3-D, rescaled factors, its order to match, and the stack shape."""
+    R, H = G
+    stack = R.shape[:-2]
+    R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
+    R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
+    return R, H, _flatten_order(order, R, xp), stack
+
+
 def _nested_gradient_errors(G, order, xp):
     """The body of `nested_gradient_errors` for checked arguments.
 
@@ -121,11 +130,7 @@ def _nested_gradient_errors(G, order, xp):
     themselves (the selector) call this directly.
     """
     if isinstance(G, FactoredGradients):
-        R, H = G
-        stack = R.shape[:-2]
-        R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
-        R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
-        order = _flatten_order(order, R, xp)
+        R, H, order, stack = _flat_factors(G, order, xp)
         K, b, gg, zero, _ = _factored_quantities(R, H, order, xp)
         tol = 10 * max(order.shape[-1], R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
         errors = _nested_gram(K, b, gg, zero, tol, xp)
@@ -338,11 +343,7 @@ def _gradient_error(G, indices, xp, *, weights=None, owner="gradient_error"):
     flattened stack.
     """
     if isinstance(G, FactoredGradients):
-        R, H = G
-        stack = R.shape[:-2]
-        R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
-        R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
-        indices = _flatten_order(indices, R, xp)
+        R, H, indices, stack = _flat_factors(G, indices, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
         K, b, gg, zero, scale = _factored_quantities(R, H, indices, xp)
         if w is None:
