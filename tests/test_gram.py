@@ -112,13 +112,28 @@ class TestGramEigenvectors:
         overlap = np.abs(np.sum(U[0] * Q[:, :3], axis=0))
         np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
 
-    def test_wide_request_uses_eigh(self, rng):
-        """When r + p exceeds B / 2 the exact eigenvectors are returned."""
+    def test_full_width_request_uses_eigh(self, rng):
+        """When r + p reaches B the exact eigenvectors are returned, largest first."""
         A = rng.standard_normal((1, 10, 10))
         K = A @ np.swapaxes(A, 1, 2)
-        U = gram_eigenvectors(K, 8, np.random.default_rng(0), _xp(K))
+        U = gram_eigenvectors(K, 8, np.random.default_rng(0), _xp(K), n_oversamples=2)
         vectors = np.linalg.eigh(K)[1][..., ::-1][..., :8]
         np.testing.assert_allclose(np.abs(np.sum(U * vectors, axis=1)), 1.0, atol=1e-8)
+
+    def test_wide_request_uses_the_range_finder(self, rng):
+        """Below B (even r > B / 2) the basis is orth(K Omega): orthonormal, in K's range."""
+        A = rng.standard_normal((2, 10, 4))
+        K = A @ np.swapaxes(A, 1, 2)  # rank 4: the range finder must stay inside it
+        U = gram_eigenvectors(K, 4, np.random.default_rng(0), _xp(K))
+        eye4 = np.broadcast_to(np.eye(4), (2, 4, 4))
+        np.testing.assert_allclose(np.swapaxes(U, 1, 2) @ U, eye4, atol=1e-10)
+        top = np.linalg.eigh(K)[1][..., ::-1][..., :4]
+        projected = top @ (np.swapaxes(top, 1, 2) @ U)
+        np.testing.assert_allclose(projected, U, atol=1e-8)
+        wide = gram_eigenvectors(K, 7, np.random.default_rng(0), _xp(K))
+        assert wide.shape == (2, 10, 7)
+        eye7 = np.broadcast_to(np.eye(7), (2, 7, 7))
+        np.testing.assert_allclose(np.swapaxes(wide, 1, 2) @ wide, eye7, atol=1e-8)
 
 
 class TestNestedAndWeights:
