@@ -663,7 +663,7 @@ class GraftBatchSampler(Sampler[list[int]]):
             # the sampler warns about the budget itself, in its own terms (see _refit)
             warnings.filterwarnings("ignore", message="GraftSelector keeps", category=UserWarning)
             if X is None:  # the store's own factors, gathered chunk group by chunk group
-                selector._fit_feedback(*gradients, candidates)
+                selector._fit_feedback(*gradients, candidates, weights=False)
             else:
                 selector.fit(X, gradients=gradients)
         local = selector.sample_indices_.to("cpu") if torch.is_tensor(

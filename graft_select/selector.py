@@ -281,7 +281,7 @@ class _GraftBase(BaseEstimator):
         self.fit_time_ = time.perf_counter() - start
         return self
 
-    def _fit_feedback(self, residuals, embeddings, rows):
+    def _fit_feedback(self, residuals, embeddings, rows, *, weights=True):
         """Fit on factored last-layer gradients held in a feedback store (private).
 
         The same selection as ``fit(X, gradients=FactoredGradients(residuals[rows],
@@ -300,14 +300,23 @@ class _GraftBase(BaseEstimator):
         rows : integer array of shape (n_samples,)
             The store rows to select from, in selection order (chunks are
             consecutive runs of it); host or on the store's device.
+        weights : bool, default=True
+            False (the sampler, which trains on the subset unweighted): no
+            ``sample_weight_`` (None), and when every subset is a prefix of its
+            chunk's selection order (``uniform_share=0``), ``gradient_error_``
+            is read from the nested errors of the first pass, so the second pass
+            over the store (the subsets' least-squares weights) is skipped.
 
         Returns
         -------
         self : the fitted estimator; ``sample_indices_`` are positions in ``rows``.
         """
-        return self._fit((residuals, embeddings), None, rows, steps=self._feedback_steps)
+        def steps(factors, _, rows):
+            return self._feedback_steps(factors, rows, weights)
 
-    def _feedback_steps(self, factors, _, rows):
+        return self._fit((residuals, embeddings), None, rows, steps=steps)
+
+    def _feedback_steps(self, factors, rows, with_weights):
         start = time.perf_counter()
         owner = type(self).__name__
         check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, owner)
@@ -343,12 +352,18 @@ class _GraftBase(BaseEstimator):
         if message:
             warnings.warn(message, UserWarning, stacklevel=4)
         local = self._pick(orders, sizes, rng)
-        errors, weights = subset_errors(store, chunks, groups, local, summaries)
+        weights = None
+        prefixes = all(np.array_equal(lo, order[:len(lo)]) for lo, order in zip(local, orders))
+        if with_weights or not prefixes:
+            errors, weights = subset_errors(store, chunks, groups, local, summaries)
+            weights = weights if with_weights else None
+        else:  # the subsets are the orders' prefixes: pass 1 already has their errors
+            errors = np.array([e[len(lo) - 1] for e, lo in zip(errors, local)])
         offsets = np.array([begin for begin, _ in chunks])
         indices = np.concatenate([o + lo for o, lo in zip(offsets, local)])
         self.gradient_error_ = errors
         self.sample_indices_ = from_numpy(indices, xp, device)
-        self.sample_weight_ = from_numpy(weights, xp, device)
+        self.sample_weight_ = None if weights is None else from_numpy(weights, xp, device)
         self.subset_sizes_ = sizes
         self.n_samples_fit_ = n
         self.fit_time_ = time.perf_counter() - start

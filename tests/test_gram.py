@@ -242,6 +242,18 @@ class TestFitFeedback:
         assert len(torch.unique(sel.sample_indices_)) == len(sel.sample_indices_)
         assert sel.subset_sizes_.sum() == round(0.3 * 1000)
 
+    @pytest.mark.parametrize("uniform_share", [0.0, 0.5])
+    def test_without_weights_same_selection(self, rng, uniform_share):
+        """weights=False: same subsets, the same errors (from pass 1 for prefixes), no weights."""
+        R, E = self._store(rng)
+        rows = torch.randperm(1200, generator=torch.Generator().manual_seed(1))
+        full = self._selector(uniform_share=uniform_share)._fit_feedback(R, E, rows)
+        lean = self._selector(uniform_share=uniform_share)._fit_feedback(R, E, rows,
+                                                                         weights=False)
+        assert torch.equal(full.sample_indices_, lean.sample_indices_)
+        assert lean.sample_weight_ is None and full.sample_weight_ is not None
+        np.testing.assert_allclose(lean.gradient_error_, full.gradient_error_, atol=2e-3)
+
     def test_deterministic_for_seed(self, rng):
         """Two fits with the same random_state select the same rows."""
         R, E = self._store(rng)
