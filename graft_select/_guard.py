@@ -50,7 +50,7 @@ def label_probabilities(residuals, rows):
     ----------
     residuals : tensor of shape (n_samples, C)
         The stored residuals (any float dtype, any device).
-    rows : int64 tensor of shape (m,)
+    rows : int64 tensor of shape (m,), m >= 1
         The rows to read.
 
     Returns
@@ -66,9 +66,6 @@ def label_probabilities(residuals, rows):
         p_given = 1.0 + block.min(dim=1).values
         p_parts.append(p_given)
         mis_parts.append(block.max(dim=1).values > p_given)
-    if not p_parts:
-        empty = torch.zeros(0, device=residuals.device)
-        return empty, empty.to(torch.bool)
     return torch.cat(p_parts), torch.cat(mis_parts)
 
 

@@ -621,9 +621,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         excluded = _guard.suspected_wrong_labels(self._store["residuals"], observed, budget)
         if len(excluded) == 0:
             return candidates, none
-        keep = torch.ones(self.n_samples, dtype=torch.bool)
-        keep[excluded] = False
-        return candidates[keep[candidates]], excluded
+        return _without(candidates, excluded, self.n_samples), excluded
 
     def _stalest(self, candidates, budget):
         """The least recently observed candidates (never observed first), in a share of budget."""
@@ -652,9 +650,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         if remaining <= 0:
             return torch.zeros(0, dtype=torch.int64), None
         if len(refreshed):
-            keep = torch.ones(self.n_samples, dtype=torch.bool)
-            keep[refreshed] = False
-            candidates = candidates[keep[candidates]]
+            candidates = _without(candidates, refreshed, self.n_samples)
         if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
             return candidates, None
         selector = self._make_selector(remaining / len(candidates), generator)
@@ -805,6 +801,13 @@ class GraftBatchSampler(Sampler[list[int]]):
 
 
 # ------------------------------------------------------------------------ helpers
+
+
+def _without(candidates, rows, n_samples):
+    """``candidates`` (dataset indices) without ``rows``, in their order."""
+    keep = torch.ones(n_samples, dtype=torch.bool)
+    keep[rows] = False
+    return candidates[keep[candidates]]
 
 
 def _dataset_length(data_source):

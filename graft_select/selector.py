@@ -353,8 +353,8 @@ class _GraftBase(BaseEstimator):
             warnings.warn(message, UserWarning, stacklevel=4)
         local = self._pick(orders, sizes, rng)
         weights = None
-        prefixes = all(np.array_equal(lo, order[:len(lo)]) for lo, order in zip(local, orders))
-        if with_weights or not prefixes:
+        if with_weights or not all(
+                np.array_equal(lo, order[:len(lo)]) for lo, order in zip(local, orders)):
             errors, weights = subset_errors(store, chunks, groups, local, summaries)
             weights = weights if with_weights else None
         else:  # the subsets are the orders' prefixes: pass 1 already has their errors
