@@ -15,7 +15,8 @@ __all__ = ["BatchIterator", "LastLayerCapture", "check_state"]
 
 FEEDBACK_NAMES = ("embeddings", "residuals", "gradients")
 STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
-              "selection_seconds"}
+              "rejected", "selection_seconds"}
+OPTIONAL_KEYS = {"rejected"}  # absent from states saved before it was added
 
 
 class BatchIterator:
@@ -65,7 +66,7 @@ class BatchIterator:
         """Depth in ``pending`` of the handed-out batch equal to ``indices``, or None."""
         for depth, position in enumerate(self.pending):
             batch = self.batches[position]
-            if len(batch) == len(indices) and torch.equal(batch, indices):
+            if batch.shape == indices.shape and torch.equal(batch, indices):
                 return depth
             if depth >= 8:  # prefetch depth of ordinary loaders; deeper is not a match
                 return None
@@ -205,8 +206,9 @@ def check_state(state, n_samples):
     if not isinstance(state, dict):
         raise TypeError(f"{owner} expects the dict returned by state_dict(). Got "
                         f"{type(state).__name__} instead.")
-    if set(state) != STATE_KEYS:
-        missing, extra = sorted(STATE_KEYS - set(state)), sorted(set(state) - STATE_KEYS)
+    if not STATE_KEYS - OPTIONAL_KEYS <= set(state) <= STATE_KEYS:
+        missing = sorted(STATE_KEYS - OPTIONAL_KEYS - set(state))
+        extra = sorted(set(state) - STATE_KEYS)
         raise ValueError(f"{owner} got a state with missing keys {missing} and unknown keys "
                          f"{extra}; pass the dict returned by GraftBatchSampler.state_dict().")
     epoch = _state_int(state["epoch"], "epoch", owner)
@@ -228,14 +230,19 @@ def check_state(state, n_samples):
             math.isfinite(seconds) and seconds >= 0):
         raise ValueError(f"The 'selection_seconds' of the state passed to {owner} must be a "
                          f"finite float >= 0. Got {seconds!r} instead.")
-    feedback = check_feedback({"store": state["store"], "last_seen": state["last_seen"]},
-                              n_samples, owner)
+    feedback = check_feedback({key: state[key] for key in ("store", "last_seen", "rejected")
+                               if key in state}, n_samples, owner)
     return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
             "subset_epoch": subset_epoch, "selection_seconds": float(seconds), **feedback}
 
 
 def check_feedback(feedback, n_samples, owner):
-    """Validate ``{"store": ..., "last_seen": ...}``; return copies on the CPU."""
+    """Validate ``{"store": ..., "last_seen": ..., "rejected": ...}``; return CPU copies.
+
+    ``rejected`` (optional; zeros when absent) counts per sample the observed rows
+    rejected since the last refit, plus one last entry for rows whose index lay
+    outside the dataset.
+    """
     store = feedback.get("store") if isinstance(feedback, dict) else None
     if not isinstance(store, dict):
         raise TypeError(f"The 'store' of the state passed to {owner} must be a dict of "
@@ -261,7 +268,17 @@ def check_feedback(feedback, n_samples, owner):
         raise ValueError(f"The 'last_seen' of the state passed to {owner} must be an int64 "
                          f"tensor of shape ({n_samples},). Got {shape} instead; was the state "
                          "saved by a sampler of another dataset?")
-    return {"store": copies, "last_seen": last_seen.detach().cpu().clone()}
+    rejected = feedback.get("rejected")
+    if rejected is None:
+        rejected = torch.zeros(n_samples + 1, dtype=torch.int32)
+    elif not torch.is_tensor(rejected) or rejected.shape != (n_samples + 1,) or (
+            rejected.dtype != torch.int32) or bool((rejected < 0).any()):
+        shape = tuple(rejected.shape) if torch.is_tensor(rejected) else type(rejected).__name__
+        raise ValueError(f"The 'rejected' of the state passed to {owner} must be an int32 "
+                         f"tensor of shape ({n_samples + 1},) of counts >= 0. Got {shape} "
+                         "instead; was the state saved by a sampler of another dataset?")
+    return {"store": copies, "last_seen": last_seen.detach().cpu().clone(),
+            "rejected": rejected.detach().cpu().clone()}
 
 
 def _state_int(value, name, owner):

@@ -495,7 +495,10 @@ class GraftBatchSampler(Sampler[list[int]]):
         out: a prefetching loader runs ahead of the loop), the current
         subset (``fraction * n_samples`` int64) and the recorded feedback: one
         row per sample for each of embeddings, gradient residuals and explicit
-        gradients that were observed, plus the last-seen epoch (int64). For
+        gradients that were observed, the last-seen epoch (int64) and the count
+        of rejected observations per sample not yet reported by a refit (int32,
+        one more entry for rows whose index was out of range), so a resumed
+        run's next refit still reports them. For
         50,000 samples with 512-d embeddings and 10 classes that is about 104 MB
         in float32.
 
@@ -536,7 +539,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._iteration = None
         self._subset = checked["subset"]
         self._subset_epoch = checked["subset_epoch"]
-        self._store.load(checked["store"], checked["last_seen"])
+        self._store.load(checked["store"], checked["last_seen"], checked["rejected"])
         self.selection_seconds = checked["selection_seconds"]
         self._plan_cache = None
 
@@ -547,7 +550,7 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def _load_feedback(self, feedback):
         checked = check_feedback(feedback, self.n_samples, "GraftBatchSampler")
-        self._store.load(checked["store"], checked["last_seen"])
+        self._store.load(checked["store"], checked["last_seen"], checked["rejected"])
 
     # -------------------------------------------------------------- internals
 

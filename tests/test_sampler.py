@@ -282,6 +282,21 @@ class TestRejectedRows:
         assert report.n_rejected == 2 and report.rejected_indices == (103, 105)
         assert "rejected 2 observed rows" in message and "first: 103, 105" in message
 
+    def test_rejected_rows_survive_a_resume(self, backend):
+        """Rows rejected before state_dict() are reported by the resumed sampler's refit."""
+        sampler = _observed()
+        emb, logits, targets = _batch(backend)
+        emb[6, 0] = float("nan")
+        sampler.observe(torch.arange(100, 108, device=backend.device), embeddings=emb,
+                        logits=logits, targets=targets)
+        state = sampler.state_dict()
+        assert state["rejected"][106] == 1 and int(state["rejected"].sum()) == 1
+        resumed = GraftBatchSampler(N, 32, fraction=0.3)
+        resumed.load_state_dict(state)
+        report, message = _refit_report(resumed)
+        assert report.n_rejected == 1 and report.rejected_indices == (106,)
+        assert "first: 106" in message
+
     @pytest.mark.parametrize("label", [-1, C])
     def test_label_out_of_range_rejected(self, backend, label):
         """A label outside [0, n_classes) is a rejected row, not an exception."""
@@ -384,6 +399,17 @@ class TestStagedBatches:
         sampler.observe(torch.arange(8), embeddings=emb)
         assert sampler._store._staged == []
         torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][:8], emb)
+
+    def test_large_batch_after_staged_ones_wins(self, monkeypatch):
+        """A batch recorded at once comes after the staged ones: its rows are the newest."""
+        from graft_select import _store
+
+        monkeypatch.setattr(_store, "STAGED_BYTES", 4 * 4 * (D + 1))  # 4 rows fit
+        sampler = GraftBatchSampler(N, 32)
+        old, new = torch.zeros(2, D), torch.ones(8, D)
+        sampler.observe(torch.tensor([0, 1]), embeddings=old)  # staged
+        sampler.observe(torch.arange(8), embeddings=new)  # too large: recorded at once
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][:8], new)
 
     def test_load_replaces_staged_batches(self):
         """Batches staged before load_state_dict are replaced by the loaded state."""

@@ -96,6 +96,10 @@ class TestLoadStateDict:
         (lambda s: s.update(subset=torch.tensor([0, 5000])), ValueError, "'subset'"),
         (lambda s: s.update(subset=[1, 2]), ValueError, "'subset'"),
         (lambda s: s.update(subset_epoch=None), ValueError, "both 'subset'"),
+        (lambda s: s.update(rejected=torch.zeros(N, dtype=torch.int32)), ValueError,
+         "'rejected'"),
+        (lambda s: s.update(rejected=torch.full((N + 1,), -1, dtype=torch.int32)), ValueError,
+         "'rejected'"),
     ])
     def test_bad_states_named(self, change, error, match):
         """Malformed states raise a clear error naming the entry, not IndexError/KeyError."""
@@ -109,6 +113,14 @@ class TestLoadStateDict:
         with pytest.raises(error, match=match):
             target.load_state_dict(state)
         _same(target, before)
+
+    def test_state_without_rejected_loads(self):
+        """A state saved before the rejection counts were kept loads, with none pending."""
+        state = _observed().state_dict()
+        del state["rejected"]
+        resumed = GraftBatchSampler(N, 32, fraction=0.3)
+        resumed.load_state_dict(state)
+        assert int(resumed.state_dict()["rejected"].sum()) == 0
 
     def test_not_a_dict(self):
         """A non-dict state is a TypeError."""
