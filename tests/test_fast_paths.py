@@ -1,0 +1,98 @@
+"""Tests for the refit's fast paths (issue 9): each gives what the path it replaced gave.
+
+- the greedy's stored coordinates and the rectangular steps that reuse them
+  (``linalg._volume_greedy``, ``linalg._extend_greedy``) against ``linalg._extend``;
+- the symmetric product of the Gram stacks (``_gram._self_products``);
+- the factor's rank at the typical subset size, with every pivot up to the
+  largest size still from MaxVol (``GraftSelector._rank``, ``_maxvol_order``).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from graft_select import fast_maxvol
+from graft_select._backend import get_namespace
+from graft_select.linalg import _extend, _extend_greedy, _volume_greedy
+
+
+def orthonormal_stack(rng, m, n, r):
+    """A stack (m, n, r) of matrices with orthonormal columns in general position."""
+    return np.linalg.qr(rng.standard_normal((m, n, r)))[0]
+
+
+def greedy(A, k):
+    """``_volume_greedy`` on a NumPy stack, with its coordinates."""
+    xp, _ = get_namespace(A)
+    sq_norms = np.einsum("mnr,mnr->mn", A, A)
+    threshold = np.sqrt(sq_norms.max(axis=-1)) * max(A.shape[1:]) * np.finfo(A.dtype).eps
+    return _volume_greedy(A, k, threshold, xp, sq_norms=sq_norms, coordinates=True)
+
+
+class TestGreedyCoordinates:
+    def test_coordinates_are_products_with_the_directions(self, rng):
+        """coords[:, :, j] are every row's coordinates along the j-th orthonormal direction."""
+        A = rng.standard_normal((3, 20, 6))
+        _, rank, coords = greedy(A, 6)
+        assert rank.tolist() == [6, 6, 6]
+        # the directions span the rows, so the coordinates reproduce the row norms
+        np.testing.assert_allclose(np.sum(coords**2, axis=-1), np.sum(A**2, axis=-1),
+                                   rtol=1e-10)
+
+    def test_coordinates_of_pivots_are_lower_triangular(self, rng):
+        """A direction is orthogonal to every row picked before it."""
+        A = rng.standard_normal((2, 15, 5))
+        picks, _, coords = greedy(A, 5)
+        T = np.take_along_axis(coords, picks[:, :, None], axis=1)
+        np.testing.assert_allclose(np.triu(T, 1), 0, atol=1e-12)
+        assert np.all(np.abs(np.diagonal(T, axis1=1, axis2=2)) > 0)
+
+    def test_same_picks_as_projecting_against_the_basis(self, rng):
+        """Picks equal those of pivoted QR of A^T (scipy), which projects every step."""
+        import scipy.linalg
+
+        A = rng.standard_normal((4, 30, 8))
+        picks, _, _ = greedy(A, 8)
+        for b in range(4):
+            expected = scipy.linalg.qr(A[b].T, pivoting=True)[2][:8]
+            assert picks[b].tolist() == expected.tolist()
+
+
+class TestExtendGreedy:
+    @pytest.mark.parametrize(("n", "r", "k"), [(30, 5, 12), (64, 16, 32), (10, 4, 10)])
+    def test_same_picks_as_extend(self, rng, n, r, k):
+        """The rectangular steps from the greedy's coordinates pick what `_extend` picks."""
+        A = orthonormal_stack(rng, 5, n, r)
+        picks, _, coords = greedy(A, r)
+        fast = _extend_greedy(A, picks, coords, k, np)
+        slow = _extend(A, picks, k, np)
+        assert fast.tolist() == slow.tolist()
+
+    def test_same_picks_on_general_rows(self, rng):
+        """A need not be orthonormal: rows of any scale, same picks as `_extend`."""
+        A = rng.standard_normal((3, 40, 6)) * rng.uniform(0.1, 10, (3, 40, 1))
+        picks, _, coords = greedy(A, 6)
+        assert _extend_greedy(A, picks, coords, 20, np).tolist() == _extend(
+            A, picks, 20, np).tolist()
+
+    def test_unique_rows_up_to_all(self, rng):
+        """Growing to every row gives a permutation of the rows."""
+        A = orthonormal_stack(rng, 2, 12, 3)
+        picks, _, coords = greedy(A, 3)
+        full = _extend_greedy(A, picks, coords, 12, np)
+        assert all(sorted(row) == list(range(12)) for row in full.tolist())
+
+    def test_fast_maxvol_rank_deficient_falls_back(self):
+        """A rank-deficient element still gets k unique rows (the general `_extend` path)."""
+        A = np.zeros((2, 8, 3))
+        A[0] = np.eye(8)[:, :3]
+        A[1, :, 0] = np.arange(1.0, 9.0)  # rank 1
+        idx = fast_maxvol(A, 6)
+        assert all(len(set(row)) == 6 for row in idx.tolist())
+        assert idx[1, 0] == 7
+
+    def test_torch_cpu_matches_numpy(self, rng):
+        """The CPU torch path (a NumPy view) gives the NumPy picks."""
+        A = orthonormal_stack(rng, 4, 50, 7).astype(np.float32)
+        expected = fast_maxvol(A, 20)
+        assert fast_maxvol(torch.from_numpy(A), 20).tolist() == expected.tolist()
