@@ -13,6 +13,7 @@ import torch
 
 from graft_select import fast_maxvol
 from graft_select._backend import get_namespace
+from graft_select._gram import _self_products, chunk_grams
 from graft_select.linalg import _extend, _extend_greedy, _volume_greedy
 
 
@@ -96,3 +97,36 @@ class TestExtendGreedy:
         A = orthonormal_stack(rng, 4, 50, 7).astype(np.float32)
         expected = fast_maxvol(A, 20)
         assert fast_maxvol(torch.from_numpy(A), 20).tolist() == expected.tolist()
+
+
+class TestSelfProducts:
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_torch_cpu_equals_product(self, rng, dtype):
+        """The NumPy (syrk) product of a CPU tensor equals X @ X^T, as a torch tensor."""
+        X = torch.tensor(rng.standard_normal((3, 7, 5)), dtype=dtype)
+        xp, _ = get_namespace(X)
+        out = _self_products(X, xp)
+        assert torch.is_tensor(out) and out.dtype == dtype
+        torch.testing.assert_close(out, X @ X.mT)
+
+    def test_numpy_equals_product(self, rng):
+        """NumPy input stays NumPy."""
+        X = rng.standard_normal((2, 6, 4))
+        xp, _ = get_namespace(X)
+        np.testing.assert_allclose(_self_products(X, xp), X @ np.swapaxes(X, 1, 2))
+
+    def test_half_precision_uses_the_namespace(self, rng):
+        """A half-precision tensor is multiplied by torch in its own dtype (no float32 view)."""
+        X = torch.tensor(rng.standard_normal((2, 4, 3)), dtype=torch.bfloat16)
+        xp, _ = get_namespace(X)
+        assert _self_products(X, xp).dtype == torch.bfloat16
+
+    def test_chunk_grams_unchanged(self, rng):
+        """chunk_grams gives (R R^T) * (E E^T + 1) on CPU tensors."""
+        R = torch.tensor(rng.standard_normal((2, 6, 3)), dtype=torch.float32)
+        E = torch.tensor(rng.standard_normal((2, 6, 4)), dtype=torch.float32)
+        xp, _ = get_namespace(R)
+        K, _ = chunk_grams(R, E, xp)
+        K_ref = (R @ R.mT) * (E @ E.mT + 1)
+        scale = K[:, 0, 0] / K_ref[:, 0, 0]  # the power-of-two residual scale, squared
+        torch.testing.assert_close(K, K_ref * scale[:, None, None])
