@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from graft_select import fast_maxvol
+from graft_select import GraftSelector, fast_maxvol
 from graft_select._backend import get_namespace
 from graft_select._gram import _self_products, chunk_grams
 from graft_select.linalg import _extend, _extend_greedy, _volume_greedy
@@ -130,3 +130,40 @@ class TestSelfProducts:
         K_ref = (R @ R.mT) * (E @ E.mT + 1)
         scale = K[:, 0, 0] / K_ref[:, 0, 0]  # the power-of-two residual scale, squared
         torch.testing.assert_close(K, K_ref * scale[:, None, None])
+
+
+class TestTypicalRank:
+    def _gradients(self, rng, n=600, d=12, C=4):
+        from graft_select.gradients import FactoredGradients
+
+        R = rng.standard_normal((n, C)) * 0.3
+        H = np.hstack([rng.standard_normal((n, d)), np.ones((n, 1))])
+        return FactoredGradients(R, H)
+
+    def test_rank_is_the_typical_size(self):
+        """The default rank is ceil(fraction * chunk) (less the uniform share), not k_max."""
+        selector = GraftSelector(fraction=0.3, batch_size=128)
+        assert selector._rank(128, 1000, 77) == 39
+        assert GraftSelector(fraction=0.3, uniform_share=0.5)._rank(128, 1000, 77) == 19
+        assert GraftSelector(fraction=0.3, n_components=50)._rank(128, 1000, 77) == 50
+
+    def test_rank_never_above_the_largest_size(self):
+        """k_hi below the typical size (fixed sizes without gradients) bounds the rank."""
+        assert GraftSelector(fraction=0.3)._rank(128, 1000, 20) == 20
+
+    def test_every_pivot_from_maxvol(self, rng):
+        """With uniform_share=0 the whole order up to k_hi is MaxVol on the factor."""
+        selector = GraftSelector(fraction=0.3, batch_size=100, uniform_share=0.0)
+        U = orthonormal_stack(rng, 3, 100, 30)
+        order = np.stack(selector._maxvol_order(U, 60, np.random.default_rng(0),
+                                                with_tail=True))
+        assert order.shape == (3, 60)
+        np.testing.assert_array_equal(order, fast_maxvol(U, 60))
+
+    def test_fit_with_gradients_sizes_above_the_rank(self, rng):
+        """Chunks may keep more rows than the rank; the budget still holds."""
+        X = rng.standard_normal((600, 12))
+        selector = GraftSelector(fraction=0.3, batch_size=100, basis="gradients",
+                                 random_state=0).fit(X, gradients=self._gradients(rng))
+        assert selector.subset_sizes_.sum() == 180
+        assert selector.subset_sizes_.max() > 30
