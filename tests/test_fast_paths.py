@@ -167,3 +167,26 @@ class TestTypicalRank:
                                  random_state=0).fit(X, gradients=self._gradients(rng))
         assert selector.subset_sizes_.sum() == 180
         assert selector.subset_sizes_.max() > 30
+
+
+class TestStoreGather:
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+    def test_same_rows_as_take(self, rng, dtype):
+        """The NumPy gather of CPU tensors gives xp.take's rows, dtype and namespace."""
+        from graft_select._feedback import _take_store_rows
+
+        X = torch.tensor(rng.standard_normal((50, 6)), dtype=dtype)
+        idx = torch.tensor(rng.permutation(50)[:20])
+        xp, _ = get_namespace(X)
+        out = _take_store_rows(X, idx, xp)
+        assert torch.is_tensor(out) and out.dtype == dtype
+        assert torch.equal(out, X[idx])
+
+    def test_numpy_store(self, rng):
+        """A NumPy store is gathered by NumPy directly."""
+        from graft_select._feedback import _take_store_rows
+
+        X = rng.standard_normal((30, 4))
+        idx = np.array([3, 0, 29])
+        xp, _ = get_namespace(X)
+        np.testing.assert_array_equal(_take_store_rows(X, idx, xp), X[idx])
