@@ -575,9 +575,10 @@ def _extend_greedy(A, picks, coords, k, xp):
     The same picks as `_extend` (in exact arithmetic), from what the greedy left:
     with ``T = coords[picks]`` (r x r, lower triangular with the residual norms on
     its diagonal, since every direction is orthogonal to the rows chosen before
-    it), the coefficients are ``C = A @ inv(A[picks]) = coords @ inv(T)``: an r x r
-    inverse and a product instead of a QR and a solve. The steps do not update ``C``
-    (an (n, r) rank-1 update each): with ``H = C C^T`` and row scores
+    it), the coefficients are ``C = A @ inv(A[picks]) = coords @ inv(T)``: a
+    triangular inverse and a product instead of a QR and a solve. The steps do
+    not update ``C`` (an (n, r) rank-1 update each): with ``H = C C^T`` and row
+    scores
     ``s = diag(H)``, adding row ``p`` downdates ``H`` by ``w w^T / (1 + s_p)``
     where ``w = H[:, p]``, so each step forms ``w = C @ C[p] - sum_t w_t
     w_t[p] / (1 + s_t)`` from the stored ``w_t``: one product with ``C`` and one
@@ -588,8 +589,9 @@ def _extend_greedy(A, picks, coords, k, xp):
     columns = xp.arange(n, device=dev)[None, :]
     steps = k - r
     T = _take_rows(coords[:, :, :r], picks, xp)  # (m, r, r)
-    # inv (r^3) and a product: a batched general solve with n right-hand sides is 3x slower
-    coef = coords[:, :, :r] @ xp.linalg.inv(T)  # (m, n, r)
+    # an inverse (r^3) and a product: a batched general solve with n right-hand sides is 3x
+    # slower
+    coef = coords[:, :, :r] @ _lower_triangular_inverse(T, xp)  # (m, n, r)
     score = xp.vecdot(coef, coef, axis=-1)
     minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
     taken = xp.any(columns[:, :, None] == picks[:, None, :], axis=-1)  # (m, n)
@@ -654,6 +656,27 @@ def _extend(A, init, k, xp):
         coef -= (beta[:, None] * w)[:, :, None] * c_p[:, None, :]
         picks.append(xp.astype(p, xp.int64))
     return xp.stack(picks, axis=1)
+
+
+def _lower_triangular_inverse(T, xp, leaf=16):
+    """Inverses of a stack of invertible lower-triangular matrices T (m, r, r).
+
+    Blockwise, ``inv([[A, 0], [C, D]]) = [[inv(A), 0], [-inv(D) C inv(A), inv(D)]]``,
+    recursively down to blocks of ``leaf`` rows, which ``xp.linalg.inv`` takes:
+    batched products instead of one LAPACK call per matrix (NumPy's stacked
+    ``inv`` of (32, 77, 77) float32 took 1.9 ms, this 0.6 ms).
+    """
+    r = T.shape[-1]
+    if r <= leaf:
+        return xp.linalg.inv(T)
+    h = r // 2
+    upper = _lower_triangular_inverse(T[:, :h, :h], xp, leaf)
+    lower = _lower_triangular_inverse(T[:, h:, h:], xp, leaf)
+    out = xp.zeros(T.shape, dtype=T.dtype, device=get_namespace(T)[1])
+    out[:, :h, :h] = upper
+    out[:, h:, h:] = lower
+    out[:, h:, :h] = -((lower @ T[:, h:, :h]) @ upper)
+    return out
 
 
 def _refine(A, picks, tol, max_iter, xp):

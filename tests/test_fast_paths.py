@@ -190,3 +190,16 @@ class TestStoreGather:
         idx = np.array([3, 0, 29])
         xp, _ = get_namespace(X)
         np.testing.assert_array_equal(_take_store_rows(X, idx, xp), X[idx])
+
+
+class TestLowerTriangularInverse:
+    @pytest.mark.parametrize("r", [1, 5, 16, 17, 40, 77])
+    def test_inverse(self, rng, r):
+        """The blockwise inverse is the inverse, with zeros above the diagonal."""
+        from graft_select.linalg import _lower_triangular_inverse
+
+        T = np.tril(rng.standard_normal((3, r, r))) / r + np.eye(r)
+        inverse = _lower_triangular_inverse(T, get_namespace(T)[0])
+        np.testing.assert_allclose(inverse @ T, np.broadcast_to(np.eye(r), T.shape),
+                                   atol=1e-12)
+        np.testing.assert_array_equal(np.triu(inverse, 1), 0)
