@@ -537,10 +537,13 @@ class _GraftBase(BaseEstimator):
         if not with_gradients or self.strategy == "uniform" or not errors:
             return self._fixed_sizes()
         k_min, k_max = self._k_band(chunk_sizes)
-        width = max(len(e) for e in errors)
-        padded = np.zeros((len(errors), width))
-        for c, e in enumerate(errors):
-            padded[c, : len(e)] = e
+        lengths = {len(e) for e in errors}
+        if len(lengths) == 1:  # the common case: one stack of equal chunks
+            padded = np.stack(errors).astype(np.float64, copy=False)
+        else:
+            padded = np.zeros((len(errors), max(lengths)))
+            for c, e in enumerate(errors):
+                padded[c, : len(e)] = e
         budget = int(np.rint(self.fraction * chunk_sizes.sum()))
         return allocate_sizes(padded, k_min, k_max, budget, tol=self.gradient_tol)
 
@@ -550,8 +553,14 @@ class _GraftBase(BaseEstimator):
         The uniform picks of all chunks of one size come from one array of random
         keys: rows already in the MaxVol prefix get an infinite key, and each chunk
         takes its rows with the smallest keys. The keys are drawn in slices of
-        chunks, so the host holds about ``_PICK_KEYS`` of them at a time.
+        chunks, so the host holds about ``_PICK_KEYS`` of them at a time. With
+        ``uniform_share=0`` and an order for every chunk there are no uniform
+        picks: each chunk keeps its order's prefix and no keys are drawn (the
+        generator is not used after the picks).
         """
+        if self.uniform_share == 0 and all(order is not None for order in orders):
+            return [np.asarray(order[: int(k)], dtype=np.int64)
+                    for order, k in zip(orders, sizes)]
         local = [None] * len(sizes)
         chunk_sizes = self.chunk_sizes_
         for size in np.unique(chunk_sizes):

@@ -203,3 +203,20 @@ class TestLowerTriangularInverse:
         np.testing.assert_allclose(inverse @ T, np.broadcast_to(np.eye(r), T.shape),
                                    atol=1e-12)
         np.testing.assert_array_equal(np.triu(inverse, 1), 0)
+
+
+class TestPrefixPicks:
+    def test_prefixes_without_uniform_share(self, rng):
+        """uniform_share=0: the picks are the orders' prefixes, as the keyed draw gives."""
+        selector = GraftSelector(fraction=0.3, uniform_share=0.0)
+        selector.chunk_sizes_ = np.array([10, 10, 7])
+        orders = [rng.permutation(10)[:6], rng.permutation(10)[:6], rng.permutation(7)[:4]]
+        sizes = np.array([1, 6, 3])
+        fast = selector._pick(orders, sizes, np.random.default_rng(0))
+        keyed = [None] * 3
+        for size in (7, 10):
+            members = np.flatnonzero(selector.chunk_sizes_ == size)
+            selector._pick_members(orders, sizes, np.random.default_rng(0), keyed, members,
+                                   size)
+        assert [f.tolist() for f in fast] == [k.tolist() for k in keyed]
+        assert all(f.dtype == np.int64 for f in fast)
