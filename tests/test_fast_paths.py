@@ -220,3 +220,30 @@ class TestPrefixPicks:
                                    size)
         assert [f.tolist() for f in fast] == [k.tolist() for k in keyed]
         assert all(f.dtype == np.int64 for f in fast)
+
+
+class TestExcluded:
+    def test_numpy_in_place_equals_select(self, rng):
+        """NumPy's in-place exclusion gives the portable select's result."""
+        from graft_select.linalg import _excluded
+
+        d = rng.standard_normal((4, 9))
+        p = np.array([0, 8, 3, 3])
+        rows = np.arange(4) * 9 + p
+        columns = np.arange(9)[None, :]
+        xp = get_namespace(d)[0]
+        expected = np.where(columns == p[:, None], -np.inf, d)
+        np.testing.assert_array_equal(_excluded(d.copy(), rows, columns, p, -np.inf, xp),
+                                      expected)
+
+    def test_torch_select(self, rng):
+        """Other namespaces select with a mask (no integer-array assignment)."""
+        from graft_select.linalg import _excluded
+
+        d = torch.tensor(rng.standard_normal((2, 5)))
+        p = torch.tensor([1, 4])
+        xp = get_namespace(d)[0]
+        out = _excluded(d, p + torch.tensor([0, 5]), torch.arange(5)[None, :], p,
+                        torch.tensor(-torch.inf, dtype=d.dtype), xp)
+        assert out[0, 1] == -torch.inf and out[1, 4] == -torch.inf
+        assert torch.isfinite(out).sum() == 8
