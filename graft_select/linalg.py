@@ -260,8 +260,11 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     -----
     For ``k > r`` the extra rows are added by rectangular MaxVol (Mikhalev and
     Oseledets, 2018): the row with the largest norm in ``C = A @ pinv(A[I])`` is
-    added, which multiplies ``det(A[I].T @ A[I])`` by ``1 + ||C_i||^2``, and ``C``
-    is kept current with rank-1 updates.
+    added, which multiplies ``det(A[I].T @ A[I])`` by ``1 + ||C_i||^2``. After a
+    full-rank greedy phase (the usual case) ``C`` comes from the coordinates the
+    greedy stored and each step downdates one column of ``C @ C.T``, at
+    ``O(n (r + j))`` for step ``j``; otherwise ``C`` is kept current with rank-1
+    updates.
 
     Rank-deficient ``A``: the greedy phase stops once the largest remaining
     residual is at most ``max(n, r) * eps * max_i ||A_i||`` (or, for ``"lu"``,
@@ -272,8 +275,9 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     (for example zero rows) come last, lowest index first. Every call returns
     ``k`` unique indices.
 
-    Each greedy step costs ``O(n r)`` (a matrix-vector product with ``A``), so
-    the first ``r`` pivots cost ``O(n r^2)``.
+    Each greedy step costs ``O(n r)`` (a matrix-vector product with ``A``, and
+    one with the directions found so far), so the first ``r`` pivots cost
+    ``O(n r^2)``.
 
     References
     ----------
