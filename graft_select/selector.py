@@ -3,6 +3,7 @@
 Glue only: validate -> chunk -> low-rank features -> Fast MaxVol -> subset size.
 """
 
+import math
 import numbers
 import time
 import warnings
@@ -62,10 +63,13 @@ _DOC_PARAMETERS = """
         error (and may move by up to 5% when ``gradient_tol`` is set).
     n_components : int, default=None
         Rank ``r`` of each chunk's low-rank factor. ``None`` uses
-        ``min(n_features, chunk_size, k_pivots, 256)``, where ``k_pivots`` is the
-        largest number of rows a chunk takes from its MaxVol order: ``k_max -
-        round(uniform_share * k_max)`` or so, for ``k_max`` the largest subset
-        size a chunk may get (all of ``k_max`` when ``uniform_share=0``).
+        ``min(n_features, chunk_size, k_rank, 256)``, where ``k_rank`` is the
+        number of rows a chunk of the typical size takes from its MaxVol order:
+        ``k - round(uniform_share * k)`` or so, for ``k = min(k_max,
+        ceil(fraction * chunk_size))`` and ``k_max`` the largest subset size a
+        chunk may get (all of ``k`` when ``uniform_share=0``). Chunks that the
+        gradient criterion gives more rows take the pivots beyond the rank by
+        rectangular MaxVol (see :func:`~graft_select.fast_maxvol`).
     batch_size : int, default=None
         Size of the selection chunks (consecutive rows). An int selects per chunk
         of ``batch_size`` rows (the last chunk may be shorter), as GRAFT does per
@@ -431,16 +435,24 @@ class _GraftBase(BaseEstimator):
         return size_band(chunk_sizes, self.fraction, self.min_fraction, self.max_fraction)
 
     def _rank(self, n_rows, n_columns, k_hi):
-        """Rank of a chunk's factor: n_components, else min(n_columns, n_rows, k_pivots, 256).
+        """Rank of a chunk's factor: n_components, else min(n_columns, n_rows, k_rank, 256).
 
-        ``k_pivots`` is the largest number of rows any subset size up to ``k_hi``
-        takes from the MaxVol order (``uniform_share`` of a subset is drawn
-        uniformly): a larger rank would cost time and change no pick.
+        ``k_rank`` is the largest number of rows any subset size up to the
+        typical size ``min(k_hi, ceil(fraction * n_rows))`` takes from the MaxVol
+        order (``uniform_share`` of a subset is drawn uniformly). The band of
+        sizes goes up to twice the typical size, and the pivots beyond the rank
+        come from rectangular MaxVol (`_maxvol_order` asks for all of them):
+        a factor of the largest size's rank costs about twice the range finder
+        and greedy steps in every chunk, for rows that only the chunks given
+        more than their share keep (the refit at rank 154 against 77 in
+        benchmarks/RESULTS.md, issue 9; 5-seed demo accuracy and the gradient
+        error on load_digits held).
         """
         if self.n_components is not None:
             return min(self.n_components, n_rows, n_columns)
-        k_pivots = maxvol_rank(k_hi, self.uniform_share)
-        return max(1, min(n_columns, n_rows, k_pivots, 256))
+        k_typical = min(int(k_hi), max(1, math.ceil(self.fraction * n_rows)))
+        k_rank = maxvol_rank(k_typical, self.uniform_share)
+        return max(1, min(n_columns, n_rows, k_rank, 256))
 
     def _order_group(self, X, xp, gradients, begin, stop, count, k_hi, rng):
         """MaxVol order (list of host int arrays, one per chunk) for one stack of chunks."""
@@ -467,7 +479,9 @@ class _GraftBase(BaseEstimator):
         for every size up to ``k_hi``) appends ``k_hi - k_pivots`` other rows in a
         uniformly random order drawn from ``rng``: like the uniform share of the
         subsets, they are typical rows, so the nested errors of the whole order
-        follow those of the subsets the chunks will keep.
+        follow those of the subsets the chunks will keep. The factor's rank may
+        be below ``k_pivots`` (see `_rank`): the pivots beyond it are those of
+        rectangular MaxVol.
         """
         k_pivots = min(k_hi, maxvol_rank(k_hi, self.uniform_share))
         if self.refine and k_pivots < U.shape[-1]:
@@ -523,10 +537,13 @@ class _GraftBase(BaseEstimator):
         if not with_gradients or self.strategy == "uniform" or not errors:
             return self._fixed_sizes()
         k_min, k_max = self._k_band(chunk_sizes)
-        width = max(len(e) for e in errors)
-        padded = np.zeros((len(errors), width))
-        for c, e in enumerate(errors):
-            padded[c, : len(e)] = e
+        lengths = {len(e) for e in errors}
+        if len(lengths) == 1:  # the common case: one stack of equal chunks
+            padded = np.stack(errors).astype(np.float64, copy=False)
+        else:
+            padded = np.zeros((len(errors), max(lengths)))
+            for c, e in enumerate(errors):
+                padded[c, : len(e)] = e
         budget = int(np.rint(self.fraction * chunk_sizes.sum()))
         return allocate_sizes(padded, k_min, k_max, budget, tol=self.gradient_tol)
 
@@ -536,8 +553,14 @@ class _GraftBase(BaseEstimator):
         The uniform picks of all chunks of one size come from one array of random
         keys: rows already in the MaxVol prefix get an infinite key, and each chunk
         takes its rows with the smallest keys. The keys are drawn in slices of
-        chunks, so the host holds about ``_PICK_KEYS`` of them at a time.
+        chunks, so the host holds about ``_PICK_KEYS`` of them at a time. With
+        ``uniform_share=0`` and an order for every chunk there are no uniform
+        picks: each chunk keeps its order's prefix and no keys are drawn (the
+        generator is not used after the picks).
         """
+        if self.uniform_share == 0 and all(order is not None for order in orders):
+            return [np.asarray(order[: int(k)], dtype=np.int64)
+                    for order, k in zip(orders, sizes)]
         local = [None] * len(sizes)
         chunk_sizes = self.chunk_sizes_
         for size in np.unique(chunk_sizes):
