@@ -224,7 +224,7 @@ class TestLightning:
 
 
 def _torchrun(mode, tmp_path):
-    return _run(["-m", "torch.distributed.run", "--nproc_per_node", "2",
+    return _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                  str(SCRIPTS / "accelerate_run.py"), mode], tmp_path, timeout=400)
 
 
