@@ -1,6 +1,7 @@
 """An accelerate run with GraftBatchSampler, driven by tests/test_frameworks.py.
 
-usage (2 processes): python -m torch.distributed.run --standalone --nproc_per_node 2 accelerate_run.py MODE OUT
+usage (2 processes): python -m torch.distributed.run --standalone --nproc_per_node 2 \
+                         accelerate_run.py MODE OUT
 usage (1 process):   python accelerate_run.py MODE OUT
   MODE: prepare (the loader goes through accelerator.prepare: must raise on every rank)
         helper  (graft_select.accelerate.prepare_data_loader, 3 epochs)
