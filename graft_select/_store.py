@@ -64,7 +64,6 @@ class FeedbackStore(collections.abc.Mapping):
         self._rejected = torch.zeros(n_samples + 1, dtype=torch.int32)  # spare: bad indices
         self._placed = False  # moved to the device of the recorded values yet?
         self._staged = []  # (indices, values) of batches copied but not recorded yet
-        self._staged_rows = 0  # rows of those
         self._staged_key = None  # (input names, device of the indices, epoch) of those
         self._last_row = None  # scratch: the last position of each sample in a block
         self.last_merge_bytes = 0
@@ -153,9 +152,8 @@ class FeedbackStore(collections.abc.Mapping):
         self._staged.append((indices.clone() if copy_indices else indices,
                              [v.clone() for v in batch.values()]))
         self._staged_key = key
-        self._staged_rows += rows
         if len(self._staged) >= STAGED_BATCHES or (
-                (self._staged_rows + rows) * width * 4 > STAGED_BYTES):
+                len(self._staged) * rows * width * 4 > STAGED_BYTES):
             self.flush()
 
     def flush(self):
@@ -163,7 +161,7 @@ class FeedbackStore(collections.abc.Mapping):
         if not self._staged:
             return
         staged, (names, _, epoch) = self._staged, self._staged_key
-        self._staged, self._staged_rows = [], 0
+        self._staged = []
         indices = torch.cat([idx for idx, _ in staged])
         columns = zip(*(values for _, values in staged))
         batch = {name: torch.cat(parts) for name, parts in zip(names, columns)}
@@ -307,7 +305,7 @@ class FeedbackStore(collections.abc.Mapping):
         The store moves to the device of the next recorded values. Every recorded
         row counts as changed, so the next distributed merge sends it.
         """
-        self._staged, self._staged_rows = [], 0  # observations before the load are replaced
+        self._staged = []  # observations before the load are replaced
         self._rows = {}
         for name, rows in store.items():
             spare = torch.zeros((1, rows.shape[1]), dtype=self.dtype)
