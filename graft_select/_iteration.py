@@ -35,6 +35,20 @@ class BatchIterator:
         self.consumed = start
         self.observed_any = False
         self.pending = collections.deque()
+        self._distinct = None
+
+    @property
+    def distinct(self):
+        """Whether no dataset index appears twice in this pass's batches (computed once).
+
+        Batches of such a pass, each observed once, never repeat a sample, so the
+        store records them without its duplicate-index rule. A pass padded by
+        repetition across ranks (DistributedSampler's rule) is not distinct.
+        """
+        if self._distinct is None:
+            every = torch.cat(self.batches) if self.batches else torch.zeros(0, dtype=torch.int64)
+            self._distinct = bool(every.numel() == 0 or int(torch.bincount(every).max()) <= 1)
+        return self._distinct
 
     def __iter__(self):
         return self

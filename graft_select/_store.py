@@ -114,7 +114,7 @@ class FeedbackStore(collections.abc.Mapping):
                 raise ValueError(f"'{name}' has {value.shape[1]} columns but earlier "
                                  f"observations had {known}.")
 
-    def stage(self, indices, batch, epoch, *, copy_indices=True):
+    def stage(self, indices, batch, epoch, *, copy_indices=True, source=None):
         """Keep a copy of one checked batch (see :func:`check_batch`) for the next recording.
 
         Only copies run here; :meth:`flush` records the staged batches as one
@@ -133,9 +133,15 @@ class FeedbackStore(collections.abc.Mapping):
             Stamped as the rows' last-seen epoch.
         copy_indices : bool, default=True
             False when nothing writes to ``indices`` later (the sampler's batches).
+        source : object or None, default=None
+            The pass (BatchIterator) this batch was handed out by, when its batches
+            hold distinct indices and this one is observed for the first time: a
+            block of one source's batches holds dataset indices and repeats no
+            sample, so it is recorded without the range check and the
+            duplicate-index rule.
         """
         self.check_widths(batch)
-        key = (tuple(batch), indices.device, epoch)
+        key = (tuple(batch), indices.device, epoch, source)
         if not (self._staged and key == self._staged_key):
             for name, value in batch.items():
                 if name in STORED_NAME:
@@ -160,22 +166,25 @@ class FeedbackStore(collections.abc.Mapping):
         """Record the staged batches as one block (no value is read back to the host)."""
         if not self._staged:
             return
-        staged, (names, _, epoch) = self._staged, self._staged_key
+        staged, (names, _, epoch, source) = self._staged, self._staged_key
         self._staged = []
+        self._staged_key = None  # the source is not kept alive past its block
         indices = torch.cat([idx for idx, _ in staged])
         columns = zip(*(values for _, values in staged))
         batch = {name: torch.cat(parts) for name, parts in zip(names, columns)}
-        self._record_block(indices, batch, epoch)
+        self._record_block(indices, batch, epoch, planned=source is not None)
 
-    def _record_block(self, indices, batch, epoch):
+    def _record_block(self, indices, batch, epoch, planned=False):
+        """Record one block; ``planned``: batches of one sampler pass (in range, distinct)."""
         values, ok = _block_values(batch)
         device = ok.device  # the values' device: host indices go there, never the reverse
         indices = indices.to(device, non_blocking=True)
-        inside = (indices >= 0) & (indices < self.n_samples)  # checked here on accelerators
-        indices = torch.where(inside, indices, self.n_samples)
-        ok = ok & inside
         written = ok
-        if indices.shape[0] > 1:  # a sample twice in the block: its last good row wins
+        if not planned:
+            inside = (indices >= 0) & (indices < self.n_samples)  # checked here on accelerators
+            indices = torch.where(inside, indices, self.n_samples)
+            ok = written = ok & inside
+        if not planned and indices.shape[0] > 1:  # a sample twice: its last good row wins
             if self._last_row is None or self._last_row.device != device:
                 self._last_row = torch.full((self.n_samples + 1,), -1, dtype=torch.int64,
                                             device=device)
@@ -220,7 +229,9 @@ class FeedbackStore(collections.abc.Mapping):
             _copy_rows(self._rows[name], target, value.to(self.dtype))
         self._last_seen.index_fill_(0, target, epoch)
         self._dirty.index_fill_(0, target, True)
-        self._rejected.index_add_(0, indices, (~ok).to(torch.int32))
+        # on the CPU reading ok back is free, and most blocks have no rejected row
+        if device.type != "cpu" or not bool(ok.all()):
+            self._rejected.index_add_(0, indices, (~ok).to(torch.int32))
 
     def _stored_width(self, width):
         if self.sketch_width is not None and width > self.sketch_width:

@@ -354,7 +354,8 @@ class GraftBatchSampler(Sampler[list[int]]):
             targets = self._sampler_targets(idx)
         batch = check_batch(len(idx), embeddings, logits, targets, gradients)
         # a batch this sampler handed out is never written to, so it needs no copy
-        self._store.stage(idx, batch, self.epoch, copy_indices=depth is None)
+        source = iteration if depth is not None and iteration.distinct else None
+        self._store.stage(idx, batch, self.epoch, copy_indices=depth is None, source=source)
         if captured and self._capture is not None:
             self._capture.take()
         if iteration is not None:
@@ -772,6 +773,15 @@ class GraftBatchSampler(Sampler[list[int]]):
         return _plan.shard(plan, self.num_replicas, self.rank, self.drop_last)
 
     def _check_indices(self, indices):
+        iteration = self._iteration
+        if (iteration is not None and type(indices) is torch.Tensor
+                and indices.dtype == torch.int64 and indices.ndim == 1
+                and not indices.requires_grad and indices.device.type == "cpu"):
+            # the common case, checked in a few attribute reads: a batch this sampler
+            # handed out, passed back as a CPU tensor (what a DataLoader yields)
+            depth = iteration.find(indices)
+            if depth is not None:
+                return iteration.batches[iteration.pending[depth]], depth
         idx = as_tensor(indices, "indices")
         if idx.ndim != 1:
             idx = idx.reshape(-1)

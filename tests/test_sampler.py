@@ -389,6 +389,42 @@ class TestStagedBatches:
             sampler.observe(torch.arange(begin, begin + 8), embeddings=emb[begin:begin + 8])
         torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"], emb)
 
+    def test_planned_batches_recorded_exactly(self):
+        """The sampler's own batches of one pass (the fast block path) store their rows."""
+        sampler = GraftBatchSampler(N, 8, shuffle=True, seed=3)
+        emb = torch.randn(N, D)
+        iterator = iter(sampler)
+        for batch in iterator:
+            sampler.observe(torch.tensor(batch), embeddings=emb[batch])
+        assert iterator.distinct
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"], emb)
+
+    @TORCH_BACKENDS
+    def test_pass_repeating_samples_keeps_last_observation(self, backend):
+        """A pass whose batches repeat a sample is recorded with the duplicate-index rule."""
+        sampler = GraftBatchSampler(N, 8, shuffle=False)
+        sampler._shard = lambda plan: plan.repeat(2)  # every sample twice in the pass
+        iterator = iter(sampler)
+        batches = list(iterator)
+        assert not iterator.distinct
+        for step, batch in enumerate(batches):
+            sampler.observe(torch.tensor(batch), embeddings=torch.full(
+                (len(batch), D), float(step), device=backend.device))
+        stored = sampler.state_dict()["store"]["embeddings"][:, 0]
+        last = {i: float(step) for step, batch in enumerate(batches) for i in batch}
+        assert {i: float(stored[i]) for i in last} == last
+
+    def test_planned_block_then_other_indices(self):
+        """Indices not handed out end the planned block: their duplicates keep the last row."""
+        sampler = GraftBatchSampler(N, 8, shuffle=False)
+        iterator = iter(sampler)
+        first = next(iterator)
+        sampler.observe(torch.tensor(first), embeddings=torch.zeros(8, D))
+        sampler.observe(torch.tensor([first[0], first[0]]),
+                        embeddings=torch.tensor([[1.0] * D, [2.0] * D]))
+        stored = sampler.state_dict()["store"]["embeddings"]
+        assert float(stored[first[0], 0]) == 2.0 and float(stored[first[1], 0]) == 0.0
+
     def test_large_batch_recorded_at_once(self, monkeypatch):
         """A batch larger than the staging budget is recorded without staging."""
         from graft_select import _store
