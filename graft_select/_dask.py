@@ -26,12 +26,22 @@ import time
 import dask
 import dask.array as da
 import numpy as np
-from sklearn.base import clone
 
 from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
-from ._validation import _all_finite, check_not_empty, check_random_state
+from ._orders import namespace_of, stack_order, stack_rows, subset_errors
+from ._selection import (
+    chunk_bounds,
+    chunk_lengths,
+    chunk_weights,
+    largest_sizes,
+    pick,
+    selected_indices,
+    stack_groups,
+    subset_sizes,
+)
+from ._validation import _all_finite, check_not_empty
 from .gradients import FactoredGradients, nested_gradient_errors
-from .selector import _chunk_bounds, _n_rows, _ns_dev, _stack_groups, _stack_rows, _subset_errors
+from .selector import _check_rows
 
 __all__ = ["aligned", "fit_dask", "take_rows"]
 
@@ -47,66 +57,52 @@ def fit_dask(selector, X, y, gradients, start):
     X = _check_dask(X, "X", owner)
     batch_size = _check_batch_size(selector.batch_size, owner)
     n = X.shape[0]
-    if n < 2:
-        raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
-    if y is not None and _n_rows(y) != n:
-        raise ValueError(
-            f"'y' has {_n_rows(y)} rows but X has {n}; pass one target per row of X."
-        )
+    _check_rows(n, y, owner)
     gradients = _check_gradients(gradients, X, owner)
     selector.n_features_in_ = int(X.shape[1])
     if hasattr(selector, "feature_names_in_"):
         del selector.feature_names_in_
     X = aligned(X, batch_size)
     gradients = _map_gradients(gradients, lambda G: aligned(G, batch_size))
-    selector._check_band()
-    rng = check_random_state(selector.random_state, "random_state", owner)
-    chunks = _chunk_bounds(n, batch_size)
-    selector.chunk_sizes_ = np.array([stop - begin for begin, stop in chunks], dtype=np.int64)
-    selector._resolve_basis(gradients)
-    groups = _plan_groups(selector, chunks, gradients is not None, rng)
-    orders, errors = _block_orders(selector, X, gradients, batch_size, groups, owner)
-    sizes = selector._sizes(errors, gradients is not None)
-    local = selector._pick(orders, sizes, rng)
-    offsets = np.array([begin for begin, _ in chunks], dtype=np.int64)
-    indices = np.concatenate([o + lo for o, lo in zip(offsets, local)])
-    counts = np.array([len(lo) for lo in local], dtype=np.int64)
-    selector.gradient_error_ = None
-    if gradients is None:
-        weights = np.repeat(selector.chunk_sizes_ / counts, counts).astype(np.float64)
-    else:
-        selector.gradient_error_, weights = _block_weights(gradients, batch_size, chunks, local)
-    selector.sample_indices_ = indices
+    with_gradients = gradients is not None
+    params, rng = selector._selection_params(with_gradients)
+    chunks = chunk_bounds(n, batch_size)
+    chunk_sizes = chunk_lengths(chunks)
+    groups = _plan_groups(params, chunks, largest_sizes(params, chunk_sizes, with_gradients),
+                          rng)
+    orders, errors = _block_orders(params, X, gradients, batch_size, groups, owner)
+    sizes = subset_sizes(params, chunk_sizes, errors, with_gradients)
+    local = pick(params, chunk_sizes, orders, sizes, rng)
+    gradient_error, weights = None, chunk_weights(chunk_sizes, local)
+    if with_gradients:
+        gradient_error, weights = _block_weights(gradients, batch_size, chunks, local)
+    selector.chunk_sizes_, selector.basis_, selector.subset_sizes_ = (
+        chunk_sizes, params.basis, sizes)
+    selector.gradient_error_ = gradient_error
+    selector.sample_indices_ = selected_indices(chunks, local)
     selector.sample_weight_ = weights
-    selector.subset_sizes_ = sizes
     selector.n_samples_fit_ = n
     selector.fit_time_ = time.perf_counter() - start
     return selector
 
 
-def _plan_groups(selector, chunks, with_gradients, rng):
+def _plan_groups(params, chunks, k_hi, rng):
     """Stacks of equal chunks with their largest subset size and seed, as in memory.
 
     The in-memory fit draws one seed per stack (for its low-rank factor) in stack
     order, unless the strategy is uniform: the same draws, in the same order,
     here.
     """
-    if with_gradients:
-        k_hi = selector._k_band(selector.chunk_sizes_)[1]
-    else:
-        k_hi = selector._fixed_sizes()
     groups = []
-    for _, _, count in _stack_groups(chunks):
-        seed = None if selector.strategy == "uniform" else int(rng.integers(2**32))
+    for _, _, count in stack_groups(chunks):
+        seed = None if params.strategy == "uniform" else int(rng.integers(2**32))
         groups.append((count, int(k_hi[count[0]:count[1]].max()), seed))
     return groups
 
 
-def _block_orders(selector, X, gradients, batch_size, groups, owner):
+def _block_orders(params, X, gradients, batch_size, groups, owner):
     """MaxVol orders and nested errors of every chunk, one task per block."""
-    template = clone(selector)  # parameters only: the workers need no fitted state
-    template.basis_ = selector.basis_  # but _order_group reads the resolved basis
-    template = dask.delayed(template, pure=True)
+    params = dask.delayed(params, pure=True)  # the workers need only the parameters
     X_blocks = X.to_delayed().ravel()
     G_blocks = _gradient_blocks(gradients)
     tasks = []
@@ -114,7 +110,7 @@ def _block_orders(selector, X, gradients, batch_size, groups, owner):
         pieces = _block_pieces(groups, start // batch_size, -(-stop // batch_size), batch_size,
                                start, stop)
         G_block = None if G_blocks is None else G_blocks[b]
-        tasks.append(dask.delayed(_order_block, pure=True)(template, X_blocks[b], G_block,
+        tasks.append(dask.delayed(_order_block, pure=True)(params, X_blocks[b], G_block,
                                                            pieces))
     results = dask.compute(*tasks)
     _raise_non_finite(results, _block_bounds(X), owner)
@@ -134,7 +130,7 @@ def _block_pieces(groups, first, last, batch_size, start, stop):
     """The parts of the stacks in chunks ``[first, last)`` of one block.
 
     Each piece is ``(begin, stop, count, k_hi, seed)`` with rows relative to the
-    block, as ``GraftSelector._order_group`` takes them.
+    block, as `_orders.stack_order` takes them.
     """
     pieces = []
     for (c0, c1), k_hi, seed in groups:
@@ -156,7 +152,7 @@ class _Seed:
         return self.seed
 
 
-def _order_block(selector, X, gradients, pieces):
+def _order_block(params, X, gradients, pieces):
     """Worker task: (bad X rows, bad gradient rows, [(orders, errors) per piece]).
 
     ``orders`` is an int64 array (chunks, k_hi), ``errors`` a float64 array of
@@ -174,15 +170,15 @@ def _order_block(selector, X, gradients, pieces):
         return bad_X, bad_G, []
     out = []
     for begin, stop, count, k_hi, seed in pieces:
-        order = selector._order_group(X, xp, gradients, begin, stop, count, k_hi, _Seed(seed))
+        order = stack_order(params, X, xp, gradients, begin, stop, count, k_hi, _Seed(seed))
         if order[0] is None:
             out.append((None, len(order)))
             continue
         order = np.stack(order)
         errors = None
         if gradients is not None:
-            errors = nested_gradient_errors(_stack_rows(gradients, begin, stop, len(order)),
-                                            from_numpy(order, *_ns_dev(gradients)))
+            errors = nested_gradient_errors(stack_rows(gradients, begin, stop, len(order)),
+                                            from_numpy(order, *namespace_of(gradients)))
             errors = np.asarray(to_numpy(errors), dtype=np.float64)
         out.append((order, errors))
     return None, None, out
@@ -228,10 +224,10 @@ def _block_weights(gradients, batch_size, chunks, local):
 
 
 def _weights_block(gradients, chunks, local):
-    """Worker task: `_subset_errors` of the chunks of one block."""
+    """Worker task: `_orders.subset_errors` of the chunks of one block."""
     if isinstance(gradients, tuple):
         gradients = FactoredGradients(*gradients)
-    return _subset_errors(gradients, chunks, local)
+    return subset_errors(gradients, chunks, local)
 
 
 # --------------------------------------------------------------------- transform

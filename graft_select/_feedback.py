@@ -11,7 +11,8 @@ copied whole:
 2. ``subset_errors``: the chosen subsets' errors and least-squares weights.
 
 Between the two, the estimator sizes the subsets (over all chunks) and draws
-the uniform picks. The functions know nothing about the estimator: what depends
+the uniform picks (`_selection`); ``picked_errors`` runs pass 2 only when its
+result is needed. The functions know nothing about the estimator: what depends
 on its parameters (the rank, the MaxVol order) is passed in as callables.
 """
 
@@ -165,6 +166,22 @@ def subset_errors(store, chunks, groups, local, summaries):
             errors[c] = float(err[j])
             weights[c] = np.asarray(w[j, :len(local[c])], dtype=np.float64) * size
     return errors, np.concatenate(weights)
+
+
+def picked_errors(store, chunks, groups, local, first_pass, with_weights):
+    """Per chunk the error of its subset, and the weights (None unless ``with_weights``).
+
+    ``first_pass`` is the result of `orders_and_errors`. Without weights, when
+    every subset is a prefix of its chunk's order (``uniform_share=0``), the
+    errors are read from the nested errors of pass 1 and pass 2 (`subset_errors`,
+    a second pass over the store) is skipped.
+    """
+    orders, errors, summaries = first_pass
+    if with_weights or not all(
+            np.array_equal(lo, order[:len(lo)]) for lo, order in zip(local, orders)):
+        errors, weights = subset_errors(store, chunks, groups, local, summaries)
+        return errors, weights if with_weights else None
+    return np.array([e[len(lo) - 1] for e, lo in zip(errors, local)]), None
 
 
 def _n_columns(residuals, embeddings):

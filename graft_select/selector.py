@@ -1,9 +1,13 @@
 """GraftSelector and GraftResampler: GRAFT row selection as scikit-learn estimators.
 
-Glue only: validate -> chunk -> low-rank features -> Fast MaxVol -> subset size.
+The estimators validate their parameters and inputs once, run the selection
+pipeline of pure functions (`_selection`: chunks, band, rank, sizes, picks;
+`_orders`: low-rank factors and MaxVol orders; `_feedback` on a sampler's
+feedback store, `_dask` on dask arrays) and keep its results as fitted
+attributes.
 """
 
-import math
+import dataclasses
 import numbers
 import time
 import warnings
@@ -22,11 +26,25 @@ from ._backend import (
     is_sparse,
     to_numpy,
 )
-from ._criterion import _gradient_error, _nested_gradient_errors
-from ._feedback import groups_of, orders_and_errors, subset_errors
-from ._gram import gram_matrix, maxvol_rank
+from ._feedback import groups_of, orders_and_errors, picked_errors
+from ._orders import chunk_orders, maxvol_order, subset_errors
 from ._proxies import FactoredGradients, _check_factored
-from ._sizing import allocate_sizes, apportion, budget_overshoot, default_chunks, size_band
+from ._selection import (
+    SelectionParams,
+    check_band,
+    chunk_bounds,
+    chunk_lengths,
+    chunk_weights,
+    k_band,
+    largest_sizes,
+    pick,
+    rank,
+    resolve_basis,
+    selected_indices,
+    stack_groups,
+    subset_sizes,
+)
+from ._sizing import budget_overshoot
 from ._validation import (
     check_array,
     check_no_bool_numbers,
@@ -34,12 +52,8 @@ from ._validation import (
     check_real_host,
     rescale_extreme,
 )
-from .linalg import _fast_maxvol, _low_rank_features
 
 __all__ = ["GraftResampler", "GraftSelector"]
-
-# Random keys of the uniform picks held at once (8 MiB of float64).
-_PICK_KEYS = 1 << 20
 
 # Rows of the feedback store gathered at once by `_fit_feedback`: with 512-d float32
 # embeddings and chunks of 256, one group holds 16 MiB of rows, 8 MiB of Gram matrices
@@ -223,64 +237,51 @@ class _GraftBase(BaseEstimator):
             self.__dict__.update(saved)
             raise
 
-    def _resolve_basis(self, gradients):
-        """Set ``basis_``: ``basis`` with "auto" resolved, checked against ``gradients``."""
-        if self.basis == "gradients" and gradients is None and self.strategy == "graft":
-            raise ValueError(
-                "basis='gradients' needs per-sample gradients: call fit(X, gradients=G) "
-                "or use basis='input'."
-            )
-        self.basis_ = self.basis
-        if self.basis == "auto":
-            self.basis_ = "input" if gradients is None else "gradients"
+    def _selection_params(self, with_gradients):
+        """Validate the band and the basis once: (SelectionParams, generator).
+
+        The params' ``basis`` is resolved ("auto" -> "input" or "gradients").
+        """
+        owner = type(self).__name__
+        params = SelectionParams.of(self.get_params(deep=False))
+        check_band(params, owner)
+        rng = check_random_state(self.random_state, "random_state", owner)
+        basis = resolve_basis(params, with_gradients)
+        return dataclasses.replace(params, basis=basis), rng
 
     def _fit_steps(self, X, y=None, gradients=None):
         start = time.perf_counter()
-        check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, type(self).__name__)
+        owner = type(self).__name__
+        check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, owner)
         if is_dask_array(X):
             from ._dask import fit_dask  # dask is imported only for dask input
 
             return fit_dask(self, X, y, gradients, start)
         X, xp = self._validate_X(X, reset=True)
         n = X.shape[0]
-        if n < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs at least 2 rows to select from, got {n}."
-            )
-        if y is not None and _n_rows(y, "y") != n:
-            raise ValueError(
-                f"'y' has {_n_rows(y)} rows but X has {n}; pass one target per row of X."
-            )
+        _check_rows(n, y, owner)
         gradients = self._validate_gradients(gradients, n)
-        self._check_band()
-        rng = check_random_state(self.random_state, "random_state", type(self).__name__)
+        with_gradients = gradients is not None
+        params, rng = self._selection_params(with_gradients)
         # extreme magnitudes would over- or underflow in Gram matrices: an exact rescale
         X_scaled, _ = rescale_extreme(X, xp)
-        chunks = _chunk_bounds(n, self.batch_size)
-        self.chunk_sizes_ = np.array([stop - begin for begin, stop in chunks], dtype=np.int64)
-        self._resolve_basis(gradients)
-        orders, errors = [], []
-        if gradients is None:
-            k_hi = self._fixed_sizes()
-        else:
-            k_hi = self._k_band(self.chunk_sizes_)[1]
-        for begin, stop, count in _stack_groups(chunks):
-            group_hi = int(k_hi[count[0]:count[1]].max())
-            order = self._order_group(X_scaled, xp, gradients, begin, stop, count, group_hi,
-                                      rng)
-            orders.extend(order)
-            if gradients is not None and order[0] is not None:
-                errs = _nested_gradient_errors(
-                    _stack_rows(gradients, begin, stop, len(order)),
-                    from_numpy(np.stack(order), *_ns_dev(gradients)), _ns_dev(gradients)[0])
-                errors.extend(np.asarray(to_numpy(errs), dtype=np.float64))
-        sizes = self._sizes(errors, gradients is not None)
-        message = budget_overshoot(sizes, self.fraction, self.chunk_sizes_, type(self).__name__)
+        chunks = chunk_bounds(n, self.batch_size)
+        chunk_sizes = chunk_lengths(chunks)
+        k_hi = largest_sizes(params, chunk_sizes, with_gradients)
+        orders, errors = chunk_orders(params, X_scaled, xp, gradients, chunks, k_hi, rng)
+        sizes = subset_sizes(params, chunk_sizes, errors, with_gradients)
+        message = budget_overshoot(sizes, params.fraction, chunk_sizes, owner)
         if message:
-            warnings.warn(message, UserWarning, stacklevel=5)
-        local = self._pick(orders, sizes, rng)
-        self._finish(local, chunks, gradients, xp, X)
-        self.subset_sizes_ = sizes
+            warnings.warn(message, UserWarning, stacklevel=5)  # fit's caller
+        local = pick(params, chunk_sizes, orders, sizes, rng)
+        gradient_error, weights = None, chunk_weights(chunk_sizes, local)
+        if with_gradients:
+            gradient_error, weights = subset_errors(gradients, chunks, local)
+        device = None if is_sparse(X) else get_namespace(X)[1]
+        self.chunk_sizes_, self.basis_, self.subset_sizes_ = chunk_sizes, params.basis, sizes
+        self.sample_indices_ = from_numpy(selected_indices(chunks, local), xp, device)
+        self.sample_weight_ = weights if is_sparse(X) else from_numpy(weights, xp, device)
+        self.gradient_error_ = gradient_error
         self.n_samples_fit_ = n
         self.fit_time_ = time.perf_counter() - start
         return self
@@ -325,7 +326,38 @@ class _GraftBase(BaseEstimator):
         owner = type(self).__name__
         check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, owner)
         residuals, embeddings = factors
-        xp, device = get_namespace(residuals, embeddings)
+        xp, device, rows, n = self._validate_feedback(factors, rows)
+        params, rng = self._selection_params(with_gradients=True)
+        chunks = chunk_bounds(n, self.batch_size)
+        chunk_sizes = chunk_lengths(chunks)
+        d = 0 if embeddings is None else int(embeddings.shape[1])
+        width = int(residuals.shape[1]) * (d + 1)  # of one flattened gradient
+        store = (residuals, embeddings, rows, xp)
+        groups = groups_of(stack_groups(chunks), chunks, _GROUP_ROWS)
+        first_pass = orders_and_errors(
+            store, chunks, groups, k_band(params, chunk_sizes)[1],
+            rank_of=lambda size, k_hi: rank(params, size, width, k_hi),
+            order_of=lambda U, k_hi, child: maxvol_order(params, U, k_hi, child, with_tail=True),
+            rng=rng, owner=owner)
+        sizes = subset_sizes(params, chunk_sizes, first_pass[1], True)
+        message = budget_overshoot(sizes, params.fraction, chunk_sizes, owner)
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=4)
+        local = pick(params, chunk_sizes, first_pass[0], sizes, rng)
+        errors, weights = picked_errors(store, chunks, groups, local, first_pass, with_weights)
+        self.chunk_sizes_, self.basis_, self.subset_sizes_ = chunk_sizes, params.basis, sizes
+        self.n_features_in_ = d + 1
+        self.gradient_error_ = errors
+        self.sample_indices_ = from_numpy(selected_indices(chunks, local), xp, device)
+        self.sample_weight_ = None if weights is None else from_numpy(weights, xp, device)
+        self.n_samples_fit_ = n
+        self.fit_time_ = time.perf_counter() - start
+        return self
+
+    def _validate_feedback(self, factors, rows):
+        """Check a feedback fit's parameters and rows: (namespace, device, rows there, n)."""
+        owner = type(self).__name__
+        xp, device = get_namespace(*factors)
         if self.strategy != "graft" or self.basis == "input":
             raise ValueError(
                 f"{owner}._fit_feedback selects on the gradients with strategy='graft'; got "
@@ -333,45 +365,8 @@ class _GraftBase(BaseEstimator):
             )
         host_rows = np.asarray(to_numpy(rows), dtype=np.int64)
         n = host_rows.shape[0]
-        if n < 2:
-            raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
-        rows = from_numpy(host_rows, xp, device)
-        self._check_band()
-        rng = check_random_state(self.random_state, "random_state", owner)
-        chunks = _chunk_bounds(n, self.batch_size)
-        self.chunk_sizes_ = np.array([stop - begin for begin, stop in chunks], dtype=np.int64)
-        self.basis_ = "gradients"
-        d = 0 if embeddings is None else int(embeddings.shape[1])
-        self.n_features_in_ = d + 1
-        width = int(residuals.shape[1]) * (d + 1)  # of one flattened gradient
-        store = (residuals, embeddings, rows, xp)
-        groups = groups_of(_stack_groups(chunks), chunks, _GROUP_ROWS)
-        orders, errors, summaries = orders_and_errors(
-            store, chunks, groups, self._k_band(self.chunk_sizes_)[1],
-            rank_of=lambda size, k_hi: self._rank(size, width, k_hi),
-            order_of=lambda U, k_hi, child: self._maxvol_order(U, k_hi, child, with_tail=True),
-            rng=rng, owner=owner)
-        sizes = self._sizes(errors, True)
-        message = budget_overshoot(sizes, self.fraction, self.chunk_sizes_, owner)
-        if message:
-            warnings.warn(message, UserWarning, stacklevel=4)
-        local = self._pick(orders, sizes, rng)
-        weights = None
-        if with_weights or not all(
-                np.array_equal(lo, order[:len(lo)]) for lo, order in zip(local, orders)):
-            errors, weights = subset_errors(store, chunks, groups, local, summaries)
-            weights = weights if with_weights else None
-        else:  # the subsets are the orders' prefixes: pass 1 already has their errors
-            errors = np.array([e[len(lo) - 1] for e, lo in zip(errors, local)])
-        offsets = np.array([begin for begin, _ in chunks])
-        indices = np.concatenate([o + lo for o, lo in zip(offsets, local)])
-        self.gradient_error_ = errors
-        self.sample_indices_ = from_numpy(indices, xp, device)
-        self.sample_weight_ = None if weights is None else from_numpy(weights, xp, device)
-        self.subset_sizes_ = sizes
-        self.n_samples_fit_ = n
-        self.fit_time_ = time.perf_counter() - start
-        return self
+        _check_rows(n, None, owner)
+        return xp, device, from_numpy(host_rows, xp, device), n
 
     def _validate_X(self, X, reset):
         """Check X and return (X ready for the kernels, namespace)."""
@@ -421,188 +416,6 @@ class _GraftBase(BaseEstimator):
                 f"row of X, in the same order."
             )
         return gradients
-
-    def _check_band(self):
-        low = self.fraction / 2 if self.min_fraction is None else self.min_fraction
-        high = min(1.0, 2 * self.fraction) if self.max_fraction is None else self.max_fraction
-        if not low <= self.fraction <= high:
-            raise ValueError(
-                f"The band [min_fraction, max_fraction] = [{low}, {high}] of "
-                f"{type(self).__name__} must contain fraction={self.fraction}; widen it."
-            )
-
-    def _k_band(self, chunk_sizes):
-        return size_band(chunk_sizes, self.fraction, self.min_fraction, self.max_fraction)
-
-    def _rank(self, n_rows, n_columns, k_hi):
-        """Rank of a chunk's factor: n_components, else min(n_columns, n_rows, k_rank, 256).
-
-        ``k_rank`` is the largest number of rows any subset size up to the
-        typical size ``min(k_hi, ceil(fraction * n_rows))`` takes from the MaxVol
-        order (``uniform_share`` of a subset is drawn uniformly). The band of
-        sizes goes up to twice the typical size, and the pivots beyond the rank
-        come from rectangular MaxVol (`_maxvol_order` asks for all of them):
-        a factor of the largest size's rank costs about twice the range finder
-        and greedy steps in every chunk, for rows that only the chunks given
-        more than their share keep (the refit at rank 154 against 77 in
-        benchmarks/RESULTS.md, issue 9; 5-seed demo accuracy and the gradient
-        error on load_digits held).
-        """
-        if self.n_components is not None:
-            return min(self.n_components, n_rows, n_columns)
-        k_typical = min(int(k_hi), max(1, math.ceil(self.fraction * n_rows)))
-        k_rank = maxvol_rank(k_typical, self.uniform_share)
-        return max(1, min(n_columns, n_rows, k_rank, 256))
-
-    def _order_group(self, X, xp, gradients, begin, stop, count, k_hi, rng):
-        """MaxVol order (list of host int arrays, one per chunk) for one stack of chunks."""
-        m = count[1] - count[0]
-        if self.strategy == "uniform":
-            return [None] * m
-        child = _child_rng(rng)  # one draw per stack, whatever the factor (dask relies on it)
-        if self.basis_ == "gradients":
-            U = self._gradient_factor(gradients, begin, stop, m, k_hi, child)
-        elif is_sparse(X):
-            U = self._sparse_factors(X, begin, stop, m, k_hi, child)
-        else:
-            Xs = xp.reshape(X[begin:stop, ...], (m, (stop - begin) // m, X.shape[1]))
-            r = self._rank(Xs.shape[1], Xs.shape[2], k_hi)
-            U = _low_rank_features(Xs, r, xp, method=self.svd_method, rng=child)
-        return self._maxvol_order(U, k_hi, child, with_tail=gradients is not None)
-
-    def _maxvol_order(self, U, k_hi, rng, with_tail):
-        """Selection order of a stack of factors U (m, n, r): host int64 arrays, one per chunk.
-
-        A chunk keeping ``k`` rows takes its first ``k - round(uniform_share * k)``
-        rows from this order, so only ``k_pivots = maxvol_rank(k_hi, uniform_share)``
-        rows are MaxVol pivots. ``with_tail`` (the size criterion needs an error
-        for every size up to ``k_hi``) appends ``k_hi - k_pivots`` other rows in a
-        uniformly random order drawn from ``rng``: like the uniform share of the
-        subsets, they are typical rows, so the nested errors of the whole order
-        follow those of the subsets the chunks will keep. The factor's rank may
-        be below ``k_pivots`` (see `_rank`): the pivots beyond it are those of
-        rectangular MaxVol.
-        """
-        k_pivots = min(k_hi, maxvol_rank(k_hi, self.uniform_share))
-        if self.refine and k_pivots < U.shape[-1]:
-            U = U[..., :k_pivots]
-        order = to_numpy(_fast_maxvol(U, k_pivots, method=self.method, refine=self.refine))
-        order = order.astype(np.int64, copy=False)
-        if with_tail and k_pivots < k_hi:
-            keys = rng.random((order.shape[0], U.shape[-2]))
-            np.put_along_axis(keys, order, np.inf, axis=1)
-            tail = np.argsort(keys, axis=1, kind="stable")[:, : k_hi - k_pivots]
-            order = np.concatenate([order, tail], axis=1)
-        return list(order)
-
-    def _sparse_factors(self, X, begin, stop, m, k_hi, rng):
-        """Left singular vectors of sparse chunks, from their (small, dense) Gram matrices.
-
-        The left singular vectors of a chunk X_c are the eigenvectors of
-        X_c X_c^T, so the chunks are never densified: only their
-        ``size x size`` Gram matrices are, and those go through the kernels as
-        one stack.
-        """
-        size = (stop - begin) // m
-        r = self._rank(size, X.shape[1], k_hi)
-        gram = _block_grams(X[begin:stop], m, size)
-        return self._gram_factor(gram, r, np, rng)
-
-    def _gram_factor(self, gram, r, xp, rng):
-        """Top-r eigenvectors of a stack of Gram matrices (= left singular vectors)."""
-        size = gram.shape[-1]
-        if self.svd_method == "randomized" or (
-                self.svd_method == "auto" and 2 * (r + 10) <= size):
-            gram, _ = rescale_extreme(gram, xp)
-            return _low_rank_features(gram, r, xp, method="randomized", rng=rng)
-        vectors = xp.linalg.eigh(gram)[1]
-        return xp.flip(vectors[..., size - r:], axis=-1)
-
-    def _gradient_factor(self, gradients, begin, stop, m, k_hi, rng):
-        G = _stack_rows(gradients, begin, stop, m)
-        size = (stop - begin) // m
-        if isinstance(G, FactoredGradients):
-            xp, _ = get_namespace(G.residuals)
-            r = self._rank(size, G.residuals.shape[-1] * G.inputs.shape[-1], k_hi)
-            # Left singular vectors of the wide proxies = eigenvectors of their Gram.
-            return self._gram_factor(gram_matrix(G), r, xp, rng)
-        r = self._rank(size, G.shape[-1], k_hi)
-        return _low_rank_features(G, r, get_namespace(G)[0], method=self.svd_method, rng=rng)
-
-    def _fixed_sizes(self):
-        return apportion(self.fraction, self.chunk_sizes_)
-
-    def _sizes(self, errors, with_gradients):
-        chunk_sizes = self.chunk_sizes_
-        if not with_gradients or self.strategy == "uniform" or not errors:
-            return self._fixed_sizes()
-        k_min, k_max = self._k_band(chunk_sizes)
-        lengths = {len(e) for e in errors}
-        if len(lengths) == 1:  # the common case: one stack of equal chunks
-            padded = np.stack(errors).astype(np.float64, copy=False)
-        else:
-            padded = np.zeros((len(errors), max(lengths)))
-            for c, e in enumerate(errors):
-                padded[c, : len(e)] = e
-        budget = int(np.rint(self.fraction * chunk_sizes.sum()))
-        return allocate_sizes(padded, k_min, k_max, budget, tol=self.gradient_tol)
-
-    def _pick(self, orders, sizes, rng):
-        """Chunk-local selected rows: MaxVol prefix plus uniform picks from the rest.
-
-        The uniform picks of all chunks of one size come from one array of random
-        keys: rows already in the MaxVol prefix get an infinite key, and each chunk
-        takes its rows with the smallest keys. The keys are drawn in slices of
-        chunks, so the host holds about ``_PICK_KEYS`` of them at a time. With
-        ``uniform_share=0`` and an order for every chunk there are no uniform
-        picks: each chunk keeps its order's prefix and no keys are drawn (the
-        generator is not used after the picks).
-        """
-        if self.uniform_share == 0 and all(order is not None for order in orders):
-            return [np.asarray(order[: int(k)], dtype=np.int64)
-                    for order, k in zip(orders, sizes)]
-        local = [None] * len(sizes)
-        chunk_sizes = self.chunk_sizes_
-        for size in np.unique(chunk_sizes):
-            every = np.flatnonzero(chunk_sizes == size)
-            # drawn in slices of about _PICK_KEYS keys: the same stream as one draw
-            step = max(1, _PICK_KEYS // int(size))
-            for members in (every[s:s + step] for s in range(0, every.size, step)):
-                self._pick_members(orders, sizes, rng, local, members, size)
-        return local
-
-    def _pick_members(self, orders, sizes, rng, local, members, size):
-        """`_pick` for the chunks ``members``, all of ``size`` rows (fills ``local``)."""
-        keys = rng.random((members.size, int(size)))
-        n_uniform = np.zeros(members.size, dtype=np.int64)
-        for j, c in enumerate(members):
-            k = int(sizes[c])
-            if orders[c] is None:
-                n_uniform[j] = k
-                continue
-            n_uniform[j] = round(self.uniform_share * k) if k > 1 else 0
-            keys[j, orders[c][: k - n_uniform[j]]] = np.inf
-        ranked = np.argsort(keys, axis=1, kind="stable")
-        for j, c in enumerate(members):
-            tail = np.sort(ranked[j, : n_uniform[j]])
-            if orders[c] is None:
-                local[c] = tail.astype(np.int64)
-                continue
-            head = orders[c][: int(sizes[c]) - n_uniform[j]]
-            local[c] = np.concatenate([head, tail]).astype(np.int64)
-
-    def _finish(self, local, chunks, gradients, xp, X):
-        offsets = np.array([begin for begin, _ in chunks])
-        indices = np.concatenate([o + lo for o, lo in zip(offsets, local)])
-        sizes = np.array([len(lo) for lo in local])
-        weights = np.repeat(self.chunk_sizes_ / sizes, sizes).astype(np.float64)
-        self.gradient_error_ = None
-        if gradients is not None:
-            errors, weights = _subset_errors(gradients, chunks, local)
-            self.gradient_error_ = errors
-        device = None if is_sparse(X) else get_namespace(X)[1]
-        self.sample_indices_ = from_numpy(indices, xp, device)
-        self.sample_weight_ = from_numpy(weights, xp, device) if not is_sparse(X) else weights
 
     # ---------------------------------------------------------------- selection
 
@@ -814,15 +627,20 @@ class GraftResampler(_GraftBase):
 # ---------------------------------------------------------------------- helpers
 
 
-def _child_rng(rng):
-    """A generator seeded from ``rng`` (one draw), for one kernel call."""
-    return np.random.default_rng(int(rng.integers(2**32)))
-
-
 def _is_host_like(X):
     if isinstance(X, (np.ndarray, list, tuple)):
         return True
     return type(X).__module__.startswith("pandas")
+
+
+def _check_rows(n, y, owner):
+    """Raise a ValueError unless there are 2 rows or more, and y (if given) has n."""
+    if n < 2:
+        raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
+    if y is not None and _n_rows(y, "y") != n:
+        raise ValueError(
+            f"'y' has {_n_rows(y)} rows but X has {n}; pass one target per row of X."
+        )
 
 
 def _n_rows(X, name="y"):
@@ -848,86 +666,3 @@ def _take(X, indices):
     # NumPy X with torch y): the indices follow X to its namespace and device
     xp, device = get_namespace(X)
     return xp.take(X, from_numpy(to_numpy(indices), xp, device), axis=0)
-
-
-def _chunk_bounds(n, batch_size):
-    if batch_size is None:
-        return default_chunks(n)
-    if batch_size >= n:
-        return [(0, n)]
-    starts = range(0, n, batch_size)
-    return [(s, min(s + batch_size, n)) for s in starts]
-
-
-def _stack_groups(chunks):
-    """Group consecutive equal-size chunks: (row begin, row end, (first, last+1) chunk)."""
-    groups = []
-    first = 0
-    for c in range(1, len(chunks) + 1):
-        end_of_group = c == len(chunks) or (
-            chunks[c][1] - chunks[c][0] != chunks[first][1] - chunks[first][0])
-        if end_of_group:
-            groups.append((chunks[first][0], chunks[c - 1][1], (first, c)))
-            first = c
-    return groups
-
-
-def _block_grams(X, m, size):
-    """The Gram matrices X_c X_c^T of m consecutive sparse chunks, as a dense (m, size, size).
-
-    One sparse product: each chunk's columns are moved to a block of their own, so
-    the product is block diagonal and holds exactly the chunks' Gram matrices.
-    """
-    import scipy.sparse
-
-    X = scipy.sparse.csr_matrix(X)
-    d = X.shape[1]
-    chunk_of_entry = np.repeat(np.arange(X.shape[0]) // size, np.diff(X.indptr))
-    shifted = scipy.sparse.csr_matrix(
-        (X.data, X.indices + chunk_of_entry * d, X.indptr), shape=(X.shape[0], m * d))
-    product = (shifted @ shifted.T).tocoo()
-    gram = np.zeros((m, size, size), dtype=X.dtype)
-    gram[product.row // size, product.row % size, product.col % size] = product.data
-    return gram
-
-
-def _stack_rows(gradients, begin, stop, m):
-    if isinstance(gradients, FactoredGradients):
-        return FactoredGradients(
-            _stack_rows(gradients.residuals, begin, stop, m),
-            _stack_rows(gradients.inputs, begin, stop, m))
-    xp, _ = get_namespace(gradients)
-    return xp.reshape(gradients[begin:stop, ...], (m, (stop - begin) // m, gradients.shape[-1]))
-
-
-def _ns_dev(gradients):
-    if isinstance(gradients, FactoredGradients):
-        return get_namespace(gradients.residuals)
-    return get_namespace(gradients)
-
-
-def _subset_errors(gradients, chunks, local):
-    """Per-chunk relative gradient error and weights (times chunk size) of the subsets."""
-    xp, device = _ns_dev(gradients)
-    errors = np.zeros(len(chunks))
-    weights = [None] * len(chunks)
-    keys = sorted({(stop - begin, len(lo)) for (begin, stop), lo in zip(chunks, local)})
-    for size, k in keys:
-        members = [c for c, ((b, s), lo) in enumerate(zip(chunks, local))
-                   if s - b == size and len(lo) == k]
-        G = _gather_chunks(gradients, [chunks[c] for c in members])
-        idx = from_numpy(np.stack([local[c] for c in members]), xp, device)
-        err, w = _gradient_error(G, idx, xp)
-        err, w = to_numpy(err), to_numpy(w)
-        for j, c in enumerate(members):
-            errors[c] = float(err[j])
-            weights[c] = np.asarray(w[j], dtype=np.float64) * size
-    return errors, np.concatenate(weights)
-
-
-def _gather_chunks(gradients, bounds):
-    if isinstance(gradients, FactoredGradients):
-        return FactoredGradients(_gather_chunks(gradients.residuals, bounds),
-                                 _gather_chunks(gradients.inputs, bounds))
-    xp, _ = get_namespace(gradients)
-    return xp.stack([gradients[b:s, ...] for b, s in bounds])

@@ -21,8 +21,8 @@ from graft_select import (  # noqa: E402
     GraftResampler,
     GraftSelector,
     _dask,
+    _selection,
     last_layer_gradients,
-    selector,
 )
 
 N, D, BATCH = 2300, 12, 100  # 23 chunks of 100 rows: the last block's chunks are full
@@ -382,10 +382,11 @@ class TestBlockTask:
         xps = pytest.importorskip("array_api_strict")
         X, _, dense, _ = data
         sel = GraftSelector(0.2, batch_size=BATCH, basis="input")
-        sel._resolve_basis(dense)  # as fit_dask does before the tasks are sent
+        params, _ = sel._selection_params(True)  # as fit_dask does before the tasks are sent
         pieces = [(0, 500, (0, 5), 40, 123)]
-        ref = _dask._order_block(sel, X[:500], dense[:500], pieces)
-        out = _dask._order_block(sel, xps.asarray(X[:500]), xps.asarray(dense[:500]), pieces)
+        ref = _dask._order_block(params, X[:500], dense[:500], pieces)
+        out = _dask._order_block(params, xps.asarray(X[:500]), xps.asarray(dense[:500]),
+                                 pieces)
         assert ref[:2] == out[:2] == (None, None)
         (ref_order, ref_err), = ref[2]
         (order, err), = out[2]
@@ -429,7 +430,7 @@ class TestPickSlices:
         X = data[0]
         params = dict(fraction=0.3, batch_size=BATCH, uniform_share=0.5, random_state=4)
         ref = GraftSelector(**params).fit(X)
-        monkeypatch.setattr(selector, "_PICK_KEYS", 3 * BATCH)
+        monkeypatch.setattr(_selection, "_PICK_KEYS", 3 * BATCH)
         small = GraftSelector(**params).fit(X)
         np.testing.assert_array_equal(small.sample_indices_, ref.sample_indices_)
 

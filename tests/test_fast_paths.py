@@ -4,7 +4,7 @@
   (``linalg._volume_greedy``, ``linalg._extend_greedy``) against ``linalg._extend``;
 - the symmetric product of the Gram stacks (``_gram._self_products``);
 - the factor's rank at the typical subset size, with every pivot up to the
-  largest size still from MaxVol (``GraftSelector._rank``, ``_maxvol_order``).
+  largest size still from MaxVol (``_selection.rank``, ``_orders.maxvol_order``).
 """
 
 import numpy as np
@@ -14,7 +14,14 @@ import torch
 from graft_select import GraftSelector, fast_maxvol
 from graft_select._backend import get_namespace
 from graft_select._gram import _self_products, chunk_grams
+from graft_select._orders import maxvol_order
+from graft_select._selection import SelectionParams, pick, pick_members, rank
 from graft_select.linalg import _extend, _extend_greedy, _volume_greedy
+
+
+def params(**kwargs):
+    """The SelectionParams of a GraftSelector with ``kwargs`` (its defaults otherwise)."""
+    return SelectionParams.of(GraftSelector(**kwargs).get_params())
 
 
 def orthonormal_stack(rng, m, n, r):
@@ -142,21 +149,20 @@ class TestTypicalRank:
 
     def test_rank_is_the_typical_size(self):
         """The default rank is ceil(fraction * chunk) (less the uniform share), not k_max."""
-        selector = GraftSelector(fraction=0.3, batch_size=128)
-        assert selector._rank(128, 1000, 77) == 39
-        assert GraftSelector(fraction=0.3, uniform_share=0.5)._rank(128, 1000, 77) == 19
-        assert GraftSelector(fraction=0.3, n_components=50)._rank(128, 1000, 77) == 50
+        assert rank(params(fraction=0.3, batch_size=128), 128, 1000, 77) == 39
+        assert rank(params(fraction=0.3, uniform_share=0.5), 128, 1000, 77) == 19
+        assert rank(params(fraction=0.3, n_components=50), 128, 1000, 77) == 50
 
     def test_rank_never_above_the_largest_size(self):
         """k_hi below the typical size (fixed sizes without gradients) bounds the rank."""
-        assert GraftSelector(fraction=0.3)._rank(128, 1000, 20) == 20
+        assert rank(params(fraction=0.3), 128, 1000, 20) == 20
 
     def test_every_pivot_from_maxvol(self, rng):
         """With uniform_share=0 the whole order up to k_hi is MaxVol on the factor."""
-        selector = GraftSelector(fraction=0.3, batch_size=100, uniform_share=0.0)
+        selection = params(fraction=0.3, batch_size=100, uniform_share=0.0)
         U = orthonormal_stack(rng, 3, 100, 30)
-        order = np.stack(selector._maxvol_order(U, 60, np.random.default_rng(0),
-                                                with_tail=True))
+        order = np.stack(maxvol_order(selection, U, 60, np.random.default_rng(0),
+                                      with_tail=True))
         assert order.shape == (3, 60)
         np.testing.assert_array_equal(order, fast_maxvol(U, 60))
 
@@ -208,16 +214,16 @@ class TestLowerTriangularInverse:
 class TestPrefixPicks:
     def test_prefixes_without_uniform_share(self, rng):
         """uniform_share=0: the picks are the orders' prefixes, as the keyed draw gives."""
-        selector = GraftSelector(fraction=0.3, uniform_share=0.0)
-        selector.chunk_sizes_ = np.array([10, 10, 7])
+        selection = params(fraction=0.3, uniform_share=0.0)
+        chunk_sizes = np.array([10, 10, 7])
         orders = [rng.permutation(10)[:6], rng.permutation(10)[:6], rng.permutation(7)[:4]]
         sizes = np.array([1, 6, 3])
-        fast = selector._pick(orders, sizes, np.random.default_rng(0))
+        fast = pick(selection, chunk_sizes, orders, sizes, np.random.default_rng(0))
         keyed = [None] * 3
         for size in (7, 10):
-            members = np.flatnonzero(selector.chunk_sizes_ == size)
-            selector._pick_members(orders, sizes, np.random.default_rng(0), keyed, members,
-                                   size)
+            members = np.flatnonzero(chunk_sizes == size)
+            pick_members(selection, orders, sizes, np.random.default_rng(0), keyed, members,
+                         size)
         assert [f.tolist() for f in fast] == [k.tolist() for k in keyed]
         assert all(f.dtype == np.int64 for f in fast)
 

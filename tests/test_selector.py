@@ -230,12 +230,12 @@ class TestTypes:
 
     def test_sparse_chunk_grams(self):
         """Sparse chunks' Gram matrices come out of one block-diagonal product, exactly."""
-        from graft_select.selector import _block_grams
+        from graft_select._orders import block_grams
 
         X = sp.random(600, 50, density=0.1, format="csr", random_state=0)
         expected = np.stack([(X[c * 200:(c + 1) * 200] @ X[c * 200:(c + 1) * 200].T).toarray()
                              for c in range(3)])
-        np.testing.assert_allclose(_block_grams(X, 3, 200), expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(block_grams(X, 3, 200), expected, rtol=0, atol=1e-12)
 
     def test_sparse_chunked_matches_dense(self, digits):
         """Chunked selection on CSR input picks the same rows as on the dense array."""
