@@ -464,7 +464,8 @@ def _block_values(batch):
         # softmax by hand: torch.softmax over a few classes is 5x slower on the CPU
         residuals = (logits - logits.amax(dim=1, keepdim=True)).exp_()
         residuals /= residuals.sum(dim=1, keepdim=True)
-        minus_one = torch.full((1, 1), -1.0, device=logits.device).expand(labels.shape[0], 1)
+        minus_one = torch.full((1, 1), -1.0, dtype=residuals.dtype,
+                               device=logits.device).expand(labels.shape[0], 1)
         residuals.scatter_add_(1, labels[:, None], minus_one)
         values["residuals"] = residuals
         # NaN or +inf in a row of logits makes the whole softmax row NaN, so one

@@ -350,6 +350,18 @@ class TestRejectedRows:
         torch.testing.assert_close(sampler.state_dict()["store"]["residuals"][:8],
                                    expected.cpu())
 
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+    def test_residuals_of_other_float_dtypes(self, backend, dtype):
+        """Logits of any float dtype give softmax(logits) - onehot(targets) (float64 failed)."""
+        sampler = GraftBatchSampler(N, 32)
+        emb, logits, targets = _batch(backend)
+        logits = logits.to(dtype)
+        sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
+        expected = torch.softmax(logits.double(), 1) - torch.nn.functional.one_hot(targets, C)
+        tol = 1e-6 if dtype == torch.float64 else 2e-2
+        torch.testing.assert_close(sampler.state_dict()["store"]["residuals"][:8],
+                                   expected.float().cpu(), atol=tol, rtol=tol)
+
     def test_residuals_match_definition(self, backend):
         """Stored residuals are softmax(logits) - onehot(targets)."""
         sampler = GraftBatchSampler(N, 32)
