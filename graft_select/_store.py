@@ -22,7 +22,7 @@ import torch
 from ._iteration import FEEDBACK_NAMES
 from ._plan import mix
 
-__all__ = ["FeedbackStore", "check_batch"]
+__all__ = ["FeedbackStore", "check_batch", "signature"]
 
 FEEDBACK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 STAGED_BATCHES = 32  # batches staged between two recordings
@@ -64,7 +64,9 @@ class FeedbackStore(collections.abc.Mapping):
         self._rejected = torch.zeros(n_samples + 1, dtype=torch.int32)  # spare: bad indices
         self._placed = False  # moved to the device of the recorded values yet?
         self._staged = []  # (indices, values) of batches copied but not recorded yet
-        self._staged_key = None  # (input names, device of the indices, epoch) of those
+        self._staged_key = None  # (input names, device of the indices, epoch, source) of those
+        self._signature = None  # signature() of the last staged batch of a source pass
+        self._batch_bytes = 0  # staging bytes of the last staged batch
         self._last_row = None  # scratch: the last position of each sample in a block
         self.last_merge_bytes = 0
 
@@ -155,11 +157,45 @@ class FeedbackStore(collections.abc.Mapping):
             return
         # clones, not preallocated buffers: a clone reuses the memory freed by the
         # previous block (still in cache on the CPU), measured faster than a ring buffer
-        self._staged.append((indices.clone() if copy_indices else indices,
-                             [v.clone() for v in batch.values()]))
         self._staged_key = key
+        self._signature = signature(batch) if source is not None else None
+        self._batch_bytes = rows * width * 4
+        self._append(indices.clone() if copy_indices else indices, batch.values())
+
+    def stage_like_last(self, indices, values, epoch, source, batch_signature):
+        """Stage one more batch of the last staged one's kind, if it is; else return False.
+
+        The fast path of :meth:`stage` for the training loop's steady state: a
+        batch of the same pass (``source``) and epoch whose inputs have the
+        :func:`signature` of the last staged batch (names, shapes, dtypes,
+        devices) passes every check that batch passed, so only its copies run.
+
+        Parameters
+        ----------
+        indices : int64 tensor of shape (b,)
+            The batch's dataset indices (the sampler's own tensor: not copied).
+        values : sequence of tensors
+            The inputs, detached, in the order of the signature's names.
+        epoch, source :
+            As for :meth:`stage`.
+        batch_signature : tuple
+            :func:`signature` of the inputs.
+
+        Returns
+        -------
+        staged : bool
+            False (nothing done) when the batch is not of the last staged kind.
+        """
+        if (not self._staged or source is None or batch_signature != self._signature
+                or self._staged_key[2] != epoch or self._staged_key[3] is not source):
+            return False
+        self._append(indices, values)
+        return True
+
+    def _append(self, indices, values):
+        self._staged.append((indices, [value.clone() for value in values]))
         if len(self._staged) >= STAGED_BATCHES or (
-                len(self._staged) * rows * width * 4 > STAGED_BYTES):
+                len(self._staged) * self._batch_bytes > STAGED_BYTES):
             self.flush()
 
     def flush(self):
@@ -445,6 +481,11 @@ def check_batch(n_rows, embeddings, logits, targets, gradients):
         raise ValueError("observe() got nothing to record; pass embeddings, logits and "
                          "targets, or gradients, or watch() the model first.")
     return batch
+
+
+def signature(batch):
+    """What the checks of a batch read: names, shapes, dtypes and devices of its inputs."""
+    return tuple((name, value.shape, value.dtype, value.device) for name, value in batch.items())
 
 
 def _block_values(batch):

@@ -307,7 +307,10 @@ class GraftBatchSampler(Sampler[list[int]]):
         warns. Per call it only checks and copies the batch: the copies are
         recorded as one block every 32 batches and before anything reads the
         recorded feedback (a refit, :meth:`state_dict`), so these always see
-        every observation.
+        every observation. In a training loop's steady state (a batch this
+        pass handed out, with embeddings, logits and targets of the shapes,
+        dtypes and devices of the previous one) the checks come down to that
+        comparison.
 
         Without ``indices`` the batch is the oldest one this sampler handed out
         and that was not observed yet (the one being trained, also behind a
@@ -335,6 +338,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         gradients : tensor of shape (b, p), default=None
             Explicit per-sample gradient proxies (instead of logits and targets).
         """
+        if gradients is None and self._observe_like_last(indices, embeddings, logits, targets):
+            return
         iteration = self._iteration
         if indices is None:
             if iteration is None or not iteration.pending:
@@ -363,6 +368,40 @@ class GraftBatchSampler(Sampler[list[int]]):
                 iteration.take(depth)
             elif idx.device.type != "cpu":
                 iteration.take_pending()
+
+    def _observe_like_last(self, indices, embeddings, logits, targets):
+        """observe() of a training loop's steady state in a few attribute reads, or False.
+
+        The steady state: no indices, or the CPU int64 tensor of a batch this
+        pass handed out, and tensors of embeddings, logits and targets with the
+        shapes, dtypes and devices of the last staged batch (which took the
+        general path and passed its checks). Any other call returns False,
+        having changed nothing, and takes the general path.
+        """
+        iteration = self._iteration
+        if (iteration is None or type(embeddings) is not torch.Tensor
+                or type(logits) is not torch.Tensor or type(targets) is not torch.Tensor):
+            return False
+        if indices is None:  # the oldest handed-out batch not observed yet
+            if not iteration.pending:
+                return False
+        elif (type(indices) is not torch.Tensor or indices.dtype is not torch.int64
+                or indices.ndim != 1 or indices.requires_grad or indices.device.type != "cpu"):
+            return False
+        if embeddings.requires_grad or logits.requires_grad or targets.requires_grad:
+            embeddings, logits, targets = (embeddings.detach(), logits.detach(),
+                                           targets.detach())
+        batch_signature = (  # written out: this runs at every training step
+            ("embeddings", embeddings.shape, embeddings.dtype, embeddings.device),
+            ("logits", logits.shape, logits.dtype, logits.device),
+            ("targets", targets.shape, targets.dtype, targets.device))
+        depth = 0 if indices is None else iteration.find(indices)
+        if depth is None or not self._store.stage_like_last(
+                iteration.batches[iteration.pending[depth]], (embeddings, logits, targets),
+                self.epoch, iteration if iteration.distinct else None, batch_signature):
+            return False
+        iteration.take(depth)
+        return True
 
     def _sampler_targets(self, idx):
         """The sampler's targets of ``idx``, indexed on idx's device (no read-back)."""

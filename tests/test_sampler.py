@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from graft_select import GraftSelector  # noqa: E402
+from graft_select import GraftSelector, _store  # noqa: E402
 from graft_select.sampler import GraftBatchSampler  # noqa: E402
 
 N, D, C = 600, 8, 4
@@ -477,6 +477,113 @@ class TestStagedBatches:
         emb.zero_()
         index += 8
         torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][:8], kept)
+
+
+def _train_epoch(sampler, feedback, *, grad=False, with_indices=True):
+    """Observe every batch of one pass as a training loop does; return the batches."""
+    emb, logits, targets = feedback
+    batches = []
+    for batch in sampler:
+        batches.append(batch)
+        e, z = emb[batch], logits[batch]
+        if grad:
+            e, z = e.requires_grad_(), z.requires_grad_()
+        sampler.observe(torch.tensor(batch) if with_indices else None, embeddings=e,
+                        logits=z, targets=targets[batch])
+    return batches
+
+
+class TestObserveSteadyState:
+    """The steady-state path of observe() stores what the general path stores."""
+
+    def _general_only(self, monkeypatch):
+        monkeypatch.setattr(GraftBatchSampler, "_observe_like_last",
+                            lambda self, *args: False)
+
+    @pytest.mark.parametrize(("grad", "with_indices"), [(False, True), (True, True),
+                                                         (False, False)])
+    def test_same_store_as_general_path(self, monkeypatch, grad, with_indices):
+        """Two epochs observed with and without the steady-state path: equal stores."""
+        feedback = _feedback(N)
+        states = []
+        for general in (False, True):
+            with monkeypatch.context() as patch:
+                if general:
+                    self._general_only(patch)
+                sampler = GraftBatchSampler(N, 7, fraction=1.0, seed=2)  # a short last batch
+                for epoch in range(2):
+                    sampler.set_epoch(epoch)
+                    _train_epoch(sampler, feedback, grad=grad, with_indices=with_indices)
+                states.append(sampler.state_dict())
+        for name in ("embeddings", "residuals"):
+            assert torch.equal(states[0]["store"][name], states[1]["store"][name])
+        assert torch.equal(states[0]["last_seen"], states[1]["last_seen"])
+        assert torch.equal(states[0]["store"]["embeddings"], feedback[0])
+
+    def test_checks_run_once_per_block(self, monkeypatch):
+        """In the steady state the general checks run for the first batch of a block only."""
+        from graft_select import sampler as sampler_module
+
+        calls = []
+        checked = sampler_module.check_batch
+        monkeypatch.setattr(sampler_module, "check_batch",
+                            lambda *args: calls.append(1) or checked(*args))
+        sampler = GraftBatchSampler(N, 2, fraction=1.0)
+        batches = _train_epoch(sampler, _feedback(N))
+        blocks = -(-len(batches) // _store.STAGED_BATCHES)
+        assert len(batches) > 2 * _store.STAGED_BATCHES and len(calls) == blocks
+
+    def test_other_kind_of_batch_takes_the_general_path(self):
+        """A batch of another width after a staged one raises as the general path does."""
+        sampler = GraftBatchSampler(N, 8)
+        emb, logits, targets = _feedback(N)
+        iterator = iter(sampler)
+        first, second = next(iterator), next(iterator)
+        sampler.observe(torch.tensor(first), embeddings=emb[first], logits=logits[first],
+                        targets=targets[first])
+        with pytest.raises(ValueError, match="'embeddings' has 3 columns"):
+            sampler.observe(torch.tensor(second), embeddings=emb[second][:, :3],
+                            logits=logits[second], targets=targets[second])
+
+    def test_other_dtype_recorded(self):
+        """A float64 batch after float32 ones (another signature) is recorded too."""
+        sampler = GraftBatchSampler(N, 8, fraction=1.0)
+        emb, logits, targets = _feedback(N)
+        for step, batch in enumerate(sampler):
+            dtype = torch.float64 if step % 3 == 2 else torch.float32
+            sampler.observe(torch.tensor(batch), embeddings=emb[batch].to(dtype),
+                            logits=logits[batch].to(dtype), targets=targets[batch])
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"], emb)
+
+    def test_in_place_change_after_steady_observe_not_recorded(self):
+        """The steady-state path copies too: writing to the inputs afterwards changes nothing."""
+        sampler = GraftBatchSampler(N, 8)
+        emb, logits, targets = _feedback(N)
+        iterator = iter(sampler)
+        for _ in range(2):  # the second goes through the steady-state path
+            batch = next(iterator)
+            e, z, t = emb[batch].clone(), logits[batch].clone(), targets[batch].clone()
+            sampler.observe(torch.tensor(batch), embeddings=e, logits=z, targets=t)
+        e.zero_(), z.zero_(), t.zero_()
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][batch],
+                                   emb[batch])
+        expected = torch.softmax(logits[batch], 1) - torch.nn.functional.one_hot(
+            targets[batch], C)
+        torch.testing.assert_close(sampler.state_dict()["store"]["residuals"][batch], expected)
+
+    def test_new_epoch_not_stamped_with_old(self):
+        """A batch of the next epoch starts a new block: its rows carry the new epoch."""
+        sampler = GraftBatchSampler(N, 8, fraction=1.0)
+        feedback = _feedback(N)
+        _train_epoch(sampler, feedback)
+        sampler.set_epoch(1)
+        iterator = iter(sampler)
+        batch = next(iterator)
+        emb, logits, targets = feedback
+        sampler.observe(torch.tensor(batch), embeddings=emb[batch], logits=logits[batch],
+                        targets=targets[batch])
+        seen = sampler.state_dict()["last_seen"]
+        assert set(seen[batch].tolist()) == {1} and (seen == 0).sum() == N - len(batch)
 
 
 class TestRejectedIndicesOnDevice:
