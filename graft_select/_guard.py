@@ -62,10 +62,12 @@ def label_probabilities(residuals, rows):
     p_parts, mis_parts = [], []
     rows = rows.to(residuals.device)
     for start in range(0, len(rows), _BLOCK):
-        block = residuals[rows[start:start + _BLOCK]].to(torch.float32)
-        p_given = 1.0 + block.min(dim=1).values
+        # reduced over the classes as columns of the transposed block: torch reduces
+        # a few classes per row 5x slower than b rows per class
+        block = residuals[rows[start:start + _BLOCK]].to(torch.float32).T.contiguous()
+        p_given = 1.0 + block.amin(dim=0)
         p_parts.append(p_given)
-        mis_parts.append(block.max(dim=1).values > p_given)
+        mis_parts.append(block.amax(dim=0) > p_given)
     return torch.cat(p_parts), torch.cat(mis_parts)
 
 
