@@ -15,6 +15,7 @@ from sklearn.base import clone
 from torch.utils.data import Sampler
 
 from . import _guard, _plan
+from ._backend import load_namespaces
 from ._iteration import (
     BatchIterator,
     LastLayerCapture,
@@ -248,6 +249,9 @@ class GraftBatchSampler(Sampler[list[int]]):
             raise TypeError(f"The 'selector' parameter of {owner} must be a GraftSelector or "
                             f"None. Got {type(selector).__name__} instead.")
         self.selector = selector
+        # a refit's array namespaces (NumPy's for the CPU fast paths): loaded once per
+        # process here, not inside the first refit's timed selection
+        load_namespaces(np.empty(0), torch.empty(0))
         # Read from torch.distributed at the first set_epoch, len() or iteration, so a
         # sampler built before the process group exists still shards.
         self._replica_args = _check_replica_args(num_replicas, rank)

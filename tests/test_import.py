@@ -31,6 +31,15 @@ class TestImport:
         loaded = modules_after("import graft_select, graft_select.sampler")
         assert not {"lightning", "accelerate", "pytorch_lightning"} & loaded
 
+    def test_sampler_loads_refit_namespaces_when_built(self):
+        """Building a GraftBatchSampler loads the array namespaces its refits use."""
+        pytest.importorskip("torch")
+        imported = modules_after("import graft_select.sampler")
+        built = modules_after("import graft_select.sampler\n"
+                              "graft_select.sampler.GraftBatchSampler(10, 2)")
+        wrappers = {"array_api_compat.numpy", "array_api_compat.torch"}
+        assert not wrappers & imported and wrappers <= built
+
     def test_numpy_kernels_do_not_load_torch_or_cupy(self):
         """Running both kernels on NumPy input imports neither torch nor cupy."""
         loaded = modules_after(
