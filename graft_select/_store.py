@@ -169,6 +169,8 @@ class FeedbackStore(collections.abc.Mapping):
         batch of the same pass (``source``) and epoch whose inputs have the
         :func:`signature` of the last staged batch (names, shapes, dtypes,
         devices) passes every check that batch passed, so only its copies run.
+        A recording in between (a full block, a read of the store) does not end
+        the steady state; :meth:`load` does.
 
         Parameters
         ----------
@@ -186,7 +188,7 @@ class FeedbackStore(collections.abc.Mapping):
         staged : bool
             False (nothing done) when the batch is not of the last staged kind.
         """
-        if (not self._staged or source is None or batch_signature != self._signature
+        if (source is None or batch_signature != self._signature
                 or self._staged_key[2] != epoch or self._staged_key[3] is not source):
             return False
         self._append(indices, values)
@@ -203,8 +205,7 @@ class FeedbackStore(collections.abc.Mapping):
         if not self._staged:
             return
         staged, (names, _, epoch, source) = self._staged, self._staged_key
-        self._staged = []
-        self._staged_key = None  # the source is not kept alive past its block
+        self._staged = []  # the key and signature stay: the next batch may be of this kind
         indices = torch.cat([idx for idx, _ in staged])
         columns = zip(*(values for _, values in staged))
         batch = {name: torch.cat(parts) for name, parts in zip(names, columns)}
@@ -353,6 +354,7 @@ class FeedbackStore(collections.abc.Mapping):
         row counts as changed, so the next distributed merge sends it.
         """
         self._staged = []  # observations before the load are replaced
+        self._staged_key = self._signature = None  # the next batch takes every check
         self._rows = {}
         for name, rows in store.items():
             spare = torch.zeros((1, rows.shape[1]), dtype=self.dtype)

@@ -520,8 +520,8 @@ class TestObserveSteadyState:
         assert torch.equal(states[0]["last_seen"], states[1]["last_seen"])
         assert torch.equal(states[0]["store"]["embeddings"], feedback[0])
 
-    def test_checks_run_once_per_block(self, monkeypatch):
-        """In the steady state the general checks run for the first batch of a block only."""
+    def test_checks_run_once_per_pass(self, monkeypatch):
+        """In the steady state the general checks run for the pass's first batch only."""
         from graft_select import sampler as sampler_module
 
         calls = []
@@ -530,8 +530,29 @@ class TestObserveSteadyState:
                             lambda *args: calls.append(1) or checked(*args))
         sampler = GraftBatchSampler(N, 2, fraction=1.0)
         batches = _train_epoch(sampler, _feedback(N))
-        blocks = -(-len(batches) // _store.STAGED_BATCHES)
-        assert len(batches) > 2 * _store.STAGED_BATCHES and len(calls) == blocks
+        assert len(batches) > 2 * _store.STAGED_BATCHES and len(calls) == 1
+
+    def test_load_ends_the_steady_state(self, monkeypatch):
+        """After load_state_dict the next batch takes every check again."""
+        from graft_select import sampler as sampler_module
+
+        calls = []
+        checked = sampler_module.check_batch
+        monkeypatch.setattr(sampler_module, "check_batch",
+                            lambda *args: calls.append(1) or checked(*args))
+        sampler = GraftBatchSampler(N, 8, fraction=1.0)
+        emb, logits, targets = _feedback(N)
+        iterator = iter(sampler)
+        for _ in range(2):
+            batch = next(iterator)
+            sampler.observe(torch.tensor(batch), embeddings=emb[batch], logits=logits[batch],
+                            targets=targets[batch])
+        sampler._store.load(*(sampler.state_dict()[key]
+                              for key in ("store", "last_seen", "rejected")))
+        batch = next(iterator)
+        sampler.observe(torch.tensor(batch), embeddings=emb[batch], logits=logits[batch],
+                        targets=targets[batch])
+        assert len(calls) == 2
 
     def test_other_kind_of_batch_takes_the_general_path(self):
         """A batch of another width after a staged one raises as the general path does."""
