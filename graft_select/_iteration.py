@@ -42,8 +42,9 @@ class BatchIterator:
         """Whether no dataset index appears twice in this pass's batches (computed once).
 
         Batches of such a pass, each observed once, never repeat a sample, so the
-        store records them without its duplicate-index rule. A pass padded by
-        repetition across ranks (DistributedSampler's rule) is not distinct.
+        store records them without its duplicate-index rule. Every pass of
+        GraftBatchSampler is (the padding of DistributedSampler's rule lands on
+        other ranks); the check keeps the rule wherever that would not hold.
         """
         if self._distinct is None:
             every = torch.cat(self.batches) if self.batches else torch.zeros(0, dtype=torch.int64)

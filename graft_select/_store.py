@@ -64,9 +64,12 @@ class FeedbackStore(collections.abc.Mapping):
         self._rejected = torch.zeros(n_samples + 1, dtype=torch.int32)  # spare: bad indices
         self._placed = False  # moved to the device of the recorded values yet?
         self._staged = []  # (indices, values) of batches copied but not recorded yet
-        self._staged_key = None  # (input names, device of the indices, epoch, source) of those
-        self._signature = None  # signature() of the last staged batch of a source pass
-        self._batch_bytes = 0  # staging bytes of the last staged batch
+        # (input names, their devices, device of the indices, epoch, source) of the
+        # staged batches; with the signature and the staging bytes of the last batch
+        # that took every check, it outlives a recording (see stage_like_last)
+        self._staged_key = None
+        self._signature = None
+        self._batch_bytes = 0
         self._last_row = None  # scratch: the last position of each sample in a block
         self.last_merge_bytes = 0
 
@@ -143,7 +146,8 @@ class FeedbackStore(collections.abc.Mapping):
             duplicate-index rule.
         """
         self.check_widths(batch)
-        key = (tuple(batch), indices.device, epoch, source)
+        key = (tuple(batch), tuple(value.device for value in batch.values()), indices.device,
+               epoch, source)
         if not (self._staged and key == self._staged_key):
             for name, value in batch.items():
                 if name in STORED_NAME:
@@ -189,7 +193,7 @@ class FeedbackStore(collections.abc.Mapping):
             False (nothing done) when the batch is not of the last staged kind.
         """
         if (source is None or batch_signature != self._signature
-                or self._staged_key[2] != epoch or self._staged_key[3] is not source):
+                or self._staged_key[3] != epoch or self._staged_key[4] is not source):
             return False
         self._append(indices, values)
         return True
@@ -204,7 +208,7 @@ class FeedbackStore(collections.abc.Mapping):
         """Record the staged batches as one block (no value is read back to the host)."""
         if not self._staged:
             return
-        staged, (names, _, epoch, source) = self._staged, self._staged_key
+        staged, (names, _, _, epoch, source) = self._staged, self._staged_key
         self._staged = []  # the key and signature stay: the next batch may be of this kind
         indices = torch.cat([idx for idx, _ in staged])
         columns = zip(*(values for _, values in staged))
@@ -476,6 +480,9 @@ def check_batch(n_rows, embeddings, logits, targets, gradients):
                              "proxies; pass both or neither (or give the sampler "
                              "targets=).")
         batch["logits"] = _rows(logits, "logits", n_rows)
+        if not batch["logits"].dtype.is_floating_point:
+            raise TypeError(f"'logits' must be floating point, got dtype "
+                            f"{batch['logits'].dtype}; pass the model's outputs.")
         batch["targets"] = _labels(targets, n_rows)
     if gradients is not None:
         batch["gradients"] = _rows(gradients, "gradients", n_rows)
@@ -486,8 +493,9 @@ def check_batch(n_rows, embeddings, logits, targets, gradients):
 
 
 def signature(batch):
-    """What the checks of a batch read: names, shapes, dtypes and devices of its inputs."""
-    return tuple((name, value.shape, value.dtype, value.device) for name, value in batch.items())
+    """What the checks of a batch read: names, shapes, dtypes, layouts, devices of its inputs."""
+    return tuple((name, value.shape, value.dtype, value.layout, value.device)
+                 for name, value in batch.items())
 
 
 def _block_values(batch):
@@ -542,6 +550,9 @@ def as_tensor(value, name):
 
 def _rows(value, name, n):
     value = as_tensor(value, name)
+    if value.layout != torch.strided:
+        raise TypeError(f"'{name}' is a {value.layout} tensor; pass a dense one "
+                        "(.to_dense()).")
     if value.dtype.is_complex:
         raise TypeError(f"'{name}' is complex ({value.dtype}); pass real values (observe() "
                         "would drop the imaginary part).")
@@ -554,7 +565,11 @@ def _rows(value, name, n):
 
 
 def _labels(targets, n):
-    targets = as_tensor(targets, "targets").reshape(-1)
+    targets = as_tensor(targets, "targets")
+    if targets.layout != torch.strided:
+        raise TypeError(f"'targets' is a {targets.layout} tensor; pass a dense one "
+                        "(.to_dense()).")
+    targets = targets.reshape(-1)
     if targets.dtype.is_floating_point or targets.dtype.is_complex or (
             targets.dtype == torch.bool):
         raise TypeError(f"'targets' must hold integer class labels, got dtype {targets.dtype}; "

@@ -377,10 +377,10 @@ class GraftBatchSampler(Sampler[list[int]]):
         """observe() of a training loop's steady state in a few attribute reads, or False.
 
         The steady state: no indices, or the CPU int64 tensor of a batch this
-        pass handed out, and tensors of embeddings, logits and targets with the
-        shapes, dtypes and devices of the last staged batch (which took the
-        general path and passed its checks). Any other call returns False,
-        having changed nothing, and takes the general path.
+        pass handed out, and tensors of embeddings, logits and targets with one
+        row per index and the shapes, dtypes, layouts and devices of the last
+        batch that took the general path (and passed its checks). Any other call
+        returns False, having changed nothing, and takes the general path.
         """
         iteration = self._iteration
         if (iteration is None or type(embeddings) is not torch.Tensor
@@ -395,14 +395,20 @@ class GraftBatchSampler(Sampler[list[int]]):
         if embeddings.requires_grad or logits.requires_grad or targets.requires_grad:
             embeddings, logits, targets = (embeddings.detach(), logits.detach(),
                                            targets.detach())
-        batch_signature = (  # written out: this runs at every training step
-            ("embeddings", embeddings.shape, embeddings.dtype, embeddings.device),
-            ("logits", logits.shape, logits.dtype, logits.device),
-            ("targets", targets.shape, targets.dtype, targets.device))
+        batch_signature = (  # _store.signature written out: this runs at every step
+            ("embeddings", embeddings.shape, embeddings.dtype, embeddings.layout,
+             embeddings.device),
+            ("logits", logits.shape, logits.dtype, logits.layout, logits.device),
+            ("targets", targets.shape, targets.dtype, targets.layout, targets.device))
         depth = 0 if indices is None else iteration.find(indices)
-        if depth is None or not self._store.stage_like_last(
-                iteration.batches[iteration.pending[depth]], (embeddings, logits, targets),
-                self.epoch, iteration if iteration.distinct else None, batch_signature):
+        if depth is None:
+            return False
+        idx = iteration.batches[iteration.pending[depth]]
+        # the signature ties the logits' and targets' rows to the embeddings'; the
+        # batch's own length ties them to the indices (a pass's last batch is shorter)
+        if idx.shape[0] != embeddings.shape[0] or not self._store.stage_like_last(
+                idx, (embeddings, logits, targets), self.epoch,
+                iteration if iteration.distinct else None, batch_signature):
             return False
         iteration.take(depth)
         return True

@@ -554,6 +554,37 @@ class TestObserveSteadyState:
                         targets=targets[batch])
         assert len(calls) == 2
 
+    @pytest.mark.parametrize("with_indices", [True, False])
+    def test_rows_not_matching_a_short_batch_raise(self, with_indices):
+        """Full-size values for a pass's short last batch raise; nothing recorded is lost."""
+        n = 2 * 4 + 1  # batches of 4, 4 and 1
+        sampler = GraftBatchSampler(n, 4, fraction=1.0, shuffle=False)
+        emb, logits, targets = _feedback(n)
+        iterator = iter(sampler)
+        first, second, last = next(iterator), next(iterator), next(iterator)
+        for batch in (first, second):
+            sampler.observe(torch.tensor(batch), embeddings=emb[batch], logits=logits[batch],
+                            targets=targets[batch])
+        sampler.state_dict()  # records the block: the next batch starts a new one
+        with pytest.raises(ValueError, match="one row per index"):
+            sampler.observe(torch.tensor(last) if with_indices else None,
+                            embeddings=emb[second], logits=logits[second],
+                            targets=targets[second])
+        state = sampler.state_dict()
+        assert torch.equal(state["store"]["embeddings"][:8], emb[:8])
+        assert state["last_seen"].tolist() == [0] * 8 + [-1]
+
+    @TORCH_BACKENDS
+    def test_values_changing_device_recorded(self, backend):
+        """Batches whose values move to another device mid-pass are all recorded."""
+        sampler = GraftBatchSampler(N, 8, fraction=1.0)
+        emb, logits, targets = _feedback(N)
+        for step, batch in enumerate(sampler):
+            device = backend.device if step % 2 else "cpu"
+            sampler.observe(torch.tensor(batch), embeddings=emb[batch].to(device),
+                            logits=logits[batch].to(device), targets=targets[batch].to(device))
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"].cpu(), emb)
+
     def test_other_kind_of_batch_takes_the_general_path(self):
         """A batch of another width after a staged one raises as the general path does."""
         sampler = GraftBatchSampler(N, 8)

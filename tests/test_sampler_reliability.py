@@ -163,6 +163,26 @@ class TestObserveInputs:
             sampler.observe(torch.arange(4), embeddings=torch.randn(4, 2),
                             logits=torch.randn(4, 2), targets=torch.tensor([1, 0, 1, 0]) > 0)
 
+    def test_sparse_inputs_rejected(self):
+        """Sparse embeddings or targets are a TypeError at the call, nothing is staged."""
+        sampler = GraftBatchSampler(N, 16)
+        with pytest.raises(TypeError, match=r"'embeddings' is a torch\.sparse_coo tensor"):
+            sampler.observe(torch.arange(4), embeddings=torch.randn(4, 2).to_sparse())
+        with pytest.raises(TypeError, match=r"'targets' is a torch\.sparse_coo tensor"):
+            sampler.observe(torch.arange(4), embeddings=torch.randn(4, 2),
+                            logits=torch.randn(4, 3),
+                            targets=torch.tensor([1, 0, 2, 1]).to_sparse())
+        assert sampler.state_dict()["store"] == {}
+
+    def test_integer_logits_rejected(self):
+        """Integer logits are a TypeError at the call, not a failure at the recording."""
+        sampler = GraftBatchSampler(N, 16)
+        with pytest.raises(TypeError, match="'logits' must be floating point"):
+            sampler.observe(torch.arange(4), embeddings=torch.randn(4, 2),
+                            logits=torch.ones(4, 3, dtype=torch.int64),
+                            targets=torch.tensor([1, 0, 2, 1]))
+        assert sampler.state_dict()["store"] == {}
+
     def test_meta_tensors_rejected(self):
         """Meta tensors (no data) are rejected with a clear message."""
         sampler = GraftBatchSampler(N, 16)
