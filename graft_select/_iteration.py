@@ -89,9 +89,13 @@ class BatchIterator:
 
     def take(self, depth):
         """Mark the pending batch at ``depth`` (and those before it) consumed."""
+        pending = self.pending
         for _ in range(depth):
-            self.pending.popleft()
-        self.take_pending()
+            pending.popleft()
+        position = pending.popleft()  # take_pending() inlined: this runs at every step
+        self.observed_any = True
+        if position >= self.consumed:
+            self.consumed = position + 1
 
     def _consume(self, position):
         self.observed_any = True

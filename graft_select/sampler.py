@@ -408,7 +408,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         # batch's own length ties them to the indices (a pass's last batch is shorter)
         if idx.shape[0] != embeddings.shape[0] or not self._store.stage_like_last(
                 idx, (embeddings, logits, targets), self.epoch,
-                iteration if iteration.distinct else None, batch_signature):
+                iteration if iteration._distinct or iteration.distinct else None,
+                batch_signature):
             return False
         iteration.take(depth)
         return True
