@@ -312,9 +312,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         recorded as one block every 32 batches and before anything reads the
         recorded feedback (a refit, :meth:`state_dict`), so these always see
         every observation. In a training loop's steady state (a batch this
-        pass handed out, with embeddings, logits and targets of the shapes,
-        dtypes and devices of the previous one) the checks come down to that
-        comparison.
+        pass handed out, with embeddings, logits and targets, given or from
+        :meth:`watch` and the sampler's ``targets``, of the shapes, dtypes and
+        devices of the previous one) the checks come down to that comparison.
 
         Without ``indices`` the batch is the oldest one this sampler handed out
         and that was not observed yet (the one being trained, also behind a
@@ -342,8 +342,16 @@ class GraftBatchSampler(Sampler[list[int]]):
         gradients : tensor of shape (b, p), default=None
             Explicit per-sample gradient proxies (instead of logits and targets).
         """
-        if gradients is None and self._observe_like_last(indices, embeddings, logits, targets):
-            return
+        if gradients is None:
+            captured = embeddings is None and logits is None and self._capture is not None
+            if captured:  # the watched layer's latest forward pass
+                embeddings, logits = self._capture.inputs, self._capture.outputs
+            if self._observe_like_last(indices, embeddings, logits, targets):
+                if captured:
+                    self._capture.take()
+                return
+            if captured:  # the general path reads them again, and checks them
+                embeddings = logits = None
         iteration = self._iteration
         if indices is None:
             if iteration is None or not iteration.pending:
@@ -377,14 +385,17 @@ class GraftBatchSampler(Sampler[list[int]]):
         """observe() of a training loop's steady state in a few attribute reads, or False.
 
         The steady state: no indices, or the CPU int64 tensor of a batch this
-        pass handed out, and tensors of embeddings, logits and targets with one
-        row per index and the shapes, dtypes, layouts and devices of the last
-        batch that took the general path (and passed its checks). Any other call
-        returns False, having changed nothing, and takes the general path.
+        pass handed out, and tensors of embeddings, logits (given, or from the
+        watched layer) and targets (given, or the sampler's) with one row per
+        index and the shapes, dtypes, layouts and devices of the last batch that
+        took the general path (and passed its checks). Any other call returns
+        False, having changed nothing, and takes the general path.
         """
         iteration = self._iteration
         if (iteration is None or type(embeddings) is not torch.Tensor
-                or type(logits) is not torch.Tensor or type(targets) is not torch.Tensor):
+                or type(logits) is not torch.Tensor
+                or not (type(targets) is torch.Tensor
+                        or (targets is None and self.targets is not None))):
             return False
         if indices is None:  # the oldest handed-out batch not observed yet
             if not iteration.pending:
@@ -392,6 +403,12 @@ class GraftBatchSampler(Sampler[list[int]]):
         elif (type(indices) is not torch.Tensor or indices.dtype is not torch.int64
                 or indices.ndim != 1 or indices.requires_grad or indices.device.type != "cpu"):
             return False
+        depth = 0 if indices is None else iteration.find(indices)
+        if depth is None:
+            return False
+        idx = iteration.batches[iteration.pending[depth]]
+        if targets is None:  # the sampler's (a fresh tensor, on the CPU like idx)
+            targets = self.targets[idx]
         if embeddings.requires_grad or logits.requires_grad or targets.requires_grad:
             embeddings, logits, targets = (embeddings.detach(), logits.detach(),
                                            targets.detach())
@@ -400,10 +417,6 @@ class GraftBatchSampler(Sampler[list[int]]):
              embeddings.device),
             ("logits", logits.shape, logits.dtype, logits.layout, logits.device),
             ("targets", targets.shape, targets.dtype, targets.layout, targets.device))
-        depth = 0 if indices is None else iteration.find(indices)
-        if depth is None:
-            return False
-        idx = iteration.batches[iteration.pending[depth]]
         # the signature ties the logits' and targets' rows to the embeddings'; the
         # batch's own length ties them to the indices (a pass's last batch is shorter)
         if idx.shape[0] != embeddings.shape[0] or not self._store.stage_like_last(

@@ -520,6 +520,42 @@ class TestObserveSteadyState:
         assert torch.equal(states[0]["last_seen"], states[1]["last_seen"])
         assert torch.equal(states[0]["store"]["embeddings"], feedback[0])
 
+    def test_watched_model_same_store_as_general_path(self, monkeypatch):
+        """watch() and observe() without arguments: the steady state stores the same rows."""
+        from graft_select import sampler as sampler_module
+
+        X, y = torch.randn(N, 5), torch.randint(0, C, (N,))
+        states, calls = [], []
+        checked = sampler_module.check_batch
+        monkeypatch.setattr(sampler_module, "check_batch",
+                            lambda *args: calls.append(1) or checked(*args))
+        for general in (False, True):
+            with monkeypatch.context() as patch:
+                if general:
+                    self._general_only(patch)
+                torch.manual_seed(0)
+                model = torch.nn.Sequential(torch.nn.Linear(5, D), torch.nn.ReLU(),
+                                            torch.nn.Linear(D, C))
+                sampler = GraftBatchSampler(N, 16, fraction=1.0, targets=y, seed=1)
+                sampler.watch(model)
+                iterator = iter(sampler)
+                for batch in iterator:
+                    model(X[batch])
+                    sampler.observe()
+                    if len(iterator.pending) == 0 and len(iterator) > 0:
+                        next_batch = next(iterator)  # handed out, its forward not run
+                        with pytest.raises(ValueError, match="no forward pass"):
+                            sampler.observe()  # the capture was consumed
+                        model(X[next_batch])
+                        sampler.observe()
+                states.append(sampler.state_dict())
+            if not general:  # the pass's first batch, and its shorter last one
+                assert len(calls) == 1 + (N % 16 != 0)
+        for name in ("embeddings", "residuals"):
+            assert torch.equal(states[0]["store"][name], states[1]["store"][name])
+        expected = torch.relu(model[0](X)).detach()
+        torch.testing.assert_close(states[0]["store"]["embeddings"], expected)
+
     def test_checks_run_once_per_pass(self, monkeypatch):
         """In the steady state the general checks run for the pass's first batch only."""
         from graft_select import sampler as sampler_module
