@@ -97,6 +97,10 @@ def main(mode, out):
                       expected=[len(b) for b in expected], position=state["batches_yielded"],
                       rest_match=match)
     torch.save(result, os.path.join(out, f"{mode}-rank{rank}.pt"))
+    # every rank done before any tears its process group down: a rank that destroys
+    # it while the other still talks to it can abort the other at exit ("terminate
+    # called without an active exception", seen once under load in a full test run)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
 
 
