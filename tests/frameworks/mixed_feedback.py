@@ -30,6 +30,7 @@ def worker(rank, out, port):
         message = str(exc)
     with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
         f.write(repr(message))
+    dist.barrier()  # both ranks done before either tears the group down (see accelerate_run)
     dist.destroy_process_group()
 
 
