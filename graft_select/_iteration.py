@@ -77,6 +77,18 @@ class BatchIterator:
         self._consume(position)
         return self.batches[position]
 
+    def handed_out(self, indices):
+        """Depth in ``pending`` of ``indices`` if it is a CPU int64 tensor of a handed-out batch.
+
+        The common case of observe(): the batch passed back as a tensor, as a
+        DataLoader yields it. Anything else (another type, dtype or device, a
+        batch not handed out) gives None, for the general checks.
+        """
+        if (type(indices) is not torch.Tensor or indices.dtype is not torch.int64
+                or indices.ndim != 1 or indices.requires_grad or indices.device.type != "cpu"):
+            return None
+        return self.find(indices)
+
     def find(self, indices):
         """Depth in ``pending`` of the handed-out batch equal to ``indices``, or None."""
         for depth, position in enumerate(self.pending):
@@ -92,10 +104,7 @@ class BatchIterator:
         pending = self.pending
         for _ in range(depth):
             pending.popleft()
-        position = pending.popleft()  # take_pending() inlined: this runs at every step
-        self.observed_any = True
-        if position >= self.consumed:
-            self.consumed = position + 1
+        self._consume(pending.popleft())
 
     def _consume(self, position):
         self.observed_any = True

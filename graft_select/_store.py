@@ -494,20 +494,14 @@ def check_batch(n_rows, embeddings, logits, targets, gradients):
 
 def _residuals(logits, labels):
     """``softmax(logits) - onehot(labels)`` of a block of rows; ``labels`` in range."""
-    if logits.device.type == "cpu":
-        # softmax by hand over the classes as rows of the transposed block: torch's
-        # softmax, and its reductions along rows of a few classes, are 2-5x slower
-        scores = logits.T.contiguous()
-        residuals = (scores - scores.amax(dim=0)).exp_()
-        residuals /= residuals.sum(dim=0)
-        minus_one = torch.full((1, 1), -1.0, dtype=residuals.dtype).expand(1, labels.shape[0])
-        residuals.scatter_add_(0, labels[None, :], minus_one)
-        return residuals.T.contiguous()
-    residuals = (logits - logits.amax(dim=1, keepdim=True)).exp_()
-    residuals /= residuals.sum(dim=1, keepdim=True)
-    minus_one = torch.full((1, 1), -1.0, dtype=residuals.dtype,
-                           device=logits.device).expand(labels.shape[0], 1)
-    return residuals.scatter_add_(1, labels[:, None], minus_one)
+    # softmax by hand over the classes as rows of the transposed block: torch's
+    # softmax, and its reductions along rows of a few classes, are 2-5x slower
+    scores = logits.T.contiguous()
+    residuals = (scores - scores.amax(dim=0)).exp_()
+    residuals /= residuals.sum(dim=0)
+    minus_one = torch.full((1, 1), -1.0, dtype=residuals.dtype, device=logits.device)
+    residuals.scatter_add_(0, labels[None, :], minus_one.expand(1, labels.shape[0]))
+    return residuals.T.contiguous()
 
 
 def signature(batch):

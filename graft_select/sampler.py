@@ -398,12 +398,9 @@ class GraftBatchSampler(Sampler[list[int]]):
                         or (targets is None and self.targets is not None))):
             return False
         if indices is None:  # the oldest handed-out batch not observed yet
-            if not iteration.pending:
-                return False
-        elif (type(indices) is not torch.Tensor or indices.dtype is not torch.int64
-                or indices.ndim != 1 or indices.requires_grad or indices.device.type != "cpu"):
-            return False
-        depth = 0 if indices is None else iteration.find(indices)
+            depth = 0 if iteration.pending else None
+        else:
+            depth = iteration.handed_out(indices)
         if depth is None:
             return False
         idx = iteration.batches[iteration.pending[depth]]
@@ -421,8 +418,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         # batch's own length ties them to the indices (a pass's last batch is shorter)
         if idx.shape[0] != embeddings.shape[0] or not self._store.stage_like_last(
                 idx, (embeddings, logits, targets), self.epoch,
-                iteration if iteration._distinct or iteration.distinct else None,
-                batch_signature):
+                iteration if iteration.distinct else None, batch_signature):
             return False
         iteration.take(depth)
         return True
@@ -837,14 +833,9 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def _check_indices(self, indices):
         iteration = self._iteration
-        if (iteration is not None and type(indices) is torch.Tensor
-                and indices.dtype == torch.int64 and indices.ndim == 1
-                and not indices.requires_grad and indices.device.type == "cpu"):
-            # the common case, checked in a few attribute reads: a batch this sampler
-            # handed out, passed back as a CPU tensor (what a DataLoader yields)
-            depth = iteration.find(indices)
-            if depth is not None:
-                return iteration.batches[iteration.pending[depth]], depth
+        depth = None if iteration is None else iteration.handed_out(indices)
+        if depth is not None:  # a batch this sampler handed out: valid as it is
+            return iteration.batches[iteration.pending[depth]], depth
         idx = as_tensor(indices, "indices")
         if idx.ndim != 1:
             idx = idx.reshape(-1)

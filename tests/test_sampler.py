@@ -493,6 +493,17 @@ def _train_epoch(sampler, feedback, *, grad=False, with_indices=True):
     return batches
 
 
+def _count_checks(monkeypatch):
+    """A list that grows by one at each run of observe()'s general checks."""
+    from graft_select import sampler as sampler_module
+
+    calls = []
+    checked = sampler_module.check_batch
+    monkeypatch.setattr(sampler_module, "check_batch",
+                        lambda *args: calls.append(1) or checked(*args))
+    return calls
+
+
 class TestObserveSteadyState:
     """The steady-state path of observe() stores what the general path stores."""
 
@@ -522,13 +533,8 @@ class TestObserveSteadyState:
 
     def test_watched_model_same_store_as_general_path(self, monkeypatch):
         """watch() and observe() without arguments: the steady state stores the same rows."""
-        from graft_select import sampler as sampler_module
-
         X, y = torch.randn(N, 5), torch.randint(0, C, (N,))
-        states, calls = [], []
-        checked = sampler_module.check_batch
-        monkeypatch.setattr(sampler_module, "check_batch",
-                            lambda *args: calls.append(1) or checked(*args))
+        states, calls = [], _count_checks(monkeypatch)
         for general in (False, True):
             with monkeypatch.context() as patch:
                 if general:
@@ -558,24 +564,14 @@ class TestObserveSteadyState:
 
     def test_checks_run_once_per_pass(self, monkeypatch):
         """In the steady state the general checks run for the pass's first batch only."""
-        from graft_select import sampler as sampler_module
-
-        calls = []
-        checked = sampler_module.check_batch
-        monkeypatch.setattr(sampler_module, "check_batch",
-                            lambda *args: calls.append(1) or checked(*args))
+        calls = _count_checks(monkeypatch)
         sampler = GraftBatchSampler(N, 2, fraction=1.0)
         batches = _train_epoch(sampler, _feedback(N))
         assert len(batches) > 2 * _store.STAGED_BATCHES and len(calls) == 1
 
     def test_load_ends_the_steady_state(self, monkeypatch):
         """After load_state_dict the next batch takes every check again."""
-        from graft_select import sampler as sampler_module
-
-        calls = []
-        checked = sampler_module.check_batch
-        monkeypatch.setattr(sampler_module, "check_batch",
-                            lambda *args: calls.append(1) or checked(*args))
+        calls = _count_checks(monkeypatch)
         sampler = GraftBatchSampler(N, 8, fraction=1.0)
         emb, logits, targets = _feedback(N)
         iterator = iter(sampler)
