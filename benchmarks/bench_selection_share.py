@@ -23,8 +23,7 @@ from unittest import mock
 
 import numpy as np
 
-from graft_select.demo import CNN1D, DemoConfig, run_demo
-from graft_select.demo import harness
+from graft_select.demo import CNN1D, DemoConfig, harness, run_demo
 
 
 def shares(config, width):

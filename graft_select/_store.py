@@ -216,10 +216,22 @@ class FeedbackStore(collections.abc.Mapping):
         self._record_block(indices, batch, epoch, planned=source is not None)
 
     def _record_block(self, indices, batch, epoch, planned=False):
-        """Record one block; ``planned``: batches of one sampler pass (in range, distinct)."""
+        """Record one block; ``planned``: batches of one sampler pass (in range, distinct).
+
+        Everything runs on the store's device (the values' device, unless the
+        store was placed elsewhere first); nothing is read back to the host.
+        """
         values, ok = _block_values(batch)
-        device = ok.device  # the values' device: host indices go there, never the reverse
-        indices = indices.to(device, non_blocking=True)
+        if not self._placed:
+            self._place(ok.device)
+        device = self._last_seen.device
+        indices, ok = _to(indices, device), _to(ok, device)
+        stored = self._stored_rows(values, device)
+        if self.dtype != torch.float32 or self._projections:
+            # the stored form may overflow where the observed one did not (1e5 in
+            # float16; a sketch of huge values): such a row must not replace a good one
+            for rows in stored.values():
+                ok = ok & torch.isfinite(rows).all(dim=1)
         written = ok
         if not planned:
             inside = (indices >= 0) & (indices < self.n_samples)  # checked here on accelerators
@@ -233,18 +245,32 @@ class FeedbackStore(collections.abc.Mapping):
             self._last_row.scatter_reduce_(0, indices, torch.where(ok, position, -1), "amax")
             written = ok & (self._last_row[indices] == position)
             self._last_row.index_fill_(0, indices, -1)  # reset only what was touched
-        self.record(indices, values, ok, written, epoch)
+        self._write(indices, stored, ok, written, epoch)
 
-    def record(self, indices, values, ok, written, epoch):
-        """Write the rows ``values`` of the samples ``indices`` where ``written``.
+    def _stored_rows(self, values, device):
+        """The rows ``values`` (name -> (b, width)) on ``device``, sketched and cast as stored."""
+        stored = {}
+        for name, value in values.items():
+            value = _to(value, device)
+            if name not in self._rows or (name not in self._projections
+                                          and value.shape[1] != self._rows[name].shape[1]):
+                self._prepare(name, value.shape[1], device)
+            projection = self._projections.get(name)
+            if projection is not None:
+                value = value.to(torch.float32) @ projection
+            stored[name] = value.to(self.dtype)
+        return stored
+
+    def _write(self, indices, stored, ok, written, epoch):
+        """Write the rows ``stored`` of the samples ``indices`` where ``written``.
 
         Parameters
         ----------
         indices : int64 tensor of shape (b,)
             Dataset indices; ``n_samples`` marks a row whose index was out of
             range (its ``ok`` is False).
-        values : dict of name -> float tensor of shape (b, width)
-            The stored names' rows.
+        stored : dict of name -> tensor of shape (b, width)
+            The stored names' rows, in the store's dtype and on its device.
         ok : bool tensor of shape (b,)
             The valid rows; the others are flagged as rejected.
         written : bool tensor of shape (b,)
@@ -252,26 +278,13 @@ class FeedbackStore(collections.abc.Mapping):
         epoch : int
             Stamped as the written rows' last-seen epoch.
         """
-        first = next(iter(values.values()))
-        if not self._placed:
-            self._place(first.device)
-        device = self._last_seen.device
-        indices = indices.to(device, non_blocking=True)
-        ok = ok.to(device, non_blocking=True)
-        target = torch.where(written.to(device, non_blocking=True), indices, self.n_samples)
-        for name, value in values.items():
-            value = value.to(device, non_blocking=True)
-            if name not in self._rows or (name not in self._projections
-                                          and value.shape[1] != self._rows[name].shape[1]):
-                self._prepare(name, value.shape[1], device)
-            projection = self._projections.get(name)
-            if projection is not None:
-                value = value.to(torch.float32) @ projection
-            _copy_rows(self._rows[name], target, value.to(self.dtype))
+        target = torch.where(written, indices, self.n_samples)
+        for name, rows in stored.items():
+            _copy_rows(self._rows[name], target, rows)
         self._last_seen.index_fill_(0, target, epoch)
         self._dirty.index_fill_(0, target, True)
         # on the CPU reading ok back is free, and most blocks have no rejected row
-        if device.type != "cpu" or not bool(ok.all()):
+        if target.device.type != "cpu" or not bool(ok.all()):
             self._rejected.index_add_(0, indices, (~ok).to(torch.int32))
 
     def _stored_width(self, width):
@@ -347,6 +360,23 @@ class FeedbackStore(collections.abc.Mapping):
         return {"store": {name: rows.detach().cpu().clone() for name, rows in self.items()},
                 "last_seen": self.last_seen.cpu().clone(),
                 "rejected": self._rejected.to("cpu", copy=True)}
+
+    def check_castable(self, store, owner):
+        """Raise a ValueError if a row of ``store`` overflows this store's dtype (1e5 in float16).
+
+        Call it before changing anything: `load` casts the rows.
+        """
+        if self.dtype == torch.float32 or self.dtype == torch.float64:
+            return
+        for name, rows in store.items():
+            lost = torch.isfinite(rows) & ~torch.isfinite(rows.to(self.dtype))
+            if bool(lost.any()):
+                row = int(torch.nonzero(lost.any(dim=1))[0])
+                raise ValueError(
+                    f"The state's {name!r} hold values too large for the feedback_dtype "
+                    f"{self.dtype} of {owner} (sample {row}: largest magnitude "
+                    f"{float(rows[row].abs().max()):.4g}); load it into a sampler with "
+                    "feedback_dtype=torch.float32 or torch.bfloat16.")
 
     def load(self, store, last_seen, rejected):
         """Replace the rows by ``store`` (checked CPU tensors), cast to this store's dtype.
@@ -521,7 +551,7 @@ def _block_values(batch):
         sums.append(values["embeddings"].sum(dim=1))
     if "logits" in batch:
         logits = batch["logits"]
-        targets = batch["targets"].to(logits.device, torch.int64, non_blocking=True)
+        targets = _to(batch["targets"], logits.device).to(torch.int64)
         labels = targets.clamp(0, logits.shape[1] - 1)
         label_ok = labels == targets
         residuals = values["residuals"] = _residuals(logits, labels)
@@ -533,11 +563,21 @@ def _block_values(batch):
         sums.append(values["gradients"].sum(dim=1))
     total = sums[0]
     for other in sums[1:]:
-        total = total + other.to(total.device, non_blocking=True)
+        total = total + _to(other, total.device)
     ok = torch.isfinite(total)
     if label_ok is not None:
-        ok &= label_ok.to(ok.device, non_blocking=True)
+        ok &= _to(label_ok, ok.device)
     return values, ok
+
+
+def _to(tensor, device):
+    """``tensor`` on ``device``, without waiting where that is safe.
+
+    A copy to an accelerator is queued on its stream, which orders it before the
+    kernels that read it. A copy to the host is made at once: a queued one
+    lands in pinned memory that the CPU may read before the copy has finished.
+    """
+    return tensor.to(device, non_blocking=torch.device(device).type != "cpu")
 
 
 def as_tensor(value, name):

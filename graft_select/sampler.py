@@ -175,7 +175,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         Dtype of the recorded feedback, one of ``torch.float32``,
         ``torch.float16``, ``torch.bfloat16`` and ``torch.float64`` (or its name,
         e.g. ``"float16"``): float16 or bfloat16 halve the store (the selection
-        computes in float32 from it). A loaded state is cast to it.
+        computes in float32 from it). A loaded state is cast to it. float16
+        holds values up to 65,504: a row with larger embeddings is rejected like
+        a row with infinity (bfloat16 has float32's range).
     sketch_width : int, default=None
         Store every kind of feedback wider than this (embeddings, the residuals
         of many classes, explicit gradients) as a fixed random sketch of this
@@ -305,10 +307,11 @@ class GraftBatchSampler(Sampler[list[int]]):
         copied (detached) and kept on their device; later observations overwrite
         earlier ones. It never reads a value back to the host (no device
         synchronisation on CUDA): shapes and dtypes are checked at once, and
-        nothing is stored if one is wrong; rows with NaN or infinity, or a label
-        outside ``[0, n_classes)``, are not stored (those samples keep their
-        earlier values) and the next refit lists them in :attr:`last_refit` and
-        warns. Per call it only checks and copies the batch: the copies are
+        nothing is stored if one is wrong; rows with NaN or infinity (also after
+        the cast to ``feedback_dtype`` and the sketch: 1e5 overflows float16), or
+        a label outside ``[0, n_classes)``, are not stored (those samples keep
+        their earlier values) and the next refit lists them in :attr:`last_refit`
+        and warns. Per call it only checks and copies the batch: the copies are
         recorded as one block every 32 batches and before anything reads the
         recorded feedback (a refit, :meth:`state_dict`), so these always see
         every observation. In a training loop's steady state (a batch this
@@ -594,6 +597,7 @@ class GraftBatchSampler(Sampler[list[int]]):
             of the same size returns; the sampler is left unchanged.
         """
         checked = check_state(state, self.n_samples)
+        self._store.check_castable(checked["store"], "GraftBatchSampler")
         self.epoch = checked["epoch"]
         self._resume = checked["batches_yielded"]
         self._iteration = None
@@ -610,6 +614,7 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def _load_feedback(self, feedback):
         checked = check_feedback(feedback, self.n_samples, "GraftBatchSampler")
+        self._store.check_castable(checked["store"], "GraftBatchSampler")
         self._store.load(checked["store"], checked["last_seen"], checked["rejected"])
 
     # -------------------------------------------------------------- internals
@@ -702,7 +707,8 @@ class GraftBatchSampler(Sampler[list[int]]):
             first = ", ".join(str(i) for i in rejected[:5].tolist())
             warnings.warn(
                 f"GraftBatchSampler rejected {n_rows} observed rows since the last refit: NaN "
-                f"or infinity in the feedback, or labels (or indices) out of range. The "
+                f"or infinity in the feedback, values too large for feedback_dtype or the "
+                f"sketch, or labels (or indices) out of range. The "
                 f"{len(rejected)} samples concerned (first: {first or 'none'}) keep their "
                 "earlier values; check the model's outputs and the targets of these samples "
                 "(all of them are in last_refit.rejected_indices).", UserWarning, stacklevel=4)

@@ -686,6 +686,22 @@ class TestRejectedIndicesOnDevice:
         report, _ = _refit_report(sampler)
         assert report.n_rejected == 1 and report.rejected_indices == ()
 
+    def test_cuda_values_into_a_host_store(self):
+        """CUDA values recorded into a store on the CPU are copied before they are read.
+
+        A copy to the host must not be queued (non_blocking): the CPU would read the
+        pinned buffer before the copy, queued behind a long kernel, lands.
+        """
+        if not torch.cuda.is_available():
+            pytest.skip("torch-cuda: torch.cuda.is_available() is False")
+        sampler = _observed()  # the store is on the CPU
+        emb, logits, targets = (v.cuda() for v in _feedback(64, seed=2))
+        torch.cuda._sleep(200_000_000)  # keeps the stream busy for a while
+        emb = emb * 1.0  # queued behind the sleep
+        sampler.observe(torch.arange(64), embeddings=emb, logits=logits, targets=targets)
+        stored = sampler.state_dict()["store"]["embeddings"][:64]
+        torch.testing.assert_close(stored, emb.cpu())
+
     def test_observe_does_not_synchronise(self):
         """observe() with CUDA values runs under torch.cuda.set_sync_debug_mode('error')."""
         if not torch.cuda.is_available():
@@ -719,6 +735,63 @@ class TestCompactStore:
         assert {v.dtype for v in store.values()} == {expected}
         sampler.set_epoch(1)
         assert len(_flat(sampler)) == round(0.3 * N)
+
+    @pytest.mark.parametrize("twice", [False, True])
+    def test_value_overflowing_the_feedback_dtype_rejected(self, twice):
+        """A finite row that float16 cannot hold keeps the sample's earlier values and is
+        reported; observed twice in one call, the sample keeps its last row that fits."""
+        sampler = _observed(feedback_dtype=torch.float16)
+        before = sampler.state_dict()["store"]["embeddings"].clone()
+        emb, logits, targets = _feedback(8, seed=1)
+        indices = torch.arange(8)
+        if twice:  # row 5 is sample 4's second observation
+            indices[5] = 4
+        emb[5, 2] = 1e5  # float16 holds at most 65504
+        sampler.observe(indices, embeddings=emb, logits=logits, targets=targets)
+        after = sampler.state_dict()["store"]["embeddings"]
+        assert torch.isfinite(after).all()
+        if twice:
+            torch.testing.assert_close(after[4], emb[4].half())
+            assert torch.equal(after[5], before[5])
+        else:
+            assert torch.equal(after[5], before[5])
+        report, message = _refit_report(sampler)
+        assert report.n_rejected == 1 and report.rejected_indices == ((4,) if twice else (5,))
+        assert "too large for feedback_dtype" in message
+
+    def test_state_overflowing_the_feedback_dtype_raises(self):
+        """A float32 state with values float16 cannot hold is refused, sampler unchanged."""
+        state = _observed().state_dict()
+        state["store"]["embeddings"][7, 1] = 1e5
+        sampler = _observed(feedback_dtype=torch.float16)
+        sampler.set_epoch(3)
+        before = sampler.state_dict()
+        with pytest.raises(ValueError, match=r"too large for the feedback_dtype .*sample 7"):
+            sampler.load_state_dict(state)
+        after = sampler.state_dict()
+        assert after["epoch"] == 3
+        assert torch.equal(after["store"]["embeddings"], before["store"]["embeddings"])
+
+    def test_value_fitting_bfloat16_stored(self):
+        """bfloat16 has float32's range: the same large row is stored, not rejected."""
+        sampler = _observed(feedback_dtype=torch.bfloat16)
+        emb, logits, targets = _feedback(8, seed=1)
+        emb[5, 2] = 1e5
+        sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
+        assert sampler.state_dict()["store"]["embeddings"][5, 2] == emb[5, 2].bfloat16()
+        assert sampler._store.take_rejected()[1] == 0
+
+    def test_sketch_overflowing_rejected(self):
+        """A row whose sketch overflows float32 keeps the sample's earlier values."""
+        sampler = _observed(sketch_width=6)
+        before = sampler.state_dict()["store"]["embeddings"].clone()
+        # finite rows with finite sums (0), whose projections overflow float32
+        emb = torch.full((4, D), 3e38) * torch.tensor([1.0, -1.0]).repeat(D // 2)
+        emb[0] = 1.0
+        sampler.observe(torch.arange(4), embeddings=emb)
+        after = sampler.state_dict()["store"]["embeddings"]
+        assert torch.equal(after[1:4], before[1:4]) and torch.isfinite(after[0]).all()
+        assert sampler._store.take_rejected()[0].tolist() == [1, 2, 3]
 
     def test_sketch_width(self):
         """Feedback wider than sketch_width is stored at that width; narrower as observed."""
