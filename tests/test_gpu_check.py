@@ -68,3 +68,40 @@ def test_bad_arguments(argv, message, capsys):
         _load().parse_args(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+SHELL_SCRIPT = SCRIPT.with_suffix(".sh")
+TESTS = SCRIPT.parent.parent / "tests"
+
+
+def _gpu_test_files():
+    text = SHELL_SCRIPT.read_text()
+    listed = text.split('GPU_TEST_FILES="', 1)[1].split('"', 1)[0]
+    return {Path(name).name for name in listed.split()}
+
+
+def test_shell_script_runs_every_gpu_test_file():
+    """Every test file with CUDA or CuPy cases (the backend fixture or a torch-cuda
+    parameter) is in the shell script's pytest list, and every listed file exists."""
+    with_gpu_cases = {
+        path.name for path in TESTS.glob("test_*.py")
+        if path.name != Path(__file__).name and any(
+            mark in path.read_text() for mark in ('"torch-cuda"', "(self, backend", "(backend"))}
+    listed = _gpu_test_files()
+    assert {"test_gradients.py", "test_selector.py", "test_sampler.py"} <= with_gpu_cases
+    assert with_gpu_cases <= listed, sorted(with_gpu_cases - listed)
+    assert all((TESTS / name).is_file() for name in listed)
+
+
+@pytest.mark.skipif(_has_cuda(), reason="a CUDA device is present: the script would run")
+def test_shell_script_skips_without_gpu():
+    """Without a CUDA device and with installs off, the shell script runs the (skipped)
+    GPU tests, then the checks, and exits 77 with the reason."""
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_NO_INSTALL="1",
+               PYTHONPATH=str(SCRIPT.parent.parent))
+    done = subprocess.run(["bash", str(SHELL_SCRIPT)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 77, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "== CuPy and CUDA tests" in done.stdout
+    assert " skipped" in done.stdout and "failed" not in done.stdout
+    assert "SKIP: " in done.stdout

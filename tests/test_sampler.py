@@ -723,6 +723,43 @@ class TestRejectedIndicesOnDevice:
         assert sampler._store.take_rejected()[0].tolist() == [3, 35, 67]
 
 
+    @pytest.mark.parametrize("with_indices", [False, True])
+    def test_training_loop_does_not_synchronise(self, with_indices):
+        """The sampler's own batches, observed step by step (general, then steady-state
+        path, then a recording), run under set_sync_debug_mode('error'); a NaN row is
+        rejected and reported, the other rows are stored."""
+        if not torch.cuda.is_available():
+            pytest.skip("torch-cuda: torch.cuda.is_available() is False")
+        n = 256
+        targets = torch.randint(0, C, (n,))
+        sampler = GraftBatchSampler(n, 16, fraction=1.0, targets=targets)
+        emb = torch.randn(n, D, device="cuda")
+        logits = torch.randn(n, C, device="cuda")
+        emb[37, 1] = float("nan")
+        # the loop's own copies are made beforehand (a blocking copy to the GPU syncs)
+        plan = [torch.tensor(b) for b in GraftBatchSampler(n, 16, fraction=1.0)]  # same seed
+        values = [(emb[b.cuda()], logits[b.cuda()]) for b in plan]
+        batches = iter(sampler)
+        first = next(batches)  # the first observe takes the general path and places the store
+        sampler.observe(torch.tensor(first) if with_indices else None,
+                        embeddings=emb[first], logits=logits[first])
+        sampler._store.flush()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for step, batch in enumerate(batches, start=1):
+                assert batch == plan[step].tolist()
+                sampler.observe(plan[step] if with_indices else None,
+                                embeddings=values[step][0], logits=values[step][1])
+            sampler._store.flush()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        store = sampler.state_dict()["store"]["embeddings"]
+        good = torch.arange(n) != 37
+        torch.testing.assert_close(store[good], emb.cpu()[good])
+        assert sampler._store.take_rejected()[0].tolist() == [37]
+
+
 class TestCompactStore:
     """feedback_dtype and sketch_width keep the store small."""
 
