@@ -55,11 +55,15 @@ class RefitReport:
         Samples added because their recorded values were the stalest.
     n_rejected : int, default=0
         Observed rows rejected since the previous refit (NaN or infinity in the
-        feedback, a label outside ``[0, n_classes)``, or an index outside the
-        dataset when the indices were on an accelerator); they were not stored,
-        the samples kept their earlier values, and the refit warned.
+        feedback, also after the cast to ``feedback_dtype`` or the sketch, a
+        label outside ``[0, n_classes)``, or an index outside the dataset when
+        the indices were on an accelerator); they were not stored, the samples
+        kept their earlier values, and the refit warned.
     rejected_indices : tuple of int, default=()
-        Dataset indices of the samples with rejected rows, sorted.
+        Dataset indices of the samples with rejected rows, sorted. A row whose
+        index was outside the dataset is counted in ``n_rejected`` but has no
+        index here (it names no sample; reading the bad value back would cost
+        a device synchronisation at the step).
     gathered_bytes : int, default=0
         Bytes this rank sent to merge the ranks' feedback (0 without
         ``torch.distributed``).
