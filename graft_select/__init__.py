@@ -4,20 +4,12 @@ Per chunk of samples, GRAFT takes a low-rank representation (truncated SVD),
 keeps the rows of maximal volume (Fast MaxVol) and sizes the subset so that the
 kept samples' gradients still approximate the chunk's gradient.
 
-``import graft_select`` imports neither torch nor cupy; the torch sampler lives in
-:mod:`graft_select.sampler` and is imported on first use (``GraftBatchSampler`` is
+``import graft_select`` is light: it imports neither scikit-learn nor torch nor
+cupy. Each public name's module is imported on first use: the estimators
+(:mod:`graft_select.selector`, scikit-learn), the kernels (:mod:`graft_select.linalg`,
+:mod:`graft_select.gradients`) and the torch sampler (:mod:`graft_select.sampler`,
 also reachable as ``graft_select.GraftBatchSampler``).
 """
-
-from .gradients import (
-    FactoredGradients,
-    gradient_error,
-    gram_matrix,
-    last_layer_gradients,
-    nested_gradient_errors,
-)
-from .linalg import fast_maxvol, low_rank_features
-from .selector import GraftResampler, GraftSelector
 
 __version__ = "0.1.0"
 
@@ -38,10 +30,35 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    # The sampler imports torch: load it only when asked for.
-    if name in ("GraftBatchSampler", "LastLayerCapture", "RefitReport"):
-        from . import sampler
+# Public name -> the module that defines it. Every module is imported on first use of
+# one of its names (PEP 562): `import graft_select` loads neither scikit-learn (0.9 s)
+# nor torch, and the command line starts at once.
+_LAZY = {
+    "FactoredGradients": "gradients",
+    "gradient_error": "gradients",
+    "gram_matrix": "gradients",
+    "last_layer_gradients": "gradients",
+    "nested_gradient_errors": "gradients",
+    "fast_maxvol": "linalg",
+    "low_rank_features": "linalg",
+    "GraftResampler": "selector",
+    "GraftSelector": "selector",
+    "GraftBatchSampler": "sampler",
+    "LastLayerCapture": "sampler",
+    "RefitReport": "sampler",
+}
 
-        return getattr(sampler, name)
-    raise AttributeError(f"module 'graft_select' has no attribute {name!r}")
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'graft_select' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next access is a plain attribute read
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -26,6 +26,28 @@ class TestImport:
         assert "torch" not in loaded
         assert "cupy" not in loaded
 
+    def test_import_does_not_load_sklearn(self):
+        """`import graft_select` leaves scikit-learn and scipy out: modules load on use."""
+        loaded = modules_after("import graft_select")
+        assert not {"sklearn", "scipy", "graft_select.selector"} & loaded
+        used = modules_after("import graft_select\ngraft_select.GraftSelector")
+        assert {"sklearn", "graft_select.selector"} <= used and "torch" not in used
+
+    def test_every_public_name_resolves(self):
+        """Each name of __all__ is reachable, listed by dir(), and star-importable."""
+        import graft_select
+
+        for name in graft_select.__all__:
+            if name in ("GraftBatchSampler", "LastLayerCapture", "RefitReport"):
+                pytest.importorskip("torch")
+            assert getattr(graft_select, name) is not None
+            assert name in dir(graft_select)
+        namespace = {}
+        exec("from graft_select import *", namespace)
+        assert set(graft_select.__all__) <= set(namespace)
+        with pytest.raises(AttributeError, match="no attribute 'GraftSelectr'"):
+            graft_select.GraftSelectr  # noqa: B018
+
     def test_import_does_not_load_lightning_or_accelerate(self):
         """Neither `import graft_select` nor the sampler imports lightning or accelerate."""
         loaded = modules_after("import graft_select, graft_select.sampler")
