@@ -280,7 +280,9 @@ def cholesky_checked(A, xp):
     - torch: ``torch.linalg.cholesky_ex`` reports failures in ``info``, without
       a host synchronisation;
     - CuPy: ``cupy.linalg.cholesky`` does not raise under CuPy's default error
-      state (the factor holds NaN instead), so the result is checked;
+      state (the factor holds NaN instead, or a factorisation that stopped early
+      leaves finite values with a zero or negative pivot), so the result is
+      checked: every entry finite and every diagonal entry positive;
     - NumPy and others: ``numpy.linalg.LinAlgError`` on the stack, then the
       matrices are factored one by one to find the failures.
     """
@@ -291,7 +293,8 @@ def cholesky_checked(A, xp):
         return L, info == 0
     if is_cupy(xp):
         L = xp.linalg.cholesky(A)
-        return L, xp.all(xp.isfinite(xp.reshape(L, (L.shape[0], -1))), axis=-1)
+        finite = xp.all(xp.isfinite(xp.reshape(L, (L.shape[0], -1))), axis=-1)
+        return L, xp.logical_and(finite, xp.all(xp.linalg.diagonal(L) > 0, axis=-1))
     try:
         L = xp.linalg.cholesky(A)
         return L, xp.ones(A.shape[0], dtype=xp.bool, device=_device_of(A))
