@@ -207,8 +207,13 @@ def device_scope(x):
     device=d)`` lands on the current device), so a kernel given an array on
     ``cuda:1`` would build its helpers on ``cuda:0``; entering
     ``cupy.cuda.Device(x.device.id)`` makes ``x``'s device current. Other
-    libraries honour ``device=``: a no-op context.
+    libraries honour ``device=``: a no-op context. For a tuple (a
+    FactoredGradients, a pair of factors) the scope is that of its first element;
+    an empty tuple, like any non-array, gets the no-op context (its checks then
+    raise the named error).
     """
+    if isinstance(x, tuple):
+        x = x[0] if x else None
     if array_api_compat.is_cupy_array(x):
         import cupy
 
@@ -220,11 +225,12 @@ def on_input_device(function):
     """Decorator: run ``function(X, ...)`` under :func:`device_scope` of ``X``.
 
     For a tuple ``X`` (a FactoredGradients) the scope is that of its first element.
+    A method can be decorated too: ``X`` is then ``self``.
     """
 
     @functools.wraps(function)
     def wrapper(X, *args, **kwargs):
-        with device_scope(X[0] if isinstance(X, tuple) else X):
+        with device_scope(X):
             return function(X, *args, **kwargs)
 
     return wrapper

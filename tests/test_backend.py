@@ -231,6 +231,16 @@ class TestDeviceScope:
         with device_scope(np.zeros(3)) as entered:
             assert entered is None
 
+    def test_empty_tuple_reaches_the_named_check(self):
+        """An empty tuple gets no scope, so the kernel's own check names the argument."""
+        from graft_select import GraftSelector
+        from graft_select.gradients import nested_gradient_errors
+
+        with pytest.raises(ValueError, match="'G' of nested_gradient_errors must be a 2-D"):
+            nested_gradient_errors((), [0])
+        with pytest.raises(ValueError, match="Expected 2D array"):
+            GraftSelector().fit(())
+
     def test_decorated_kernels_keep_their_names(self):
         """on_input_device keeps the public kernels' names and docstrings (API docs)."""
         from graft_select import fast_maxvol, low_rank_features
