@@ -9,6 +9,7 @@ array-api-compat, which only inspects objects that already exist.
 
 import contextlib
 import functools
+import inspect
 
 import array_api_compat
 import numpy as np
@@ -224,14 +225,16 @@ def device_scope(x):
 def on_input_device(function):
     """Decorator: run ``function(X, ...)`` under :func:`device_scope` of ``X``.
 
-    For a tuple ``X`` (a FactoredGradients) the scope is that of its first element.
-    A method can be decorated too: ``X`` is then ``self``.
+    ``X`` is the first argument, passed by position or by its name. For a tuple
+    ``X`` (a FactoredGradients) the scope is that of its first element. A method
+    can be decorated too: ``X`` is then ``self``.
     """
+    first = next(iter(inspect.signature(function).parameters))
 
     @functools.wraps(function)
-    def wrapper(X, *args, **kwargs):
-        with device_scope(X):
-            return function(X, *args, **kwargs)
+    def wrapper(*args, **kwargs):
+        with device_scope(args[0] if args else kwargs.get(first)):
+            return function(*args, **kwargs)
 
     return wrapper
 

@@ -251,6 +251,26 @@ class TestDeviceScope:
             assert "Parameters" in function.__doc__
             assert function.__wrapped__.__name__ == function.__name__
 
+    def test_input_passed_by_name_is_scoped(self, monkeypatch):
+        """The decorated kernels accept their first argument by name, and scope it."""
+        import contextlib
+
+        import graft_select._backend as backend_module
+        from graft_select.gradients import last_layer_gradients, nested_gradient_errors
+
+        entered = []
+
+        def scope(x):
+            entered.append(x)
+            return contextlib.nullcontext()
+
+        monkeypatch.setattr(backend_module, "device_scope", scope)
+        logits = np.random.default_rng(0).standard_normal((5, 3))
+        G = last_layer_gradients(logits=logits, targets=np.array([0, 1, 2, 0, 1]))
+        errors = nested_gradient_errors(G=G, order=np.array([0, 1]))
+        assert errors.shape == (2,)
+        assert entered[-1] is G
+
     def test_cupy_second_device(self):
         """A CuPy array on cuda:1 gets its results (and helpers) on cuda:1."""
         cupy = pytest.importorskip("cupy")
