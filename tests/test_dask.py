@@ -175,6 +175,19 @@ class TestSameAsInMemory:
                 da.from_array(X, chunks=(128, -1)))
         _assert_same_fit(lazy, eager)
 
+    @pytest.mark.parametrize("kind", ["dense", "factored"])
+    def test_float16_gradients(self, data, kind):
+        """float16 gradients are computed in float32 on the blocks, as in memory."""
+        X, _, dense, factored = data
+        G = dense.astype(np.float16) if kind == "dense" else FactoredGradients(
+            factored.residuals.astype(np.float16), factored.inputs.astype(np.float16))
+        params = dict(fraction=0.2, batch_size=BATCH, basis="gradients", random_state=0)
+        eager = GraftSelector(**params).fit(X, gradients=G)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(**params).fit(da.from_array(X, chunks=(500, -1)),
+                                               gradients=_dask_like(G, (500, -1)))
+        _assert_same_fit(lazy, eager)
+
     def test_batch_size_above_rows(self, data):
         """batch_size >= n_samples is one chunk of all rows, gathered into one block."""
         X = data[0][:500]
@@ -350,6 +363,19 @@ class TestBadInput:
         with dask.config.set(scheduler="synchronous"), pytest.raises(ValueError, match=message):
             GraftSelector(0.2, batch_size=BATCH).fit(
                 da.from_array(X, chunks=(500, -1)), gradients=da.from_array(dense, (500, -1)))
+
+    @pytest.mark.parametrize("part", ["residuals", "inputs"])
+    def test_non_finite_factor_rows_in_global_numbers(self, data, part):
+        """NaN or infinity in either factor is found by the blocks, in global row numbers."""
+        X, _, _, factored = data
+        bad = getattr(factored, part).copy()
+        bad[[1800, 2299], 0] = [np.nan, np.inf]
+        G = factored._replace(**{part: bad})
+        message = re.escape("'gradients' of GraftSelector contains NaN or infinity in 2 rows "
+                            "(first: 1800)")
+        with dask.config.set(scheduler="synchronous"), pytest.raises(ValueError, match=message):
+            GraftSelector(0.2, batch_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
+                                                     gradients=_dask_like(G, (500, -1)))
 
     def test_wrong_dimensions_and_dtype(self):
         """1-D, empty and complex dask arrays get the in-memory kind of error."""
