@@ -27,8 +27,15 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
-from ._orders import namespace_of, stack_order, stack_rows, subset_errors
+from ._backend import (
+    device_scope,
+    from_numpy,
+    get_namespace,
+    is_dask_array,
+    is_sparse,
+    to_numpy,
+)
+from ._orders import prefix_errors, stack_order, subset_errors
 from ._selection import (
     chunk_bounds,
     chunk_lengths,
@@ -40,7 +47,7 @@ from ._selection import (
     subset_sizes,
 )
 from ._validation import _all_finite, check_not_empty, half_dtype
-from .gradients import FactoredGradients, nested_gradient_errors
+from .gradients import FactoredGradients
 from .selector import _check_rows
 
 __all__ = ["aligned", "fit_dask", "take_rows"]
@@ -159,7 +166,8 @@ def _order_block(params, X, gradients, pieces):
     the same shape or None (without gradients); for the uniform strategy a
     piece is ``(None, number of chunks)``. If X or the gradients (dense, or
     either factor) hold NaN or infinity, nothing is selected and the bad rows
-    are reported instead.
+    are reported instead. These are the block's only checks: the kernels run
+    their private bodies, under the device scope of X.
     """
     xp, _ = get_namespace(X)
     bad_X = _bad_rows(X)
@@ -169,18 +177,16 @@ def _order_block(params, X, gradients, pieces):
         return bad_X, bad_G, []
     gradients = _block_gradients(gradients)
     out = []
-    for begin, stop, count, k_hi, seed in pieces:
-        order = stack_order(params, X, xp, gradients, begin, stop, count, k_hi, _Seed(seed))
-        if order[0] is None:
-            out.append((None, len(order)))
-            continue
-        order = np.stack(order)
-        errors = None
-        if gradients is not None:
-            errors = nested_gradient_errors(stack_rows(gradients, begin, stop, len(order)),
-                                            from_numpy(order, *namespace_of(gradients)))
-            errors = np.asarray(to_numpy(errors), dtype=np.float64)
-        out.append((order, errors))
+    with device_scope(X):
+        for begin, stop, count, k_hi, seed in pieces:
+            order = stack_order(params, X, xp, gradients, begin, stop, count, k_hi,
+                                _Seed(seed))
+            if order[0] is None:
+                out.append((None, len(order)))
+                continue
+            errors = None if gradients is None else prefix_errors(gradients, begin, stop,
+                                                                   order)
+            out.append((np.stack(order), errors))
     return None, None, out
 
 
@@ -253,7 +259,9 @@ def _weights_block(gradients, chunks, local):
 
     The block's values were checked by `_order_block`.
     """
-    return subset_errors(_block_gradients(gradients), chunks, local)
+    gradients = _block_gradients(gradients)
+    with device_scope(gradients):
+        return subset_errors(gradients, chunks, local)
 
 
 # --------------------------------------------------------------------- transform

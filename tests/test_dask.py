@@ -420,6 +420,25 @@ class TestBlockTask:
         np.testing.assert_array_equal(order, ref_order)
         np.testing.assert_allclose(err, ref_err, rtol=1e-10, atol=1e-12)
 
+    def test_block_tasks_run_under_the_device_scope(self, data, monkeypatch):
+        """Both tasks enter the scope of their block (CuPy creates on the current device)."""
+        import contextlib
+
+        X, _, _, factored = data
+        entered = []
+
+        def scope(x):
+            entered.append(x)
+            return contextlib.nullcontext()
+
+        monkeypatch.setattr(_dask, "device_scope", scope)
+        sel = GraftSelector(0.2, batch_size=BATCH, basis="gradients")
+        params, _ = sel._selection_params(True)
+        X, G = X[:500], tuple(P[:500] for P in factored)
+        _dask._order_block(params, X, G, [(0, 500, (0, 5), 40, 123)])
+        _dask._weights_block(G, [(0, 100), (100, 200)], [np.arange(5), np.arange(5)])
+        assert entered[0] is X and entered[1].residuals is G[0]
+
     def test_take_block_non_numpy(self, data):
         """The transform's block take works on non-NumPy blocks with NumPy indices."""
         xps = pytest.importorskip("array_api_strict")
