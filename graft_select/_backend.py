@@ -9,6 +9,7 @@ array-api-compat, which only inspects objects that already exist.
 
 import contextlib
 import functools
+import inspect
 
 import array_api_compat
 import numpy as np
@@ -207,8 +208,13 @@ def device_scope(x):
     device=d)`` lands on the current device), so a kernel given an array on
     ``cuda:1`` would build its helpers on ``cuda:0``; entering
     ``cupy.cuda.Device(x.device.id)`` makes ``x``'s device current. Other
-    libraries honour ``device=``: a no-op context.
+    libraries honour ``device=``: a no-op context. For a tuple (a
+    FactoredGradients, a pair of factors) the scope is that of its first element;
+    an empty tuple, like any non-array, gets the no-op context (its checks then
+    raise the named error).
     """
+    if isinstance(x, tuple):
+        x = x[0] if x else None
     if array_api_compat.is_cupy_array(x):
         import cupy
 
@@ -219,13 +225,16 @@ def device_scope(x):
 def on_input_device(function):
     """Decorator: run ``function(X, ...)`` under :func:`device_scope` of ``X``.
 
-    For a tuple ``X`` (a FactoredGradients) the scope is that of its first element.
+    ``X`` is the first argument, passed by position or by its name. For a tuple
+    ``X`` (a FactoredGradients) the scope is that of its first element. A method
+    can be decorated too: ``X`` is then ``self``.
     """
+    first = next(iter(inspect.signature(function).parameters))
 
     @functools.wraps(function)
-    def wrapper(X, *args, **kwargs):
-        with device_scope(X[0] if isinstance(X, tuple) else X):
-            return function(X, *args, **kwargs)
+    def wrapper(*args, **kwargs):
+        with device_scope(args[0] if args else kwargs.get(first)):
+            return function(*args, **kwargs)
 
     return wrapper
 
@@ -280,7 +289,9 @@ def cholesky_checked(A, xp):
     - torch: ``torch.linalg.cholesky_ex`` reports failures in ``info``, without
       a host synchronisation;
     - CuPy: ``cupy.linalg.cholesky`` does not raise under CuPy's default error
-      state (the factor holds NaN instead), so the result is checked;
+      state (the factor holds NaN instead, or a factorisation that stopped early
+      leaves finite values with a zero or negative pivot), so the result is
+      checked: every entry finite and every diagonal entry positive;
     - NumPy and others: ``numpy.linalg.LinAlgError`` on the stack, then the
       matrices are factored one by one to find the failures.
     """
@@ -291,7 +302,8 @@ def cholesky_checked(A, xp):
         return L, info == 0
     if is_cupy(xp):
         L = xp.linalg.cholesky(A)
-        return L, xp.all(xp.isfinite(xp.reshape(L, (L.shape[0], -1))), axis=-1)
+        finite = xp.all(xp.isfinite(xp.reshape(L, (L.shape[0], -1))), axis=-1)
+        return L, xp.logical_and(finite, xp.all(xp.linalg.diagonal(L) > 0, axis=-1))
     try:
         L = xp.linalg.cholesky(A)
         return L, xp.ones(A.shape[0], dtype=xp.bool, device=_device_of(A))

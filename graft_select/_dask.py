@@ -27,8 +27,15 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, is_dask_array, is_sparse, to_numpy
-from ._orders import namespace_of, stack_order, stack_rows, subset_errors
+from ._backend import (
+    device_scope,
+    from_numpy,
+    get_namespace,
+    is_dask_array,
+    is_sparse,
+    to_numpy,
+)
+from ._orders import prefix_errors, stack_order, subset_errors
 from ._selection import (
     chunk_bounds,
     chunk_lengths,
@@ -39,8 +46,8 @@ from ._selection import (
     stack_groups,
     subset_sizes,
 )
-from ._validation import _all_finite, check_not_empty
-from .gradients import FactoredGradients, nested_gradient_errors
+from ._validation import _all_finite, check_not_empty, half_dtype
+from .gradients import FactoredGradients
 from .selector import _check_rows
 
 __all__ = ["aligned", "fit_dask", "take_rows"]
@@ -157,39 +164,63 @@ def _order_block(params, X, gradients, pieces):
 
     ``orders`` is an int64 array (chunks, k_hi), ``errors`` a float64 array of
     the same shape or None (without gradients); for the uniform strategy a
-    piece is ``(None, number of chunks)``. If X or dense gradients hold NaN or
-    infinity, nothing is selected and the bad rows are reported instead.
+    piece is ``(None, number of chunks)``. If X or the gradients (dense, or
+    either factor) hold NaN or infinity, nothing is selected and the bad rows
+    are reported instead. These are the block's only checks: the kernels run
+    their private bodies, under the device scope of X.
     """
     xp, _ = get_namespace(X)
-    if isinstance(gradients, tuple):
-        gradients = FactoredGradients(*gradients)
     bad_X = _bad_rows(X)
-    bad_G = None if gradients is None or isinstance(gradients, FactoredGradients) else (
-        _bad_rows(gradients))
+    bad_G = None if gradients is None else _bad_rows(
+        *(gradients if isinstance(gradients, tuple) else (gradients,)))
     if bad_X is not None or bad_G is not None:
         return bad_X, bad_G, []
+    gradients = _block_gradients(gradients)
     out = []
-    for begin, stop, count, k_hi, seed in pieces:
-        order = stack_order(params, X, xp, gradients, begin, stop, count, k_hi, _Seed(seed))
-        if order[0] is None:
-            out.append((None, len(order)))
-            continue
-        order = np.stack(order)
-        errors = None
-        if gradients is not None:
-            errors = nested_gradient_errors(stack_rows(gradients, begin, stop, len(order)),
-                                            from_numpy(order, *namespace_of(gradients)))
-            errors = np.asarray(to_numpy(errors), dtype=np.float64)
-        out.append((order, errors))
+    with device_scope(X):
+        for begin, stop, count, k_hi, seed in pieces:
+            order = stack_order(params, X, xp, gradients, begin, stop, count, k_hi,
+                                _Seed(seed))
+            if order[0] is None:
+                out.append((None, len(order)))
+                continue
+            errors = None if gradients is None else prefix_errors(gradients, begin, stop,
+                                                                   order)
+            out.append((np.stack(order), errors))
     return None, None, out
 
 
-def _bad_rows(X):
-    """``(count, first)`` of the rows of a block holding NaN or infinity, or None."""
-    xp, _ = get_namespace(X)
-    if _all_finite(X, xp):
+def _block_gradients(gradients):
+    """A block's finite gradients as the private kernels take them, or None.
+
+    What the public kernels' checks would leave: half precision computed in
+    float32 (as ``check_array`` does in memory) and the two factors of a
+    FactoredGradients in one dtype; the host checked the shapes and dtype kinds.
+    """
+    if gradients is None:
         return None
-    rows = np.flatnonzero(~np.all(np.isfinite(to_numpy(X)), axis=-1))
+    parts = gradients if isinstance(gradients, tuple) else (gradients,)
+    xp, _ = get_namespace(*parts)
+    parts = [xp.astype(P, xp.float32) if half_dtype(P) is not None else P for P in parts]
+    if len(parts) == 1:
+        return parts[0]
+    dtype = xp.result_type(*(P.dtype for P in parts))
+    return FactoredGradients(*(P if P.dtype == dtype else xp.astype(P, dtype)
+                               for P in parts))
+
+
+def _bad_rows(*arrays):
+    """``(count, first)`` of the rows of a block holding NaN or infinity in any of ``arrays``.
+
+    None if every entry is finite.
+    """
+    xp, _ = get_namespace(*arrays)
+    if all(_all_finite(A, xp) for A in arrays):
+        return None
+    bad = np.zeros(arrays[0].shape[0], dtype=bool)
+    for A in arrays:
+        bad |= ~np.all(np.isfinite(to_numpy(A)), axis=-1)
+    rows = np.flatnonzero(bad)
     return int(rows.size), int(rows[0])
 
 
@@ -224,10 +255,13 @@ def _block_weights(gradients, batch_size, chunks, local):
 
 
 def _weights_block(gradients, chunks, local):
-    """Worker task: `_orders.subset_errors` of the chunks of one block."""
-    if isinstance(gradients, tuple):
-        gradients = FactoredGradients(*gradients)
-    return subset_errors(gradients, chunks, local)
+    """Worker task: `_orders.subset_errors` of the chunks of one block.
+
+    The block's values were checked by `_order_block`.
+    """
+    gradients = _block_gradients(gradients)
+    with device_scope(gradients):
+        return subset_errors(gradients, chunks, local)
 
 
 # --------------------------------------------------------------------- transform

@@ -17,7 +17,7 @@ caller validates and bounds the stack size.
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, torch_cpu_view
+from ._backend import from_numpy, get_namespace, on_input_device, torch_cpu_view
 from ._proxies import FactoredGradients, _check_factored, _values
 from ._validation import check_array, float_info
 from .linalg import _take_rows, _unit_columns
@@ -31,6 +31,7 @@ def _eps(dtype, xp):
 # ------------------------------------------------------------------ gram_matrix
 
 
+@on_input_device
 def gram_matrix(G):
     """Gram matrix ``G @ G.T`` of per-sample gradients (of each matrix in a stack).
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
 from ._criterion import _gradient_error, _nested_gradient_errors
-from ._gram import gram_matrix, maxvol_rank
+from ._gram import _factored_gram, maxvol_rank
 from ._proxies import FactoredGradients
 from ._selection import child_rng, rank, stack_groups
 from ._validation import rescale_extreme
@@ -36,11 +36,11 @@ def chunk_orders(params, X, xp, gradients, chunks, k_hi, rng):
         order = stack_order(params, X, xp, gradients, begin, stop, count, group_hi, rng)
         orders.extend(order)
         if gradients is not None and order[0] is not None:
-            errors.extend(_prefix_errors(gradients, begin, stop, order))
+            errors.extend(prefix_errors(gradients, begin, stop, order))
     return orders, errors
 
 
-def _prefix_errors(gradients, begin, stop, order):
+def prefix_errors(gradients, begin, stop, order):
     """Nested errors (host float64) of the orders' prefixes of one stack of chunks."""
     xp, device = namespace_of(gradients)
     errs = _nested_gradient_errors(stack_rows(gradients, begin, stop, len(order)),
@@ -145,8 +145,10 @@ def gradient_factor(params, gradients, begin, stop, m, k_hi, rng):
     if isinstance(G, FactoredGradients):
         xp, _ = get_namespace(G.residuals)
         r = rank(params, size, G.residuals.shape[-1] * G.inputs.shape[-1], k_hi)
-        # Left singular vectors of the wide proxies = eigenvectors of their Gram.
-        return gram_factor(params, gram_matrix(G), r, xp, rng)
+        # Left singular vectors of the wide proxies = eigenvectors of their Gram (the
+        # body of gram_matrix: the fit checked the factors)
+        R, H = G
+        return gram_factor(params, _factored_gram(R, H, R, H, xp), r, xp, rng)
     r = rank(params, size, G.shape[-1], k_hi)
     return _low_rank_features(G, r, get_namespace(G)[0], method=params.svd_method, rng=rng)
 

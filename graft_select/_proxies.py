@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, is_torch, to_numpy
+from ._backend import from_numpy, get_namespace, is_torch, on_input_device, to_numpy
 from ._validation import (
     check_array,
     check_bool,
@@ -78,6 +78,7 @@ class FactoredGradients(NamedTuple):
         """Length ``C * (d + 1)`` of one flattened gradient."""
         return self.residuals.shape[-1] * self.inputs.shape[-1]
 
+    @on_input_device
     def materialize(self):
         """Form the gradients: an array of shape (..., n_samples, C * (d + 1)).
 
@@ -94,6 +95,7 @@ class FactoredGradients(NamedTuple):
         outer = R[..., :, None] * H[..., None, :]
         return xp.reshape(outer, (*outer.shape[:-2], self.n_features))
 
+    @on_input_device
     def take(self, indices):
         """The rows ``indices`` of every sample axis, as a new FactoredGradients.
 
@@ -117,6 +119,7 @@ class FactoredGradients(NamedTuple):
 # ---------------------------------------------------------- last_layer_gradients
 
 
+@on_input_device
 def last_layer_gradients(
     logits,
     targets,

@@ -230,7 +230,7 @@ class _GraftBase(BaseEstimator):
         saved = dict(self.__dict__)
         try:
             # CuPy creates arrays on the current device, whatever device= says
-            with device_scope(X[0] if isinstance(X, tuple) else X):
+            with device_scope(X):
                 return (steps or self._fit_steps)(X, y, gradients)
         except BaseException:
             self.__dict__.clear()

@@ -223,6 +223,17 @@ class TestLuPivotRows:
         assert backend.to_numpy(pivots).dtype == np.float32
 
 
+# Public names that take arrays but are not wrapped by on_input_device, and why.
+_SCOPED_ELSEWHERE = {
+    "GraftSelector": "fit enters device_scope(X) for the whole fit (_GraftBase._fit)",
+    "GraftResampler": "fit_resample enters device_scope(X) for the whole fit",
+    "GraftBatchSampler": "torch only, and torch honours device=",
+    "LastLayerCapture": "torch only, and torch honours device=",
+    "RefitReport": "a record of a refit's results; creates no arrays",
+    "__version__": "not a function",
+}
+
+
 class TestDeviceScope:
     def test_noop_outside_cupy(self):
         """NumPy and torch honour device=: the scope is a no-op context."""
@@ -230,6 +241,16 @@ class TestDeviceScope:
 
         with device_scope(np.zeros(3)) as entered:
             assert entered is None
+
+    def test_empty_tuple_reaches_the_named_check(self):
+        """An empty tuple gets no scope, so the kernel's own check names the argument."""
+        from graft_select import GraftSelector
+        from graft_select.gradients import nested_gradient_errors
+
+        with pytest.raises(ValueError, match="'G' of nested_gradient_errors must be a 2-D"):
+            nested_gradient_errors((), [0])
+        with pytest.raises(ValueError, match="Expected 2D array"):
+            GraftSelector().fit(())
 
     def test_decorated_kernels_keep_their_names(self):
         """on_input_device keeps the public kernels' names and docstrings (API docs)."""
@@ -240,6 +261,73 @@ class TestDeviceScope:
                          nested_gradient_errors):
             assert "Parameters" in function.__doc__
             assert function.__wrapped__.__name__ == function.__name__
+
+    def test_every_public_array_function_is_scoped(self):
+        """Every public function and FactoredGradients method runs under on_input_device."""
+        import inspect
+
+        import graft_select
+        from graft_select import gradients, linalg
+        from graft_select._backend import on_input_device
+
+        scoped = on_input_device(lambda X: X).__code__  # shared by every wrapper it makes
+        found = {}
+        for module in (graft_select, gradients, linalg):
+            for name in module.__all__:
+                if name in _SCOPED_ELSEWHERE:
+                    continue
+                value = getattr(module, name)
+                if inspect.isclass(value):
+                    found.update({f"{name}.{attr}": method for attr, method in vars(value).items()
+                                  if not attr.startswith("_") and inspect.isfunction(method)})
+                elif callable(value):
+                    found[name] = value
+        assert {"FactoredGradients.materialize", "FactoredGradients.take", "gram_matrix",
+                "last_layer_gradients", "nested_gradient_errors"} <= set(found)
+        unscoped = sorted(name for name, function in found.items()
+                          if getattr(function, "__code__", None) is not scoped)
+        assert unscoped == []
+        for function in found.values():
+            assert function.__wrapped__.__name__ == function.__name__
+            assert "Returns" in function.__doc__
+
+    def test_input_passed_by_name_is_scoped(self, monkeypatch):
+        """The decorated kernels accept their first argument by name, and scope it."""
+        import contextlib
+
+        import graft_select._backend as backend_module
+        from graft_select.gradients import last_layer_gradients, nested_gradient_errors
+
+        entered = []
+
+        def scope(x):
+            entered.append(x)
+            return contextlib.nullcontext()
+
+        monkeypatch.setattr(backend_module, "device_scope", scope)
+        logits = np.random.default_rng(0).standard_normal((5, 3))
+        G = last_layer_gradients(logits=logits, targets=np.array([0, 1, 2, 0, 1]))
+        errors = nested_gradient_errors(G=G, order=np.array([0, 1]))
+        assert errors.shape == (2,)
+        assert entered[0] is logits and entered[-1] is G
+
+    def test_estimators_fit_under_the_scope_of_X(self, monkeypatch):
+        """GraftSelector and GraftResampler enter the device scope of X for a whole fit."""
+        import contextlib
+
+        import graft_select.selector as selector
+
+        entered = []
+
+        def scope(x):
+            entered.append(x)
+            return contextlib.nullcontext()
+
+        monkeypatch.setattr(selector, "device_scope", scope)
+        X = np.random.default_rng(0).standard_normal((60, 4))
+        selector.GraftSelector(fraction=0.5, random_state=0).fit(X)
+        selector.GraftResampler(fraction=0.5, random_state=0).fit_resample(X, np.zeros(60))
+        assert len(entered) == 2 and all(x is X for x in entered)
 
     def test_cupy_second_device(self):
         """A CuPy array on cuda:1 gets its results (and helpers) on cuda:1."""

@@ -175,6 +175,19 @@ class TestSameAsInMemory:
                 da.from_array(X, chunks=(128, -1)))
         _assert_same_fit(lazy, eager)
 
+    @pytest.mark.parametrize("kind", ["dense", "factored"])
+    def test_float16_gradients(self, data, kind):
+        """float16 gradients are computed in float32 on the blocks, as in memory."""
+        X, _, dense, factored = data
+        G = dense.astype(np.float16) if kind == "dense" else FactoredGradients(
+            factored.residuals.astype(np.float16), factored.inputs.astype(np.float16))
+        params = dict(fraction=0.2, batch_size=BATCH, basis="gradients", random_state=0)
+        eager = GraftSelector(**params).fit(X, gradients=G)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(**params).fit(da.from_array(X, chunks=(500, -1)),
+                                               gradients=_dask_like(G, (500, -1)))
+        _assert_same_fit(lazy, eager)
+
     def test_batch_size_above_rows(self, data):
         """batch_size >= n_samples is one chunk of all rows, gathered into one block."""
         X = data[0][:500]
@@ -351,6 +364,19 @@ class TestBadInput:
             GraftSelector(0.2, batch_size=BATCH).fit(
                 da.from_array(X, chunks=(500, -1)), gradients=da.from_array(dense, (500, -1)))
 
+    @pytest.mark.parametrize("part", ["residuals", "inputs"])
+    def test_non_finite_factor_rows_in_global_numbers(self, data, part):
+        """NaN or infinity in either factor is found by the blocks, in global row numbers."""
+        X, _, _, factored = data
+        bad = getattr(factored, part).copy()
+        bad[[1800, 2299], 0] = [np.nan, np.inf]
+        G = factored._replace(**{part: bad})
+        message = re.escape("'gradients' of GraftSelector contains NaN or infinity in 2 rows "
+                            "(first: 1800)")
+        with dask.config.set(scheduler="synchronous"), pytest.raises(ValueError, match=message):
+            GraftSelector(0.2, batch_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
+                                                     gradients=_dask_like(G, (500, -1)))
+
     def test_wrong_dimensions_and_dtype(self):
         """1-D, empty and complex dask arrays get the in-memory kind of error."""
         sel = GraftSelector(0.2, batch_size=BATCH)
@@ -393,6 +419,25 @@ class TestBlockTask:
         assert isinstance(order, np.ndarray) and isinstance(err, np.ndarray)
         np.testing.assert_array_equal(order, ref_order)
         np.testing.assert_allclose(err, ref_err, rtol=1e-10, atol=1e-12)
+
+    def test_block_tasks_run_under_the_device_scope(self, data, monkeypatch):
+        """Both tasks enter the scope of their block (CuPy creates on the current device)."""
+        import contextlib
+
+        X, _, _, factored = data
+        entered = []
+
+        def scope(x):
+            entered.append(x)
+            return contextlib.nullcontext()
+
+        monkeypatch.setattr(_dask, "device_scope", scope)
+        sel = GraftSelector(0.2, batch_size=BATCH, basis="gradients")
+        params, _ = sel._selection_params(True)
+        X, G = X[:500], tuple(P[:500] for P in factored)
+        _dask._order_block(params, X, G, [(0, 500, (0, 5), 40, 123)])
+        _dask._weights_block(G, [(0, 100), (100, 200)], [np.arange(5), np.arange(5)])
+        assert entered[0] is X and entered[1].residuals is G[0]
 
     def test_take_block_non_numpy(self, data):
         """The transform's block take works on non-NumPy blocks with NumPy indices."""

@@ -202,6 +202,55 @@ class TestCholeskyChecked:
         assert np.asarray(ok).tolist() == [True, False, True]
         np.testing.assert_allclose(np.asarray(L[0]), np.linalg.cholesky(good))
 
+    def test_cupy_path_flags_finite_factors_without_positive_pivots(self, monkeypatch):
+        """CuPy path: a finite factor with a zero or negative diagonal entry is not ok."""
+        import graft_select._backend as backend_module
+
+        xp = _xp(np.ones(1))
+        spd = np.array([[4.0, 2.0], [2.0, 3.0]])
+        A = np.stack([spd] * 4)
+
+        def cholesky(stack):
+            # a stand-in for cupy.linalg.cholesky, which flags nothing itself: matrix 1
+            # stopped at a zero pivot, 2 at a negative one, 3 left a NaN off the diagonal
+            L = np.linalg.cholesky(stack)
+            L[1, 1, 1], L[2, 0, 0], L[3, 1, 0] = 0.0, -1.0, np.nan
+            return L
+
+        class FakeCupy:
+            __name__ = "fake_cupy"
+            linalg = type("linalg", (), {"cholesky": staticmethod(cholesky),
+                                         "diagonal": staticmethod(xp.linalg.diagonal)})
+
+            def __getattr__(self, name):
+                return getattr(xp, name)
+
+        fake = FakeCupy()
+        monkeypatch.setattr(backend_module, "is_cupy", lambda namespace: namespace is fake)
+        _, ok = cholesky_checked(A, fake)
+        assert np.asarray(ok).tolist() == [True, False, False, False]
+
+    @pytest.mark.parametrize("failing_call", [0, 1])
+    def test_out_of_memory_propagates(self, monkeypatch, failing_call):
+        """A MemoryError (as CUDA out-of-memory) escapes, from the stack or the one-by-one pass."""
+        xp = _xp(np.ones(1))
+        factor = xp.linalg.cholesky
+        calls = []
+
+        def cholesky(A):
+            calls.append(A.shape)
+            if len(calls) == 1 and failing_call == 1:
+                raise np.linalg.LinAlgError("Matrix is not positive definite")
+            if len(calls) > failing_call:
+                raise MemoryError("out of memory allocating 1073741824 bytes")
+            return factor(A)
+
+        monkeypatch.setattr(xp.linalg, "cholesky", cholesky)
+        A = np.stack([np.eye(2), np.eye(2)])
+        with pytest.raises(MemoryError, match="out of memory"):
+            cholesky_checked(A, xp)
+        assert len(calls) == failing_call + 1
+
 
 def test_maxvol_rank():
     """The largest MaxVol share of any size up to k_hi; all of k without a uniform share."""

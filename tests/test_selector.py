@@ -472,3 +472,64 @@ class TestValidateOnce:
         GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X, gradients=G)
         GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X, gradients=F)
         assert calls == []
+
+    @staticmethod
+    def _spy_on_value_checks(monkeypatch):
+        """Record the calls of check_finite (by array name) and _check_factored (by owner).
+
+        Both are patched in every graft_select module that imported them by name. A
+        check_finite given a ``total`` reads nothing when it is finite (the MaxVol
+        body's test from the row norms it computes anyway): not recorded.
+        """
+        import sys
+
+        import graft_select._proxies as proxies
+        import graft_select._validation as validation
+
+        calls = []
+        for original, key in ((validation.check_finite, "check_finite"),
+                              (proxies._check_factored, "_check_factored")):
+            def spy(*args, _original=original, _key=key, **kwargs):
+                if kwargs.get("total") is None:
+                    calls.append((_key, args[1]))  # the array's name, or the checking owner
+                return _original(*args, **kwargs)
+
+            for module in [m for name, m in sys.modules.items()
+                           if name.startswith("graft_select") and m is not None]:
+                if getattr(module, original.__name__, None) is original:
+                    monkeypatch.setattr(module, original.__name__, spy)
+        return calls
+
+    @pytest.mark.parametrize("basis", ["gradients", "input"])
+    def test_factored_fit_checks_the_values_once(self, rng, monkeypatch, basis):
+        """A factored-gradient fit checks X and each factor once, not again per stack."""
+        from graft_select.gradients import last_layer_gradients
+
+        X = rng.standard_normal((400, 12))
+        F = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X,
+                                 factored=True)
+        calls = self._spy_on_value_checks(monkeypatch)
+        GraftSelector(fraction=0.2, batch_size=100, basis=basis, random_state=0).fit(
+            X, gradients=F)
+        assert calls == [("check_finite", "X"), ("_check_factored", "GraftSelector"),
+                         ("check_finite", "gradients.residuals"),
+                         ("check_finite", "gradients.inputs")]
+
+    @pytest.mark.parametrize("kind", ["dense", "factored"])
+    def test_dask_fit_runs_no_public_checks(self, rng, monkeypatch, kind):
+        """A dask fit's tasks check their blocks themselves and call the kernels' bodies."""
+        dask = pytest.importorskip("dask")
+        da = pytest.importorskip("dask.array")
+        from graft_select.gradients import FactoredGradients, last_layer_gradients
+
+        X = rng.standard_normal((400, 12))
+        F = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X,
+                                 factored=True)
+        G = FactoredGradients(*(da.from_array(P, chunks=(200, -1)) for P in F))
+        if kind == "dense":
+            G = da.from_array(F.materialize(), chunks=(200, -1))
+        calls = self._spy_on_value_checks(monkeypatch)
+        with dask.config.set(scheduler="synchronous"):
+            GraftSelector(fraction=0.2, batch_size=100, basis="gradients", random_state=0).fit(
+                da.from_array(X, chunks=(200, -1)), gradients=G)
+        assert calls == []
