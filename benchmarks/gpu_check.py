@@ -7,7 +7,8 @@ and CUDA tests); it can also be run alone::
 
 Steps, each printed as one line and collected in a JSON summary (``--json``):
 
-1. ``observe``: ``GraftBatchSampler.observe`` on CUDA tensors, timed over
+1. ``observe``: ``GraftBatchSampler.observe`` on CUDA tensors (explicit GPU indices,
+   and the sampler's own batches as a training loop observes them), timed over
    ``--observe-steps`` calls under ``torch.cuda.set_sync_debug_mode("error")``,
    so any host synchronisation fails the step (with the error in the summary).
 2. ``refit``: a GraftBatchSampler refit of ``--n`` x ``--d`` embeddings and
@@ -89,36 +90,67 @@ def _timed(fn, sync):
     return time.perf_counter() - start, out
 
 
+def _epochs(sampler):
+    """The sampler's batches, epoch after epoch, as a DataLoader over it hands them out."""
+    for epoch in range(10**6):
+        sampler.set_epoch(epoch)
+        yield from sampler
+
+
 def check_observe(steps):
-    """observe() on CUDA tensors under set_sync_debug_mode('error')."""
+    """observe() on CUDA tensors under set_sync_debug_mode('error'), two ways.
+
+    ``indices``: explicit dataset indices on the GPU (the general path, with the
+    range check and the duplicate rule on the device). ``loop``: the sampler's own
+    batches, as a DataLoader over it hands them out, observed without indices and
+    with the sampler's targets (the steady-state path of a training loop). The
+    loop's own copies to the GPU are prepared beforehand: a blocking copy syncs.
+    """
     import torch
 
     from graft_select.sampler import GraftBatchSampler
 
     device = torch.device("cuda")
-    n, b, d, c = 50_000, 256, 512, 10
-    sampler = GraftBatchSampler(n, b, fraction=0.3, seed=0)
+    n, b, d, c = 51_200, 256, 512, 10
     g = torch.Generator(device=device).manual_seed(0)
-    batches = [(torch.randint(0, n, (b,), device=device, generator=g),
-                torch.randn(b, d, device=device, generator=g),
-                torch.randn(b, c, device=device, generator=g),
-                torch.randint(0, c, (b,), device=device, generator=g)) for _ in range(8)]
-    idx, emb, logits, y = batches[0]
-    sampler.observe(idx, embeddings=emb, logits=logits, targets=y)  # allocates the store
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        start = time.perf_counter()
-        for step in range(steps):
-            idx, emb, logits, y = batches[step % len(batches)]
+    pool = [(torch.randint(0, n, (b,), device=device, generator=g),
+             torch.randn(b, d, device=device, generator=g),
+             torch.randn(b, c, device=device, generator=g),
+             torch.randint(0, c, (b,), device=device, generator=g)) for _ in range(8)]
+    targets = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(0))
+    result = {"ok": True}
+    for mode in ("indices", "loop"):
+        # warm-start epochs only: no refit runs while observe() is timed
+        sampler = GraftBatchSampler(n, b, fraction=0.3, seed=0, targets=targets,
+                                    warm_start_epochs=10**6)
+
+        handed_out = _epochs(sampler)
+        idx, emb, logits, y = pool[0]
+        if mode == "indices":  # allocates the store, on the general path
             sampler.observe(idx, embeddings=emb, logits=logits, targets=y)
+        else:
+            next(handed_out)
+            sampler.observe(embeddings=emb, logits=logits)
         torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    except RuntimeError as exc:
-        return {"ok": False, "error": f"host synchronisation in observe(): {exc}"}
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    return {"ok": True, "ms_per_call": 1e3 * seconds / steps}
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            start = time.perf_counter()
+            for step in range(steps):
+                idx, emb, logits, y = pool[step % len(pool)]
+                if mode == "indices":
+                    sampler.observe(idx, embeddings=emb, logits=logits, targets=y)
+                else:
+                    next(handed_out)  # the batch the loop trains on
+                    sampler.observe(embeddings=emb, logits=logits)
+            sampler._store.flush()  # records the last staged batches
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        except RuntimeError as exc:
+            return {"ok": False, "error": f"host synchronisation in observe() ({mode}): {exc}"}
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        result[f"ms_per_call_{mode}"] = 1e3 * seconds / steps
+    return result
 
 
 def check_refit(n, d, goal):
