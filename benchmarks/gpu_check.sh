@@ -4,8 +4,9 @@
 #      .whl/ (made by benchmarks/gpu_wheels.sh, for a machine that reaches no package
 #      index), else pip; CUDA torch and CuPy only when missing (a CPU build of torch
 #      is replaced by a CUDA one);
-#   2. runs the CuPy and CUDA tests of the backend, kernels, gradients, selector and
-#      sampler (pytest -k "cuda or cupy or OnDevice" over GPU_TEST_FILES below);
+#   2. runs the CuPy and CUDA tests of the backend, kernels, gradients, selector,
+#      sampler and dask blocks (pytest -k "cuda or cupy or OnDevice" over
+#      GPU_TEST_FILES below);
 #   3. runs benchmarks/gpu_check.py: observe() under set_sync_debug_mode("error"),
 #      a 1,000,000 x 512 refit (goal <= 0.5 s), GraftSelector.fit on CuPy and torch
 #      CUDA arrays, results on the device.
@@ -16,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 GPU_TEST_FILES="tests/test_backend.py tests/test_linalg.py tests/test_gram.py
-tests/test_gradients.py tests/test_selector.py tests/test_sampler.py"
+tests/test_gradients.py tests/test_selector.py tests/test_sampler.py tests/test_dask.py"
 site=${TMPDIR:-/tmp}/graft-select-gpu-site
 
 install() {  # pip install "$@", unless installs are off; never fatal

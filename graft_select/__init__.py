@@ -49,7 +49,15 @@ _LAZY = {
 }
 
 
+# Submodules reachable as attributes, as when the package imported them eagerly.
+_SUBMODULES = ("gradients", "linalg", "sampler", "selector")
+
+
 def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'graft_select' has no attribute {name!r}")

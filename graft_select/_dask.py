@@ -175,9 +175,9 @@ def _order_block(params, X, gradients, pieces):
         *(gradients if isinstance(gradients, tuple) else (gradients,)))
     if bad_X is not None or bad_G is not None:
         return bad_X, bad_G, []
-    gradients = _block_gradients(gradients)
     out = []
-    with device_scope(X):
+    with device_scope(X):  # the cast below creates arrays too: on X's device
+        gradients = _block_gradients(gradients)
         for begin, stop, count, k_hi, seed in pieces:
             order = stack_order(params, X, xp, gradients, begin, stop, count, k_hi,
                                 _Seed(seed))
@@ -259,9 +259,8 @@ def _weights_block(gradients, chunks, local):
 
     The block's values were checked by `_order_block`.
     """
-    gradients = _block_gradients(gradients)
-    with device_scope(gradients):
-        return subset_errors(gradients, chunks, local)
+    with device_scope(gradients):  # the raw block (an array or a tuple of factors)
+        return subset_errors(_block_gradients(gradients), chunks, local)
 
 
 # --------------------------------------------------------------------- transform

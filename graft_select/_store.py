@@ -362,12 +362,16 @@ class FeedbackStore(collections.abc.Mapping):
                 "rejected": self._rejected.to("cpu", copy=True)}
 
     def check_castable(self, store, owner):
-        """Raise a ValueError if a row of ``store`` overflows this store's dtype (1e5 in float16).
+        """Raise a ValueError if a row of ``store`` overflows this store's dtype.
 
-        Call it before changing anything: `load` casts the rows.
+        1e5 overflows float16, 1e39 float32. Call it before changing anything:
+        `load` casts the rows. Rows already not finite in ``store`` are left to
+        `load`.
         """
-        if self.dtype == torch.float32 or self.dtype == torch.float64:
+        if self.dtype == torch.float64:
             return
+        wider = ("torch.float32 or torch.bfloat16" if self.dtype == torch.float16
+                 else "torch.float64")
         for name, rows in store.items():
             lost = torch.isfinite(rows) & ~torch.isfinite(rows.to(self.dtype))
             if bool(lost.any()):
@@ -376,7 +380,7 @@ class FeedbackStore(collections.abc.Mapping):
                     f"The state's {name!r} hold values too large for the feedback_dtype "
                     f"{self.dtype} of {owner} (sample {row}: largest magnitude "
                     f"{float(rows[row].abs().max()):.4g}); load it into a sampler with "
-                    "feedback_dtype=torch.float32 or torch.bfloat16.")
+                    f"feedback_dtype={wider}.")
 
     def load(self, store, last_seen, rejected):
         """Replace the rows by ``store`` (checked CPU tensors), cast to this store's dtype.
@@ -385,18 +389,29 @@ class FeedbackStore(collections.abc.Mapping):
         the next refit reports.
 
         The store moves to the device of the next recorded values. Every recorded
-        row counts as changed, so the next distributed merge sends it.
+        row counts as changed, so the next distributed merge sends it. A row
+        holding NaN or infinity (a state saved by a version that stored float16
+        overflow as infinity) is loaded as never recorded and counted as
+        rejected, so the next refit warns about its sample instead of failing.
         """
         self._staged = []  # observations before the load are replaced
         self._staged_key = self._signature = None  # the next batch takes every check
         self._rows = {}
+        last_seen = torch.cat([last_seen, torch.tensor([-1])])
+        rejected = rejected.clone()
         for name, rows in store.items():
             spare = torch.zeros((1, rows.shape[1]), dtype=self.dtype)
-            self._rows[name] = torch.cat([rows.to(self.dtype), spare])
+            rows = torch.cat([rows.to(self.dtype), spare])
+            bad = ~torch.isfinite(rows).all(dim=1)
+            if bool(bad.any()):
+                rows[bad] = 0
+                rejected += (bad & (last_seen >= 0)).to(torch.int32)
+                last_seen[bad] = -1
+            self._rows[name] = rows
         self._in_widths, self._projections = {}, {}
-        self._last_seen = torch.cat([last_seen, torch.tensor([-1])])
+        self._last_seen = last_seen
         self._dirty = self._last_seen >= 0
-        self._rejected = rejected.clone()
+        self._rejected = rejected
         self._placed = False
 
     # --------------------------------------------------------------- distributed

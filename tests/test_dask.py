@@ -421,23 +421,32 @@ class TestBlockTask:
         np.testing.assert_allclose(err, ref_err, rtol=1e-10, atol=1e-12)
 
     def test_block_tasks_run_under_the_device_scope(self, data, monkeypatch):
-        """Both tasks enter the scope of their block (CuPy creates on the current device)."""
+        """Both tasks enter the scope of their block (CuPy creates on the current device)
+        before they create anything, the gradients' cast included."""
         import contextlib
 
         X, _, _, factored = data
-        entered = []
+        events = []
 
         def scope(x):
-            entered.append(x)
+            events.append(("scope", x))
             return contextlib.nullcontext()
 
+        cast = _dask._block_gradients
+
+        def recorded_cast(gradients):
+            events.append(("cast", gradients))
+            return cast(gradients)
+
         monkeypatch.setattr(_dask, "device_scope", scope)
+        monkeypatch.setattr(_dask, "_block_gradients", recorded_cast)
         sel = GraftSelector(0.2, batch_size=BATCH, basis="gradients")
         params, _ = sel._selection_params(True)
         X, G = X[:500], tuple(P[:500] for P in factored)
         _dask._order_block(params, X, G, [(0, 500, (0, 5), 40, 123)])
         _dask._weights_block(G, [(0, 100), (100, 200)], [np.arange(5), np.arange(5)])
-        assert entered[0] is X and entered[1].residuals is G[0]
+        assert [kind for kind, _ in events] == ["scope", "cast", "scope", "cast"]
+        assert events[0][1] is X and events[2][1] is G
 
     def test_take_block_non_numpy(self, data):
         """The transform's block take works on non-NumPy blocks with NumPy indices."""

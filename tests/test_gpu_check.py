@@ -81,12 +81,14 @@ def _gpu_test_files():
 
 
 def test_shell_script_runs_every_gpu_test_file():
-    """Every test file with CUDA or CuPy cases (the backend fixture or a torch-cuda
-    parameter) is in the shell script's pytest list, and every listed file exists."""
+    """Every test file with CUDA or CuPy cases (the backend fixture, a torch-cuda
+    parameter or an importorskip of CuPy) is in the shell script's pytest list, and
+    every listed file exists."""
     with_gpu_cases = {
         path.name for path in TESTS.glob("test_*.py")
         if path.name != Path(__file__).name and any(
-            mark in path.read_text() for mark in ('"torch-cuda"', "(self, backend", "(backend"))}
+            mark in path.read_text()
+            for mark in ('"torch-cuda"', "(self, backend", "(backend", 'importorskip("cupy")'))}
     listed = _gpu_test_files()
     assert {"test_gradients.py", "test_selector.py", "test_sampler.py"} <= with_gpu_cases
     assert with_gpu_cases <= listed, sorted(with_gpu_cases - listed)

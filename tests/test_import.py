@@ -48,6 +48,16 @@ class TestImport:
         with pytest.raises(AttributeError, match="no attribute 'GraftSelectr'"):
             graft_select.GraftSelectr  # noqa: B018
 
+    def test_submodules_are_attributes(self):
+        """In a fresh interpreter, the submodules the package used to import eagerly are
+        attributes of `graft_select` without an import of their own."""
+        names = ("gradients", "linalg", "selector")
+        code = ("import graft_select\nprint(' '.join(getattr(graft_select, name).__name__ "
+                f"for name in {names!r}))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=120)
+        assert out.stdout.split() == [f"graft_select.{name}" for name in names]
+
     def test_import_does_not_load_lightning_or_accelerate(self):
         """Neither `import graft_select` nor the sampler imports lightning or accelerate."""
         loaded = modules_after("import graft_select, graft_select.sampler")

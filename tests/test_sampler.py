@@ -809,6 +809,28 @@ class TestCompactStore:
         assert after["epoch"] == 3
         assert torch.equal(after["store"]["embeddings"], before["store"]["embeddings"])
 
+    def test_state_with_infinite_rows_loads_them_as_rejected(self):
+        """Rows saved as infinity (by a version that stored float16 overflow so) load as
+        never recorded and counted as rejected: the refit warns and selects."""
+        state = _observed(feedback_dtype=torch.float16).state_dict()
+        state["store"]["embeddings"][[4, 9]] = float("inf")
+        sampler = GraftBatchSampler(N, 32, fraction=0.3, feedback_dtype=torch.float16)
+        sampler.load_state_dict(state)
+        loaded = sampler.state_dict()
+        assert torch.isfinite(loaded["store"]["embeddings"]).all()
+        assert loaded["last_seen"][[4, 9]].tolist() == [-1, -1]
+        assert (loaded["last_seen"] == 0).sum() == N - 2
+        report, message = _refit_report(sampler)
+        assert report.n_rejected == 2 and report.rejected_indices == (4, 9)
+        assert "first: 4, 9" in message
+
+    def test_state_overflowing_float32_raises(self):
+        """A float64 state beyond float32's range is refused by a float32 sampler."""
+        state = _observed(feedback_dtype=torch.float64).state_dict()
+        state["store"]["embeddings"][3, 0] = 1e39
+        with pytest.raises(ValueError, match=r"sample 3.*feedback_dtype=torch.float64"):
+            _observed().load_state_dict(state)
+
     def test_value_fitting_bfloat16_stored(self):
         """bfloat16 has float32's range: the same large row is stored, not rejected."""
         sampler = _observed(feedback_dtype=torch.bfloat16)
