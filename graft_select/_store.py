@@ -361,27 +361,6 @@ class FeedbackStore(collections.abc.Mapping):
                 "last_seen": self.last_seen.cpu().clone(),
                 "rejected": self._rejected.to("cpu", copy=True)}
 
-    def check_castable(self, store, owner):
-        """Raise a ValueError if a row of ``store`` overflows this store's dtype.
-
-        1e5 overflows float16, 1e39 float32. Call it before changing anything:
-        `load` casts the rows. Rows already not finite in ``store`` are left to
-        `load`.
-        """
-        if self.dtype == torch.float64:
-            return
-        wider = ("torch.float32 or torch.bfloat16" if self.dtype == torch.float16
-                 else "torch.float64")
-        for name, rows in store.items():
-            lost = torch.isfinite(rows) & ~torch.isfinite(rows.to(self.dtype))
-            if bool(lost.any()):
-                row = int(torch.nonzero(lost.any(dim=1))[0])
-                raise ValueError(
-                    f"The state's {name!r} hold values too large for the feedback_dtype "
-                    f"{self.dtype} of {owner} (sample {row}: largest magnitude "
-                    f"{float(rows[row].abs().max()):.4g}); load it into a sampler with "
-                    f"feedback_dtype={wider}.")
-
     def load(self, store, last_seen, rejected):
         """Replace the rows by ``store`` (checked CPU tensors), cast to this store's dtype.
 
@@ -393,15 +372,33 @@ class FeedbackStore(collections.abc.Mapping):
         holding NaN or infinity (a state saved by a version that stored float16
         overflow as infinity) is loaded as never recorded and counted as
         rejected, so the next refit warns about its sample instead of failing.
+
+        Raises
+        ------
+        ValueError
+            If a finite value of ``store`` overflows this store's dtype (1e5
+            overflows float16, 1e39 float32); nothing is changed then.
         """
+        cast = {name: rows.to(self.dtype) for name, rows in store.items()}
+        for name, rows in store.items():
+            lost = torch.isfinite(rows) & ~torch.isfinite(cast[name])
+            if bool(lost.any()):
+                row = int(torch.nonzero(lost.any(dim=1))[0])
+                wider = ("torch.float32 or torch.bfloat16" if self.dtype == torch.float16
+                         else "torch.float64")
+                raise ValueError(
+                    f"The state's {name!r} hold values too large for the feedback_dtype "
+                    f"{self.dtype} of GraftBatchSampler (sample {row}: largest magnitude "
+                    f"{float(rows[row].abs().max()):.4g}); load it into a sampler with "
+                    f"feedback_dtype={wider}.")
         self._staged = []  # observations before the load are replaced
         self._staged_key = self._signature = None  # the next batch takes every check
         self._rows = {}
         last_seen = torch.cat([last_seen, torch.tensor([-1])])
         rejected = rejected.clone()
-        for name, rows in store.items():
+        for name, rows in cast.items():
             spare = torch.zeros((1, rows.shape[1]), dtype=self.dtype)
-            rows = torch.cat([rows.to(self.dtype), spare])
+            rows = torch.cat([rows, spare])
             bad = ~torch.isfinite(rows).all(dim=1)
             if bool(bad.any()):
                 rows[bad] = 0

@@ -601,13 +601,13 @@ class GraftBatchSampler(Sampler[list[int]]):
             of the same size returns; the sampler is left unchanged.
         """
         checked = check_state(state, self.n_samples)
-        self._store.check_castable(checked["store"], "GraftBatchSampler")
+        # first: it raises, having changed nothing, for rows feedback_dtype cannot hold
+        self._store.load(checked["store"], checked["last_seen"], checked["rejected"])
         self.epoch = checked["epoch"]
         self._resume = checked["batches_yielded"]
         self._iteration = None
         self._subset = checked["subset"]
         self._subset_epoch = checked["subset_epoch"]
-        self._store.load(checked["store"], checked["last_seen"], checked["rejected"])
         self.selection_seconds = checked["selection_seconds"]
         self._plan_cache = None
 
@@ -618,7 +618,6 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def _load_feedback(self, feedback):
         checked = check_feedback(feedback, self.n_samples, "GraftBatchSampler")
-        self._store.check_castable(checked["store"], "GraftBatchSampler")
         self._store.load(checked["store"], checked["last_seen"], checked["rejected"])
 
     # -------------------------------------------------------------- internals
