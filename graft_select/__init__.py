@@ -11,6 +11,8 @@ cupy. Each public name's module is imported on first use: the estimators
 also reachable as ``graft_select.GraftBatchSampler``).
 """
 
+import importlib as _importlib
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -55,15 +57,11 @@ _SUBMODULES = ("gradients", "linalg", "sampler", "selector")
 
 def __getattr__(name):
     if name in _SUBMODULES:
-        import importlib
-
-        return importlib.import_module(f".{name}", __name__)
+        return _importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'graft_select' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # the next access is a plain attribute read
     return value
 
