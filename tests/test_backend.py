@@ -293,18 +293,10 @@ class TestDeviceScope:
 
     def test_input_passed_by_name_is_scoped(self, monkeypatch):
         """The decorated kernels accept their first argument by name, and scope it."""
-        import contextlib
-
         import graft_select._backend as backend_module
         from graft_select.gradients import last_layer_gradients, nested_gradient_errors
 
-        entered = []
-
-        def scope(x):
-            entered.append(x)
-            return contextlib.nullcontext()
-
-        monkeypatch.setattr(backend_module, "device_scope", scope)
+        entered = _spy_device_scope(monkeypatch, backend_module)
         logits = np.random.default_rng(0).standard_normal((5, 3))
         G = last_layer_gradients(logits=logits, targets=np.array([0, 1, 2, 0, 1]))
         errors = nested_gradient_errors(G=G, order=np.array([0, 1]))
@@ -313,17 +305,9 @@ class TestDeviceScope:
 
     def test_estimators_fit_under_the_scope_of_X(self, monkeypatch):
         """GraftSelector and GraftResampler enter the device scope of X for a whole fit."""
-        import contextlib
-
         import graft_select.selector as selector
 
-        entered = []
-
-        def scope(x):
-            entered.append(x)
-            return contextlib.nullcontext()
-
-        monkeypatch.setattr(selector, "device_scope", scope)
+        entered = _spy_device_scope(monkeypatch, selector)
         X = np.random.default_rng(0).standard_normal((60, 4))
         selector.GraftSelector(fraction=0.5, random_state=0).fit(X)
         selector.GraftResampler(fraction=0.5, random_state=0).fit_resample(X, np.zeros(60))
@@ -345,3 +329,17 @@ class TestDeviceScope:
         assert fast_maxvol(A, 6).device.id == 1
         sel = GraftSelector(fraction=0.2, batch_size=25, random_state=0).fit(A[0])
         assert sel.sample_indices_.device.id == 1
+
+
+def _spy_device_scope(monkeypatch, module):
+    """Replace ``module.device_scope`` by a no-op that lists what it was entered with."""
+    import contextlib
+
+    entered = []
+
+    def scope(x):
+        entered.append(x)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(module, "device_scope", scope)
+    return entered
