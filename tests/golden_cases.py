@@ -51,7 +51,7 @@ def fit_fingerprint(selector):
         "sizes": digest(np.asarray(selector.subset_sizes_, dtype=np.int64)),
         "weights": digest(_host(selector.sample_weight_)),
         "errors": digest(_host(selector.gradient_error_)),
-        "n_selected": int(len(_host(selector.sample_indices_))),
+        "n_selected": len(_host(selector.sample_indices_)),
     }
 
 

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import golden_cases  # noqa: E402
+import golden_cases
 
 pytest.importorskip("torch")
 pytest.importorskip("dask")
