@@ -67,7 +67,7 @@ def main():
         reference = ""
         speedup = ""
         if n in reference_sizes:
-            old = GraftSelector(fraction=fraction, batch_size=n, random_state=0)
+            old = GraftSelector(fraction=fraction, chunk_size=n, random_state=0)
             ref_seconds = _best_time(lambda s=old, X=X: s.fit(X), 1)
             reference = f"{ref_seconds:.2f}"
             speedup = f"{ref_seconds / seconds:.1f}x"

@@ -42,7 +42,7 @@ def digits_gradient_ratios():
     inputs = np.hstack([X, np.ones((len(X), 1))])
     G = (residuals[:, :, None] * inputs[:, None, :]).reshape(len(X), -1)
     uniform = np.mean([
-        np.mean(GraftSelector(fraction=0.25, batch_size=128, strategy="uniform",
+        np.mean(GraftSelector(fraction=0.25, chunk_size=128, strategy="uniform",
                               random_state=s).fit(X, gradients=G).gradient_error_)
         for s in range(5)])
     rows = []
@@ -52,7 +52,7 @@ def digits_gradient_ratios():
          {"basis": "gradients", "uniform_share": 0.5}),
         ("MaxVol on inputs", {"basis": "input"}),
     ]:
-        sel = GraftSelector(fraction=0.25, batch_size=128, random_state=0, **kwargs)
+        sel = GraftSelector(fraction=0.25, chunk_size=128, random_state=0, **kwargs)
         sel.fit(X, gradients=G)
         error = float(np.mean(sel.gradient_error_))
         rows.append((label, error, error / uniform, len(sel.sample_indices_) / len(X)))
@@ -96,7 +96,7 @@ def speed(quick):
     ]
     for label, X, batch, r in cases:
         graft_s, graft_mem = timed(
-            lambda X=X, batch=batch: GraftSelector(fraction=0.25, batch_size=batch,
+            lambda X=X, batch=batch: GraftSelector(fraction=0.25, chunk_size=batch,
                                                    random_state=0).fit(X), repeats)
         tsvd_s, tsvd_mem = timed(
             lambda X=X, r=r: TruncatedSVD(r, algorithm="randomized", random_state=0).fit(X),

@@ -209,7 +209,7 @@ def check_fit(kind, rows):
 
         def on_device(a):
             return isinstance(a, cupy.ndarray)
-    selector = GraftSelector(fraction=0.25, batch_size=256, random_state=0)
+    selector = GraftSelector(fraction=0.25, chunk_size=256, random_state=0)
     selector.fit(X[:4096])  # warm-up: kernels, handles
     seconds, _ = _timed(lambda: selector.fit(X), sync)
     ok = on_device(selector.sample_indices_) and on_device(selector.sample_weight_)

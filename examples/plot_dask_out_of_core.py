@@ -80,11 +80,11 @@ gradients = FactoredGradients(residuals, inputs)
 with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                   dashboard_address=None) as cluster, Client(cluster):
     start = time.perf_counter()
-    selector = GraftSelector(fraction=0.1, batch_size=256, random_state=0)
+    selector = GraftSelector(fraction=0.1, chunk_size=256, random_state=0)
     selector.fit(X, gradients=gradients)
     print(f"selected {selector.sample_indices_.size:,} of {X.shape[0]:,} rows "
           f"in {time.perf_counter() - start:.1f} s")
-    uniform = GraftSelector(fraction=0.1, batch_size=256, strategy="uniform",
+    uniform = GraftSelector(fraction=0.1, chunk_size=256, strategy="uniform",
                             random_state=0).fit(X, gradients=gradients)
 
     # transform returns a lazy dask array of the selected rows; compute() brings

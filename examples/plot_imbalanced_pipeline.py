@@ -47,7 +47,7 @@ print("samples per class:", np.bincount(y).tolist())
 X_scaled = StandardScaler().fit_transform(X)
 counts = {"all rows": np.bincount(y)}
 for strategy in ("graft", "uniform"):
-    resampler = GraftResampler(fraction=0.1, batch_size=500, strategy=strategy, random_state=0)
+    resampler = GraftResampler(fraction=0.1, chunk_size=500, strategy=strategy, random_state=0)
     start = time.perf_counter()
     X_kept, y_kept = resampler.fit_resample(X_scaled, y)
     seconds = time.perf_counter() - start
@@ -78,15 +78,15 @@ pipelines = {
     "all rows": make_pipeline(StandardScaler(), LogisticRegression(**balanced)),
     "uniform 10%": make_pipeline(
         StandardScaler(),
-        GraftResampler(fraction=0.1, batch_size=500, strategy="uniform", random_state=0),
+        GraftResampler(fraction=0.1, chunk_size=500, strategy="uniform", random_state=0),
         LogisticRegression(**balanced)),
     "GRAFT 10%": make_pipeline(
         StandardScaler(),
-        GraftResampler(fraction=0.1, batch_size=500, random_state=0),
+        GraftResampler(fraction=0.1, chunk_size=500, random_state=0),
         LogisticRegression(**balanced)),
     "GRAFT 30% + undersampling": make_pipeline(
         StandardScaler(),
-        GraftResampler(fraction=0.3, batch_size=500, random_state=0),
+        GraftResampler(fraction=0.3, chunk_size=500, random_state=0),
         RandomUnderSampler(random_state=0),
         LogisticRegression(max_iter=1000)),
 }

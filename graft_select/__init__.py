@@ -16,12 +16,14 @@ import importlib as _importlib
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetWarning",
     "FactoredGradients",
     "GraftBatchSampler",
     "GraftResampler",
     "GraftSelector",
     "LastLayerCapture",
     "RefitReport",
+    "StoredGradients",
     "__version__",
     "fast_maxvol",
     "gradient_error",
@@ -43,8 +45,10 @@ _LAZY = {
     "nested_gradient_errors": "gradients",
     "fast_maxvol": "linalg",
     "low_rank_features": "linalg",
+    "BudgetWarning": "selector",
     "GraftResampler": "selector",
     "GraftSelector": "selector",
+    "StoredGradients": "selector",
     "GraftBatchSampler": "sampler",
     "LastLayerCapture": "sampler",
     "RefitReport": "sampler",

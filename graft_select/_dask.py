@@ -1,9 +1,9 @@
-"""GraftSelector on Dask arrays: every block is selected where it lives.
+"""The Dask source of a selection: every block is selected where it lives.
 
 Imported by :class:`~graft_select.GraftSelector` only when ``X`` is a
 ``dask.array.Array`` (``import graft_select`` does not import dask).
 
-The fit is the in-memory fit split at block boundaries:
+`DaskSource` is the in-memory fit split at block boundaries:
 
 1. host: check the arrays, rechunk so that no selection chunk straddles a block,
    plan the chunks and draw the seeds exactly as the in-memory fit does;
@@ -21,7 +21,6 @@ namespace and returns NumPy results.
 """
 
 import math
-import time
 
 import dask
 import dask.array as da
@@ -36,21 +35,11 @@ from ._backend import (
     to_numpy,
 )
 from ._orders import prefix_errors, stack_order, subset_errors
-from ._selection import (
-    chunk_bounds,
-    chunk_lengths,
-    chunk_weights,
-    largest_sizes,
-    pick,
-    selected_indices,
-    stack_groups,
-    subset_sizes,
-)
+from ._selection import stack_groups
 from ._validation import _all_finite, check_not_empty, half_dtype
 from .gradients import FactoredGradients
-from .selector import _check_rows
 
-__all__ = ["aligned", "fit_dask", "take_rows"]
+__all__ = ["DaskSource", "aligned", "take_rows"]
 
 _X_DTYPES = (np.float32, np.float64)  # the dtypes X keeps, as in GraftSelector._validate_X
 
@@ -58,39 +47,38 @@ _X_DTYPES = (np.float32, np.float64)  # the dtypes X keeps, as in GraftSelector.
 # ----------------------------------------------------------------------- fitting
 
 
-def fit_dask(selector, X, y, gradients, start):
-    """Fit ``selector`` (a GraftSelector or GraftResampler) on the dask array ``X``."""
-    owner = type(selector).__name__
-    X = _check_dask(X, "X", owner)
-    batch_size = _check_batch_size(selector.batch_size, owner)
-    n = X.shape[0]
-    _check_rows(n, y, owner)
-    gradients = _check_gradients(gradients, X, owner)
-    selector.n_features_in_ = int(X.shape[1])
-    if hasattr(selector, "feature_names_in_"):
-        del selector.feature_names_in_
-    X = aligned(X, batch_size)
-    gradients = _map_gradients(gradients, lambda G: aligned(G, batch_size))
-    with_gradients = gradients is not None
-    params, rng = selector._selection_params(with_gradients)
-    chunks = chunk_bounds(n, batch_size)
-    chunk_sizes = chunk_lengths(chunks)
-    groups = _plan_groups(params, chunks, largest_sizes(params, chunk_sizes, with_gradients),
-                          rng)
-    orders, errors = _block_orders(params, X, gradients, batch_size, groups, owner)
-    sizes = subset_sizes(params, chunk_sizes, errors, with_gradients)
-    local = pick(params, chunk_sizes, orders, sizes, rng)
-    gradient_error, weights = None, chunk_weights(chunk_sizes, local)
-    if with_gradients:
-        gradient_error, weights = _block_weights(gradients, batch_size, chunks, local)
-    selector.chunk_sizes_, selector.basis_, selector.subset_sizes_ = (
-        chunk_sizes, params.basis, sizes)
-    selector.gradient_error_ = gradient_error
-    selector.sample_indices_ = selected_indices(chunks, local)
-    selector.sample_weight_ = weights
-    selector.n_samples_fit_ = n
-    selector.fit_time_ = time.perf_counter() - start
-    return selector
+class DaskSource:
+    """The selection source of a dask array ``X`` (and gradients chunked like it).
+
+    Checked and rechunked here so that no selection chunk straddles a block; the
+    estimators' recipe then plans the chunks and draws the seeds on the host, as
+    for in-memory input, and the orders and errors come from one task per block.
+    """
+
+    def __init__(self, X, gradients, chunk_size, owner):
+        X = _check_dask(X, "X", owner)
+        self.chunk_size = _check_chunk_size(chunk_size, owner)
+        gradients = _check_gradients(gradients, X, owner)
+        self.X = aligned(X, self.chunk_size)
+        self.gradients = _map_gradients(gradients, lambda G: aligned(G, self.chunk_size))
+        self.n_samples, self.n_features = int(X.shape[0]), int(X.shape[1])
+        self.with_gradients = gradients is not None
+        self._owner = owner
+
+    def orders(self, params, chunks, k_hi, rng):
+        """MaxVol orders and nested errors of every chunk, one task per block."""
+        groups = _plan_groups(params, chunks, k_hi, rng)
+        return _block_orders(params, self.X, self.gradients, self.chunk_size, groups,
+                             self._owner)
+
+    def picked_errors(self, chunks, local, with_weights):
+        """Errors and (unless not wanted) weights of the picked rows, one task per block."""
+        errors, weights = _block_weights(self.gradients, self.chunk_size, chunks, local)
+        return errors, weights if with_weights else None
+
+    def output(self, values):
+        """Results stay host NumPy arrays (the rows stay on the workers)."""
+        return values
 
 
 def _plan_groups(params, chunks, k_hi, rng):
@@ -107,14 +95,14 @@ def _plan_groups(params, chunks, k_hi, rng):
     return groups
 
 
-def _block_orders(params, X, gradients, batch_size, groups, owner):
+def _block_orders(params, X, gradients, chunk_size, groups, owner):
     """MaxVol orders and nested errors of every chunk, one task per block."""
     params = dask.delayed(params, pure=True)  # the workers need only the parameters
     X_blocks = X.to_delayed().ravel()
     G_blocks = _gradient_blocks(gradients)
     tasks = []
     for b, (start, stop) in enumerate(_block_bounds(X)):
-        pieces = _block_pieces(groups, start // batch_size, -(-stop // batch_size), batch_size,
+        pieces = _block_pieces(groups, start // chunk_size, -(-stop // chunk_size), chunk_size,
                                start, stop)
         G_block = None if G_blocks is None else G_blocks[b]
         tasks.append(dask.delayed(_order_block, pure=True)(params, X_blocks[b], G_block,
@@ -133,7 +121,7 @@ def _block_orders(params, X, gradients, batch_size, groups, owner):
     return orders, errors
 
 
-def _block_pieces(groups, first, last, batch_size, start, stop):
+def _block_pieces(groups, first, last, chunk_size, start, stop):
     """The parts of the stacks in chunks ``[first, last)`` of one block.
 
     Each piece is ``(begin, stop, count, k_hi, seed)`` with rows relative to the
@@ -144,7 +132,7 @@ def _block_pieces(groups, first, last, batch_size, start, stop):
         lo, hi = max(c0, first), min(c1, last)
         if lo >= hi:
             continue
-        rows = (lo * batch_size - start, min(hi * batch_size, stop) - start)
+        rows = (lo * chunk_size - start, min(hi * chunk_size, stop) - start)
         pieces.append((*rows, (lo, hi), k_hi, seed))
     return pieces
 
@@ -237,14 +225,14 @@ def _raise_non_finite(results, bounds, owner):
             )
 
 
-def _block_weights(gradients, batch_size, chunks, local):
+def _block_weights(gradients, chunk_size, chunks, local):
     """Errors (n_chunks,) and weights (n_selected,) of the picked rows, one task per block."""
     G_blocks = _gradient_blocks(gradients)
     bounds = _block_bounds(gradients.residuals if isinstance(gradients, FactoredGradients)
                            else gradients)
     tasks = []
     for b, (start, stop) in enumerate(bounds):
-        first, last = start // batch_size, -(-stop // batch_size)
+        first, last = start // chunk_size, -(-stop // chunk_size)
         block_chunks = [(s - start, e - start) for s, e in chunks[first:last]]
         tasks.append(dask.delayed(_weights_block, pure=True)(
             G_blocks[b], block_chunks, local[first:last]))
@@ -308,31 +296,31 @@ def _take_block(X, local):
 # ------------------------------------------------------------------------ checks
 
 
-def aligned(X, batch_size):
-    """``X`` rechunked so that no selection chunk of ``batch_size`` rows straddles a block.
+def aligned(X, chunk_size):
+    """``X`` rechunked so that no selection chunk of ``chunk_size`` rows straddles a block.
 
-    The rule: if every block but the last holds a multiple of ``batch_size``
+    The rule: if every block but the last holds a multiple of ``chunk_size``
     rows, the blocks stay as they are; otherwise ``X`` is rechunked along its rows
-    to blocks of ``batch_size * max(1, rows_of_first_block // batch_size)`` rows
-    (the first block's size rounded down to a multiple of ``batch_size``, at
+    to blocks of ``chunk_size * max(1, rows_of_first_block // chunk_size)`` rows
+    (the first block's size rounded down to a multiple of ``chunk_size``, at
     least one chunk), so blocks never grow beyond what the caller chose.
     """
     rows = X.chunks[0]
     boundaries = np.cumsum(rows)[:-1]
-    if np.all(boundaries % batch_size == 0):
+    if np.all(boundaries % chunk_size == 0):
         return X
-    return X.rechunk({0: batch_size * max(1, rows[0] // batch_size)})
+    return X.rechunk({0: chunk_size * max(1, rows[0] // chunk_size)})
 
 
-def _check_batch_size(batch_size, owner):
-    if batch_size is None:
+def _check_chunk_size(chunk_size, owner):
+    if chunk_size is None:
         raise ValueError(
-            f"The 'batch_size' parameter of {owner} must be an int for dask input (the "
+            f"The 'chunk_size' parameter of {owner} must be an int for dask input (the "
             f"size of the selection chunks; blocks are rechunked to a multiple of it). "
             f"Got None instead, which selects over all rows at once, in memory: set "
-            f"batch_size, for example batch_size=256."
+            f"chunk_size, for example chunk_size=256."
         )
-    return int(batch_size)
+    return int(chunk_size)
 
 
 def _check_dask(X, name, owner, *, min_ndim=2, convert=True):

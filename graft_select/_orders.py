@@ -1,6 +1,8 @@
-"""Selection orders of in-memory data as pure functions (the twin of `_feedback`).
+"""The in-memory source of a selection: orders and errors of arrays held in memory.
 
-For every stack of equal chunks (see `_selection.stack_groups`): a low-rank
+`InMemorySource` is one of the three sources the estimators' recipe reads (the
+others: `_feedback.StoreSource` over a feedback store, `_dask.DaskSource` block
+by block). For every stack of equal chunks (see `_selection.stack_groups`): a low-rank
 factor of the chunks' rows of ``X``, or of their gradient proxies -> the Fast
 MaxVol order -> with gradients, the nested errors of the order's prefixes (the
 size criterion). After the sizes and picks (`_selection`), ``subset_errors``
@@ -21,6 +23,42 @@ from ._proxies import FactoredGradients
 from ._selection import child_rng, rank, stack_groups
 from ._validation import rescale_extreme
 from .linalg import _fast_maxvol, _low_rank_features
+
+
+class InMemorySource:
+    """Rows of ``X`` and their gradient proxies, in memory (NumPy, sparse, torch, CuPy).
+
+    Parameters
+    ----------
+    X : array or sparse matrix of shape (n_samples, n_features)
+        Checked rows (see ``GraftSelector._validate_X``); rescaled here by a
+        power of two when their magnitudes would over- or underflow in Gram
+        matrices (an exact rescale: the selection does not change).
+    xp : namespace
+        The array namespace of ``X``.
+    gradients : array, FactoredGradients or None
+        Checked gradient proxies, one row per row of ``X``.
+    """
+
+    def __init__(self, X, xp, gradients):
+        self.X, self.xp, self.gradients = rescale_extreme(X, xp)[0], xp, gradients
+        self.n_samples = int(X.shape[0])
+        self.n_features = int(X.shape[1])
+        self.with_gradients = gradients is not None
+        self._device = None if is_sparse(X) else get_namespace(X)[1]
+
+    def orders(self, params, chunks, k_hi, rng):
+        """Per chunk its selection order and, with gradients, its prefixes' errors."""
+        return chunk_orders(params, self.X, self.xp, self.gradients, chunks, k_hi, rng)
+
+    def picked_errors(self, chunks, local, with_weights):
+        """Per chunk the gradient error of its subset, and the weights (or None)."""
+        errors, weights = subset_errors(self.gradients, chunks, local)
+        return errors, weights if with_weights else None
+
+    def output(self, values):
+        """A host array of results in the namespace and on the device of ``X``."""
+        return from_numpy(values, self.xp, self._device)
 
 
 def chunk_orders(params, X, xp, gradients, chunks, k_hi, rng):

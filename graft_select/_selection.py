@@ -88,14 +88,14 @@ def resolve_basis(params, with_gradients):
 # ------------------------------------------------------------------------ chunks
 
 
-def chunk_bounds(n, batch_size):
-    """``(begin, end)`` of consecutive chunks of ``batch_size`` rows (None: the default)."""
-    if batch_size is None:
+def chunk_bounds(n, chunk_size):
+    """``(begin, end)`` of consecutive chunks of ``chunk_size`` rows (None: the default)."""
+    if chunk_size is None:
         return default_chunks(n)
-    if batch_size >= n:
+    if chunk_size >= n:
         return [(0, n)]
-    starts = range(0, n, batch_size)
-    return [(s, min(s + batch_size, n)) for s in starts]
+    starts = range(0, n, chunk_size)
+    return [(s, min(s + chunk_size, n)) for s in starts]
 
 
 def chunk_lengths(chunks):
@@ -151,9 +151,8 @@ def rank(params, n_rows, n_columns, k_hi):
     come from rectangular MaxVol (`_orders.maxvol_order` asks for all of them):
     a factor of the largest size's rank costs about twice the range finder
     and greedy steps in every chunk, for rows that only the chunks given
-    more than their share keep (the refit at rank 154 against 77 in
-    benchmarks/RESULTS.md, issue 9; 5-seed demo accuracy and the gradient
-    error on load_digits held).
+    more than their share keep; the typical size's rank halves that cost and
+    holds the accuracy and the gradient error (benchmarks/RESULTS.md).
     """
     if params.n_components is not None:
         return min(params.n_components, n_rows, n_columns)

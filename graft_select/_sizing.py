@@ -7,6 +7,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS",
+    "BudgetWarning",
     "allocate_sizes",
     "apportion",
     "budget_overshoot",
@@ -14,12 +15,12 @@ __all__ = [
     "size_band",
 ]
 
-#: Largest chunk of the default chunking (``batch_size=None``).
+#: Largest chunk of the default chunking (``chunk_size=None``).
 DEFAULT_CHUNK_ROWS = 4096
 
 
 def default_chunks(n, max_rows=DEFAULT_CHUNK_ROWS):
-    """Chunk bounds for ``batch_size=None``: one chunk up to ``max_rows`` rows, else
+    """Chunk bounds for ``chunk_size=None``: one chunk up to ``max_rows`` rows, else
     ``ceil(n / max_rows)`` consecutive chunks whose sizes differ by at most one.
 
     The greedy selection in a chunk of ``c`` rows costs ``O(fraction * c^2 * r)``;
@@ -32,22 +33,37 @@ def default_chunks(n, max_rows=DEFAULT_CHUNK_ROWS):
     return [(stop - size, stop) for stop, size in zip(stops, sizes)]
 
 
+class BudgetWarning(UserWarning):
+    """A selection keeps more rows than its budget ``round(fraction * n_samples)``.
+
+    Every selection chunk keeps at least one row, so many small chunks can take
+    more than ``fraction`` of the rows. The fitted ``budget_`` and
+    ``subset_sizes_`` say by how much; filter this category to silence it.
+    """
+
+
+def budget(fraction, n):
+    """The number of rows a selection aims at: ``round(fraction * n)``, at least 1."""
+    return max(1, round(fraction * n))
+
+
 def budget_overshoot(sizes, fraction, chunk_sizes, owner, limit=0.1):
     """A warning text if ``sizes`` exceed the budget ``round(fraction * n)`` by over ``limit``.
 
     Only the at-least-one-row-per-chunk rule makes the total exceed the budget by
     more than a few percent (for example ``fraction=0.3`` with chunks of 2 rows
-    keeps one row in two); the caller warns with the returned text, or gets None.
+    keeps one row in two); the caller warns with the returned text (as a
+    `BudgetWarning`), or gets None.
     """
     total = int(np.sum(sizes))
     n = int(np.sum(chunk_sizes))
-    budget = max(1, round(fraction * n))
-    if total <= (1 + limit) * budget:
+    budget_rows = budget(fraction, n)
+    if total <= (1 + limit) * budget_rows:
         return None
     return (
         f"{owner} keeps {total} of {n} rows ({total / n:.1%}) although fraction={fraction} "
-        f"asks for {budget}: every one of the {len(chunk_sizes)} chunks keeps at least one "
-        f"row. Use larger chunks (batch_size) or a larger fraction to stay within budget."
+        f"asks for {budget_rows}: every one of the {len(chunk_sizes)} chunks keeps at least "
+        f"one row. Use larger chunks (chunk_size) or a larger fraction to stay within budget."
     )
 
 

@@ -27,7 +27,7 @@ from ._iteration import (
 from ._store import FEEDBACK_DTYPES, FeedbackStore, as_tensor, check_batch
 from ._validation import check_bool, check_int, check_real
 from .gradients import FactoredGradients
-from .selector import GraftSelector
+from .selector import BudgetWarning, GraftSelector, StoredGradients
 
 __all__ = ["GraftBatchSampler", "LastLayerCapture", "RefitReport"]
 
@@ -729,9 +729,10 @@ class GraftBatchSampler(Sampler[list[int]]):
         X, gradients = self._selection_inputs(candidates, selector)
         with warnings.catch_warnings():
             # the sampler warns about the budget itself, in its own terms (see _refit)
-            warnings.filterwarnings("ignore", message="GraftSelector keeps", category=UserWarning)
+            warnings.simplefilter("ignore", BudgetWarning)
             if X is None:  # the store's own factors, gathered chunk group by chunk group
-                selector._fit_feedback(*gradients, candidates, weights=False)
+                selector.fit(None, gradients=StoredGradients(*gradients, rows=candidates),
+                             compute_weights=False)
             else:
                 selector.fit(X, gradients=gradients)
         local = selector.sample_indices_.to("cpu") if torch.is_tensor(
@@ -779,7 +780,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         selector = clone(template)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         has_gradients = "residuals" in self._store or "gradients" in self._store
-        params = {"fraction": min(1.0, fraction), "batch_size": max(2, self.selection_size),
+        params = {"fraction": min(1.0, fraction), "chunk_size": max(2, self.selection_size),
                   "random_state": seed}
         if selector.basis == "gradients" and not has_gradients:
             params["basis"] = "input"

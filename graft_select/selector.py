@@ -1,10 +1,13 @@
 """GraftSelector and GraftResampler: GRAFT row selection as scikit-learn estimators.
 
-The estimators validate their parameters and inputs once, run the selection
-pipeline of pure functions (`_selection`: chunks, band, rank, sizes, picks;
-`_orders`: low-rank factors and MaxVol orders; `_feedback` on a sampler's
-feedback store, `_dask` on dask arrays) and keep its results as fitted
-attributes.
+The estimators validate their parameters once and run one recipe over one of
+three sources of rows: arrays in memory (`_orders.InMemorySource`), a feedback
+store read through a `StoredGradients` view (`_feedback.StoreSource`) and dask
+blocks (`_dask.DaskSource`)::
+
+    source -> chunks and band (`_selection`) -> orders and errors (the source)
+    -> sizes (`_selection`, `_sizing`) -> picks -> subset errors and weights
+    (the source) -> fitted attributes (`_GraftBase._set_fitted`, the one writer)
 """
 
 import dataclasses
@@ -15,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._backend import (
@@ -26,8 +29,8 @@ from ._backend import (
     is_sparse,
     to_numpy,
 )
-from ._feedback import groups_of, orders_and_errors, picked_errors
-from ._orders import chunk_orders, maxvol_order, subset_errors
+from ._feedback import StoredGradients, StoreSource
+from ._orders import InMemorySource
 from ._proxies import FactoredGradients, _check_factored
 from ._selection import (
     SelectionParams,
@@ -35,16 +38,13 @@ from ._selection import (
     chunk_bounds,
     chunk_lengths,
     chunk_weights,
-    k_band,
     largest_sizes,
     pick,
-    rank,
     resolve_basis,
     selected_indices,
-    stack_groups,
     subset_sizes,
 )
-from ._sizing import budget_overshoot
+from ._sizing import BudgetWarning, budget, budget_overshoot
 from ._validation import (
     check_array,
     check_no_bool_numbers,
@@ -53,14 +53,7 @@ from ._validation import (
     rescale_extreme,
 )
 
-__all__ = ["GraftResampler", "GraftSelector"]
-
-# Rows of the feedback store gathered at once by `_fit_feedback`: with 512-d float32
-# embeddings and chunks of 256, one group holds 16 MiB of rows, 8 MiB of Gram matrices
-# and a 2.5 MiB factor, whatever the size of the store. Measured at 300,000 rows, 8,192
-# rows per group refit 5-8% faster than 16,384 (the factor fits the greedy's cache-sized
-# group of linalg._HOST_GROUP_BYTES, so each group runs the greedy steps once).
-_GROUP_ROWS = 1 << 13
+__all__ = ["BudgetWarning", "GraftResampler", "GraftSelector", "StoredGradients"]
 
 _DOC_PARAMETERS = """
     Parameters
@@ -68,9 +61,10 @@ _DOC_PARAMETERS = """
     fraction : float, default=0.25
         Share of the rows to keep, in (0, 1]. The total is
         ``round(fraction * n_samples)``, except that every chunk keeps at least
-        one row: with many small chunks (``fraction * batch_size < 1``) this
-        raises the total, and a UserWarning says so when it moves the total by
-        more than 10%. Without
+        one row: with many small chunks (``fraction * chunk_size < 1``) this
+        raises the total, and a :class:`BudgetWarning` says so when it moves the
+        total by more than 10% (``budget_`` and ``subset_sizes_`` say by how
+        much). Without
         gradients every chunk keeps ``fraction * chunk_size`` rows rounded up or
         down so that the total is exact (largest remainders first); with
         gradients the total is distributed over the chunks by their gradient
@@ -84,9 +78,9 @@ _DOC_PARAMETERS = """
         chunk may get (all of ``k`` when ``uniform_share=0``). Chunks that the
         gradient criterion gives more rows take the pivots beyond the rank by
         rectangular MaxVol (see :func:`~graft_select.fast_maxvol`).
-    batch_size : int, default=None
+    chunk_size : int, default=None
         Size of the selection chunks (consecutive rows). An int selects per chunk
-        of ``batch_size`` rows (the last chunk may be shorter), as GRAFT does per
+        of ``chunk_size`` rows (the last chunk may be shorter), as GRAFT does per
         training batch. ``None`` selects over all rows at once up to 4096 rows,
         and beyond that over ``ceil(n_samples / 4096)`` consecutive chunks of
         equal size (within one row): the greedy pivots of one chunk of ``c``
@@ -125,6 +119,9 @@ _DOC_PARAMETERS = """
         Method of :func:`~graft_select.low_rank_features`.
     random_state : int, RandomState instance or None, default=None
         Seeds the randomized SVD, the uniform picks and the uniform strategy.
+    batch_size : int or None
+        Deprecated alias of ``chunk_size`` (renamed in 0.2, removed in 0.4):
+        setting it warns with a FutureWarning; setting both raises.
 """
 
 _DOC_ATTRIBUTES = """
@@ -134,11 +131,12 @@ _DOC_ATTRIBUTES = """
         Selected rows, chunk by chunk, each chunk in MaxVol pivot order (uniform
         picks last), in the input's namespace and on its device (NumPy for NumPy,
         sparse, pandas and dask input).
-    sample_weight_ : float array of shape (n_selected,)
+    sample_weight_ : float array of shape (n_selected,) or None
         One weight per selected row: with gradients, the least-squares weights
         of the chunk's mean gradient on the selected rows times the chunk size
         (the number of chunk samples a row stands for; they may be negative);
-        without gradients, ``chunk_size / k`` for every row of a chunk.
+        without gradients, ``chunk_size / k`` for every row of a chunk. None
+        after ``fit(..., compute_weights=False)``.
     gradient_error_ : ndarray of shape (n_chunks,) or None
         Relative error of each chunk's mean gradient when approximated with the
         selected rows and ``sample_weight_``; None when fit without gradients.
@@ -148,8 +146,13 @@ _DOC_ATTRIBUTES = """
         Rows per chunk.
     subset_sizes_ : ndarray of shape (n_chunks,)
         Selected rows per chunk.
+    budget_ : int
+        The rows ``fraction`` asks for, ``max(1, round(fraction * n_samples_fit_))``;
+        ``subset_sizes_.sum()`` exceeds it only by the at-least-one-row-per-chunk
+        rule (a :class:`BudgetWarning` past 10%) or within ``gradient_tol``'s 5%.
     n_features_in_ : int
-        Number of features seen during fit.
+        Number of features seen during fit (``d + 1`` for a :class:`StoredGradients`
+        fit: the embedding width plus the bias).
     feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names, when X was a DataFrame with string column names.
     n_samples_fit_ : int
@@ -163,7 +166,7 @@ class _GraftBase(BaseEstimator):
     _parameter_constraints: ClassVar[dict] = {
         "fraction": [Interval(numbers.Real, 0.0, 1.0, closed="right")],
         "n_components": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "batch_size": [Interval(numbers.Integral, 2, None, closed="left"), None],
+        "chunk_size": [Interval(numbers.Integral, 2, None, closed="left"), None],
         "strategy": [StrOptions({"graft", "uniform"})],
         "basis": [StrOptions({"auto", "input", "gradients"})],
         "method": [StrOptions({"volume", "lu"})],
@@ -174,6 +177,8 @@ class _GraftBase(BaseEstimator):
         "max_fraction": [Interval(numbers.Real, 0.0, 1.0, closed="right"), None],
         "svd_method": [StrOptions({"auto", "exact", "randomized"})],
         "random_state": ["random_state"],
+        "batch_size": [Interval(numbers.Integral, 2, None, closed="left"),
+                       Hidden(StrOptions({"deprecated"})), None],
     }
 
     def __init__(
@@ -181,7 +186,7 @@ class _GraftBase(BaseEstimator):
         fraction=0.25,
         *,
         n_components=None,
-        batch_size=None,
+        chunk_size=None,
         strategy="graft",
         basis="auto",
         method="volume",
@@ -192,10 +197,11 @@ class _GraftBase(BaseEstimator):
         max_fraction=None,
         svd_method="auto",
         random_state=None,
+        batch_size="deprecated",
     ):
         self.fraction = fraction
         self.n_components = n_components
-        self.batch_size = batch_size
+        self.chunk_size = chunk_size
         self.strategy = strategy
         self.basis = basis
         self.method = method
@@ -206,6 +212,7 @@ class _GraftBase(BaseEstimator):
         self.max_fraction = max_fraction
         self.svd_method = svd_method
         self.random_state = random_state
+        self.batch_size = batch_size
 
     # ------------------------------------------------------------------ fitting
 
@@ -213,6 +220,7 @@ class _GraftBase(BaseEstimator):
     _NUMBERS: ClassVar[dict] = {
         "fraction": "a float in the range (0.0, 1.0]",
         "n_components": "an int in the range [1, inf) or None",
+        "chunk_size": "an int in the range [2, inf) or None",
         "batch_size": "an int in the range [2, inf) or None",
         "uniform_share": "a float in the range [0.0, 1.0)",
         "gradient_tol": "a float in the range [0.0, inf) or None",
@@ -221,21 +229,98 @@ class _GraftBase(BaseEstimator):
         "random_state": "an int, a numpy random generator or None",
     }
 
-    def _fit(self, X, y=None, gradients=None, *, steps=None):
-        """Fit atomically: a failing fit leaves the estimator's state as it was.
-
-        ``steps`` is the fitting body (``_fit_steps`` unless given), called with
-        ``(X, y, gradients)``.
-        """
+    def _fit(self, X, y=None, gradients=None, compute_weights=True):
+        """Fit atomically: a failing fit leaves the estimator's state as it was."""
         saved = dict(self.__dict__)
         try:
             # CuPy creates arrays on the current device, whatever device= says
-            with device_scope(X):
-                return (steps or self._fit_steps)(X, y, gradients)
+            scope = gradients.residuals if X is None and isinstance(
+                gradients, StoredGradients) else X
+            with device_scope(scope):
+                return self._fit_steps(X, y, gradients, compute_weights)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
             raise
+
+    def _fit_steps(self, X, y, gradients, compute_weights):
+        """The recipe, the same for every source of rows (see the module's docstring)."""
+        start = time.perf_counter()
+        owner = type(self).__name__
+        check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, owner)
+        chunk_size = self._chunk_size()
+        source = self._source(X, gradients, chunk_size)
+        _check_rows(source.n_samples, y, owner)
+        params, rng = self._selection_params(source.with_gradients)
+        chunks = chunk_bounds(source.n_samples, chunk_size)
+        chunk_sizes = chunk_lengths(chunks)
+        k_hi = largest_sizes(params, chunk_sizes, source.with_gradients)
+        orders, errors = source.orders(params, chunks, k_hi, rng)
+        sizes = subset_sizes(params, chunk_sizes, errors, source.with_gradients)
+        message = budget_overshoot(sizes, params.fraction, chunk_sizes, owner)
+        if message:
+            warnings.warn(message, BudgetWarning, stacklevel=5)  # fit's caller
+        local = pick(params, chunk_sizes, orders, sizes, rng)
+        gradient_error, weights = None, chunk_weights(chunk_sizes, local)
+        if source.with_gradients:
+            gradient_error, weights = source.picked_errors(chunks, local, compute_weights)
+        self._set_fitted(source, params, chunks, sizes, local,
+                         weights if compute_weights else None, gradient_error)
+        self.fit_time_ = time.perf_counter() - start
+        return self
+
+    def _set_fitted(self, source, params, chunks, sizes, local, weights, gradient_error):
+        """The one writer of the fitted attributes."""
+        self.chunk_sizes_ = chunk_lengths(chunks)
+        self.subset_sizes_ = sizes
+        self.basis_ = params.basis
+        self.budget_ = budget(params.fraction, source.n_samples)
+        self.sample_indices_ = source.output(selected_indices(chunks, local))
+        self.sample_weight_ = None if weights is None else source.output(weights)
+        self.gradient_error_ = gradient_error
+        self.n_features_in_ = source.n_features
+        self.n_samples_fit_ = source.n_samples
+
+    def _source(self, X, gradients, chunk_size):
+        """The checked source of the rows: in memory, a StoredGradients view, or dask."""
+        owner = type(self).__name__
+        if isinstance(gradients, StoredGradients):
+            _check_stored_params(X, self.strategy, self.basis, owner)
+            self._forget_feature_names()
+            return StoreSource(gradients, owner)
+        if X is None:
+            raise TypeError(
+                f"{owner}.fit needs X (the rows to select from), got None; None is only "
+                f"accepted with gradients=StoredGradients(...)."
+            )
+        if is_dask_array(X):
+            from ._dask import DaskSource  # dask is imported only for dask input
+
+            self._forget_feature_names()
+            return DaskSource(X, gradients, chunk_size, owner)
+        X, xp = self._validate_X(X, reset=True)
+        return InMemorySource(X, xp, self._validate_gradients(gradients, X.shape[0]))
+
+    def _forget_feature_names(self):
+        """Drop the column names of an earlier fit (this input has none)."""
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+
+    def _chunk_size(self):
+        """``chunk_size``, or the deprecated ``batch_size`` with a FutureWarning."""
+        if isinstance(self.batch_size, str) and self.batch_size == "deprecated":
+            return self.chunk_size
+        owner = type(self).__name__
+        if self.chunk_size is not None:
+            raise ValueError(
+                f"{owner} got chunk_size={self.chunk_size} and batch_size={self.batch_size}: "
+                f"'batch_size' was renamed to 'chunk_size'; set chunk_size only."
+            )
+        warnings.warn(
+            f"The 'batch_size' parameter of {owner} was renamed to 'chunk_size' in 0.2 and "
+            f"will be removed in 0.4; use chunk_size={self.batch_size} instead.",
+            FutureWarning, stacklevel=6)
+        return self.batch_size
 
     def _selection_params(self, with_gradients):
         """Validate the band and the basis once: (SelectionParams, generator).
@@ -248,125 +333,6 @@ class _GraftBase(BaseEstimator):
         rng = check_random_state(self.random_state, "random_state", owner)
         basis = resolve_basis(params, with_gradients)
         return dataclasses.replace(params, basis=basis), rng
-
-    def _fit_steps(self, X, y=None, gradients=None):
-        start = time.perf_counter()
-        owner = type(self).__name__
-        check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, owner)
-        if is_dask_array(X):
-            from ._dask import fit_dask  # dask is imported only for dask input
-
-            return fit_dask(self, X, y, gradients, start)
-        X, xp = self._validate_X(X, reset=True)
-        n = X.shape[0]
-        _check_rows(n, y, owner)
-        gradients = self._validate_gradients(gradients, n)
-        with_gradients = gradients is not None
-        params, rng = self._selection_params(with_gradients)
-        # extreme magnitudes would over- or underflow in Gram matrices: an exact rescale
-        X_scaled, _ = rescale_extreme(X, xp)
-        chunks = chunk_bounds(n, self.batch_size)
-        chunk_sizes = chunk_lengths(chunks)
-        k_hi = largest_sizes(params, chunk_sizes, with_gradients)
-        orders, errors = chunk_orders(params, X_scaled, xp, gradients, chunks, k_hi, rng)
-        sizes = subset_sizes(params, chunk_sizes, errors, with_gradients)
-        message = budget_overshoot(sizes, params.fraction, chunk_sizes, owner)
-        if message:
-            warnings.warn(message, UserWarning, stacklevel=5)  # fit's caller
-        local = pick(params, chunk_sizes, orders, sizes, rng)
-        gradient_error, weights = None, chunk_weights(chunk_sizes, local)
-        if with_gradients:
-            gradient_error, weights = subset_errors(gradients, chunks, local)
-        device = None if is_sparse(X) else get_namespace(X)[1]
-        self.chunk_sizes_, self.basis_, self.subset_sizes_ = chunk_sizes, params.basis, sizes
-        self.sample_indices_ = from_numpy(selected_indices(chunks, local), xp, device)
-        self.sample_weight_ = weights if is_sparse(X) else from_numpy(weights, xp, device)
-        self.gradient_error_ = gradient_error
-        self.n_samples_fit_ = n
-        self.fit_time_ = time.perf_counter() - start
-        return self
-
-    def _fit_feedback(self, residuals, embeddings, rows, *, weights=True):
-        """Fit on factored last-layer gradients held in a feedback store (private).
-
-        The same selection as ``fit(X, gradients=FactoredGradients(residuals[rows],
-        [embeddings[rows], 1]))`` with ``basis="gradients"``, without copying the
-        store: rows are gathered one group of chunks at a time (about
-        ``_GROUP_ROWS`` rows), converted to float32 there (the store may be half
-        precision), and every quantity comes from the chunks' Gram matrices (see
-        ``_gram``). The ones column is implicit.
-
-        Parameters
-        ----------
-        residuals : array of shape (n_store, C)
-            ``softmax(logits) - onehot(targets)`` per stored sample.
-        embeddings : array of shape (n_store, d) or None
-            The embeddings per stored sample (or a fixed sketch of them).
-        rows : integer array of shape (n_samples,)
-            The store rows to select from, in selection order (chunks are
-            consecutive runs of it); host or on the store's device.
-        weights : bool, default=True
-            False (the sampler, which trains on the subset unweighted): no
-            ``sample_weight_`` (None), and when every subset is a prefix of its
-            chunk's selection order (``uniform_share=0``), ``gradient_error_``
-            is read from the nested errors of the first pass, so the second pass
-            over the store (the subsets' least-squares weights) is skipped.
-
-        Returns
-        -------
-        self : the fitted estimator; ``sample_indices_`` are positions in ``rows``.
-        """
-        def steps(factors, _, rows):
-            return self._feedback_steps(factors, rows, weights)
-
-        return self._fit((residuals, embeddings), None, rows, steps=steps)
-
-    def _feedback_steps(self, factors, rows, with_weights):
-        start = time.perf_counter()
-        owner = type(self).__name__
-        check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, owner)
-        residuals, embeddings = factors
-        xp, device, rows, n = self._validate_feedback(factors, rows)
-        params, rng = self._selection_params(with_gradients=True)
-        chunks = chunk_bounds(n, self.batch_size)
-        chunk_sizes = chunk_lengths(chunks)
-        d = 0 if embeddings is None else int(embeddings.shape[1])
-        width = int(residuals.shape[1]) * (d + 1)  # of one flattened gradient
-        store = (residuals, embeddings, rows, xp)
-        groups = groups_of(stack_groups(chunks), chunks, _GROUP_ROWS)
-        first_pass = orders_and_errors(
-            store, chunks, groups, k_band(params, chunk_sizes)[1],
-            rank_of=lambda size, k_hi: rank(params, size, width, k_hi),
-            order_of=lambda U, k_hi, child: maxvol_order(params, U, k_hi, child, with_tail=True),
-            rng=rng, owner=owner)
-        sizes = subset_sizes(params, chunk_sizes, first_pass[1], True)
-        message = budget_overshoot(sizes, params.fraction, chunk_sizes, owner)
-        if message:
-            warnings.warn(message, UserWarning, stacklevel=4)
-        local = pick(params, chunk_sizes, first_pass[0], sizes, rng)
-        errors, weights = picked_errors(store, chunks, groups, local, first_pass, with_weights)
-        self.chunk_sizes_, self.basis_, self.subset_sizes_ = chunk_sizes, params.basis, sizes
-        self.n_features_in_ = d + 1
-        self.gradient_error_ = errors
-        self.sample_indices_ = from_numpy(selected_indices(chunks, local), xp, device)
-        self.sample_weight_ = None if weights is None else from_numpy(weights, xp, device)
-        self.n_samples_fit_ = n
-        self.fit_time_ = time.perf_counter() - start
-        return self
-
-    def _validate_feedback(self, factors, rows):
-        """Check a feedback fit's parameters and rows: (namespace, device, rows there, n)."""
-        owner = type(self).__name__
-        xp, device = get_namespace(*factors)
-        if self.strategy != "graft" or self.basis == "input":
-            raise ValueError(
-                f"{owner}._fit_feedback selects on the gradients with strategy='graft'; got "
-                f"strategy={self.strategy!r} and basis={self.basis!r}: call fit instead."
-            )
-        host_rows = np.asarray(to_numpy(rows), dtype=np.int64)
-        n = host_rows.shape[0]
-        _check_rows(n, None, owner)
-        return xp, device, from_numpy(host_rows, xp, device), n
 
     def _validate_X(self, X, reset):
         """Check X and return (X ready for the kernels, namespace)."""
@@ -498,7 +464,7 @@ class GraftSelector(TransformerMixin, _GraftBase):
     >>> from sklearn.datasets import load_digits
     >>> from graft_select import GraftSelector
     >>> X, y = load_digits(return_X_y=True)
-    >>> selector = GraftSelector(fraction=0.1, batch_size=256, random_state=0).fit(X)
+    >>> selector = GraftSelector(fraction=0.1, chunk_size=256, random_state=0).fit(X)
     >>> selector.transform(X).shape
     (180, 64)
     >>> selector.chunk_sizes_.tolist()
@@ -507,7 +473,7 @@ class GraftSelector(TransformerMixin, _GraftBase):
     )
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, *, gradients=None):
+    def fit(self, X, y=None, *, gradients=None, compute_weights=True):
         """Select the rows of X.
 
         Parameters
@@ -516,20 +482,30 @@ class GraftSelector(TransformerMixin, _GraftBase):
             Features, one row per sample: NumPy, scipy.sparse CSR/CSC, pandas,
             torch or CuPy (device arrays stay on their device), or a dask array
             chunked along its rows (selected block by block on the workers;
-            needs an int ``batch_size``, see :doc:`/dask`).
+            needs an int ``chunk_size``, see :doc:`/dask`). None with
+            ``gradients=StoredGradients(...)``: the rows are the view's.
         y : array-like of shape (n_samples,), default=None
             Ignored except for its length, which must match X.
-        gradients : array of shape (n_samples, p) or FactoredGradients, default=None
+        gradients : array of shape (n_samples, p), FactoredGradients or \
+StoredGradients, default=None
             Per-sample gradient proxies (see
             :func:`~graft_select.last_layer_gradients`). They choose the subset
             size per chunk and give ``sample_weight_`` and ``gradient_error_``.
+            A :class:`StoredGradients` view of a table (a sampler's feedback
+            store) is read one group of chunks at a time, never copied; it
+            needs ``X=None``, ``strategy="graft"`` and a basis other than
+            ``"input"``.
+        compute_weights : bool, default=True
+            False leaves ``sample_weight_`` None. With a :class:`StoredGradients`
+            view and ``uniform_share=0`` that also skips the second pass over the
+            table (the subsets' errors are read from the size criterion's).
 
         Returns
         -------
         self : GraftSelector
             The fitted selector.
         """
-        return self._fit(X, y, gradients)
+        return self._fit(X, y, gradients, compute_weights)
 
     def transform(self, X):
         """Return the selected rows of X (the data that was fitted).
@@ -631,6 +607,23 @@ def _is_host_like(X):
     if isinstance(X, (np.ndarray, list, tuple)):
         return True
     return type(X).__module__.startswith("pandas")
+
+
+def _check_stored_params(X, strategy, basis, owner):
+    """Raise a named error unless a StoredGradients fit can run with these settings."""
+    if X is not None:
+        raise ValueError(
+            f"{owner}.fit selects on a StoredGradients view alone: pass X=None (got "
+            f"{type(X).__name__}). To select on the rows of X, pass the gradients as an "
+            f"array or a FactoredGradients."
+        )
+    if strategy != "graft" or basis == "input":
+        raise ValueError(
+            f"A StoredGradients view holds gradients only, so {owner} needs "
+            f"strategy='graft' and basis 'auto' or 'gradients' with it; got "
+            f"strategy={strategy!r} and basis={basis!r}. Pass X and the gradients as "
+            f"arrays instead."
+        )
 
 
 def _check_rows(n, y, owner):

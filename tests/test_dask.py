@@ -8,6 +8,7 @@ synchronous scheduler and on a real two-worker LocalCluster.
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
 from graft_select import (  # noqa: E402
+    BudgetWarning,
     FactoredGradients,
     GraftResampler,
     GraftSelector,
@@ -111,7 +113,7 @@ class TestSameAsInMemory:
     def test_without_gradients(self, data, layout, n):
         """Indices and weights match for every block layout, with and without a short chunk."""
         X = data[0][:n]
-        params = dict(fraction=0.15, batch_size=BATCH, random_state=3)
+        params = dict(fraction=0.15, chunk_size=BATCH, random_state=3)
         eager = GraftSelector(**params).fit(X)
         with dask.config.set(scheduler="synchronous"):
             lazy = GraftSelector(**params).fit(da.from_array(X, chunks=_chunks(layout, n)))
@@ -126,7 +128,7 @@ class TestSameAsInMemory:
     def test_options(self, data, scheduler, params):
         """Uniform picks, the uniform strategy, LU + refine and the randomized SVD match."""
         X = data[0][:N_SHORT]
-        params = dict(fraction=0.2, batch_size=BATCH, random_state=11, **params)
+        params = dict(fraction=0.2, chunk_size=BATCH, random_state=11, **params)
         eager = GraftSelector(**params).fit(X)
         lazy = GraftSelector(**params).fit(da.from_array(X, chunks=(400, -1)))
         _assert_same_fit(lazy, eager)
@@ -139,7 +141,7 @@ class TestSameAsInMemory:
         """Sizes, weights and gradient errors match with dense and factored gradients."""
         X, _, dense, factored = data
         G = dense if kind == "dense" else factored
-        params = dict(fraction=0.2, batch_size=BATCH, random_state=5, **params)
+        params = dict(fraction=0.2, chunk_size=BATCH, random_state=5, **params)
         eager = GraftSelector(**params).fit(X, gradients=G)
         chunks = _chunks("uneven", N)
         lazy = GraftSelector(**params).fit(da.from_array(X, chunks=chunks),
@@ -150,7 +152,7 @@ class TestSameAsInMemory:
     def test_gradient_strategy_uniform_and_numpy_gradients(self, data, layout):
         """NumPy gradients with a dask X are chunked like X; the uniform strategy matches."""
         X, _, dense, _ = data
-        params = dict(fraction=0.2, batch_size=BATCH, strategy="uniform", random_state=2)
+        params = dict(fraction=0.2, chunk_size=BATCH, strategy="uniform", random_state=2)
         eager = GraftSelector(**params).fit(X, gradients=dense)
         with dask.config.set(scheduler="synchronous"):
             lazy = GraftSelector(**params).fit(da.from_array(X, chunks=_chunks(layout, N)),
@@ -160,18 +162,18 @@ class TestSameAsInMemory:
     def test_integer_input(self):
         """Integer dask input is converted to float64, as in memory."""
         X = np.random.default_rng(0).integers(-5, 5, (600, 7))
-        eager = GraftSelector(0.3, batch_size=64, random_state=0).fit(X)
+        eager = GraftSelector(0.3, chunk_size=64, random_state=0).fit(X)
         with dask.config.set(scheduler="synchronous"):
-            lazy = GraftSelector(0.3, batch_size=64, random_state=0).fit(
+            lazy = GraftSelector(0.3, chunk_size=64, random_state=0).fit(
                 da.from_array(X, chunks=(128, -1)))
         _assert_same_fit(lazy, eager)
 
     def test_float16_input(self):
         """float16 dask input is converted to float64, as in memory."""
         X = np.random.default_rng(0).standard_normal((600, 7)).astype(np.float16)
-        eager = GraftSelector(0.3, batch_size=64, random_state=0).fit(X)
+        eager = GraftSelector(0.3, chunk_size=64, random_state=0).fit(X)
         with dask.config.set(scheduler="synchronous"):
-            lazy = GraftSelector(0.3, batch_size=64, random_state=0).fit(
+            lazy = GraftSelector(0.3, chunk_size=64, random_state=0).fit(
                 da.from_array(X, chunks=(128, -1)))
         _assert_same_fit(lazy, eager)
 
@@ -181,19 +183,19 @@ class TestSameAsInMemory:
         X, _, dense, factored = data
         G = dense.astype(np.float16) if kind == "dense" else FactoredGradients(
             factored.residuals.astype(np.float16), factored.inputs.astype(np.float16))
-        params = dict(fraction=0.2, batch_size=BATCH, basis="gradients", random_state=0)
+        params = dict(fraction=0.2, chunk_size=BATCH, basis="gradients", random_state=0)
         eager = GraftSelector(**params).fit(X, gradients=G)
         with dask.config.set(scheduler="synchronous"):
             lazy = GraftSelector(**params).fit(da.from_array(X, chunks=(500, -1)),
                                                gradients=_dask_like(G, (500, -1)))
         _assert_same_fit(lazy, eager)
 
-    def test_batch_size_above_rows(self, data):
-        """batch_size >= n_samples is one chunk of all rows, gathered into one block."""
+    def test_chunk_size_above_rows(self, data):
+        """chunk_size >= n_samples is one chunk of all rows, gathered into one block."""
         X = data[0][:500]
-        eager = GraftSelector(0.2, batch_size=800, random_state=0).fit(X)
+        eager = GraftSelector(0.2, chunk_size=800, random_state=0).fit(X)
         with dask.config.set(scheduler="synchronous"):
-            lazy = GraftSelector(0.2, batch_size=800, random_state=0).fit(
+            lazy = GraftSelector(0.2, chunk_size=800, random_state=0).fit(
                 da.from_array(X, chunks=(128, -1)))
         _assert_same_fit(lazy, eager)
 
@@ -201,7 +203,7 @@ class TestSameAsInMemory:
         """A refit on a dask array drops feature names of an earlier DataFrame fit."""
         pd = pytest.importorskip("pandas")
         X = data[0][:400]
-        sel = GraftSelector(0.2, batch_size=BATCH, random_state=0)
+        sel = GraftSelector(0.2, chunk_size=BATCH, random_state=0)
         sel.fit(pd.DataFrame(X, columns=[f"f{i}" for i in range(D)]))
         assert hasattr(sel, "feature_names_in_")
         with dask.config.set(scheduler="synchronous"):
@@ -218,7 +220,7 @@ class TestOneBudget:
         X = data[0]
         G = rng.standard_normal((N, 30))
         G[:1100] = rng.standard_normal((1100, 2)) @ rng.standard_normal((2, 30))  # rank 2
-        params = dict(fraction=0.2, batch_size=BATCH, basis="gradients", random_state=0)
+        params = dict(fraction=0.2, chunk_size=BATCH, basis="gradients", random_state=0)
         eager = GraftSelector(**params).fit(X, gradients=G)
         with dask.config.set(scheduler="synchronous"):
             lazy = GraftSelector(**params).fit(da.from_array(X, chunks=(1100, -1)),
@@ -230,6 +232,44 @@ class TestOneBudget:
         assert hard > 0.28
 
 
+class TestSameWarnings:
+    """The dask fit and the in-memory fit warn alike and write the same attributes."""
+
+    @pytest.mark.parametrize("layout", list(LAYOUTS))
+    @pytest.mark.parametrize("with_gradients", [False, True])
+    def test_budget_overshoot_warns_alike(self, data, layout, with_gradients):
+        """Chunks of 2 rows at fraction 0.1 overshoot the budget: one BudgetWarning each."""
+        X, _, dense, _ = data
+        params = dict(fraction=0.1, chunk_size=2, random_state=0)
+        gradients = dense if with_gradients else None
+        with warnings.catch_warnings(record=True) as eager_warnings:
+            warnings.simplefilter("always")
+            eager = GraftSelector(**params).fit(X, gradients=gradients)
+        chunks = _chunks(layout, N)
+        lazy_gradients = None if gradients is None else _dask_like(gradients, chunks)
+        with dask.config.set(scheduler="synchronous"), warnings.catch_warnings(
+                record=True) as lazy_warnings:
+            warnings.simplefilter("always")
+            lazy = GraftSelector(**params).fit(_dask_like(X, chunks), gradients=lazy_gradients)
+        eager_messages = [(w.category, str(w.message)) for w in eager_warnings]
+        lazy_messages = [(w.category, str(w.message)) for w in lazy_warnings]
+        assert [c for c, _ in eager_messages] == [BudgetWarning]
+        assert lazy_messages == eager_messages
+        _assert_same_fit(lazy, eager)
+        assert lazy.budget_ == eager.budget_ == round(0.1 * N)
+
+    @pytest.mark.parametrize("layout", list(LAYOUTS))
+    def test_within_budget_no_warning(self, data, layout):
+        """Neither path warns when the chunks hold the budget."""
+        X = data[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with dask.config.set(scheduler="synchronous"):
+                GraftSelector(0.2, chunk_size=BATCH, random_state=0).fit(
+                    _dask_like(X, _chunks(layout, N)))
+            GraftSelector(0.2, chunk_size=BATCH, random_state=0).fit(X)
+
+
 class TestTransform:
     """transform returns the selected rows as a lazy dask array."""
 
@@ -237,7 +277,7 @@ class TestTransform:
         """The result is a dask array equal to X[sample_indices_], one block per X block."""
         X = data[0][:N_SHORT]
         Xd = da.from_array(X, chunks=(500, -1))
-        sel = GraftSelector(0.2, batch_size=BATCH, random_state=0)
+        sel = GraftSelector(0.2, chunk_size=BATCH, random_state=0)
         with dask.config.set(scheduler="synchronous"):
             out = sel.fit(Xd).transform(Xd)
             assert isinstance(out, da.Array)
@@ -248,7 +288,7 @@ class TestTransform:
     def test_other_chunking_of_the_same_rows(self, data, scheduler):
         """Data chunked differently from the fit is realigned and gives the same rows."""
         X = data[0]
-        sel = GraftSelector(0.1, batch_size=BATCH, random_state=1)
+        sel = GraftSelector(0.1, chunk_size=BATCH, random_state=1)
         out = sel.fit_transform(da.from_array(X, chunks=(500, -1)))
         again = sel.transform(da.from_array(X, chunks=(333, -1)))
         np.testing.assert_array_equal(out.compute(), X[sel.sample_indices_])
@@ -258,16 +298,16 @@ class TestTransform:
         """GraftResampler.fit_resample takes the same rows of a dask X and a dask y."""
         X, y, _, _ = data
         with dask.config.set(scheduler="synchronous"):
-            X_sub, y_sub = GraftResampler(0.2, batch_size=BATCH, random_state=0).fit_resample(
+            X_sub, y_sub = GraftResampler(0.2, chunk_size=BATCH, random_state=0).fit_resample(
                 da.from_array(X, chunks=(500, -1)), da.from_array(y, chunks=500))
-            eager = GraftSelector(0.2, batch_size=BATCH, random_state=0).fit(X)
+            eager = GraftSelector(0.2, chunk_size=BATCH, random_state=0).fit(X)
             np.testing.assert_array_equal(X_sub.compute(), X[eager.sample_indices_])
             np.testing.assert_array_equal(y_sub.compute(), y[eager.sample_indices_])
 
     def test_wrong_rows_or_features(self, data):
         """transform refuses data with other rows or features than the fit."""
         X = data[0]
-        sel = GraftSelector(0.2, batch_size=BATCH, random_state=0)
+        sel = GraftSelector(0.2, chunk_size=BATCH, random_state=0)
         with dask.config.set(scheduler="synchronous"):
             sel.fit(da.from_array(X, chunks=(500, -1)))
         with pytest.raises(ValueError, match="has 1000 rows but GraftSelector was fitted on"):
@@ -277,10 +317,10 @@ class TestTransform:
 
 
 class TestAligned:
-    """The one rechunk rule: blocks become multiples of batch_size only when needed."""
+    """The one rechunk rule: blocks become multiples of chunk_size only when needed."""
 
     def test_aligned_blocks_are_kept(self):
-        """Blocks whose boundaries are multiples of batch_size are not rechunked."""
+        """Blocks whose boundaries are multiples of chunk_size are not rechunked."""
         X = da.zeros((1000, 3), chunks=((200, 400, 300, 100), (3,)))
         assert _dask.aligned(X, 100) is X
 
@@ -290,7 +330,7 @@ class TestAligned:
         assert _dask.aligned(X, 100).chunks[0] == (300, 300, 300, 100)
 
     def test_at_least_one_chunk(self):
-        """Blocks smaller than batch_size become one chunk each."""
+        """Blocks smaller than chunk_size become one chunk each."""
         X = da.zeros((1000, 3), chunks=(64, 3))
         assert _dask.aligned(X, 256).chunks[0] == (256, 256, 256, 232)
 
@@ -303,13 +343,13 @@ class TestBadInput:
         Xd = da.from_array(data[0], chunks=(500, -1))
         masked = Xd[Xd[:, 0] > 0]
         with pytest.raises(ValueError, match=r"unknown chunk sizes.*compute_chunk_sizes\(\)"):
-            GraftSelector(0.2, batch_size=BATCH).fit(masked)
+            GraftSelector(0.2, chunk_size=BATCH).fit(masked)
 
     def test_column_blocks(self, data):
         """Blocks that split rows over columns ask for rechunk({1: -1})."""
         Xd = da.from_array(data[0], chunks=(500, 4))
         with pytest.raises(ValueError, match=r"3 blocks along its columns.*rechunk\(\{1: -1\}\)"):
-            GraftSelector(0.2, batch_size=BATCH).fit(Xd)
+            GraftSelector(0.2, chunk_size=BATCH).fit(Xd)
 
     @pytest.mark.parametrize("kind", ["dense", "factored"])
     def test_gradients_chunked_differently(self, data, kind):
@@ -318,14 +358,14 @@ class TestBadInput:
         G = _dask_like(dense if kind == "dense" else factored, (400, -1))
         with pytest.raises(ValueError, match=r"row blocks of .* but X into .*"
                                              r"rechunk\(\{0: X.chunks\[0\]\}\)"):
-            GraftSelector(0.2, batch_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
+            GraftSelector(0.2, chunk_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
                                                      gradients=G)
 
     def test_gradient_column_blocks(self, data):
         """Gradients split over columns ask for rechunk({1: -1})."""
         X, _, dense, _ = data
         with pytest.raises(ValueError, match=r"'gradients'.*columns.*rechunk\(\{1: -1\}\)"):
-            GraftSelector(0.2, batch_size=BATCH).fit(
+            GraftSelector(0.2, chunk_size=BATCH).fit(
                 da.from_array(X, chunks=(500, -1)), gradients=da.from_array(dense, (500, 10)))
 
     def test_gradient_rows(self, data):
@@ -334,18 +374,18 @@ class TestBadInput:
         Xd = da.from_array(X, chunks=(500, -1))
         for G in (dense[:100], da.from_array(dense[:100], chunks=(50, -1))):
             with pytest.raises(ValueError, match="'gradients' has 100 rows but X has 2300"):
-                GraftSelector(0.2, batch_size=BATCH).fit(Xd, gradients=G)
+                GraftSelector(0.2, chunk_size=BATCH).fit(Xd, gradients=G)
 
     def test_gradient_type(self, data):
         """Gradients that are neither dask nor NumPy arrays are refused."""
         X, _, dense, _ = data
         with pytest.raises(TypeError, match=r"must be a dask array .*from_array"):
-            GraftSelector(0.2, batch_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
+            GraftSelector(0.2, chunk_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
                                                      gradients=dense.tolist())
 
-    def test_batch_size_none(self, data):
-        """batch_size=None (one chunk of all rows) is refused for dask input."""
-        with pytest.raises(ValueError, match="'batch_size' parameter of GraftSelector must be "
+    def test_chunk_size_none(self, data):
+        """chunk_size=None (one chunk of all rows) is refused for dask input."""
+        with pytest.raises(ValueError, match="'chunk_size' parameter of GraftSelector must be "
                                              "an int for dask input"):
             GraftSelector(0.2).fit(da.from_array(data[0], chunks=(500, -1)))
 
@@ -359,9 +399,9 @@ class TestBadInput:
         message = re.escape(f"'{name}' of GraftSelector contains NaN or infinity in 3 rows "
                             "(first: 1234)")
         with pytest.raises(ValueError, match=message):
-            GraftSelector(0.2, batch_size=BATCH).fit(X, gradients=dense)
+            GraftSelector(0.2, chunk_size=BATCH).fit(X, gradients=dense)
         with dask.config.set(scheduler="synchronous"), pytest.raises(ValueError, match=message):
-            GraftSelector(0.2, batch_size=BATCH).fit(
+            GraftSelector(0.2, chunk_size=BATCH).fit(
                 da.from_array(X, chunks=(500, -1)), gradients=da.from_array(dense, (500, -1)))
 
     @pytest.mark.parametrize("part", ["residuals", "inputs"])
@@ -374,12 +414,12 @@ class TestBadInput:
         message = re.escape("'gradients' of GraftSelector contains NaN or infinity in 2 rows "
                             "(first: 1800)")
         with dask.config.set(scheduler="synchronous"), pytest.raises(ValueError, match=message):
-            GraftSelector(0.2, batch_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
+            GraftSelector(0.2, chunk_size=BATCH).fit(da.from_array(X, chunks=(500, -1)),
                                                      gradients=_dask_like(G, (500, -1)))
 
     def test_wrong_dimensions_and_dtype(self):
         """1-D, empty and complex dask arrays get the in-memory kind of error."""
-        sel = GraftSelector(0.2, batch_size=BATCH)
+        sel = GraftSelector(0.2, chunk_size=BATCH)
         with pytest.raises(ValueError, match="must be a 2-D array"):
             sel.fit(da.zeros(100, chunks=50))
         with pytest.raises(ValueError, match="is empty"):
@@ -397,7 +437,7 @@ class TestBadInput:
                                               random_state=0), chunks=(100, -1),
                           asarray=False)
         with pytest.raises(TypeError, match=r"scipy\.sparse blocks"):
-            GraftSelector(0.2, batch_size=BATCH).fit(X)
+            GraftSelector(0.2, chunk_size=BATCH).fit(X)
 
 
 class TestBlockTask:
@@ -407,8 +447,8 @@ class TestBlockTask:
         """The block task on non-NumPy blocks gives the NumPy block's orders and errors."""
         xps = pytest.importorskip("array_api_strict")
         X, _, dense, _ = data
-        sel = GraftSelector(0.2, batch_size=BATCH, basis="input")
-        params, _ = sel._selection_params(True)  # as fit_dask does before the tasks are sent
+        sel = GraftSelector(0.2, chunk_size=BATCH, basis="input")
+        params, _ = sel._selection_params(True)  # as the fit does before the tasks are sent
         pieces = [(0, 500, (0, 5), 40, 123)]
         ref = _dask._order_block(params, X[:500], dense[:500], pieces)
         out = _dask._order_block(params, xps.asarray(X[:500]), xps.asarray(dense[:500]),
@@ -440,7 +480,7 @@ class TestBlockTask:
 
         monkeypatch.setattr(_dask, "device_scope", scope)
         monkeypatch.setattr(_dask, "_block_gradients", recorded_cast)
-        sel = GraftSelector(0.2, batch_size=BATCH, basis="gradients")
+        sel = GraftSelector(0.2, chunk_size=BATCH, basis="gradients")
         params, _ = sel._selection_params(True)
         X, G = X[:500], tuple(P[:500] for P in factored)
         _dask._order_block(params, X, G, [(0, 500, (0, 5), 40, 123)])
@@ -464,7 +504,7 @@ class TestBlockTask:
         except Exception as exc:  # CUDA runtime errors without a driver
             pytest.skip(f"cupy: not usable here ({type(exc).__name__})")
         X = cupy.asarray(data[0])
-        params = dict(fraction=0.2, batch_size=BATCH, random_state=0)
+        params = dict(fraction=0.2, chunk_size=BATCH, random_state=0)
         eager = GraftSelector(**params).fit(X)
         Xd = da.from_array(X, chunks=(500, -1), asarray=False)
         with dask.config.set(scheduler="synchronous"):
@@ -482,7 +522,7 @@ class TestPickSlices:
     def test_small_slices_same_selection(self, data, monkeypatch):
         """Slices of a few chunks give the selection of the default slice size."""
         X = data[0]
-        params = dict(fraction=0.3, batch_size=BATCH, uniform_share=0.5, random_state=4)
+        params = dict(fraction=0.3, chunk_size=BATCH, uniform_share=0.5, random_state=4)
         ref = GraftSelector(**params).fit(X)
         monkeypatch.setattr(_selection, "_PICK_KEYS", 3 * BATCH)
         small = GraftSelector(**params).fit(X)
@@ -495,7 +535,7 @@ class TestImportStaysLight:
     def test_numpy_fit_does_not_import_dask(self):
         """import graft_select and a NumPy fit leave dask out of sys.modules."""
         code = ("import numpy as np, sys, graft_select\n"
-                "graft_select.GraftSelector(0.2, batch_size=50).fit(np.eye(200, 5))\n"
+                "graft_select.GraftSelector(0.2, chunk_size=50).fit(np.eye(200, 5))\n"
                 "print('dask' in sys.modules, 'graft_select._dask' in sys.modules)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True, timeout=120)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from graft_select import GraftSelector
+from graft_select import GraftSelector, StoredGradients
 from graft_select._backend import cholesky_checked, get_namespace
 from graft_select._criterion import nested_errors, subset_weights
 from graft_select._gram import (
@@ -268,7 +268,7 @@ class TestFitFeedback:
         return residuals, torch.tensor(rng.standard_normal((n, d)), dtype=torch.float32)
 
     def _selector(self, **kwargs):
-        params = {"fraction": 0.3, "batch_size": 100, "basis": "gradients",
+        params = {"fraction": 0.3, "chunk_size": 100, "basis": "gradients",
                   "uniform_share": 0.5, "random_state": 0}
         return GraftSelector(**{**params, **kwargs})
 
@@ -276,7 +276,7 @@ class TestFitFeedback:
         """gradient_error_ and sample_weight_ are those of gradient_error on the subsets."""
         R, E = self._store(rng)
         rows = torch.randperm(1200, generator=torch.Generator().manual_seed(0))[:1000]
-        sel = self._selector()._fit_feedback(R, E, rows)
+        sel = self._selector().fit(None, gradients=StoredGradients(R, E, rows))
         H = torch.cat([E[rows], torch.ones(1000, 1)], 1).double()
         G = FactoredGradients(R[rows].double(), H).materialize().numpy()
         start = 0
@@ -293,12 +293,12 @@ class TestFitFeedback:
 
     @pytest.mark.parametrize("uniform_share", [0.0, 0.5])
     def test_without_weights_same_selection(self, rng, uniform_share):
-        """weights=False: same subsets, the same errors (from pass 1 for prefixes), no weights."""
+        """compute_weights=False: same subsets, same errors (pass 1's for prefixes), no weights."""
         R, E = self._store(rng)
         rows = torch.randperm(1200, generator=torch.Generator().manual_seed(1))
-        full = self._selector(uniform_share=uniform_share)._fit_feedback(R, E, rows)
-        lean = self._selector(uniform_share=uniform_share)._fit_feedback(R, E, rows,
-                                                                         weights=False)
+        full = stored_fit(self._selector(uniform_share=uniform_share), R, E, rows)
+        lean = self._selector(uniform_share=uniform_share).fit(
+            None, gradients=StoredGradients(R, E, rows), compute_weights=False)
         assert torch.equal(full.sample_indices_, lean.sample_indices_)
         assert lean.sample_weight_ is None and full.sample_weight_ is not None
         np.testing.assert_allclose(lean.gradient_error_, full.gradient_error_, atol=2e-3)
@@ -307,32 +307,32 @@ class TestFitFeedback:
         """Two fits with the same random_state select the same rows."""
         R, E = self._store(rng)
         rows = torch.arange(1200)
-        a = self._selector()._fit_feedback(R, E, rows).sample_indices_
-        b = self._selector()._fit_feedback(R, E, rows).sample_indices_
+        a = self._selector().fit(None, gradients=StoredGradients(R, E, rows)).sample_indices_
+        b = self._selector().fit(None, gradients=StoredGradients(R, E, rows)).sample_indices_
         assert torch.equal(a, b)
 
     def test_half_store_computes_in_float32(self, rng):
         """A float16 store selects as its values converted to float32 (no upcast copy needed)."""
         R, E = self._store(rng)
         rows = torch.arange(1200)
-        half = self._selector()._fit_feedback(R.half(), E.bfloat16(), rows)
-        full = self._selector()._fit_feedback(R.half().float(), E.bfloat16().float(), rows)
+        half = self._selector().fit(None, gradients=StoredGradients(R.half(), E.bfloat16(), rows))
+        full = stored_fit(self._selector(), R.half().float(), E.bfloat16().float(), rows)
         assert torch.equal(half.sample_indices_, full.sample_indices_)
         np.testing.assert_array_equal(half.gradient_error_, full.gradient_error_)
 
     def test_small_groups(self, rng, monkeypatch):
         """Chunks gathered a few at a time still give a complete, valid selection."""
-        import graft_select.selector as selector_module
+        import graft_select._feedback as feedback_module
 
-        monkeypatch.setattr(selector_module, "_GROUP_ROWS", 150)
+        monkeypatch.setattr(feedback_module, "GROUP_ROWS", 150)
         R, E = self._store(rng)
-        sel = self._selector()._fit_feedback(R, E, torch.arange(1200))
+        sel = self._selector().fit(None, gradients=StoredGradients(R, E, torch.arange(1200)))
         assert sel.subset_sizes_.sum() == 360 and len(sel.gradient_error_) == 12
 
     def test_without_embeddings(self, rng):
         """Residuals alone (bias gradients) are accepted."""
         R, _ = self._store(rng)
-        sel = self._selector()._fit_feedback(R, None, torch.arange(1200))
+        sel = self._selector().fit(None, gradients=StoredGradients(R, None, torch.arange(1200)))
         assert sel.n_features_in_ == 1 and np.all(np.isfinite(sel.gradient_error_))
 
     def test_non_finite_store_named(self, rng):
@@ -341,14 +341,14 @@ class TestFitFeedback:
         E[250, 3] = float("nan")
         sel = self._selector()
         with pytest.raises(ValueError, match="NaN or infinity in the chunks"):
-            sel._fit_feedback(R, E, torch.arange(1200))
+            sel.fit(None, gradients=StoredGradients(R, E, torch.arange(1200)))
         assert not hasattr(sel, "sample_indices_")
 
     def test_rejects_input_basis(self, rng):
-        """basis='input' or the uniform strategy must go through fit."""
+        """basis='input' needs the rows of X, which a StoredGradients view does not hold."""
         R, E = self._store(rng)
-        with pytest.raises(ValueError, match="call fit instead"):
-            self._selector(basis="input")._fit_feedback(R, E, torch.arange(1200))
+        with pytest.raises(ValueError, match="holds gradients only"):
+            stored_fit(self._selector(basis="input"), R, E, torch.arange(1200))
 
     def test_sampler_passes_the_store_itself(self, rng):
         """The default refit reads the store's own tensors (no gathered copy)."""
@@ -369,19 +369,24 @@ class TestFitFeedback:
         assert len(list(sampler)) > 0 and sampler.last_refit.gradient_error is not None
 
 
+def stored_fit(selector, residuals, embeddings, rows, **kwargs):
+    """``selector`` fitted on a StoredGradients view of the table."""
+    return selector.fit(None, gradients=StoredGradients(residuals, embeddings, rows), **kwargs)
+
+
 class TestBackendMatrix:
-    def test_fit_feedback_on_every_backend(self, backend, rng):
+    def test_stored_gradients_on_every_backend(self, backend, rng):
         """The store path runs in the store's library and device and matches NumPy."""
         n, C, d = 600, 5, 40  # gradients of 205 dimensions: every size has an error
         logits = rng.standard_normal((n, C))
         F = last_layer_gradients(logits, rng.integers(0, C, n), factored=True)
         E = rng.standard_normal((n, d))
         rows = rng.permutation(n)[:500]
-        params = {"fraction": 0.3, "batch_size": 100, "basis": "gradients",
+        params = {"fraction": 0.3, "chunk_size": 100, "basis": "gradients",
                   "uniform_share": 0.5, "random_state": 0}
-        expected = GraftSelector(**params)._fit_feedback(F.residuals, E, rows)
-        sel = GraftSelector(**params)._fit_feedback(
-            backend.asarray(F.residuals), backend.asarray(E), rows)
+        expected = stored_fit(GraftSelector(**params), F.residuals, E, rows)
+        sel = stored_fit(GraftSelector(**params), backend.asarray(F.residuals),
+                         backend.asarray(E), rows)
         assert backend.is_native(sel.sample_indices_)
         assert backend.is_native(sel.sample_weight_)
         np.testing.assert_array_equal(backend.to_numpy(sel.sample_indices_),

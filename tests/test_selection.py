@@ -33,10 +33,10 @@ def params(basis=None, **kwargs):
     return selection if basis is None else dataclasses.replace(selection, basis=basis)
 
 
-def run_pipeline(selection, X, gradients, batch_size, seed):
+def run_pipeline(selection, X, gradients, chunk_size, seed):
     """The in-memory fit's pipeline, step by step: (indices, weights, errors, sizes)."""
     rng = np.random.default_rng(seed)
-    chunks = chunk_bounds(len(X), batch_size)
+    chunks = chunk_bounds(len(X), chunk_size)
     chunk_sizes = chunk_lengths(chunks)
     with_gradients = gradients is not None
     k_hi = largest_sizes(selection, chunk_sizes, with_gradients)
@@ -56,15 +56,15 @@ def digits():
 
 class TestPipelineIsTheFit:
     @pytest.mark.parametrize("kwargs", [
-        dict(fraction=0.1, batch_size=256),
-        dict(fraction=0.2, batch_size=300, uniform_share=0.3),
-        dict(fraction=0.2, batch_size=200, strategy="uniform"),
+        dict(fraction=0.1, chunk_size=256),
+        dict(fraction=0.2, chunk_size=300, uniform_share=0.3),
+        dict(fraction=0.2, chunk_size=200, strategy="uniform"),
     ])
     def test_without_gradients(self, digits, kwargs):
         """The pure pipeline on load_digits selects exactly what GraftSelector.fit does."""
         fitted = GraftSelector(random_state=0, **kwargs).fit(digits)
         indices, weights, error, sizes = run_pipeline(
-            params("input", **kwargs), digits, None, kwargs["batch_size"], 0)
+            params("input", **kwargs), digits, None, kwargs["chunk_size"], 0)
         np.testing.assert_array_equal(indices, fitted.sample_indices_)
         np.testing.assert_array_equal(weights, fitted.sample_weight_)
         np.testing.assert_array_equal(sizes, fitted.subset_sizes_)
@@ -75,7 +75,7 @@ class TestPipelineIsTheFit:
         rng = np.random.default_rng(1)
         G = FactoredGradients(rng.standard_normal((len(digits), 4)),
                               np.hstack([digits, np.ones((len(digits), 1))]))
-        kwargs = dict(fraction=0.15, batch_size=256, uniform_share=0.2)
+        kwargs = dict(fraction=0.15, chunk_size=256, uniform_share=0.2)
         fitted = GraftSelector(random_state=5, **kwargs).fit(digits, gradients=G)
         indices, weights, error, sizes = run_pipeline(
             params("gradients", **kwargs), digits, G, 256, 5)
@@ -154,7 +154,7 @@ class TestRank:
 
 class TestPlan:
     def test_chunks_and_stacks(self):
-        """Chunks of batch_size rows (a short last one), grouped into runs of equal size."""
+        """Chunks of chunk_size rows (a short last one), grouped into runs of equal size."""
         chunks = chunk_bounds(1030, 256)
         assert chunks == [(0, 256), (256, 512), (512, 768), (768, 1024), (1024, 1030)]
         assert stack_groups(chunks) == [(0, 1024, (0, 4)), (1024, 1030, (4, 5))]
@@ -189,8 +189,8 @@ class TestPlan:
 
     def test_params_frozen_and_complete(self):
         """SelectionParams holds the selection's hyperparameters only, and cannot change."""
-        selection = params(fraction=0.3, batch_size=64, random_state=1)
-        assert not {"batch_size", "random_state"} & {f.name for f in dataclasses.fields(selection)}
+        selection = params(fraction=0.3, chunk_size=64, random_state=1)
+        assert not {"chunk_size", "random_state"} & {f.name for f in dataclasses.fields(selection)}
         assert selection.fraction == 0.3
         with pytest.raises(dataclasses.FrozenInstanceError):
             selection.fraction = 0.5

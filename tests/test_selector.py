@@ -12,7 +12,13 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from graft_select import GraftResampler, GraftSelector, gradient_error
+from graft_select import (
+    BudgetWarning,
+    GraftResampler,
+    GraftSelector,
+    StoredGradients,
+    gradient_error,
+)
 from graft_select._sizing import allocate_sizes, apportion, size_band
 
 
@@ -36,14 +42,14 @@ class TestSelection:
     def test_golden_indices_on_digits(self, digits):
         """sample_indices_ on load_digits for a fixed random_state stay pinned."""
         X, _ = digits
-        selector = GraftSelector(fraction=0.1, batch_size=256, random_state=0).fit(X)
+        selector = GraftSelector(fraction=0.1, chunk_size=256, random_state=0).fit(X)
         assert selector.sample_indices_[:12].tolist() == GOLDEN_FIRST_12
         assert int(selector.sample_indices_.sum()) == GOLDEN_SUM
 
     def test_per_chunk_sizes_without_gradients(self, digits):
         """Chunks keep fraction * size rows rounded to an exact total, inside their chunk."""
         X, _ = digits
-        selector = GraftSelector(fraction=0.1, batch_size=256, random_state=0).fit(X)
+        selector = GraftSelector(fraction=0.1, chunk_size=256, random_state=0).fit(X)
         assert selector.subset_sizes_.tolist() == [26] * 4 + [25] * 3 + [1]
         bounds = np.cumsum([0, *selector.chunk_sizes_.tolist()])
         start = 0
@@ -55,21 +61,21 @@ class TestSelection:
     def test_indices_unique(self, digits):
         """No row is selected twice."""
         X, _ = digits
-        idx = GraftSelector(fraction=0.5, batch_size=100, random_state=1).fit(X).sample_indices_
+        idx = GraftSelector(fraction=0.5, chunk_size=100, random_state=1).fit(X).sample_indices_
         assert len(np.unique(idx)) == len(idx)
 
     def test_deterministic_for_seed(self, digits):
         """Two fits with the same random_state give the same selection."""
         X, _ = digits
-        a = GraftSelector(fraction=0.2, batch_size=128, random_state=3).fit(X).sample_indices_
-        b = GraftSelector(fraction=0.2, batch_size=128, random_state=3).fit(X).sample_indices_
+        a = GraftSelector(fraction=0.2, chunk_size=128, random_state=3).fit(X).sample_indices_
+        b = GraftSelector(fraction=0.2, chunk_size=128, random_state=3).fit(X).sample_indices_
         np.testing.assert_array_equal(a, b)
 
     def test_stack_equals_chunk_by_chunk(self, digits):
         """A chunked fit equals fitting each chunk on its own (offsets added)."""
         X, _ = digits
         X = X[:512]
-        whole = GraftSelector(fraction=0.25, batch_size=256, svd_method="exact").fit(X)
+        whole = GraftSelector(fraction=0.25, chunk_size=256, svd_method="exact").fit(X)
         parts = [GraftSelector(fraction=0.25, svd_method="exact").fit(X[s:s + 256])
                  .sample_indices_ + s for s in (0, 256)]
         np.testing.assert_array_equal(whole.sample_indices_, np.concatenate(parts))
@@ -95,8 +101,8 @@ class TestSelection:
     def test_uniform_strategy_same_sizes(self, digits):
         """strategy='uniform' draws subsets of the same per-chunk sizes."""
         X, _ = digits
-        graft = GraftSelector(fraction=0.3, batch_size=200, random_state=0).fit(X)
-        uniform = GraftSelector(fraction=0.3, batch_size=200, strategy="uniform",
+        graft = GraftSelector(fraction=0.3, chunk_size=200, random_state=0).fit(X)
+        uniform = GraftSelector(fraction=0.3, chunk_size=200, strategy="uniform",
                                 random_state=0).fit(X)
         np.testing.assert_array_equal(graft.subset_sizes_, uniform.subset_sizes_)
         assert not np.array_equal(np.sort(graft.sample_indices_),
@@ -110,9 +116,9 @@ class TestSelection:
         rank-26 factor.
         """
         X, _ = digits
-        pure = GraftSelector(fraction=0.2, batch_size=256, n_components=26,
+        pure = GraftSelector(fraction=0.2, chunk_size=256, n_components=26,
                              random_state=0).fit(X)
-        mixed = GraftSelector(fraction=0.2, batch_size=256, uniform_share=0.5,
+        mixed = GraftSelector(fraction=0.2, chunk_size=256, uniform_share=0.5,
                               random_state=0).fit(X)
         k = pure.subset_sizes_[0]
         head = k - round(0.5 * k)
@@ -123,7 +129,7 @@ class TestSelection:
     def test_refine_keeps_sizes(self, digits):
         """refine=True works with k < r by refining the first k directions."""
         X, _ = digits
-        selector = GraftSelector(fraction=0.1, batch_size=256, n_components=40, refine=True,
+        selector = GraftSelector(fraction=0.1, chunk_size=256, n_components=40, refine=True,
                                  random_state=0).fit(X)
         assert selector.subset_sizes_[0] == 26 and selector.subset_sizes_.sum() == 180
 
@@ -132,7 +138,7 @@ class TestGradientSizing:
     def test_budget_held_within_five_percent(self, digits, digit_gradients):
         """With gradients the overall fraction stays within +-5% of fraction."""
         X, _ = digits
-        selector = GraftSelector(fraction=0.25, batch_size=128, random_state=0)
+        selector = GraftSelector(fraction=0.25, chunk_size=128, random_state=0)
         selector.fit(X, gradients=digit_gradients)
         share = len(selector.sample_indices_) / len(X)
         assert abs(share - 0.25) <= 0.05 * 0.25
@@ -140,14 +146,14 @@ class TestGradientSizing:
     def test_sizes_vary_per_chunk(self, digits, digit_gradients):
         """Chunks that are harder to summarise get more rows."""
         X, _ = digits
-        selector = GraftSelector(fraction=0.25, batch_size=128, random_state=0)
+        selector = GraftSelector(fraction=0.25, chunk_size=128, random_state=0)
         selector.fit(X, gradients=digit_gradients)
         assert len(np.unique(selector.subset_sizes_[:-1])) > 1
 
     def test_gradient_error_beats_uniform(self, digits, digit_gradients):
         """Mean chunk gradient error is at most 0.35x that of uniform subsets."""
         X, _ = digits
-        kwargs = dict(fraction=0.25, batch_size=128, basis="gradients", random_state=0)
+        kwargs = dict(fraction=0.25, chunk_size=128, basis="gradients", random_state=0)
         graft = GraftSelector(**kwargs).fit(X, gradients=digit_gradients)
         uniform = GraftSelector(**kwargs, strategy="uniform").fit(X, gradients=digit_gradients)
         ratio = np.mean(graft.gradient_error_) / np.mean(uniform.gradient_error_)
@@ -156,7 +162,7 @@ class TestGradientSizing:
     def test_auto_basis_uses_gradients_when_given(self, digits, digit_gradients):
         """Default basis='auto' is basis='gradients' with gradients, 'input' without."""
         X, _ = digits
-        kwargs = dict(fraction=0.25, batch_size=128, random_state=0)
+        kwargs = dict(fraction=0.25, chunk_size=128, random_state=0)
         auto = GraftSelector(**kwargs).fit(X, gradients=digit_gradients)
         explicit = GraftSelector(**kwargs, basis="gradients").fit(X, gradients=digit_gradients)
         assert auto.basis_ == "gradients"
@@ -169,7 +175,7 @@ class TestGradientSizing:
     def test_auto_basis_gradient_error_beats_input_basis(self, digits, digit_gradients):
         """With gradients, the default's gradient error is below the input basis's."""
         X, _ = digits
-        kwargs = dict(fraction=0.25, batch_size=128, random_state=0)
+        kwargs = dict(fraction=0.25, chunk_size=128, random_state=0)
         auto = GraftSelector(**kwargs).fit(X, gradients=digit_gradients)
         inputs = GraftSelector(**kwargs, basis="input").fit(X, gradients=digit_gradients)
         assert np.mean(auto.gradient_error_) < 0.5 * np.mean(inputs.gradient_error_)
@@ -177,7 +183,7 @@ class TestGradientSizing:
     def test_weights_reproduce_error(self, digits, digit_gradients):
         """sample_weight_ / chunk size are the least-squares weights behind gradient_error_."""
         X, _ = digits
-        selector = GraftSelector(fraction=0.25, batch_size=128, random_state=0)
+        selector = GraftSelector(fraction=0.25, chunk_size=128, random_state=0)
         selector.fit(X, gradients=digit_gradients)
         k0 = selector.subset_sizes_[0]
         idx = selector.sample_indices_[:k0]
@@ -191,10 +197,10 @@ class TestGradientSizing:
     def test_tolerance_respected_inside_window(self, digits, digit_gradients):
         """A reachable gradient_tol inside the budget window sets the chunk sizes."""
         X, _ = digits
-        base = GraftSelector(fraction=0.25, batch_size=128, random_state=0)
+        base = GraftSelector(fraction=0.25, chunk_size=128, random_state=0)
         base.fit(X, gradients=digit_gradients)
         tol = float(np.median(base.gradient_error_))
-        tuned = GraftSelector(fraction=0.25, batch_size=128, gradient_tol=tol, random_state=0)
+        tuned = GraftSelector(fraction=0.25, chunk_size=128, gradient_tol=tol, random_state=0)
         tuned.fit(X, gradients=digit_gradients)
         share = len(tuned.sample_indices_) / len(X)
         assert abs(share - 0.25) <= 0.05 * 0.25 + 1e-9
@@ -241,8 +247,8 @@ class TestTypes:
         """Chunked selection on CSR input picks the same rows as on the dense array."""
         X, _ = digits
         X = np.where(np.abs(X) > 0.5, X, 0.0)[:512]
-        dense = GraftSelector(fraction=0.1, batch_size=256, svd_method="exact").fit(X)
-        sparse = GraftSelector(fraction=0.1, batch_size=256, svd_method="exact").fit(
+        dense = GraftSelector(fraction=0.1, chunk_size=256, svd_method="exact").fit(X)
+        sparse = GraftSelector(fraction=0.1, chunk_size=256, svd_method="exact").fit(
             sp.csr_matrix(X))
         np.testing.assert_array_equal(sparse.sample_indices_, dense.sample_indices_)
 
@@ -261,10 +267,10 @@ class TestTypes:
         """torch input gives torch indices and torch rows on the same device."""
         torch = pytest.importorskip("torch")
         X, _ = digits
-        selector = GraftSelector(fraction=0.1, batch_size=256, random_state=0)
+        selector = GraftSelector(fraction=0.1, chunk_size=256, random_state=0)
         out = selector.fit_transform(torch.asarray(X))
         assert isinstance(out, torch.Tensor) and isinstance(selector.sample_indices_, torch.Tensor)
-        expected = GraftSelector(fraction=0.1, batch_size=256, random_state=0).fit(X)
+        expected = GraftSelector(fraction=0.1, chunk_size=256, random_state=0).fit(X)
         np.testing.assert_array_equal(selector.sample_indices_.numpy(), expected.sample_indices_)
 
     def test_get_support_mask(self, digits):
@@ -285,10 +291,10 @@ class TestErrors:
         with pytest.raises(ValueError, match="'fraction' parameter of GraftSelector"):
             GraftSelector(fraction=fraction).fit(X)
 
-    def test_bad_batch_size(self, digits):
-        """batch_size < 2 is rejected."""
-        with pytest.raises(ValueError, match="'batch_size'"):
-            GraftSelector(batch_size=1).fit(digits[0])
+    def test_bad_chunk_size(self, digits):
+        """chunk_size < 2 is rejected."""
+        with pytest.raises(ValueError, match="'chunk_size'"):
+            GraftSelector(chunk_size=1).fit(digits[0])
 
     def test_nan(self, digits):
         """NaN rows are reported with their count and first row."""
@@ -345,10 +351,10 @@ class TestErrors:
 class TestCitizenship:
     def test_clone_and_params(self):
         """clone/get_params/set_params round-trip and repr shows changed params."""
-        selector = GraftSelector(fraction=0.3, batch_size=64)
+        selector = GraftSelector(fraction=0.3, chunk_size=64)
         copy = clone(selector).set_params(random_state=7)
         assert copy.get_params()["fraction"] == 0.3 and copy.random_state == 7
-        assert "batch_size=64" in repr(selector)
+        assert "chunk_size=64" in repr(selector)
 
     def test_pickle_fitted(self, digits):
         """A fitted selector pickles with its selection."""
@@ -368,7 +374,7 @@ class TestCitizenship:
         imblearn_pipeline = pytest.importorskip("imblearn.pipeline")
         X, y = digits
         pipe = imblearn_pipeline.Pipeline([
-            ("graft", GraftResampler(fraction=0.3, batch_size=256, random_state=0)),
+            ("graft", GraftResampler(fraction=0.3, chunk_size=256, random_state=0)),
             ("clf", LogisticRegression(max_iter=500)),
         ])
         pipe.fit(X, y)
@@ -423,7 +429,7 @@ class TestBackendMatrix:
         X = rng.standard_normal((300, 12))
         F = last_layer_gradients(rng.standard_normal((300, 4)), rng.integers(0, 4, 300), X,
                                  factored=True)
-        params = {"fraction": 0.3, "batch_size": 100, "uniform_share": 0.5,
+        params = {"fraction": 0.3, "chunk_size": 100, "uniform_share": 0.5,
                   "random_state": 0}
         expected = GraftSelector(**params).fit(F.inputs, gradients=F)
         sel = GraftSelector(**params).fit(
@@ -437,8 +443,8 @@ class TestBackendMatrix:
     def test_fit_on_inputs(self, backend, rng):
         """Selection on the inputs: results native and equal to NumPy's."""
         X = rng.standard_normal((300, 12))
-        expected = GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X)
-        sel = GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(
+        expected = GraftSelector(fraction=0.2, chunk_size=100, random_state=0).fit(X)
+        sel = GraftSelector(fraction=0.2, chunk_size=100, random_state=0).fit(
             backend.asarray(X))
         assert backend.is_native(sel.sample_indices_)
         np.testing.assert_array_equal(backend.to_numpy(sel.sample_indices_),
@@ -469,8 +475,8 @@ class TestValidateOnce:
         G = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X)
         F = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X,
                                  factored=True)
-        GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X, gradients=G)
-        GraftSelector(fraction=0.2, batch_size=100, random_state=0).fit(X, gradients=F)
+        GraftSelector(fraction=0.2, chunk_size=100, random_state=0).fit(X, gradients=G)
+        GraftSelector(fraction=0.2, chunk_size=100, random_state=0).fit(X, gradients=F)
         assert calls == []
 
     @staticmethod
@@ -509,7 +515,7 @@ class TestValidateOnce:
         F = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X,
                                  factored=True)
         calls = self._spy_on_value_checks(monkeypatch)
-        GraftSelector(fraction=0.2, batch_size=100, basis=basis, random_state=0).fit(
+        GraftSelector(fraction=0.2, chunk_size=100, basis=basis, random_state=0).fit(
             X, gradients=F)
         assert calls == [("check_finite", "X"), ("_check_factored", "GraftSelector"),
                          ("check_finite", "gradients.residuals"),
@@ -530,6 +536,149 @@ class TestValidateOnce:
             G = da.from_array(F.materialize(), chunks=(200, -1))
         calls = self._spy_on_value_checks(monkeypatch)
         with dask.config.set(scheduler="synchronous"):
-            GraftSelector(fraction=0.2, batch_size=100, basis="gradients", random_state=0).fit(
+            GraftSelector(fraction=0.2, chunk_size=100, basis="gradients", random_state=0).fit(
                 da.from_array(X, chunks=(200, -1)), gradients=G)
         assert calls == []
+
+
+class TestChunkSizeRename:
+    def test_batch_size_warns_and_selects_alike(self, digits):
+        """The deprecated batch_size warns (FutureWarning) and selects what chunk_size does."""
+        X, _ = digits
+        new = GraftSelector(0.1, chunk_size=256, random_state=0).fit(X)
+        with pytest.warns(FutureWarning, match="'batch_size' parameter of GraftSelector was "
+                                               "renamed to 'chunk_size'"):
+            old = GraftSelector(0.1, batch_size=256, random_state=0).fit(X)
+        np.testing.assert_array_equal(old.sample_indices_, new.sample_indices_)
+        np.testing.assert_array_equal(old.chunk_sizes_, new.chunk_sizes_)
+
+    def test_both_raise(self, digits):
+        """chunk_size and batch_size together are a ValueError naming both."""
+        with pytest.raises(ValueError, match="chunk_size=128 and batch_size=256"):
+            GraftResampler(0.1, chunk_size=128, batch_size=256).fit_resample(*digits)
+
+    def test_default_does_not_warn(self, digits):
+        """Neither parameter set: no FutureWarning; clone and get_params keep both names."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            selector = clone(GraftSelector(0.1, random_state=0)).fit(digits[0])
+        params = selector.get_params()
+        assert params["chunk_size"] is None and params["batch_size"] == "deprecated"
+
+    def test_bad_batch_size_rejected(self, digits):
+        """The deprecated name is still validated like chunk_size."""
+        with pytest.raises(ValueError, match="'batch_size' parameter"):
+            GraftSelector(0.1, batch_size=1).fit(digits[0])
+
+
+class TestBudget:
+    def test_budget_attribute(self, digits):
+        """budget_ is round(fraction * n); the subset sizes sum to it when chunks allow."""
+        X, _ = digits
+        selector = GraftSelector(0.1, chunk_size=256, random_state=0).fit(X)
+        assert selector.budget_ == round(0.1 * len(X))
+        assert selector.subset_sizes_.sum() == selector.budget_
+
+    def test_overshoot_is_a_budget_warning(self, digits):
+        """Too many small chunks: a BudgetWarning (a UserWarning) and budget_ to compare."""
+        X, _ = digits
+        with pytest.warns(BudgetWarning, match="every one of the 899 chunks keeps at least one"):
+            selector = GraftSelector(0.1, chunk_size=2, random_state=0).fit(X)
+        assert issubclass(BudgetWarning, UserWarning)
+        assert selector.subset_sizes_.sum() == 899 > selector.budget_ == 180
+
+    def test_compute_weights_false(self, digits, digit_gradients):
+        """compute_weights=False selects the same rows and leaves sample_weight_ None."""
+        X, _ = digits
+        for gradients in (None, digit_gradients):
+            full = GraftSelector(0.2, chunk_size=300, random_state=0).fit(
+                X, gradients=gradients)
+            lean = GraftSelector(0.2, chunk_size=300, random_state=0).fit(
+                X, gradients=gradients, compute_weights=False)
+            np.testing.assert_array_equal(lean.sample_indices_, full.sample_indices_)
+            assert lean.sample_weight_ is None and full.sample_weight_ is not None
+
+
+class TestStoredGradients:
+    @pytest.fixture
+    def table(self, digits):
+        """A (1797, 10) residual table and (1797, 8) embeddings, as a sampler stores them."""
+        X, y = digits
+        rng = np.random.default_rng(0)
+        embeddings = np.tanh(X @ rng.standard_normal((X.shape[1], 8)) / 4)
+        logits = embeddings @ rng.standard_normal((8, 10))
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        residuals = p / p.sum(1, keepdims=True) - np.eye(10)[y]
+        return residuals, embeddings
+
+    def test_view_selects_its_rows(self, table):
+        """Indices are positions in the view's rows; the gradient error is that of the
+        subset on the view's rows (the dense proxies give the same error)."""
+        residuals, embeddings = table
+        rows = np.random.default_rng(1).permutation(len(residuals))[:1000]
+        selector = GraftSelector(0.2, chunk_size=250, random_state=0).fit(
+            None, gradients=StoredGradients(residuals, embeddings, rows))
+        assert selector.n_samples_fit_ == 1000 and selector.n_features_in_ == 9
+        assert selector.basis_ == "gradients" and selector.budget_ == 200
+        picked = np.asarray(selector.sample_indices_)
+        assert len(np.unique(picked)) == len(picked) and picked.max() < 1000
+        H = np.hstack([embeddings[rows], np.ones((1000, 1))])
+        G = (residuals[rows][:, :, None] * H[:, None, :]).reshape(1000, -1)
+        start = 0
+        for c, k in enumerate(selector.subset_sizes_):
+            local = picked[start:start + k] - 250 * c
+            err, _ = gradient_error(G[250 * c:250 * (c + 1)], local)
+            assert selector.gradient_error_[c] == pytest.approx(float(err), abs=2e-3)
+            start += k
+
+    def test_rows_default_to_the_table(self, table):
+        """rows=None reads every row of the table in order."""
+        residuals, embeddings = table
+        everything = np.arange(len(residuals))
+        a = GraftSelector(0.2, chunk_size=300, random_state=0).fit(
+            None, gradients=StoredGradients(residuals, embeddings))
+        b = GraftSelector(0.2, chunk_size=300, random_state=0).fit(
+            None, gradients=StoredGradients(residuals, embeddings, everything))
+        np.testing.assert_array_equal(a.sample_indices_, b.sample_indices_)
+
+    @pytest.mark.parametrize("bad, error, match", [
+        ({"rows": np.array([0, 5, 1797])}, ValueError, r"'gradients.rows' .* \[0, 1797\)"),
+        ({"rows": np.array([0.0, 1.0, 2.0])}, TypeError, "integer table rows"),
+        ({"rows": np.array([3])}, ValueError, "at least 2 rows"),
+        ({"residuals": np.zeros(1797)}, ValueError, "'gradients.residuals' .* 2-D"),
+        ({"residuals": np.zeros((1797, 10), dtype=int)}, TypeError, "real floats"),
+        ({"embeddings": np.zeros((10, 8))}, ValueError, "'gradients.embeddings' .* has 10 rows"),
+    ])
+    def test_bad_view_named(self, table, bad, error, match):
+        """A malformed view raises an error that names the field and the fix."""
+        residuals, embeddings = table
+        fields = {"residuals": residuals, "embeddings": embeddings, "rows": None, **bad}
+        with pytest.raises(error, match=match):
+            GraftSelector(0.2).fit(None, gradients=StoredGradients(**fields))
+
+    @pytest.mark.parametrize("params", [dict(basis="input"), dict(strategy="uniform")])
+    def test_needs_gradient_selection(self, table, params):
+        """basis='input' and the uniform strategy need X: a named ValueError."""
+        with pytest.raises(ValueError, match="holds gradients only"):
+            GraftSelector(0.2, **params).fit(None, gradients=StoredGradients(*table))
+
+    def test_x_must_be_none(self, table, digits):
+        """X with a StoredGradients view is refused (the view carries the rows)."""
+        with pytest.raises(ValueError, match="pass X=None"):
+            GraftSelector(0.2).fit(digits[0], gradients=StoredGradients(*table))
+
+    def test_x_none_needs_stored_gradients(self):
+        """X=None without a view is a TypeError naming X."""
+        with pytest.raises(TypeError, match="needs X"):
+            GraftSelector(0.2).fit(None)
+
+    def test_parameters_validated(self, table):
+        """The estimator's parameters are validated on this path too (one door)."""
+        from sklearn.utils._param_validation import InvalidParameterError
+
+        with pytest.raises(InvalidParameterError, match="'method' parameter"):
+            GraftSelector(0.2, method="bogus").fit(None, gradients=StoredGradients(*table))
+        with pytest.raises(InvalidParameterError, match="'uniform_share' parameter"):
+            GraftSelector(0.2, uniform_share=2.0).fit(None, gradients=StoredGradients(*table))
