@@ -72,7 +72,13 @@ def build_parser():
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo_command(commands)
+    _add_select_command(commands)
+    return parser
 
+
+def _add_demo_command(commands):
+    """The ``demo`` subcommand: what it trains, then where it runs and what it writes."""
     demo = commands.add_parser(
         "demo", help="train a small model with GRAFT and with the baselines it competes with",
         description="Train the same small torch model with every strategy at GRAFT's "
@@ -83,6 +89,17 @@ def build_parser():
                     "time-to-accuracy and energy. Needs torch (pip install "
                     "graft-select[torch]).",
     )
+    _add_demo_experiment_options(demo)
+    _add_demo_run_options(demo)
+    demo.set_defaults(handler=_run_demo)
+
+
+def _add_demo_experiment_options(demo):
+    """What the demo trains: dataset, strategies, fractions, seeds, epochs, GRAFT's schedule.
+
+    An option left out keeps the DemoConfig default (or the --quick one), which its
+    help text states.
+    """
     demo.add_argument("--dataset", choices=("mnist1d", "digits", "noisy_digits"),
                       default="mnist1d",
                       help="procedural MNIST-1D (default), scikit-learn's digits, or digits "
@@ -109,6 +126,13 @@ def build_parser():
     demo.add_argument("--n-samples", type=_positive_int, metavar="N",
                       help="MNIST-1D signals to generate, 80%% for training "
                            "(default: 30000; --quick: 3000)")
+
+
+def _add_demo_run_options(demo):
+    """How the demo runs and what it writes: device, threads, carbon country, output folder.
+
+    Also the --quick preset (CI-sized defaults) and the switch for the progress bars.
+    """
     demo.add_argument("--device", default="cpu", metavar="DEVICE",
                       help="cpu (default) or cuda; no silent fallback")
     demo.add_argument("--threads", type=_positive_int, metavar="N",
@@ -121,8 +145,10 @@ def build_parser():
     demo.add_argument("--quick", action="store_true",
                       help="CI size: small data, few epochs, 1 seed, fraction 0.3 (< 1 minute)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    demo.set_defaults(handler=_run_demo)
 
+
+def _add_select_command(commands):
+    """The ``select`` subcommand: input files, selection settings, output file."""
     select = commands.add_parser(
         "select", help="select rows of a feature file with GraftSelector",
         description="Run GraftSelector on FEATURES (.npy; .npz, first array unless --key; "
@@ -159,7 +185,6 @@ def build_parser():
     select.add_argument("--output", "-o", required=True, metavar="OUT",
                         help="where to write the indices (.npy, .txt or .csv)")
     select.set_defaults(handler=_run_select)
-    return parser
 
 
 def main(argv=None):

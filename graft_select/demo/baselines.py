@@ -181,7 +181,7 @@ class InfoBatchSampler(_PlannedSampler):
     The training loop reports every trained sample's loss through
     :meth:`record_losses` and multiplies the per-sample losses by
     :meth:`loss_weights` before averaging over the batch. Scores start at 1 for
-    every sample, so the first epoch is a full one, as in the reference code.
+    every sample, so the first epoch is a full one, as in the InfoBatch authors' implementation.
     """
 
     def __init__(self, n_samples, batch_size, *, prune_ratio=0.5, delta=0.875, epochs=None,

@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 import torch
@@ -268,14 +268,41 @@ def train_run(strategy, fraction, seed, data, config, *, total_samples=None,
     Test accuracy is measured at the end of every epoch and, within long epochs,
     after every third of the training set; the clock stops while it is measured.
     """
+    run = _set_up_run(strategy, fraction, seed, data, config, total_samples=total_samples,
+                      sampler_factory=sampler_factory, progress=progress)
+    # subset strategies and full data run a number of epochs, the others a sample budget
+    fixed_epochs = strategy in ("full", *SUBSET_STRATEGIES) or (
+        strategy == "infobatch" and total_samples is None)
+    epoch = 0
+    run.clock.start()
+    while not (fixed_epochs and epoch >= config.epochs):
+        run.sampler.set_epoch(epoch)
+        if len(run.sampler) == 0:
+            break
+        run.train_epoch(epoch)
+        run.close_epoch(epoch)
+        epoch += 1
+    run.clock.stop()
+    run.bar.close()
+    return run.record(n_epochs=epoch)
+
+
+def _seeded_model(config, seed, n_features, n_classes, device):
+    """The demo's model with the initial weights of ``seed``; the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(config.dataset, n_features, n_classes)
+    return model.to(device)
+
+
+def _set_up_run(strategy, fraction, seed, data, config, *, total_samples, sampler_factory,
+                progress):
+    """Model, optimizer, batch sampler, loader and progress bar of one run, before training."""
     device = torch.device(config.device)
     X_train, y_train, X_test, y_test = (torch.as_tensor(a, device=device) for a in data)
     n = X_train.shape[0]
     n_classes = int(max(y_train.max(), y_test.max())) + 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(config.dataset, X_train.shape[1], n_classes)
-    model.to(device)
+    model = _seeded_model(config, seed, X_train.shape[1], n_classes, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     sampler = sampler_factory(strategy, n, fraction=fraction, seed=seed, config=config,
                               total_samples=total_samples)
@@ -284,86 +311,122 @@ def train_run(strategy, fraction, seed, data, config, *, total_samples=None,
     # DataLoader draws a base seed per epoch: from a private generator, not the global one
     loader = DataLoader(IndexedTensorDataset(X_train, y_train), batch_sampler=sampler,
                         collate_fn=collate_batch, generator=torch.Generator().manual_seed(seed))
-    weighted = hasattr(sampler, "loss_weights")
-    eval_every = max(1, math.ceil(n / 3))
 
     from tqdm.auto import tqdm
 
     label = strategy if fraction >= 1.0 else f"{strategy} {fraction:g}"
     bar = tqdm(total=planned, desc=f"{label} seed {seed}", file=sys.stderr,
                disable=not progress, leave=False)
-    clock = _Clock(device)
-    curve, refits, last_refit = [], [], None
-    seen, feedback_seconds, last_eval = 0, 0.0, 0
+    return _TrainingRun(
+        strategy=strategy, fraction=fraction, seed=seed, config=config, device=device,
+        model=model, optimizer=optimizer, sampler=sampler, loader=loader, planned=planned,
+        X_test=X_test, y_test=y_test, weighted=hasattr(sampler, "loss_weights"),
+        eval_every=max(1, math.ceil(n / 3)), bar=bar, clock=_Clock(device),
+    )
 
-    def evaluate(epoch, epoch_end):
-        clock.stop()
-        accuracy = _accuracy(model, X_test, y_test)
-        curve.append({
-            "epoch": epoch + 1, "epoch_end": epoch_end, "test_accuracy": accuracy,
-            "wall_seconds": clock.total, "samples_seen": seen,
-            "selection_seconds": float(getattr(sampler, "selection_seconds", 0.0)),
-            "feedback_seconds": feedback_seconds,
-        })
-        bar.set_postfix(acc=f"{accuracy:.4f}")
-        clock.start()
-        return seen
 
-    fixed_epochs = strategy in ("full", *SUBSET_STRATEGIES) or (
-        strategy == "infobatch" and total_samples is None)
-    epoch = 0
-    clock.start()
-    while not (fixed_epochs and epoch >= config.epochs):
-        sampler.set_epoch(epoch)
-        if len(sampler) == 0:
-            break
-        feedback = wants_feedback(strategy, epoch, config)
-        for xb, yb, index in loader:
-            rate = cosine_rate(config.lr, seen, planned)
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            logits, embedding = model(xb, return_embedding=True)
-            if weighted:
-                losses = F.cross_entropy(logits, yb, reduction="none")
-                loss = (losses * sampler.loss_weights(index).to(losses.device)).mean()
-            else:
-                loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if feedback or weighted:
-                start = time.perf_counter()
-                if weighted:
-                    sampler.record_losses(index, losses.detach())
-                else:
-                    sampler.observe(index, embeddings=embedding.detach(),
-                                    logits=logits.detach(), targets=yb)
-                _sync(device)
-                feedback_seconds += time.perf_counter() - start
-            seen += int(index.shape[0])
-            bar.update(int(index.shape[0]))
-            if seen - last_eval >= eval_every:
-                last_eval = evaluate(epoch, False)
-        refit = getattr(sampler, "last_refit", None)
-        if refit is not None and refit is not last_refit:
-            refits.append(_refit_record(refit, epoch))
-            last_refit = refit
-        if curve and curve[-1]["samples_seen"] == seen:
-            curve[-1]["epoch_end"] = True
+@dataclass(eq=False)
+class _TrainingRun:
+    """One training run in progress: what it trains with and what it has recorded so far.
+
+    ``weighted``: the sampler weights the per-sample losses and reads them back
+    (InfoBatch). ``seen`` counts the samples trained so far, ``last_eval`` those at
+    the last mid-epoch test evaluation, which happens every ``eval_every`` samples.
+    """
+
+    strategy: str
+    fraction: float
+    seed: int
+    config: DemoConfig
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: object
+    loader: DataLoader
+    planned: int
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    weighted: bool
+    eval_every: int
+    bar: object
+    clock: _Clock
+    seen: int = 0
+    last_eval: int = 0
+    feedback_seconds: float = 0.0
+    curve: list = field(default_factory=list)
+    refits: list = field(default_factory=list)
+    last_refit: object = None
+
+    def train_epoch(self, epoch):
+        """Train on every batch the sampler gives in ``epoch``, evaluating every third."""
+        feedback = wants_feedback(self.strategy, epoch, self.config)
+        for xb, yb, index in self.loader:
+            self._train_batch(xb, yb, index, feedback)
+            self.seen += int(index.shape[0])
+            self.bar.update(int(index.shape[0]))
+            if self.seen - self.last_eval >= self.eval_every:
+                self.evaluate(epoch, epoch_end=False)
+
+    def _train_batch(self, xb, yb, index, feedback):
+        """One optimizer step at the scheduled rate, then the sampler's feedback if due."""
+        rate = cosine_rate(self.config.lr, self.seen, self.planned)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+        logits, embedding = self.model(xb, return_embedding=True)
+        if self.weighted:
+            losses = F.cross_entropy(logits, yb, reduction="none")
+            loss = (losses * self.sampler.loss_weights(index).to(losses.device)).mean()
         else:
-            last_eval = evaluate(epoch, True)
-        epoch += 1
-    clock.stop()
-    bar.close()
-    last = curve[-1]
-    return {
-        "strategy": strategy, "fraction": fraction, "seed": seed,
-        "test_accuracy": last["test_accuracy"], "wall_seconds": last["wall_seconds"],
-        "selection_seconds": last["selection_seconds"],
-        "feedback_seconds": last["feedback_seconds"], "samples_seen": seen,
-        "planned_samples": int(planned), "n_epochs": epoch,
-        "curve": curve, "refits": refits,
-    }
+            loss = F.cross_entropy(logits, yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if feedback or self.weighted:
+            start = time.perf_counter()
+            if self.weighted:
+                self.sampler.record_losses(index, losses.detach())
+            else:
+                self.sampler.observe(index, embeddings=embedding.detach(),
+                                     logits=logits.detach(), targets=yb)
+            _sync(self.device)
+            self.feedback_seconds += time.perf_counter() - start
+
+    def evaluate(self, epoch, epoch_end):
+        """Add the test accuracy to the curve, with the training clock paused."""
+        self.clock.stop()
+        accuracy = _accuracy(self.model, self.X_test, self.y_test)
+        self.curve.append({
+            "epoch": epoch + 1, "epoch_end": epoch_end, "test_accuracy": accuracy,
+            "wall_seconds": self.clock.total, "samples_seen": self.seen,
+            "selection_seconds": float(getattr(self.sampler, "selection_seconds", 0.0)),
+            "feedback_seconds": self.feedback_seconds,
+        })
+        self.bar.set_postfix(acc=f"{accuracy:.4f}")
+        self.clock.start()
+        self.last_eval = self.seen
+
+    def close_epoch(self, epoch):
+        """Record the sampler's refit if it made a new one; the curve gets the epoch's end."""
+        refit = getattr(self.sampler, "last_refit", None)
+        if refit is not None and refit is not self.last_refit:
+            self.refits.append(_refit_record(refit, epoch))
+            self.last_refit = refit
+        if self.curve and self.curve[-1]["samples_seen"] == self.seen:
+            self.curve[-1]["epoch_end"] = True  # just evaluated mid-epoch: no second time
+        else:
+            self.evaluate(epoch, epoch_end=True)
+
+    def record(self, n_epochs):
+        """The run's JSON-ready record: final figures, the curve and the refits."""
+        last = self.curve[-1]
+        return {
+            "strategy": self.strategy, "fraction": self.fraction, "seed": self.seed,
+            "test_accuracy": last["test_accuracy"], "wall_seconds": last["wall_seconds"],
+            "selection_seconds": last["selection_seconds"],
+            "feedback_seconds": last["feedback_seconds"], "samples_seen": self.seen,
+            "planned_samples": int(self.planned), "n_epochs": n_epochs,
+            "curve": self.curve, "refits": self.refits,
+        }
 
 
 # ------------------------------------------------------------------------ the demo
