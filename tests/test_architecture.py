@@ -63,7 +63,6 @@ def _graph():
 
 
 class TestImports:
-    @pytest.mark.xfail(strict=True, reason="selector <-> _dask until the one-recipe change")
     def test_no_cycle(self):
         """No module imports itself back through others, lazy imports included."""
         graph = _graph()
@@ -120,7 +119,6 @@ class TestSizes:
                if isinstance(n, ast.ClassDef) and size > MAX_CLASS_LINES]
         assert not big, big
 
-    @pytest.mark.xfail(strict=True, reason="build_parser, train_run not split yet")
     def test_functions_small(self):
         """No function or method has over about 60 lines of code (its docstring aside)."""
         big = [f"{m}.{n.name}: {size}" for m, n, size in _units()
