@@ -1,11 +1,12 @@
-"""Issue 12: a loss / label-noise guard for GRAFT's MaxVol candidates, against the baselines.
+"""A loss / label-noise guard for GRAFT's MaxVol candidates, against the baselines.
 
 Run: python benchmarks/bench_noise_guard.py --dataset D [--seeds N] [--only NAME ...]
 
 MaxVol on last-layer gradient proxies favours high-loss rows, which on noisy data are
 the mislabelled ones. The guard is prototyped through the public API only: a
 GraftSelector subclass whose ``fit`` reads the residuals ``softmax - onehot`` of the
-FactoredGradients the sampler passes, flags the suspicious rows and either
+gradients the sampler passes (a StoredGradients view of its store, or FactoredGradients),
+flags the suspicious rows and either
 
 - ``drop``s them from the candidates (the parent fit runs on the other rows with the
   fraction raised so that the budget is unchanged; indices are mapped back), or
@@ -47,7 +48,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from graft_select import GraftSelector
+from graft_select import GraftSelector, StoredGradients
 from graft_select.demo import DemoConfig, run_demo
 from graft_select.demo.harness import make_batch_sampler
 from graft_select.gradients import FactoredGradients
@@ -111,26 +112,54 @@ class GuardedSelector(GraftSelector):
     guard_value = None
     guard_mode = "drop"
 
-    def fit(self, X, y=None, *, gradients=None):
+    def fit(self, X, y=None, *, gradients=None, compute_weights=True):
+        if isinstance(gradients, StoredGradients):  # the sampler's refit on its store
+            return self._fit_view(gradients, compute_weights)
         if not isinstance(gradients, FactoredGradients):
-            return super().fit(X, y, gradients=gradients)
+            return super().fit(X, y, gradients=gradients, compute_weights=compute_weights)
         residuals, inputs = gradients.residuals, gradients.inputs
-        n = residuals.shape[0]
-        budget = self.fraction * n
-        flagged = flag_rows(residuals, self.guard_rule, self.guard_value, budget)
-        STATS.append((n, int(flagged.sum())))
+        flagged = self._flag(residuals)
         if not bool(flagged.any()):
-            return super().fit(X, y, gradients=gradients)
+            return super().fit(X, y, gradients=gradients, compute_weights=compute_weights)
         if self.guard_mode == "zero":
             residuals = residuals.clone()
             residuals[flagged] = 0.0
-            return super().fit(X, y, gradients=FactoredGradients(residuals, inputs))
+            return super().fit(X, y, gradients=FactoredGradients(residuals, inputs),
+                               compute_weights=compute_weights)
         keep = torch.nonzero(~flagged).flatten()
+        return self._fit_kept(keep, residuals.shape[0], lambda: super(GuardedSelector, self).fit(
+            X[keep], None, gradients=FactoredGradients(residuals[keep], inputs[keep]),
+            compute_weights=compute_weights))
+
+    def _fit_view(self, view, compute_weights):
+        """The guard on a StoredGradients view: flagged rows leave the view's rows."""
+        rows = torch.as_tensor(view.rows)
+        flagged = self._flag(view.residuals[rows].float())
+        parent = super()
+        if not bool(flagged.any()):
+            return parent.fit(None, gradients=view, compute_weights=compute_weights)
+        if self.guard_mode == "zero":
+            table = view.residuals.clone()
+            table[rows[flagged]] = 0.0
+            return parent.fit(None, gradients=StoredGradients(table, view.embeddings, rows),
+                              compute_weights=compute_weights)
+        keep = torch.nonzero(~flagged).flatten()
+        return self._fit_kept(keep, len(rows), lambda: parent.fit(
+            None, gradients=StoredGradients(view.residuals, view.embeddings, rows[keep]),
+            compute_weights=compute_weights))
+
+    def _flag(self, residuals):
+        n = residuals.shape[0]
+        flagged = flag_rows(residuals, self.guard_rule, self.guard_value, self.fraction * n)
+        STATS.append((n, int(flagged.sum())))
+        return flagged
+
+    def _fit_kept(self, keep, n, fit_kept):
+        """Fit on the kept rows with the fraction raised to hold the budget; map back."""
         fraction = self.fraction
         self.fraction = min(1.0, fraction * n / len(keep))
         try:
-            super().fit(X[keep], None, gradients=FactoredGradients(residuals[keep],
-                                                                    inputs[keep]))
+            fit_kept()
         finally:
             self.fraction = fraction
         self.sample_indices_ = keep.to(self.sample_indices_.device)[self.sample_indices_]
