@@ -21,7 +21,8 @@ from ._backend import (
     solve_triangular,
     to_numpy,
 )
-from ._gram import _eps, _factored_quantities, gram_block
+from ._gram import _factored_quantities, gram_block
+from ._ops import eps, matvec, replace_rows, rmatvec, take_host_rows, take_rows
 from ._proxies import (
     FactoredGradients,
     _as_array,
@@ -30,7 +31,6 @@ from ._proxies import (
     _values,
 )
 from ._validation import check_array, float_info
-from .linalg import _matvec, _replace_rows, _rmatvec, _take_rows
 
 # ------------------------------------------------------- nested_gradient_errors
 
@@ -132,7 +132,7 @@ def _nested_gradient_errors(G, order, xp):
     if isinstance(G, FactoredGradients):
         R, H, order, stack = _flat_factors(G, order, xp)
         K, b, gg, zero, _ = _factored_quantities(R, H, order, xp)
-        tol = 10 * max(order.shape[-1], R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
+        tol = 10 * max(order.shape[-1], R.shape[-1] + H.shape[-1]) * eps(K.dtype, xp)
         errors = _nested_gram(K, b, gg, zero, tol, xp)
     else:
         stack = G.shape[:-2]
@@ -140,8 +140,8 @@ def _nested_gradient_errors(G, order, xp):
         G = _rescale_stack(G, xp)
         order = _flatten_order(order, G, xp)
         g, zero = _mean_and_zero(G, xp)
-        A = _take_rows(G, order, xp)
-        tol = 10 * order.shape[-1] * _eps(G.dtype, xp)
+        A = take_rows(G, order, xp)
+        tol = 10 * order.shape[-1] * eps(G.dtype, xp)
         errors = _nested_dense(A, g, zero, tol, xp)
     errors = xp.where(errors < 1, errors, xp.ones_like(errors))
     return xp.reshape(errors, (*stack, errors.shape[-1]))
@@ -158,10 +158,10 @@ def _nested_dense(A, g, zero, tol, xp):
     processed in order by `_nested_coordinates`.
     """
     Q, T = xp.linalg.qr(xp.matrix_transpose(A))
-    c = _rmatvec(Q, g)
-    r = g - _matvec(Q, c)
-    c2 = _rmatvec(Q, r)
-    r = r - _matvec(Q, c2)
+    c = rmatvec(Q, g)
+    r = g - matvec(Q, c)
+    c2 = rmatvec(Q, r)
+    r = r - matvec(Q, c2)
     c = c + c2
     k = A.shape[1]
     norms = xp.linalg.vector_norm(T, axis=-2)  # (m, k), the norms of the rows of A
@@ -191,16 +191,16 @@ def _nested_coordinates(B, c, tol, xp):
         a = B[:, j, :]
         v = a
         for _ in range(2):
-            v = v - _rmatvec(U, _matvec(U, v))
+            v = v - rmatvec(U, matvec(U, v))
         norm = xp.linalg.vector_norm(v, axis=-1)
         keep = norm > tol * xp.linalg.vector_norm(a, axis=-1)
         u = v / xp.where(keep, norm, xp.ones_like(norm))[:, None]
         u = xp.where(keep[:, None], u, xp.zeros_like(u))
         U = U + eye[j, :][None, :, None] * u[:, None, :]
-    coef = _matvec(U, c)
-    s = c - _rmatvec(U, coef)
-    coef2 = _matvec(U, s)
-    s = s - _rmatvec(U, coef2)
+    coef = matvec(U, c)
+    s = c - rmatvec(U, coef)
+    coef2 = matvec(U, s)
+    s = s - rmatvec(U, coef2)
     coef = coef + coef2
     return xp.sum(s * s, axis=-1)[:, None] + _tail_sums(coef * coef, xp)
 
@@ -250,7 +250,7 @@ def _nested_gram_stepwise(K, b, gg, zero, tol, xp):
     c = xp.zeros((m, k), dtype=K.dtype, device=device)
     for j in range(k):
         row = L[:, j, :]
-        column = K[:, :, j] - _matvec(L, row)
+        column = K[:, :, j] - matvec(L, row)
         pivot = column[:, j]
         keep = pivot > tol * diag[:, j]
         root = xp.sqrt(xp.where(keep, pivot, xp.ones_like(pivot)))
@@ -348,8 +348,8 @@ def _gradient_error(G, indices, xp, *, weights=None, owner="gradient_error"):
         K, b, gg, zero, scale = _factored_quantities(R, H, indices, xp)
         if w is None:
             k = indices.shape[-1]
-            rtol = 10 * max(k, R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
-            v = _matvec(xp.linalg.pinv(K, rtol=rtol), b)  # weights of the scaled rows
+            rtol = 10 * max(k, R.shape[-1] + H.shape[-1]) * eps(K.dtype, xp)
+            v = matvec(xp.linalg.pinv(K, rtol=rtol), b)  # weights of the scaled rows
             v = xp.where(zero[:, None], xp.zeros_like(v), v)
             safe = xp.where(scale > 0, scale, xp.ones_like(scale))
             w = xp.where(scale > 0, v / safe, xp.zeros_like(v))
@@ -357,7 +357,7 @@ def _gradient_error(G, indices, xp, *, weights=None, owner="gradient_error"):
             v = w * xp.astype(scale, w.dtype)
         dtype = xp.result_type(K.dtype, v.dtype)
         K, b, gg, v = (xp.astype(a, dtype) for a in (K, b, gg, v))
-        squared = gg - 2 * xp.sum(v * b, axis=-1) + xp.sum(v * _matvec(K, v), axis=-1)
+        squared = gg - 2 * xp.sum(v * b, axis=-1) + xp.sum(v * matvec(K, v), axis=-1)
         squared = xp.where(squared > 0, squared, xp.zeros_like(squared))
         error = _relative(xp.sqrt(squared), xp.sqrt(gg), zero, xp)
     else:
@@ -367,16 +367,16 @@ def _gradient_error(G, indices, xp, *, weights=None, owner="gradient_error"):
         indices = _flatten_order(indices, G, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
         g, zero, largest = _mean_and_zero(G, xp, with_largest=True)
-        A = _take_rows(G, indices, xp)
+        A = take_rows(G, indices, xp)
         if w is None:
             # rows at the rounding level of the chunk's largest gradient count as zero
             # (their least-squares weight, about 1 / their norm, could overflow)
             tiny = xp.linalg.vector_norm(A, axis=-1) <= (
-                G.shape[-2] * _eps(G.dtype, xp) * largest)[:, None]
+                G.shape[-2] * eps(G.dtype, xp) * largest)[:, None]
             A = xp.where(tiny[..., None], xp.zeros_like(A), A)
-            w = _matvec(xp.linalg.pinv(xp.matrix_transpose(A)), g)
+            w = matvec(xp.linalg.pinv(xp.matrix_transpose(A)), g)
             w = xp.where(zero[:, None], xp.zeros_like(w), w)
-        residual = g - _rmatvec(A, w)
+        residual = g - rmatvec(A, w)
         error = _relative(xp.linalg.vector_norm(residual, axis=-1),
                           xp.linalg.vector_norm(g, axis=-1), zero, xp)
     if weights is None:
@@ -450,7 +450,7 @@ def _mean_and_zero(G, xp, with_largest=False):
     n = G.shape[-2]
     g = xp.mean(G, axis=-2)
     largest = xp.max(xp.linalg.vector_norm(G, axis=-1), axis=-1)
-    zero = xp.linalg.vector_norm(g, axis=-1) <= n * _eps(G.dtype, xp) * largest
+    zero = xp.linalg.vector_norm(g, axis=-1) <= n * eps(G.dtype, xp) * largest
     return (g, zero, largest) if with_largest else (g, zero)
 
 
@@ -476,8 +476,8 @@ def nested_errors(K, b, gg, zero, order, n_columns, xp):
     """
     k = order.shape[-1]
     K_sub = gram_block(K, order, xp)
-    b_sub = _take_rows(b[..., None], order, xp)[..., 0]
-    tol = 10 * max(k, n_columns) * _eps(K.dtype, xp)
+    b_sub = take_rows(b[..., None], order, xp)[..., 0]
+    tol = 10 * max(k, n_columns) * eps(K.dtype, xp)
     errors = _nested_gram(K_sub, b_sub, gg, zero, tol, xp)
     return xp.where(errors < 1, errors, xp.ones_like(errors))
 
@@ -494,7 +494,7 @@ def subset_weights(K_sub, b_sub, gg, zero, n_columns, xp):
     come with zero ``b_sub``: they get weight 0 and change nothing.
     """
     k = K_sub.shape[-1]
-    rtol = 10 * max(k, n_columns) * _eps(K_sub.dtype, xp)
+    rtol = 10 * max(k, n_columns) * eps(K_sub.dtype, xp)
     diag = xp.linalg.diagonal(K_sub)
     padded = diag <= 0
     # padding rows get a unit diagonal for the Cholesky solve (their b is 0, so w is 0)
@@ -508,10 +508,9 @@ def subset_weights(K_sub, b_sub, gg, zero, n_columns, xp):
     ok = ok & xp.all(xp.isfinite(w), axis=-1)
     bad = np.flatnonzero(~np.asarray(to_numpy(ok), dtype=bool))
     if bad.size:
-        index = from_numpy(bad, xp, get_namespace(K_sub)[1])
-        fallback = _pinv_solve(xp.take(K_sub, index, axis=0), xp.take(b_sub, index, axis=0),
+        fallback = _pinv_solve(take_host_rows(K_sub, bad, xp), take_host_rows(b_sub, bad, xp),
                                rtol, xp)
-        w = _replace_rows(w, bad, fallback, xp)
+        w = replace_rows(w, bad, fallback, xp)
     w = xp.where(zero[:, None], xp.zeros_like(w), w)
     Kw = (K_sub @ w[..., None])[..., 0]
     w64, b64, Kw64 = (xp.astype(a, xp.float64) for a in (w, b_sub, Kw))

@@ -21,7 +21,7 @@ import numpy as np
 from ._backend import from_numpy, get_namespace, to_numpy, torch_cpu_view
 from ._criterion import nested_errors, subset_weights
 from ._gram import chunk_grams, gram_eigenvectors, gram_summaries, group_chunks
-from .linalg import _take_rows
+from ._ops import take_rows
 
 
 def groups_of(stacks, chunks, group_rows):
@@ -158,7 +158,7 @@ def subset_errors(store, chunks, groups, local, summaries):
         mask = from_numpy(valid, xp, device)
         R = xp.where(mask[..., None], R, xp.zeros_like(R))
         K_sub, _ = chunk_grams(R, E, xp, scales)
-        b_sub = _take_rows(b[..., None], from_numpy(picks, xp, device), xp)[..., 0]
+        b_sub = take_rows(b[..., None], from_numpy(picks, xp, device), xp)[..., 0]
         b_sub = xp.where(mask, b_sub, xp.zeros_like(b_sub))
         w, err = subset_weights(K_sub, b_sub, gg, zero, n_columns, xp)
         w, err = to_numpy(w), to_numpy(err)

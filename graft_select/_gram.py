@@ -18,15 +18,9 @@ caller validates and bounds the stack size.
 import numpy as np
 
 from ._backend import from_numpy, get_namespace, on_input_device, torch_cpu_view
+from ._ops import eps, take_rows, unit_columns
 from ._proxies import FactoredGradients, _check_factored, _values
-from ._validation import check_array, float_info
-from .linalg import _take_rows, _unit_columns
-
-
-def _eps(dtype, xp):
-    return float(float_info(dtype, xp).eps)
-
-
+from ._validation import check_array
 
 # ------------------------------------------------------------------ gram_matrix
 
@@ -82,13 +76,13 @@ def _factored_quantities(R, H, order, xp):
     g = xp.matrix_transpose(R) @ H / n  # (m, C, d + 1), the mean gradient
     gg = xp.sum(xp.reshape(g * g, (g.shape[0], -1)), axis=-1)
     norms = xp.linalg.vector_norm(R, axis=-1) * xp.linalg.vector_norm(H, axis=-1)
-    zero = xp.sqrt(gg) <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)
-    R_sub, r_scale = _unit_peak_rows(_take_rows(R, order, xp), xp)
-    H_sub, h_scale = _unit_peak_rows(_take_rows(H, order, xp), xp)
+    zero = xp.sqrt(gg) <= n * eps(R.dtype, xp) * xp.max(norms, axis=-1)
+    R_sub, r_scale = _unit_peak_rows(take_rows(R, order, xp), xp)
+    H_sub, h_scale = _unit_peak_rows(take_rows(H, order, xp), xp)
     scale = r_scale * h_scale
     # a row at the rounding level of the chunk's largest gradient is treated as zero: its
     # least-squares weight would be beyond any dtype's range (1 / 1e-309)
-    negligible = scale <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)[:, None]
+    negligible = scale <= n * eps(R.dtype, xp) * xp.max(norms, axis=-1)[:, None]
     R_sub = xp.where(negligible[..., None], xp.zeros_like(R_sub), R_sub)
     scale = xp.where(negligible, xp.zeros_like(scale), scale)
     K = _factored_gram(R_sub, H_sub, R_sub, H_sub, xp)
@@ -188,7 +182,7 @@ def gram_summaries(K, xp):
     norms = xp.sqrt(xp.linalg.diagonal(K))
     largest = xp.astype(xp.max(norms, axis=-1), xp.float64)
     gg = xp.where(gg < 0, xp.zeros_like(gg), gg)  # NaN stays NaN for the caller's check
-    zero = xp.sqrt(gg) <= B * _eps(K.dtype, xp) * largest
+    zero = xp.sqrt(gg) <= B * eps(K.dtype, xp) * largest
     return sums / B, gg, zero, norms
 
 
@@ -219,8 +213,8 @@ def gram_eigenvectors(K, r, rng, xp, *, n_oversamples=0, n_iter=0):
     omega = from_numpy(rng.standard_normal((B, width)).astype(dtype), xp, device)
     Y = K @ omega
     for _ in range(n_iter):
-        Y = K @ xp.linalg.qr(_unit_columns(Y, xp)).Q
-    Q = xp.linalg.qr(_unit_columns(Y, xp)).Q
+        Y = K @ xp.linalg.qr(unit_columns(Y, xp)).Q
+    Q = xp.linalg.qr(unit_columns(Y, xp)).Q
     if width == r:
         return Q
     T = xp.matrix_transpose(Q) @ (K @ Q)
@@ -231,8 +225,8 @@ def gram_eigenvectors(K, r, rng, xp, *, n_oversamples=0, n_iter=0):
 
 def gram_block(K, rows, xp):
     """``K[rows][:, rows]`` of each matrix of a stack K (m, B, B), rows (m, k)."""
-    K_rows = _take_rows(K, rows, xp)  # (m, k, B)
-    return xp.matrix_transpose(_take_rows(xp.matrix_transpose(K_rows), rows, xp))
+    K_rows = take_rows(K, rows, xp)  # (m, k, B)
+    return xp.matrix_transpose(take_rows(xp.matrix_transpose(K_rows), rows, xp))
 
 
 def maxvol_rank(k_hi, uniform_share):

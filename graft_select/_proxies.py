@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backend import from_numpy, get_namespace, is_torch, on_input_device, to_numpy
+from ._ops import take_rows
 from ._validation import (
     check_array,
     check_bool,
@@ -22,7 +23,6 @@ from ._validation import (
     check_random_state,
     half_dtype,
 )
-from .linalg import _take_rows
 
 _LOSSES = ("cross_entropy", "mse")
 
@@ -113,7 +113,7 @@ class FactoredGradients(NamedTuple):
         owner = "FactoredGradients.take"
         R, H, xp, device = _check_factored(self, owner, name="")
         idx = _check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
-        return FactoredGradients(_take_rows(R, idx, xp), _take_rows(H, idx, xp))
+        return FactoredGradients(take_rows(R, idx, xp), take_rows(H, idx, xp))
 
 
 # ---------------------------------------------------------- last_layer_gradients

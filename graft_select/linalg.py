@@ -23,6 +23,7 @@ from ._backend import (
     to_numpy,
     torch_cpu_view,
 )
+from ._ops import matvec, replace_rows, rmatvec, take_host_rows, take_rows, unit_columns
 from ._validation import (
     check_array,
     check_bool,
@@ -170,12 +171,12 @@ def _randomized_range_svd(X, r, p, n_iter, rng, xp):
     width = min(r + p, n_samples, n_features)
     omega = rng.standard_normal((n_features, width)).astype(_np_dtype(X, xp))
     omega = from_numpy(omega, xp, None if is_sparse(X) else _device(X))
-    Y = _unit_columns(X @ omega, xp)
+    Y = unit_columns(X @ omega, xp)
     for _ in range(n_iter):
         # Each product multiplies the columns by up to ||X||: scaling them to unit norm
         # after each keeps float32 from overflowing (the span is unchanged); with more
         # than two iterations the columns are also re-orthonormalised, as scikit-learn does.
-        Y = _unit_columns(X @ _unit_columns(_rmatmul_t(X, Y, xp), xp), xp)
+        Y = unit_columns(X @ unit_columns(_rmatmul_t(X, Y, xp), xp), xp)
         if n_iter > 2:
             Y = _orthonormal(Y, xp)
     Q = _orthonormal(Y, xp)
@@ -184,12 +185,6 @@ def _randomized_range_svd(X, r, p, n_iter, rng, xp):
     B = _rmatmul_t(X, Q, xp)  # B^T, (..., n_features, width)
     _, V = xp.linalg.eigh(xp.matrix_transpose(B) @ B)
     return Q @ xp.flip(V[..., width - r:], axis=-1)
-
-
-def _unit_columns(Y, xp):
-    """Y with every column scaled to unit norm (zero columns stay zero)."""
-    norms = xp.linalg.vector_norm(Y, axis=-2, keepdims=True)
-    return Y / xp.where(norms > 0, norms, xp.ones_like(norms))
 
 
 def _rmatmul_t(X, Q, xp):
@@ -410,8 +405,9 @@ def _maxvol_stack(A, sq_norms, k, method, refine, tol, max_iter, xp):
     if refine:
         full = np.flatnonzero(rank == r)
         if full.size:
-            refined = _refine(_take0(A, full, xp), _take0(picks, full, xp), tol, max_iter, xp)
-            picks = _replace_rows(picks, full, refined, xp)
+            refined = _refine(take_host_rows(A, full, xp), take_host_rows(picks, full, xp),
+                              tol, max_iter, xp)
+            picks = replace_rows(picks, full, refined, xp)
     if k > k_greedy and coords is not None and not refine and np.all(rank == r):
         picks = _extend_greedy(A, picks, coords, k, xp)
     elif k > k_greedy or np.any(rank < k_greedy):
@@ -425,10 +421,11 @@ def _continue_by_volume(A, picks, rank, threshold, xp):
     rank = rank.copy()
     for value in np.unique(rank[rank < k_greedy]):
         rows = np.flatnonzero(rank == value)
-        init = _take0(picks, rows, xp)[:, : int(value)]
+        init = take_host_rows(picks, rows, xp)[:, : int(value)]
         new, new_rank = _volume_greedy(
-            _take0(A, rows, xp), k_greedy, _take0(threshold, rows, xp), xp, init=init)
-        picks = _replace_rows(picks, rows, new, xp)
+            take_host_rows(A, rows, xp), k_greedy, take_host_rows(threshold, rows, xp), xp,
+            init=init)
+        picks = replace_rows(picks, rows, new, xp)
         rank[rows] = new_rank
     return picks, rank
 
@@ -448,64 +445,22 @@ def _per_rank_group(A, picks, rank, k, xp):
     new_groups, new_rows = [], []
     for value in np.unique(rank[rank < k]):
         rows = np.flatnonzero(rank == value)
-        init = _take0(picks, rows, xp)[:, : int(value)]
-        new_groups.append(_extend(_take0(A, rows, xp), init, k, xp))
+        init = take_host_rows(picks, rows, xp)[:, : int(value)]
+        new_groups.append(_extend(take_host_rows(A, rows, xp), init, k, xp))
         new_rows.append(rows)
     if not new_rows:
         return picks
     keep = np.flatnonzero(rank >= k)
     if keep.size:
-        new_groups.append(_take0(picks, keep, xp))
+        new_groups.append(take_host_rows(picks, keep, xp))
         new_rows.append(keep)
     stacked = xp.concat([xp.astype(g, xp.int64) for g in new_groups], axis=0)
-    return _take0(stacked, np.argsort(np.concatenate(new_rows)), xp)
-
-
-def _replace_rows(picks, rows, new, xp):
-    keep = np.setdiff1d(np.arange(picks.shape[0]), rows)
-    stacked = xp.concat([new, _take0(picks, keep, xp)], axis=0)
-    return _take0(stacked, np.argsort(np.concatenate([rows, keep])), xp)
-
-
-def _take0(X, rows, xp):
-    """X[rows] along the first axis, with host integer ``rows``."""
-    index = from_numpy(np.asarray(rows, dtype=np.int64), xp, get_namespace(X)[1])
-    return xp.take(X, index, axis=0)
-
-
-def _take_rows(X, idx, xp):
-    """Rows ``X[..., idx, :]`` for X (..., n, c): idx (k,) for every matrix, or (..., k) each.
-
-    The one row gatherer of the kernels: per-matrix rows are read from the
-    flattened stack with one ``take``.
-    """
-    if idx.ndim == 1:
-        return xp.take(X, idx, axis=X.ndim - 2)
-    *stack, n, c = X.shape
-    m = math.prod(stack)
-    k = idx.shape[-1]
-    device = get_namespace(X)[1]
-    offsets = xp.arange(m, dtype=xp.int64, device=device)[:, None] * n
-    flat = xp.reshape(offsets + xp.reshape(xp.astype(idx, xp.int64), (m, k)), (-1,))
-    rows = xp.take(xp.reshape(X, (m * n, c)), flat, axis=0)
-    return xp.reshape(rows, (*stack, k, c))
+    return take_host_rows(stacked, np.argsort(np.concatenate(new_rows)), xp)
 
 
 def _take_row(X, p, xp):
     """Row ``X[b, p[b]]`` of each matrix of a stack X (m, n, c), as (m, c)."""
-    return _take_rows(X, p[:, None], xp)[:, 0, :]
-
-
-def _matvec(M, v):
-    """Batched M @ v for M (m, a, b) and v (m, b)."""
-    if M.shape[0] == 1:  # a plain matrix-vector product (gemv) is cheaper than a stack of one
-        return (M[0, ...] @ v[0, ...])[None, ...]
-    return (M @ v[..., None])[..., 0]
-
-
-def _rmatvec(M, v):
-    """Batched M.T @ v for M (m, a, b) and v (m, a)."""
-    return (v[..., None, :] @ M)[..., 0, :]
+    return take_rows(X, p[:, None], xp)[:, 0, :]
 
 
 def _mark(taken, p, columns):
@@ -540,7 +495,7 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None, coordinates=Fa
     picks = []
     start = 0 if init is None else init.shape[1]
     if start:
-        q0 = xp.linalg.qr(xp.matrix_transpose(_take_rows(A, init, xp))).Q  # (m, r, start)
+        q0 = xp.linalg.qr(xp.matrix_transpose(take_rows(A, init, xp))).Q  # (m, r, start)
         basis[:, :start, :] = xp.matrix_transpose(q0)
         coords[:, :, :start] = A @ q0
         d = d - xp.sum(coords[:, :, :start] ** 2, axis=-1)
@@ -556,13 +511,13 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None, coordinates=Fa
         rows = offsets + p
         v = xp.take(flat_A, rows, axis=0)  # (m, r), the chosen row
         if j:
-            v = v - _rmatvec(basis[:, :j, :], xp.take(flat_coords, rows, axis=0)[:, :j])
+            v = v - rmatvec(basis[:, :j, :], xp.take(flat_coords, rows, axis=0)[:, :j])
         norm = xp.sqrt(xp.vecdot(v, v, axis=-1))
         residuals.append(norm)
         # a residual at the threshold adds no direction (q = 0); rank is found after the loop
         q = v / xp.where(norm > threshold, norm, plus_inf)[:, None]
         basis[:, j, :] = q
-        c = _matvec(A, q)
+        c = matvec(A, q)
         coords[:, :, j] = c
         d = _excluded(d - c * c, rows, columns, p, minus_inf, xp)
         picks.append(p)
@@ -608,7 +563,7 @@ def _extend_greedy(A, picks, coords, k, xp):
     dev = get_namespace(A)[1]
     columns = xp.arange(n, device=dev)[None, :]
     steps = k - r
-    T = _take_rows(coords[:, :, :r], picks, xp)  # (m, r, r)
+    T = take_rows(coords[:, :, :r], picks, xp)  # (m, r, r)
     # an inverse (r^3) and a product: a batched general solve with n right-hand sides is 3x
     # slower
     coef = coords[:, :, :r] @ _lower_triangular_inverse(T, xp)  # (m, n, r)
@@ -626,9 +581,9 @@ def _extend_greedy(A, picks, coords, k, xp):
         p = xp.astype(xp.argmax(score, axis=1), xp.int64, copy=False)
         rows = offsets + p
         s = xp.take(xp.reshape(score, (-1,)), rows, axis=0)  # finite: not taken
-        w = _matvec(coef, xp.take(flat_coef, rows, axis=0))
+        w = matvec(coef, xp.take(flat_coef, rows, axis=0))
         if j:
-            w = w - _matvec(downdates[:, :, :j],
+            w = w - matvec(downdates[:, :, :j],
                             xp.take(flat_downdates, rows, axis=0)[:, :j] * scale[:, :j])
         inverse = 1 / (1 + s)
         downdates[:, :, j] = w
@@ -652,9 +607,9 @@ def _extend(A, init, k, xp):
     if j0 == 0:
         coef = xp.zeros((m, n, 1), dtype=A.dtype, device=dev)
     else:
-        basis = xp.linalg.qr(xp.matrix_transpose(_take_rows(A, init, xp))).Q  # (m, r, j0)
+        basis = xp.linalg.qr(xp.matrix_transpose(take_rows(A, init, xp))).Q  # (m, r, j0)
         B = A @ basis
-        B_sub = _take_rows(B, init, xp)  # (m, j0, j0), invertible
+        B_sub = take_rows(B, init, xp)  # (m, j0, j0), invertible
         # C order: the steps gather rows of coef and update it in place
         coef = as_contiguous(xp.matrix_transpose(
             xp.linalg.solve(xp.matrix_transpose(B_sub), xp.matrix_transpose(B))))
@@ -667,7 +622,7 @@ def _extend(A, init, k, xp):
         p = xp.argmax(score, axis=1)
         c_p = _take_row(coef, p, xp)
         s = xp.take(xp.reshape(score, (-1,)), flat_offsets + p, axis=0)  # finite: not taken
-        w = _matvec(coef, c_p)
+        w = matvec(coef, c_p)
         score = xp.where(columns[None, :] == p[:, None], minus_inf,
                          score - w * w / (1 + s)[:, None])
         safe = xp.where(s > 0, s, xp.ones_like(s))
@@ -707,7 +662,7 @@ def _refine(A, picks, tol, max_iter, xp):
     slots = xp.arange(r, device=dev)
     square, rest = picks[:, :r], picks[:, r:]
     coef = xp.matrix_transpose(xp.linalg.solve(
-        xp.matrix_transpose(_take_rows(A, square, xp)), xp.matrix_transpose(A)))
+        xp.matrix_transpose(take_rows(A, square, xp)), xp.matrix_transpose(A)))
     taken = xp.zeros((m, n), dtype=xp.bool, device=dev)
     for j in range(r):
         taken = _mark(taken, square[:, j], columns)
@@ -722,7 +677,7 @@ def _refine(A, picks, tol, max_iter, xp):
         active = xp.abs(c_ij) > tol
         if not bool(xp.any(active)):
             break
-        c_j = _matvec(coef, e_j)  # column j of coef, (m, n)
+        c_j = matvec(coef, e_j)  # column j of coef, (m, n)
         safe = xp.where(active, c_ij, xp.ones_like(c_ij))
         update = c_j[:, :, None] * ((c_i - e_j) / safe[:, None])[:, None, :]
         coef = coef - xp.where(active[:, None, None], update, zero)
