@@ -20,6 +20,7 @@ __all__ = [
     "device_scope",
     "from_numpy",
     "get_namespace",
+    "host_float_dtype",
     "is_cupy",
     "is_dask_array",
     "is_meta",
@@ -108,6 +109,15 @@ def load_namespaces(*arrays):
     """
     for a in arrays:
         array_api_compat.array_namespace(a)
+
+
+def host_float_dtype(dtype, xp):
+    """The NumPy dtype of the float dtype the kernels compute in: float32 or float64.
+
+    ``dtype`` is a dtype of namespace ``xp`` (or a sparse matrix's NumPy dtype);
+    anything but float32 maps to float64.
+    """
+    return np.float32 if dtype == xp.float32 else np.float64
 
 
 def is_meta(x):

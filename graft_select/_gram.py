@@ -17,8 +17,14 @@ caller validates and bounds the stack size.
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, on_input_device, torch_cpu_view
-from ._ops import eps, take_rows, unit_columns
+from ._backend import (
+    from_numpy,
+    get_namespace,
+    host_float_dtype,
+    on_input_device,
+    torch_cpu_view,
+)
+from ._ops import eps, gaussian_matrix, leading_vectors, take_rows, unit_columns
 from ._proxies import FactoredGradients, _check_factored, _values
 from ._validation import check_array
 
@@ -206,11 +212,9 @@ def gram_eigenvectors(K, r, rng, xp, *, n_oversamples=0, n_iter=0):
     B = K.shape[-1]
     width = min(r + n_oversamples, B)
     if width >= B:
-        vectors = xp.linalg.eigh(K)[1]
-        return xp.flip(vectors[..., B - r:], axis=-1)
-    device = get_namespace(K)[1]
-    dtype = np.float32 if K.dtype == xp.float32 else np.float64
-    omega = from_numpy(rng.standard_normal((B, width)).astype(dtype), xp, device)
+        return leading_vectors(xp.linalg.eigh(K)[1], r, xp)
+    omega = gaussian_matrix(rng, (B, width), host_float_dtype(K.dtype, xp), xp,
+                            get_namespace(K)[1])
     Y = K @ omega
     for _ in range(n_iter):
         Y = K @ xp.linalg.qr(unit_columns(Y, xp)).Q
@@ -219,8 +223,7 @@ def gram_eigenvectors(K, r, rng, xp, *, n_oversamples=0, n_iter=0):
         return Q
     T = xp.matrix_transpose(Q) @ (K @ Q)
     T = (T + xp.matrix_transpose(T)) / 2
-    V = xp.linalg.eigh(T)[1]
-    return Q @ xp.flip(V[..., width - r:], axis=-1)
+    return Q @ leading_vectors(xp.linalg.eigh(T)[1], r, xp)
 
 
 def gram_block(K, rows, xp):

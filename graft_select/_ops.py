@@ -10,12 +10,15 @@ import math
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace
+from ._backend import from_numpy, get_namespace, host_float_dtype, is_sparse
 from ._validation import float_info
 
 __all__ = [
     "eps",
+    "gaussian_matrix",
+    "leading_vectors",
     "matvec",
+    "range_finder",
     "replace_rows",
     "rmatvec",
     "take_host_rows",
@@ -86,3 +89,62 @@ def unit_columns(Y, xp):
     """Y with every column scaled to unit norm (zero columns stay zero)."""
     norms = xp.linalg.vector_norm(Y, axis=-2, keepdims=True)
     return Y / xp.where(norms > 0, norms, xp.ones_like(norms))
+
+
+# ---------------------------------------------------------------- range finder
+
+
+def gaussian_matrix(rng, shape, dtype, xp, device):
+    """A standard normal matrix of ``shape`` in the NumPy ``dtype``, as an array of xp on device.
+
+    Drawn on the host by the NumPy generator ``rng`` and then moved, so that every
+    backend gets the same matrix for the same seed.
+    """
+    return from_numpy(rng.standard_normal(shape).astype(dtype), xp, device)
+
+
+def leading_vectors(V, r, xp):
+    """The last ``r`` columns of V (..., a, b), last first.
+
+    ``xp.linalg.eigh`` orders eigenvalues ascending: these are the eigenvectors
+    of the ``r`` largest, largest first.
+    """
+    return xp.flip(V[..., V.shape[-1] - r:], axis=-1)
+
+
+def range_finder(X, r, n_oversamples, n_iter, rng, xp):
+    """Approximate first ``r`` left singular vectors of X (..., n_samples, n_features).
+
+    The randomized range finder with power iterations of Halko, Martinsson and
+    Tropp (2011), then a Rayleigh-Ritz step. X is a dense float stack or a
+    scipy.sparse matrix (with ``xp`` NumPy's namespace); one Gaussian test matrix
+    of ``r + n_oversamples`` columns (drawn from ``rng``) serves every matrix of
+    a stack.
+    """
+    n_samples, n_features = X.shape[-2:]
+    width = min(r + n_oversamples, n_samples, n_features)
+    sparse = is_sparse(X)
+    omega = gaussian_matrix(rng, (n_features, width),
+                            X.dtype if sparse else host_float_dtype(X.dtype, xp), xp,
+                            None if sparse else get_namespace(X)[1])
+    Y = unit_columns(X @ omega, xp)
+    for _ in range(n_iter):
+        # Each product multiplies the columns by up to ||X||: scaling them to unit norm
+        # after each keeps float32 from overflowing (the span is unchanged); with more
+        # than two iterations the columns are also re-orthonormalised, as scikit-learn does.
+        Y = unit_columns(X @ unit_columns(_transpose_times(X, Y, xp), xp), xp)
+        if n_iter > 2:
+            Y = xp.linalg.qr(Y).Q
+    Q = xp.linalg.qr(Y).Q
+    # The left singular vectors of B = Q^T X (width x n_features) are the eigenvectors
+    # of the small B B^T: one width x width eigh per matrix instead of an SVD of B.
+    B = _transpose_times(X, Q, xp)  # B^T, (..., n_features, width)
+    _, V = xp.linalg.eigh(xp.matrix_transpose(B) @ B)
+    return Q @ leading_vectors(V, r, xp)
+
+
+def _transpose_times(X, Q, xp):
+    """X^T @ Q for dense stacks and sparse matrices."""
+    if is_sparse(X):
+        return np.asarray(X.T @ Q)
+    return xp.matrix_transpose(X) @ Q

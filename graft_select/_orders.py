@@ -17,10 +17,11 @@ import numpy as np
 from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
 from ._criterion import _gradient_error, _nested_gradient_errors
 from ._gram import _factored_gram, maxvol_rank
+from ._maxvol import fast_maxvol_unchecked
 from ._proxies import FactoredGradients
 from ._selection import child_rng, rank, stack_groups
+from ._svd import low_rank_features_unchecked
 from ._validation import rescale_extreme
-from .linalg import _fast_maxvol, _low_rank_features
 
 
 def chunk_orders(params, X, xp, gradients, chunks, k_hi, rng):
@@ -61,7 +62,7 @@ def stack_order(params, X, xp, gradients, begin, stop, count, k_hi, rng):
     else:
         Xs = xp.reshape(X[begin:stop, ...], (m, (stop - begin) // m, X.shape[1]))
         r = rank(params, Xs.shape[1], Xs.shape[2], k_hi)
-        U = _low_rank_features(Xs, r, xp, method=params.svd_method, rng=child)
+        U = low_rank_features_unchecked(Xs, r, xp, method=params.svd_method, rng=child)
     return maxvol_order(params, U, k_hi, child, with_tail=gradients is not None)
 
 
@@ -81,7 +82,8 @@ def maxvol_order(params, U, k_hi, rng, with_tail):
     k_pivots = min(k_hi, maxvol_rank(k_hi, params.uniform_share))
     if params.refine and k_pivots < U.shape[-1]:
         U = U[..., :k_pivots]
-    order = to_numpy(_fast_maxvol(U, k_pivots, method=params.method, refine=params.refine))
+    order = to_numpy(fast_maxvol_unchecked(U, k_pivots, method=params.method,
+                                           refine=params.refine))
     order = order.astype(np.int64, copy=False)
     if with_tail and k_pivots < k_hi:
         keys = rng.random((order.shape[0], U.shape[-2]))
@@ -133,7 +135,7 @@ def gram_factor(params, gram, r, xp, rng):
     if params.svd_method == "randomized" or (
             params.svd_method == "auto" and 2 * (r + 10) <= size):
         gram, _ = rescale_extreme(gram, xp)
-        return _low_rank_features(gram, r, xp, method="randomized", rng=rng)
+        return low_rank_features_unchecked(gram, r, xp, method="randomized", rng=rng)
     vectors = xp.linalg.eigh(gram)[1]
     return xp.flip(vectors[..., size - r:], axis=-1)
 
@@ -150,7 +152,8 @@ def gradient_factor(params, gradients, begin, stop, m, k_hi, rng):
         R, H = G
         return gram_factor(params, _factored_gram(R, H, R, H, xp), r, xp, rng)
     r = rank(params, size, G.shape[-1], k_hi)
-    return _low_rank_features(G, r, get_namespace(G)[0], method=params.svd_method, rng=rng)
+    return low_rank_features_unchecked(G, r, get_namespace(G)[0], method=params.svd_method,
+                                       rng=rng)
 
 
 # ------------------------------------------------------------------ subset errors

@@ -12,7 +12,14 @@ import numbers
 
 import numpy as np
 
-from ._backend import get_namespace, is_meta, is_sparse, scale_by_power_of_two, to_numpy
+from ._backend import (
+    get_namespace,
+    host_float_dtype,
+    is_meta,
+    is_sparse,
+    scale_by_power_of_two,
+    to_numpy,
+)
 
 __all__ = [
     "check_array",
@@ -281,7 +288,7 @@ def float_info(dtype, xp):
     The one place that maps an array's dtype (of any namespace, or a sparse
     matrix's NumPy dtype) to its machine epsilon and exponent range.
     """
-    return np.finfo(np.float32 if dtype == xp.float32 else np.float64)
+    return np.finfo(host_float_dtype(dtype, xp))
 
 
 _HALF = ("float16", "bfloat16")

@@ -59,7 +59,7 @@ __all__ = ["GraftResampler", "GraftSelector"]
 # embeddings and chunks of 256, one group holds 16 MiB of rows, 8 MiB of Gram matrices
 # and a 2.5 MiB factor, whatever the size of the store. Measured at 300,000 rows, 8,192
 # rows per group refit 5-8% faster than 16,384 (the factor fits the greedy's cache-sized
-# group of linalg._HOST_GROUP_BYTES, so each group runs the greedy steps once).
+# group of _maxvol._HOST_GROUP_BYTES, so each group runs the greedy steps once).
 _GROUP_ROWS = 1 << 13
 
 _DOC_PARAMETERS = """
