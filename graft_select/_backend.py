@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "as_contiguous",
     "cholesky_checked",
+    "detached",
     "device_scope",
     "from_numpy",
     "get_namespace",
@@ -154,6 +155,13 @@ def as_contiguous(x):
         return cupy.ascontiguousarray(x)
     if array_api_compat.is_torch_array(x):
         return x.contiguous()
+    return x
+
+
+def detached(x, xp):
+    """The values of ``x``: a torch tensor that requires grad is detached, others as they are."""
+    if is_torch(xp) and x.requires_grad:
+        return x.detach()
     return x
 
 

@@ -15,22 +15,17 @@ import numpy as np
 
 from ._backend import (
     cholesky_checked,
+    detached,
     from_numpy,
     get_namespace,
     on_input_device,
     solve_triangular,
     to_numpy,
 )
-from ._gram import _factored_quantities, gram_block
+from ._gram import factored_quantities, gram_block
 from ._ops import eps, matvec, replace_rows, rmatvec, take_host_rows, take_rows
-from ._proxies import (
-    FactoredGradients,
-    _as_array,
-    _check_factored,
-    _check_indices,
-    _values,
-)
-from ._validation import check_array, float_info
+from ._proxies import FactoredGradients, check_factored, check_indices
+from ._validation import as_array, check_array, float_info
 
 # ------------------------------------------------------- nested_gradient_errors
 
@@ -101,15 +96,15 @@ def nested_gradient_errors(G, order):
     """
     owner = "nested_gradient_errors"
     if isinstance(G, FactoredGradients):
-        R, H, xp, device = _check_factored(G, owner)
-        order = _check_indices(order, "order", owner, R.shape[:-1], xp, device, unique=True)
+        R, H, xp, device = check_factored(G, owner)
+        order = check_indices(order, "order", owner, R.shape[:-1], xp, device, unique=True)
         G = FactoredGradients(R, H)
     else:
         G, xp = check_array(G, "G", owner, min_ndim=2)
-        G = _values(G, xp)
+        G = detached(G, xp)
         device = get_namespace(G)[1]
-        order = _check_indices(order, "order", owner, G.shape[:-1], xp, device, unique=True)
-    return _nested_gradient_errors(G, order, xp)
+        order = check_indices(order, "order", owner, G.shape[:-1], xp, device, unique=True)
+    return nested_gradient_errors_unchecked(G, order, xp)
 
 
 def _flat_factors(G, order, xp):
@@ -121,7 +116,7 @@ def _flat_factors(G, order, xp):
     return R, H, _flatten_order(order, R, xp), stack
 
 
-def _nested_gradient_errors(G, order, xp):
+def nested_gradient_errors_unchecked(G, order, xp):
     """The body of `nested_gradient_errors` for checked arguments.
 
     ``G`` is a float array or a FactoredGradients of float factors of one dtype,
@@ -131,7 +126,7 @@ def _nested_gradient_errors(G, order, xp):
     """
     if isinstance(G, FactoredGradients):
         R, H, order, stack = _flat_factors(G, order, xp)
-        K, b, gg, zero, _ = _factored_quantities(R, H, order, xp)
+        K, b, gg, zero, _ = factored_quantities(R, H, order, xp)
         tol = 10 * max(order.shape[-1], R.shape[-1] + H.shape[-1]) * eps(K.dtype, xp)
         errors = _nested_gram(K, b, gg, zero, tol, xp)
     else:
@@ -326,26 +321,26 @@ def gradient_error(G, indices, *, weights=None):
     """
     owner = "gradient_error"
     if isinstance(G, FactoredGradients):
-        R, H, xp, device = _check_factored(G, owner)
-        indices = _check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
+        R, H, xp, device = check_factored(G, owner)
+        indices = check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
         G = FactoredGradients(R, H)
     else:
         G, xp = check_array(G, "G", owner, min_ndim=2)
-        G = _values(G, xp)
+        G = detached(G, xp)
         device = get_namespace(G)[1]
-        indices = _check_indices(indices, "indices", owner, G.shape[:-1], xp, device)
-    return _gradient_error(G, indices, xp, weights=weights, owner=owner)
+        indices = check_indices(indices, "indices", owner, G.shape[:-1], xp, device)
+    return gradient_error_unchecked(G, indices, xp, weights=weights, owner=owner)
 
 
-def _gradient_error(G, indices, xp, *, weights=None, owner="gradient_error"):
+def gradient_error_unchecked(G, indices, xp, *, weights=None, owner="gradient_error"):
     """The body of `gradient_error` for checked ``G`` and ``indices`` (see
-    `_nested_gradient_errors`); ``weights`` are still checked here, against the
+    `nested_gradient_errors_unchecked`); ``weights`` are still checked here, against the
     flattened stack.
     """
     if isinstance(G, FactoredGradients):
         R, H, indices, stack = _flat_factors(G, indices, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
-        K, b, gg, zero, scale = _factored_quantities(R, H, indices, xp)
+        K, b, gg, zero, scale = factored_quantities(R, H, indices, xp)
         if w is None:
             k = indices.shape[-1]
             rtol = 10 * max(k, R.shape[-1] + H.shape[-1]) * eps(K.dtype, xp)
@@ -388,9 +383,9 @@ def _check_weights(weights, indices, stack, xp, owner):
     """Validated weights as (m, k), or None."""
     if weights is None:
         return None
-    weights = _as_array(weights, xp)
+    weights = as_array(weights)
     weights, _ = check_array(weights, "weights", owner, min_ndim=1)
-    weights = _values(weights, xp)
+    weights = detached(weights, xp)
     get_namespace(indices, weights)
     m, k = indices.shape
     if weights.shape not in ((k,), (*stack, k)):

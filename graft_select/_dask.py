@@ -46,9 +46,8 @@ from ._selection import (
     stack_groups,
     subset_sizes,
 )
-from ._validation import _all_finite, check_not_empty, half_dtype
+from ._validation import all_finite, check_not_empty, check_rows, half_dtype
 from .gradients import FactoredGradients
-from .selector import _check_rows
 
 __all__ = ["aligned", "fit_dask", "take_rows"]
 
@@ -64,7 +63,7 @@ def fit_dask(selector, X, y, gradients, start):
     X = _check_dask(X, "X", owner)
     batch_size = _check_batch_size(selector.batch_size, owner)
     n = X.shape[0]
-    _check_rows(n, y, owner)
+    check_rows(n, y, owner)
     gradients = _check_gradients(gradients, X, owner)
     selector.n_features_in_ = int(X.shape[1])
     if hasattr(selector, "feature_names_in_"):
@@ -215,7 +214,7 @@ def _bad_rows(*arrays):
     None if every entry is finite.
     """
     xp, _ = get_namespace(*arrays)
-    if all(_all_finite(A, xp) for A in arrays):
+    if all(all_finite(A, xp) for A in arrays):
         return None
     bad = np.zeros(arrays[0].shape[0], dtype=bool)
     for A in arrays:

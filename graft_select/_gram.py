@@ -18,6 +18,7 @@ caller validates and bounds the stack size.
 import numpy as np
 
 from ._backend import (
+    detached,
     from_numpy,
     get_namespace,
     host_float_dtype,
@@ -25,7 +26,7 @@ from ._backend import (
     torch_cpu_view,
 )
 from ._ops import eps, gaussian_matrix, leading_vectors, take_rows, unit_columns
-from ._proxies import FactoredGradients, _check_factored, _values
+from ._proxies import FactoredGradients, check_factored
 from ._validation import check_array
 
 # ------------------------------------------------------------------ gram_matrix
@@ -56,19 +57,19 @@ def gram_matrix(G):
     [[4.0, 3.0], [3.0, 2.5]]
     """
     if isinstance(G, FactoredGradients):
-        R, H, xp, _ = _check_factored(G, "gram_matrix")
-        return _factored_gram(R, H, R, H, xp)
+        R, H, xp, _ = check_factored(G, "gram_matrix")
+        return factored_gram(R, H, R, H, xp)
     G, xp = check_array(G, "G", "gram_matrix", min_ndim=2)
-    G = _values(G, xp)
+    G = detached(G, xp)
     return G @ xp.matrix_transpose(G)
 
 
-def _factored_gram(R1, H1, R2, H2, xp):
+def factored_gram(R1, H1, R2, H2, xp):
     return (R1 @ xp.matrix_transpose(R2)) * (H1 @ xp.matrix_transpose(H2))
 
 
 
-def _factored_quantities(R, H, order, xp):
+def factored_quantities(R, H, order, xp):
     """Gram quantities of the rows ``order``, each row scaled to a peak of about 1.
 
     Returns ``(K, b, gg, zero, scale)``: K the Gram matrix and b = G[order] @ g of
@@ -91,7 +92,7 @@ def _factored_quantities(R, H, order, xp):
     negligible = scale <= n * eps(R.dtype, xp) * xp.max(norms, axis=-1)[:, None]
     R_sub = xp.where(negligible[..., None], xp.zeros_like(R_sub), R_sub)
     scale = xp.where(negligible, xp.zeros_like(scale), scale)
-    K = _factored_gram(R_sub, H_sub, R_sub, H_sub, xp)
+    K = factored_gram(R_sub, H_sub, R_sub, H_sub, xp)
     b = xp.sum((R_sub @ g) * H_sub, axis=-1)
     return K, b, gg, zero, scale
 

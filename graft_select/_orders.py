@@ -15,8 +15,8 @@ device; orders and errors come back as host NumPy arrays. `_dask` runs
 import numpy as np
 
 from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
-from ._criterion import _gradient_error, _nested_gradient_errors
-from ._gram import _factored_gram, maxvol_rank
+from ._criterion import gradient_error_unchecked, nested_gradient_errors_unchecked
+from ._gram import factored_gram, maxvol_rank
 from ._maxvol import fast_maxvol_unchecked
 from ._proxies import FactoredGradients
 from ._selection import child_rng, rank, stack_groups
@@ -44,7 +44,7 @@ def chunk_orders(params, X, xp, gradients, chunks, k_hi, rng):
 def prefix_errors(gradients, begin, stop, order):
     """Nested errors (host float64) of the orders' prefixes of one stack of chunks."""
     xp, device = namespace_of(gradients)
-    errs = _nested_gradient_errors(stack_rows(gradients, begin, stop, len(order)),
+    errs = nested_gradient_errors_unchecked(stack_rows(gradients, begin, stop, len(order)),
                                    from_numpy(np.stack(order), xp, device), xp)
     return np.asarray(to_numpy(errs), dtype=np.float64)
 
@@ -150,7 +150,7 @@ def gradient_factor(params, gradients, begin, stop, m, k_hi, rng):
         # Left singular vectors of the wide proxies = eigenvectors of their Gram (the
         # body of gram_matrix: the fit checked the factors)
         R, H = G
-        return gram_factor(params, _factored_gram(R, H, R, H, xp), r, xp, rng)
+        return gram_factor(params, factored_gram(R, H, R, H, xp), r, xp, rng)
     r = rank(params, size, G.shape[-1], k_hi)
     return low_rank_features_unchecked(G, r, get_namespace(G)[0], method=params.svd_method,
                                        rng=rng)
@@ -170,7 +170,7 @@ def subset_errors(gradients, chunks, local):
                    if s - b == size and len(lo) == k]
         G = gather_chunks(gradients, [chunks[c] for c in members])
         idx = from_numpy(np.stack([local[c] for c in members]), xp, device)
-        err, w = _gradient_error(G, idx, xp)
+        err, w = gradient_error_unchecked(G, idx, xp)
         err, w = to_numpy(err), to_numpy(w)
         for j, c in enumerate(members):
             errors[c] = float(err[j])

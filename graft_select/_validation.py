@@ -22,6 +22,8 @@ from ._backend import (
 )
 
 __all__ = [
+    "all_finite",
+    "as_array",
     "check_array",
     "check_bool",
     "check_finite",
@@ -31,8 +33,10 @@ __all__ = [
     "check_random_state",
     "check_real",
     "check_real_host",
+    "check_rows",
     "float_info",
     "half_dtype",
+    "n_rows",
     "rescale_extreme",
 ]
 
@@ -210,6 +214,38 @@ def _as_array_like(X, name, owner):
     return X
 
 
+def as_array(X):
+    """Lists and tuples become NumPy arrays; anything else is returned as it is.
+
+    For an argument whose namespace is checked afterwards (against the data's).
+    """
+    if isinstance(X, (list, tuple)):
+        return np.asarray(X)
+    return X
+
+
+def check_rows(n, y, owner):
+    """Raise a ValueError unless there are 2 rows or more, and y (if given) has n."""
+    if n < 2:
+        raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
+    if y is not None and n_rows(y, "y") != n:
+        raise ValueError(
+            f"'y' has {n_rows(y)} rows but X has {n}; pass one target per row of X."
+        )
+
+
+def n_rows(X, name="y"):
+    """Number of rows of the array-like X (its length); a TypeError naming ``name`` if none."""
+    if hasattr(X, "shape") and len(X.shape):
+        return X.shape[0]
+    if hasattr(X, "__len__") and not isinstance(X, (str, bytes)) and not hasattr(X, "shape"):
+        return len(X)
+    raise TypeError(
+        f"'{name}' must be an array-like of shape (n_samples,), one entry per row of X; got "
+        f"{type(X).__name__} ({X!r})."
+    )
+
+
 def check_real_host(X, name, owner):
     """Reject complex or non-numeric host data (NumPy, lists, pandas) with ``name`` in the text.
 
@@ -249,7 +285,7 @@ def check_finite(X, name, owner, xp, *, total=None):
     """
     if total is not None and bool(xp.isfinite(total)):
         return
-    if _all_finite(X, xp):
+    if all_finite(X, xp):
         return
     host = to_numpy(X)
     if host.ndim == 1:
@@ -268,7 +304,7 @@ def check_finite(X, name, owner, xp, *, total=None):
     )
 
 
-def _all_finite(X, xp):
+def all_finite(X, xp):
     """True if X holds no NaN or infinity.
 
     The sum is finite exactly when every entry is, unless finite entries overflow

@@ -28,7 +28,7 @@ from ._backend import (
 )
 from ._feedback import groups_of, orders_and_errors, picked_errors
 from ._orders import chunk_orders, maxvol_order, subset_errors
-from ._proxies import FactoredGradients, _check_factored
+from ._proxies import FactoredGradients, check_factored
 from ._selection import (
     SelectionParams,
     check_band,
@@ -50,6 +50,8 @@ from ._validation import (
     check_no_bool_numbers,
     check_random_state,
     check_real_host,
+    check_rows,
+    n_rows,
     rescale_extreme,
 )
 
@@ -259,7 +261,7 @@ class _GraftBase(BaseEstimator):
             return fit_dask(self, X, y, gradients, start)
         X, xp = self._validate_X(X, reset=True)
         n = X.shape[0]
-        _check_rows(n, y, owner)
+        check_rows(n, y, owner)
         gradients = self._validate_gradients(gradients, n)
         with_gradients = gradients is not None
         params, rng = self._selection_params(with_gradients)
@@ -365,7 +367,7 @@ class _GraftBase(BaseEstimator):
             )
         host_rows = np.asarray(to_numpy(rows), dtype=np.int64)
         n = host_rows.shape[0]
-        _check_rows(n, None, owner)
+        check_rows(n, None, owner)
         return xp, device, from_numpy(host_rows, xp, device), n
 
     def _validate_X(self, X, reset):
@@ -395,7 +397,7 @@ class _GraftBase(BaseEstimator):
             return None
         owner = type(self).__name__
         if isinstance(gradients, FactoredGradients):
-            R, H, xp, _ = _check_factored(gradients, owner, name="gradients")
+            R, H, xp, _ = check_factored(gradients, owner, name="gradients")
             if R.ndim != 2:
                 raise ValueError(
                     f"'gradients' of {owner} must be a FactoredGradients of 2-D factors "
@@ -446,7 +448,7 @@ class _GraftBase(BaseEstimator):
             from ._dask import take_rows
 
             return take_rows(self, X, name)
-        rows = _n_rows(X, name)
+        rows = n_rows(X, name)
         if rows != self.n_samples_fit_:
             raise ValueError(
                 f"'{name}' has {rows} rows but {type(self).__name__} was fitted on "
@@ -631,27 +633,6 @@ def _is_host_like(X):
     if isinstance(X, (np.ndarray, list, tuple)):
         return True
     return type(X).__module__.startswith("pandas")
-
-
-def _check_rows(n, y, owner):
-    """Raise a ValueError unless there are 2 rows or more, and y (if given) has n."""
-    if n < 2:
-        raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
-    if y is not None and _n_rows(y, "y") != n:
-        raise ValueError(
-            f"'y' has {_n_rows(y)} rows but X has {n}; pass one target per row of X."
-        )
-
-
-def _n_rows(X, name="y"):
-    if hasattr(X, "shape") and len(X.shape):
-        return X.shape[0]
-    if hasattr(X, "__len__") and not isinstance(X, (str, bytes)) and not hasattr(X, "shape"):
-        return len(X)
-    raise TypeError(
-        f"'{name}' must be an array-like of shape (n_samples,), one entry per row of X; got "
-        f"{type(X).__name__} ({X!r})."
-    )
 
 
 def _take(X, indices):

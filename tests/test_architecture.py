@@ -63,7 +63,6 @@ def _graph():
 
 
 class TestImports:
-    @pytest.mark.xfail(strict=True, reason="selector <-> _dask until the one-recipe change")
     def test_no_cycle(self):
         """No module imports itself back through others, lazy imports included."""
         graph = _graph()
@@ -84,7 +83,6 @@ class TestImports:
                 visit(node, [node])
         assert not cycles, f"import cycles: {cycles}"
 
-    @pytest.mark.xfail(strict=True, reason="the kernel floor still shares private bodies")
     def test_no_private_name_across_modules(self):
         """No underscore name of one module is imported by another (private modules are fine)."""
         found = []
