@@ -16,16 +16,23 @@ import numpy as np
 from ._backend import (
     cholesky_checked,
     detached,
-    from_numpy,
     get_namespace,
     on_input_device,
     solve_triangular,
     to_numpy,
 )
 from ._gram import factored_quantities, gram_block
-from ._ops import eps, matvec, replace_rows, rmatvec, take_host_rows, take_rows
+from ._ops import (
+    eps,
+    matvec,
+    replace_rows,
+    rescale_stack,
+    rmatvec,
+    take_host_rows,
+    take_rows,
+)
 from ._proxies import FactoredGradients, check_factored, check_indices
-from ._validation import as_array, check_array, float_info
+from ._validation import as_array, check_array
 
 # ------------------------------------------------------- nested_gradient_errors
 
@@ -112,7 +119,7 @@ def _flat_factors(G, order, xp):
     R, H = G
     stack = R.shape[:-2]
     R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
-    R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
+    R, H = rescale_stack(R, xp), rescale_stack(H, xp)
     return R, H, _flatten_order(order, R, xp), stack
 
 
@@ -132,7 +139,7 @@ def nested_gradient_errors_unchecked(G, order, xp):
     else:
         stack = G.shape[:-2]
         G = _flatten_stack(G, xp)
-        G = _rescale_stack(G, xp)
+        G = rescale_stack(G, xp)
         order = _flatten_order(order, G, xp)
         g, zero = _mean_and_zero(G, xp)
         A = take_rows(G, order, xp)
@@ -358,7 +365,7 @@ def gradient_error_unchecked(G, indices, xp, *, weights=None, owner="gradient_er
     else:
         stack = G.shape[:-2]
         G = _flatten_stack(G, xp)
-        G = _rescale_stack(G, xp)
+        G = rescale_stack(G, xp)
         indices = _flatten_order(indices, G, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
         g, zero, largest = _mean_and_zero(G, xp, with_largest=True)
@@ -397,38 +404,9 @@ def _check_weights(weights, indices, stack, xp, owner):
     return xp.broadcast_to(xp.reshape(weights, (-1, k)), (m, k))
 
 
-
 def _flatten_stack(X, xp):
     """Reshape (..., n, c) to (m, n, c)."""
     return xp.reshape(X, (math.prod(X.shape[:-2]), *X.shape[-2:]))
-
-
-def _rescale_stack(X, xp):
-    """Scale each matrix of a stack X (m, n, c) by a power of two to a peak of about 1.
-
-    The relative errors and least-squares weights do not change with the scale of
-    the gradients, but their squares do under- or overflow: float32 logits with a
-    margin of 45 give residuals of 1e-20, whose squares are 0, and the mean
-    gradient would count as zero. Scaling before squaring keeps every quantity in
-    range. X is returned as is when every peak is already in a safe range.
-    """
-    with np.errstate(over="ignore"):
-        peaks = np.asarray(to_numpy(xp.max(xp.reshape(xp.abs(X), (X.shape[0], -1)), axis=-1)),
-                           dtype=np.float64)
-    exponents = np.frexp(np.where(peaks > 0, peaks, 1.0))[1].astype(np.int64)
-    emax = float_info(X.dtype, xp).maxexp
-    if np.all(np.abs(exponents) <= emax // 4):
-        return X
-    # two factors, each representable in X's dtype (2**-e alone may not be)
-    first = -exponents // 2
-    second = -exponents - first
-    np_dtype = np.float32 if X.dtype == xp.float32 else np.float64
-    device = get_namespace(X)[1]
-    for part in (first, second):
-        factor = from_numpy(np.ldexp(np.ones(part.shape, dtype=np_dtype), part.astype(np.int32)),
-                            xp, device)
-        X = X * factor[:, None, None]
-    return X
 
 
 def _flatten_order(order, X, xp):

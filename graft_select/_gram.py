@@ -68,7 +68,6 @@ def factored_gram(R1, H1, R2, H2, xp):
     return (R1 @ xp.matrix_transpose(R2)) * (H1 @ xp.matrix_transpose(H2))
 
 
-
 def factored_quantities(R, H, order, xp):
     """Gram quantities of the rows ``order``, each row scaled to a peak of about 1.
 

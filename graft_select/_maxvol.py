@@ -17,11 +17,10 @@ from ._backend import (
     is_numpy,
     lu_pivot_rows,
     on_host,
-    scale_by_power_of_two,
     to_numpy,
     torch_cpu_view,
 )
-from ._ops import matvec, replace_rows, rmatvec, take_host_rows, take_rows
+from ._ops import matvec, replace_rows, rmatvec, scale_to_unit_peak, take_host_rows, take_rows
 from ._validation import check_finite, float_info
 
 __all__ = ["fast_maxvol_unchecked"]
@@ -77,8 +76,7 @@ def _squared_row_norms(A, xp, owner):
     peak = float(xp.max(xp.abs(A)))  # finite here
     if peak == 0.0:
         return A, sq_norms
-    # the factor 2**-e may not be representable itself (2**132 in float32): scale in steps
-    A = scale_by_power_of_two(A, -math.frexp(peak)[1])
+    A, _ = scale_to_unit_peak(A, peak)
     return A, xp.vecdot(A, A, axis=-1)
 
 

@@ -18,10 +18,10 @@ from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
 from ._criterion import gradient_error_unchecked, nested_gradient_errors_unchecked
 from ._gram import factored_gram, maxvol_rank
 from ._maxvol import fast_maxvol_unchecked
+from ._ops import rescale_extreme
 from ._proxies import FactoredGradients
 from ._selection import child_rng, rank, stack_groups
 from ._svd import low_rank_features_unchecked
-from ._validation import rescale_extreme
 
 
 def chunk_orders(params, X, xp, gradients, chunks, k_hi, rng):

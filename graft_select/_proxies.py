@@ -412,7 +412,6 @@ def _sketch(F, n_sketch, rng, xp, device):
     return xp.sum(H[..., None] * T, axis=-2)
 
 
-
 # ----------------------------------------------------------------------- helpers
 
 

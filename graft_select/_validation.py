@@ -7,7 +7,6 @@ Parameter errors follow scikit-learn's shape::
 Data errors say what was found and what to do about it.
 """
 
-import math
 import numbers
 
 import numpy as np
@@ -17,7 +16,6 @@ from ._backend import (
     host_float_dtype,
     is_meta,
     is_sparse,
-    scale_by_power_of_two,
     to_numpy,
 )
 
@@ -37,7 +35,6 @@ __all__ = [
     "float_info",
     "half_dtype",
     "n_rows",
-    "rescale_extreme",
 ]
 
 
@@ -377,30 +374,3 @@ def _check_sparse(X, name, owner):
         )
     return X
 
-
-def rescale_extreme(X, xp):
-    """``(X * 2**e, e)``, scaled so that its largest magnitude is about 1, or ``(X, 0)``.
-
-    Scaling by a power of two is exact and changes no singular vector, pivot or
-    relative error. It is applied only when the largest magnitude is outside
-    ``[2**(-emax / 4), 2**(emax / 4)]`` (emax = 128 for float32, 1024 for
-    float64), where products of a few entries summed over the rows (Gram
-    matrices, squared norms, power iterations) could overflow or underflow;
-    otherwise X is returned as is, without a copy. Works for dense arrays and
-    scipy.sparse matrices.
-    """
-    if is_sparse(X):
-        peak = float(abs(X).max()) if X.nnz else 0.0
-    else:
-        peak = float(to_numpy(xp.max(xp.abs(X))))
-    if peak == 0.0 or not math.isfinite(peak):
-        return X, 0
-    emax = float_info(X.dtype, xp).maxexp
-    exponent = math.frexp(peak)[1]
-    if abs(exponent) <= emax // 4:
-        return X, 0
-    if is_sparse(X):
-        X = X.copy()
-        X.data = scale_by_power_of_two(X.data, -exponent)
-        return X, -exponent
-    return scale_by_power_of_two(X, -exponent), -exponent

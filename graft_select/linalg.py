@@ -15,6 +15,7 @@ from ._backend import (
     torch_cpu_view,
 )
 from ._maxvol import fast_maxvol_unchecked
+from ._ops import rescale_extreme
 from ._svd import low_rank_features_unchecked
 from ._validation import (
     check_array,
@@ -24,7 +25,6 @@ from ._validation import (
     check_random_state,
     check_real,
     half_dtype,
-    rescale_extreme,
 )
 
 __all__ = ["fast_maxvol", "low_rank_features"]

@@ -27,6 +27,7 @@ from ._backend import (
     to_numpy,
 )
 from ._feedback import groups_of, orders_and_errors, picked_errors
+from ._ops import rescale_extreme
 from ._orders import chunk_orders, maxvol_order, subset_errors
 from ._proxies import FactoredGradients, check_factored
 from ._selection import (
@@ -52,7 +53,6 @@ from ._validation import (
     check_real_host,
     check_rows,
     n_rows,
-    rescale_extreme,
 )
 
 __all__ = ["GraftResampler", "GraftSelector"]
