@@ -65,6 +65,7 @@ def gram_matrix(G):
 
 
 def factored_gram(R1, H1, R2, H2, xp):
+    """Gram matrices ``G1 @ G2^T`` of factored gradients, ``(R1 R2^T) * (H1 H2^T)``."""
     return (R1 @ xp.matrix_transpose(R2)) * (H1 @ xp.matrix_transpose(H2))
 
 

@@ -13,7 +13,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backend import detached, from_numpy, get_namespace, on_input_device, to_numpy
+from ._backend import (
+    detached,
+    from_numpy,
+    get_namespace,
+    host_float_dtype,
+    on_input_device,
+    to_numpy,
+)
 from ._ops import take_rows
 from ._validation import (
     as_array,
@@ -399,9 +406,9 @@ def _like_logits(targets, logits, xp):
 def _sketch(F, n_sketch, rng, xp, device):
     R, H = F
     n_classes, width = R.shape[-1], H.shape[-1]
-    np_dtype = np.float32 if R.dtype == xp.float32 else np.float64
     S = rng.standard_normal((n_classes * width, n_sketch)) / math.sqrt(n_sketch)
-    S = xp.reshape(from_numpy(S.astype(np_dtype), xp, device), (n_classes, width, n_sketch))
+    S = from_numpy(S.astype(host_float_dtype(R.dtype, xp)), xp, device)
+    S = xp.reshape(S, (n_classes, width, n_sketch))
     lead = R.shape[:-1]
     if n_classes <= width:
         # T[i, c, t] = sum_j H[i, j] S[c, j, t]; out = sum_c R[i, c] T[i, c, t]
