@@ -28,6 +28,7 @@ from ._ops import (
     replace_rows,
     rescale_stack,
     rmatvec,
+    rounding_level,
     take_host_rows,
     take_rows,
 )
@@ -134,7 +135,7 @@ def nested_gradient_errors_unchecked(G, order, xp):
     if isinstance(G, FactoredGradients):
         R, H, order, stack = _flat_factors(G, order, xp)
         K, b, gg, zero, _ = factored_quantities(R, H, order, xp)
-        tol = 10 * max(order.shape[-1], R.shape[-1] + H.shape[-1]) * eps(K.dtype, xp)
+        tol = _dependence_tol(order.shape[-1], R.shape[-1] + H.shape[-1], K.dtype, xp)
         errors = _nested_gram(K, b, gg, zero, tol, xp)
     else:
         stack = G.shape[:-2]
@@ -350,7 +351,7 @@ def gradient_error_unchecked(G, indices, xp, *, weights=None, owner="gradient_er
         K, b, gg, zero, scale = factored_quantities(R, H, indices, xp)
         if w is None:
             k = indices.shape[-1]
-            rtol = 10 * max(k, R.shape[-1] + H.shape[-1]) * eps(K.dtype, xp)
+            rtol = _dependence_tol(k, R.shape[-1] + H.shape[-1], K.dtype, xp)
             v = matvec(xp.linalg.pinv(K, rtol=rtol), b)  # weights of the scaled rows
             v = xp.where(zero[:, None], xp.zeros_like(v), v)
             safe = xp.where(scale > 0, scale, xp.ones_like(scale))
@@ -373,8 +374,8 @@ def gradient_error_unchecked(G, indices, xp, *, weights=None, owner="gradient_er
         if w is None:
             # rows at the rounding level of the chunk's largest gradient count as zero
             # (their least-squares weight, about 1 / their norm, could overflow)
-            tiny = xp.linalg.vector_norm(A, axis=-1) <= (
-                G.shape[-2] * eps(G.dtype, xp) * largest)[:, None]
+            tiny = xp.linalg.vector_norm(A, axis=-1) <= rounding_level(
+                G.shape[-2], largest, G.dtype, xp)[:, None]
             A = xp.where(tiny[..., None], xp.zeros_like(A), A)
             w = matvec(xp.linalg.pinv(xp.matrix_transpose(A)), g)
             w = xp.where(zero[:, None], xp.zeros_like(w), w)
@@ -423,8 +424,14 @@ def _mean_and_zero(G, xp, with_largest=False):
     n = G.shape[-2]
     g = xp.mean(G, axis=-2)
     largest = xp.max(xp.linalg.vector_norm(G, axis=-1), axis=-1)
-    zero = xp.linalg.vector_norm(g, axis=-1) <= n * eps(G.dtype, xp) * largest
+    zero = xp.linalg.vector_norm(g, axis=-1) <= rounding_level(n, largest, G.dtype, xp)
     return (g, zero, largest) if with_largest else (g, zero)
+
+
+def _dependence_tol(k, n_columns, dtype, xp):
+    """``10 max(k, n_columns) eps``: below this fraction of its diagonal entry, a Gram
+    pivot counts as zero (the row depends on the earlier ones)."""
+    return 10 * max(k, n_columns) * eps(dtype, xp)
 
 
 def _relative(norm, gnorm, zero, xp):
@@ -450,7 +457,7 @@ def nested_errors(K, b, gg, zero, order, n_columns, xp):
     k = order.shape[-1]
     K_sub = gram_block(K, order, xp)
     b_sub = take_rows(b[..., None], order, xp)[..., 0]
-    tol = 10 * max(k, n_columns) * eps(K.dtype, xp)
+    tol = _dependence_tol(k, n_columns, K.dtype, xp)
     errors = _nested_gram(K_sub, b_sub, gg, zero, tol, xp)
     return xp.where(errors < 1, errors, xp.ones_like(errors))
 
@@ -467,7 +474,7 @@ def subset_weights(K_sub, b_sub, gg, zero, n_columns, xp):
     come with zero ``b_sub``: they get weight 0 and change nothing.
     """
     k = K_sub.shape[-1]
-    rtol = 10 * max(k, n_columns) * eps(K_sub.dtype, xp)
+    rtol = _dependence_tol(k, n_columns, K_sub.dtype, xp)
     diag = xp.linalg.diagonal(K_sub)
     padded = diag <= 0
     # padding rows get a unit diagonal for the Cholesky solve (their b is 0, so w is 0)

@@ -25,7 +25,7 @@ from ._backend import (
     on_input_device,
     torch_cpu_view,
 )
-from ._ops import eps, gaussian_matrix, leading_vectors, take_rows, unit_columns
+from ._ops import gaussian_matrix, leading_vectors, rounding_level, take_rows, unit_columns
 from ._proxies import FactoredGradients, check_factored
 from ._validation import check_array
 
@@ -83,13 +83,13 @@ def factored_quantities(R, H, order, xp):
     g = xp.matrix_transpose(R) @ H / n  # (m, C, d + 1), the mean gradient
     gg = xp.sum(xp.reshape(g * g, (g.shape[0], -1)), axis=-1)
     norms = xp.linalg.vector_norm(R, axis=-1) * xp.linalg.vector_norm(H, axis=-1)
-    zero = xp.sqrt(gg) <= n * eps(R.dtype, xp) * xp.max(norms, axis=-1)
+    zero = xp.sqrt(gg) <= rounding_level(n, xp.max(norms, axis=-1), R.dtype, xp)
     R_sub, r_scale = _unit_peak_rows(take_rows(R, order, xp), xp)
     H_sub, h_scale = _unit_peak_rows(take_rows(H, order, xp), xp)
     scale = r_scale * h_scale
     # a row at the rounding level of the chunk's largest gradient is treated as zero: its
     # least-squares weight would be beyond any dtype's range (1 / 1e-309)
-    negligible = scale <= n * eps(R.dtype, xp) * xp.max(norms, axis=-1)[:, None]
+    negligible = scale <= rounding_level(n, xp.max(norms, axis=-1)[:, None], R.dtype, xp)
     R_sub = xp.where(negligible[..., None], xp.zeros_like(R_sub), R_sub)
     scale = xp.where(negligible, xp.zeros_like(scale), scale)
     K = factored_gram(R_sub, H_sub, R_sub, H_sub, xp)
@@ -189,7 +189,7 @@ def gram_summaries(K, xp):
     norms = xp.sqrt(xp.linalg.diagonal(K))
     largest = xp.astype(xp.max(norms, axis=-1), xp.float64)
     gg = xp.where(gg < 0, xp.zeros_like(gg), gg)  # NaN stays NaN for the caller's check
-    zero = xp.sqrt(gg) <= B * eps(K.dtype, xp) * largest
+    zero = xp.sqrt(gg) <= rounding_level(B, largest, K.dtype, xp)
     return sums / B, gg, zero, norms
 
 

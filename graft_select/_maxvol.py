@@ -20,7 +20,15 @@ from ._backend import (
     to_numpy,
     torch_cpu_view,
 )
-from ._ops import matvec, replace_rows, rmatvec, scale_to_unit_peak, take_host_rows, take_rows
+from ._ops import (
+    matvec,
+    replace_rows,
+    rmatvec,
+    rounding_level,
+    scale_to_unit_peak,
+    take_host_rows,
+    take_rows,
+)
 from ._validation import check_finite, float_info
 
 __all__ = ["fast_maxvol_unchecked"]
@@ -97,8 +105,7 @@ def _group_size(A, m, n, r):
 def _maxvol_stack(A, sq_norms, k, method, refine, tol, max_iter, xp):
     _, n, r = A.shape
     k_greedy = min(k, r)
-    threshold = xp.sqrt(xp.max(sq_norms, axis=-1)) * (
-        max(n, r) * float(float_info(A.dtype, xp).eps))
+    threshold = rounding_level(max(n, r), xp.sqrt(xp.max(sq_norms, axis=-1)), A.dtype, xp)
     coords = None
     if method == "volume":
         # the coordinates serve the rectangular steps when every greedy step found a direction

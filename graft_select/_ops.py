@@ -31,9 +31,11 @@ __all__ = [
     "rescale_extreme",
     "rescale_stack",
     "rmatvec",
+    "rounding_level",
     "scale_to_unit_peak",
     "take_host_rows",
     "take_rows",
+    "transpose_times",
     "unit_columns",
 ]
 
@@ -41,6 +43,15 @@ __all__ = [
 def eps(dtype, xp):
     """Machine epsilon of the float dtype the kernels compute in, as a Python float."""
     return float(float_info(dtype, xp).eps)
+
+
+def rounding_level(n, largest, dtype, xp):
+    """``n * eps * largest``: the rounding error of a sum of ``n`` terms up to ``largest``.
+
+    A norm at or below it counts as zero: a mean gradient (nothing to
+    approximate), a row (no weight), a greedy residual (no new direction).
+    """
+    return n * eps(dtype, xp) * largest
 
 
 # -------------------------------------------------------------------- rescaling
@@ -225,18 +236,18 @@ def range_finder(X, r, n_oversamples, n_iter, rng, xp):
         # Each product multiplies the columns by up to ||X||: scaling them to unit norm
         # after each keeps float32 from overflowing (the span is unchanged); with more
         # than two iterations the columns are also re-orthonormalised, as scikit-learn does.
-        Y = unit_columns(X @ unit_columns(_transpose_times(X, Y, xp), xp), xp)
+        Y = unit_columns(X @ unit_columns(transpose_times(X, Y, xp), xp), xp)
         if n_iter > 2:
             Y = xp.linalg.qr(Y).Q
     Q = xp.linalg.qr(Y).Q
     # The left singular vectors of B = Q^T X (width x n_features) are the eigenvectors
     # of the small B B^T: one width x width eigh per matrix instead of an SVD of B.
-    B = _transpose_times(X, Q, xp)  # B^T, (..., n_features, width)
+    B = transpose_times(X, Q, xp)  # B^T, (..., n_features, width)
     _, V = xp.linalg.eigh(xp.matrix_transpose(B) @ B)
     return Q @ leading_vectors(V, r, xp)
 
 
-def _transpose_times(X, Q, xp):
+def transpose_times(X, Q, xp):
     """X^T @ Q for dense stacks and sparse matrices."""
     if is_sparse(X):
         return np.asarray(X.T @ Q)
