@@ -166,7 +166,9 @@ def _power_of_two_scale(X, xp):
     """Per matrix of a stack X (m, a, b): the power of two 2**-e with e = floor(log2(peak)).
 
     The exponent is clipped to [-100, 100] (representable in float32); zero
-    matrices get 1.
+    matrices get 1. Unlike the rescaling rule of ``_ops``, which reads the peaks
+    back to the host and scales only extreme arrays, this scales every chunk,
+    with factors computed on X's device (no host read of the peaks).
     """
     peak = xp.max(xp.reshape(xp.abs(X), (X.shape[0], -1)), axis=-1)
     positive = peak > 0

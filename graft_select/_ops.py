@@ -3,7 +3,9 @@
 Small operations on stacks of matrices (leading dimension ``m``) written against
 an array namespace ``xp``, which ``linalg``, the MaxVol and SVD bodies, the Gram
 algebra and the criterion all use. Each is defined here once, so that the
-kernels agree on them to the last bit.
+kernels agree on them to the last bit. The range finder is that of
+``low_rank_features``; the Gram matrices' symmetric one (``_gram``) draws its
+test matrix and orders its vectors with the same helpers.
 """
 
 import math
