@@ -17,9 +17,11 @@ import numpy as np
 __all__ = [
     "as_contiguous",
     "cholesky_checked",
+    "detached",
     "device_scope",
     "from_numpy",
     "get_namespace",
+    "host_float_dtype",
     "is_cupy",
     "is_dask_array",
     "is_meta",
@@ -110,6 +112,15 @@ def load_namespaces(*arrays):
         array_api_compat.array_namespace(a)
 
 
+def host_float_dtype(dtype, xp):
+    """The NumPy dtype of the float dtype the kernels compute in: float32 or float64.
+
+    ``dtype`` is a dtype of namespace ``xp`` (or a sparse matrix's NumPy dtype);
+    anything but float32 maps to float64.
+    """
+    return np.float32 if dtype == xp.float32 else np.float64
+
+
 def is_meta(x):
     """True for a torch tensor on the meta device (a shape without values)."""
     return array_api_compat.is_torch_array(x) and x.device.type == "meta"
@@ -144,6 +155,13 @@ def as_contiguous(x):
         return cupy.ascontiguousarray(x)
     if array_api_compat.is_torch_array(x):
         return x.contiguous()
+    return x
+
+
+def detached(x, xp):
+    """The values of ``x``: a torch tensor that requires grad is detached, others as they are."""
+    if is_torch(xp) and x.requires_grad:
+        return x.detach()
     return x
 
 

@@ -15,22 +15,25 @@ import numpy as np
 
 from ._backend import (
     cholesky_checked,
-    from_numpy,
+    detached,
     get_namespace,
     on_input_device,
     solve_triangular,
     to_numpy,
 )
-from ._gram import _eps, _factored_quantities, gram_block
-from ._proxies import (
-    FactoredGradients,
-    _as_array,
-    _check_factored,
-    _check_indices,
-    _values,
+from ._gram import factored_quantities, gram_block
+from ._ops import (
+    eps,
+    matvec,
+    replace_rows,
+    rescale_stack,
+    rmatvec,
+    rounding_level,
+    take_host_rows,
+    take_rows,
 )
-from ._validation import check_array, float_info
-from .linalg import _matvec, _replace_rows, _rmatvec, _take_rows
+from ._proxies import FactoredGradients, check_factored, check_indices
+from ._validation import as_array, check_array
 
 # ------------------------------------------------------- nested_gradient_errors
 
@@ -101,15 +104,15 @@ def nested_gradient_errors(G, order):
     """
     owner = "nested_gradient_errors"
     if isinstance(G, FactoredGradients):
-        R, H, xp, device = _check_factored(G, owner)
-        order = _check_indices(order, "order", owner, R.shape[:-1], xp, device, unique=True)
+        R, H, xp, device = check_factored(G, owner)
+        order = check_indices(order, "order", owner, R.shape[:-1], xp, device, unique=True)
         G = FactoredGradients(R, H)
     else:
         G, xp = check_array(G, "G", owner, min_ndim=2)
-        G = _values(G, xp)
+        G = detached(G, xp)
         device = get_namespace(G)[1]
-        order = _check_indices(order, "order", owner, G.shape[:-1], xp, device, unique=True)
-    return _nested_gradient_errors(G, order, xp)
+        order = check_indices(order, "order", owner, G.shape[:-1], xp, device, unique=True)
+    return nested_gradient_errors_unchecked(G, order, xp)
 
 
 def _flat_factors(G, order, xp):
@@ -117,11 +120,11 @@ def _flat_factors(G, order, xp):
     R, H = G
     stack = R.shape[:-2]
     R, H = _flatten_stack(R, xp), _flatten_stack(H, xp)
-    R, H = _rescale_stack(R, xp), _rescale_stack(H, xp)
+    R, H = rescale_stack(R, xp), rescale_stack(H, xp)
     return R, H, _flatten_order(order, R, xp), stack
 
 
-def _nested_gradient_errors(G, order, xp):
+def nested_gradient_errors_unchecked(G, order, xp):
     """The body of `nested_gradient_errors` for checked arguments.
 
     ``G`` is a float array or a FactoredGradients of float factors of one dtype,
@@ -131,17 +134,17 @@ def _nested_gradient_errors(G, order, xp):
     """
     if isinstance(G, FactoredGradients):
         R, H, order, stack = _flat_factors(G, order, xp)
-        K, b, gg, zero, _ = _factored_quantities(R, H, order, xp)
-        tol = 10 * max(order.shape[-1], R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
+        K, b, gg, zero, _ = factored_quantities(R, H, order, xp)
+        tol = _dependence_tol(order.shape[-1], R.shape[-1] + H.shape[-1], K.dtype, xp)
         errors = _nested_gram(K, b, gg, zero, tol, xp)
     else:
         stack = G.shape[:-2]
         G = _flatten_stack(G, xp)
-        G = _rescale_stack(G, xp)
+        G = rescale_stack(G, xp)
         order = _flatten_order(order, G, xp)
         g, zero = _mean_and_zero(G, xp)
-        A = _take_rows(G, order, xp)
-        tol = 10 * order.shape[-1] * _eps(G.dtype, xp)
+        A = take_rows(G, order, xp)
+        tol = 10 * order.shape[-1] * eps(G.dtype, xp)
         errors = _nested_dense(A, g, zero, tol, xp)
     errors = xp.where(errors < 1, errors, xp.ones_like(errors))
     return xp.reshape(errors, (*stack, errors.shape[-1]))
@@ -158,10 +161,10 @@ def _nested_dense(A, g, zero, tol, xp):
     processed in order by `_nested_coordinates`.
     """
     Q, T = xp.linalg.qr(xp.matrix_transpose(A))
-    c = _rmatvec(Q, g)
-    r = g - _matvec(Q, c)
-    c2 = _rmatvec(Q, r)
-    r = r - _matvec(Q, c2)
+    c = rmatvec(Q, g)
+    r = g - matvec(Q, c)
+    c2 = rmatvec(Q, r)
+    r = r - matvec(Q, c2)
     c = c + c2
     k = A.shape[1]
     norms = xp.linalg.vector_norm(T, axis=-2)  # (m, k), the norms of the rows of A
@@ -191,16 +194,16 @@ def _nested_coordinates(B, c, tol, xp):
         a = B[:, j, :]
         v = a
         for _ in range(2):
-            v = v - _rmatvec(U, _matvec(U, v))
+            v = v - rmatvec(U, matvec(U, v))
         norm = xp.linalg.vector_norm(v, axis=-1)
         keep = norm > tol * xp.linalg.vector_norm(a, axis=-1)
         u = v / xp.where(keep, norm, xp.ones_like(norm))[:, None]
         u = xp.where(keep[:, None], u, xp.zeros_like(u))
         U = U + eye[j, :][None, :, None] * u[:, None, :]
-    coef = _matvec(U, c)
-    s = c - _rmatvec(U, coef)
-    coef2 = _matvec(U, s)
-    s = s - _rmatvec(U, coef2)
+    coef = matvec(U, c)
+    s = c - rmatvec(U, coef)
+    coef2 = matvec(U, s)
+    s = s - rmatvec(U, coef2)
     coef = coef + coef2
     return xp.sum(s * s, axis=-1)[:, None] + _tail_sums(coef * coef, xp)
 
@@ -250,7 +253,7 @@ def _nested_gram_stepwise(K, b, gg, zero, tol, xp):
     c = xp.zeros((m, k), dtype=K.dtype, device=device)
     for j in range(k):
         row = L[:, j, :]
-        column = K[:, :, j] - _matvec(L, row)
+        column = K[:, :, j] - matvec(L, row)
         pivot = column[:, j]
         keep = pivot > tol * diag[:, j]
         root = xp.sqrt(xp.where(keep, pivot, xp.ones_like(pivot)))
@@ -326,30 +329,30 @@ def gradient_error(G, indices, *, weights=None):
     """
     owner = "gradient_error"
     if isinstance(G, FactoredGradients):
-        R, H, xp, device = _check_factored(G, owner)
-        indices = _check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
+        R, H, xp, device = check_factored(G, owner)
+        indices = check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
         G = FactoredGradients(R, H)
     else:
         G, xp = check_array(G, "G", owner, min_ndim=2)
-        G = _values(G, xp)
+        G = detached(G, xp)
         device = get_namespace(G)[1]
-        indices = _check_indices(indices, "indices", owner, G.shape[:-1], xp, device)
-    return _gradient_error(G, indices, xp, weights=weights, owner=owner)
+        indices = check_indices(indices, "indices", owner, G.shape[:-1], xp, device)
+    return gradient_error_unchecked(G, indices, xp, weights=weights, owner=owner)
 
 
-def _gradient_error(G, indices, xp, *, weights=None, owner="gradient_error"):
+def gradient_error_unchecked(G, indices, xp, *, weights=None, owner="gradient_error"):
     """The body of `gradient_error` for checked ``G`` and ``indices`` (see
-    `_nested_gradient_errors`); ``weights`` are still checked here, against the
+    `nested_gradient_errors_unchecked`); ``weights`` are still checked here, against the
     flattened stack.
     """
     if isinstance(G, FactoredGradients):
         R, H, indices, stack = _flat_factors(G, indices, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
-        K, b, gg, zero, scale = _factored_quantities(R, H, indices, xp)
+        K, b, gg, zero, scale = factored_quantities(R, H, indices, xp)
         if w is None:
             k = indices.shape[-1]
-            rtol = 10 * max(k, R.shape[-1] + H.shape[-1]) * _eps(K.dtype, xp)
-            v = _matvec(xp.linalg.pinv(K, rtol=rtol), b)  # weights of the scaled rows
+            rtol = _dependence_tol(k, R.shape[-1] + H.shape[-1], K.dtype, xp)
+            v = matvec(xp.linalg.pinv(K, rtol=rtol), b)  # weights of the scaled rows
             v = xp.where(zero[:, None], xp.zeros_like(v), v)
             safe = xp.where(scale > 0, scale, xp.ones_like(scale))
             w = xp.where(scale > 0, v / safe, xp.zeros_like(v))
@@ -357,26 +360,26 @@ def _gradient_error(G, indices, xp, *, weights=None, owner="gradient_error"):
             v = w * xp.astype(scale, w.dtype)
         dtype = xp.result_type(K.dtype, v.dtype)
         K, b, gg, v = (xp.astype(a, dtype) for a in (K, b, gg, v))
-        squared = gg - 2 * xp.sum(v * b, axis=-1) + xp.sum(v * _matvec(K, v), axis=-1)
+        squared = gg - 2 * xp.sum(v * b, axis=-1) + xp.sum(v * matvec(K, v), axis=-1)
         squared = xp.where(squared > 0, squared, xp.zeros_like(squared))
         error = _relative(xp.sqrt(squared), xp.sqrt(gg), zero, xp)
     else:
         stack = G.shape[:-2]
         G = _flatten_stack(G, xp)
-        G = _rescale_stack(G, xp)
+        G = rescale_stack(G, xp)
         indices = _flatten_order(indices, G, xp)
         w = _check_weights(weights, indices, stack, xp, owner)
         g, zero, largest = _mean_and_zero(G, xp, with_largest=True)
-        A = _take_rows(G, indices, xp)
+        A = take_rows(G, indices, xp)
         if w is None:
             # rows at the rounding level of the chunk's largest gradient count as zero
             # (their least-squares weight, about 1 / their norm, could overflow)
-            tiny = xp.linalg.vector_norm(A, axis=-1) <= (
-                G.shape[-2] * _eps(G.dtype, xp) * largest)[:, None]
+            tiny = xp.linalg.vector_norm(A, axis=-1) <= rounding_level(
+                G.shape[-2], largest, G.dtype, xp)[:, None]
             A = xp.where(tiny[..., None], xp.zeros_like(A), A)
-            w = _matvec(xp.linalg.pinv(xp.matrix_transpose(A)), g)
+            w = matvec(xp.linalg.pinv(xp.matrix_transpose(A)), g)
             w = xp.where(zero[:, None], xp.zeros_like(w), w)
-        residual = g - _rmatvec(A, w)
+        residual = g - rmatvec(A, w)
         error = _relative(xp.linalg.vector_norm(residual, axis=-1),
                           xp.linalg.vector_norm(g, axis=-1), zero, xp)
     if weights is None:
@@ -388,9 +391,9 @@ def _check_weights(weights, indices, stack, xp, owner):
     """Validated weights as (m, k), or None."""
     if weights is None:
         return None
-    weights = _as_array(weights, xp)
+    weights = as_array(weights)
     weights, _ = check_array(weights, "weights", owner, min_ndim=1)
-    weights = _values(weights, xp)
+    weights = detached(weights, xp)
     get_namespace(indices, weights)
     m, k = indices.shape
     if weights.shape not in ((k,), (*stack, k)):
@@ -402,38 +405,9 @@ def _check_weights(weights, indices, stack, xp, owner):
     return xp.broadcast_to(xp.reshape(weights, (-1, k)), (m, k))
 
 
-
 def _flatten_stack(X, xp):
     """Reshape (..., n, c) to (m, n, c)."""
     return xp.reshape(X, (math.prod(X.shape[:-2]), *X.shape[-2:]))
-
-
-def _rescale_stack(X, xp):
-    """Scale each matrix of a stack X (m, n, c) by a power of two to a peak of about 1.
-
-    The relative errors and least-squares weights do not change with the scale of
-    the gradients, but their squares do under- or overflow: float32 logits with a
-    margin of 45 give residuals of 1e-20, whose squares are 0, and the mean
-    gradient would count as zero. Scaling before squaring keeps every quantity in
-    range. X is returned as is when every peak is already in a safe range.
-    """
-    with np.errstate(over="ignore"):
-        peaks = np.asarray(to_numpy(xp.max(xp.reshape(xp.abs(X), (X.shape[0], -1)), axis=-1)),
-                           dtype=np.float64)
-    exponents = np.frexp(np.where(peaks > 0, peaks, 1.0))[1].astype(np.int64)
-    emax = float_info(X.dtype, xp).maxexp
-    if np.all(np.abs(exponents) <= emax // 4):
-        return X
-    # two factors, each representable in X's dtype (2**-e alone may not be)
-    first = -exponents // 2
-    second = -exponents - first
-    np_dtype = np.float32 if X.dtype == xp.float32 else np.float64
-    device = get_namespace(X)[1]
-    for part in (first, second):
-        factor = from_numpy(np.ldexp(np.ones(part.shape, dtype=np_dtype), part.astype(np.int32)),
-                            xp, device)
-        X = X * factor[:, None, None]
-    return X
 
 
 def _flatten_order(order, X, xp):
@@ -450,8 +424,14 @@ def _mean_and_zero(G, xp, with_largest=False):
     n = G.shape[-2]
     g = xp.mean(G, axis=-2)
     largest = xp.max(xp.linalg.vector_norm(G, axis=-1), axis=-1)
-    zero = xp.linalg.vector_norm(g, axis=-1) <= n * _eps(G.dtype, xp) * largest
+    zero = xp.linalg.vector_norm(g, axis=-1) <= rounding_level(n, largest, G.dtype, xp)
     return (g, zero, largest) if with_largest else (g, zero)
+
+
+def _dependence_tol(k, n_columns, dtype, xp):
+    """``10 max(k, n_columns) eps``: below this fraction of its diagonal entry, a Gram
+    pivot counts as zero (the row depends on the earlier ones)."""
+    return 10 * max(k, n_columns) * eps(dtype, xp)
 
 
 def _relative(norm, gnorm, zero, xp):
@@ -476,8 +456,8 @@ def nested_errors(K, b, gg, zero, order, n_columns, xp):
     """
     k = order.shape[-1]
     K_sub = gram_block(K, order, xp)
-    b_sub = _take_rows(b[..., None], order, xp)[..., 0]
-    tol = 10 * max(k, n_columns) * _eps(K.dtype, xp)
+    b_sub = take_rows(b[..., None], order, xp)[..., 0]
+    tol = _dependence_tol(k, n_columns, K.dtype, xp)
     errors = _nested_gram(K_sub, b_sub, gg, zero, tol, xp)
     return xp.where(errors < 1, errors, xp.ones_like(errors))
 
@@ -494,7 +474,7 @@ def subset_weights(K_sub, b_sub, gg, zero, n_columns, xp):
     come with zero ``b_sub``: they get weight 0 and change nothing.
     """
     k = K_sub.shape[-1]
-    rtol = 10 * max(k, n_columns) * _eps(K_sub.dtype, xp)
+    rtol = _dependence_tol(k, n_columns, K_sub.dtype, xp)
     diag = xp.linalg.diagonal(K_sub)
     padded = diag <= 0
     # padding rows get a unit diagonal for the Cholesky solve (their b is 0, so w is 0)
@@ -508,10 +488,9 @@ def subset_weights(K_sub, b_sub, gg, zero, n_columns, xp):
     ok = ok & xp.all(xp.isfinite(w), axis=-1)
     bad = np.flatnonzero(~np.asarray(to_numpy(ok), dtype=bool))
     if bad.size:
-        index = from_numpy(bad, xp, get_namespace(K_sub)[1])
-        fallback = _pinv_solve(xp.take(K_sub, index, axis=0), xp.take(b_sub, index, axis=0),
+        fallback = _pinv_solve(take_host_rows(K_sub, bad, xp), take_host_rows(b_sub, bad, xp),
                                rtol, xp)
-        w = _replace_rows(w, bad, fallback, xp)
+        w = replace_rows(w, bad, fallback, xp)
     w = xp.where(zero[:, None], xp.zeros_like(w), w)
     Kw = (K_sub @ w[..., None])[..., 0]
     w64, b64, Kw64 = (xp.astype(a, xp.float64) for a in (w, b_sub, Kw))

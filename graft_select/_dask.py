@@ -36,7 +36,7 @@ from ._backend import (
 )
 from ._orders import prefix_errors, stack_order, subset_errors
 from ._selection import stack_groups
-from ._validation import _all_finite, check_not_empty, half_dtype
+from ._validation import all_finite, check_not_empty, half_dtype
 from .gradients import FactoredGradients
 
 __all__ = ["DaskSource", "aligned", "take_rows"]
@@ -203,7 +203,7 @@ def _bad_rows(*arrays):
     None if every entry is finite.
     """
     xp, _ = get_namespace(*arrays)
-    if all(_all_finite(A, xp) for A in arrays):
+    if all(all_finite(A, xp) for A in arrays):
         return None
     bad = np.zeros(arrays[0].shape[0], dtype=bool)
     for A in arrays:

@@ -25,9 +25,9 @@ import numpy as np
 from ._backend import from_numpy, get_namespace, to_numpy, torch_cpu_view
 from ._criterion import nested_errors, subset_weights
 from ._gram import chunk_grams, gram_eigenvectors, gram_summaries, group_chunks
+from ._ops import take_rows
 from ._orders import maxvol_order
 from ._selection import rank, stack_groups
-from .linalg import _take_rows
 
 # Rows of the store gathered at once: with 512-d float32 embeddings and chunks of
 # 256, one group holds 16 MiB of rows, 8 MiB of Gram matrices and a 2.5 MiB factor,
@@ -301,7 +301,7 @@ def subset_errors(store, chunks, groups, local, summaries):
         mask = from_numpy(valid, xp, device)
         R = xp.where(mask[..., None], R, xp.zeros_like(R))
         K_sub, _ = chunk_grams(R, E, xp, scales)
-        b_sub = _take_rows(b[..., None], from_numpy(picks, xp, device), xp)[..., 0]
+        b_sub = take_rows(b[..., None], from_numpy(picks, xp, device), xp)[..., 0]
         b_sub = xp.where(mask, b_sub, xp.zeros_like(b_sub))
         w, err = subset_weights(K_sub, b_sub, gg, zero, n_columns, xp)
         w, err = to_numpy(w), to_numpy(err)

@@ -17,16 +17,17 @@ caller validates and bounds the stack size.
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, on_input_device, torch_cpu_view
-from ._proxies import FactoredGradients, _check_factored, _values
-from ._validation import check_array, float_info
-from .linalg import _take_rows, _unit_columns
-
-
-def _eps(dtype, xp):
-    return float(float_info(dtype, xp).eps)
-
-
+from ._backend import (
+    detached,
+    from_numpy,
+    get_namespace,
+    host_float_dtype,
+    on_input_device,
+    torch_cpu_view,
+)
+from ._ops import gaussian_matrix, leading_vectors, rounding_level, take_rows, unit_columns
+from ._proxies import FactoredGradients, check_factored
+from ._validation import check_array
 
 # ------------------------------------------------------------------ gram_matrix
 
@@ -56,19 +57,19 @@ def gram_matrix(G):
     [[4.0, 3.0], [3.0, 2.5]]
     """
     if isinstance(G, FactoredGradients):
-        R, H, xp, _ = _check_factored(G, "gram_matrix")
-        return _factored_gram(R, H, R, H, xp)
+        R, H, xp, _ = check_factored(G, "gram_matrix")
+        return factored_gram(R, H, R, H, xp)
     G, xp = check_array(G, "G", "gram_matrix", min_ndim=2)
-    G = _values(G, xp)
+    G = detached(G, xp)
     return G @ xp.matrix_transpose(G)
 
 
-def _factored_gram(R1, H1, R2, H2, xp):
+def factored_gram(R1, H1, R2, H2, xp):
+    """Gram matrices ``G1 @ G2^T`` of factored gradients, ``(R1 R2^T) * (H1 H2^T)``."""
     return (R1 @ xp.matrix_transpose(R2)) * (H1 @ xp.matrix_transpose(H2))
 
 
-
-def _factored_quantities(R, H, order, xp):
+def factored_quantities(R, H, order, xp):
     """Gram quantities of the rows ``order``, each row scaled to a peak of about 1.
 
     Returns ``(K, b, gg, zero, scale)``: K the Gram matrix and b = G[order] @ g of
@@ -82,16 +83,16 @@ def _factored_quantities(R, H, order, xp):
     g = xp.matrix_transpose(R) @ H / n  # (m, C, d + 1), the mean gradient
     gg = xp.sum(xp.reshape(g * g, (g.shape[0], -1)), axis=-1)
     norms = xp.linalg.vector_norm(R, axis=-1) * xp.linalg.vector_norm(H, axis=-1)
-    zero = xp.sqrt(gg) <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)
-    R_sub, r_scale = _unit_peak_rows(_take_rows(R, order, xp), xp)
-    H_sub, h_scale = _unit_peak_rows(_take_rows(H, order, xp), xp)
+    zero = xp.sqrt(gg) <= rounding_level(n, xp.max(norms, axis=-1), R.dtype, xp)
+    R_sub, r_scale = _unit_peak_rows(take_rows(R, order, xp), xp)
+    H_sub, h_scale = _unit_peak_rows(take_rows(H, order, xp), xp)
     scale = r_scale * h_scale
     # a row at the rounding level of the chunk's largest gradient is treated as zero: its
     # least-squares weight would be beyond any dtype's range (1 / 1e-309)
-    negligible = scale <= n * _eps(R.dtype, xp) * xp.max(norms, axis=-1)[:, None]
+    negligible = scale <= rounding_level(n, xp.max(norms, axis=-1)[:, None], R.dtype, xp)
     R_sub = xp.where(negligible[..., None], xp.zeros_like(R_sub), R_sub)
     scale = xp.where(negligible, xp.zeros_like(scale), scale)
-    K = _factored_gram(R_sub, H_sub, R_sub, H_sub, xp)
+    K = factored_gram(R_sub, H_sub, R_sub, H_sub, xp)
     b = xp.sum((R_sub @ g) * H_sub, axis=-1)
     return K, b, gg, zero, scale
 
@@ -165,7 +166,9 @@ def _power_of_two_scale(X, xp):
     """Per matrix of a stack X (m, a, b): the power of two 2**-e with e = floor(log2(peak)).
 
     The exponent is clipped to [-100, 100] (representable in float32); zero
-    matrices get 1.
+    matrices get 1. Unlike the rescaling rule of ``_ops``, which reads the peaks
+    back to the host and scales only extreme arrays, this scales every chunk,
+    with factors computed on X's device (no host read of the peaks).
     """
     peak = xp.max(xp.reshape(xp.abs(X), (X.shape[0], -1)), axis=-1)
     positive = peak > 0
@@ -188,7 +191,7 @@ def gram_summaries(K, xp):
     norms = xp.sqrt(xp.linalg.diagonal(K))
     largest = xp.astype(xp.max(norms, axis=-1), xp.float64)
     gg = xp.where(gg < 0, xp.zeros_like(gg), gg)  # NaN stays NaN for the caller's check
-    zero = xp.sqrt(gg) <= B * _eps(K.dtype, xp) * largest
+    zero = xp.sqrt(gg) <= rounding_level(B, largest, K.dtype, xp)
     return sums / B, gg, zero, norms
 
 
@@ -212,27 +215,24 @@ def gram_eigenvectors(K, r, rng, xp, *, n_oversamples=0, n_iter=0):
     B = K.shape[-1]
     width = min(r + n_oversamples, B)
     if width >= B:
-        vectors = xp.linalg.eigh(K)[1]
-        return xp.flip(vectors[..., B - r:], axis=-1)
-    device = get_namespace(K)[1]
-    dtype = np.float32 if K.dtype == xp.float32 else np.float64
-    omega = from_numpy(rng.standard_normal((B, width)).astype(dtype), xp, device)
+        return leading_vectors(xp.linalg.eigh(K)[1], r, xp)
+    omega = gaussian_matrix(rng, (B, width), host_float_dtype(K.dtype, xp), xp,
+                            get_namespace(K)[1])
     Y = K @ omega
     for _ in range(n_iter):
-        Y = K @ xp.linalg.qr(_unit_columns(Y, xp)).Q
-    Q = xp.linalg.qr(_unit_columns(Y, xp)).Q
+        Y = K @ xp.linalg.qr(unit_columns(Y, xp)).Q
+    Q = xp.linalg.qr(unit_columns(Y, xp)).Q
     if width == r:
         return Q
     T = xp.matrix_transpose(Q) @ (K @ Q)
     T = (T + xp.matrix_transpose(T)) / 2
-    V = xp.linalg.eigh(T)[1]
-    return Q @ xp.flip(V[..., width - r:], axis=-1)
+    return Q @ leading_vectors(xp.linalg.eigh(T)[1], r, xp)
 
 
 def gram_block(K, rows, xp):
     """``K[rows][:, rows]`` of each matrix of a stack K (m, B, B), rows (m, k)."""
-    K_rows = _take_rows(K, rows, xp)  # (m, k, B)
-    return xp.matrix_transpose(_take_rows(xp.matrix_transpose(K_rows), rows, xp))
+    K_rows = take_rows(K, rows, xp)  # (m, k, B)
+    return xp.matrix_transpose(take_rows(xp.matrix_transpose(K_rows), rows, xp))
 
 
 def maxvol_rank(k_hi, uniform_share):

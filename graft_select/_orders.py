@@ -17,12 +17,13 @@ device; orders and errors come back as host NumPy arrays. `_dask` runs
 import numpy as np
 
 from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
-from ._criterion import _gradient_error, _nested_gradient_errors
-from ._gram import _factored_gram, maxvol_rank
+from ._criterion import gradient_error_unchecked, nested_gradient_errors_unchecked
+from ._gram import factored_gram, maxvol_rank
+from ._maxvol import fast_maxvol_unchecked
+from ._ops import rescale_extreme
 from ._proxies import FactoredGradients
 from ._selection import child_rng, rank, stack_groups
-from ._validation import rescale_extreme
-from .linalg import _fast_maxvol, _low_rank_features
+from ._svd import low_rank_features_unchecked
 
 
 class InMemorySource:
@@ -81,7 +82,7 @@ def chunk_orders(params, X, xp, gradients, chunks, k_hi, rng):
 def prefix_errors(gradients, begin, stop, order):
     """Nested errors (host float64) of the orders' prefixes of one stack of chunks."""
     xp, device = namespace_of(gradients)
-    errs = _nested_gradient_errors(stack_rows(gradients, begin, stop, len(order)),
+    errs = nested_gradient_errors_unchecked(stack_rows(gradients, begin, stop, len(order)),
                                    from_numpy(np.stack(order), xp, device), xp)
     return np.asarray(to_numpy(errs), dtype=np.float64)
 
@@ -99,7 +100,7 @@ def stack_order(params, X, xp, gradients, begin, stop, count, k_hi, rng):
     else:
         Xs = xp.reshape(X[begin:stop, ...], (m, (stop - begin) // m, X.shape[1]))
         r = rank(params, Xs.shape[1], Xs.shape[2], k_hi)
-        U = _low_rank_features(Xs, r, xp, method=params.svd_method, rng=child)
+        U = low_rank_features_unchecked(Xs, r, xp, method=params.svd_method, rng=child)
     return maxvol_order(params, U, k_hi, child, with_tail=gradients is not None)
 
 
@@ -119,7 +120,8 @@ def maxvol_order(params, U, k_hi, rng, with_tail):
     k_pivots = min(k_hi, maxvol_rank(k_hi, params.uniform_share))
     if params.refine and k_pivots < U.shape[-1]:
         U = U[..., :k_pivots]
-    order = to_numpy(_fast_maxvol(U, k_pivots, method=params.method, refine=params.refine))
+    order = to_numpy(fast_maxvol_unchecked(U, k_pivots, method=params.method,
+                                           refine=params.refine))
     order = order.astype(np.int64, copy=False)
     if with_tail and k_pivots < k_hi:
         keys = rng.random((order.shape[0], U.shape[-2]))
@@ -171,7 +173,7 @@ def gram_factor(params, gram, r, xp, rng):
     if params.svd_method == "randomized" or (
             params.svd_method == "auto" and 2 * (r + 10) <= size):
         gram, _ = rescale_extreme(gram, xp)
-        return _low_rank_features(gram, r, xp, method="randomized", rng=rng)
+        return low_rank_features_unchecked(gram, r, xp, method="randomized", rng=rng)
     vectors = xp.linalg.eigh(gram)[1]
     return xp.flip(vectors[..., size - r:], axis=-1)
 
@@ -186,9 +188,10 @@ def gradient_factor(params, gradients, begin, stop, m, k_hi, rng):
         # Left singular vectors of the wide proxies = eigenvectors of their Gram (the
         # body of gram_matrix: the fit checked the factors)
         R, H = G
-        return gram_factor(params, _factored_gram(R, H, R, H, xp), r, xp, rng)
+        return gram_factor(params, factored_gram(R, H, R, H, xp), r, xp, rng)
     r = rank(params, size, G.shape[-1], k_hi)
-    return _low_rank_features(G, r, get_namespace(G)[0], method=params.svd_method, rng=rng)
+    return low_rank_features_unchecked(G, r, get_namespace(G)[0], method=params.svd_method,
+                                       rng=rng)
 
 
 # ------------------------------------------------------------------ subset errors
@@ -205,7 +208,7 @@ def subset_errors(gradients, chunks, local):
                    if s - b == size and len(lo) == k]
         G = gather_chunks(gradients, [chunks[c] for c in members])
         idx = from_numpy(np.stack([local[c] for c in members]), xp, device)
-        err, w = _gradient_error(G, idx, xp)
+        err, w = gradient_error_unchecked(G, idx, xp)
         err, w = to_numpy(err), to_numpy(w)
         for j, c in enumerate(members):
             errors[c] = float(err[j])

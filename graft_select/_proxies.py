@@ -13,8 +13,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, is_torch, on_input_device, to_numpy
+from ._backend import (
+    detached,
+    from_numpy,
+    get_namespace,
+    host_float_dtype,
+    on_input_device,
+    to_numpy,
+)
+from ._ops import take_rows
 from ._validation import (
+    as_array,
     check_array,
     check_bool,
     check_int,
@@ -22,7 +31,6 @@ from ._validation import (
     check_random_state,
     half_dtype,
 )
-from .linalg import _take_rows
 
 _LOSSES = ("cross_entropy", "mse")
 
@@ -91,7 +99,7 @@ class FactoredGradients(NamedTuple):
         G : array of shape (..., n_samples, C * (d + 1))
             The dense per-sample gradients, in the factors' namespace and device.
         """
-        R, H, xp, _ = _check_factored(self, "FactoredGradients.materialize", name="")
+        R, H, xp, _ = check_factored(self, "FactoredGradients.materialize", name="")
         outer = R[..., :, None] * H[..., None, :]
         return xp.reshape(outer, (*outer.shape[:-2], self.n_features))
 
@@ -111,9 +119,9 @@ class FactoredGradients(NamedTuple):
             The selected rows of both factors.
         """
         owner = "FactoredGradients.take"
-        R, H, xp, device = _check_factored(self, owner, name="")
-        idx = _check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
-        return FactoredGradients(_take_rows(R, idx, xp), _take_rows(H, idx, xp))
+        R, H, xp, device = check_factored(self, owner, name="")
+        idx = check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
+        return FactoredGradients(take_rows(R, idx, xp), take_rows(H, idx, xp))
 
 
 # ---------------------------------------------------------- last_layer_gradients
@@ -230,12 +238,12 @@ or FactoredGradients
     # input is half precision (otherwise the promoted dtype is wider anyway)
     half = half_dtype(logits) if embeddings is None or half_dtype(embeddings) else None
     logits, xp = check_array(logits, "logits", owner, min_ndim=2)
-    logits = _values(logits, xp)
+    logits = detached(logits, xp)
     targets = _check_targets(targets, owner)
     device = get_namespace(logits)[1]
     if embeddings is not None:
         embeddings, _ = check_array(embeddings, "embeddings", owner, min_ndim=2)
-        embeddings = _values(embeddings, xp)
+        embeddings = detached(embeddings, xp)
         get_namespace(logits, embeddings)
         if embeddings.ndim != logits.ndim or embeddings.shape[:-1] != logits.shape[:-1]:
             raise ValueError(
@@ -304,19 +312,12 @@ def _check_targets(targets, owner):
     return targets
 
 
-def _values(X, xp):
-    """The values of X: a torch tensor that requires grad is detached."""
-    if is_torch(xp) and X.requires_grad:
-        return X.detach()
-    return X
-
-
 def _cross_entropy_residuals(logits, targets, xp, owner):
     z = logits - xp.max(logits, axis=-1, keepdims=True)
     e = xp.exp(z)
     p = e / xp.sum(e, axis=-1, keepdims=True)
     n_classes = logits.shape[-1]
-    targets = _as_array(targets, xp)
+    targets = as_array(targets)
     get_namespace(logits, targets)
     if targets.ndim == logits.ndim - 1:
         labels = _check_labels(targets, logits.shape, xp, owner)
@@ -331,7 +332,7 @@ def _cross_entropy_residuals(logits, targets, xp, owner):
             f"{tuple(targets.shape)}."
         )
     y, _ = check_array(_like_logits(targets, logits, xp), "targets", owner, min_ndim=2)
-    y = _values(y, xp)
+    y = detached(y, xp)
     if bool(xp.any(y < 0)):
         raise ValueError(
             f"'targets' of {owner} holds negative class probabilities (min "
@@ -370,7 +371,7 @@ def _check_labels(labels, logits_shape, xp, owner):
 
 
 def _squared_error_residuals(logits, targets, xp, owner):
-    targets = _as_array(targets, xp)
+    targets = as_array(targets)
     get_namespace(logits, targets)
     n_outputs = logits.shape[-1]
     given = tuple(targets.shape)  # reported as given, before the column is added
@@ -383,7 +384,7 @@ def _squared_error_residuals(logits, targets, xp, owner):
             f"{tuple(logits.shape)}{one_d}, got shape {given}."
         )
     y, _ = check_array(_like_logits(targets, logits, xp), "targets", owner, min_ndim=2)
-    y = _values(y, xp)
+    y = detached(y, xp)
     dtype = xp.result_type(logits.dtype, y.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         residuals = xp.astype(logits, dtype) - xp.astype(y, dtype)
@@ -402,19 +403,12 @@ def _like_logits(targets, logits, xp):
     return targets
 
 
-def _as_array(X, xp):
-    """Lists and tuples become NumPy arrays (then checked against the namespace)."""
-    if isinstance(X, (list, tuple)):
-        return np.asarray(X)
-    return X
-
-
 def _sketch(F, n_sketch, rng, xp, device):
     R, H = F
     n_classes, width = R.shape[-1], H.shape[-1]
-    np_dtype = np.float32 if R.dtype == xp.float32 else np.float64
     S = rng.standard_normal((n_classes * width, n_sketch)) / math.sqrt(n_sketch)
-    S = xp.reshape(from_numpy(S.astype(np_dtype), xp, device), (n_classes, width, n_sketch))
+    S = from_numpy(S.astype(host_float_dtype(R.dtype, xp)), xp, device)
+    S = xp.reshape(S, (n_classes, width, n_sketch))
     lead = R.shape[:-1]
     if n_classes <= width:
         # T[i, c, t] = sum_j H[i, j] S[c, j, t]; out = sum_c R[i, c] T[i, c, t]
@@ -425,11 +419,10 @@ def _sketch(F, n_sketch, rng, xp, device):
     return xp.sum(H[..., None] * T, axis=-2)
 
 
-
 # ----------------------------------------------------------------------- helpers
 
 
-def _check_factored(F, owner, name="G"):
+def check_factored(F, owner, name="G"):
     """Validate the two factors; returns (residuals, inputs, xp, device).
 
     ``name`` is what the caller calls the FactoredGradients (``"gradients"`` in the
@@ -446,11 +439,11 @@ def _check_factored(F, owner, name="G"):
             f"{tuple(H.shape)}; build it with last_layer_gradients(..., factored=True)."
         )
     dtype = xp.result_type(R.dtype, H.dtype)
-    R, H = xp.astype(_values(R, xp), dtype), xp.astype(_values(H, xp), dtype)
+    R, H = xp.astype(detached(R, xp), dtype), xp.astype(detached(H, xp), dtype)
     return R, H, xp, device
 
 
-def _check_indices(indices, name, owner, lead_shape, xp, device, *, unique=False):
+def check_indices(indices, name, owner, lead_shape, xp, device, *, unique=False):
     """Integer row indices of shape (k,) or (*stack, k), in xp on ``device``."""
     *stack, n = lead_shape
     stack = tuple(stack)

@@ -7,14 +7,21 @@ Parameter errors follow scikit-learn's shape::
 Data errors say what was found and what to do about it.
 """
 
-import math
 import numbers
 
 import numpy as np
 
-from ._backend import get_namespace, is_meta, is_sparse, scale_by_power_of_two, to_numpy
+from ._backend import (
+    get_namespace,
+    host_float_dtype,
+    is_meta,
+    is_sparse,
+    to_numpy,
+)
 
 __all__ = [
+    "all_finite",
+    "as_array",
     "check_array",
     "check_bool",
     "check_finite",
@@ -24,9 +31,10 @@ __all__ = [
     "check_random_state",
     "check_real",
     "check_real_host",
+    "check_rows",
     "float_info",
     "half_dtype",
-    "rescale_extreme",
+    "n_rows",
 ]
 
 
@@ -203,6 +211,38 @@ def _as_array_like(X, name, owner):
     return X
 
 
+def as_array(X):
+    """Lists and tuples become NumPy arrays; anything else is returned as it is.
+
+    For an argument whose namespace is checked afterwards (against the data's).
+    """
+    if isinstance(X, (list, tuple)):
+        return np.asarray(X)
+    return X
+
+
+def check_rows(n, y, owner):
+    """Raise a ValueError unless there are 2 rows or more, and y (if given) has n."""
+    if n < 2:
+        raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
+    if y is not None and n_rows(y, "y") != n:
+        raise ValueError(
+            f"'y' has {n_rows(y)} rows but X has {n}; pass one target per row of X."
+        )
+
+
+def n_rows(X, name="y"):
+    """Number of rows of the array-like X (its length); a TypeError naming ``name`` if none."""
+    if hasattr(X, "shape") and len(X.shape):
+        return X.shape[0]
+    if hasattr(X, "__len__") and not isinstance(X, (str, bytes)) and not hasattr(X, "shape"):
+        return len(X)
+    raise TypeError(
+        f"'{name}' must be an array-like of shape (n_samples,), one entry per row of X; got "
+        f"{type(X).__name__} ({X!r})."
+    )
+
+
 def check_real_host(X, name, owner):
     """Reject complex or non-numeric host data (NumPy, lists, pandas) with ``name`` in the text.
 
@@ -242,7 +282,7 @@ def check_finite(X, name, owner, xp, *, total=None):
     """
     if total is not None and bool(xp.isfinite(total)):
         return
-    if _all_finite(X, xp):
+    if all_finite(X, xp):
         return
     host = to_numpy(X)
     if host.ndim == 1:
@@ -261,7 +301,7 @@ def check_finite(X, name, owner, xp, *, total=None):
     )
 
 
-def _all_finite(X, xp):
+def all_finite(X, xp):
     """True if X holds no NaN or infinity.
 
     The sum is finite exactly when every entry is, unless finite entries overflow
@@ -281,7 +321,7 @@ def float_info(dtype, xp):
     The one place that maps an array's dtype (of any namespace, or a sparse
     matrix's NumPy dtype) to its machine epsilon and exponent range.
     """
-    return np.finfo(np.float32 if dtype == xp.float32 else np.float64)
+    return np.finfo(host_float_dtype(dtype, xp))
 
 
 _HALF = ("float16", "bfloat16")
@@ -334,30 +374,3 @@ def _check_sparse(X, name, owner):
         )
     return X
 
-
-def rescale_extreme(X, xp):
-    """``(X * 2**e, e)``, scaled so that its largest magnitude is about 1, or ``(X, 0)``.
-
-    Scaling by a power of two is exact and changes no singular vector, pivot or
-    relative error. It is applied only when the largest magnitude is outside
-    ``[2**(-emax / 4), 2**(emax / 4)]`` (emax = 128 for float32, 1024 for
-    float64), where products of a few entries summed over the rows (Gram
-    matrices, squared norms, power iterations) could overflow or underflow;
-    otherwise X is returned as is, without a copy. Works for dense arrays and
-    scipy.sparse matrices.
-    """
-    if is_sparse(X):
-        peak = float(abs(X).max()) if X.nnz else 0.0
-    else:
-        peak = float(to_numpy(xp.max(xp.abs(X))))
-    if peak == 0.0 or not math.isfinite(peak):
-        return X, 0
-    emax = float_info(X.dtype, xp).maxexp
-    exponent = math.frexp(peak)[1]
-    if abs(exponent) <= emax // 4:
-        return X, 0
-    if is_sparse(X):
-        X = X.copy()
-        X.data = scale_by_power_of_two(X.data, -exponent)
-        return X, -exponent
-    return scale_by_power_of_two(X, -exponent), -exponent

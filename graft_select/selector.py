@@ -30,8 +30,9 @@ from ._backend import (
     to_numpy,
 )
 from ._feedback import StoredGradients, StoreSource
+from ._ops import rescale_extreme
 from ._orders import InMemorySource
-from ._proxies import FactoredGradients, _check_factored
+from ._proxies import FactoredGradients, check_factored
 from ._selection import (
     SelectionParams,
     check_band,
@@ -50,7 +51,8 @@ from ._validation import (
     check_no_bool_numbers,
     check_random_state,
     check_real_host,
-    rescale_extreme,
+    check_rows,
+    n_rows,
 )
 
 __all__ = ["BudgetWarning", "GraftResampler", "GraftSelector", "StoredGradients"]
@@ -250,7 +252,7 @@ class _GraftBase(BaseEstimator):
         check_no_bool_numbers(self.get_params(deep=False), self._NUMBERS, owner)
         chunk_size = self._chunk_size()
         source = self._source(X, gradients, chunk_size)
-        _check_rows(source.n_samples, y, owner)
+        check_rows(source.n_samples, y, owner)
         params, rng = self._selection_params(source.with_gradients)
         chunks = chunk_bounds(source.n_samples, chunk_size)
         chunk_sizes = chunk_lengths(chunks)
@@ -361,7 +363,7 @@ class _GraftBase(BaseEstimator):
             return None
         owner = type(self).__name__
         if isinstance(gradients, FactoredGradients):
-            R, H, xp, _ = _check_factored(gradients, owner, name="gradients")
+            R, H, xp, _ = check_factored(gradients, owner, name="gradients")
             if R.ndim != 2:
                 raise ValueError(
                     f"'gradients' of {owner} must be a FactoredGradients of 2-D factors "
@@ -412,7 +414,7 @@ class _GraftBase(BaseEstimator):
             from ._dask import take_rows
 
             return take_rows(self, X, name)
-        rows = _n_rows(X, name)
+        rows = n_rows(X, name)
         if rows != self.n_samples_fit_:
             raise ValueError(
                 f"'{name}' has {rows} rows but {type(self).__name__} was fitted on "
@@ -624,27 +626,6 @@ def _check_stored_params(X, strategy, basis, owner):
             f"strategy={strategy!r} and basis={basis!r}. Pass X and the gradients as "
             f"arrays instead."
         )
-
-
-def _check_rows(n, y, owner):
-    """Raise a ValueError unless there are 2 rows or more, and y (if given) has n."""
-    if n < 2:
-        raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
-    if y is not None and _n_rows(y, "y") != n:
-        raise ValueError(
-            f"'y' has {_n_rows(y)} rows but X has {n}; pass one target per row of X."
-        )
-
-
-def _n_rows(X, name="y"):
-    if hasattr(X, "shape") and len(X.shape):
-        return X.shape[0]
-    if hasattr(X, "__len__") and not isinstance(X, (str, bytes)) and not hasattr(X, "shape"):
-        return len(X)
-    raise TypeError(
-        f"'{name}' must be an array-like of shape (n_samples,), one entry per row of X; got "
-        f"{type(X).__name__} ({X!r})."
-    )
 
 
 def _take(X, indices):

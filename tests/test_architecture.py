@@ -83,7 +83,6 @@ class TestImports:
                 visit(node, [node])
         assert not cycles, f"import cycles: {cycles}"
 
-    @pytest.mark.xfail(strict=True, reason="the kernel floor still shares private bodies")
     def test_no_private_name_across_modules(self):
         """No underscore name of one module is imported by another (private modules are fine)."""
         found = []

@@ -1,7 +1,7 @@
-"""Tests for the refit's fast paths (issue 9): each gives what the path it replaced gave.
+"""Tests for the refit's fast paths: each gives what the general path gives.
 
 - the greedy's stored coordinates and the rectangular steps that reuse them
-  (``linalg._volume_greedy``, ``linalg._extend_greedy``) against ``linalg._extend``;
+  (``_maxvol._volume_greedy``, ``_maxvol._extend_greedy``) against ``_maxvol._extend``;
 - the symmetric product of the Gram stacks (``_gram._self_products``);
 - the factor's rank at the typical subset size, with every pivot up to the
   largest size still from MaxVol (``_selection.rank``, ``_orders.maxvol_order``).
@@ -14,9 +14,9 @@ import torch
 from graft_select import GraftSelector, fast_maxvol
 from graft_select._backend import get_namespace
 from graft_select._gram import _self_products, chunk_grams
+from graft_select._maxvol import _extend, _extend_greedy, _volume_greedy
 from graft_select._orders import maxvol_order
 from graft_select._selection import SelectionParams, pick, pick_members, rank
-from graft_select.linalg import _extend, _extend_greedy, _volume_greedy
 
 
 def params(**kwargs):
@@ -202,7 +202,7 @@ class TestLowerTriangularInverse:
     @pytest.mark.parametrize("r", [1, 5, 16, 17, 40, 77])
     def test_inverse(self, rng, r):
         """The blockwise inverse is the inverse, with zeros above the diagonal."""
-        from graft_select.linalg import _lower_triangular_inverse
+        from graft_select._maxvol import _lower_triangular_inverse
 
         T = np.tril(rng.standard_normal((3, r, r))) / r + np.eye(r)
         inverse = _lower_triangular_inverse(T, get_namespace(T)[0])
@@ -231,7 +231,7 @@ class TestPrefixPicks:
 class TestExcluded:
     def test_numpy_in_place_equals_select(self, rng):
         """NumPy's in-place exclusion gives the portable select's result."""
-        from graft_select.linalg import _excluded
+        from graft_select._maxvol import _excluded
 
         d = rng.standard_normal((4, 9))
         p = np.array([0, 8, 3, 3])
@@ -244,7 +244,7 @@ class TestExcluded:
 
     def test_torch_select(self, rng):
         """Other namespaces select with a mask (no integer-array assignment)."""
-        from graft_select.linalg import _excluded
+        from graft_select._maxvol import _excluded
 
         d = torch.tensor(rng.standard_normal((2, 5)))
         p = torch.tensor([1, 4])

@@ -1,6 +1,6 @@
 """Hypothesis fuzzing of the public functions against the library's error contract.
 
-The contract (issue 11): for any input, only ValueError or TypeError escape; finite
+The contract: for any input, only ValueError or TypeError escape; finite
 input never gives NaN or infinity out; the input is never modified. The number of
 examples is bounded so the whole module runs in a few seconds.
 """

@@ -345,9 +345,9 @@ class TestFastMaxvolGroups:
     @pytest.mark.parametrize(("k", "refine"), [(3, False), (6, False), (5, True)])
     def test_grouped_stack_equals_loop(self, backend, monkeypatch, k, refine):
         """Groups of 2 matrices give the loop's indices for a mixed-rank stack of 7."""
-        import graft_select.linalg as linalg
+        import graft_select._maxvol as maxvol
 
-        monkeypatch.setattr(linalg, "_HOST_GROUP_BYTES", 2 * 20 * 4 * 8)
+        monkeypatch.setattr(maxvol, "_HOST_GROUP_BYTES", 2 * 20 * 4 * 8)
         rng = np.random.default_rng(9)
         A = np.stack([rng.standard_normal((20, q)) @ rng.standard_normal((q, 4))
                       for q in (4, 1, 4, 0, 3, 4, 2)])
@@ -358,7 +358,7 @@ class TestFastMaxvolGroups:
 
     def test_group_size_from_bytes(self):
         """The group holds as many matrices as fit in _HOST_GROUP_BYTES (at least one)."""
-        from graft_select.linalg import _HOST_GROUP_BYTES, _group_size
+        from graft_select._maxvol import _HOST_GROUP_BYTES, _group_size
 
         A = np.zeros((1, 256, 64))
         assert _group_size(A, 500, 256, 64) == _HOST_GROUP_BYTES // (256 * 64 * 8)

@@ -469,8 +469,8 @@ class TestValidateOnce:
             return wrapped
 
         monkeypatch.setattr(linalg, "check_int", spy("check_int", linalg.check_int))
-        monkeypatch.setattr(criterion, "_check_indices",
-                            spy("_check_indices", criterion._check_indices))
+        monkeypatch.setattr(criterion, "check_indices",
+                            spy("check_indices", criterion.check_indices))
         X = rng.standard_normal((400, 12))
         G = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X)
         F = last_layer_gradients(rng.standard_normal((400, 3)), rng.integers(0, 3, 400), X,
@@ -481,7 +481,7 @@ class TestValidateOnce:
 
     @staticmethod
     def _spy_on_value_checks(monkeypatch):
-        """Record the calls of check_finite (by array name) and _check_factored (by owner).
+        """Record the calls of check_finite (by array name) and check_factored (by owner).
 
         Both are patched in every graft_select module that imported them by name. A
         check_finite given a ``total`` reads nothing when it is finite (the MaxVol
@@ -494,7 +494,7 @@ class TestValidateOnce:
 
         calls = []
         for original, key in ((validation.check_finite, "check_finite"),
-                              (proxies._check_factored, "_check_factored")):
+                              (proxies.check_factored, "check_factored")):
             def spy(*args, _original=original, _key=key, **kwargs):
                 if kwargs.get("total") is None:
                     calls.append((_key, args[1]))  # the array's name, or the checking owner
@@ -517,7 +517,7 @@ class TestValidateOnce:
         calls = self._spy_on_value_checks(monkeypatch)
         GraftSelector(fraction=0.2, chunk_size=100, basis=basis, random_state=0).fit(
             X, gradients=F)
-        assert calls == [("check_finite", "X"), ("_check_factored", "GraftSelector"),
+        assert calls == [("check_finite", "X"), ("check_factored", "GraftSelector"),
                          ("check_finite", "gradients.residuals"),
                          ("check_finite", "gradients.inputs")]
 
