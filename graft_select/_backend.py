@@ -33,6 +33,7 @@ __all__ = [
     "on_host",
     "on_input_device",
     "scale_by_power_of_two",
+    "single_threaded",
     "solve_triangular",
     "to_numpy",
     "torch_cpu_view",
@@ -217,6 +218,25 @@ def scale_by_power_of_two(x, exponent):
         x = x * (2.0 ** part)
         exponent -= part
     return x
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Every native thread pool of the calling thread at one thread, for the block.
+
+    A refit runs many small products and factorisations (chunks of a few hundred
+    rows). With NumPy's OpenBLAS and torch's OpenMP pools both at their default
+    size, the idle pool's threads spin on the cores the other pool needs: on
+    2 cores a 300,000-row refit took 3x longer (and 20x longer on a loaded
+    machine) than with every pool at one thread (benchmarks/bench_threads.py).
+    OpenBLAS's limit is process-wide; OpenMP's (torch's intra-op pool) applies to
+    the calling thread, so a refit in a background thread leaves the training
+    thread's torch pool as it was. The previous limits come back on exit.
+    """
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 def device_scope(x):

@@ -1,0 +1,81 @@
+"""A refit's thread pools: default settings against every pool at one thread.
+
+A sampler refit on a CPU store of ``n`` samples (512-d float32 embeddings, 10-class
+residuals, chunks of 256, fraction 0.3, the default selector through
+``GraftSelector.fit(None, gradients=StoredGradients(...), compute_weights=False)``),
+timed in one process, alternating:
+
+- ``default``: NumPy's OpenBLAS and torch's OpenMP pools at their default sizes
+  (every core each), right after some torch work (as after a training step);
+- ``single``: inside ``graft_select._backend.single_threaded()``, as the sampler
+  runs its refits.
+
+Both against ``pass``: one product ``store @ R`` (R of 512 x 64) at default threads,
+the cost of reading the store once. Target: refit <= 8x pass at the machine's
+default thread settings.
+
+Usage::
+
+    python benchmarks/bench_threads.py [--n 300000] [--repeats 3]
+"""
+
+import argparse
+import contextlib
+import os
+import time
+
+import numpy as np
+import torch
+
+from graft_select import GraftSelector, StoredGradients
+from graft_select._backend import single_threaded
+
+
+def store(n, d=512, c=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    E = torch.randn(n, d, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    R = torch.softmax(torch.randn(n, c, generator=g), 1) - torch.nn.functional.one_hot(
+        y, c).float()
+    return R, E, torch.randperm(n, generator=g)
+
+
+def refit(R, E, rows):
+    start = time.perf_counter()
+    GraftSelector(0.3, chunk_size=256, basis="gradients", random_state=0).fit(
+        None, gradients=StoredGradients(R, E, rows), compute_weights=False)
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    R, E, rows = store(args.n)
+    M = torch.randn(E.shape[1], 64)
+    E @ M  # warm-up
+    passes = []
+    for _ in range(5):
+        start = time.perf_counter()
+        E @ M
+        passes.append(time.perf_counter() - start)
+    p = float(np.median(passes))
+    times = {"default": [], "single": []}
+    for _ in range(args.repeats):
+        for name, context in (("default", contextlib.nullcontext), ("single", single_threaded)):
+            a = torch.randn(256, 512)
+            (a @ a.T).sum()  # torch's pool awake, as after a training step
+            with context():
+                times[name].append(refit(R, E, rows))
+    print(f"n={args.n}, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}, "
+          f"load {os.getloadavg()[0]:.2f}; pass {p:.4f} s")
+    for name, values in times.items():
+        best = min(values)
+        print(f"{name:>8}: refit {best:.2f} s (all: {', '.join(f'{v:.2f}' for v in values)})"
+              f" = {best / p:.1f}x pass  {'PASS' if best / p <= 8 else 'MISS'} (<= 8x)")
+    print(f"default / single: {min(times['default']) / min(times['single']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
