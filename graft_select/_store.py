@@ -19,11 +19,11 @@ import math
 
 import torch
 
-from ._iteration import FEEDBACK_NAMES
 from ._plan import mix
 
 __all__ = ["FeedbackStore", "check_batch", "signature"]
 
+FEEDBACK_NAMES = ("embeddings", "residuals", "gradients")  # the stored kinds
 FEEDBACK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 STAGED_BATCHES = 32  # batches staged between two recordings
 STAGED_BYTES = 64 * 2**20  # at most this much staging memory (a larger batch is recorded)

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from graft_select import GraftSelector, _store  # noqa: E402
+from graft_select._recorder import FeedbackRecorder  # noqa: E402
 from graft_select.sampler import GraftBatchSampler  # noqa: E402
 
 N, D, C = 600, 8, 4
@@ -391,7 +392,7 @@ class TestStagedBatches:
         sampler.observe(torch.tensor([3, 4]), embeddings=good)
         sampler.observe(torch.tensor([3]), embeddings=torch.full((1, D), float("nan")))
         torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][3:5], good)
-        assert sampler._store.take_rejected()[0].tolist() == [3]
+        assert sampler._recorder.store.take_rejected()[0].tolist() == [3]
 
     def test_many_batches_recorded(self):
         """More batches than one block holds are all recorded, in order."""
@@ -445,7 +446,7 @@ class TestStagedBatches:
         sampler = GraftBatchSampler(N, 32)
         emb = torch.randn(8, D)
         sampler.observe(torch.arange(8), embeddings=emb)
-        assert sampler._store._staged == []
+        assert sampler._recorder.store._staged == []
         torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][:8], emb)
 
     def test_large_batch_after_staged_ones_wins(self, monkeypatch):
@@ -495,11 +496,11 @@ def _train_epoch(sampler, feedback, *, grad=False, with_indices=True):
 
 def _count_checks(monkeypatch):
     """A list that grows by one at each run of observe()'s general checks."""
-    from graft_select import sampler as sampler_module
+    from graft_select import _recorder
 
     calls = []
-    checked = sampler_module.check_batch
-    monkeypatch.setattr(sampler_module, "check_batch",
+    checked = _recorder.check_batch
+    monkeypatch.setattr(_recorder, "check_batch",
                         lambda *args: calls.append(1) or checked(*args))
     return calls
 
@@ -508,7 +509,7 @@ class TestObserveSteadyState:
     """The steady-state path of observe() stores what the general path stores."""
 
     def _general_only(self, monkeypatch):
-        monkeypatch.setattr(GraftBatchSampler, "_observe_like_last",
+        monkeypatch.setattr(FeedbackRecorder, "_observe_like_last",
                             lambda self, *args: False)
 
     @pytest.mark.parametrize(("grad", "with_indices"), [(False, True), (True, True),
@@ -579,7 +580,7 @@ class TestObserveSteadyState:
             batch = next(iterator)
             sampler.observe(torch.tensor(batch), embeddings=emb[batch], logits=logits[batch],
                             targets=targets[batch])
-        sampler._store.load(*(sampler.state_dict()[key]
+        sampler._recorder.store.load(*(sampler.state_dict()[key]
                               for key in ("store", "last_seen", "rejected")))
         batch = next(iterator)
         sampler.observe(torch.tensor(batch), embeddings=emb[batch], logits=logits[batch],
@@ -711,16 +712,16 @@ class TestRejectedIndicesOnDevice:
         emb, logits = torch.randn(32, D, device="cuda"), torch.randn(32, C, device="cuda")
         emb[3] = float("nan")
         sampler.observe(torch.arange(32), embeddings=emb, logits=logits)
-        sampler._store.flush()  # allocates the store
+        sampler._recorder.store.flush()  # allocates the store
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
             sampler.observe(torch.arange(32, 64), embeddings=emb, logits=logits)
             sampler.observe(torch.arange(64, 96, device="cuda"), embeddings=emb, logits=logits)
-            sampler._store.flush()  # records the staged batches
+            sampler._recorder.store.flush()  # records the staged batches
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        assert sampler._store.take_rejected()[0].tolist() == [3, 35, 67]
+        assert sampler._recorder.store.take_rejected()[0].tolist() == [3, 35, 67]
 
 
     @pytest.mark.parametrize("with_indices", [False, True])
@@ -743,7 +744,7 @@ class TestRejectedIndicesOnDevice:
         first = next(batches)  # the first observe takes the general path and places the store
         sampler.observe(torch.tensor(first) if with_indices else None,
                         embeddings=emb[first], logits=logits[first])
-        sampler._store.flush()
+        sampler._recorder.store.flush()
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -751,13 +752,13 @@ class TestRejectedIndicesOnDevice:
                 assert batch == plan[step].tolist()
                 sampler.observe(plan[step] if with_indices else None,
                                 embeddings=values[step][0], logits=values[step][1])
-            sampler._store.flush()
+            sampler._recorder.store.flush()
         finally:
             torch.cuda.set_sync_debug_mode("default")
         store = sampler.state_dict()["store"]["embeddings"]
         good = torch.arange(n) != 37
         torch.testing.assert_close(store[good], emb.cpu()[good])
-        assert sampler._store.take_rejected()[0].tolist() == [37]
+        assert sampler._recorder.store.take_rejected()[0].tolist() == [37]
 
 
 class TestCompactStore:
@@ -838,7 +839,7 @@ class TestCompactStore:
         emb[5, 2] = 1e5
         sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
         assert sampler.state_dict()["store"]["embeddings"][5, 2] == emb[5, 2].bfloat16()
-        assert sampler._store.take_rejected()[1] == 0
+        assert sampler._recorder.store.take_rejected()[1] == 0
 
     def test_sketch_overflowing_rejected(self):
         """A row whose sketch overflows float32 keeps the sample's earlier values."""
@@ -850,7 +851,7 @@ class TestCompactStore:
         sampler.observe(torch.arange(4), embeddings=emb)
         after = sampler.state_dict()["store"]["embeddings"]
         assert torch.equal(after[1:4], before[1:4]) and torch.isfinite(after[0]).all()
-        assert sampler._store.take_rejected()[0].tolist() == [1, 2, 3]
+        assert sampler._recorder.store.take_rejected()[0].tolist() == [1, 2, 3]
 
     def test_sketch_width(self):
         """Feedback wider than sketch_width is stored at that width; narrower as observed."""
@@ -901,7 +902,7 @@ class TestCompactStore:
         for device in (backend.device, "cpu"):
             sampler = GraftBatchSampler(N, 32, sketch_width=4, feedback_dtype=torch.float16)
             sampler.observe(torch.arange(16), embeddings=emb.to(device))
-            assert sampler._store["embeddings"].device == torch.device(device)
+            assert sampler._recorder.store["embeddings"].device == torch.device(device)
             stored.append(sampler.state_dict()["store"]["embeddings"])
         torch.testing.assert_close(stored[0], stored[1], atol=1e-2, rtol=1e-2)
 
