@@ -234,15 +234,28 @@ def last_linear(model):
     return layers[-1]
 
 
-def accelerate_wrapper():
-    """Name of the accelerate wrapper iterating the sampler, or None (looks a few frames up)."""
+def refuse_accelerate_wrapper():
+    """Raise if accelerate's wrappers iterate the sampler (called by its ``__iter__``)."""
+    wrapper = _accelerate_wrapper()
+    if wrapper is not None:
+        raise TypeError(
+            f"GraftBatchSampler is being iterated by accelerate's {wrapper}, which shards "
+            "its batches a second time and overrides its epochs. Do not pass the DataLoader "
+            "to accelerator.prepare(); prepare the model and optimizer only and wrap the "
+            "loader with graft_select.accelerate.prepare_data_loader(accelerator, loader) "
+            "(GraftBatchSampler shards over the processes itself).")
+
+
+def _accelerate_wrapper():
+    """Name of the accelerate wrapper iterating the sampler, or None (looks a few frames up
+    from the sampler's ``__iter__``)."""
     module = sys.modules.get("accelerate.data_loader")
     if module is None:
         return None
     wrappers = tuple(getattr(module, name) for name in
                      ("BatchSamplerShard", "DataLoaderShard", "DataLoaderDispatcher")
                      if hasattr(module, name))
-    frame = sys._getframe(2)
+    frame = sys._getframe(3)
     for _ in range(16):
         if frame is None:
             return None

@@ -23,7 +23,7 @@ from torch.utils.data import Sampler
 
 from . import _plan
 from ._backend import load_namespaces
-from ._iteration import BatchIterator, LastLayerCapture, accelerate_wrapper
+from ._iteration import BatchIterator, LastLayerCapture, refuse_accelerate_wrapper
 from ._planner import EpochPlanner, RefitReport
 from ._recorder import FeedbackRecorder
 from ._sources import check_features, feature_source
@@ -38,13 +38,12 @@ __all__ = ["GraftBatchSampler", "LastLayerCapture", "RefitReport"]
 class GraftBatchSampler(Sampler[list[int]]):
     """Batch sampler that trains each epoch on a GRAFT subset of the dataset.
 
-    Pass it as ``DataLoader(dataset, batch_sampler=sampler)``. Each epoch a private
-    generator seeded from ``(seed, epoch)`` permutes the indices, which are cut
-    into selection chunks; :class:`~graft_select.GraftSelector` picks samples in
-    every chunk from the current per-sample features and last-layer gradient
-    proxies, and the pooled picks are yielded as batches of ``batch_size``. The
-    selection is refit every ``refit_every`` epochs (the subset is reshuffled in
-    between) after ``warm_start_epochs`` epochs on the full data.
+    Pass it as ``DataLoader(dataset, batch_sampler=sampler)``. At a refit the
+    indices, permuted with ``(seed, epoch)``, are cut into chunks in which
+    :class:`~graft_select.GraftSelector` picks samples from the per-sample
+    features and gradient proxies; the picks are yielded as batches of
+    ``batch_size``. Refits come every ``refit_every`` epochs (the subset is
+    reshuffled in between) after ``warm_start_epochs`` epochs on the full data.
 
     Parameters
     ----------
@@ -119,8 +118,6 @@ class GraftBatchSampler(Sampler[list[int]]):
         Report of the latest refit.
     selection_seconds : float
         Total seconds spent selecting so far.
-    num_replicas, rank : int
-        The ranks sharing each epoch and this one (read lazily).
 
     See Also
     --------
@@ -155,22 +152,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         # a refit's array namespaces (NumPy's for the CPU fast paths): loaded once per
         # process here, not inside the first refit's timed selection
         load_namespaces(np.empty(0), torch.empty(0))
-        # Read from torch.distributed at the first set_epoch, len() or iteration, so a
-        # sampler built before the process group exists still shards.
-        self._replica_args = _check_replica_args(num_replicas, rank)
-        self._resolved_replicas = None
+        self._ranks = _Ranks(num_replicas, rank)
         self.epoch = 0
-        self._recorder = FeedbackRecorder(self.n_samples, self.targets,
-                                          dtype=self.feedback_dtype,
-                                          sketch_width=self.sketch_width, seed=self.seed)
-        source = feature_source(self.features, self._recorder,
-                                batch_size=self.feature_batch_size, targets=self.targets)
-        self._planner = EpochPlanner(
-            self.n_samples, self._recorder, source, fraction=self.fraction,
-            chunk_size=self.chunk_size, refit_every=self.refit_every,
-            warm_start_epochs=self.warm_start_epochs, shuffle=self.shuffle, seed=self.seed,
-            refresh_share=self.refresh_share, selector=self.selector,
-            label_noise_guard=self.label_noise_guard)
+        self._recorder, self._planner = _parts(self)
         self._resume = None  # batches to skip at the first iteration after load_state_dict
         self._iteration = None  # the current pass (a BatchIterator)
 
@@ -192,34 +176,26 @@ class GraftBatchSampler(Sampler[list[int]]):
     @property
     def num_replicas(self):
         """Number of ranks sharing each epoch (read lazily from torch.distributed)."""
-        return self._replicas()[0]
+        return self._ranks.resolve()[0]
 
     @property
     def rank(self):
         """This process's rank among ``num_replicas`` (read lazily from torch.distributed)."""
-        return self._replicas()[1]
-
-    def _replicas(self):
-        if self._resolved_replicas is None:
-            self._resolved_replicas = _replicas(*self._replica_args)
-        return self._resolved_replicas
+        return self._ranks.resolve()[1]
 
     def __getstate__(self):
         return self.__dict__.copy()  # the recorder leaves its forward hook out
-
-    # ----------------------------------------------------------------- feedback
 
     def observe(self, indices=None, *, embeddings=None, logits=None, targets=None,
                 gradients=None):
         """Record per-sample feedback from the training loop.
 
         Call it once per training batch, after the forward pass. Values are
-        copied (detached) and kept on their device, later observations
-        overwriting earlier ones, and nothing is read back to the host (no
-        device synchronisation). Wrong shapes or dtypes raise, storing nothing;
-        rows with NaN or infinity (also after the cast to ``feedback_dtype`` or
-        the sketch) or a label outside ``[0, n_classes)`` are not stored, and the
-        next refit warns and lists them in :attr:`last_refit`.
+        copied, detached, on their device (nothing is read back to the host);
+        later observations overwrite earlier ones. Wrong shapes or dtypes raise;
+        rows with NaN, infinity (also once stored) or a label outside
+        ``[0, n_classes)`` are not stored, and the next refit warns and lists
+        them in :attr:`last_refit`.
 
         Without ``indices`` the batch is the oldest one handed out and not yet
         observed (the one being trained, also behind a prefetching DataLoader);
@@ -249,9 +225,8 @@ class GraftBatchSampler(Sampler[list[int]]):
     def watch(self, model, layer=None):
         """Capture the input and output of the model's last linear layer at every forward.
 
-        After ``sampler.watch(model)``, :meth:`observe` called without values
-        records the latest forward pass's embeddings (the layer's input) and
-        logits (its output): no change to the model's ``forward``. Watching
+        :meth:`observe` called without values then records the latest forward
+        pass's embeddings (the layer's input) and logits (its output). Watching
         again replaces the previous hook.
 
         Parameters
@@ -268,22 +243,19 @@ class GraftBatchSampler(Sampler[list[int]]):
         """
         return self._recorder.watch(model, layer)
 
-    # ------------------------------------------------------------------ epochs
-
     def set_epoch(self, epoch):
         """Set the epoch of the next iteration (call it before each epoch).
 
-        Setting the epoch the sampler is already at changes nothing, so it keeps
-        a resume position loaded by :meth:`load_state_dict`.
+        The current epoch changes nothing (a loaded resume position is kept).
 
         Parameters
         ----------
         epoch : int
-            The epoch number, from 0. It seeds the epoch's order and selects
+            The epoch number, from 0: it seeds the epoch's order and selects
             warm-start, refit and reuse epochs.
         """
         epoch = check_int(epoch, "epoch", "GraftBatchSampler.set_epoch", low=0)
-        self._replicas()
+        self._ranks.resolve()
         if epoch != self.epoch:
             self._resume = None
             self._iteration = None
@@ -297,9 +269,9 @@ class GraftBatchSampler(Sampler[list[int]]):
     def total_batches(self, num_epochs):
         """Number of batches this rank yields over epochs ``0 .. num_epochs - 1``.
 
-        Warm-start epochs count the full data; selected epochs the current
-        subset, or before the first refit the budget (which is what the
-        default selector yields). Use it to plan a learning-rate schedule.
+        Warm-start epochs count the full data, selected epochs the current
+        subset or, before the first refit, the budget (what the default
+        selector yields): a learning-rate schedule's length.
 
         Parameters
         ----------
@@ -319,14 +291,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         return self._batch_count(self._shard_length(self._planner.expected_size(epoch)))
 
     def __iter__(self):
-        wrapper = accelerate_wrapper()
-        if wrapper is not None:
-            raise TypeError(
-                f"GraftBatchSampler is being iterated by accelerate's {wrapper}, which shards "
-                "its batches a second time and overrides its epochs. Do not pass the DataLoader "
-                "to accelerator.prepare(); prepare the model and optimizer only and wrap the "
-                "loader with graft_select.accelerate.prepare_data_loader(accelerator, loader) "
-                "(GraftBatchSampler shards over the processes itself).")
+        refuse_accelerate_wrapper()
         batches = _plan.split_batches(self._shard(self._plan()), self.batch_size,
                                       self.drop_last)
         start = 0 if self._resume is None else min(self._resume, len(batches))
@@ -347,8 +312,6 @@ class GraftBatchSampler(Sampler[list[int]]):
     def _batch_count(self, count):
         return _plan.batch_count(count, self.batch_size, self.drop_last)
 
-    # ------------------------------------------------------------------- state
-
     def state_dict(self):
         """Everything needed to resume mid-epoch with the same remaining batches.
 
@@ -363,15 +326,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         state : dict
             Tensors on the CPU and plain numbers; save it with ``torch.save``.
         """
-        planned = self._planner.state()
-        return {
-            "epoch": self.epoch,
-            "batches_yielded": self._position(),
-            "subset": planned["subset"],
-            "subset_epoch": planned["subset_epoch"],
-            **self._recorder.state(),
-            "selection_seconds": planned["selection_seconds"],
-        }
+        return {"epoch": self.epoch, "batches_yielded": self._position(),
+                **self._planner.state(), **self._recorder.state()}
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output; the next iteration resumes mid-epoch.
@@ -403,13 +359,24 @@ class GraftBatchSampler(Sampler[list[int]]):
             return self._iteration.resume_position()
         return self._resume or 0
 
-    @property
-    def _store(self):
-        """The recorded feedback (benchmarks read it)."""
-        return self._recorder.store
-
 
 # ------------------------------------------------------------------------ helpers
+
+
+def _parts(sampler):
+    """The sampler's recorder and planner, built from its checked parameters."""
+    recorder = FeedbackRecorder(sampler.n_samples, sampler.targets,
+                                dtype=sampler.feedback_dtype, sketch_width=sampler.sketch_width,
+                                seed=sampler.seed)
+    source = feature_source(sampler.features, recorder, batch_size=sampler.feature_batch_size,
+                            targets=sampler.targets)
+    planner = EpochPlanner(
+        sampler.n_samples, recorder, source, fraction=sampler.fraction,
+        chunk_size=sampler.chunk_size, refit_every=sampler.refit_every,
+        warm_start_epochs=sampler.warm_start_epochs, shuffle=sampler.shuffle,
+        seed=sampler.seed, refresh_share=sampler.refresh_share, selector=sampler.selector,
+        label_noise_guard=sampler.label_noise_guard)
+    return recorder, planner
 
 
 def _renamed_chunk_size(chunk_size, selection_size):
@@ -508,6 +475,20 @@ def _dataset_length(data_source):
 
 def _dist_ready():
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class _Ranks:
+    """``(num_replicas, rank)``, read from torch.distributed at the first set_epoch, len()
+    or iteration, so that a sampler built before the process group exists still shards."""
+
+    def __init__(self, num_replicas, rank):
+        self._given = _check_replica_args(num_replicas, rank)
+        self._resolved = None
+
+    def resolve(self):
+        if self._resolved is None:
+            self._resolved = _replicas(*self._given)
+        return self._resolved
 
 
 def _check_replica_args(num_replicas, rank):

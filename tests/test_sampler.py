@@ -239,6 +239,40 @@ class TestErrors:
             GraftBatchSampler([], 8)
 
 
+class TestChunkSize:
+    def test_default_is_batch_size(self):
+        """chunk_size=None selects per training batch."""
+        assert GraftBatchSampler(100, 8).chunk_size == 8
+
+    def test_bad_chunk_size(self):
+        """A chunk of one row raises a ValueError naming 'chunk_size'."""
+        with pytest.raises(ValueError, match="'chunk_size'"):
+            GraftBatchSampler(100, 8, chunk_size=1)
+
+    def test_old_name_warns_and_works(self):
+        """selection_size= still sets the chunk size, with a FutureWarning naming both."""
+        with pytest.warns(FutureWarning, match="'selection_size' was renamed to 'chunk_size' "
+                                               "in 0.2 and will be removed in 0.4"):
+            old = GraftBatchSampler(600, 8, selection_size=32, warm_start_epochs=0)
+        new = GraftBatchSampler(600, 8, chunk_size=32, warm_start_epochs=0)
+        assert old.chunk_size == old.selection_size == 32
+        for sampler in (old, new):
+            sampler.observe(torch.arange(600), embeddings=_feedback(600)[0])
+        assert list(old) == list(new)
+
+    def test_both_names_raise(self):
+        """chunk_size and selection_size together are an error."""
+        with pytest.raises(TypeError, match="both 'chunk_size' and its old name"):
+            GraftBatchSampler(100, 8, chunk_size=16, selection_size=16)
+
+    def test_budget_warning_names_chunk_size(self):
+        """The budget warning tells to raise 'chunk_size'."""
+        sampler = GraftBatchSampler(600, 8, fraction=0.01, warm_start_epochs=0)
+        sampler.observe(torch.arange(600), embeddings=_feedback(600)[0])
+        with pytest.warns(UserWarning, match="'chunk_size' \\(now 8\\)"):
+            len(sampler)
+
+
 TORCH_BACKENDS = pytest.mark.parametrize("backend", ["torch-cpu", "torch-cuda"], indirect=True)
 
 
