@@ -17,6 +17,7 @@ import warnings
 import torch
 
 from ._iteration import LastLayerCapture, last_linear
+from ._merge import merge
 from ._state import check_feedback
 from ._store import FeedbackStore, as_tensor, check_batch
 
@@ -224,7 +225,7 @@ class FeedbackRecorder:
                     "feedback), or use a features callable or array, which every rank "
                     "evaluates the same way.")
             return 0
-        return self.store.merge(num_replicas)
+        return merge(self.store, num_replicas)
 
     # -------------------------------------------------------------------- state
 

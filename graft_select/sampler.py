@@ -209,11 +209,9 @@ class GraftBatchSampler(Sampler[list[int]]):
             Dataset indices of the batch. On the host, indices outside the
             dataset raise; on an accelerator their rows are rejected (reported at
             the refit), and they mark the oldest handed-out batch as trained.
-        embeddings : tensor of shape (b, d), default=None
-            Penultimate-layer embeddings.
-        logits : tensor of shape (b, C), default=None
-            Model outputs; with ``targets`` they give the last-layer gradient
-            proxies ``(softmax(logits) - onehot(targets)) outer [embeddings, 1]``.
+        embeddings, logits : tensors of shapes (b, d) and (b, C), default=None
+            Penultimate-layer embeddings and model outputs; with ``targets``, the
+            gradient proxies ``(softmax(logits) - onehot(targets)) outer [embeddings, 1]``.
         targets : tensor of shape (b,), default=None
             Integer class labels.
         gradients : tensor of shape (b, p), default=None
@@ -263,15 +261,13 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def __len__(self):
         """Number of batches this rank yields in a full pass of the coming epoch."""
-        return self._batch_count(self._shard_length(
-            self._planner.plan_size(self.epoch, self.num_replicas)))
+        return self._batches_of(self._planner.plan_size(self.epoch, self.num_replicas))
 
     def total_batches(self, num_epochs):
         """Number of batches this rank yields over epochs ``0 .. num_epochs - 1``.
 
-        Warm-start epochs count the full data, selected epochs the current
-        subset or, before the first refit, the budget (what the default
-        selector yields): a learning-rate schedule's length.
+        Warm-start epochs count the full data, selected epochs the current subset
+        or, before the first refit, the budget: a learning-rate schedule's length.
 
         Parameters
         ----------
@@ -288,7 +284,7 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def _epoch_batches(self, epoch):
         """Batches this rank yields in ``epoch`` (planned size; see total_batches)."""
-        return self._batch_count(self._shard_length(self._planner.expected_size(epoch)))
+        return self._batches_of(self._planner.expected_size(epoch))
 
     def __iter__(self):
         refuse_accelerate_wrapper()
@@ -303,14 +299,13 @@ class GraftBatchSampler(Sampler[list[int]]):
         """The current epoch's plan (dataset indices in training order)."""
         return self._planner.plan(self.epoch, self.num_replicas)
 
-    def _shard_length(self, total):
-        return _plan.shard_length(total, self.num_replicas, self.drop_last)
-
     def _shard(self, plan):
         return _plan.shard(plan, self.num_replicas, self.rank, self.drop_last)
 
-    def _batch_count(self, count):
-        return _plan.batch_count(count, self.batch_size, self.drop_last)
+    def _batches_of(self, size):
+        """Batches this rank yields from a plan of ``size`` samples."""
+        share = _plan.shard_length(size, self.num_replicas, self.drop_last)
+        return _plan.batch_count(share, self.batch_size, self.drop_last)
 
     def state_dict(self):
         """Everything needed to resume mid-epoch with the same remaining batches.
@@ -332,7 +327,7 @@ class GraftBatchSampler(Sampler[list[int]]):
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output; the next iteration resumes mid-epoch.
 
-        The whole state is checked before anything is written; its tensors are copied.
+        It is checked whole before anything is written; its tensors are copied.
 
         Parameters
         ----------
