@@ -1,7 +1,7 @@
 """Pieces of GraftBatchSampler that track a pass: the batch iterator, the layer capture
 and the live feedback that torchdata snapshots hold.
 
-This module imports torch; only graft_select.sampler imports it.
+This module imports torch; only the sampler and its parts import it.
 """
 
 import collections

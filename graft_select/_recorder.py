@@ -16,10 +16,11 @@ import warnings
 
 import torch
 
+from ._checks import check_batch, check_indices
 from ._iteration import LastLayerCapture, last_linear
 from ._merge import merge
 from ._state import check_feedback
-from ._store import FeedbackStore, as_tensor, check_batch
+from ._store import FeedbackStore
 
 __all__ = ["FeedbackRecorder"]
 
@@ -153,22 +154,10 @@ class FeedbackRecorder:
         depth = None if iteration is None else iteration.handed_out(indices)
         if depth is not None:  # a batch this sampler handed out: valid as it is
             return iteration.batches[iteration.pending[depth]], depth
-        idx = as_tensor(indices, "indices")
-        if idx.ndim != 1:
-            idx = idx.reshape(-1)
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise TypeError(f"'indices' must be integer dataset indices, got dtype {idx.dtype}.")
-        idx = idx.to(torch.int64)
-        if idx.device.type != "cpu":  # checked on the device when recorded
-            return idx, None
-        depth = None if iteration is None else iteration.find(idx)
-        if depth is not None:  # a batch this sampler handed out: valid
+        idx = check_indices(indices, self.n_samples)  # on a device: checked when recorded
+        depth = None if iteration is None or idx.device.type != "cpu" else iteration.find(idx)
+        if depth is not None:  # a batch this sampler handed out, passed as another type
             return iteration.batches[iteration.pending[depth]], depth
-        if len(idx):
-            low, high = (int(v) for v in torch.aminmax(idx))
-            if low < 0 or high >= self.n_samples:
-                raise ValueError(f"'indices' must lie in [0, {self.n_samples}), got values in "
-                                 f"[{int(low)}, {int(high)}]; pass dataset indices.")
         return idx, None
 
     def watch(self, model, layer=None):

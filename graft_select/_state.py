@@ -13,6 +13,7 @@ import numbers
 
 import torch
 
+from ._checks import check_indices
 from ._store import FEEDBACK_NAMES
 
 __all__ = ["check_feedback", "check_state"]
@@ -114,8 +115,6 @@ def _index_tensor(value, name, owner, n_samples):
     if not torch.is_tensor(value) or value.ndim != 1 or value.dtype != torch.int64:
         raise ValueError(f"The '{name}' of the state passed to {owner} must be a 1-D int64 "
                          f"tensor of dataset indices.")
-    if len(value) and (int(value.min()) < 0 or int(value.max()) >= n_samples):
-        raise ValueError(f"The '{name}' of the state passed to {owner} holds indices outside "
-                         f"[0, {n_samples}); was the state saved by a sampler of another "
-                         "dataset?")
-    return value.detach().cpu().clone()
+    value = value.detach().cpu().clone()
+    return check_indices(value, n_samples, subject=f"The '{name}' of the state passed to {owner}",
+                         hint="was the state saved by a sampler of another dataset?")

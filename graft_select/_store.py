@@ -11,7 +11,7 @@ the store, the staged block is recorded at once: residuals formed, rows checked 
 device, rows with NaN, infinity or out-of-range labels routed to a spare row and
 flagged (they are reported at the next refit), the others written.
 
-This module imports torch; only graft_select.sampler imports it.
+This module imports torch; only the sampler and its parts import it.
 """
 
 import collections.abc
@@ -21,7 +21,7 @@ import torch
 
 from ._plan import mix
 
-__all__ = ["FeedbackStore", "check_batch", "signature"]
+__all__ = ["FeedbackStore", "Sketch", "loaded_tables", "signature"]
 
 FEEDBACK_NAMES = ("embeddings", "residuals", "gradients")  # the stored kinds
 FEEDBACK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -99,7 +99,7 @@ class FeedbackStore(collections.abc.Mapping):
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def stage(self, indices, batch, epoch, *, copy_indices=True, source=None):
-        """Keep a copy of one checked batch (see :func:`check_batch`) for the next recording.
+        """Keep a copy of one checked batch (see ``_checks.check_batch``) for the next recording.
 
         Only copies run here; :meth:`flush` records the staged batches as one
         block, every ``STAGED_BATCHES`` batches and before anything reads the
@@ -453,29 +453,6 @@ _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> same
 
 # --------------------------------------------------------------- one batch's feedback
 
-def check_batch(n_rows, embeddings, logits, targets, gradients):
-    """Check one batch's shapes and dtypes (host metadata only); return its inputs by name."""
-    batch = {}
-    if embeddings is not None:
-        batch["embeddings"] = _rows(embeddings, "embeddings", n_rows)
-    if logits is not None or targets is not None:
-        if logits is None or targets is None:
-            raise ValueError("observe() needs both 'logits' and 'targets' to form gradient "
-                             "proxies; pass both or neither (or give the sampler "
-                             "targets=).")
-        batch["logits"] = _rows(logits, "logits", n_rows)
-        if not batch["logits"].dtype.is_floating_point:
-            raise TypeError(f"'logits' must be floating point, got dtype "
-                            f"{batch['logits'].dtype}; pass the model's outputs.")
-        batch["targets"] = _labels(targets, n_rows)
-    if gradients is not None:
-        batch["gradients"] = _rows(gradients, "gradients", n_rows)
-    if not batch:
-        raise ValueError("observe() got nothing to record; pass embeddings, logits and "
-                         "targets, or gradients, or watch() the model first.")
-    return batch
-
-
 def _residuals(logits, labels):
     """``softmax(logits) - onehot(labels)`` of a block of rows; ``labels`` in range."""
     # softmax by hand over the classes as rows of the transposed block: torch's
@@ -532,49 +509,3 @@ def _to(tensor, device):
     lands in pinned memory that the CPU may read before the copy has finished.
     """
     return tensor.to(device, non_blocking=torch.device(device).type != "cpu")
-
-
-def as_tensor(value, name):
-    """``value`` as a detached tensor; meta tensors (no data) are rejected."""
-    if isinstance(value, torch.Tensor):
-        if value.is_meta:
-            raise ValueError(f"'{name}' is a meta tensor (shape only, no data); pass the tensor "
-                             "computed by the forward pass on a real device.")
-        return value.detach() if value.requires_grad else value
-    try:
-        return torch.as_tensor(value).detach()
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"'{name}' must be a tensor or array of numbers. Got "
-                        f"{type(value).__name__} ({exc}).") from None
-
-
-def _rows(value, name, n):
-    value = as_tensor(value, name)
-    if value.layout != torch.strided:
-        raise TypeError(f"'{name}' is a {value.layout} tensor; pass a dense one "
-                        "(.to_dense()).")
-    if value.dtype.is_complex:
-        raise TypeError(f"'{name}' is complex ({value.dtype}); pass real values (observe() "
-                        "would drop the imaginary part).")
-    if value.ndim == 1:
-        value = value.reshape(-1, 1)
-    if value.ndim != 2 or value.shape[0] != n:
-        raise ValueError(f"'{name}' must have one row per index ({n}), got shape "
-                         f"{tuple(value.shape)}.")
-    return value
-
-
-def _labels(targets, n):
-    targets = as_tensor(targets, "targets")
-    if targets.layout != torch.strided:
-        raise TypeError(f"'targets' is a {targets.layout} tensor; pass a dense one "
-                        "(.to_dense()).")
-    targets = targets.reshape(-1)
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or (
-            targets.dtype == torch.bool):
-        raise TypeError(f"'targets' must hold integer class labels, got dtype {targets.dtype}; "
-                        "convert them with .long().")
-    if targets.shape[0] != n:
-        raise ValueError(f"'targets' must hold {n} integer labels, got shape "
-                         f"{tuple(targets.shape)}.")
-    return targets

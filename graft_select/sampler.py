@@ -23,12 +23,13 @@ from torch.utils.data import Sampler
 
 from . import _plan
 from ._backend import load_namespaces
+from ._checks import check_labels
 from ._iteration import BatchIterator, LastLayerCapture, refuse_accelerate_wrapper
 from ._planner import EpochPlanner, RefitReport
 from ._recorder import FeedbackRecorder
 from ._sources import check_features, feature_source
 from ._state import check_state
-from ._store import FEEDBACK_DTYPES, as_tensor
+from ._store import FEEDBACK_DTYPES
 from ._validation import check_bool, check_int, check_real
 from .selector import GraftSelector
 
@@ -429,16 +430,8 @@ def _check_selector(selector):
 def _check_targets(targets, n_samples):
     if targets is None:
         return None
-    targets = as_tensor(targets, "targets")
-    if targets.ndim != 1 or targets.shape[0] != n_samples:
-        raise ValueError(f"The 'targets' parameter of GraftBatchSampler must hold one label "
-                         f"per sample, shape ({n_samples},). Got shape "
-                         f"{tuple(targets.shape)} instead.")
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or (
-            targets.dtype == torch.bool):
-        raise TypeError(f"The 'targets' parameter of GraftBatchSampler must hold integer "
-                        f"class labels. Got dtype {targets.dtype} instead.")
-    return targets.to(torch.int64)
+    subject = "The 'targets' parameter of GraftBatchSampler"
+    return check_labels(targets, n_samples, subject=subject).to(torch.int64)
 
 
 def _dataset_length(data_source):
