@@ -150,9 +150,6 @@ class GraftBatchSampler(Sampler[list[int]]):
             data_source, batch_size, fraction, features, chunk_size, refit_every,
             warm_start_epochs, selector, drop_last, shuffle, seed, targets, refresh_share,
             feature_batch_size, feedback_dtype, sketch_width, label_noise_guard))
-        # a refit's array namespaces (NumPy's for the CPU fast paths): loaded once per
-        # process here, not inside the first refit's timed selection
-        load_namespaces(np.empty(0), torch.empty(0))
         self._ranks = _Ranks(num_replicas, rank)
         self.epoch = 0
         self._recorder, self._planner = _parts(self)
@@ -361,6 +358,9 @@ class GraftBatchSampler(Sampler[list[int]]):
 
 def _parts(sampler):
     """The sampler's recorder and planner, built from its checked parameters."""
+    # a refit's array namespaces (NumPy's for the CPU fast paths): loaded once per
+    # process here, not inside the first refit's timed selection
+    load_namespaces(np.empty(0), torch.empty(0))
     recorder = FeedbackRecorder(sampler.n_samples, sampler.targets,
                                 dtype=sampler.feedback_dtype, sketch_width=sampler.sketch_width,
                                 seed=sampler.seed)
