@@ -147,17 +147,17 @@ def bench_store(quick):
                         targets=targets[:len(index)])
     seconds = time.perf_counter() - start
     rss_growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 2**20
-    store_gb = sampler._store.nbytes / 2**30
+    store_gb = sampler._recorder.store.nbytes / 2**30
     dense_gb = n * (d + c) * 4 / 2**30
     print(f"  store {store_gb:.2f} GB (float32 unsketched: {dense_gb:.1f} GB), peak RSS growth "
           f"{rss_growth:.2f} GB, {min(stop, n):,} rows written in {seconds:.1f} s; "
           f"target <= 2 GB: {'PASS' if store_gb <= 2 else 'MISS'}")
     index = torch.arange(128)
-    sampler._store.flush()
+    sampler._recorder.store.flush()
     start = time.perf_counter()
     for _ in range(96):  # three recordings of 32 staged batches
         sampler.observe(index, embeddings=emb[:128], logits=logits[:128], targets=targets[:128])
-    sampler._store.flush()
+    sampler._recorder.store.flush()
     per_call = (time.perf_counter() - start) / 96
     print(f"  observe() of a 128-row ImageNet-shaped batch: {1e3 * per_call:.2f} ms on the CPU "
           "(mean, recording and sketching included)")
@@ -222,12 +222,12 @@ def bench_quality(quick):
         sampler.set_epoch(1)
         len(sampler)
         candidates = torch.randperm(n, generator=epoch_generator(0, 1))  # the refit's order
-        selected, uniform = chunk_errors(sampler._subset, candidates, chunk, residuals, inputs,
-                                         np.random.default_rng(0))
+        selected, uniform = chunk_errors(sampler._planner.subset, candidates, chunk, residuals,
+                                         inputs, np.random.default_rng(0))
         ratios[label] = selected / uniform
         print(f"  {label:19s} error {selected:.4f}, uniform {uniform:.4f}, ratio "
               f"{ratios[label]:.3f} (refit {sampler.last_refit.seconds:.1f} s, store "
-              f"{sampler._store.nbytes / 2**20:.0f} MB)")
+              f"{sampler._recorder.store.nbytes / 2**20:.0f} MB)")
     plain, sketched = ratios.values()
     change = abs(sketched - plain) / plain
     print(f"  sketched ratio within {100 * change:.1f}% of unsketched; target <= 10%: "

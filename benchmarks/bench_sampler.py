@@ -83,7 +83,7 @@ def child(n, threads, repeats):
         sampler.observe(idx, embeddings=torch.randn(len(idx), d, generator=g),
                         logits=torch.randn(len(idx), c, generator=g),
                         targets=torch.randint(0, c, (len(idx),), generator=g))
-    store = sampler._store
+    store = sampler._recorder.store
     store_mb = sum(v.numel() * v.element_size() for v in store.values()) / 2**20
     R = torch.randn(d, 64, generator=g)
     emb = store["embeddings"]

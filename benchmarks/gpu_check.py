@@ -142,7 +142,7 @@ def check_observe(steps):
                 else:
                     next(handed_out)  # the batch the loop trains on
                     sampler.observe(embeddings=emb, logits=logits)
-            sampler._store.flush()  # records the last staged batches
+            sampler._recorder.store.flush()  # records the last staged batches
             torch.cuda.synchronize()
             seconds = time.perf_counter() - start
         except RuntimeError as exc:
@@ -169,7 +169,7 @@ def check_refit(n, d, goal):
         sampler.observe(idx, embeddings=torch.randn(len(idx), d, device=device, generator=g),
                         logits=torch.randn(len(idx), c, device=device, generator=g),
                         targets=torch.randint(0, c, (len(idx),), device=device, generator=g))
-    emb = sampler._store["embeddings"]
+    emb = sampler._recorder.store["embeddings"]
     R = torch.randn(d, 64, device=device, generator=g)
     sync = torch.cuda.synchronize
     _timed(lambda: emb @ R, sync)

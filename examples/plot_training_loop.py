@@ -177,5 +177,5 @@ plt.show()
 # anecdotal: compare several seeds, as ``graft-select demo`` does, before
 # drawing conclusions (see :doc:`/benchmarks`). The selection time is what GRAFT
 # costs over uniform sampling; it grows with the selection chunk
-# (``selection_size``) and shrinks with ``refit_every``, see the
+# (``chunk_size``) and shrinks with ``refit_every``, see the
 # :doc:`/user_guide`.

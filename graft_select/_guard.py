@@ -17,7 +17,6 @@ On clean data confident mistakes are a small part of the mistakes (``nu / m`` wa
 them (0.79-0.89 on digits with 2%, 5% and 15% wrong labels). When
 ``nu > RATIO * m`` the guard excludes the ``MARGIN * nu * n`` samples with the
 lowest probability of their label from the refit; otherwise it excludes nothing.
-The numbers and every variant tried are in benchmarks/RESULTS.md (issue 12).
 
 This module imports torch; only the sampler imports it.
 """

@@ -1,22 +1,17 @@
-"""Pieces of GraftBatchSampler that track a pass: the batch iterator, the layer capture,
-the state check and the live feedback that torchdata snapshots hold.
+"""Pieces of GraftBatchSampler that track a pass: the batch iterator, the layer capture
+and the live feedback that torchdata snapshots hold.
 
-This module imports torch; only graft_select.sampler imports it.
+This module imports torch; only the sampler and its parts import it.
 """
 
 import collections
-import math
 import numbers
 import sys
 
 import torch
 
-__all__ = ["BatchIterator", "LastLayerCapture", "check_state"]
+__all__ = ["BatchIterator", "LastLayerCapture"]
 
-FEEDBACK_NAMES = ("embeddings", "residuals", "gradients")
-STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
-              "rejected", "selection_seconds"}
-OPTIONAL_KEYS = {"rejected"}  # absent from states saved before it was added
 
 
 class BatchIterator:
@@ -26,10 +21,21 @@ class BatchIterator:
     the loop); ``pending`` holds the handed-out batches not yet observed, oldest
     first, so that ``observe()`` without indices finds the batch being trained
     and the resume position counts consumed batches.
+
+    Parameters
+    ----------
+    batches : list of int64 tensors
+        The pass's batches (this rank's share of the epoch's plan).
+    start : int
+        Batches to skip (a resume position).
+    feedback : FeedbackRecorder
+        Where the recorded feedback is; a torchdata snapshot of this iterator
+        saves it (:meth:`FeedbackRecorder.state`) and restores it
+        (:meth:`FeedbackRecorder.load_feedback`).
     """
 
-    def __init__(self, sampler, batches, start):
-        self.sampler = sampler
+    def __init__(self, batches, start, feedback):
+        self.feedback = feedback
         self.batches = batches
         self.position = start
         self.consumed = start
@@ -115,7 +121,7 @@ class BatchIterator:
     # live until the state is saved (pickled or deep-copied), so a saved state holds
     # every observation made before it was saved.
     def state_dict(self):
-        return {"position": self.position, "feedback": LiveFeedback(self.sampler)}
+        return {"position": self.position, "feedback": LiveFeedback(self.feedback)}
 
     def load_state_dict(self, state):
         if not isinstance(state, dict) or set(state) != {"position", "feedback"}:
@@ -129,20 +135,20 @@ class BatchIterator:
         feedback = state["feedback"]
         if isinstance(feedback, LiveFeedback):
             feedback = feedback.snapshot()
-        self.sampler._load_feedback(feedback)
+        self.feedback.load_feedback(feedback)
         self.position = self.consumed = int(position)
         self.pending.clear()
         self.observed_any = False
 
 
 class LiveFeedback:
-    """The sampler's recorded feedback, copied when saved rather than when taken."""
+    """The recorded feedback of a FeedbackRecorder, copied when saved rather than when taken."""
 
-    def __init__(self, sampler):
-        self._sampler = sampler
+    def __init__(self, recorder):
+        self._recorder = recorder
 
     def snapshot(self):
-        return self._sampler._store.state()
+        return self._recorder.state()
 
     def __reduce__(self):
         return (dict, (self.snapshot(),))
@@ -228,114 +234,28 @@ def last_linear(model):
     return layers[-1]
 
 
-def check_state(state, n_samples):
-    """Validate a whole state dict of GraftBatchSampler; return cleaned copies."""
-    owner = "GraftBatchSampler.load_state_dict"
-    if not isinstance(state, dict):
-        raise TypeError(f"{owner} expects the dict returned by state_dict(). Got "
-                        f"{type(state).__name__} instead.")
-    if not STATE_KEYS - OPTIONAL_KEYS <= set(state) <= STATE_KEYS:
-        missing = sorted(STATE_KEYS - OPTIONAL_KEYS - set(state))
-        extra = sorted(set(state) - STATE_KEYS)
-        raise ValueError(f"{owner} got a state with missing keys {missing} and unknown keys "
-                         f"{extra}; pass the dict returned by GraftBatchSampler.state_dict().")
-    epoch = _state_int(state["epoch"], "epoch", owner)
-    batches = _state_int(state["batches_yielded"], "batches_yielded", owner)
-    subset_epoch = state["subset_epoch"]
-    if subset_epoch is not None:
-        subset_epoch = _state_int(subset_epoch, "subset_epoch", owner)
-    subset = state["subset"]
-    if subset is not None:
-        subset = _index_tensor(subset, "subset", owner, n_samples)
-        if len(subset) == 0 or len(torch.unique(subset)) != len(subset):
-            raise ValueError(f"The 'subset' of the state passed to {owner} must hold distinct "
-                             "dataset indices.")
-    if (subset is None) != (subset_epoch is None):
-        raise ValueError(f"The state passed to {owner} must have both 'subset' and "
-                         "'subset_epoch' or neither.")
-    seconds = state["selection_seconds"]
-    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not (
-            math.isfinite(seconds) and seconds >= 0):
-        raise ValueError(f"The 'selection_seconds' of the state passed to {owner} must be a "
-                         f"finite float >= 0. Got {seconds!r} instead.")
-    feedback = check_feedback({key: state[key] for key in ("store", "last_seen", "rejected")
-                               if key in state}, n_samples, owner)
-    return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
-            "subset_epoch": subset_epoch, "selection_seconds": float(seconds), **feedback}
+def refuse_accelerate_wrapper():
+    """Raise if accelerate's wrappers iterate the sampler (called by its ``__iter__``)."""
+    wrapper = _accelerate_wrapper()
+    if wrapper is not None:
+        raise TypeError(
+            f"GraftBatchSampler is being iterated by accelerate's {wrapper}, which shards "
+            "its batches a second time and overrides its epochs. Do not pass the DataLoader "
+            "to accelerator.prepare(); prepare the model and optimizer only and wrap the "
+            "loader with graft_select.accelerate.prepare_data_loader(accelerator, loader) "
+            "(GraftBatchSampler shards over the processes itself).")
 
 
-def check_feedback(feedback, n_samples, owner):
-    """Validate ``{"store": ..., "last_seen": ..., "rejected": ...}``; return CPU copies.
-
-    ``rejected`` (optional; zeros when absent) counts per sample the observed rows
-    rejected since the last refit, plus one last entry for rows whose index lay
-    outside the dataset.
-    """
-    store = feedback.get("store") if isinstance(feedback, dict) else None
-    if not isinstance(store, dict):
-        raise TypeError(f"The 'store' of the state passed to {owner} must be a dict of "
-                        f"tensors. Got {type(store).__name__} instead.")
-    unknown = sorted(set(store) - set(FEEDBACK_NAMES))
-    if unknown:
-        raise ValueError(f"The 'store' of the state passed to {owner} has unknown entries "
-                         f"{unknown}; expected some of {list(FEEDBACK_NAMES)}.")
-    copies = {}
-    for name, value in store.items():
-        if not torch.is_tensor(value) or value.ndim != 2 or value.shape[0] != n_samples or (
-                not value.dtype.is_floating_point):
-            shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-            raise ValueError(f"The store entry '{name}' of the state passed to {owner} must be "
-                             f"a floating tensor of shape ({n_samples}, n_columns). Got "
-                             f"{shape} instead; was the state saved by a sampler of another "
-                             "dataset?")
-        copies[name] = value.detach().cpu().clone()
-    last_seen = feedback["last_seen"]
-    if not torch.is_tensor(last_seen) or last_seen.shape != (n_samples,) or (
-            last_seen.dtype != torch.int64):
-        shape = tuple(last_seen.shape) if torch.is_tensor(last_seen) else type(last_seen).__name__
-        raise ValueError(f"The 'last_seen' of the state passed to {owner} must be an int64 "
-                         f"tensor of shape ({n_samples},). Got {shape} instead; was the state "
-                         "saved by a sampler of another dataset?")
-    rejected = feedback.get("rejected")
-    if rejected is None:
-        rejected = torch.zeros(n_samples + 1, dtype=torch.int32)
-    elif not torch.is_tensor(rejected) or rejected.shape != (n_samples + 1,) or (
-            rejected.dtype != torch.int32) or bool((rejected < 0).any()):
-        shape = tuple(rejected.shape) if torch.is_tensor(rejected) else type(rejected).__name__
-        raise ValueError(f"The 'rejected' of the state passed to {owner} must be an int32 "
-                         f"tensor of shape ({n_samples + 1},) of counts >= 0. Got {shape} "
-                         "instead; was the state saved by a sampler of another dataset?")
-    return {"store": copies, "last_seen": last_seen.detach().cpu().clone(),
-            "rejected": rejected.detach().cpu().clone()}
-
-
-def _state_int(value, name, owner):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"The '{name}' of the state passed to {owner} must be an int >= 0. "
-                         f"Got {value!r} instead.")
-    return int(value)
-
-
-def _index_tensor(value, name, owner, n_samples):
-    if not torch.is_tensor(value) or value.ndim != 1 or value.dtype != torch.int64:
-        raise ValueError(f"The '{name}' of the state passed to {owner} must be a 1-D int64 "
-                         f"tensor of dataset indices.")
-    if len(value) and (int(value.min()) < 0 or int(value.max()) >= n_samples):
-        raise ValueError(f"The '{name}' of the state passed to {owner} holds indices outside "
-                         f"[0, {n_samples}); was the state saved by a sampler of another "
-                         "dataset?")
-    return value.detach().cpu().clone()
-
-
-def accelerate_wrapper():
-    """Name of the accelerate wrapper iterating the sampler, or None (looks a few frames up)."""
+def _accelerate_wrapper():
+    """Name of the accelerate wrapper iterating the sampler, or None (looks a few frames up
+    from the sampler's ``__iter__``)."""
     module = sys.modules.get("accelerate.data_loader")
     if module is None:
         return None
     wrappers = tuple(getattr(module, name) for name in
                      ("BatchSamplerShard", "DataLoaderShard", "DataLoaderDispatcher")
                      if hasattr(module, name))
-    frame = sys._getframe(2)
+    frame = sys._getframe(3)
     for _ in range(16):
         if frame is None:
             return None

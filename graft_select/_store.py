@@ -11,7 +11,7 @@ the store, the staged block is recorded at once: residuals formed, rows checked 
 device, rows with NaN, infinity or out-of-range labels routed to a spare row and
 flagged (they are reported at the next refit), the others written.
 
-This module imports torch; only graft_select.sampler imports it.
+This module imports torch; only the sampler and its parts import it.
 """
 
 import collections.abc
@@ -19,11 +19,11 @@ import math
 
 import torch
 
-from ._iteration import FEEDBACK_NAMES
 from ._plan import mix
 
-__all__ = ["FeedbackStore", "check_batch", "signature"]
+__all__ = ["FeedbackStore", "Sketch", "loaded_tables", "signature"]
 
+FEEDBACK_NAMES = ("embeddings", "residuals", "gradients")  # the stored kinds
 FEEDBACK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 STAGED_BATCHES = 32  # batches staged between two recordings
 STAGED_BYTES = 64 * 2**20  # at most this much staging memory (a larger batch is recorded)
@@ -57,8 +57,7 @@ class FeedbackStore(collections.abc.Mapping):
         self.sketch_width = sketch_width
         self.seed = seed
         self._rows = {}  # name -> (n_samples + 1, width); row n_samples is the spare row
-        self._in_widths = {}  # name -> width of the observed values (before the sketch)
-        self._projections = {}  # name -> (in_width, sketch_width) float32 on the device
+        self.sketch = Sketch(sketch_width, seed)
         self._last_seen = torch.full((n_samples + 1,), -1, dtype=torch.int64)
         self._dirty = torch.zeros(n_samples + 1, dtype=torch.bool)  # written since merge
         self._rejected = torch.zeros(n_samples + 1, dtype=torch.int32)  # spare: bad indices
@@ -71,9 +70,6 @@ class FeedbackStore(collections.abc.Mapping):
         self._signature = None
         self._batch_bytes = 0
         self._last_row = None  # scratch: the last position of each sample in a block
-        self.last_merge_bytes = 0
-
-    # ------------------------------------------------------------------ mapping
 
     def __getitem__(self, name):
         self.flush()
@@ -97,30 +93,13 @@ class FeedbackStore(collections.abc.Mapping):
     def nbytes(self):
         """Bytes held by the store's tensors (rows and bookkeeping, spare rows included)."""
         tensors = [*self._rows.values(), self._last_seen, self._dirty, self._rejected,
-                   *self._projections.values()]
+                   *self.sketch.projections.values()]
         if self._last_row is not None:
             tensors.append(self._last_row)
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    # ---------------------------------------------------------------- recording
-
-    def check_widths(self, batch):
-        """Raise if an input's width differs from what was observed before under its name."""
-        for name, value in batch.items():
-            stored_name = STORED_NAME.get(name)
-            if stored_name is None:  # targets
-                continue
-            width = value.shape[1]
-            known = self._in_widths.get(stored_name)
-            if known is None and stored_name in self._rows:  # loaded: the stored width only
-                known = self._rows[stored_name].shape[1]
-                width = self._stored_width(width)
-            if known is not None and known != width:
-                raise ValueError(f"'{name}' has {value.shape[1]} columns but earlier "
-                                 f"observations had {known}.")
-
     def stage(self, indices, batch, epoch, *, copy_indices=True, source=None):
-        """Keep a copy of one checked batch (see :func:`check_batch`) for the next recording.
+        """Keep a copy of one checked batch (see ``_checks.check_batch``) for the next recording.
 
         Only copies run here; :meth:`flush` records the staged batches as one
         block, every ``STAGED_BATCHES`` batches and before anything reads the
@@ -130,8 +109,7 @@ class FeedbackStore(collections.abc.Mapping):
         Parameters
         ----------
         indices : int64 tensor of shape (b,)
-            Dataset indices; on an accelerator they may lie outside the dataset
-            (those rows are rejected when recorded).
+            Dataset indices (on an accelerator, out-of-range rows are rejected).
         batch : dict of input name -> tensor with b rows
             Some of "embeddings", "logits", "targets", "gradients".
         epoch : int
@@ -145,13 +123,11 @@ class FeedbackStore(collections.abc.Mapping):
             sample, so it is recorded without the range check and the
             duplicate-index rule.
         """
-        self.check_widths(batch)
+        self.sketch.check_widths(batch, self._rows)
         key = (tuple(batch), tuple(value.device for value in batch.values()), indices.device,
                epoch, source)
         if not (self._staged and key == self._staged_key):
-            for name, value in batch.items():
-                if name in STORED_NAME:
-                    self._in_widths.setdefault(STORED_NAME[name], value.shape[1])
+            self.sketch.remember(batch)
             self.flush()
         rows = indices.shape[0]
         width = sum(v.shape[1] if v.ndim == 2 else 1 for v in batch.values()) + 1
@@ -170,27 +146,13 @@ class FeedbackStore(collections.abc.Mapping):
         """Stage one more batch of the last staged one's kind, if it is; else return False.
 
         The fast path of :meth:`stage` for the training loop's steady state: a
-        batch of the same pass (``source``) and epoch whose inputs have the
-        :func:`signature` of the last staged batch (names, shapes, dtypes,
-        devices) passes every check that batch passed, so only its copies run.
-        A recording in between (a full block, a read of the store) does not end
-        the steady state; :meth:`load` does.
-
-        Parameters
-        ----------
-        indices : int64 tensor of shape (b,)
-            The batch's dataset indices (the sampler's own tensor: not copied).
-        values : sequence of tensors
-            The inputs, detached, in the order of the signature's names.
-        epoch, source :
-            As for :meth:`stage`.
-        batch_signature : tuple
-            :func:`signature` of the inputs.
-
-        Returns
-        -------
-        staged : bool
-            False (nothing done) when the batch is not of the last staged kind.
+        batch of the same pass (``source``) and epoch whose inputs (``values``,
+        detached, in the signature's order) have the :func:`signature`
+        ``batch_signature`` of the last staged batch passes every check that
+        batch passed, so only its copies run (``indices``, the sampler's own
+        tensor, is not copied). A recording in between does not end the steady
+        state; :meth:`load` does. Returns False, having done nothing, for a
+        batch of another kind.
         """
         if (source is None or batch_signature != self._signature
                 or self._staged_key[3] != epoch or self._staged_key[4] is not source):
@@ -227,7 +189,7 @@ class FeedbackStore(collections.abc.Mapping):
         device = self._last_seen.device
         indices, ok = _to(indices, device), _to(ok, device)
         stored = self._stored_rows(values, device)
-        if self.dtype != torch.float32 or self._projections:
+        if self.dtype != torch.float32 or self.sketch.projections:
             # the stored form may overflow where the observed one did not (1e5 in
             # float16; a sketch of huge values): such a row must not replace a good one
             for rows in stored.values():
@@ -252,32 +214,17 @@ class FeedbackStore(collections.abc.Mapping):
         stored = {}
         for name, value in values.items():
             value = _to(value, device)
-            if name not in self._rows or (name not in self._projections
+            if name not in self._rows or (name not in self.sketch.projections
                                           and value.shape[1] != self._rows[name].shape[1]):
                 self._prepare(name, value.shape[1], device)
-            projection = self._projections.get(name)
-            if projection is not None:
-                value = value.to(torch.float32) @ projection
-            stored[name] = value.to(self.dtype)
+            stored[name] = self.sketch.apply(name, value).to(self.dtype)
         return stored
 
     def _write(self, indices, stored, ok, written, epoch):
-        """Write the rows ``stored`` of the samples ``indices`` where ``written``.
-
-        Parameters
-        ----------
-        indices : int64 tensor of shape (b,)
-            Dataset indices; ``n_samples`` marks a row whose index was out of
-            range (its ``ok`` is False).
-        stored : dict of name -> tensor of shape (b, width)
-            The stored names' rows, in the store's dtype and on its device.
-        ok : bool tensor of shape (b,)
-            The valid rows; the others are flagged as rejected.
-        written : bool tensor of shape (b,)
-            The valid rows to write (one per sample); the others keep their values.
-        epoch : int
-            Stamped as the written rows' last-seen epoch.
-        """
+        """Write the rows ``stored`` (name -> (b, width), stored dtype and device) of the
+        samples ``indices`` where ``written`` (one valid row per sample), stamped
+        ``epoch``; flag the rows not ``ok`` as rejected. An index ``n_samples``
+        marks a row whose index was out of range (never ok)."""
         target = torch.where(written, indices, self.n_samples)
         for name, rows in stored.items():
             _copy_rows(self._rows[name], target, rows)
@@ -287,20 +234,9 @@ class FeedbackStore(collections.abc.Mapping):
         if target.device.type != "cpu" or not bool(ok.all()):
             self._rejected.index_add_(0, indices, (~ok).to(torch.int32))
 
-    def _stored_width(self, width):
-        if self.sketch_width is not None and width > self.sketch_width:
-            return self.sketch_width
-        return width
-
     def _prepare(self, name, width, device):
         """The sketch of ``name`` (if it is wider than sketch_width) and its rows."""
-        stored = self._stored_width(width)
-        if stored != width:
-            seed = mix(self.seed, 1 + FEEDBACK_NAMES.index(name))
-            generator = torch.Generator().manual_seed(seed)
-            projection = torch.randn(width, stored, generator=generator) / math.sqrt(stored)
-            self._projections[name] = projection.to(device, non_blocking=True)
-        self._in_widths.setdefault(name, width)
+        stored = self.sketch.prepare(name, width, device)
         if name not in self._rows:  # else loaded by load(), with this width (check_widths)
             self._rows[name] = torch.zeros((self.n_samples + 1, stored), dtype=self.dtype,
                                            device=device)
@@ -314,15 +250,10 @@ class FeedbackStore(collections.abc.Mapping):
                       for name, rows in self._rows.items()}
         self._placed = True
 
-    # ------------------------------------------------------------------ refits
-
     def sketched(self, name):
         """Whether ``name`` is stored as a sketch (for a loaded store: its width says so)."""
         self.flush()
-        if name in self._in_widths:
-            return self._stored_width(self._in_widths[name]) != self._in_widths[name]
-        return (name in self._rows and self.sketch_width is not None
-                and self._rows[name].shape[1] == self.sketch_width)
+        return self.sketch.sketched(name, self._rows)
 
     def observed_any(self):
         """Whether any sample was recorded (reads a value back: call it at a refit)."""
@@ -353,8 +284,6 @@ class FeedbackStore(collections.abc.Mapping):
         indices = torch.nonzero(counts[:self.n_samples]).flatten()
         return indices, int(counts.sum())
 
-    # -------------------------------------------------------------------- state
-
     def state(self):
         """The rows, last-seen epochs and unreported rejection counts, copied to the CPU."""
         return {"store": {name: rows.detach().cpu().clone() for name, rows in self.items()},
@@ -365,13 +294,9 @@ class FeedbackStore(collections.abc.Mapping):
         """Replace the rows by ``store`` (checked CPU tensors), cast to this store's dtype.
 
         ``rejected`` (int32, ``n_samples + 1``) replaces the rejection counts that
-        the next refit reports.
-
-        The store moves to the device of the next recorded values. Every recorded
-        row counts as changed, so the next distributed merge sends it. A row
-        holding NaN or infinity (a state saved by a version that stored float16
-        overflow as infinity) is loaded as never recorded and counted as
-        rejected, so the next refit warns about its sample instead of failing.
+        the next refit reports. The store moves to the device of the next
+        recorded values, and every recorded row counts as changed (the next
+        distributed merge sends it). See :func:`loaded_tables` for the cast.
 
         Raises
         ------
@@ -379,99 +304,133 @@ class FeedbackStore(collections.abc.Mapping):
             If a finite value of ``store`` overflows this store's dtype (1e5
             overflows float16, 1e39 float32); nothing is changed then.
         """
-        cast = {name: rows.to(self.dtype) for name, rows in store.items()}
-        for name, rows in store.items():
-            lost = torch.isfinite(rows) & ~torch.isfinite(cast[name])
-            if bool(lost.any()):
-                row = int(torch.nonzero(lost.any(dim=1))[0])
-                wider = ("torch.float32 or torch.bfloat16" if self.dtype == torch.float16
-                         else "torch.float64")
-                raise ValueError(
-                    f"The state's {name!r} hold values too large for the feedback_dtype "
-                    f"{self.dtype} of GraftBatchSampler (sample {row}: largest magnitude "
-                    f"{float(rows[row].abs().max()):.4g}); load it into a sampler with "
-                    f"feedback_dtype={wider}.")
+        rows, last_seen, rejected = loaded_tables(store, last_seen, rejected, self.dtype)
         self._staged = []  # observations before the load are replaced
         self._staged_key = self._signature = None  # the next batch takes every check
-        self._rows = {}
-        last_seen = torch.cat([last_seen, torch.tensor([-1])])
-        rejected = rejected.clone()
-        for name, rows in cast.items():
-            spare = torch.zeros((1, rows.shape[1]), dtype=self.dtype)
-            rows = torch.cat([rows, spare])
-            bad = ~torch.isfinite(rows).all(dim=1)
-            if bool(bad.any()):
-                rows[bad] = 0
-                rejected += (bad & (last_seen >= 0)).to(torch.int32)
-                last_seen[bad] = -1
-            self._rows[name] = rows
-        self._in_widths, self._projections = {}, {}
+        self._rows = rows
+        self.sketch = Sketch(self.sketch_width, self.seed)
         self._last_seen = last_seen
         self._dirty = self._last_seen >= 0
         self._rejected = rejected
         self._placed = False
 
-    # --------------------------------------------------------------- distributed
-
-    def merge(self, num_replicas):
-        """Exchange the rows written since the last merge with every rank (newest wins).
-
-        Each rank sends only its changed rows: their count, then the rows padded
-        to the largest count, with their indices and last-seen epochs. A row
-        written on several ranks takes the value with the latest epoch, ties going
-        to the highest rank, so every rank ends with the same store.
-
-        Returns
-        -------
-        n_bytes : int
-            Bytes this rank sent.
-        """
-        import torch.distributed as dist
-
-        # NCCL only moves CUDA tensors; gloo takes CPU (and CUDA) tensors.
-        comm = (torch.device("cuda", torch.cuda.current_device())
-                if dist.get_backend() == "nccl" else torch.device("cpu"))
-        sent = [0]
-
-        def gather(tensor):
-            tensor = tensor.to(comm).contiguous()
-            sent[0] += tensor.numel() * tensor.element_size()
-            parts = [torch.empty_like(tensor) for _ in range(num_replicas)]
-            dist.all_gather(parts, tensor)
-            return torch.stack(parts)
-
+    def changed_rows(self):
+        """Samples written since the last :meth:`clear_changed` (a load counts), int64."""
         self.flush()
-        _agree_on_names(self, gather)
-        rows = torch.nonzero(self._dirty[:self.n_samples]).flatten()
-        width = int(gather(torch.tensor([len(rows)])).max())
-        if width:
-            self._apply(gather, rows, width, num_replicas, comm)
-        self._dirty.zero_()
-        self.last_merge_bytes = sent[0]
-        return sent[0]
+        return torch.nonzero(self._dirty[:self.n_samples]).flatten()
 
-    def _apply(self, gather, rows, width, num_replicas, comm):
-        device = self._last_seen.device
-        header = torch.full((2, width), -1, dtype=torch.int64, device=device)
-        header[0, :len(rows)] = rows
-        header[1, :len(rows)] = self._last_seen[rows]
-        headers = gather(header)  # (ranks, 2, width)
-        values = {}
-        for name, stored in self._rows.items():
-            padded = stored.new_zeros((width, stored.shape[1]))
-            padded[:len(rows)] = stored[rows]
-            values[name] = gather(padded).flatten(0, 1)
-        got_rows, got_seen = headers[:, 0].flatten(), headers[:, 1].flatten()
-        ranks = torch.arange(num_replicas, device=comm).repeat_interleave(width)
-        entries = torch.nonzero(got_rows >= 0).flatten()
-        got_rows, key = got_rows[entries], got_seen[entries] * num_replicas + ranks[entries]
-        best = torch.full((self.n_samples,), -1, dtype=torch.int64, device=comm)
-        best.scatter_reduce_(0, got_rows, key, "amax")
-        won = key == best[got_rows]
-        target, entries = got_rows[won].to(device), entries[won]
-        for name, stored in self._rows.items():
-            stored.index_copy_(0, target, values[name][entries].to(device))
-        self._last_seen.index_copy_(0, target, got_seen[entries].to(device))
+    def clear_changed(self):
+        """Mark every row as merged (see graft_select._merge)."""
+        self._dirty.zero_()
+
+
+class Sketch:
+    """The fixed random sketches of a store's feedback wider than ``width``.
+
+    Feedback of name ``name`` and width ``w > width`` is multiplied by a Gaussian
+    matrix of shape (w, width), seeded from ``(seed, name)`` and scaled by
+    ``1 / sqrt(width)``, so the stored rows' Gram matrices equal the observed
+    ones' in expectation. It also remembers the observed (pre-sketch) widths, so
+    a later batch of another width raises.
+    """
+
+    def __init__(self, width, seed):
+        self.width = width
+        self.seed = seed
+        self.in_widths = {}  # name -> width of the observed values (before the sketch)
+        self.projections = {}  # name -> (in_width, width) float32 on the device
+
+    def stored_width(self, width):
+        """Width of the stored rows of feedback of ``width`` columns."""
+        return self.width if self.width is not None and width > self.width else width
+
+    def remember(self, batch):
+        """Record the observed widths of a checked batch's inputs (the first ones stay)."""
+        for name, value in batch.items():
+            if name in STORED_NAME:
+                self.in_widths.setdefault(STORED_NAME[name], value.shape[1])
+
+    def check_widths(self, batch, tables):
+        """Raise if an input's width differs from what was observed before under its name.
+
+        ``tables`` are the store's rows by stored name (a loaded store knows only
+        their stored width).
+        """
+        for name, value in batch.items():
+            stored_name = STORED_NAME.get(name)
+            if stored_name is None:  # targets
+                continue
+            width = value.shape[1]
+            known = self.in_widths.get(stored_name)
+            if known is None and stored_name in tables:  # loaded: the stored width only
+                known = tables[stored_name].shape[1]
+                width = self.stored_width(width)
+            if known is not None and known != width:
+                raise ValueError(f"'{name}' has {value.shape[1]} columns but earlier "
+                                 f"observations had {known}.")
+
+    def prepare(self, name, width, device):
+        """Make the projection of ``name`` if it needs one; return the stored width."""
+        stored = self.stored_width(width)
+        if stored != width:
+            seed = mix(self.seed, 1 + FEEDBACK_NAMES.index(name))
+            generator = torch.Generator().manual_seed(seed)
+            projection = torch.randn(width, stored, generator=generator) / math.sqrt(stored)
+            self.projections[name] = projection.to(device, non_blocking=True)
+        self.in_widths.setdefault(name, width)
+        return stored
+
+    def apply(self, name, value):
+        """``value`` (rows of ``name``) sketched, or as it is when ``name`` is not sketched."""
+        projection = self.projections.get(name)
+        return value if projection is None else value.to(torch.float32) @ projection
+
+    def sketched(self, name, tables):
+        """Whether ``name`` is stored as a sketch (for a loaded store: its width says so)."""
+        if name in self.in_widths:
+            return self.stored_width(self.in_widths[name]) != self.in_widths[name]
+        return (name in tables and self.width is not None
+                and tables[name].shape[1] == self.width)
+
+
+def loaded_tables(store, last_seen, rejected, dtype):
+    """The tables of a loaded state: rows cast to ``dtype``, each with its spare row.
+
+    A row holding NaN or infinity (a state saved by a version that stored float16
+    overflow as infinity) is loaded as never recorded and counted as rejected, so
+    the next refit warns about its sample instead of failing.
+
+    Returns
+    -------
+    rows : dict of name -> tensor of shape (n_samples + 1, width)
+    last_seen : int64 tensor of shape (n_samples + 1,)
+    rejected : int32 tensor of shape (n_samples + 1,)
+    """
+    cast = {name: rows.to(dtype) for name, rows in store.items()}
+    for name, rows in store.items():
+        lost = torch.isfinite(rows) & ~torch.isfinite(cast[name])
+        if bool(lost.any()):
+            row = int(torch.nonzero(lost.any(dim=1))[0])
+            wider = ("torch.float32 or torch.bfloat16" if dtype == torch.float16
+                     else "torch.float64")
+            raise ValueError(
+                f"The state's {name!r} hold values too large for the feedback_dtype "
+                f"{dtype} of GraftBatchSampler (sample {row}: largest magnitude "
+                f"{float(rows[row].abs().max()):.4g}); load it into a sampler with "
+                f"feedback_dtype={wider}.")
+    tables = {}
+    last_seen = torch.cat([last_seen, torch.tensor([-1])])
+    rejected = rejected.clone()
+    for name, rows in cast.items():
+        spare = torch.zeros((1, rows.shape[1]), dtype=dtype)
+        rows = torch.cat([rows, spare])
+        bad = ~torch.isfinite(rows).all(dim=1)
+        if bool(bad.any()):
+            rows[bad] = 0
+            rejected += (bad & (last_seen >= 0)).to(torch.int32)
+            last_seen[bad] = -1
+        tables[name] = rows
+    return tables, last_seen, rejected
 
 
 def _copy_rows(table, target, rows):
@@ -492,47 +451,7 @@ def _copy_rows(table, target, rows):
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> same-size integer
 
 
-def _agree_on_names(store, gather):
-    """All ranks hold the same feedback entries (names, widths, dtypes), or all raise."""
-    dtypes = list(FEEDBACK_DTYPES)
-    code = torch.zeros((len(FEEDBACK_NAMES), 2), dtype=torch.int64)
-    for row, name in enumerate(FEEDBACK_NAMES):
-        if name in store:
-            value = store[name]
-            code[row] = torch.tensor([value.shape[1], 1 + dtypes.index(value.dtype)])
-    every = gather(code).cpu()  # the same tensor on every rank, so every rank decides alike
-    if bool((every != every[0]).any()):
-        kinds = [[f"{name}({int(c[row, 0])} columns, {dtypes[int(c[row, 1]) - 1]})"
-                  for row, name in enumerate(FEEDBACK_NAMES) if c[row, 1]] for c in every]
-        listed = "; ".join(f"rank {r}: {', '.join(k) or 'nothing'}" for r, k in enumerate(kinds))
-        raise ValueError(f"The ranks of GraftBatchSampler observed different kinds of feedback "
-                         f"({listed}); pass the same arguments to observe() on every rank.")
-
-
 # --------------------------------------------------------------- one batch's feedback
-
-def check_batch(n_rows, embeddings, logits, targets, gradients):
-    """Check one batch's shapes and dtypes (host metadata only); return its inputs by name."""
-    batch = {}
-    if embeddings is not None:
-        batch["embeddings"] = _rows(embeddings, "embeddings", n_rows)
-    if logits is not None or targets is not None:
-        if logits is None or targets is None:
-            raise ValueError("observe() needs both 'logits' and 'targets' to form gradient "
-                             "proxies; pass both or neither (or give the sampler "
-                             "targets=).")
-        batch["logits"] = _rows(logits, "logits", n_rows)
-        if not batch["logits"].dtype.is_floating_point:
-            raise TypeError(f"'logits' must be floating point, got dtype "
-                            f"{batch['logits'].dtype}; pass the model's outputs.")
-        batch["targets"] = _labels(targets, n_rows)
-    if gradients is not None:
-        batch["gradients"] = _rows(gradients, "gradients", n_rows)
-    if not batch:
-        raise ValueError("observe() got nothing to record; pass embeddings, logits and "
-                         "targets, or gradients, or watch() the model first.")
-    return batch
-
 
 def _residuals(logits, labels):
     """``softmax(logits) - onehot(labels)`` of a block of rows; ``labels`` in range."""
@@ -590,49 +509,3 @@ def _to(tensor, device):
     lands in pinned memory that the CPU may read before the copy has finished.
     """
     return tensor.to(device, non_blocking=torch.device(device).type != "cpu")
-
-
-def as_tensor(value, name):
-    """``value`` as a detached tensor; meta tensors (no data) are rejected."""
-    if isinstance(value, torch.Tensor):
-        if value.is_meta:
-            raise ValueError(f"'{name}' is a meta tensor (shape only, no data); pass the tensor "
-                             "computed by the forward pass on a real device.")
-        return value.detach() if value.requires_grad else value
-    try:
-        return torch.as_tensor(value).detach()
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"'{name}' must be a tensor or array of numbers. Got "
-                        f"{type(value).__name__} ({exc}).") from None
-
-
-def _rows(value, name, n):
-    value = as_tensor(value, name)
-    if value.layout != torch.strided:
-        raise TypeError(f"'{name}' is a {value.layout} tensor; pass a dense one "
-                        "(.to_dense()).")
-    if value.dtype.is_complex:
-        raise TypeError(f"'{name}' is complex ({value.dtype}); pass real values (observe() "
-                        "would drop the imaginary part).")
-    if value.ndim == 1:
-        value = value.reshape(-1, 1)
-    if value.ndim != 2 or value.shape[0] != n:
-        raise ValueError(f"'{name}' must have one row per index ({n}), got shape "
-                         f"{tuple(value.shape)}.")
-    return value
-
-
-def _labels(targets, n):
-    targets = as_tensor(targets, "targets")
-    if targets.layout != torch.strided:
-        raise TypeError(f"'targets' is a {targets.layout} tensor; pass a dense one "
-                        "(.to_dense()).")
-    targets = targets.reshape(-1)
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or (
-            targets.dtype == torch.bool):
-        raise TypeError(f"'targets' must hold integer class labels, got dtype {targets.dtype}; "
-                        "convert them with .long().")
-    if targets.shape[0] != n:
-        raise ValueError(f"'targets' must hold {n} integer labels, got shape "
-                         f"{tuple(targets.shape)}.")
-    return targets

@@ -1,115 +1,50 @@
 """GraftBatchSampler: train each epoch on a GRAFT subset, refit from gradient feedback.
 
+The sampler is the torch protocol (``__iter__``, ``__len__``, ``set_epoch``), its
+parameters, its state and the sharding over ranks. It hands the rest to its parts:
+
+- a :class:`~graft_select._recorder.FeedbackRecorder` records what ``observe()`` and
+  ``watch()`` see (``_recorder.py``, with the store in ``_store.py``);
+- an :class:`~graft_select._planner.EpochPlanner` computes each epoch's plan: warm
+  start, refit or reuse (``_planner.py``);
+- a feature source answers the planner's "selection inputs for these candidates"
+  for each kind of ``features`` (``_sources.py``);
+- a :class:`~graft_select._iteration.BatchIterator` runs one pass (``_iteration.py``).
+
 This module imports torch; nothing in graft_select imports it back.
 """
 
-import dataclasses
-import math
 import numbers
-import time
 import warnings
 
 import numpy as np
 import torch
-from sklearn.base import clone
 from torch.utils.data import Sampler
 
-from . import _guard, _plan
+from . import _plan
 from ._backend import load_namespaces
-from ._iteration import (
-    BatchIterator,
-    LastLayerCapture,
-    accelerate_wrapper,
-    check_feedback,
-    check_state,
-    last_linear,
-)
-from ._store import FEEDBACK_DTYPES, FeedbackStore, as_tensor, check_batch
+from ._checks import check_labels
+from ._iteration import BatchIterator, LastLayerCapture, refuse_accelerate_wrapper
+from ._planner import EpochPlanner, RefitReport
+from ._recorder import FeedbackRecorder
+from ._sources import check_features, feature_source
+from ._state import check_state
+from ._store import FEEDBACK_DTYPES
 from ._validation import check_bool, check_int, check_real
-from .gradients import FactoredGradients
-from .selector import BudgetWarning, GraftSelector, StoredGradients
+from .selector import GraftSelector
 
 __all__ = ["GraftBatchSampler", "LastLayerCapture", "RefitReport"]
-
-
-@dataclasses.dataclass(frozen=True)
-class RefitReport:
-    """What one refit of :class:`GraftBatchSampler` chose and cost.
-
-    Attributes
-    ----------
-    epoch : int
-        Epoch the refit planned.
-    fraction : float
-        Selected share of the dataset (stale refreshes included).
-    n_selected : int
-        Number of samples in the epoch's subset (before splitting over replicas).
-    gradient_error : float or None
-        Mean over chunks of the relative error of the chunk's mean gradient
-        approximated by the selected samples; None without gradient feedback.
-    seconds : float
-        Wall-clock seconds spent selecting (feature pass included).
-    feature_seconds : float
-        Of which in the ``features`` callable (0 in observe-only mode).
-    n_refreshed : int
-        Samples added because their recorded values were the stalest.
-    n_rejected : int, default=0
-        Observed rows rejected since the previous refit (NaN or infinity in the
-        feedback, also after the cast to ``feedback_dtype`` or the sketch, a
-        label outside ``[0, n_classes)``, or an index outside the dataset when
-        the indices were on an accelerator); they were not stored, the samples
-        kept their earlier values, and the refit warned.
-    rejected_indices : tuple of int, default=()
-        Dataset indices of the samples with rejected rows, sorted. A row whose
-        index was outside the dataset is counted in ``n_rejected`` but has no
-        index here (it names no sample; reading the bad value back would cost
-        a device synchronisation at the step).
-    gathered_bytes : int, default=0
-        Bytes this rank sent to merge the ranks' feedback (0 without
-        ``torch.distributed``).
-    n_excluded : int, default=0
-        Samples the label-noise guard kept out of this refit (suspected wrong
-        labels; see ``label_noise_guard`` of :class:`GraftBatchSampler`).
-    excluded_indices : tuple of int, default=()
-        Their dataset indices, lowest probability of the given label first.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from graft_select.sampler import GraftBatchSampler
-    >>> sampler = GraftBatchSampler(200, batch_size=20, fraction=0.25)
-    >>> sampler.observe(torch.arange(200), embeddings=torch.randn(200, 3),
-    ...                 logits=torch.randn(200, 2), targets=torch.randint(0, 2, (200,)))
-    >>> sampler.set_epoch(1)
-    >>> report = sampler.last_refit if len(sampler) else None
-    >>> report.epoch, report.n_selected, report.n_refreshed
-    (1, 50, 0)
-    """
-
-    epoch: int
-    fraction: float
-    n_selected: int
-    gradient_error: float | None
-    seconds: float
-    feature_seconds: float
-    n_refreshed: int
-    n_rejected: int = 0
-    rejected_indices: tuple = ()
-    gathered_bytes: int = 0
-    n_excluded: int = 0
-    excluded_indices: tuple = ()
 
 
 class GraftBatchSampler(Sampler[list[int]]):
     """Batch sampler that trains each epoch on a GRAFT subset of the dataset.
 
-    Pass it as ``DataLoader(dataset, batch_sampler=sampler)``. Each epoch a private
-    generator seeded from ``(seed, epoch)`` permutes the indices, which are cut
-    into selection chunks; :class:`~graft_select.GraftSelector` picks samples in
-    every chunk from the current per-sample features and last-layer gradient
-    proxies, and the pooled picks are yielded as batches of ``batch_size``. The
-    selection is refit every ``refit_every`` epochs (the subset is reshuffled in
-    between) after ``warm_start_epochs`` epochs on the full data.
+    Pass it as ``DataLoader(dataset, batch_sampler=sampler)``. At a refit the
+    indices, permuted with ``(seed, epoch)``, are cut into chunks in which
+    :class:`~graft_select.GraftSelector` picks samples from the per-sample
+    features and gradient proxies; the picks are yielded as batches of
+    ``batch_size``. Refits come every ``refit_every`` epochs (the subset is
+    reshuffled in between) after ``warm_start_epochs`` epochs on the full data.
 
     Parameters
     ----------
@@ -120,35 +55,27 @@ class GraftBatchSampler(Sampler[list[int]]):
     fraction : float, default=0.3
         Share of the dataset per epoch, in (0, 1]. 1.0 is plain shuffled batching.
     features : callable, array or None, default=None
-        Where selection features come from at a refit:
-
-        - ``None`` (observe-only): the embeddings and gradient proxies recorded
-          by :meth:`observe`. Recorded values go stale for samples that are not
-          selected, so ``refresh_share`` of every refit's budget goes to the
-          least recently observed samples (never observed ones first).
-        - a callable ``f(indices) -> (embeddings, logits)`` or
-          ``(embeddings, logits, targets)``, run under ``torch.no_grad()`` over
-          all samples in batches of ``feature_batch_size`` at every refit (fresh
-          values; the time is reported in :attr:`last_refit`). Targets come from
-          the callable, else from ``targets``.
-        - an array or tensor of shape (n_samples, n_features): fixed features
-          (raw inputs); gradient feedback, if observed, still sizes the subsets.
-    selection_size : int, default=None
+        Where selection features come from at a refit (see the user guide):
+        ``None``, the feedback recorded by :meth:`observe`; a callable
+        ``f(indices) -> (embeddings, logits[, targets])`` run under
+        ``torch.no_grad()`` over all samples in batches of
+        ``feature_batch_size`` at every refit (targets from ``targets`` if it
+        returns none); or an array of shape (n_samples, n_features) of fixed
+        features, with observed gradient feedback still sizing the subsets.
+    chunk_size : int, default=None
         Rows per selection chunk; ``None`` means ``batch_size`` (at least 2).
         Every chunk keeps at least one sample, so a budget below one sample
         per chunk is raised to the number of chunks (a warning says so when
-        that moves the budget by more than 10%).
+        that moves the budget by more than 10%). Was ``selection_size`` before
+        0.2; that name is accepted with a ``FutureWarning`` until 0.4.
     refit_every : int, default=1
         Epochs between refits.
     warm_start_epochs : int, default=1
         Leading epochs on the full data.
     selector : GraftSelector, default=None
-        Template selector (cloned; its ``fraction``, ``batch_size`` and
-        ``random_state`` are set by the sampler). ``None`` uses
-        ``GraftSelector(basis="gradients", uniform_share=0.0)``: every pick by
-        MaxVol on the chunk's last-layer gradient proxies, with the label-noise
-        guard keeping suspected wrong labels out (the configuration that won on
-        MNIST-1D and on noisy digits, benchmarks/RESULTS.md, issue 12).
+        Template selector (cloned; the sampler sets its ``fraction``, chunk size
+        and ``random_state``). ``None`` uses ``GraftSelector(basis="gradients",
+        uniform_share=0.0)``: MaxVol on last-layer gradient proxies.
     drop_last : bool, default=False
         Drop the last incomplete batch.
     shuffle : bool, default=True
@@ -156,55 +83,35 @@ class GraftBatchSampler(Sampler[list[int]]):
     seed : int, default=0
         Seeds every random choice, together with the epoch.
     num_replicas, rank : int, default=None
-        Distributed training: each rank gets a disjoint share of equal length of
-        the epoch's subset (padded by repetition as ``DistributedSampler`` does,
-        or truncated with ``drop_last``). Read from ``torch.distributed`` when it
-        is initialised. At a refit every rank sends the feedback rows it
-        observed since the previous refit to all ranks (the newest row of each
-        sample wins), so that all ranks agree on the plan.
+        Distributed training (read from ``torch.distributed`` when it is
+        initialised): each rank gets an equal share of the epoch's subset, as in
+        ``DistributedSampler``. At a refit the ranks merge the feedback they
+        observed (the newest row of each sample wins), so they agree on the plan.
     targets : array-like of shape (n_samples,), default=None
         Class labels, used with a ``features`` callable that returns no targets.
     refresh_share : float, default=0.0
         Observe-only mode: share of each refit's budget given to the least
-        recently observed samples (never observed ones first; samples the
-        label-noise guard excludes are not refreshed). With ``refit_every = R``
-        and ``refresh_share > 0`` no sample's values are more than
-        ``R * ceil(1 / (refresh_share * fraction))`` epochs old. The default 0
-        trains every selected sample on GRAFT's picks (0.1 cost 0.2-0.7 point
-        under label noise in the tuning runs); samples never observed are still
-        taken first whenever nothing was observed yet.
+        recently observed samples, not excluded by the guard (all of it while
+        nothing was observed). With ``refit_every = R`` no sample's values are
+        then over ``R * ceil(1 / (refresh_share * fraction))`` epochs old.
     feature_batch_size : int, default=1024
         Batch size of the ``features`` callable.
     feedback_dtype : torch.dtype or str, default=torch.float32
-        Dtype of the recorded feedback, one of ``torch.float32``,
-        ``torch.float16``, ``torch.bfloat16`` and ``torch.float64`` (or its name,
-        e.g. ``"float16"``): float16 or bfloat16 halve the store (the selection
-        computes in float32 from it). A loaded state is cast to it. float16
-        holds values up to 65,504: a row with larger embeddings is rejected like
-        a row with infinity (bfloat16 has float32's range).
+        Dtype of the recorded feedback (and of a loaded state): float32, float16,
+        bfloat16 or float64, or its name. float16 and bfloat16 halve the store;
+        float16 holds values up to 65,504 (larger rows are rejected).
     sketch_width : int, default=None
-        Store every kind of feedback wider than this (embeddings, the residuals
-        of many classes, explicit gradients) as a fixed random sketch of this
-        width: the rows are multiplied by a Gaussian matrix of shape
-        (width, sketch_width), seeded from ``seed`` and scaled by
-        ``1 / sqrt(sketch_width)``, so the Gram matrices the selection reads are
-        kept in expectation (Johnson-Lindenstrauss). ``None`` stores the
-        feedback as observed. At 1,280,000 samples with 2,048-d embeddings and
-        1,000 classes, ``sketch_width=256`` in float16 is a 1.3 GB store
-        instead of 15.6 GB.
+        Store feedback wider than this as a fixed Gaussian sketch of this width
+        (seeded from ``seed``, scaled by ``1 / sqrt(sketch_width)``), which keeps
+        the Gram matrices the selection reads in expectation. ``None`` stores it
+        as observed.
     label_noise_guard : bool, default=True
-        At each refit with recorded logits and targets, estimate whether the
-        labels are noisy and, if so, keep the suspected wrong labels out of the
-        selection: when the share of samples whose given label has a
-        probability below 0.05 exceeds half the share of misclassified samples
-        (confident mistakes dominate: label noise, not hard samples), the
-        ``1.3 x`` that many samples with the lowest probability of their label
-        are excluded from the refit's candidates (at most half of them, and
-        never below 1.25 times the budget). On clean data it excludes nothing.
-        :attr:`last_refit` reports the excluded samples. It reads the label
-        probability from the stored residuals, so it needs them unsketched
-        (``sketch_width`` at least the number of classes); otherwise each
-        refit warns and the guard does not act.
+        At each refit with recorded logits and targets, keep suspected wrong
+        labels out of the candidates when confident mistakes (label probability
+        below 0.05) exceed half the mistakes; on clean data it excludes nothing
+        (the rule is in the user guide). :attr:`last_refit` reports the excluded
+        samples. It needs the residuals unsketched (``sketch_width`` at least the
+        number of classes); otherwise each refit warns and the guard does not act.
 
     Attributes
     ----------
@@ -233,218 +140,89 @@ class GraftBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, data_source, batch_size, *, fraction=0.3, features=None,
-                 selection_size=None, refit_every=1, warm_start_epochs=1, selector=None,
+                 chunk_size=None, refit_every=1, warm_start_epochs=1, selector=None,
                  drop_last=False, shuffle=True, seed=0, num_replicas=None, rank=None,
                  targets=None, refresh_share=0.0, feature_batch_size=1024,
-                 feedback_dtype=torch.float32, sketch_width=None, label_noise_guard=True):
-        owner = "GraftBatchSampler"
-        self.n_samples = _dataset_length(data_source)
-        self.batch_size = check_int(batch_size, "batch_size", owner, low=1)
-        self.fraction = check_real(fraction, "fraction", owner, low=0.0, high=1.0, closed="right")
-        self.selection_size = (self.batch_size if selection_size is None
-                               else check_int(selection_size, "selection_size", owner, low=2))
-        self.refit_every = check_int(refit_every, "refit_every", owner, low=1)
-        self.warm_start_epochs = check_int(warm_start_epochs, "warm_start_epochs", owner, low=0)
-        self.refresh_share = check_real(refresh_share, "refresh_share", owner, low=0.0, high=1.0)
-        self.feature_batch_size = check_int(feature_batch_size, "feature_batch_size", owner,
-                                            low=1)
-        self.drop_last = check_bool(drop_last, "drop_last", owner)
-        self.shuffle = check_bool(shuffle, "shuffle", owner)
-        self.seed = check_int(seed, "seed", owner, low=0)
-        if selector is not None and not isinstance(selector, GraftSelector):
-            raise TypeError(f"The 'selector' parameter of {owner} must be a GraftSelector or "
-                            f"None. Got {type(selector).__name__} instead.")
-        self.selector = selector
-        # a refit's array namespaces (NumPy's for the CPU fast paths): loaded once per
-        # process here, not inside the first refit's timed selection
-        load_namespaces(np.empty(0), torch.empty(0))
-        # Read from torch.distributed at the first set_epoch, len() or iteration, so a
-        # sampler built before the process group exists still shards.
-        self._replica_args = _check_replica_args(num_replicas, rank)
-        self._resolved_replicas = None
-        self.features = self._check_features(features)
-        self.targets = self._check_targets(targets)
-        self.feedback_dtype = _check_feedback_dtype(feedback_dtype)
-        self.sketch_width = (None if sketch_width is None
-                             else check_int(sketch_width, "sketch_width", owner, low=1))
-        self.label_noise_guard = check_bool(label_noise_guard, "label_noise_guard", owner)
+                 feedback_dtype=torch.float32, sketch_width=None, label_noise_guard=True,
+                 selection_size="deprecated"):
+        chunk_size = _renamed_chunk_size(chunk_size, selection_size)
+        vars(self).update(_checked_parameters(
+            data_source, batch_size, fraction, features, chunk_size, refit_every,
+            warm_start_epochs, selector, drop_last, shuffle, seed, targets, refresh_share,
+            feature_batch_size, feedback_dtype, sketch_width, label_noise_guard))
+        self._ranks = _Ranks(num_replicas, rank)
         self.epoch = 0
-        self.last_refit = None
-        self.selection_seconds = 0.0
-        self._store = FeedbackStore(self.n_samples, dtype=self.feedback_dtype,
-                                    sketch_width=self.sketch_width, seed=self.seed)
-        self._targets_on = {}  # device -> self.targets there (observe() reads no value back)
-        self._subset = None  # dataset indices of the current plan, as an int64 tensor
-        self._subset_epoch = None
-        self._plan_cache = None
+        self._recorder, self._planner = _parts(self)
         self._resume = None  # batches to skip at the first iteration after load_state_dict
         self._iteration = None  # the current pass (a BatchIterator)
-        self._capture = None  # LastLayerCapture from watch()
+
+    @property
+    def selection_size(self):
+        """Deprecated name of :attr:`chunk_size` (until 0.4)."""
+        return self.chunk_size
+
+    @property
+    def last_refit(self):
+        """Report of the latest refit (a :class:`RefitReport`), or None."""
+        return self._planner.last_refit
+
+    @property
+    def selection_seconds(self):
+        """Total seconds spent selecting so far."""
+        return self._planner.selection_seconds
 
     @property
     def num_replicas(self):
         """Number of ranks sharing each epoch (read lazily from torch.distributed)."""
-        return self._replicas()[0]
+        return self._ranks.resolve()[0]
 
     @property
     def rank(self):
         """This process's rank among ``num_replicas`` (read lazily from torch.distributed)."""
-        return self._replicas()[1]
-
-    def _replicas(self):
-        if self._resolved_replicas is None:
-            self._resolved_replicas = _replicas(*self._replica_args)
-        return self._resolved_replicas
+        return self._ranks.resolve()[1]
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_capture"] = None  # a forward hook belongs to a model in this process
-        return state
-
-    # ----------------------------------------------------------------- feedback
+        return self.__dict__.copy()  # the recorder leaves its forward hook out
 
     def observe(self, indices=None, *, embeddings=None, logits=None, targets=None,
                 gradients=None):
         """Record per-sample feedback from the training loop.
 
         Call it once per training batch, after the forward pass. Values are
-        copied (detached) and kept on their device; later observations overwrite
-        earlier ones. It never reads a value back to the host (no device
-        synchronisation on CUDA): shapes and dtypes are checked at once, and
-        nothing is stored if one is wrong; rows with NaN or infinity (also after
-        the cast to ``feedback_dtype`` and the sketch: 1e5 overflows float16), or
-        a label outside ``[0, n_classes)``, are not stored (those samples keep
-        their earlier values) and the next refit lists them in :attr:`last_refit`
-        and warns. Per call it only checks and copies the batch: the copies are
-        recorded as one block every 32 batches and before anything reads the
-        recorded feedback (a refit, :meth:`state_dict`), so these always see
-        every observation. In a training loop's steady state (a batch this
-        pass handed out, with embeddings, logits and targets, given or from
-        :meth:`watch` and the sampler's ``targets``, of the shapes, dtypes and
-        devices of the previous one) the checks come down to that comparison.
+        copied, detached, on their device (nothing is read back to the host);
+        later observations overwrite earlier ones. Wrong shapes or dtypes raise;
+        rows with NaN, infinity (also once stored) or a label outside
+        ``[0, n_classes)`` are not stored, and the next refit warns and lists
+        them in :attr:`last_refit`.
 
-        Without ``indices`` the batch is the oldest one this sampler handed out
-        and that was not observed yet (the one being trained, also behind a
-        prefetching DataLoader). Without ``embeddings``, ``logits`` and
-        ``gradients`` the values come from the layer hooked by :meth:`watch`;
-        without ``targets`` from the sampler's ``targets``. So with
-        ``sampler.watch(model)`` and the targets known, ``sampler.observe()``
-        needs nothing from an unmodified model and dataset.
+        Without ``indices`` the batch is the oldest one handed out and not yet
+        observed (the one being trained, also behind a prefetching DataLoader);
+        without values, the layer hooked by :meth:`watch` gives them, and without
+        ``targets`` the sampler's ``targets``: ``sampler.observe()`` alone works
+        with an unmodified model and dataset.
 
         Parameters
         ----------
         indices : tensor, array or list of int, shape (b,), default=None
-            Dataset indices of the batch; ``None`` for the batch handed out by
-            the sampler. Indices on the host outside the dataset raise; indices
-            on an accelerator are checked there (rows outside the dataset are
-            rejected and reported at the refit) and mark the oldest handed-out
-            batch as trained.
-        embeddings : tensor of shape (b, d), default=None
-            Penultimate-layer embeddings.
-        logits : tensor of shape (b, C), default=None
-            Model outputs; with ``targets`` they give the last-layer gradient
-            proxies ``(softmax(logits) - onehot(targets)) outer [embeddings, 1]``.
+            Dataset indices of the batch. On the host, indices outside the
+            dataset raise; on an accelerator their rows are rejected (reported at
+            the refit), and they mark the oldest handed-out batch as trained.
+        embeddings, logits : tensors of shapes (b, d) and (b, C), default=None
+            Penultimate-layer embeddings and model outputs; with ``targets``, the
+            gradient proxies ``(softmax(logits) - onehot(targets)) outer [embeddings, 1]``.
         targets : tensor of shape (b,), default=None
             Integer class labels.
         gradients : tensor of shape (b, p), default=None
             Explicit per-sample gradient proxies (instead of logits and targets).
         """
-        if gradients is None:
-            captured = embeddings is None and logits is None and self._capture is not None
-            if captured:  # the watched layer's latest forward pass
-                embeddings, logits = self._capture.inputs, self._capture.outputs
-            if self._observe_like_last(indices, embeddings, logits, targets):
-                if captured:
-                    self._capture.take()
-                return
-            if captured:  # the general path reads them again, and checks them
-                embeddings = logits = None
-        iteration = self._iteration
-        if indices is None:
-            if iteration is None or not iteration.pending:
-                raise ValueError("observe() without 'indices' records the oldest batch this "
-                                 "sampler handed out and that was not observed yet, and there "
-                                 "is none: pass indices=, or observe each yielded batch once.")
-            idx, depth = iteration.batches[iteration.pending[0]], 0
-        else:
-            idx, depth = self._check_indices(indices)
-        captured = embeddings is None and logits is None and gradients is None
-        if captured and self._capture is not None:
-            embeddings, logits = self._capture.inputs, self._capture.outputs
-            if embeddings is None:
-                raise ValueError("observe() found no forward pass of the watched layer since "
-                                 "the last observation; call it after the model's forward.")
-        if logits is not None and targets is None and self.targets is not None:
-            targets = self._sampler_targets(idx)
-        batch = check_batch(len(idx), embeddings, logits, targets, gradients)
-        # a batch this sampler handed out is never written to, so it needs no copy
-        source = iteration if depth is not None and iteration.distinct else None
-        self._store.stage(idx, batch, self.epoch, copy_indices=depth is None, source=source)
-        if captured and self._capture is not None:
-            self._capture.take()
-        if iteration is not None:
-            if depth is not None:
-                iteration.take(depth)
-            elif idx.device.type != "cpu":
-                iteration.take_pending()
-
-    def _observe_like_last(self, indices, embeddings, logits, targets):
-        """observe() of a training loop's steady state in a few attribute reads, or False.
-
-        The steady state: no indices, or the CPU int64 tensor of a batch this
-        pass handed out, and tensors of embeddings, logits (given, or from the
-        watched layer) and targets (given, or the sampler's) with one row per
-        index and the shapes, dtypes, layouts and devices of the last batch that
-        took the general path (and passed its checks). Any other call returns
-        False, having changed nothing, and takes the general path.
-        """
-        iteration = self._iteration
-        if (iteration is None or type(embeddings) is not torch.Tensor
-                or type(logits) is not torch.Tensor
-                or not (type(targets) is torch.Tensor
-                        or (targets is None and self.targets is not None))):
-            return False
-        if indices is None:  # the oldest handed-out batch not observed yet
-            depth = 0 if iteration.pending else None
-        else:
-            depth = iteration.handed_out(indices)
-        if depth is None:
-            return False
-        idx = iteration.batches[iteration.pending[depth]]
-        if targets is None:  # the sampler's (a fresh tensor, on the CPU like idx)
-            targets = self.targets[idx]
-        if embeddings.requires_grad or logits.requires_grad or targets.requires_grad:
-            embeddings, logits, targets = (embeddings.detach(), logits.detach(),
-                                           targets.detach())
-        batch_signature = (  # _store.signature written out: this runs at every step
-            ("embeddings", embeddings.shape, embeddings.dtype, embeddings.layout,
-             embeddings.device),
-            ("logits", logits.shape, logits.dtype, logits.layout, logits.device),
-            ("targets", targets.shape, targets.dtype, targets.layout, targets.device))
-        # the signature ties the logits' and targets' rows to the embeddings'; the
-        # batch's own length ties them to the indices (a pass's last batch is shorter)
-        if idx.shape[0] != embeddings.shape[0] or not self._store.stage_like_last(
-                idx, (embeddings, logits, targets), self.epoch,
-                iteration if iteration.distinct else None, batch_signature):
-            return False
-        iteration.take(depth)
-        return True
-
-    def _sampler_targets(self, idx):
-        """The sampler's targets of ``idx``, indexed on idx's device (no read-back)."""
-        if idx.device.type == "cpu":
-            return self.targets[idx]
-        if idx.device not in self._targets_on:
-            self._targets_on[idx.device] = self.targets.to(idx.device, non_blocking=True)
-        # an index outside the dataset is rejected later; clamp so the lookup is valid
-        return self._targets_on[idx.device][idx.clamp(0, self.n_samples - 1)]
+        self._recorder.observe(self._iteration, self.epoch, indices, embeddings=embeddings,
+                               logits=logits, targets=targets, gradients=gradients)
 
     def watch(self, model, layer=None):
         """Capture the input and output of the model's last linear layer at every forward.
 
-        After ``sampler.watch(model)``, :meth:`observe` called without values
-        records the latest forward pass's embeddings (the layer's input) and
-        logits (its output): no change to the model's ``forward``. Watching
+        :meth:`observe` called without values then records the latest forward
+        pass's embeddings (the layer's input) and logits (its output). Watching
         again replaces the previous hook.
 
         Parameters
@@ -459,31 +237,21 @@ class GraftBatchSampler(Sampler[list[int]]):
         capture : LastLayerCapture
             The hook; ``capture.remove()`` detaches it.
         """
-        target = last_linear(model) if layer is None else layer
-        if not isinstance(target, torch.nn.Module):
-            raise TypeError(f"The 'layer' argument of GraftBatchSampler.watch must be a "
-                            f"torch.nn.Module. Got {type(target).__name__} instead.")
-        if self._capture is not None:
-            self._capture.remove()
-        self._capture = LastLayerCapture(target)
-        return self._capture
-
-    # ------------------------------------------------------------------ epochs
+        return self._recorder.watch(model, layer)
 
     def set_epoch(self, epoch):
         """Set the epoch of the next iteration (call it before each epoch).
 
-        Setting the epoch the sampler is already at changes nothing, so it keeps
-        a resume position loaded by :meth:`load_state_dict`.
+        The current epoch changes nothing (a loaded resume position is kept).
 
         Parameters
         ----------
         epoch : int
-            The epoch number, from 0. It seeds the epoch's order and selects
+            The epoch number, from 0: it seeds the epoch's order and selects
             warm-start, refit and reuse epochs.
         """
         epoch = check_int(epoch, "epoch", "GraftBatchSampler.set_epoch", low=0)
-        self._replicas()
+        self._ranks.resolve()
         if epoch != self.epoch:
             self._resume = None
             self._iteration = None
@@ -491,14 +259,13 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def __len__(self):
         """Number of batches this rank yields in a full pass of the coming epoch."""
-        return self._batch_count(self._shard_length(len(self._plan())))
+        return self._batches_of(self._planner.plan_size(self.epoch, self.num_replicas))
 
     def total_batches(self, num_epochs):
         """Number of batches this rank yields over epochs ``0 .. num_epochs - 1``.
 
-        Warm-start epochs count the full data; selected epochs the current
-        subset, or before the first refit the budget (which is what the
-        default selector yields). Use it to plan a learning-rate schedule.
+        Warm-start epochs count the full data, selected epochs the current subset
+        or, before the first refit, the budget: a learning-rate schedule's length.
 
         Parameters
         ----------
@@ -514,80 +281,51 @@ class GraftBatchSampler(Sampler[list[int]]):
         return sum(self._epoch_batches(epoch) for epoch in range(num_epochs))
 
     def _epoch_batches(self, epoch):
-        if self._plan_cache is not None and self._plan_cache[0] == epoch:
-            size = len(self._plan_cache[1])
-        elif epoch < self.warm_start_epochs or self.fraction >= 1.0:
-            size = self.n_samples
-        elif self._subset is not None:
-            size = len(self._subset)
-        else:
-            size = self._expected_subset_size()
-        return self._batch_count(self._shard_length(size))
-
-    def _expected_subset_size(self):
-        budget = max(1, round(self.fraction * self.n_samples))
-        refreshed = round(self.refresh_share * budget) if self.features is None else 0
-        remaining = budget - refreshed
-        if remaining <= 0:
-            return refreshed
-        chunks = math.ceil((self.n_samples - refreshed) / max(2, self.selection_size))
-        return refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
-
-    def _batch_count(self, count):
-        return _plan.batch_count(count, self.batch_size, self.drop_last)
+        """Batches this rank yields in ``epoch`` (planned size; see total_batches)."""
+        return self._batches_of(self._planner.expected_size(epoch))
 
     def __iter__(self):
-        wrapper = accelerate_wrapper()
-        if wrapper is not None:
-            raise TypeError(
-                f"GraftBatchSampler is being iterated by accelerate's {wrapper}, which shards "
-                "its batches a second time and overrides its epochs. Do not pass the DataLoader "
-                "to accelerator.prepare(); prepare the model and optimizer only and wrap the "
-                "loader with graft_select.accelerate.prepare_data_loader(accelerator, loader) "
-                "(GraftBatchSampler shards over the processes itself).")
-        plan = self._plan()
-        batches = _plan.split_batches(self._shard(plan), self.batch_size, self.drop_last)
+        refuse_accelerate_wrapper()
+        batches = _plan.split_batches(self._shard(self._plan()), self.batch_size,
+                                      self.drop_last)
         start = 0 if self._resume is None else min(self._resume, len(batches))
         self._resume = None
-        self._iteration = BatchIterator(self, batches, start)
+        self._iteration = BatchIterator(batches, start, self._recorder)
         return self._iteration
 
-    # ------------------------------------------------------------------- state
+    def _plan(self):
+        """The current epoch's plan (dataset indices in training order)."""
+        return self._planner.plan(self.epoch, self.num_replicas)
+
+    def _shard(self, plan):
+        return _plan.shard(plan, self.num_replicas, self.rank, self.drop_last)
+
+    def _batches_of(self, size):
+        """Batches this rank yields from a plan of ``size`` samples."""
+        share = _plan.shard_length(size, self.num_replicas, self.drop_last)
+        return _plan.batch_count(share, self.batch_size, self.drop_last)
 
     def state_dict(self):
         """Everything needed to resume mid-epoch with the same remaining batches.
 
-        Holds the epoch, the number of batches the training loop consumed (the
-        batches observed so far when the loop observes, else the batches handed
-        out: a prefetching loader runs ahead of the loop), the current
-        subset (``fraction * n_samples`` int64) and the recorded feedback: one
-        row per sample for each of embeddings, gradient residuals and explicit
-        gradients that were observed, the last-seen epoch (int64) and the count
-        of rejected observations per sample not yet reported by a refit (int32,
-        one more entry for rows whose index was out of range), so a resumed
-        run's next refit still reports them. For
-        50,000 samples with 512-d embeddings and 10 classes that is about 104 MB
-        in float32.
+        Holds the epoch, the batches the loop consumed (observed ones when it
+        observes, else handed-out ones), the current subset, and the recorded
+        feedback: one row per sample of each kind observed, the last-seen epochs
+        and the rejected rows not yet reported (so a resumed run reports them).
+        50,000 samples with 512-d embeddings and 10 classes take about 104 MB.
 
         Returns
         -------
         state : dict
             Tensors on the CPU and plain numbers; save it with ``torch.save``.
         """
-        return {
-            "epoch": self.epoch,
-            "batches_yielded": self._position(),
-            "subset": None if self._subset is None else self._subset.clone(),
-            "subset_epoch": self._subset_epoch,
-            **self._store.state(),
-            "selection_seconds": self.selection_seconds,
-        }
+        return {"epoch": self.epoch, "batches_yielded": self._position(),
+                **self._planner.state(), **self._recorder.state()}
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output; the next iteration resumes mid-epoch.
 
-        The whole state is checked (keys, types, sizes against this sampler's
-        dataset) before anything is written, and its tensors are copied.
+        It is checked whole before anything is written; its tensors are copied.
 
         Parameters
         ----------
@@ -597,294 +335,103 @@ class GraftBatchSampler(Sampler[list[int]]):
         Raises
         ------
         ValueError or TypeError
-            If the state is not one :meth:`state_dict` of a sampler over a dataset
-            of the same size returns; the sampler is left unchanged.
+            If the state is not one of a sampler over a dataset of this size
+            (the sampler is left unchanged).
         """
         checked = check_state(state, self.n_samples)
         # first: it raises, having changed nothing, for rows feedback_dtype cannot hold
-        self._store.load(checked["store"], checked["last_seen"], checked["rejected"])
+        self._recorder.load(checked)
+        self._planner.load(checked["subset"], checked["subset_epoch"],
+                           checked["selection_seconds"])
         self.epoch = checked["epoch"]
         self._resume = checked["batches_yielded"]
         self._iteration = None
-        self._subset = checked["subset"]
-        self._subset_epoch = checked["subset_epoch"]
-        self.selection_seconds = checked["selection_seconds"]
-        self._plan_cache = None
 
     def _position(self):
         if self._iteration is not None:
             return self._iteration.resume_position()
         return self._resume or 0
 
-    def _load_feedback(self, feedback):
-        checked = check_feedback(feedback, self.n_samples, "GraftBatchSampler")
-        self._store.load(checked["store"], checked["last_seen"], checked["rejected"])
-
-    # -------------------------------------------------------------- internals
-
-    def _plan(self):
-        """The epoch's subset (dataset indices in training order), computed once."""
-        if self._plan_cache is not None and self._plan_cache[0] == self.epoch:
-            return self._plan_cache[1]
-        if self.epoch < self.warm_start_epochs or self.fraction >= 1.0:
-            subset = torch.arange(self.n_samples)
-        else:
-            since = (self.epoch - self.warm_start_epochs) % self.refit_every
-            fit_epoch = self.epoch - since  # the epoch whose refit this epoch reuses
-            if self._subset is None or self._subset_epoch != fit_epoch:
-                self._subset = self._refit(_plan.epoch_generator(self.seed, fit_epoch),
-                                           fit_epoch)
-                self._subset_epoch = fit_epoch
-            subset = self._subset
-        if self.shuffle:
-            subset = _plan.shuffled(subset, self.seed, self.epoch)
-        self._plan_cache = (self.epoch, subset)
-        return subset
-
-    def _refit(self, generator, epoch):
-        start = time.perf_counter()
-        n = self.n_samples
-        candidates = (torch.randperm(n, generator=generator) if self.shuffle
-                      else torch.arange(n))
-        budget = max(1, round(self.fraction * n))
-        feature_seconds, refreshed = 0.0, torch.zeros(0, dtype=torch.int64)
-        gathered_bytes = 0
-        if callable(self.features):
-            feature_seconds = self._run_features(candidates)
-        else:
-            self._check_replicas_agree()
-            gathered_bytes = self._gather_replicas()
-        rejected, n_rejected = self._report_rejected()
-        candidates, excluded = self._guard(candidates, budget)
-        if self.features is None:
-            refreshed = self._stalest(candidates, budget)
-        chosen, error = self._select(candidates, refreshed, budget, generator)
-        subset = torch.cat([refreshed, chosen])
-        if abs(len(subset) - budget) > 0.1 * budget:
-            warnings.warn(
-                f"GraftBatchSampler selected {len(subset)} samples for a budget of {budget} "
-                f"(fraction={self.fraction} of {n}): every selection chunk keeps at least one "
-                f"sample. Raise 'fraction' or 'selection_size' (now {self.selection_size}) "
-                "to hold the budget.", UserWarning, stacklevel=3)
-        seconds = time.perf_counter() - start
-        self.selection_seconds += seconds
-        self.last_refit = RefitReport(
-            epoch=epoch, fraction=len(subset) / n, n_selected=len(subset),
-            gradient_error=error, seconds=seconds, feature_seconds=feature_seconds,
-            n_refreshed=len(refreshed), n_rejected=n_rejected,
-            rejected_indices=tuple(rejected.tolist()), gathered_bytes=gathered_bytes,
-            n_excluded=len(excluded), excluded_indices=tuple(excluded.tolist()))
-        return subset
-
-    def _guard(self, candidates, budget):
-        """Candidates without the suspected wrong labels, and those (see label_noise_guard)."""
-        none = torch.zeros(0, dtype=torch.int64)
-        if not self.label_noise_guard or "residuals" not in self._store:
-            return candidates, none
-        if self._store.sketched("residuals"):
-            warnings.warn(
-                f"GraftBatchSampler's label_noise_guard needs the label probabilities, but the "
-                f"residuals are stored as a sketch of width {self.sketch_width}; the guard did "
-                "not act. Set sketch_width to at least the number of classes, or "
-                "label_noise_guard=False.", UserWarning, stacklevel=4)
-            return candidates, none
-        observed = candidates[self._store.last_seen.cpu()[candidates] >= 0]
-        excluded = _guard.suspected_wrong_labels(self._store["residuals"], observed, budget)
-        if len(excluded) == 0:
-            return candidates, none
-        return _without(candidates, excluded, self.n_samples), excluded
-
-    def _stalest(self, candidates, budget):
-        """The least recently observed candidates (never observed first), in a share of budget."""
-        share = round(self.refresh_share * budget)
-        if not self._store.observed_any():
-            share = budget
-        if share == 0:
-            return torch.zeros(0, dtype=torch.int64)
-        return self._store.stalest(candidates, share)
-
-    def _report_rejected(self):
-        """Rows observe() rejected since the last refit: warn, and return them for the report."""
-        rejected, n_rows = self._store.take_rejected()
-        if n_rows:
-            first = ", ".join(str(i) for i in rejected[:5].tolist())
-            warnings.warn(
-                f"GraftBatchSampler rejected {n_rows} observed rows since the last refit: NaN "
-                f"or infinity in the feedback, values too large for feedback_dtype or the "
-                f"sketch, or labels (or indices) out of range. The "
-                f"{len(rejected)} samples concerned (first: {first or 'none'}) keep their "
-                "earlier values; check the model's outputs and the targets of these samples "
-                "(all of them are in last_refit.rejected_indices).", UserWarning, stacklevel=4)
-        return rejected, n_rows
-
-    def _select(self, candidates, refreshed, budget, generator):
-        remaining = budget - len(refreshed)
-        if remaining <= 0:
-            return torch.zeros(0, dtype=torch.int64), None
-        if len(refreshed):
-            candidates = _without(candidates, refreshed, self.n_samples)
-        if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
-            return candidates, None
-        selector = self._make_selector(remaining / len(candidates), generator)
-        X, gradients = self._selection_inputs(candidates, selector)
-        with warnings.catch_warnings():
-            # the sampler warns about the budget itself, in its own terms (see _refit)
-            warnings.simplefilter("ignore", BudgetWarning)
-            if X is None:  # the store's own factors, gathered chunk group by chunk group
-                selector.fit(None, gradients=StoredGradients(*gradients, rows=candidates),
-                             compute_weights=False)
-            else:
-                selector.fit(X, gradients=gradients)
-        local = selector.sample_indices_.to("cpu") if torch.is_tensor(
-            selector.sample_indices_) else torch.as_tensor(selector.sample_indices_)
-        error = selector.gradient_error_
-        return candidates[local], None if error is None else float(np.mean(error))
-
-    def _selection_inputs(self, candidates, selector):
-        """Features and gradient proxies of the candidates, in candidate order.
-
-        When ``selector`` selects on the stored last-layer gradients (the default),
-        returns ``(None, (residuals, embeddings))``: the store's own tensors, which
-        ``selector._fit_feedback`` reads chunk group by chunk group, so the store is
-        never copied. Otherwise ``(X, gradients)`` for ``selector.fit``.
-        """
-        store = self._store
-        if (self.features is None and "residuals" in store and selector.strategy == "graft"
-                and selector.basis != "input"):
-            return None, (store["residuals"], store.get("embeddings"))
-        gradients = None
-        if "residuals" in store:
-            device = store["residuals"].device
-            rows = candidates.to(device)
-            residuals = store["residuals"][rows]
-            if "embeddings" in store:
-                emb = store["embeddings"][rows].to(residuals.dtype)
-                inputs = torch.cat([emb, torch.ones((len(rows), 1), dtype=emb.dtype,
-                                                    device=device)], dim=1)
-            else:
-                inputs = torch.ones((len(rows), 1), dtype=residuals.dtype, device=device)
-            gradients = FactoredGradients(residuals, inputs)
-        elif "gradients" in store:
-            gradients = store["gradients"][candidates.to(store["gradients"].device)]
-        if self.features is not None and not callable(self.features):
-            X = self.features[candidates.to(self.features.device)]
-            return X, _same_device(gradients, X)
-        if gradients is None:
-            # Only embeddings were observed (observe() rejects an empty call).
-            return store["embeddings"][candidates.to(store["embeddings"].device)], None
-        X = gradients.inputs if isinstance(gradients, FactoredGradients) else gradients
-        return X, gradients
-
-    def _make_selector(self, fraction, generator):
-        template = self.selector or GraftSelector(basis="gradients", uniform_share=0.0)
-        selector = clone(template)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        has_gradients = "residuals" in self._store or "gradients" in self._store
-        params = {"fraction": min(1.0, fraction), "chunk_size": max(2, self.selection_size),
-                  "random_state": seed}
-        if selector.basis == "gradients" and not has_gradients:
-            params["basis"] = "input"
-        return selector.set_params(**params)
-
-    def _run_features(self, candidates):
-        start = time.perf_counter()
-        order = torch.sort(candidates).values
-        with torch.no_grad():
-            for i in range(0, self.n_samples, self.feature_batch_size):
-                batch = order[i:i + self.feature_batch_size]
-                out = self.features(batch)
-                if not isinstance(out, tuple) or len(out) not in (2, 3):
-                    raise TypeError("The 'features' callable must return (embeddings, logits) "
-                                    "or (embeddings, logits, targets).")
-                targets = out[2] if len(out) == 3 else self._targets_for(batch)
-                self.observe(batch, embeddings=out[0], logits=out[1], targets=targets)
-        return time.perf_counter() - start
-
-    def _targets_for(self, batch):
-        if self.targets is None:
-            raise ValueError("The 'features' callable returned no targets and the sampler "
-                             "was given none: pass targets= to GraftBatchSampler.")
-        return self.targets[batch]
-
-    def _check_replicas_agree(self):
-        if self.num_replicas > 1 and not _dist_ready() and self._store:
-            raise ValueError(
-                f"GraftBatchSampler has num_replicas={self.num_replicas} but no torch.distributed "
-                "process group, so it cannot merge the feedback the ranks observed and their "
-                "plans would differ. Initialise torch.distributed before the first refit (the "
-                "sampler then gathers feedback), or use a features callable or array, which "
-                "every rank evaluates the same way.")
-
-    def _gather_replicas(self):
-        """Under torch.distributed, merge the rows every rank observed since the last merge."""
-        if self.num_replicas == 1 or not _dist_ready():
-            return 0
-        return self._store.merge(self.num_replicas)
-
-    def _check_targets(self, targets):
-        if targets is None:
-            return None
-        targets = as_tensor(targets, "targets")
-        if targets.ndim != 1 or targets.shape[0] != self.n_samples:
-            raise ValueError(f"The 'targets' parameter of GraftBatchSampler must hold one label "
-                             f"per sample, shape ({self.n_samples},). Got shape "
-                             f"{tuple(targets.shape)} instead.")
-        if targets.dtype.is_floating_point or targets.dtype.is_complex or (
-                targets.dtype == torch.bool):
-            raise TypeError(f"The 'targets' parameter of GraftBatchSampler must hold integer "
-                            f"class labels. Got dtype {targets.dtype} instead.")
-        return targets.to(torch.int64)
-
-    def _shard_length(self, total):
-        return _plan.shard_length(total, self.num_replicas, self.drop_last)
-
-    def _shard(self, plan):
-        return _plan.shard(plan, self.num_replicas, self.rank, self.drop_last)
-
-    def _check_indices(self, indices):
-        iteration = self._iteration
-        depth = None if iteration is None else iteration.handed_out(indices)
-        if depth is not None:  # a batch this sampler handed out: valid as it is
-            return iteration.batches[iteration.pending[depth]], depth
-        idx = as_tensor(indices, "indices")
-        if idx.ndim != 1:
-            idx = idx.reshape(-1)
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise TypeError(f"'indices' must be integer dataset indices, got dtype {idx.dtype}.")
-        idx = idx.to(torch.int64)
-        if idx.device.type != "cpu":  # checked on the device when recorded
-            return idx, None
-        iteration = self._iteration
-        depth = None if iteration is None else iteration.find(idx)
-        if depth is not None:  # a batch this sampler handed out: valid
-            return iteration.batches[iteration.pending[depth]], depth
-        if len(idx):
-            low, high = (int(v) for v in torch.aminmax(idx))
-            if low < 0 or high >= self.n_samples:
-                raise ValueError(f"'indices' must lie in [0, {self.n_samples}), got values in "
-                                 f"[{int(low)}, {int(high)}]; pass dataset indices.")
-        return idx, None
-
-    def _check_features(self, features):
-        if features is None or callable(features):
-            return features
-        features = torch.as_tensor(features)
-        if features.ndim != 2 or features.shape[0] != self.n_samples:
-            raise ValueError(f"The 'features' array of GraftBatchSampler must have shape "
-                             f"({self.n_samples}, n_features), got {tuple(features.shape)}.")
-        if not bool(torch.isfinite(features).all()):
-            raise ValueError("The 'features' array contains NaN or infinity.")
-        return features
-
 
 # ------------------------------------------------------------------------ helpers
 
 
-def _without(candidates, rows, n_samples):
-    """``candidates`` (dataset indices) without ``rows``, in their order."""
-    keep = torch.ones(n_samples, dtype=torch.bool)
-    keep[rows] = False
-    return candidates[keep[candidates]]
+def _parts(sampler):
+    """The sampler's recorder and planner, built from its checked parameters."""
+    # a refit's array namespaces (NumPy's for the CPU fast paths): loaded once per
+    # process here, not inside the first refit's timed selection
+    load_namespaces(np.empty(0), torch.empty(0))
+    recorder = FeedbackRecorder(sampler.n_samples, sampler.targets,
+                                dtype=sampler.feedback_dtype, sketch_width=sampler.sketch_width,
+                                seed=sampler.seed)
+    source = feature_source(sampler.features, recorder, batch_size=sampler.feature_batch_size,
+                            targets=sampler.targets)
+    planner = EpochPlanner(
+        sampler.n_samples, recorder, source, fraction=sampler.fraction,
+        chunk_size=sampler.chunk_size, refit_every=sampler.refit_every,
+        warm_start_epochs=sampler.warm_start_epochs, shuffle=sampler.shuffle,
+        seed=sampler.seed, refresh_share=sampler.refresh_share, selector=sampler.selector,
+        label_noise_guard=sampler.label_noise_guard)
+    return recorder, planner
+
+
+def _renamed_chunk_size(chunk_size, selection_size):
+    """``chunk_size``, or the value of its old name ``selection_size`` (with a warning)."""
+    if isinstance(selection_size, str) and selection_size == "deprecated":
+        return chunk_size
+    if chunk_size is not None:
+        raise TypeError("GraftBatchSampler got both 'chunk_size' and its old name "
+                        "'selection_size'; pass 'chunk_size' only.")
+    warnings.warn("'selection_size' was renamed to 'chunk_size' in 0.2 and will be removed "
+                  "in 0.4.", FutureWarning, stacklevel=3)
+    return selection_size
+
+
+def _checked_parameters(data_source, batch_size, fraction, features, chunk_size, refit_every,
+                        warm_start_epochs, selector, drop_last, shuffle, seed, targets,
+                        refresh_share, feature_batch_size, feedback_dtype, sketch_width,
+                        label_noise_guard):
+    """The sampler's parameters, checked, by attribute name (n_samples for data_source)."""
+    owner = "GraftBatchSampler"
+    n_samples = _dataset_length(data_source)
+    batch_size = check_int(batch_size, "batch_size", owner, low=1)
+    return {
+        "n_samples": n_samples,
+        "batch_size": batch_size,
+        "fraction": check_real(fraction, "fraction", owner, low=0.0, high=1.0, closed="right"),
+        "chunk_size": (batch_size if chunk_size is None
+                       else check_int(chunk_size, "chunk_size", owner, low=2)),
+        "refit_every": check_int(refit_every, "refit_every", owner, low=1),
+        "warm_start_epochs": check_int(warm_start_epochs, "warm_start_epochs", owner, low=0),
+        "refresh_share": check_real(refresh_share, "refresh_share", owner, low=0.0, high=1.0),
+        "feature_batch_size": check_int(feature_batch_size, "feature_batch_size", owner,
+                                        low=1),
+        "drop_last": check_bool(drop_last, "drop_last", owner),
+        "shuffle": check_bool(shuffle, "shuffle", owner),
+        "seed": check_int(seed, "seed", owner, low=0),
+        "selector": _check_selector(selector),
+        "features": (features if features is None or callable(features)
+                     else check_features(features, n_samples)),
+        "targets": _check_targets(targets, n_samples),
+        "feedback_dtype": _check_feedback_dtype(feedback_dtype),
+        "sketch_width": (None if sketch_width is None
+                         else check_int(sketch_width, "sketch_width", owner, low=1)),
+        "label_noise_guard": check_bool(label_noise_guard, "label_noise_guard", owner),
+    }
+
+
+def _check_selector(selector):
+    if selector is not None and not isinstance(selector, GraftSelector):
+        raise TypeError(f"The 'selector' parameter of GraftBatchSampler must be a "
+                        f"GraftSelector or None. Got {type(selector).__name__} instead.")
+    return selector
+
+
+def _check_targets(targets, n_samples):
+    if targets is None:
+        return None
+    subject = "The 'targets' parameter of GraftBatchSampler"
+    return check_labels(targets, n_samples, subject=subject).to(torch.int64)
 
 
 def _dataset_length(data_source):
@@ -914,17 +461,22 @@ def _dataset_length(data_source):
     return n
 
 
-def _same_device(gradients, X):
-    if gradients is None:
-        return None
-    device = X.device
-    if isinstance(gradients, FactoredGradients):
-        return FactoredGradients(gradients.residuals.to(device), gradients.inputs.to(device))
-    return gradients.to(device)
-
-
 def _dist_ready():
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class _Ranks:
+    """``(num_replicas, rank)``, read from torch.distributed at the first set_epoch, len()
+    or iteration, so that a sampler built before the process group exists still shards."""
+
+    def __init__(self, num_replicas, rank):
+        self._given = _check_replica_args(num_replicas, rank)
+        self._resolved = None
+
+    def resolve(self):
+        if self._resolved is None:
+            self._resolved = _replicas(*self._given)
+        return self._resolved
 
 
 def _check_replica_args(num_replicas, rank):

@@ -1,4 +1,4 @@
-"""GraftBatchSampler in the stacks people train with (issue 10): one test per table row.
+"""GraftBatchSampler in the stacks people train with: one test per supported stack.
 
 Lightning and accelerate runs are real (multi-)process runs of the scripts in
 tests/frameworks/, each under a timeout.

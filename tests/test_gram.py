@@ -359,12 +359,13 @@ class TestFitFeedback:
         sampler.observe(torch.arange(1200), embeddings=E,
                         logits=torch.log(R + torch.nn.functional.one_hot(
                             R.argmin(1), 5).float() + 1e-3), targets=R.argmin(1))
-        selector = sampler._make_selector(0.3, torch.Generator().manual_seed(0))
-        X, factors = sampler._selection_inputs(torch.arange(1200), selector)
+        planner, store = sampler._planner, sampler._recorder.store
+        selector = planner._make_selector(0.3, torch.Generator().manual_seed(0))
+        X, factors = planner.source.inputs(torch.arange(1200), selector)
         assert X is None
         # the store hands out views of its tables: same memory, not a gathered copy
-        assert factors[0].data_ptr() == sampler._store["residuals"].data_ptr()
-        assert factors[1].data_ptr() == sampler._store["embeddings"].data_ptr()
+        assert factors[0].data_ptr() == store["residuals"].data_ptr()
+        assert factors[1].data_ptr() == store["embeddings"].data_ptr()
         sampler.set_epoch(1)
         assert len(list(sampler)) > 0 and sampler.last_refit.gradient_error is not None
 

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from graft_select import GraftSelector, _store  # noqa: E402
+from graft_select._recorder import FeedbackRecorder  # noqa: E402
 from graft_select.sampler import GraftBatchSampler  # noqa: E402
 
 N, D, C = 600, 8, 4
@@ -238,6 +239,40 @@ class TestErrors:
             GraftBatchSampler([], 8)
 
 
+class TestChunkSize:
+    def test_default_is_batch_size(self):
+        """chunk_size=None selects per training batch."""
+        assert GraftBatchSampler(100, 8).chunk_size == 8
+
+    def test_bad_chunk_size(self):
+        """A chunk of one row raises a ValueError naming 'chunk_size'."""
+        with pytest.raises(ValueError, match="'chunk_size'"):
+            GraftBatchSampler(100, 8, chunk_size=1)
+
+    def test_old_name_warns_and_works(self):
+        """selection_size= still sets the chunk size, with a FutureWarning naming both."""
+        with pytest.warns(FutureWarning, match="'selection_size' was renamed to 'chunk_size' "
+                                               "in 0.2 and will be removed in 0.4"):
+            old = GraftBatchSampler(600, 8, selection_size=32, warm_start_epochs=0)
+        new = GraftBatchSampler(600, 8, chunk_size=32, warm_start_epochs=0)
+        assert old.chunk_size == old.selection_size == 32
+        for sampler in (old, new):
+            sampler.observe(torch.arange(600), embeddings=_feedback(600)[0])
+        assert list(old) == list(new)
+
+    def test_both_names_raise(self):
+        """chunk_size and selection_size together are an error."""
+        with pytest.raises(TypeError, match="both 'chunk_size' and its old name"):
+            GraftBatchSampler(100, 8, chunk_size=16, selection_size=16)
+
+    def test_budget_warning_names_chunk_size(self):
+        """The budget warning tells to raise 'chunk_size'."""
+        sampler = GraftBatchSampler(600, 8, fraction=0.01, warm_start_epochs=0)
+        sampler.observe(torch.arange(600), embeddings=_feedback(600)[0])
+        with pytest.warns(UserWarning, match="'chunk_size' \\(now 8\\)"):
+            len(sampler)
+
+
 TORCH_BACKENDS = pytest.mark.parametrize("backend", ["torch-cpu", "torch-cuda"], indirect=True)
 
 
@@ -391,7 +426,7 @@ class TestStagedBatches:
         sampler.observe(torch.tensor([3, 4]), embeddings=good)
         sampler.observe(torch.tensor([3]), embeddings=torch.full((1, D), float("nan")))
         torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][3:5], good)
-        assert sampler._store.take_rejected()[0].tolist() == [3]
+        assert sampler._recorder.store.take_rejected()[0].tolist() == [3]
 
     def test_many_batches_recorded(self):
         """More batches than one block holds are all recorded, in order."""
@@ -445,7 +480,7 @@ class TestStagedBatches:
         sampler = GraftBatchSampler(N, 32)
         emb = torch.randn(8, D)
         sampler.observe(torch.arange(8), embeddings=emb)
-        assert sampler._store._staged == []
+        assert sampler._recorder.store._staged == []
         torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][:8], emb)
 
     def test_large_batch_after_staged_ones_wins(self, monkeypatch):
@@ -495,11 +530,11 @@ def _train_epoch(sampler, feedback, *, grad=False, with_indices=True):
 
 def _count_checks(monkeypatch):
     """A list that grows by one at each run of observe()'s general checks."""
-    from graft_select import sampler as sampler_module
+    from graft_select import _recorder
 
     calls = []
-    checked = sampler_module.check_batch
-    monkeypatch.setattr(sampler_module, "check_batch",
+    checked = _recorder.check_batch
+    monkeypatch.setattr(_recorder, "check_batch",
                         lambda *args: calls.append(1) or checked(*args))
     return calls
 
@@ -508,7 +543,7 @@ class TestObserveSteadyState:
     """The steady-state path of observe() stores what the general path stores."""
 
     def _general_only(self, monkeypatch):
-        monkeypatch.setattr(GraftBatchSampler, "_observe_like_last",
+        monkeypatch.setattr(FeedbackRecorder, "_observe_like_last",
                             lambda self, *args: False)
 
     @pytest.mark.parametrize(("grad", "with_indices"), [(False, True), (True, True),
@@ -579,7 +614,7 @@ class TestObserveSteadyState:
             batch = next(iterator)
             sampler.observe(torch.tensor(batch), embeddings=emb[batch], logits=logits[batch],
                             targets=targets[batch])
-        sampler._store.load(*(sampler.state_dict()[key]
+        sampler._recorder.store.load(*(sampler.state_dict()[key]
                               for key in ("store", "last_seen", "rejected")))
         batch = next(iterator)
         sampler.observe(torch.tensor(batch), embeddings=emb[batch], logits=logits[batch],
@@ -711,16 +746,16 @@ class TestRejectedIndicesOnDevice:
         emb, logits = torch.randn(32, D, device="cuda"), torch.randn(32, C, device="cuda")
         emb[3] = float("nan")
         sampler.observe(torch.arange(32), embeddings=emb, logits=logits)
-        sampler._store.flush()  # allocates the store
+        sampler._recorder.store.flush()  # allocates the store
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
             sampler.observe(torch.arange(32, 64), embeddings=emb, logits=logits)
             sampler.observe(torch.arange(64, 96, device="cuda"), embeddings=emb, logits=logits)
-            sampler._store.flush()  # records the staged batches
+            sampler._recorder.store.flush()  # records the staged batches
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        assert sampler._store.take_rejected()[0].tolist() == [3, 35, 67]
+        assert sampler._recorder.store.take_rejected()[0].tolist() == [3, 35, 67]
 
 
     @pytest.mark.parametrize("with_indices", [False, True])
@@ -743,7 +778,7 @@ class TestRejectedIndicesOnDevice:
         first = next(batches)  # the first observe takes the general path and places the store
         sampler.observe(torch.tensor(first) if with_indices else None,
                         embeddings=emb[first], logits=logits[first])
-        sampler._store.flush()
+        sampler._recorder.store.flush()
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -751,13 +786,13 @@ class TestRejectedIndicesOnDevice:
                 assert batch == plan[step].tolist()
                 sampler.observe(plan[step] if with_indices else None,
                                 embeddings=values[step][0], logits=values[step][1])
-            sampler._store.flush()
+            sampler._recorder.store.flush()
         finally:
             torch.cuda.set_sync_debug_mode("default")
         store = sampler.state_dict()["store"]["embeddings"]
         good = torch.arange(n) != 37
         torch.testing.assert_close(store[good], emb.cpu()[good])
-        assert sampler._store.take_rejected()[0].tolist() == [37]
+        assert sampler._recorder.store.take_rejected()[0].tolist() == [37]
 
 
 class TestCompactStore:
@@ -838,7 +873,7 @@ class TestCompactStore:
         emb[5, 2] = 1e5
         sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
         assert sampler.state_dict()["store"]["embeddings"][5, 2] == emb[5, 2].bfloat16()
-        assert sampler._store.take_rejected()[1] == 0
+        assert sampler._recorder.store.take_rejected()[1] == 0
 
     def test_sketch_overflowing_rejected(self):
         """A row whose sketch overflows float32 keeps the sample's earlier values."""
@@ -850,7 +885,7 @@ class TestCompactStore:
         sampler.observe(torch.arange(4), embeddings=emb)
         after = sampler.state_dict()["store"]["embeddings"]
         assert torch.equal(after[1:4], before[1:4]) and torch.isfinite(after[0]).all()
-        assert sampler._store.take_rejected()[0].tolist() == [1, 2, 3]
+        assert sampler._recorder.store.take_rejected()[0].tolist() == [1, 2, 3]
 
     def test_sketch_width(self):
         """Feedback wider than sketch_width is stored at that width; narrower as observed."""
@@ -901,7 +936,7 @@ class TestCompactStore:
         for device in (backend.device, "cpu"):
             sampler = GraftBatchSampler(N, 32, sketch_width=4, feedback_dtype=torch.float16)
             sampler.observe(torch.arange(16), embeddings=emb.to(device))
-            assert sampler._store["embeddings"].device == torch.device(device)
+            assert sampler._recorder.store["embeddings"].device == torch.device(device)
             stored.append(sampler.state_dict()["store"]["embeddings"])
         torch.testing.assert_close(stored[0], stored[1], atol=1e-2, rtol=1e-2)
 

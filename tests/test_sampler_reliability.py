@@ -1,4 +1,4 @@
-"""GraftBatchSampler under bad, odd and adversarial input (issue 11, sampler items)."""
+"""GraftBatchSampler under bad, odd and adversarial input."""
 
 import socket
 import subprocess

@@ -180,7 +180,7 @@ def make_batch_sampler(strategy, n_samples, *, fraction, seed, config, total_sam
         selector = GraftSelector(fraction, basis=config.basis, n_components=config.n_components,
                                  uniform_share=config.uniform_share, random_state=seed)
     return GraftBatchSampler(
-        n_samples, batch_size, fraction=fraction, selection_size=config.selection_size,
+        n_samples, batch_size, fraction=fraction, chunk_size=config.selection_size,
         refit_every=config.refit_every, warm_start_epochs=config.warm_start_epochs,
         selector=selector, refresh_share=config.refresh_share, seed=seed,
         label_noise_guard=config.label_noise_guard and strategy != "uniform",

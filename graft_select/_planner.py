@@ -1,0 +1,340 @@
+"""EpochPlanner: which samples GraftBatchSampler trains on in each epoch, and in what order.
+
+:meth:`EpochPlanner.plan` is the one entry point: the plan of epoch ``e`` is the full
+data in a warm-start epoch, else the subset of the latest refit (computed when epoch
+``e`` is a refit epoch: warm start, then every ``refit_every`` epochs), shuffled with
+``(seed, e)``. A refit brings the feedback up to date (the feature source), reports
+the rejected rows, lets the label-noise guard remove suspected wrong labels, gives a
+share of the budget to the stalest samples, and selects the rest with a
+:class:`~graft_select.GraftSelector`; :func:`fit_selector` is the one call into it.
+
+This module imports torch; only the sampler imports it.
+"""
+
+import dataclasses
+import math
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import clone
+
+from . import _guard, _plan
+from .selector import BudgetWarning, GraftSelector, StoredGradients
+
+__all__ = ["EpochPlanner", "RefitReport", "fit_selector"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RefitReport:
+    """What one refit of :class:`GraftBatchSampler` chose and cost.
+
+    Attributes
+    ----------
+    epoch : int
+        Epoch the refit planned.
+    fraction : float
+        Selected share of the dataset (stale refreshes included).
+    n_selected : int
+        Number of samples in the epoch's subset (before splitting over replicas).
+    gradient_error : float or None
+        Mean over chunks of the relative error of the chunk's mean gradient
+        approximated by the selected samples; None without gradient feedback.
+    seconds : float
+        Wall-clock seconds spent selecting (feature pass included).
+    feature_seconds : float
+        Of which in the ``features`` callable (0 in observe-only mode).
+    n_refreshed : int
+        Samples added because their recorded values were the stalest.
+    n_rejected : int, default=0
+        Observed rows rejected since the previous refit (NaN or infinity in the
+        feedback, also after the cast to ``feedback_dtype`` or the sketch, a
+        label outside ``[0, n_classes)``, or an index outside the dataset when
+        the indices were on an accelerator); they were not stored, the samples
+        kept their earlier values, and the refit warned.
+    rejected_indices : tuple of int, default=()
+        Dataset indices of the samples with rejected rows, sorted. A row whose
+        index was outside the dataset is counted in ``n_rejected`` but has no
+        index here (it names no sample; reading the bad value back would cost
+        a device synchronisation at the step).
+    gathered_bytes : int, default=0
+        Bytes this rank sent to merge the ranks' feedback (0 without
+        ``torch.distributed``).
+    n_excluded : int, default=0
+        Samples the label-noise guard kept out of this refit (suspected wrong
+        labels; see ``label_noise_guard`` of :class:`GraftBatchSampler`).
+    excluded_indices : tuple of int, default=()
+        Their dataset indices, lowest probability of the given label first.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graft_select.sampler import GraftBatchSampler
+    >>> sampler = GraftBatchSampler(200, batch_size=20, fraction=0.25)
+    >>> sampler.observe(torch.arange(200), embeddings=torch.randn(200, 3),
+    ...                 logits=torch.randn(200, 2), targets=torch.randint(0, 2, (200,)))
+    >>> sampler.set_epoch(1)
+    >>> report = sampler.last_refit if len(sampler) else None
+    >>> report.epoch, report.n_selected, report.n_refreshed
+    (1, 50, 0)
+    """
+
+    __module__ = "graft_select.sampler"
+
+    epoch: int
+    fraction: float
+    n_selected: int
+    gradient_error: float | None
+    seconds: float
+    feature_seconds: float
+    n_refreshed: int
+    n_rejected: int = 0
+    rejected_indices: tuple = ()
+    gathered_bytes: int = 0
+    n_excluded: int = 0
+    excluded_indices: tuple = ()
+
+
+class EpochPlanner:
+    """Plans every epoch of a GraftBatchSampler: warm start, refit or reuse.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of samples of the dataset.
+    recorder : FeedbackRecorder
+        The recorded feedback (read at refits, and its rejected rows reported).
+    source : ObservedFeedback, CallableFeatures or FixedFeatures
+        Where a refit's selection inputs come from.
+    fraction, chunk_size, refit_every, warm_start_epochs, shuffle, seed, refresh_share, \
+selector, label_noise_guard :
+        The sampler's parameters of the same names (checked).
+
+    Attributes
+    ----------
+    subset : int64 tensor or None
+        Dataset indices the latest refit selected (in selection order).
+    subset_epoch : int or None
+        The epoch of that refit.
+    last_refit : RefitReport or None
+        Report of the latest refit.
+    selection_seconds : float
+        Total seconds spent selecting so far.
+    """
+
+    def __init__(self, n_samples, recorder, source, *, fraction, chunk_size, refit_every,
+                 warm_start_epochs, shuffle, seed, refresh_share, selector, label_noise_guard):
+        self.n_samples = n_samples
+        self.recorder = recorder
+        self.source = source
+        self.fraction = fraction
+        self.chunk_size = chunk_size
+        self.refit_every = refit_every
+        self.warm_start_epochs = warm_start_epochs
+        self.shuffle = shuffle
+        self.seed = seed
+        self.refresh_share = refresh_share
+        self.selector = selector
+        self.label_noise_guard = label_noise_guard
+        self.subset = None
+        self.subset_epoch = None
+        self.last_refit = None
+        self.selection_seconds = 0.0
+        self._planned = None  # (epoch, plan) of the latest plan() call
+
+    # -------------------------------------------------------------------- plans
+
+    def plan(self, epoch, num_replicas=1):
+        """The plan of ``epoch``: dataset indices in training order, computed once.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch.
+        num_replicas : int, default=1
+            Ranks whose feedback a refit merges first.
+
+        Returns
+        -------
+        plan : int64 tensor of shape (m,)
+        """
+        if self._planned is not None and self._planned[0] == epoch:
+            return self._planned[1]
+        if self._full_data(epoch):
+            subset = torch.arange(self.n_samples)
+        else:
+            fit_epoch = self.refit_epoch(epoch)
+            if self.subset is None or self.subset_epoch != fit_epoch:
+                self.subset = self._refit(epoch, fit_epoch, num_replicas)
+                self.subset_epoch = fit_epoch
+            subset = self.subset
+        if self.shuffle:
+            subset = _plan.shuffled(subset, self.seed, epoch)
+        self._planned = (epoch, subset)
+        return subset
+
+    def plan_size(self, epoch, num_replicas=1):
+        """Number of samples in the plan of ``epoch`` (computing it, a refit included)."""
+        return len(self.plan(epoch, num_replicas))
+
+    def expected_size(self, epoch):
+        """The plan size of ``epoch`` without computing it: exact when the plan or its
+        subset is known, else the budget the default selector yields."""
+        if self._planned is not None and self._planned[0] == epoch:
+            return len(self._planned[1])
+        if self._full_data(epoch):
+            return self.n_samples
+        if self.subset is not None:
+            return len(self.subset)
+        budget = self._budget()
+        refreshed = round(self.refresh_share * budget) if self.source.refreshes_stale else 0
+        remaining = budget - refreshed
+        if remaining <= 0:
+            return refreshed
+        chunks = math.ceil((self.n_samples - refreshed) / max(2, self.chunk_size))
+        return refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
+
+    def refit_epoch(self, epoch):
+        """The epoch whose refit a selected ``epoch`` trains on."""
+        return epoch - (epoch - self.warm_start_epochs) % self.refit_every
+
+    def _full_data(self, epoch):
+        return epoch < self.warm_start_epochs or self.fraction >= 1.0
+
+    def _budget(self):
+        return max(1, round(self.fraction * self.n_samples))
+
+    # -------------------------------------------------------------------- state
+
+    def state(self):
+        """The subset, its epoch and the selection time, for the sampler's state_dict."""
+        return {"subset": None if self.subset is None else self.subset.clone(),
+                "subset_epoch": self.subset_epoch,
+                "selection_seconds": self.selection_seconds}
+
+    def load(self, subset, subset_epoch, selection_seconds):
+        """Restore :meth:`state` output (checked); plans are computed afresh."""
+        self.subset = subset
+        self.subset_epoch = subset_epoch
+        self.selection_seconds = selection_seconds
+        self._planned = None
+
+    # ------------------------------------------------------------------- refits
+
+    def _refit(self, epoch, fit_epoch, num_replicas):
+        """Select the subset of the refit at ``fit_epoch`` (from epoch ``epoch``)."""
+        start = time.perf_counter()
+        generator = _plan.epoch_generator(self.seed, fit_epoch)
+        n = self.n_samples
+        candidates = (torch.randperm(n, generator=generator) if self.shuffle
+                      else torch.arange(n))
+        budget = self._budget()
+        feature_seconds, gathered_bytes = self.source.refresh(candidates, epoch, num_replicas)
+        rejected, n_rejected = self.recorder.report_rejected()
+        candidates, excluded = self._guard(candidates, budget)
+        refreshed = (self._stalest(candidates, budget) if self.source.refreshes_stale
+                     else torch.zeros(0, dtype=torch.int64))
+        chosen, error = self._select(candidates, refreshed, budget, generator)
+        subset = torch.cat([refreshed, chosen])
+        self._warn_budget(len(subset), budget)
+        seconds = time.perf_counter() - start
+        self.selection_seconds += seconds
+        self.last_refit = RefitReport(
+            epoch=fit_epoch, fraction=len(subset) / n, n_selected=len(subset),
+            gradient_error=error, seconds=seconds, feature_seconds=feature_seconds,
+            n_refreshed=len(refreshed), n_rejected=n_rejected,
+            rejected_indices=tuple(rejected.tolist()), gathered_bytes=gathered_bytes,
+            n_excluded=len(excluded), excluded_indices=tuple(excluded.tolist()))
+        return subset
+
+    def _warn_budget(self, size, budget):
+        if abs(size - budget) > 0.1 * budget:
+            warnings.warn(
+                f"GraftBatchSampler selected {size} samples for a budget of {budget} "
+                f"(fraction={self.fraction} of {self.n_samples}): every selection chunk keeps "
+                f"at least one sample. Raise 'fraction' or 'chunk_size' (now "
+                f"{self.chunk_size}) to hold the budget.", UserWarning, stacklevel=6)
+
+    def _guard(self, candidates, budget):
+        """Candidates without the suspected wrong labels, and those (see label_noise_guard)."""
+        none = torch.zeros(0, dtype=torch.int64)
+        store = self.recorder.store
+        if not self.label_noise_guard or "residuals" not in store:
+            return candidates, none
+        if store.sketched("residuals"):
+            warnings.warn(
+                f"GraftBatchSampler's label_noise_guard needs the label probabilities, but the "
+                f"residuals are stored as a sketch of width {store.sketch_width}; the guard did "
+                "not act. Set sketch_width to at least the number of classes, or "
+                "label_noise_guard=False.", UserWarning, stacklevel=5)
+            return candidates, none
+        observed = candidates[store.last_seen.cpu()[candidates] >= 0]
+        excluded = _guard.suspected_wrong_labels(store["residuals"], observed, budget)
+        if len(excluded) == 0:
+            return candidates, none
+        return _without(candidates, excluded, self.n_samples), excluded
+
+    def _stalest(self, candidates, budget):
+        """The least recently observed candidates (never observed first), in a share of budget."""
+        share = round(self.refresh_share * budget)
+        store = self.recorder.store
+        if not store.observed_any():
+            share = budget
+        if share == 0:
+            return torch.zeros(0, dtype=torch.int64)
+        return store.stalest(candidates, share)
+
+    def _select(self, candidates, refreshed, budget, generator):
+        """GRAFT's picks among the candidates (refreshed ones aside), and the mean error."""
+        remaining = budget - len(refreshed)
+        if remaining <= 0:
+            return torch.zeros(0, dtype=torch.int64), None
+        if len(refreshed):
+            candidates = _without(candidates, refreshed, self.n_samples)
+        if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
+            return candidates, None
+        selector = self._make_selector(remaining / len(candidates), generator)
+        X, gradients = self.source.inputs(candidates, selector)
+        fit_selector(selector, X, gradients, candidates)
+        local = selector.sample_indices_.to("cpu") if torch.is_tensor(
+            selector.sample_indices_) else torch.as_tensor(selector.sample_indices_)
+        error = selector.gradient_error_
+        return candidates[local], None if error is None else float(np.mean(error))
+
+    def _make_selector(self, fraction, generator):
+        template = self.selector or GraftSelector(basis="gradients", uniform_share=0.0)
+        selector = clone(template)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        store = self.recorder.store
+        has_gradients = "residuals" in store or "gradients" in store
+        params = {"fraction": min(1.0, fraction), "chunk_size": max(2, self.chunk_size),
+                  "random_state": seed}
+        if selector.basis == "gradients" and not has_gradients:
+            params["basis"] = "input"
+        return selector.set_params(**params)
+
+
+def fit_selector(selector, X, gradients, candidates):
+    """Fit ``selector`` on the candidates' selection inputs: the one call into the selector.
+
+    ``X is None`` means ``gradients`` are the store's own ``(residuals,
+    embeddings)`` tables, read at the rows ``candidates`` through a
+    :class:`~graft_select.StoredGradients` view (never copied); the sampler trains
+    unweighted, so no weights are computed.
+    """
+    with warnings.catch_warnings():
+        # the sampler warns about the budget itself, in its own terms (_warn_budget)
+        warnings.simplefilter("ignore", BudgetWarning)
+        if X is None:
+            selector.fit(None, gradients=StoredGradients(*gradients, rows=candidates),
+                         compute_weights=False)
+        else:
+            selector.fit(X, gradients=gradients)
+
+
+def _without(candidates, rows, n_samples):
+    """``candidates`` (dataset indices) without ``rows``, in their order."""
+    keep = torch.ones(n_samples, dtype=torch.bool)
+    keep[rows] = False
+    return candidates[keep[candidates]]

@@ -1,0 +1,235 @@
+"""FeedbackRecorder: how GraftBatchSampler records the training loop's feedback.
+
+``observe()`` and ``watch()`` land here. The recorder checks a batch's indices and
+values, finds the batch a pass handed out, supplies the sampler's targets on the
+values' device, and stages the batch into its :class:`~graft_select._store.FeedbackStore`.
+At a refit it reports the rows it rejected and merges the ranks' feedback.
+
+A training loop's steady state (every batch of the pass observed once, with values of
+the same shapes, dtypes and devices as the previous one) takes a fast path: a few
+attribute reads and the store's copies, nothing read back from the device.
+
+This module imports torch; only the sampler's parts import it.
+"""
+
+import warnings
+
+import torch
+
+from ._checks import check_batch, check_indices
+from ._iteration import LastLayerCapture, last_linear
+from ._merge import merge
+from ._state import check_feedback
+from ._store import FeedbackStore
+
+__all__ = ["FeedbackRecorder"]
+
+
+class FeedbackRecorder:
+    """Records per-sample feedback into a store, for the sampler's refits.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of samples of the dataset.
+    targets : int64 tensor of shape (n_samples,) or None
+        The sampler's class labels, used when ``observe()`` gets logits only.
+    dtype, sketch_width, seed :
+        The store's (see :class:`~graft_select._store.FeedbackStore`).
+    """
+
+    def __init__(self, n_samples, targets, *, dtype, sketch_width, seed):
+        self.n_samples = n_samples
+        self.targets = targets
+        self.store = FeedbackStore(n_samples, dtype=dtype, sketch_width=sketch_width,
+                                   seed=seed)
+        self.capture = None  # LastLayerCapture from watch()
+        self._targets_on = {}  # device -> targets there (observe() reads no value back)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["capture"] = None  # a forward hook belongs to a model in this process
+        return state
+
+    # ---------------------------------------------------------------- recording
+
+    def observe(self, iteration, epoch, indices=None, *, embeddings=None, logits=None,
+                targets=None, gradients=None):
+        """Record one batch (see :meth:`GraftBatchSampler.observe`).
+
+        ``iteration`` is the current pass (a BatchIterator) or None; ``epoch`` is
+        stamped as the rows' last-seen epoch.
+        """
+        if gradients is None:
+            captured = embeddings is None and logits is None and self.capture is not None
+            if captured:  # the watched layer's latest forward pass
+                embeddings, logits = self.capture.inputs, self.capture.outputs
+            if self._observe_like_last(iteration, epoch, indices, embeddings, logits, targets):
+                if captured:
+                    self.capture.take()
+                return
+            if captured:  # the general path reads them again, and checks them
+                embeddings = logits = None
+        if indices is None:
+            if iteration is None or not iteration.pending:
+                raise ValueError("observe() without 'indices' records the oldest batch this "
+                                 "sampler handed out and that was not observed yet, and there "
+                                 "is none: pass indices=, or observe each yielded batch once.")
+            idx, depth = iteration.batches[iteration.pending[0]], 0
+        else:
+            idx, depth = self._check_indices(iteration, indices)
+        captured = embeddings is None and logits is None and gradients is None
+        if captured and self.capture is not None:
+            embeddings, logits = self.capture.inputs, self.capture.outputs
+            if embeddings is None:
+                raise ValueError("observe() found no forward pass of the watched layer since "
+                                 "the last observation; call it after the model's forward.")
+        if logits is not None and targets is None and self.targets is not None:
+            targets = self._targets_of(idx)
+        batch = check_batch(len(idx), embeddings, logits, targets, gradients)
+        # a batch this sampler handed out is never written to, so it needs no copy
+        source = iteration if depth is not None and iteration.distinct else None
+        self.store.stage(idx, batch, epoch, copy_indices=depth is None, source=source)
+        if captured and self.capture is not None:
+            self.capture.take()
+        if iteration is not None:
+            if depth is not None:
+                iteration.take(depth)
+            elif idx.device.type != "cpu":
+                iteration.take_pending()
+
+    def _observe_like_last(self, iteration, epoch, indices, embeddings, logits, targets):
+        """observe() of a training loop's steady state in a few attribute reads, or False.
+
+        The steady state: no indices, or the CPU int64 tensor of a batch this
+        pass handed out, and tensors of embeddings, logits (given, or from the
+        watched layer) and targets (given, or the sampler's) with one row per
+        index and the shapes, dtypes, layouts and devices of the last batch that
+        took the general path (and passed its checks). Any other call returns
+        False, having changed nothing, and takes the general path.
+        """
+        if (iteration is None or type(embeddings) is not torch.Tensor
+                or type(logits) is not torch.Tensor
+                or not (type(targets) is torch.Tensor
+                        or (targets is None and self.targets is not None))):
+            return False
+        if indices is None:  # the oldest handed-out batch not observed yet
+            depth = 0 if iteration.pending else None
+        else:
+            depth = iteration.handed_out(indices)
+        if depth is None:
+            return False
+        idx = iteration.batches[iteration.pending[depth]]
+        if targets is None:  # the sampler's (a fresh tensor, on the CPU like idx)
+            targets = self.targets[idx]
+        if embeddings.requires_grad or logits.requires_grad or targets.requires_grad:
+            embeddings, logits, targets = (embeddings.detach(), logits.detach(),
+                                           targets.detach())
+        batch_signature = (  # _store.signature written out: this runs at every step
+            ("embeddings", embeddings.shape, embeddings.dtype, embeddings.layout,
+             embeddings.device),
+            ("logits", logits.shape, logits.dtype, logits.layout, logits.device),
+            ("targets", targets.shape, targets.dtype, targets.layout, targets.device))
+        # the signature ties the logits' and targets' rows to the embeddings'; the
+        # batch's own length ties them to the indices (a pass's last batch is shorter)
+        if idx.shape[0] != embeddings.shape[0] or not self.store.stage_like_last(
+                idx, (embeddings, logits, targets), epoch,
+                iteration if iteration.distinct else None, batch_signature):
+            return False
+        iteration.take(depth)
+        return True
+
+    def _targets_of(self, idx):
+        """The sampler's targets of ``idx``, indexed on idx's device (no read-back)."""
+        if idx.device.type == "cpu":
+            return self.targets[idx]
+        if idx.device not in self._targets_on:
+            self._targets_on[idx.device] = self.targets.to(idx.device, non_blocking=True)
+        # an index outside the dataset is rejected later; clamp so the lookup is valid
+        return self._targets_on[idx.device][idx.clamp(0, self.n_samples - 1)]
+
+    def _check_indices(self, iteration, indices):
+        """``(idx, depth)``: the batch's int64 indices, and its depth among the pending
+        batches of ``iteration`` (None for a batch the pass did not hand out)."""
+        depth = None if iteration is None else iteration.handed_out(indices)
+        if depth is not None:  # a batch this sampler handed out: valid as it is
+            return iteration.batches[iteration.pending[depth]], depth
+        idx = check_indices(indices, self.n_samples)  # on a device: checked when recorded
+        depth = None if iteration is None or idx.device.type != "cpu" else iteration.find(idx)
+        if depth is not None:  # a batch this sampler handed out, passed as another type
+            return iteration.batches[iteration.pending[depth]], depth
+        return idx, None
+
+    def watch(self, model, layer=None):
+        """Hook the model's last linear layer (see :meth:`GraftBatchSampler.watch`)."""
+        target = last_linear(model) if layer is None else layer
+        if not isinstance(target, torch.nn.Module):
+            raise TypeError(f"The 'layer' argument of GraftBatchSampler.watch must be a "
+                            f"torch.nn.Module. Got {type(target).__name__} instead.")
+        if self.capture is not None:
+            self.capture.remove()
+        self.capture = LastLayerCapture(target)
+        return self.capture
+
+    # ------------------------------------------------------------------ refits
+
+    def report_rejected(self):
+        """Rows observe() rejected since the last refit: warn, and return them for the report.
+
+        Returns
+        -------
+        rejected : int64 tensor of shape (k,)
+            Dataset indices of the samples with rejected rows, sorted.
+        n_rows : int
+            Number of rejected rows (rows with an index outside the dataset too).
+        """
+        rejected, n_rows = self.store.take_rejected()
+        if n_rows:
+            first = ", ".join(str(i) for i in rejected[:5].tolist())
+            warnings.warn(
+                f"GraftBatchSampler rejected {n_rows} observed rows since the last refit: NaN "
+                f"or infinity in the feedback, values too large for feedback_dtype or the "
+                f"sketch, or labels (or indices) out of range. The "
+                f"{len(rejected)} samples concerned (first: {first or 'none'}) keep their "
+                "earlier values; check the model's outputs and the targets of these samples "
+                "(all of them are in last_refit.rejected_indices).", UserWarning, stacklevel=5)
+        return rejected, n_rows
+
+    def merge_ranks(self, num_replicas):
+        """Under torch.distributed, merge the rows every rank observed since the last merge.
+
+        Returns the bytes this rank sent (0 on one rank). Raises when several
+        ranks recorded feedback without a process group to merge it: their plans
+        would differ.
+        """
+        if num_replicas == 1:
+            return 0
+        if not _dist_ready():
+            if self.store:
+                raise ValueError(
+                    f"GraftBatchSampler has num_replicas={num_replicas} but no "
+                    "torch.distributed process group, so it cannot merge the feedback the "
+                    "ranks observed and their plans would differ. Initialise "
+                    "torch.distributed before the first refit (the sampler then gathers "
+                    "feedback), or use a features callable or array, which every rank "
+                    "evaluates the same way.")
+            return 0
+        return merge(self.store, num_replicas)
+
+    # -------------------------------------------------------------------- state
+
+    def state(self):
+        """The store's rows, last-seen epochs and unreported rejections, on the CPU."""
+        return self.store.state()
+
+    def load(self, feedback):
+        """Replace the recorded feedback by checked ``feedback`` (see check_feedback)."""
+        self.store.load(feedback["store"], feedback["last_seen"], feedback["rejected"])
+
+    def load_feedback(self, feedback):
+        """Check, then load, the feedback of a snapshot (a torchdata iterator state)."""
+        self.load(check_feedback(feedback, self.n_samples, "GraftBatchSampler"))
+
+
+def _dist_ready():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -1,0 +1,120 @@
+"""Checks of a saved GraftBatchSampler state before anything of it is loaded.
+
+:func:`check_state` checks a whole ``state_dict()`` (keys, types, sizes against the
+sampler's dataset) and returns cleaned CPU copies, so a bad state leaves the sampler
+unchanged; :func:`check_feedback` checks the recorded feedback alone (a torchdata
+iterator snapshot holds only that).
+
+This module imports torch; only the sampler's parts import it.
+"""
+
+import math
+import numbers
+
+import torch
+
+from ._checks import check_indices
+from ._store import FEEDBACK_NAMES
+
+__all__ = ["check_feedback", "check_state"]
+
+STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
+              "rejected", "selection_seconds"}
+OPTIONAL_KEYS = {"rejected"}  # absent from states saved before it was added
+
+
+def check_state(state, n_samples):
+    """Validate a whole state dict of GraftBatchSampler; return cleaned copies."""
+    owner = "GraftBatchSampler.load_state_dict"
+    if not isinstance(state, dict):
+        raise TypeError(f"{owner} expects the dict returned by state_dict(). Got "
+                        f"{type(state).__name__} instead.")
+    if not STATE_KEYS - OPTIONAL_KEYS <= set(state) <= STATE_KEYS:
+        missing = sorted(STATE_KEYS - OPTIONAL_KEYS - set(state))
+        extra = sorted(set(state) - STATE_KEYS)
+        raise ValueError(f"{owner} got a state with missing keys {missing} and unknown keys "
+                         f"{extra}; pass the dict returned by GraftBatchSampler.state_dict().")
+    epoch = _state_int(state["epoch"], "epoch", owner)
+    batches = _state_int(state["batches_yielded"], "batches_yielded", owner)
+    subset_epoch = state["subset_epoch"]
+    if subset_epoch is not None:
+        subset_epoch = _state_int(subset_epoch, "subset_epoch", owner)
+    subset = state["subset"]
+    if subset is not None:
+        subset = _index_tensor(subset, "subset", owner, n_samples)
+        if len(subset) == 0 or len(torch.unique(subset)) != len(subset):
+            raise ValueError(f"The 'subset' of the state passed to {owner} must hold distinct "
+                             "dataset indices.")
+    if (subset is None) != (subset_epoch is None):
+        raise ValueError(f"The state passed to {owner} must have both 'subset' and "
+                         "'subset_epoch' or neither.")
+    seconds = state["selection_seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not (
+            math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"The 'selection_seconds' of the state passed to {owner} must be a "
+                         f"finite float >= 0. Got {seconds!r} instead.")
+    feedback = check_feedback({key: state[key] for key in ("store", "last_seen", "rejected")
+                               if key in state}, n_samples, owner)
+    return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
+            "subset_epoch": subset_epoch, "selection_seconds": float(seconds), **feedback}
+
+
+def check_feedback(feedback, n_samples, owner):
+    """Validate ``{"store": ..., "last_seen": ..., "rejected": ...}``; return CPU copies.
+
+    ``rejected`` (optional; zeros when absent) counts per sample the observed rows
+    rejected since the last refit, plus one last entry for rows whose index lay
+    outside the dataset.
+    """
+    store = feedback.get("store") if isinstance(feedback, dict) else None
+    if not isinstance(store, dict):
+        raise TypeError(f"The 'store' of the state passed to {owner} must be a dict of "
+                        f"tensors. Got {type(store).__name__} instead.")
+    unknown = sorted(set(store) - set(FEEDBACK_NAMES))
+    if unknown:
+        raise ValueError(f"The 'store' of the state passed to {owner} has unknown entries "
+                         f"{unknown}; expected some of {list(FEEDBACK_NAMES)}.")
+    copies = {}
+    for name, value in store.items():
+        if not torch.is_tensor(value) or value.ndim != 2 or value.shape[0] != n_samples or (
+                not value.dtype.is_floating_point):
+            shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+            raise ValueError(f"The store entry '{name}' of the state passed to {owner} must be "
+                             f"a floating tensor of shape ({n_samples}, n_columns). Got "
+                             f"{shape} instead; was the state saved by a sampler of another "
+                             "dataset?")
+        copies[name] = value.detach().cpu().clone()
+    last_seen = feedback["last_seen"]
+    if not torch.is_tensor(last_seen) or last_seen.shape != (n_samples,) or (
+            last_seen.dtype != torch.int64):
+        shape = tuple(last_seen.shape) if torch.is_tensor(last_seen) else type(last_seen).__name__
+        raise ValueError(f"The 'last_seen' of the state passed to {owner} must be an int64 "
+                         f"tensor of shape ({n_samples},). Got {shape} instead; was the state "
+                         "saved by a sampler of another dataset?")
+    rejected = feedback.get("rejected")
+    if rejected is None:
+        rejected = torch.zeros(n_samples + 1, dtype=torch.int32)
+    elif not torch.is_tensor(rejected) or rejected.shape != (n_samples + 1,) or (
+            rejected.dtype != torch.int32) or bool((rejected < 0).any()):
+        shape = tuple(rejected.shape) if torch.is_tensor(rejected) else type(rejected).__name__
+        raise ValueError(f"The 'rejected' of the state passed to {owner} must be an int32 "
+                         f"tensor of shape ({n_samples + 1},) of counts >= 0. Got {shape} "
+                         "instead; was the state saved by a sampler of another dataset?")
+    return {"store": copies, "last_seen": last_seen.detach().cpu().clone(),
+            "rejected": rejected.detach().cpu().clone()}
+
+
+def _state_int(value, name, owner):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"The '{name}' of the state passed to {owner} must be an int >= 0. "
+                         f"Got {value!r} instead.")
+    return int(value)
+
+
+def _index_tensor(value, name, owner, n_samples):
+    if not torch.is_tensor(value) or value.ndim != 1 or value.dtype != torch.int64:
+        raise ValueError(f"The '{name}' of the state passed to {owner} must be a 1-D int64 "
+                         f"tensor of dataset indices.")
+    value = value.detach().cpu().clone()
+    return check_indices(value, n_samples, subject=f"The '{name}' of the state passed to {owner}",
+                         hint="was the state saved by a sampler of another dataset?")
