@@ -162,7 +162,8 @@ def _add_select_command(commands):
                         help="per-sample gradient proxies, same rows as FEATURES")
     select.add_argument("--fraction", type=float, required=True, metavar="F",
                         help="share of the rows to keep, in (0, 1]")
-    select.add_argument("--batch-size", type=int, metavar="B",
+    select.add_argument("--chunk-size", "--batch-size", dest="chunk_size", type=int,
+                        metavar="B",
                         help="select per chunk of B consecutive rows (default: all rows at "
                              "once up to 4096, else equal chunks of at most 4096 rows, which "
                              "keeps the cost linear in the number of rows); every chunk "
@@ -377,7 +378,7 @@ def _run_select(args):
     from .selector import GraftSelector
 
     selector = GraftSelector(
-        fraction=args.fraction, n_components=args.n_components, batch_size=args.batch_size,
+        fraction=args.fraction, n_components=args.n_components, chunk_size=args.chunk_size,
         strategy=args.strategy, random_state=args.seed,
     )
     start = time.perf_counter()

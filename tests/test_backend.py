@@ -327,7 +327,7 @@ class TestDeviceScope:
         with cupy.cuda.Device(1):
             A = cupy.asarray(np.random.default_rng(0).standard_normal((3, 50, 4)))
         assert fast_maxvol(A, 6).device.id == 1
-        sel = GraftSelector(fraction=0.2, batch_size=25, random_state=0).fit(A[0])
+        sel = GraftSelector(fraction=0.2, chunk_size=25, random_state=0).fit(A[0])
         assert sel.sample_indices_.device.id == 1
 
 

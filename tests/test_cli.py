@@ -65,9 +65,9 @@ class TestSelect:
 
         np.save(tmp_path / "X.npy", X)
         out = tmp_path / "idx.npy"
-        main(["select", str(tmp_path / "X.npy"), "--fraction", "0.3", "--batch-size", "64",
+        main(["select", str(tmp_path / "X.npy"), "--fraction", "0.3", "--chunk-size", "64",
               "--n-components", "4", "--seed", "3", "--output", str(out)])
-        expected = GraftSelector(0.3, n_components=4, batch_size=64,
+        expected = GraftSelector(0.3, n_components=4, chunk_size=64,
                                  random_state=3).fit(X).sample_indices_
         np.testing.assert_array_equal(np.load(out), expected)
 
@@ -207,7 +207,8 @@ class TestSelectErrors:
         (["--fraction", "1.5"], "fraction"),
         (["--fraction", "0"], "fraction"),
         (["--strategy", "random"], "invalid choice"),
-        (["--batch-size", "1"], "batch_size"),
+        (["--chunk-size", "1"], "chunk_size"),
+        (["--batch-size", "1"], "chunk_size"),
         (["--n-components", "0"], "n_components"),
         (["--seed", "x"], "invalid int value"),
         (["--bogus"], "unrecognized arguments"),

@@ -169,7 +169,7 @@ class TestTypicalRank:
     def test_fit_with_gradients_sizes_above_the_rank(self, rng):
         """Chunks may keep more rows than the rank; the budget still holds."""
         X = rng.standard_normal((600, 12))
-        selector = GraftSelector(fraction=0.3, batch_size=100, basis="gradients",
+        selector = GraftSelector(fraction=0.3, chunk_size=100, basis="gradients",
                                  random_state=0).fit(X, gradients=self._gradients(rng))
         assert selector.subset_sizes_.sum() == 180
         assert selector.subset_sizes_.max() > 30

@@ -124,7 +124,7 @@ class TestSilentWrongAnswers:
 
     def test_failed_fit_leaves_estimator_as_it_was(self, rng):
         """Item 4: a rejected fit keeps the attributes of the previous fit, all of them."""
-        selector = GraftSelector(fraction=0.25, batch_size=10, random_state=0)
+        selector = GraftSelector(fraction=0.25, chunk_size=10, random_state=0)
         selector.fit(rng.standard_normal((40, 6)))
         before = {k: (v.copy() if isinstance(v, np.ndarray) else v)
                   for k, v in vars(selector).items()}
@@ -161,7 +161,7 @@ class TestBudget:
     def test_warns_when_chunk_rule_overshoots(self, rng):
         """Item 9: fraction 0.3 with chunks of 2 keeps 50% and says so."""
         with pytest.warns(UserWarning, match="at least one row"):
-            selector = GraftSelector(fraction=0.3, batch_size=2, random_state=0).fit(
+            selector = GraftSelector(fraction=0.3, chunk_size=2, random_state=0).fit(
                 rng.standard_normal((40, 3)))
         assert selector.sample_indices_.size == 20
 
@@ -169,7 +169,7 @@ class TestBudget:
         """Item 9: no warning when the total is the budget."""
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            GraftSelector(fraction=0.3, batch_size=10, random_state=0).fit(
+            GraftSelector(fraction=0.3, chunk_size=10, random_state=0).fit(
                 rng.standard_normal((40, 3)))
 
     def test_overshoot_threshold(self):
