@@ -21,6 +21,8 @@ import torch
 from sklearn.base import clone
 
 from . import _guard, _plan
+from ._backend import single_threaded
+from ._schedule import RefitSchedule
 from .selector import BudgetWarning, GraftSelector, StoredGradients
 
 __all__ = ["EpochPlanner", "RefitReport", "fit_selector"]
@@ -66,6 +68,11 @@ class RefitReport:
         labels; see ``label_noise_guard`` of :class:`GraftBatchSampler`).
     excluded_indices : tuple of int, default=()
         Their dataset indices, lowest probability of the given label first.
+    next_refit_epoch : int or None, default=None
+        The epoch of the next refit, as the schedule decided after this one.
+    schedule : str, default=""
+        Why: ``"refit_every"`` for a fixed schedule, else the refit's cost and the
+        epoch's training time that spaced the refits under ``max_overhead``.
 
     Examples
     --------
@@ -94,6 +101,8 @@ class RefitReport:
     gathered_bytes: int = 0
     n_excluded: int = 0
     excluded_indices: tuple = ()
+    next_refit_epoch: int | None = None
+    schedule: str = ""
 
 
 class EpochPlanner:
@@ -124,13 +133,14 @@ selector, label_noise_guard :
     """
 
     def __init__(self, n_samples, recorder, source, *, fraction, chunk_size, refit_every,
-                 warm_start_epochs, shuffle, seed, refresh_share, selector, label_noise_guard):
+                 warm_start_epochs, shuffle, seed, refresh_share, selector, label_noise_guard,
+                 max_overhead=0.05):
         self.n_samples = n_samples
         self.recorder = recorder
         self.source = source
         self.fraction = fraction
         self.chunk_size = chunk_size
-        self.refit_every = refit_every
+        self.schedule = RefitSchedule(warm_start_epochs, refit_every, max_overhead)
         self.warm_start_epochs = warm_start_epochs
         self.shuffle = shuffle
         self.seed = seed
@@ -161,6 +171,7 @@ selector, label_noise_guard :
         """
         if self._planned is not None and self._planned[0] == epoch:
             return self._planned[1]
+        self.schedule.epoch_started(epoch, self.expected_size(epoch))
         if self._full_data(epoch):
             subset = torch.arange(self.n_samples)
         else:
@@ -197,7 +208,7 @@ selector, label_noise_guard :
 
     def refit_epoch(self, epoch):
         """The epoch whose refit a selected ``epoch`` trains on."""
-        return epoch - (epoch - self.warm_start_epochs) % self.refit_every
+        return self.schedule.refit_epoch(epoch)
 
     def _full_data(self, epoch):
         return epoch < self.warm_start_epochs or self.fraction >= 1.0
@@ -208,16 +219,19 @@ selector, label_noise_guard :
     # -------------------------------------------------------------------- state
 
     def state(self):
-        """The subset, its epoch and the selection time, for the sampler's state_dict."""
+        """The subset, its epoch, the selection time and the refit schedule's decisions,
+        for the sampler's state_dict."""
         return {"subset": None if self.subset is None else self.subset.clone(),
                 "subset_epoch": self.subset_epoch,
-                "selection_seconds": self.selection_seconds}
+                "selection_seconds": self.selection_seconds, **self.schedule.state()}
 
-    def load(self, subset, subset_epoch, selection_seconds):
-        """Restore :meth:`state` output (checked); plans are computed afresh."""
-        self.subset = subset
-        self.subset_epoch = subset_epoch
-        self.selection_seconds = selection_seconds
+    def load(self, checked):
+        """Restore :meth:`state` output (checked, see `_state.check_state`)."""
+        self.subset = checked["subset"]
+        self.subset_epoch = checked["subset_epoch"]
+        self.selection_seconds = checked["selection_seconds"]
+        if checked.get("next_refit") is not None:  # states saved before 0.2 have none
+            self.schedule.load(checked["refit_epochs"], checked["next_refit"])
         self._planned = None
 
     # ------------------------------------------------------------------- refits
@@ -232,20 +246,23 @@ selector, label_noise_guard :
         budget = self._budget()
         feature_seconds, gathered_bytes = self.source.refresh(candidates, epoch, num_replicas)
         rejected, n_rejected = self.recorder.report_rejected()
-        candidates, excluded = self._guard(candidates, budget)
-        refreshed = (self._stalest(candidates, budget) if self.source.refreshes_stale
-                     else torch.zeros(0, dtype=torch.int64))
-        chosen, error = self._select(candidates, refreshed, budget, generator)
+        with single_threaded():  # no thread pool spins on the cores another one needs
+            candidates, excluded = self._guard(candidates, budget)
+            refreshed = (self._stalest(candidates, budget) if self.source.refreshes_stale
+                         else torch.zeros(0, dtype=torch.int64))
+            chosen, error = self._select(candidates, refreshed, budget, generator)
         subset = torch.cat([refreshed, chosen])
         self._warn_budget(len(subset), budget)
         seconds = time.perf_counter() - start
         self.selection_seconds += seconds
+        self.schedule.refitted(fit_epoch, seconds, len(subset), num_replicas)
         self.last_refit = RefitReport(
             epoch=fit_epoch, fraction=len(subset) / n, n_selected=len(subset),
             gradient_error=error, seconds=seconds, feature_seconds=feature_seconds,
             n_refreshed=len(refreshed), n_rejected=n_rejected,
             rejected_indices=tuple(rejected.tolist()), gathered_bytes=gathered_bytes,
-            n_excluded=len(excluded), excluded_indices=tuple(excluded.tolist()))
+            n_excluded=len(excluded), excluded_indices=tuple(excluded.tolist()),
+            next_refit_epoch=self.schedule.next_refit, schedule=self.schedule.reason)
         return subset
 
     def _warn_budget(self, size, budget):

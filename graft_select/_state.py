@@ -19,8 +19,9 @@ from ._store import FEEDBACK_NAMES
 __all__ = ["check_feedback", "check_state"]
 
 STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
-              "rejected", "selection_seconds"}
-OPTIONAL_KEYS = {"rejected"}  # absent from states saved before it was added
+              "rejected", "selection_seconds", "refit_epochs", "next_refit"}
+# absent from states saved before they were added
+OPTIONAL_KEYS = {"rejected", "refit_epochs", "next_refit"}
 
 
 def check_state(state, n_samples):
@@ -56,7 +57,27 @@ def check_state(state, n_samples):
     feedback = check_feedback({key: state[key] for key in ("store", "last_seen", "rejected")
                                if key in state}, n_samples, owner)
     return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
-            "subset_epoch": subset_epoch, "selection_seconds": float(seconds), **feedback}
+            "subset_epoch": subset_epoch, "selection_seconds": float(seconds),
+            **_check_schedule(state, owner), **feedback}
+
+
+def _check_schedule(state, owner):
+    """The refit schedule's decisions of a state: refit epochs and the next one (or None)."""
+    if ("refit_epochs" in state) != ("next_refit" in state):
+        raise ValueError(f"The state passed to {owner} must have both 'refit_epochs' and "
+                         "'next_refit' or neither.")
+    if "next_refit" not in state:
+        return {"refit_epochs": [], "next_refit": None}
+    epochs = state["refit_epochs"]
+    if not isinstance(epochs, (list, tuple)):
+        raise TypeError(f"The 'refit_epochs' of the state passed to {owner} must be a list "
+                        f"of epochs. Got {type(epochs).__name__} instead.")
+    epochs = [_state_int(e, "refit_epochs", owner) for e in epochs]
+    if epochs != sorted(set(epochs)):
+        raise ValueError(f"The 'refit_epochs' of the state passed to {owner} must be "
+                         f"increasing. Got {epochs} instead.")
+    return {"refit_epochs": epochs, "next_refit": _state_int(state["next_refit"],
+                                                             "next_refit", owner)}
 
 
 def check_feedback(feedback, n_samples, owner):

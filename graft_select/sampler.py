@@ -43,8 +43,10 @@ class GraftBatchSampler(Sampler[list[int]]):
     indices, permuted with ``(seed, epoch)``, are cut into chunks in which
     :class:`~graft_select.GraftSelector` picks samples from the per-sample
     features and gradient proxies; the picks are yielded as batches of
-    ``batch_size``. Refits come every ``refit_every`` epochs (the subset is
-    reshuffled in between) after ``warm_start_epochs`` epochs on the full data.
+    ``batch_size``. After ``warm_start_epochs`` epochs on the full data, refits
+    come as often as ``max_overhead`` allows (or every ``refit_every`` epochs);
+    the subset is reshuffled in between. Refits run with every thread pool at one
+    thread (see the user guide).
 
     Parameters
     ----------
@@ -68,8 +70,17 @@ class GraftBatchSampler(Sampler[list[int]]):
         per chunk is raised to the number of chunks (a warning says so when
         that moves the budget by more than 10%). Was ``selection_size`` before
         0.2; that name is accepted with a ``FutureWarning`` until 0.4.
-    refit_every : int, default=1
-        Epochs between refits.
+    refit_every : int, default=None
+        Epochs between refits. ``None`` spaces them so that selection takes at
+        most ``max_overhead`` of the wall-clock: after each refit the sampler
+        compares its cost with the last epoch's measured training time and waits
+        ``ceil(refit seconds / (max_overhead * epoch seconds))`` epochs (at most
+        50); rank 0's decision holds on every rank, :attr:`last_refit` says what
+        it decided and why, and :meth:`state_dict` keeps the decisions. Set an
+        int for a schedule that does not depend on the machine's speed.
+    max_overhead : float, default=0.05
+        Largest share of the wall-clock that selection may take, in (0, 1], with
+        ``refit_every=None``.
     warm_start_epochs : int, default=1
         Leading epochs on the full data.
     selector : GraftSelector, default=None
@@ -92,7 +103,7 @@ class GraftBatchSampler(Sampler[list[int]]):
     refresh_share : float, default=0.0
         Observe-only mode: share of each refit's budget given to the least
         recently observed samples, not excluded by the guard (all of it while
-        nothing was observed). With ``refit_every = R`` no sample's values are
+        nothing was observed). With refits every ``R`` epochs no sample's values are
         then over ``R * ceil(1 / (refresh_share * fraction))`` epochs old.
     feature_batch_size : int, default=1024
         Batch size of the ``features`` callable.
@@ -140,16 +151,17 @@ class GraftBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, data_source, batch_size, *, fraction=0.3, features=None,
-                 chunk_size=None, refit_every=1, warm_start_epochs=1, selector=None,
-                 drop_last=False, shuffle=True, seed=0, num_replicas=None, rank=None,
+                 chunk_size=None, refit_every=None, max_overhead=0.05, warm_start_epochs=1,
+                 selector=None, drop_last=False, shuffle=True, seed=0, num_replicas=None,
+                 rank=None,
                  targets=None, refresh_share=0.0, feature_batch_size=1024,
                  feedback_dtype=torch.float32, sketch_width=None, label_noise_guard=True,
                  selection_size="deprecated"):
         chunk_size = _renamed_chunk_size(chunk_size, selection_size)
         vars(self).update(_checked_parameters(
             data_source, batch_size, fraction, features, chunk_size, refit_every,
-            warm_start_epochs, selector, drop_last, shuffle, seed, targets, refresh_share,
-            feature_batch_size, feedback_dtype, sketch_width, label_noise_guard))
+            max_overhead, warm_start_epochs, selector, drop_last, shuffle, seed, targets,
+            refresh_share, feature_batch_size, feedback_dtype, sketch_width, label_noise_guard))
         self._ranks = _Ranks(num_replicas, rank)
         self.epoch = 0
         self._recorder, self._planner = _parts(self)
@@ -341,8 +353,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         checked = check_state(state, self.n_samples)
         # first: it raises, having changed nothing, for rows feedback_dtype cannot hold
         self._recorder.load(checked)
-        self._planner.load(checked["subset"], checked["subset_epoch"],
-                           checked["selection_seconds"])
+        self._planner.load(checked)
         self.epoch = checked["epoch"]
         self._resume = checked["batches_yielded"]
         self._iteration = None
@@ -371,7 +382,7 @@ def _parts(sampler):
         chunk_size=sampler.chunk_size, refit_every=sampler.refit_every,
         warm_start_epochs=sampler.warm_start_epochs, shuffle=sampler.shuffle,
         seed=sampler.seed, refresh_share=sampler.refresh_share, selector=sampler.selector,
-        label_noise_guard=sampler.label_noise_guard)
+        label_noise_guard=sampler.label_noise_guard, max_overhead=sampler.max_overhead)
     return recorder, planner
 
 
@@ -388,8 +399,8 @@ def _renamed_chunk_size(chunk_size, selection_size):
 
 
 def _checked_parameters(data_source, batch_size, fraction, features, chunk_size, refit_every,
-                        warm_start_epochs, selector, drop_last, shuffle, seed, targets,
-                        refresh_share, feature_batch_size, feedback_dtype, sketch_width,
+                        max_overhead, warm_start_epochs, selector, drop_last, shuffle, seed,
+                        targets, refresh_share, feature_batch_size, feedback_dtype, sketch_width,
                         label_noise_guard):
     """The sampler's parameters, checked, by attribute name (n_samples for data_source)."""
     owner = "GraftBatchSampler"
@@ -401,7 +412,10 @@ def _checked_parameters(data_source, batch_size, fraction, features, chunk_size,
         "fraction": check_real(fraction, "fraction", owner, low=0.0, high=1.0, closed="right"),
         "chunk_size": (batch_size if chunk_size is None
                        else check_int(chunk_size, "chunk_size", owner, low=2)),
-        "refit_every": check_int(refit_every, "refit_every", owner, low=1),
+        "refit_every": (None if refit_every is None
+                        else check_int(refit_every, "refit_every", owner, low=1)),
+        "max_overhead": check_real(max_overhead, "max_overhead", owner, low=0.0, high=1.0,
+                                   closed="right"),
         "warm_start_epochs": check_int(warm_start_epochs, "warm_start_epochs", owner, low=0),
         "refresh_share": check_real(refresh_share, "refresh_share", owner, low=0.0, high=1.0),
         "feature_batch_size": check_int(feature_batch_size, "feature_batch_size", owner,

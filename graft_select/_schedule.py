@@ -1,0 +1,117 @@
+"""RefitSchedule: which epochs of GraftBatchSampler refit, fixed or under an overhead budget.
+
+After ``warm_start_epochs`` epochs on the full data the first refit comes; the next
+ones come every ``refit_every`` epochs when that is set, or else as often as the
+overhead budget allows: after a refit that cost ``R`` seconds on the training
+path, the next one waits ``k = ceil(R / (max_overhead * T))`` epochs, ``T`` being
+the measured wall-clock of a selected epoch (the last epoch's seconds per sample
+times the subset's size), so that selection stays within ``max_overhead`` of the
+run's wall-clock. Under ``torch.distributed`` rank 0's decision is broadcast, so
+every rank plans alike; the decisions go into the sampler's ``state_dict``, so a
+resumed run keeps them.
+
+This module imports torch; only the epoch planner imports it.
+"""
+
+import math
+import time
+
+import torch
+
+__all__ = ["RefitSchedule", "refit_interval"]
+
+# The longest wait between two refits that the budget may choose, in epochs: a
+# refit costing more than this many epochs of training at the budget still comes.
+MAX_INTERVAL = 50
+
+
+def refit_interval(refit_seconds, epoch_seconds, max_overhead):
+    """Epochs until the next refit so that ``refit_seconds`` is at most ``max_overhead``
+    of the training time in between (``epoch_seconds`` per epoch); 1 when unknown."""
+    if epoch_seconds is None or epoch_seconds <= 0:
+        return 1
+    wait = math.ceil(refit_seconds / (max_overhead * epoch_seconds) - 1e-9)
+    return int(min(MAX_INTERVAL, max(1, wait)))
+
+
+class RefitSchedule:
+    """The refit epochs of one sampler.
+
+    Parameters
+    ----------
+    warm_start_epochs : int
+        Epochs on the full data before the first refit.
+    refit_every : int or None
+        Epochs between refits; None spaces them by ``max_overhead``.
+    max_overhead : float
+        Largest share of the wall-clock that selection may take (``refit_every=None``).
+    clock : callable, default=time.perf_counter
+        The wall-clock, in seconds.
+    """
+
+    def __init__(self, warm_start_epochs, refit_every, max_overhead, clock=time.perf_counter):
+        self.warm_start_epochs = warm_start_epochs
+        self.refit_every = refit_every
+        self.max_overhead = max_overhead
+        self.clock = clock
+        self.refits = []  # epochs that refit, in order
+        self.next_refit = warm_start_epochs
+        self.reason = ""
+        self._started = None  # (epoch, clock at its start, its plan size)
+        self._seconds_per_sample = None
+        self._inside = 0.0  # refit seconds spent inside the current epoch's timing
+
+    def refit_epoch(self, epoch):
+        """The epoch whose refit a selected ``epoch`` trains on (``epoch`` if one is due)."""
+        if self.refit_every is not None:
+            return epoch - (epoch - self.warm_start_epochs) % self.refit_every
+        if epoch >= self.next_refit and (not self.refits or epoch > self.refits[-1]):
+            return epoch
+        earlier = [r for r in self.refits if r <= epoch]
+        return earlier[-1] if earlier else epoch
+
+    def epoch_started(self, epoch, plan_size):
+        """Time the epoch that just ended (wall-clock per sample) and start ``epoch``'s."""
+        now = self.clock()
+        if self._started is not None and self._started[0] == epoch - 1:
+            seconds = now - self._started[1] - self._inside
+            if seconds > 0 and self._started[2] > 0:
+                self._seconds_per_sample = seconds / self._started[2]
+        self._started, self._inside = (epoch, now, plan_size), 0.0
+
+    def refitted(self, epoch, seconds, subset_size, num_replicas=1):
+        """Record the refit of ``epoch`` (``seconds`` on the training path); plan the next."""
+        self._inside += seconds
+        self.refits = sorted(set(self.refits) | {epoch})
+        if self.refit_every is not None:
+            self.next_refit, self.reason = epoch + self.refit_every, "refit_every"
+            return
+        per_sample = self._seconds_per_sample
+        epoch_seconds = None if per_sample is None else per_sample * subset_size / num_replicas
+        wait = _agree(refit_interval(seconds, epoch_seconds, self.max_overhead), num_replicas)
+        self.next_refit = epoch + wait
+        if epoch_seconds is None:
+            self.reason = "no epoch timed yet: the next epoch refits and is timed"
+        else:
+            self.reason = (f"the refit took {seconds:.3g} s and a selected epoch trains for "
+                           f"about {epoch_seconds:.3g} s: refits every {wait} epoch(s) keep "
+                           f"selection under max_overhead={self.max_overhead}")
+
+    def state(self):
+        """The decisions so far, for the sampler's state_dict."""
+        return {"refit_epochs": list(self.refits), "next_refit": self.next_refit}
+
+    def load(self, refit_epochs, next_refit):
+        """Restore :meth:`state` output (checked); epoch timing starts afresh."""
+        self.refits, self.next_refit = list(refit_epochs), next_refit
+        self._started, self._seconds_per_sample, self._inside = None, None, 0.0
+
+
+def _agree(value, num_replicas):
+    """Rank 0's ``value`` on every rank (``value`` itself without torch.distributed)."""
+    if num_replicas == 1 or not (torch.distributed.is_available()
+                                 and torch.distributed.is_initialized()):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,241 @@
+"""The refit schedule: fixed, or spaced by the overhead budget; thread pools during refits."""
+
+import os
+import socket
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from graft_select._schedule import MAX_INTERVAL, RefitSchedule, refit_interval  # noqa: E402
+from graft_select.sampler import GraftBatchSampler  # noqa: E402
+
+N, D, C = 400, 6, 4
+
+
+class FakeClock:
+    """A wall-clock that advances only when told."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _observe_all(sampler, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sampler.observe(torch.arange(N), embeddings=torch.randn(N, D, generator=g),
+                    logits=torch.randn(N, C, generator=g),
+                    targets=torch.randint(0, C, (N,), generator=g))
+
+
+class TestRefitInterval:
+    @pytest.mark.parametrize("refit, epoch, budget, expected", [
+        (1.0, 10.0, 0.05, 2),     # 1 s of refit per 2 epochs of 10 s: 5%
+        (1.0, 20.0, 0.05, 1),
+        (1.01, 10.0, 0.05, 3),
+        (0.001, 10.0, 0.05, 1),
+        (1e3, 1.0, 0.05, MAX_INTERVAL),
+    ])
+    def test_keeps_the_share_under_budget(self, refit, epoch, budget, expected):
+        """The wait is the fewest epochs that keep refit / (wait * epoch) <= budget."""
+        wait = refit_interval(refit, epoch, budget)
+        assert wait == expected
+        if wait < MAX_INTERVAL:
+            assert refit / (wait * epoch) <= budget + 1e-12
+            assert wait == 1 or refit / ((wait - 1) * epoch) > budget
+
+    @pytest.mark.parametrize("epoch", [None, 0.0])
+    def test_unknown_epoch_time_refits_next_epoch(self, epoch):
+        """Without a timed epoch the next epoch refits (and gets timed)."""
+        assert refit_interval(5.0, epoch, 0.05) == 1
+
+
+class TestRefitSchedule:
+    def test_fixed_matches_every(self):
+        """refit_every=R: refits at warm start and every R epochs after, as before."""
+        schedule = RefitSchedule(2, 3, 0.05)
+        assert [schedule.refit_epoch(e) for e in range(2, 12)] == [2, 2, 2, 5, 5, 5, 8, 8, 8,
+                                                                  11]
+
+    def test_budget_spaces_refits(self):
+        """A refit costing 1.5 s against selected epochs of 3 s waits 10 epochs at 5%."""
+        clock = FakeClock()
+        schedule = RefitSchedule(1, None, 0.05, clock=clock)
+        schedule.epoch_started(0, 1000)
+        clock.now = 10.0  # epoch 0: 1,000 samples in 10 s
+        schedule.epoch_started(1, 1000)
+        assert schedule.refit_epoch(1) == 1
+        schedule.refitted(1, 1.5, 300)
+        assert schedule.next_refit == 11
+        assert [schedule.refit_epoch(e) for e in (1, 5, 10)] == [1, 1, 1]
+        assert schedule.refit_epoch(11) == 11
+        assert "1.5 s" in schedule.reason and "10 epoch" in schedule.reason
+
+    def test_refit_time_not_counted_as_training(self):
+        """The refit's own seconds inside an epoch are left out of its training time."""
+        clock = FakeClock()
+        schedule = RefitSchedule(0, None, 0.1, clock=clock)
+        schedule.epoch_started(0, 100)
+        schedule.refitted(0, 4.0, 100)  # no epoch timed yet: the next epoch refits
+        assert schedule.next_refit == 1
+        clock.now = 5.0  # 4 s of refit + 1 s of training for 100 samples
+        schedule.epoch_started(1, 100)
+        schedule.refitted(1, 0.5, 100)
+        assert schedule.next_refit == 1 + 5  # 0.5 / (0.1 * 1 s)
+
+    def test_state_round_trip(self):
+        """The decisions survive state() / load()."""
+        schedule = RefitSchedule(1, None, 0.05)
+        schedule.refits, schedule.next_refit = [1, 4], 9
+        other = RefitSchedule(1, None, 0.05)
+        other.load(**schedule.state())
+        assert [other.refit_epoch(e) for e in range(1, 10)] == [
+            schedule.refit_epoch(e) for e in range(1, 10)]
+
+
+class TestSamplerSchedule:
+    def test_default_is_the_budget(self):
+        """By default refits are spaced by max_overhead=0.05 and the report says why."""
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        assert sampler.refit_every is None and sampler.max_overhead == 0.05
+        _observe_all(sampler)
+        list(sampler)  # epoch 0 (warm start) is timed
+        sampler.set_epoch(1)
+        list(sampler)
+        report = sampler.last_refit
+        assert report.epoch == 1 and report.next_refit_epoch >= 2
+        assert "max_overhead=0.05" in report.schedule
+
+    def test_expensive_refits_are_spaced(self):
+        """When an epoch trains in far less time than a refit, the subset is reused."""
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        clock = FakeClock()
+        sampler._planner.schedule.clock = clock
+        _observe_all(sampler)
+        list(sampler)  # epoch 0, timed by the fake clock
+        clock.now = 1e-4  # a whole epoch in 0.1 ms: any refit costs more than 5% of it
+        sampler.set_epoch(1)
+        first = [b for batch in sampler for b in batch]
+        assert sampler.last_refit.next_refit_epoch == 1 + MAX_INTERVAL
+        sampler.set_epoch(2)
+        second = [b for batch in sampler for b in batch]
+        assert sampler.last_refit.epoch == 1  # no refit at epoch 2
+        assert sorted(first) == sorted(second) and first != second  # reshuffled
+
+    def test_fixed_refit_every_overrides(self):
+        """refit_every=1 refits every epoch, whatever the timings."""
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, refit_every=1)
+        _observe_all(sampler)
+        for epoch in (1, 2, 3):
+            sampler.set_epoch(epoch)
+            len(sampler)
+            assert sampler.last_refit.epoch == epoch
+            assert sampler.last_refit.schedule == "refit_every"
+
+    def test_resume_keeps_the_decisions(self):
+        """A loaded state plans the same refit epochs as the run that saved it."""
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        clock = FakeClock()
+        sampler._planner.schedule.clock = clock
+        _observe_all(sampler)
+        list(sampler)
+        clock.now = 1e-4
+        sampler.set_epoch(1)
+        list(sampler)
+        state = sampler.state_dict()
+        assert state["refit_epochs"] == [1] and state["next_refit"] == 1 + MAX_INTERVAL
+        resumed = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        resumed.load_state_dict(state)
+        resumed.set_epoch(2)
+        assert torch.equal(resumed._plan(), _plan_at(sampler, 2))
+        assert resumed._planner.schedule.next_refit == 1 + MAX_INTERVAL
+
+    @pytest.mark.parametrize("bad, match", [
+        ({"refit_epochs": [3, 1]}, "increasing"),
+        ({"next_refit": -1}, "int >= 0"),
+        ({"refit_epochs": "1"}, "list of epochs"),
+    ])
+    def test_bad_schedule_state_named(self, bad, match):
+        """A state with a malformed schedule raises and leaves the sampler unchanged."""
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        state = {**sampler.state_dict(), "refit_epochs": [1], "next_refit": 2, **bad}
+        with pytest.raises((ValueError, TypeError), match=match):
+            sampler.load_state_dict(state)
+        assert sampler._planner.schedule.next_refit == 1
+
+    @pytest.mark.parametrize("value", [0.0, 1.5, True])
+    def test_bad_max_overhead(self, value):
+        """max_overhead outside (0, 1] is refused, naming the parameter."""
+        with pytest.raises((ValueError, TypeError), match="'max_overhead' parameter"):
+            GraftBatchSampler(N, 20, max_overhead=value)
+
+
+def _plan_at(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return sampler._plan()
+
+
+class TestRefitThreads:
+    def test_refit_runs_single_threaded(self, monkeypatch):
+        """During a refit's selection every thread pool runs one thread, then comes back."""
+        from threadpoolctl import threadpool_info
+
+        from graft_select import selector as selector_module
+
+        seen = []
+        fit = selector_module.GraftSelector.fit
+
+        def spy(self, *args, **kwargs):
+            seen.append((torch.get_num_threads(),
+                         [p["num_threads"] for p in threadpool_info()]))
+            return fit(self, *args, **kwargs)
+
+        monkeypatch.setattr(selector_module.GraftSelector, "fit", spy)
+        before = (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()])
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        _observe_all(sampler)
+        sampler.set_epoch(1)
+        list(sampler)
+        assert seen and seen[0][0] == 1 and set(seen[0][1]) == {1}
+        assert (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ranks_worker(rank, world, port, out_dir):
+    """Rank 1's epochs look 100x slower than rank 0's: both follow rank 0's decision."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        clock = FakeClock()
+        sampler._planner.schedule.clock = clock
+        _observe_all(sampler)
+        list(sampler)
+        clock.now = 1e-4 if rank == 0 else 1e4
+        sampler.set_epoch(1)
+        list(sampler)
+        torch.save({"next": sampler.last_refit.next_refit_epoch,
+                    "state": sampler.state_dict()["next_refit"]},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_decide_alike(tmp_path):
+    """Two gloo ranks with different timings take the same (rank 0's) schedule."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ranks_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    out = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert out[0] == out[1] == {"next": 1 + MAX_INTERVAL, "state": 1 + MAX_INTERVAL}
