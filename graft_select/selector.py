@@ -30,6 +30,7 @@ from ._backend import (
     to_numpy,
 )
 from ._feedback import StoredGradients, StoreSource
+from ._hierarchy import InMemoryTree, plan_tree
 from ._orders import InMemorySource
 from ._proxies import FactoredGradients, _check_factored
 from ._selection import (
@@ -252,10 +253,17 @@ class _GraftBase(BaseEstimator):
         source = self._source(X, gradients, chunk_size)
         _check_rows(source.n_samples, y, owner)
         params, rng = self._selection_params(source.with_gradients)
-        chunks = chunk_bounds(source.n_samples, chunk_size)
+        plan = None  # chunk_size=None: merge-and-reduce, unless every leaf selects alone
+        if chunk_size is None and hasattr(source, "tree_orders"):
+            plan = plan_tree(params, source.n_samples, source.n_features,
+                             source.with_gradients, rng)
+        chunks = chunk_bounds(source.n_samples, chunk_size) if plan is None else plan.chunks
         chunk_sizes = chunk_lengths(chunks)
         k_hi = largest_sizes(params, chunk_sizes, source.with_gradients)
-        orders, errors = source.orders(params, chunks, k_hi, rng)
+        if plan is None:
+            orders, errors = source.orders(params, chunks, k_hi, rng)
+        else:
+            orders, errors = source.tree_orders(params, plan, rng)
         sizes = subset_sizes(params, chunk_sizes, errors, source.with_gradients)
         message = budget_overshoot(sizes, params.fraction, chunk_sizes, owner)
         if message:
@@ -299,7 +307,8 @@ class _GraftBase(BaseEstimator):
             self._forget_feature_names()
             return DaskSource(X, gradients, chunk_size, owner)
         X, xp = self._validate_X(X, reset=True)
-        return InMemorySource(X, xp, self._validate_gradients(gradients, X.shape[0]))
+        memory = InMemorySource if chunk_size is not None else InMemoryTree
+        return memory(X, xp, self._validate_gradients(gradients, X.shape[0]))
 
     def _forget_feature_names(self):
         """Drop the column names of an earlier fit (this input has none)."""
