@@ -10,8 +10,9 @@ MaxVol order is the group's order, and with gradients the size criterion
 measures the error of the group's mean gradient (over all its rows, not just
 the candidates) by the order's prefixes.
 
-``k`` is ``ceil(CANDIDATE_SHARE * k_hi)`` for ``k_hi`` the largest subset size
-of the group, and at most `max_candidates` (512): a group holds as many leaves as
+``k`` is ``CANDIDATE_SHARE`` times the group's budget ``round(fraction *
+rows)`` (and at least its largest subset size ``k_hi``: with gradients the
+band's top, twice the budget), at most `max_candidates` (512): a group holds as many leaves as
 that bound allows (all of them at small fractions); a larger budget splits the
 rows into several groups of consecutive leaves, each a tree of its own, and
 the budget is shared among the groups as among chunks. When no group of two
@@ -146,8 +147,8 @@ def plan_tree(params, n, n_features, with_gradients, rng):
     ends = np.cumsum(sizes)
 
     def fits(count):  # the candidates of a group of `count` leaves fit a node
-        k_hi = largest_sizes(params, ends[count - 1:count], with_gradients)[0]
-        return math.ceil(CANDIDATE_SHARE * k_hi) <= max_candidates()
+        rows = ends[count - 1:count]
+        return _candidates(params, rows, with_gradients)[0] <= max_candidates()
 
     if not fits(2):
         return None
@@ -163,11 +164,19 @@ def plan_tree(params, n, n_features, with_gradients, rng):
     group_rows = np.array([ends[last - 1] - (ends[first - 1] if first else 0)
                            for first, last in groups], dtype=np.int64)
     k_hi = largest_sizes(params, group_rows, with_gradients)
-    candidates = np.minimum(max_candidates(), np.ceil(CANDIDATE_SHARE * k_hi)).astype(np.int64)
+    candidates = np.minimum(max_candidates(), _candidates(params, group_rows, with_gradients))
     ranks = np.array([rank(params, int(m), n_features, int(k)) for m, k in
                       zip(group_rows, k_hi)], dtype=np.int64)
     return TreePlan(leaves, groups, k_hi, np.maximum(candidates, k_hi), ranks,
                     int(rng.integers(2**32)))
+
+
+def _candidates(params, rows, with_gradients):
+    """Candidates per node of groups of ``rows`` rows: ``CANDIDATE_SHARE`` times the
+    group's budget, and at least its largest subset size (int64 array)."""
+    k_hi = largest_sizes(params, rows, with_gradients)
+    share = np.ceil(CANDIDATE_SHARE * np.rint(params.fraction * np.asarray(rows)))
+    return np.maximum(k_hi, share).astype(np.int64)
 
 
 # ------------------------------------------------------------------------- nodes

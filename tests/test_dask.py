@@ -384,10 +384,11 @@ class TestBadInput:
                                                      gradients=dense.tolist())
 
     def test_chunk_size_none(self, data):
-        """chunk_size=None (one chunk of all rows) is refused for dask input."""
-        with pytest.raises(ValueError, match="'chunk_size' parameter of GraftSelector must be "
-                                             "an int for dask input"):
-            GraftSelector(0.2).fit(da.from_array(data[0], chunks=(500, -1)))
+        """chunk_size=None on dask is the default chunking, as in memory (tests/test_hierarchy)."""
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(0.2, random_state=0).fit(
+                da.from_array(data[0], chunks=(500, -1)))
+        _assert_same_fit(lazy, GraftSelector(0.2, random_state=0).fit(data[0]))
 
     @pytest.mark.parametrize("name", ["X", "gradients"])
     def test_non_finite_rows_in_global_numbers(self, data, name):
