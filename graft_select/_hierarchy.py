@@ -27,7 +27,6 @@ compute the same nodes, bit for bit.
 """
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import numpy as np

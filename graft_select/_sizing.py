@@ -44,6 +44,20 @@ class BudgetWarning(UserWarning):
     Every selection chunk keeps at least one row, so many small chunks can take
     more than ``fraction`` of the rows. The fitted ``budget_`` and
     ``subset_sizes_`` say by how much; filter this category to silence it.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from graft_select import BudgetWarning, GraftSelector
+    >>> X = np.random.default_rng(0).standard_normal((100, 3))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     selector = GraftSelector(0.1, chunk_size=2, random_state=0).fit(X)
+    >>> [w.category.__name__ for w in caught]
+    ['BudgetWarning']
+    >>> int(selector.subset_sizes_.sum()), selector.budget_
+    (50, 10)
     """
 
 
