@@ -100,6 +100,13 @@ def coverage(sizes=((6000, 0.01), (200_000, 0.001))):
         if n <= 20_000:
             one, t_one = timed_fit(X, fraction=fraction, chunk_size=n)
             print(f"   one chunk {covered(labels, one.sample_indices_):.3f} ({t_one:.1f} s)")
+        # the per-chunk selections of the table; -(-n // 4096) chunks of equal size
+        # was the default before the tree
+        old_default = -(-n // -(-n // 4096))
+        for chunk_size in sorted({old_default, 1024, 256}, reverse=True):
+            sel, t = timed_fit(X, fraction=fraction, chunk_size=chunk_size)
+            print(f"   per chunk of {chunk_size} rows: {covered(labels, sel.sample_indices_):.3f}"
+                  f" ({t:.1f} s)", flush=True)
     client.close()
     cluster.close()
 
@@ -151,7 +158,7 @@ def volume(n=20_000, fractions=(0.005, 0.01, 0.05)):
                   f"(rel. diff {abs(v_chunk - v_one) / abs(v_one):.3f})", flush=True)
 
 
-def scaling(sizes=(50_000, 100_000, 200_000, 400_000), fractions=(0.001, 0.25), d=64):
+def scaling(sizes=(50_000, 100_000, 200_000, 400_000, 800_000), fractions=(0.01, 0.001), d=64):
     header(f"fit time vs rows, d={d}")
     rng = np.random.default_rng(0)
     X_all = rng.standard_normal((max(sizes), d))
