@@ -473,14 +473,14 @@ class TestBlockTask:
             events.append(("scope", x))
             return contextlib.nullcontext()
 
-        cast = _dask._block_gradients
+        cast = _dask.block_gradients
 
         def recorded_cast(gradients):
             events.append(("cast", gradients))
             return cast(gradients)
 
         monkeypatch.setattr(_dask, "device_scope", scope)
-        monkeypatch.setattr(_dask, "_block_gradients", recorded_cast)
+        monkeypatch.setattr(_dask, "block_gradients", recorded_cast)
         sel = GraftSelector(0.2, chunk_size=BATCH, basis="gradients")
         params, _ = sel._selection_params(True)
         X, G = X[:500], tuple(P[:500] for P in factored)
