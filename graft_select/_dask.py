@@ -34,12 +34,15 @@ from ._backend import (
     is_sparse,
     to_numpy,
 )
+from ._dask_tree import bad_rows, block_gradients, dask_roots, picked_gradients
+from ._hierarchy import root_errors, root_orders
 from ._orders import prefix_errors, stack_order, subset_errors
 from ._selection import stack_groups
-from ._validation import all_finite, check_not_empty, half_dtype
+from ._sizing import default_chunks
+from ._validation import check_not_empty
 from .gradients import FactoredGradients
 
-__all__ = ["DaskSource", "aligned", "take_rows"]
+__all__ = ["DaskSource", "aligned", "aligned_to", "take_rows"]
 
 _X_DTYPES = (np.float32, np.float64)  # the dtypes X keeps, as in GraftSelector._validate_X
 
@@ -57,23 +60,41 @@ class DaskSource:
 
     def __init__(self, X, gradients, chunk_size, owner):
         X = _check_dask(X, "X", owner)
-        self.chunk_size = _check_chunk_size(chunk_size, owner)
         gradients = _check_gradients(gradients, X, owner)
-        self.X = aligned(X, self.chunk_size)
-        self.gradients = _map_gradients(gradients, lambda G: aligned(G, self.chunk_size))
         self.n_samples, self.n_features = int(X.shape[0]), int(X.shape[1])
+        if chunk_size is None:  # blocks of whole leaves (the default chunks)
+            leaves = default_chunks(self.n_samples)
+            self.X = aligned_to(X, leaves)
+            self.gradients = _map_gradients(gradients, lambda G: aligned_to(G, leaves))
+        else:
+            self.X = aligned(X, int(chunk_size))
+            self.gradients = _map_gradients(gradients, lambda G: aligned(G, int(chunk_size)))
         self.with_gradients = gradients is not None
         self._owner = owner
+        self.tree = None  # (plan, roots) after tree_orders
 
     def orders(self, params, chunks, k_hi, rng):
         """MaxVol orders and nested errors of every chunk, one task per block."""
         groups = _plan_groups(params, chunks, k_hi, rng)
-        return _block_orders(params, self.X, self.gradients, self.chunk_size, groups,
-                             self._owner)
+        return _block_orders(params, self.X, self.gradients, chunks, groups, self._owner)
+
+    def tree_orders(self, params, plan, rng):
+        """Per group of ``plan`` its root's order and nested errors: a dask reduction."""
+        roots = dask_roots(params, plan, self.X.to_delayed().ravel(),
+                           _gradient_blocks(self.gradients), _block_bounds(self.X))
+        bad = [(root.X, root.G) for root in roots if not hasattr(root, "rows")]
+        if bad:
+            _raise_non_finite(bad, [(0, None)] * len(bad), self._owner)
+        self.tree = (plan, roots)
+        return root_orders(params, plan, roots, rng, self.with_gradients)
 
     def picked_errors(self, chunks, local, with_weights):
         """Errors and (unless not wanted) weights of the picked rows, one task per block."""
-        errors, weights = _block_weights(self.gradients, self.chunk_size, chunks, local)
+        if self.tree is not None:
+            picked = picked_gradients(self.tree[1], self.gradients, chunks, local)
+            errors, weights = root_errors(*self.tree, picked, local)
+        else:
+            errors, weights = _block_weights(self.gradients, chunks, local)
         return errors, weights if with_weights else None
 
     def output(self, values):
@@ -95,15 +116,15 @@ def _plan_groups(params, chunks, k_hi, rng):
     return groups
 
 
-def _block_orders(params, X, gradients, chunk_size, groups, owner):
+def _block_orders(params, X, gradients, chunks, groups, owner):
     """MaxVol orders and nested errors of every chunk, one task per block."""
     params = dask.delayed(params, pure=True)  # the workers need only the parameters
     X_blocks = X.to_delayed().ravel()
     G_blocks = _gradient_blocks(gradients)
     tasks = []
     for b, (start, stop) in enumerate(_block_bounds(X)):
-        pieces = _block_pieces(groups, start // chunk_size, -(-stop // chunk_size), chunk_size,
-                               start, stop)
+        first, last = _chunk_range(chunks, start, stop)
+        pieces = _block_pieces(groups, first, last, chunks, start, stop)
         G_block = None if G_blocks is None else G_blocks[b]
         tasks.append(dask.delayed(_order_block, pure=True)(params, X_blocks[b], G_block,
                                                            pieces))
@@ -121,7 +142,7 @@ def _block_orders(params, X, gradients, chunk_size, groups, owner):
     return orders, errors
 
 
-def _block_pieces(groups, first, last, chunk_size, start, stop):
+def _block_pieces(groups, first, last, chunks, start, stop):
     """The parts of the stacks in chunks ``[first, last)`` of one block.
 
     Each piece is ``(begin, stop, count, k_hi, seed)`` with rows relative to the
@@ -132,7 +153,7 @@ def _block_pieces(groups, first, last, chunk_size, start, stop):
         lo, hi = max(c0, first), min(c1, last)
         if lo >= hi:
             continue
-        rows = (lo * chunk_size - start, min(hi * chunk_size, stop) - start)
+        rows = (chunks[lo][0] - start, min(chunks[hi - 1][1], stop) - start)
         pieces.append((*rows, (lo, hi), k_hi, seed))
     return pieces
 
@@ -158,14 +179,14 @@ def _order_block(params, X, gradients, pieces):
     their private bodies, under the device scope of X.
     """
     xp, _ = get_namespace(X)
-    bad_X = _bad_rows(X)
-    bad_G = None if gradients is None else _bad_rows(
+    bad_X = bad_rows(X)
+    bad_G = None if gradients is None else bad_rows(
         *(gradients if isinstance(gradients, tuple) else (gradients,)))
     if bad_X is not None or bad_G is not None:
         return bad_X, bad_G, []
     out = []
     with device_scope(X):  # the cast below creates arrays too: on X's device
-        gradients = _block_gradients(gradients)
+        gradients = block_gradients(gradients)
         for begin, stop, count, k_hi, seed in pieces:
             order = stack_order(params, X, xp, gradients, begin, stop, count, k_hi,
                                 _Seed(seed))
@@ -176,40 +197,6 @@ def _order_block(params, X, gradients, pieces):
                                                                    order)
             out.append((np.stack(order), errors))
     return None, None, out
-
-
-def _block_gradients(gradients):
-    """A block's finite gradients as the private kernels take them, or None.
-
-    What the public kernels' checks would leave: half precision computed in
-    float32 (as ``check_array`` does in memory) and the two factors of a
-    FactoredGradients in one dtype; the host checked the shapes and dtype kinds.
-    """
-    if gradients is None:
-        return None
-    parts = gradients if isinstance(gradients, tuple) else (gradients,)
-    xp, _ = get_namespace(*parts)
-    parts = [xp.astype(P, xp.float32) if half_dtype(P) is not None else P for P in parts]
-    if len(parts) == 1:
-        return parts[0]
-    dtype = xp.result_type(*(P.dtype for P in parts))
-    return FactoredGradients(*(P if P.dtype == dtype else xp.astype(P, dtype)
-                               for P in parts))
-
-
-def _bad_rows(*arrays):
-    """``(count, first)`` of the rows of a block holding NaN or infinity in any of ``arrays``.
-
-    None if every entry is finite.
-    """
-    xp, _ = get_namespace(*arrays)
-    if all(all_finite(A, xp) for A in arrays):
-        return None
-    bad = np.zeros(arrays[0].shape[0], dtype=bool)
-    for A in arrays:
-        bad |= ~np.all(np.isfinite(to_numpy(A)), axis=-1)
-    rows = np.flatnonzero(bad)
-    return int(rows.size), int(rows[0])
 
 
 def _raise_non_finite(results, bounds, owner):
@@ -225,14 +212,14 @@ def _raise_non_finite(results, bounds, owner):
             )
 
 
-def _block_weights(gradients, chunk_size, chunks, local):
+def _block_weights(gradients, chunks, local):
     """Errors (n_chunks,) and weights (n_selected,) of the picked rows, one task per block."""
     G_blocks = _gradient_blocks(gradients)
     bounds = _block_bounds(gradients.residuals if isinstance(gradients, FactoredGradients)
                            else gradients)
     tasks = []
     for b, (start, stop) in enumerate(bounds):
-        first, last = start // chunk_size, -(-stop // chunk_size)
+        first, last = _chunk_range(chunks, start, stop)
         block_chunks = [(s - start, e - start) for s, e in chunks[first:last]]
         tasks.append(dask.delayed(_weights_block, pure=True)(
             G_blocks[b], block_chunks, local[first:last]))
@@ -248,7 +235,7 @@ def _weights_block(gradients, chunks, local):
     The block's values were checked by `_order_block`.
     """
     with device_scope(gradients):  # the raw block (an array or a tuple of factors)
-        return subset_errors(_block_gradients(gradients), chunks, local)
+        return subset_errors(block_gradients(gradients), chunks, local)
 
 
 # --------------------------------------------------------------------- transform
@@ -312,15 +299,27 @@ def aligned(X, chunk_size):
     return X.rechunk({0: chunk_size * max(1, rows[0] // chunk_size)})
 
 
-def _check_chunk_size(chunk_size, owner):
-    if chunk_size is None:
-        raise ValueError(
-            f"The 'chunk_size' parameter of {owner} must be an int for dask input (the "
-            f"size of the selection chunks; blocks are rechunked to a multiple of it). "
-            f"Got None instead, which selects over all rows at once, in memory: set "
-            f"chunk_size, for example chunk_size=256."
-        )
-    return int(chunk_size)
+def aligned_to(X, chunks):
+    """``X`` rechunked along its rows so that no chunk of ``chunks`` straddles a block.
+
+    Blocks that already end at chunk boundaries stay; otherwise every block end
+    moves down to the nearest chunk boundary (a block shorter than a chunk joins
+    the next one).
+    """
+    bounds = np.array([stop for _, stop in chunks], dtype=np.int64)
+    ends = np.cumsum(X.chunks[0])
+    if np.all(np.isin(ends, bounds)):
+        return X
+    below = np.searchsorted(bounds, ends[:-1], side="right") - 1
+    snapped = bounds[below[below >= 0]]
+    snapped = np.unique(np.concatenate([snapped, ends[-1:]]))
+    return X.rechunk({0: tuple(int(s) for s in np.diff(snapped, prepend=0))})
+
+
+def _chunk_range(chunks, start, stop):
+    """``(first, last)``: the chunks that begin in rows ``[start, stop)``."""
+    starts = np.array([begin for begin, _ in chunks], dtype=np.int64)
+    return (int(np.searchsorted(starts, start)), int(np.searchsorted(starts, stop)))
 
 
 def _check_dask(X, name, owner, *, min_ndim=2, convert=True):

@@ -19,13 +19,18 @@ __all__ = [
 DEFAULT_CHUNK_ROWS = 4096
 
 
-def default_chunks(n, max_rows=DEFAULT_CHUNK_ROWS):
+def default_chunks(n, max_rows=None):
     """Chunk bounds for ``chunk_size=None``: one chunk up to ``max_rows`` rows, else
     ``ceil(n / max_rows)`` consecutive chunks whose sizes differ by at most one.
+
+    ``max_rows=None`` reads `DEFAULT_CHUNK_ROWS` (the leaves of the
+    merge-and-reduce tree, `_hierarchy`).
 
     The greedy selection in a chunk of ``c`` rows costs ``O(fraction * c^2 * r)``;
     with chunks of at most ``max_rows`` rows the total is linear in ``n``.
     """
+    if max_rows is None:
+        max_rows = DEFAULT_CHUNK_ROWS
     n_chunks = -(-n // max_rows)
     base, longer = divmod(n, n_chunks)
     sizes = [base + 1] * longer + [base] * (n_chunks - longer)
@@ -39,6 +44,20 @@ class BudgetWarning(UserWarning):
     Every selection chunk keeps at least one row, so many small chunks can take
     more than ``fraction`` of the rows. The fitted ``budget_`` and
     ``subset_sizes_`` say by how much; filter this category to silence it.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from graft_select import BudgetWarning, GraftSelector
+    >>> X = np.random.default_rng(0).standard_normal((100, 3))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     selector = GraftSelector(0.1, chunk_size=2, random_state=0).fit(X)
+    >>> [w.category.__name__ for w in caught]
+    ['BudgetWarning']
+    >>> int(selector.subset_sizes_.sum()), selector.budget_
+    (50, 10)
     """
 
 

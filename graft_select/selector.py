@@ -30,6 +30,7 @@ from ._backend import (
     to_numpy,
 )
 from ._feedback import StoredGradients, StoreSource
+from ._hierarchy import InMemoryTree, plan_tree
 from ._ops import rescale_extreme
 from ._orders import InMemorySource
 from ._proxies import FactoredGradients, check_factored
@@ -83,12 +84,22 @@ _DOC_PARAMETERS = """
     chunk_size : int, default=None
         Size of the selection chunks (consecutive rows). An int selects per chunk
         of ``chunk_size`` rows (the last chunk may be shorter), as GRAFT does per
-        training batch. ``None`` selects over all rows at once up to 4096 rows,
-        and beyond that over ``ceil(n_samples / 4096)`` consecutive chunks of
-        equal size (within one row): the greedy pivots of one chunk of ``c``
-        rows cost ``O(fraction * c^2 * r)``, so a single chunk of all rows would
-        make the cost quadratic in ``n_samples``; capped chunks keep it linear.
-        Dense chunks go through the kernels as one stack.
+        training batch. ``None`` selects over all rows at once up to 4096 rows;
+        beyond that it runs a merge-and-reduce tree, a global selection at
+        linear cost: the rows are cut into ``ceil(n_samples / 4096)``
+        consecutive *leaves* of equal size (within one row), each leaf keeps
+        ``2 * round(fraction * rows)`` candidates (its first MaxVol pivots; at
+        least the largest subset size), the candidates of 8 nodes are pooled
+        and reduced again, and the root's pool is selected from as one chunk
+        of all the rows. A node keeps at most 512 candidates, so when the
+        budget is larger the leaves are split into consecutive *groups*, each
+        a tree of its own that holds its share of the budget (the budget is
+        shared among the groups as among chunks): one tree holds about
+        ``256 / fraction`` rows (256,000 at ``fraction=0.001``). For
+        ``fraction > 1/32`` not even two leaves fit one group, and every leaf
+        selects on its own, as an int ``chunk_size`` of about 4096 would. The
+        uniform strategy and a :class:`StoredGradients` view select per leaf.
+        Dask input runs the same tree as a dask reduction (see :doc:`/dask`).
     strategy : {"graft", "uniform"}, default="graft"
         ``"uniform"`` draws a seeded uniform subset of the same sizes: the
         baseline to check GRAFT against at the same budget.
@@ -138,16 +149,25 @@ _DOC_ATTRIBUTES = """
         of the chunk's mean gradient on the selected rows times the chunk size
         (the number of chunk samples a row stands for; they may be negative);
         without gradients, ``chunk_size / k`` for every row of a chunk. None
-        after ``fit(..., compute_weights=False)``.
+        after ``fit(..., compute_weights=False)``. In a merge-and-reduce fit
+        (``chunk_size=None`` beyond 4096 rows) a "chunk" is a group of the
+        tree, usually all the rows: the weights are those of the group's mean
+        gradient over all its rows, times the group's rows.
     gradient_error_ : ndarray of shape (n_chunks,) or None
         Relative error of each chunk's mean gradient when approximated with the
         selected rows and ``sample_weight_``; None when fit without gradients.
+        In a merge-and-reduce fit, the error of each group's mean gradient over
+        all its rows (with one group: the whole data's mean gradient) by the
+        group's selected rows, although only the candidates reached the top.
     basis_ : {"input", "gradients"}
         The basis the fit used (``basis`` with ``"auto"`` resolved).
     chunk_sizes_ : ndarray of shape (n_chunks,)
-        Rows per chunk.
+        Rows per chunk; in a merge-and-reduce fit, rows per group of the tree
+        (``[n_samples]`` when one tree holds the budget).
     subset_sizes_ : ndarray of shape (n_chunks,)
-        Selected rows per chunk.
+        Selected rows per chunk (per group of a merge-and-reduce fit; with
+        gradients, the size criterion chooses them from the errors of the
+        group's mean gradient by the prefixes of the root's order).
     budget_ : int
         The rows ``fraction`` asks for, ``max(1, round(fraction * n_samples_fit_))``;
         ``subset_sizes_.sum()`` exceeds it only by the at-least-one-row-per-chunk
@@ -254,10 +274,17 @@ class _GraftBase(BaseEstimator):
         source = self._source(X, gradients, chunk_size)
         check_rows(source.n_samples, y, owner)
         params, rng = self._selection_params(source.with_gradients)
-        chunks = chunk_bounds(source.n_samples, chunk_size)
+        plan = None  # chunk_size=None: merge-and-reduce, unless every leaf selects alone
+        if chunk_size is None and hasattr(source, "tree_orders"):
+            plan = plan_tree(params, source.n_samples, source.n_features,
+                             source.with_gradients, rng)
+        chunks = chunk_bounds(source.n_samples, chunk_size) if plan is None else plan.chunks
         chunk_sizes = chunk_lengths(chunks)
         k_hi = largest_sizes(params, chunk_sizes, source.with_gradients)
-        orders, errors = source.orders(params, chunks, k_hi, rng)
+        if plan is None:
+            orders, errors = source.orders(params, chunks, k_hi, rng)
+        else:
+            orders, errors = source.tree_orders(params, plan, rng)
         sizes = subset_sizes(params, chunk_sizes, errors, source.with_gradients)
         message = budget_overshoot(sizes, params.fraction, chunk_sizes, owner)
         if message:
@@ -301,7 +328,8 @@ class _GraftBase(BaseEstimator):
             self._forget_feature_names()
             return DaskSource(X, gradients, chunk_size, owner)
         X, xp = self._validate_X(X, reset=True)
-        return InMemorySource(X, xp, self._validate_gradients(gradients, X.shape[0]))
+        memory = InMemorySource if chunk_size is not None else InMemoryTree
+        return memory(X, xp, self._validate_gradients(gradients, X.shape[0]))
 
     def _forget_feature_names(self):
         """Drop the column names of an earlier fit (this input has none)."""
@@ -454,7 +482,10 @@ class GraftSelector(TransformerMixin, _GraftBase):
     ``transform`` selects rows, not columns, so it only accepts the data that was
     fitted (same number of rows); use it as the last step of a Pipeline or on its
     own. Fitting costs one batched decomposition of all chunks plus
-    ``O(n_samples * r * k_max)`` for the greedy pivots.
+    ``O(n_samples * r * k_max)`` for the greedy pivots; a merge-and-reduce fit
+    (``chunk_size=None``) costs one decomposition per leaf and per merge, and
+    ``O(n_samples * k^2)`` for the candidates' rectangular pivots (``k <= 512``
+    candidates per node), so it stays linear in ``n_samples``.
 
     References
     ----------
@@ -483,8 +514,8 @@ class GraftSelector(TransformerMixin, _GraftBase):
         X : {array-like, sparse matrix, DataFrame, tensor} of shape (n_samples, n_features)
             Features, one row per sample: NumPy, scipy.sparse CSR/CSC, pandas,
             torch or CuPy (device arrays stay on their device), or a dask array
-            chunked along its rows (selected block by block on the workers;
-            needs an int ``chunk_size``, see :doc:`/dask`). None with
+            chunked along its rows (selected block by block on the workers, or
+            with ``chunk_size=None`` as a tree reduction, see :doc:`/dask`). None with
             ``gradients=StoredGradients(...)``: the rows are the view's.
         y : array-like of shape (n_samples,), default=None
             Ignored except for its length, which must match X.

@@ -384,10 +384,11 @@ class TestBadInput:
                                                      gradients=dense.tolist())
 
     def test_chunk_size_none(self, data):
-        """chunk_size=None (one chunk of all rows) is refused for dask input."""
-        with pytest.raises(ValueError, match="'chunk_size' parameter of GraftSelector must be "
-                                             "an int for dask input"):
-            GraftSelector(0.2).fit(da.from_array(data[0], chunks=(500, -1)))
+        """chunk_size=None on dask is the default chunking, as in memory (tests/test_hierarchy)."""
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(0.2, random_state=0).fit(
+                da.from_array(data[0], chunks=(500, -1)))
+        _assert_same_fit(lazy, GraftSelector(0.2, random_state=0).fit(data[0]))
 
     @pytest.mark.parametrize("name", ["X", "gradients"])
     def test_non_finite_rows_in_global_numbers(self, data, name):
@@ -472,14 +473,14 @@ class TestBlockTask:
             events.append(("scope", x))
             return contextlib.nullcontext()
 
-        cast = _dask._block_gradients
+        cast = _dask.block_gradients
 
         def recorded_cast(gradients):
             events.append(("cast", gradients))
             return cast(gradients)
 
         monkeypatch.setattr(_dask, "device_scope", scope)
-        monkeypatch.setattr(_dask, "_block_gradients", recorded_cast)
+        monkeypatch.setattr(_dask, "block_gradients", recorded_cast)
         sel = GraftSelector(0.2, chunk_size=BATCH, basis="gradients")
         params, _ = sel._selection_params(True)
         X, G = X[:500], tuple(P[:500] for P in factored)

@@ -1,0 +1,234 @@
+"""Merge-and-reduce selection (``chunk_size=None``): plan, coverage, gradients, dask.
+
+The leaves are shrunk to 256 rows (``_sizing.DEFAULT_CHUNK_ROWS``) so that small
+data makes trees of several levels.
+"""
+
+import dask
+import dask.array as da
+import distributed
+import numpy as np
+import pytest
+
+from graft_select import FactoredGradients, GraftSelector, _hierarchy, _sizing
+from graft_select._selection import SelectionParams
+
+LEAF = 256
+
+
+@pytest.fixture(autouse=True)
+def small_leaves(monkeypatch):
+    """Leaves of 256 rows (candidates of at most 32 rows per node)."""
+    monkeypatch.setattr(_sizing, "DEFAULT_CHUNK_ROWS", LEAF)
+
+
+def prototypes(n, n_prototypes=40, d=16, seed=0):
+    """Rows near 40 well-separated prototypes with Zipf(1.3) counts (each at least one)."""
+    rng = np.random.default_rng(seed)
+    centers = 10 * rng.standard_normal((n_prototypes, d))
+    share = 1.0 / np.arange(1, n_prototypes + 1) ** 1.3
+    counts = rng.multinomial(n - n_prototypes, share / share.sum()) + 1
+    labels = rng.permutation(np.repeat(np.arange(n_prototypes), counts))
+    return centers[labels] + 0.05 * rng.standard_normal((n, d)), labels
+
+
+def _covered(labels, selector):
+    return np.unique(labels[selector.sample_indices_]).size / 40
+
+
+def _params(**changes):
+    base = dict(fraction=0.01, n_components=None, strategy="graft", basis="input",
+                method="volume", refine=False, uniform_share=0.0, gradient_tol=None,
+                min_fraction=None, max_fraction=None, svd_method="auto")
+    return SelectionParams(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def data():
+    """3000 prototype rows with dense and factored gradient proxies."""
+    X, labels = prototypes(3000)
+    rng = np.random.default_rng(1)
+    R, H = rng.standard_normal((3000, 3)), rng.standard_normal((3000, 5))
+    dense = (R[:, :, None] * H[:, None, :]).reshape(3000, -1)
+    return X, labels, dense, FactoredGradients(R, H)
+
+
+class TestPlan:
+    """`plan_tree`: when there is a tree, and its groups."""
+
+    def test_one_leaf_has_no_tree(self):
+        """Data of one leaf selects as one chunk: no plan."""
+        assert _hierarchy.plan_tree(_params(), LEAF, 8, False, np.random.default_rng(0)) is None
+
+    def test_uniform_strategy_has_no_tree(self):
+        """The uniform strategy selects per leaf."""
+        plan = _hierarchy.plan_tree(_params(strategy="uniform"), 3000, 8, False,
+                                    np.random.default_rng(0))
+        assert plan is None
+
+    def test_large_fraction_selects_per_leaf(self):
+        """When two leaves' candidates do not fit a node, every leaf selects alone."""
+        assert _hierarchy.plan_tree(_params(fraction=0.25), 3000, 8, False,
+                                    np.random.default_rng(0)) is None
+
+    def test_small_fraction_is_one_group(self):
+        """A budget within the candidate bound is one tree over all the leaves."""
+        plan = _hierarchy.plan_tree(_params(fraction=0.005), 3000, 8, False,
+                                    np.random.default_rng(0))
+        assert plan.chunks == [(0, 3000)]
+        assert plan.candidates[0] == 2 * plan.k_hi[0] == 30
+
+    def test_groups_cover_rows_within_bound(self):
+        """A larger budget splits the leaves into consecutive groups within the bound."""
+        plan = _hierarchy.plan_tree(_params(fraction=0.01), 3000, 8, True,
+                                    np.random.default_rng(0))
+        assert len(plan.chunks) > 1
+        assert plan.chunks[0][0] == 0 and plan.chunks[-1][1] == 3000
+        assert all(a[1] == b[0] for a, b in zip(plan.chunks, plan.chunks[1:]))
+        assert np.all(plan.candidates <= _hierarchy.max_candidates())
+        assert np.all(plan.candidates >= plan.k_hi)
+
+
+class TestCoverage:
+    """The tree keeps the rare prototypes that chunks selecting alone lose."""
+
+    def test_beats_per_chunk_and_uniform(self, data):
+        """Tree: every pick a distinct prototype, as one chunk; per-chunk and uniform: fewer."""
+        X, labels, _, _ = data
+        tree = GraftSelector(0.005, random_state=0).fit(X)
+        chunked = GraftSelector(0.005, chunk_size=LEAF, random_state=0).fit(X)
+        uniform = np.mean([_covered(labels, GraftSelector(0.005, strategy="uniform",
+                                                          random_state=s).fit(X))
+                           for s in range(5)])
+        assert tree.chunk_sizes_.tolist() == [3000]
+        assert _covered(labels, tree) == 15 / 40  # 15 picks, 15 prototypes
+        assert _covered(labels, tree) > _covered(labels, chunked)
+        assert _covered(labels, tree) > uniform
+
+
+class TestGradients:
+    """With gradients, the top level's criterion is the group's whole mean gradient."""
+
+    @pytest.mark.parametrize("kind", ["dense", "factored"])
+    def test_error_of_whole_mean_gradient(self, data, kind):
+        """gradient_error_ is the error of the mean of all rows by the weighted picks."""
+        X, _, dense, factored = data
+        sel = GraftSelector(0.005, random_state=0).fit(
+            X, gradients=dense if kind == "dense" else factored)
+        assert sel.chunk_sizes_.tolist() == [3000]
+        g = dense.mean(axis=0)
+        w = sel.sample_weight_ / 3000
+        residual = g - dense[sel.sample_indices_].T @ w
+        expected = np.linalg.norm(residual) / np.linalg.norm(g)
+        np.testing.assert_allclose(sel.gradient_error_[0], expected, rtol=1e-6, atol=1e-12)
+
+    def test_sizes_within_band(self, data):
+        """The group's size stays in its band [fraction / 2, 2 * fraction] of its rows."""
+        X, _, dense, _ = data
+        sel = GraftSelector(0.005, random_state=0).fit(X, gradients=dense)
+        assert 7 <= sel.subset_sizes_[0] <= 30
+        assert sel.sample_indices_.size == sel.subset_sizes_.sum()
+
+    def test_tolerance_picks_fewer_rows(self, data):
+        """A loose gradient_tol keeps fewer rows than a strict one."""
+        X, _, dense, _ = data
+        loose = GraftSelector(0.005, gradient_tol=0.9, random_state=0).fit(X, gradients=dense)
+        strict = GraftSelector(0.005, gradient_tol=0.0, random_state=0).fit(X, gradients=dense)
+        assert loose.subset_sizes_.sum() <= strict.subset_sizes_.sum()
+
+
+class TestPerChunkUnchanged:
+    """An int chunk_size selects per chunk: no tree."""
+
+    def test_int_chunk_size_never_plans(self, data, monkeypatch):
+        """plan_tree is not called when chunk_size is an int."""
+        def refuse(*args):
+            raise AssertionError("plan_tree called")
+
+        monkeypatch.setattr("graft_select.selector.plan_tree", refuse)
+        sel = GraftSelector(0.01, chunk_size=LEAF, random_state=0).fit(data[0])
+        assert sel.chunk_sizes_[0] == LEAF and len(sel.chunk_sizes_) == 12
+
+
+LAYOUTS = {"one block": -1, "aligned": 512, "unaligned": 700, "uneven": (100, 900, 1200, 800)}
+
+
+def _lazy(A, layout):
+    if A is None:
+        return None
+    if isinstance(A, FactoredGradients):
+        return FactoredGradients(_lazy(A.residuals, layout), _lazy(A.inputs, layout))
+    return da.from_array(A, chunks=(LAYOUTS[layout], -1))
+
+
+def _same(lazy, eager):
+    for name in ("sample_indices_", "sample_weight_", "subset_sizes_", "chunk_sizes_"):
+        assert getattr(lazy, name).tobytes() == getattr(eager, name).tobytes(), name
+    if eager.gradient_error_ is None:
+        assert lazy.gradient_error_ is None
+    else:
+        assert lazy.gradient_error_.tobytes() == eager.gradient_error_.tobytes()
+
+
+class TestDask:
+    """The tree on dask (a Bag.reduction per group) equals the in-memory tree bit for bit."""
+
+    @pytest.mark.parametrize("layout", list(LAYOUTS))
+    @pytest.mark.parametrize("kind", ["none", "dense", "factored"])
+    @pytest.mark.parametrize("fraction", [0.005, 0.02])
+    def test_bit_for_bit(self, data, layout, kind, fraction):
+        """Indices, weights, sizes and errors are equal for every block layout."""
+        X, _, dense, factored = data
+        G = {"none": None, "dense": dense, "factored": factored}[kind]
+        eager = GraftSelector(fraction, random_state=3).fit(X, gradients=G)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(fraction, random_state=3).fit(_lazy(X, layout),
+                                                              gradients=_lazy(G, layout))
+        _same(lazy, eager)
+
+    def test_uniform_share(self, data):
+        """Uniform picks outside the root's candidates are read from the dask array."""
+        X, _, dense, _ = data
+        eager = GraftSelector(0.01, uniform_share=0.3, random_state=0).fit(X, gradients=dense)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(0.01, uniform_share=0.3, random_state=0).fit(
+                _lazy(X, "unaligned"), gradients=_lazy(dense, "unaligned"))
+        _same(lazy, eager)
+
+    def test_local_cluster(self, data):
+        """The same on a two-worker LocalCluster."""
+        X, _, dense, _ = data
+        eager = GraftSelector(0.01, random_state=0).fit(X, gradients=dense)
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                           dashboard_address=None)
+        with cluster, distributed.Client(cluster):
+            lazy = GraftSelector(0.01, random_state=0).fit(_lazy(X, "aligned"),
+                                                          gradients=_lazy(dense, "aligned"))
+        _same(lazy, eager)
+
+
+class TestErrors:
+    """Bad input in the tree names what was found."""
+
+    @pytest.mark.parametrize("name", ["X", "gradients"])
+    def test_non_finite_rows_on_dask(self, data, name):
+        """NaN rows of a dask fit are reported with their count and first global row."""
+        X, _, dense, _ = data
+        X, dense = X.copy(), dense.copy()
+        (X if name == "X" else dense)[[1234, 2999], 0] = np.nan
+        with dask.config.set(scheduler="synchronous"), pytest.raises(
+                ValueError, match=rf"'{name}' of GraftSelector contains NaN or infinity in 2 "
+                                  r"rows \(first: 1234\)"):
+            GraftSelector(0.01).fit(_lazy(X, "aligned"), gradients=_lazy(dense, "aligned"))
+
+    def test_non_finite_rows_in_memory(self, data):
+        """In memory, X is checked before the tree."""
+        X = data[0].copy()
+        X[17, 0] = np.inf
+        with pytest.raises(ValueError, match="infinity"):
+            GraftSelector(0.01).fit(X)
+
+    def test_gradient_rows_mismatch(self, data):
+        """Gradients with the wrong number of rows are refused by name."""
+        with pytest.raises(ValueError, match="'gradients' has 10 rows but X has 3000"):
+            GraftSelector(0.01).fit(data[0], gradients=data[2][:10])
