@@ -141,8 +141,8 @@ def _add_demo_run_options(demo):
                       help="cpu (default) or cuda; no silent fallback")
     demo.add_argument("--threads", type=_positive_int, metavar="N",
                       help="threads of every pool while the demo runs: torch's and the "
-                           "BLAS/OpenMP pools of NumPy and SciPy (default: usable cores, at "
-                           "most 8)")
+                           "BLAS/OpenMP pools of NumPy and SciPy (default: 1; the demo's "
+                           "models are too small to gain from more)")
     demo.add_argument("--country-iso-code", default="USA", metavar="ISO",
                       help="country for codecarbon's offline carbon intensity (default: USA)")
     demo.add_argument("--out", default="graft_demo_out", metavar="DIR",

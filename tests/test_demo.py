@@ -637,6 +637,18 @@ class TestProgressLines:
         assert "run 1/1 done" in capsys.readouterr().err
 
 
+    def test_heartbeat_when_a_run_is_silent(self):
+        """With nothing printed for an interval, the background thread says where it is."""
+        import io
+
+        from graft_select.demo.progress import ProgressLines
+
+        stream = io.StringIO()
+        with ProgressLines(1, stream=stream, interval=0.2) as lines:
+            lines.where = "run 1/1 (graft 0.3, seed 0): epoch 3"
+            time.sleep(0.5)
+        assert "run 1/1 (graft 0.3, seed 0): epoch 3 (still training)" in stream.getvalue()
+
 class TestPlot:
     def test_outlier_does_not_stretch_the_band(self):
         """A group 15 points below the rest falls outside the y-range; the rest fit in it."""
@@ -657,3 +669,4 @@ class TestPlot:
         result = dict(fake_result, config=dict(fake_result["config"], quick=True))
         demo.plot_results(result, tmp_path / "quick.png")
         assert titles[0].startswith("SMOKE TEST")
+

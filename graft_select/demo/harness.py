@@ -34,6 +34,7 @@ compared within a seed.
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime, timezone
 
@@ -178,8 +179,8 @@ def run_demo(config=None, *, out=None, progress=None, sampler_factory=make_batch
         reporter = ProgressLines(n_runs)
         reporter.say(f"graft-select demo: {n_runs} training runs on {config.dataset}; "
                      f"generating the data")
-    data = load_data(config)
-    with pinned_threads(config.threads or _default_threads()):
+    with pinned_threads(config.threads or _default_threads()), reporter or nullcontext():
+        data = load_data(config)
         runs, energy_note = _train_all(config, data, sampler_factory=sampler_factory,
                                        bars=bars, reporter=reporter)
         machine = machine_info(config.device)
