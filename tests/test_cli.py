@@ -295,7 +295,8 @@ class TestDemoCommand:
         config = config_from_options()
         assert config.seeds == (0, 1, 2)
         assert config.strategies == ("budget", "graft", "budget_wall")
-        assert config_from_options(full=True) == DemoConfig()
+        assert config_from_options(full=True) == DemoConfig(threads=1)
+        assert config.threads == 1
         assert len(DemoConfig().seeds) == 5 and len(DemoConfig().strategies) == 7
 
     def test_quick_and_full_exclude_each_other(self, tmp_path, capsys):
