@@ -85,7 +85,10 @@ def _legend(ax, by_strategy, fractions, clipped):
         handles.append(Line2D([], [], color=COLORS.get(strategy), marker="o",
                               linestyle="none" if one else "-",
                               linewidth=2.8 if strategy == "graft" else 1.2, label=label))
+    present = {r["fraction"] for rows in by_strategy.values() for r in rows}
     for fraction, marker in zip(fractions, _MARKERS):
+        if fraction not in present:
+            continue
         label = ("all epochs (fraction 1)" if fraction >= 1.0 else f"fraction {fraction:g}")
         handles.append(Line2D([], [], color="gray", marker=marker, linestyle="none",
                               label=label))
@@ -123,6 +126,7 @@ def plot_results(result, path):
             clipped |= _draw(ax, strategy, by_strategy[strategy], key, band, fractions)
         ax.set(xlabel=xlabel, title=title, ylim=band)
         ax.grid(alpha=0.3)
+    axes[0].xaxis.set_major_formatter(lambda value, _: f"{value / 1000:,.0f}k")
     axes[0].set_ylabel("test accuracy (%), mean +- std over seeds")
     _legend(axes[1], by_strategy, fractions, clipped)
     title = (f"graft-select demo: {result['dataset']['name']}, "
