@@ -283,7 +283,9 @@ class TestDemoCommand:
         assert "fraction 0.3" in stdout and "graft" in stdout
         for name in ("results.json", "results.csv", "results.png"):
             assert (out / name).is_file()
-        assert stdout.startswith("SMOKE TEST (--quick)")
+        lines = stdout.splitlines()
+        assert lines[0].startswith("results: ") and lines[1].startswith("SMOKE TEST (--quick)")
+        assert lines[-1].startswith("SMOKE TEST (--quick)")
         saved = json.loads((out / "results.json").read_text())
         for line in saved["verdict"]:
             assert line in stdout.splitlines()

@@ -523,7 +523,8 @@ class TestWithGraftBatchSampler:
         b = train_run("graft", 0.3, 0, data, replace(config, feedback="every"))
         assert [p["test_accuracy"] for p in a["curve"]] == [
             p["test_accuracy"] for p in b["curve"]]
-        assert a["feedback_seconds"] < b["feedback_seconds"]
+        # that "refit" observes fewer epochs is test_only_graft_feedback_epochs_observed;
+        # its feedback_seconds are not compared here: timings on a shared machine vary
 
 
 class TestCheckConfig:
