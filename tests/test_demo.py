@@ -671,3 +671,24 @@ class TestPlot:
         demo.plot_results(result, tmp_path / "quick.png")
         assert titles[0].startswith("SMOKE TEST")
 
+
+
+class TestReadmeTable:
+    def test_table_from_results_replaces_the_marked_block(self, fake_result, tmp_path):
+        """benchmarks/readme_table.py writes GRAFT's paired differences between the markers."""
+        import importlib.util
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / "readme_table.py"
+        spec = importlib.util.spec_from_file_location("readme_table", path)
+        readme_table = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(readme_table)
+        readme = tmp_path / "README.md"
+        readme.write_text("intro\nRESULTS_TABLE\noutro\n")
+        saved = json.loads(Path(fake_result["files"]["json"]).read_text())
+        readme_table.write(readme_table.table([saved]), readme)
+        readme_table.write(readme_table.table([saved]), readme)  # again: replaces, no copy
+        text = readme.read_text()
+        budget = next(c for c in saved["comparisons"] if c["baseline"] == "budget")
+        assert text.count(readme_table.START) == 1 and text.endswith("outro\n")
+        assert f"{budget['difference_mean']:+.2f} +- {budget['difference_std']:.2f}" in text
