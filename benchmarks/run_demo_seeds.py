@@ -1,8 +1,9 @@
 """The demo's 5-seed figures, one seed at a time (each seed's JSON is kept as it finishes).
 
 Run: python benchmarks/run_demo_seeds.py DATASET OUT [--seeds N]
-Equivalent to ``graft-select demo --dataset DATASET --threads 1`` (every strategy, the
-seeds one after the other, strategies interleaved within each seed), but writes
+Equivalent to ``graft-select demo --full --dataset DATASET --threads 1`` (the full
+protocol: every strategy, the seeds one after the other, strategies interleaved within
+each seed; ``graft-select demo`` without ``--full`` runs 3 seeds of 3 strategies), but writes
 OUT/seed_K.json after every seed, then OUT/results.{json,csv,png} and the table.
 """
 

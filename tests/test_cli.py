@@ -1,5 +1,6 @@
 """The graft-select command line: select, demo, errors and python -m graft_select."""
 
+import json
 import subprocess
 import sys
 
@@ -283,6 +284,29 @@ class TestDemoCommand:
         assert "fraction 0.3" in stdout and "graft" in stdout
         for name in ("results.json", "results.csv", "results.png"):
             assert (out / name).is_file()
+        lines = stdout.splitlines()
+        assert lines[0].startswith("results: ") and lines[1].startswith("SMOKE TEST (--quick)")
+        assert lines[-1].startswith("SMOKE TEST (--quick)")
+        saved = json.loads((out / "results.json").read_text())
+        for line in saved["verdict"]:
+            assert line in stdout.splitlines()
+
+    def test_default_is_the_short_demo(self):
+        """Without --quick or --full: 3 seeds of budget, graft and budget_wall."""
+        from graft_select.demo import DemoConfig, config_from_options
+
+        config = config_from_options()
+        assert config.seeds == (0, 1, 2)
+        assert config.strategies == ("budget", "graft", "budget_wall")
+        assert config_from_options(full=True) == DemoConfig(threads=1)
+        assert config.threads == 1
+        assert len(DemoConfig().seeds) == 5 and len(DemoConfig().strategies) == 7
+
+    def test_quick_and_full_exclude_each_other(self, tmp_path, capsys):
+        """--quick with --full is a one-line usage error."""
+        pytest.importorskip("torch")
+        code = main(["demo", "--quick", "--full", "--out", str(tmp_path)])
+        _assert_one_line_error(capsys, code, "not allowed with")
 
     @pytest.mark.parametrize(("options", "match"), [
         (["--fractions", "0"], "must be in (0, 1]"),

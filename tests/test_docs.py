@@ -4,7 +4,8 @@
   still exists;
 - the docstring examples of the modules that tests/test_import.py does not run
   (gradients, selector, sampler) pass, and every public function and class has one;
-- the code blocks of the Getting started page run.
+- every Python code block of README.md and of the Getting started page runs as
+  written, each in a fresh namespace.
 
 The Sphinx build itself (``sphinx-build -W``) runs in CI, not here.
 """
@@ -18,7 +19,9 @@ import pytest
 
 import graft_select
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 
 # tests/test_import.py runs the doctests of _backend, _validation and linalg.
 DOCTEST_MODULES = ["graft_select.gradients", "graft_select.selector", "graft_select.sampler",
@@ -135,6 +138,74 @@ def code_blocks(path):
     return blocks
 
 
+def markdown_blocks(path):
+    """The ```python fenced blocks of a Markdown file."""
+    text = path.read_text(encoding="utf-8")
+    return [block.strip() + "\n"
+            for block in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)]
+
+
+def run_block(code, name):
+    """Execute one code block in a fresh namespace, torch at one thread if it is used."""
+    threads = None
+    if "torch" in code:
+        torch = pytest.importorskip("torch")
+        # The examples' models are tiny: on a busy machine a thread pool makes them
+        # about 10x slower than one thread.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+    try:
+        exec(compile(code, name, "exec"), {"__name__": "__main__"})
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+
+class TestReadme:
+    """The code in README.md runs as shown."""
+
+    def test_extracts_the_python_blocks(self):
+        """README.md has Python blocks, and the extractor skips the bash ones."""
+        blocks = markdown_blocks(README)
+        assert len(blocks) >= 2
+        assert not any("pip install" in block for block in blocks)
+
+    @pytest.mark.parametrize("index", range(len(markdown_blocks(README))))
+    def test_code_block_runs(self, index, capsys):
+        """Each Python code block of README.md executes without error."""
+        run_block(markdown_blocks(README)[index], f"README.md block {index}")
+        capsys.readouterr()
+
+    def test_first_training_example_is_the_watch_loop(self):
+        """The first training example uses watch() and observe() on an unchanged dataset."""
+        loop = next(b for b in markdown_blocks(README) if "DataLoader" in b)
+        assert "sampler.watch(model)" in loop and "sampler.observe()" in loop
+
+    def test_watch_loop_prints_what_its_comment_says(self, capsys):
+        """The training example prints 16 batches for the warm-start epoch, then 5."""
+        loop = next(b for b in markdown_blocks(README) if "sampler.watch" in b)
+        run_block(loop, "README.md")
+        assert capsys.readouterr().out.splitlines() == [
+            "epoch 0: 16 batches", "epoch 1: 5 batches", "epoch 2: 5 batches",
+            "epoch 3: 5 batches"]
+
+    def test_selection_prints_its_shape(self, capsys):
+        """The selection example prints the shape its comment announces."""
+        code = next(b for b in markdown_blocks(README) if "GraftSelector(" in b)
+        run_block(code, "README.md")
+        assert capsys.readouterr().out.splitlines() == ["(180, 64)"]
+
+    def test_keeps_the_two_commands(self):
+        """The main job's and the tests' one-line commands are there, as CI runs them."""
+        text = README.read_text(encoding="utf-8")
+        assert 'pip install -e ".[torch]" && graft-select demo' in text
+        assert 'pip install -e ".[test,torch]" && pytest' in text
+
+    def test_no_internal_issue_numbers(self):
+        """The README speaks to users: no "issue N" references."""
+        assert not re.search(r"\bissues? \d+", README.read_text(encoding="utf-8"), re.I)
+
+
 class TestGettingStarted:
     """The code on the Getting started page runs as shown."""
 
@@ -142,18 +213,7 @@ class TestGettingStarted:
     def test_code_block_runs(self, index, capsys):
         """Each Python code block executes without error."""
         code = code_blocks(DOCS / "getting_started.rst")[index]
-        threads = None
-        if "torch" in code:
-            torch = pytest.importorskip("torch")
-            # The example's model is tiny: on a busy machine a thread pool makes it
-            # about 10x slower than one thread.
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-        try:
-            exec(compile(code, f"getting_started.rst block {index}", "exec"), {})
-        finally:
-            if threads is not None:
-                torch.set_num_threads(threads)
+        run_block(code, f"getting_started.rst block {index}")
         capsys.readouterr()
 
     def test_first_selection_prints_its_shape(self, capsys):

@@ -8,10 +8,12 @@ for the exact definitions). :func:`run_demo` writes ``results.json``, ``results.
 and ``results.png``; :func:`format_tables` prints one table per fraction and GRAFT's
 paired differences against each baseline.
 
-The modules: ``models`` (CNN1D, MLP), ``baselines`` (the baselines' batch samplers),
-``harness`` (configuration and training runs), ``report`` (summary, tables, plot) and
-``energy`` (codecarbon). This package imports torch; ``import graft_select`` does not
-import it.
+The modules: ``config`` (DemoConfig and its presets, validation, data, samplers),
+``models`` (CNN1D, MLP), ``baselines`` (the baselines' batch samplers), ``training``
+(one training run and its clock), ``harness`` (every run of every seed),
+``progress`` (plain progress lines), ``report`` (summary, tables, verdict, files),
+``plot`` (the figure) and ``energy`` (codecarbon). This package imports torch;
+``import graft_select`` does not import it.
 """
 
 from .baselines import InfoBatchSampler, RS2BatchSampler, ShuffledBatchSampler
@@ -31,7 +33,7 @@ from .harness import (
     wants_feedback,
 )
 from .models import CNN1D, MLP, build_model
-from .report import compare, format_tables, plot_results, summarize, write_results
+from .report import compare, format_tables, plot_results, summarize, verdict, write_results
 
 __all__ = [
     "CARBON_HINT",
@@ -56,6 +58,7 @@ __all__ = [
     "run_demo",
     "summarize",
     "train_run",
+    "verdict",
     "wants_feedback",
     "write_results",
 ]
