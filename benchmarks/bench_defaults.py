@@ -34,11 +34,14 @@ from graft_select.demo import DemoConfig, run_demo
 from graft_select.demo.harness import make_batch_sampler
 from graft_select.sampler import GraftBatchSampler
 
+OVERRIDES = {}  # candidate defaults to try (--set name=value)
+
 
 def defaults_factory(strategy, n_samples, *, fraction, seed, config, total_samples=None):
     """The sampler's defaults for "graft"; the demo's samplers otherwise."""
     if strategy == "graft":
-        return GraftBatchSampler(n_samples, config.batch_size, fraction=fraction, seed=seed)
+        return GraftBatchSampler(n_samples, config.batch_size, fraction=fraction, seed=seed,
+                                 **OVERRIDES)
     return make_batch_sampler(strategy, n_samples, fraction=fraction, seed=seed,
                               config=config, total_samples=total_samples)
 
@@ -57,15 +60,21 @@ def main(argv=None):
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the machine's default)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=INT",
+                        help="try a candidate default, e.g. --set warm_start_epochs=3")
+    parser.add_argument("--skip-demo", action="store_true",
+                        help="leave out the demo settings' GRAFT runs")
     args = parser.parse_args(argv)
+    OVERRIDES.update({k: int(v) for k, v in (item.split("=") for item in args.set)})
     threads = args.threads or torch.get_num_threads()
     base = replace(DemoConfig(), dataset=args.dataset, seeds=tuple(range(args.seeds)),
                    epochs=args.epochs, fractions=tuple(args.fractions), threads=threads,
                    strategies=("budget", "graft", "budget_wall"), feedback="every")
     print(f"{args.dataset}, {args.seeds} seeds, {args.epochs} epochs, torch threads {threads},"
-          f" cores {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
+          f" cores {os.cpu_count()}, load {os.getloadavg()[0]:.2f}, overrides {OVERRIDES}")
     defaults, seconds = run(base, defaults_factory)
-    demo, demo_seconds = run(replace(base, strategies=("graft",)), make_batch_sampler)
+    demo, demo_seconds = ([], 0.0) if args.skip_demo else run(
+        replace(base, strategies=("graft",)), make_batch_sampler)
     for run_ in defaults + demo:
         print(json.dumps({k: run_[k] for k in ("strategy", "fraction", "seed",
                                                 "test_accuracy", "wall_seconds",
@@ -81,7 +90,7 @@ def main(argv=None):
                         for g, b in zip(pick["graft"], pick["budget"])])
         lead = acc["graft"] - acc["budget"]
         vs_time = acc["graft"] - acc["budget_wall"]
-        demo_acc = np.array([r["test_accuracy"] for r in graft_demo]) * 100
+        demo_acc = np.array([r["test_accuracy"] for r in graft_demo] or [np.nan]) * 100
         print(f"fraction {fraction}: selection share {share:.1%} (<= 5%), wall vs budget "
               f"{wall:.2f}x (<= 1.15), GRAFT {acc['graft'].mean():.2f} +- "
               f"{acc['graft'].std():.2f}, minus budget {lead.mean():+.2f} +- {lead.std():.2f} "
