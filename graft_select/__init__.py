@@ -13,7 +13,7 @@ also reachable as ``graft_select.GraftBatchSampler``).
 
 import importlib as _importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "BudgetWarning",
