@@ -123,6 +123,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         (the rule is in the user guide). :attr:`last_refit` reports the excluded
         samples. It needs the residuals unsketched (``sketch_width`` at least the
         number of classes); otherwise each refit warns and the guard does not act.
+    selection_size : int or None
+        Deprecated name of ``chunk_size`` (renamed in 0.2, removed in 0.4):
+        setting it warns with a FutureWarning; setting both raises.
 
     Attributes
     ----------
