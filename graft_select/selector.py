@@ -293,14 +293,15 @@ class _GraftBase(BaseEstimator):
         gradient_error, weights = None, chunk_weights(chunk_sizes, local)
         if source.with_gradients:
             gradient_error, weights = source.picked_errors(chunks, local, compute_weights)
-        self._set_fitted(source, params, chunks, sizes, local,
+        self._set_fitted(source, params, chunks, chunk_sizes, sizes, local,
                          weights if compute_weights else None, gradient_error)
         self.fit_time_ = time.perf_counter() - start
         return self
 
-    def _set_fitted(self, source, params, chunks, sizes, local, weights, gradient_error):
+    def _set_fitted(self, source, params, chunks, chunk_sizes, sizes, local, weights,
+                    gradient_error):
         """The one writer of the fitted attributes."""
-        self.chunk_sizes_ = chunk_lengths(chunks)
+        self.chunk_sizes_ = chunk_sizes
         self.subset_sizes_ = sizes
         self.basis_ = params.basis
         self.budget_ = budget(params.fraction, source.n_samples)
