@@ -33,7 +33,8 @@ X, y = load_digits(return_X_y=True)
 data = TensorDataset(torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y))
 
 model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-sampler = GraftBatchSampler(len(data), batch_size=32, fraction=0.3, seed=0)
+# one warm-start epoch (the default is 3) keeps this 4-epoch example short
+sampler = GraftBatchSampler(len(data), batch_size=32, fraction=0.3, seed=0, warm_start_epochs=1)
 sampler.watch(model)  # hook before prepare(): the hook stays on the wrapped model's layer
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 model, optimizer = accelerator.prepare(model, optimizer)

@@ -65,7 +65,8 @@ sampler.set_epoch(4)
 iterator = iter(sampler)
 first_two = [next(iterator) for _ in range(2)]
 state = sampler.state_dict()
-resumed = GraftBatchSampler(len(X), batch_size=32, fraction=0.3, targets=y, seed=0)
+resumed = GraftBatchSampler(len(X), batch_size=32, fraction=0.3, warm_start_epochs=1,
+                            targets=y, seed=0)
 resumed.load_state_dict(state)
 print("resumes at batch", state["batches_yielded"], "- same remaining batches:",
       list(resumed) == list(iterator))

@@ -52,7 +52,8 @@ def train(batches, sampler, model, optimizer, limit=None):
 def make(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    sampler = GraftBatchSampler(len(X), batch_size=64, fraction=0.3, seed=0)
+    sampler = GraftBatchSampler(len(X), batch_size=64, fraction=0.3, seed=0,
+                                warm_start_epochs=1)  # a short example: one full epoch
     sampler.watch(model)
     loader = StatefulDataLoader(Digits(), batch_sampler=sampler, num_workers=2)
     return model, sampler, loader

@@ -81,10 +81,10 @@ class RefitReport:
     >>> sampler = GraftBatchSampler(200, batch_size=20, fraction=0.25)
     >>> sampler.observe(torch.arange(200), embeddings=torch.randn(200, 3),
     ...                 logits=torch.randn(200, 2), targets=torch.randint(0, 2, (200,)))
-    >>> sampler.set_epoch(1)
+    >>> sampler.set_epoch(3)  # the first epoch after three warm-start epochs
     >>> report = sampler.last_refit if len(sampler) else None
     >>> report.epoch, report.n_selected, report.n_refreshed
-    (1, 50, 0)
+    (3, 50, 0)
     """
 
     __module__ = "graft_select.sampler"

@@ -81,8 +81,13 @@ class GraftBatchSampler(Sampler[list[int]]):
     max_overhead : float, default=0.05
         Largest share of the wall-clock that selection may take, in (0, 1], with
         ``refit_every=None``.
-    warm_start_epochs : int, default=1
-        Leading epochs on the full data.
+    warm_start_epochs : int, default=3
+        Leading epochs on the full data. The model's gradients steady after a
+        few epochs, so early selections are on feedback that changes fast; three
+        full epochs gave both the better subsets and the smaller selection share
+        on the demo's data and on data it was not tuned on (see
+        ``benchmarks/RESULTS.md``). With 0 the first epoch already selects: on
+        ``features`` if given, else samples never observed are drawn uniformly.
     selector : GraftSelector, default=None
         Template selector (cloned; the sampler sets its ``fraction``, chunk size
         and ``random_state``). ``None`` uses ``GraftSelector(basis="gradients",
@@ -154,7 +159,7 @@ class GraftBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, data_source, batch_size, *, fraction=0.3, features=None,
-                 chunk_size=None, refit_every=None, max_overhead=0.05, warm_start_epochs=1,
+                 chunk_size=None, refit_every=None, max_overhead=0.05, warm_start_epochs=3,
                  selector=None, drop_last=False, shuffle=True, seed=0, num_replicas=None,
                  rank=None,
                  targets=None, refresh_share=0.0, feature_batch_size=1024,

@@ -220,10 +220,11 @@ def sampler_plans(dataset, seed, mode, config, epochs=6):
 
 
 SAMPLER_CONFIGS = {
-    # refit_every=1: the sampler's default before refits were spaced by max_overhead
-    "defaults": dict(fraction=0.3, refit_every=1),
+    # refit_every=1, warm_start_epochs=1: the sampler's defaults before 0.2
+    "defaults": dict(fraction=0.3, refit_every=1, warm_start_epochs=1),
     "demo": dict(fraction=0.1, refit_every=2, warm_start_epochs=2, chunk_size=128),
-    "refresh": dict(fraction=0.3, refresh_share=0.2, label_noise_guard=True, refit_every=1),
+    "refresh": dict(fraction=0.3, refresh_share=0.2, label_noise_guard=True, refit_every=1,
+                    warm_start_epochs=1),
 }
 
 

@@ -182,12 +182,12 @@ class TestReadme:
         assert "sampler.watch(model)" in loop and "sampler.observe()" in loop
 
     def test_watch_loop_prints_what_its_comment_says(self, capsys):
-        """The training example prints 16 batches for the warm-start epoch, then 5."""
+        """The training example prints 16 batches for the warm-start epochs, then 5."""
         loop = next(b for b in markdown_blocks(README) if "sampler.watch" in b)
         run_block(loop, "README.md")
         assert capsys.readouterr().out.splitlines() == [
-            "epoch 0: 16 batches", "epoch 1: 5 batches", "epoch 2: 5 batches",
-            "epoch 3: 5 batches"]
+            "epoch 0: 16 batches", "epoch 1: 16 batches", "epoch 2: 16 batches",
+            "epoch 3: 5 batches", "epoch 4: 5 batches"]
 
     def test_selection_prints_its_shape(self, capsys):
         """The selection example prints the shape its comment announces."""

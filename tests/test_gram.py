@@ -355,7 +355,7 @@ class TestFitFeedback:
         from graft_select.sampler import GraftBatchSampler
 
         R, E = self._store(rng)
-        sampler = GraftBatchSampler(1200, 100, fraction=0.3, seed=0)
+        sampler = GraftBatchSampler(1200, 100, fraction=0.3, seed=0, warm_start_epochs=1)
         sampler.observe(torch.arange(1200), embeddings=E,
                         logits=torch.log(R + torch.nn.functional.one_hot(
                             R.argmin(1), 5).float() + 1e-3), targets=R.argmin(1))

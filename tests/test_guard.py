@@ -98,7 +98,7 @@ class TestSampler:
     def test_sketched_residuals_warn(self):
         """With residuals stored as a sketch the guard cannot read p_y: it warns and acts not."""
         given, logits, embeddings, _ = _data(0.15)
-        sampler = GraftBatchSampler(N, 100, fraction=0.3, sketch_width=3)
+        sampler = GraftBatchSampler(N, 100, fraction=0.3, sketch_width=3, warm_start_epochs=1)
         sampler.observe(torch.arange(N), embeddings=embeddings, logits=logits, targets=given)
         sampler.set_epoch(1)
         with pytest.warns(UserWarning, match="label_noise_guard needs the label probabilities"):

@@ -20,7 +20,8 @@ N, C, D = 600, 4, 6
 def _observed_sampler(selector, **kwargs):
     """A sampler over N samples with feedback for every sample, at its first selected epoch."""
     gen = torch.Generator().manual_seed(0)
-    sampler = GraftBatchSampler(N, 50, fraction=0.2, selector=selector, seed=0, **kwargs)
+    sampler = GraftBatchSampler(N, 50, fraction=0.2, selector=selector, seed=0,
+                                **{"warm_start_epochs": 1, **kwargs})
     sampler.observe(torch.arange(N), embeddings=torch.randn(N, D, generator=gen),
                     logits=torch.randn(N, C, generator=gen),
                     targets=torch.randint(0, C, (N,), generator=gen))

@@ -23,7 +23,8 @@ def _feedback(n=N, seed=0):
 
 
 def _observed(n=N, **kwargs):
-    sampler = GraftBatchSampler(n, **{"batch_size": 32, "fraction": 0.3, **kwargs})
+    sampler = GraftBatchSampler(n, **{"warm_start_epochs": 1,
+                                      "batch_size": 32, "fraction": 0.3, **kwargs})
     emb, logits, targets = _feedback(n)
     sampler.observe(torch.arange(n), embeddings=emb, logits=logits, targets=targets)
     return sampler
@@ -87,7 +88,7 @@ class TestEpochPlan:
     def test_selection_uses_feedback(self):
         """The subset follows the gradient feedback: other feedback, other subset."""
         a = _observed()
-        b = GraftBatchSampler(N, 32, fraction=0.3)
+        b = GraftBatchSampler(N, 32, fraction=0.3, warm_start_epochs=1)
         emb, logits, targets = _feedback(seed=5)
         b.observe(torch.arange(N), embeddings=emb, logits=logits, targets=targets)
         a.set_epoch(1)
@@ -129,7 +130,7 @@ class TestDeterminism:
         seen = [next(iterator) for _ in range(3)]
         state = sampler.state_dict()
         rest = list(iterator)
-        fresh = GraftBatchSampler(N, 32, fraction=0.3)
+        fresh = GraftBatchSampler(N, 32, fraction=0.3, warm_start_epochs=1)
         fresh.load_state_dict(state)
         assert list(fresh) == rest and len(seen) == 3
 
@@ -162,7 +163,7 @@ class TestFeedbackModes:
 
     def test_never_observed_samples_first(self):
         """Samples never observed are refreshed before the others."""
-        sampler = GraftBatchSampler(N, 32, fraction=0.3, refresh_share=0.5)
+        sampler = GraftBatchSampler(N, 32, fraction=0.3, refresh_share=0.5, warm_start_epochs=1)
         emb, logits, targets = _feedback()
         seen = torch.arange(100, N)
         sampler.observe(seen, embeddings=emb[100:], logits=logits[100:], targets=targets[100:])
@@ -182,7 +183,7 @@ class TestFeedbackModes:
             return emb[idx], logits[idx], targets[idx]
 
         sampler = GraftBatchSampler(N, 32, fraction=0.3, features=features,
-                                    feature_batch_size=256)
+                                    feature_batch_size=256, warm_start_epochs=1)
         sampler.set_epoch(1)
         assert len(_flat(sampler)) == round(0.3 * N)
         assert sum(calls) == N and sampler.last_refit.feature_seconds > 0
@@ -190,7 +191,7 @@ class TestFeedbackModes:
     def test_fixed_feature_array(self):
         """A fixed feature array (raw inputs) drives the selection without feedback."""
         X = torch.randn(N, 5, generator=torch.Generator().manual_seed(1))
-        sampler = GraftBatchSampler(N, 32, fraction=0.25, features=X)
+        sampler = GraftBatchSampler(N, 32, fraction=0.25, features=X, warm_start_epochs=1)
         sampler.set_epoch(1)
         flat = _flat(sampler)
         assert len(flat) == pytest.approx(0.25 * N, abs=N // 32 + 1)
@@ -236,18 +237,18 @@ class TestErrors:
     def test_empty_dataset(self):
         """A dataset of length 0 is rejected."""
         with pytest.raises(ValueError, match="at least one sample"):
-            GraftBatchSampler([], 8)
+            GraftBatchSampler([], 8, warm_start_epochs=1)
 
 
 class TestChunkSize:
     def test_default_is_batch_size(self):
         """chunk_size=None selects per training batch."""
-        assert GraftBatchSampler(100, 8).chunk_size == 8
+        assert GraftBatchSampler(100, 8, warm_start_epochs=1).chunk_size == 8
 
     def test_bad_chunk_size(self):
         """A chunk of one row raises a ValueError naming 'chunk_size'."""
         with pytest.raises(ValueError, match="'chunk_size'"):
-            GraftBatchSampler(100, 8, chunk_size=1)
+            GraftBatchSampler(100, 8, chunk_size=1, warm_start_epochs=1)
 
     def test_old_name_warns_and_works(self):
         """selection_size= still sets the chunk size, with a FutureWarning naming both."""
@@ -263,7 +264,7 @@ class TestChunkSize:
     def test_both_names_raise(self):
         """chunk_size and selection_size together are an error."""
         with pytest.raises(TypeError, match="both 'chunk_size' and its old name"):
-            GraftBatchSampler(100, 8, chunk_size=16, selection_size=16)
+            GraftBatchSampler(100, 8, chunk_size=16, selection_size=16, warm_start_epochs=1)
 
     def test_budget_warning_names_chunk_size(self):
         """The budget warning tells to raise 'chunk_size'."""
@@ -326,7 +327,7 @@ class TestRejectedRows:
                         logits=logits, targets=targets)
         state = sampler.state_dict()
         assert state["rejected"][106] == 1 and int(state["rejected"].sum()) == 1
-        resumed = GraftBatchSampler(N, 32, fraction=0.3)
+        resumed = GraftBatchSampler(N, 32, fraction=0.3, warm_start_epochs=1)
         resumed.load_state_dict(state)
         report, message = _refit_report(resumed)
         assert report.n_rejected == 1 and report.rejected_indices == (106,)
@@ -377,7 +378,7 @@ class TestRejectedRows:
 
     def test_int32_targets(self, backend):
         """Targets of any integer dtype are labels (int32 from many data pipelines)."""
-        sampler = GraftBatchSampler(N, 32)
+        sampler = GraftBatchSampler(N, 32, warm_start_epochs=1)
         emb, logits, targets = _batch(backend)
         sampler.observe(torch.arange(8), embeddings=emb, logits=logits,
                         targets=targets.to(torch.int32))
@@ -388,7 +389,7 @@ class TestRejectedRows:
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
     def test_residuals_of_other_float_dtypes(self, backend, dtype):
         """Logits of any float dtype give softmax(logits) - onehot(targets) (float64 failed)."""
-        sampler = GraftBatchSampler(N, 32)
+        sampler = GraftBatchSampler(N, 32, warm_start_epochs=1)
         emb, logits, targets = _batch(backend)
         logits = logits.to(dtype)
         sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
@@ -399,7 +400,7 @@ class TestRejectedRows:
 
     def test_residuals_match_definition(self, backend):
         """Stored residuals are softmax(logits) - onehot(targets)."""
-        sampler = GraftBatchSampler(N, 32)
+        sampler = GraftBatchSampler(N, 32, warm_start_epochs=1)
         emb, logits, targets = _batch(backend)
         sampler.observe(torch.arange(8), embeddings=emb, logits=logits, targets=targets)
         expected = torch.softmax(logits, 1) - torch.nn.functional.one_hot(targets, C)
@@ -412,7 +413,7 @@ class TestStagedBatches:
 
     def test_later_observation_wins_within_a_block(self):
         """The same samples observed twice before a recording keep the later values."""
-        sampler = GraftBatchSampler(N, 32)
+        sampler = GraftBatchSampler(N, 32, warm_start_epochs=1)
         first, second = torch.randn(8, D), torch.randn(8, D)
         sampler.observe(torch.arange(8), embeddings=first)
         sampler.observe(torch.arange(8).flip(0), embeddings=second)
@@ -421,7 +422,7 @@ class TestStagedBatches:
 
     def test_good_row_kept_over_later_bad_row(self):
         """A good row then a NaN row of the same sample in one block: the good row is stored."""
-        sampler = GraftBatchSampler(N, 32)
+        sampler = GraftBatchSampler(N, 32, warm_start_epochs=1)
         good = torch.randn(2, D)
         sampler.observe(torch.tensor([3, 4]), embeddings=good)
         sampler.observe(torch.tensor([3]), embeddings=torch.full((1, D), float("nan")))
@@ -430,7 +431,7 @@ class TestStagedBatches:
 
     def test_many_batches_recorded(self):
         """More batches than one block holds are all recorded, in order."""
-        sampler = GraftBatchSampler(N, 8)
+        sampler = GraftBatchSampler(N, 8, warm_start_epochs=1)
         emb = torch.randn(N, D)
         for begin in range(0, N, 8):
             sampler.observe(torch.arange(begin, begin + 8), embeddings=emb[begin:begin + 8])
@@ -438,7 +439,7 @@ class TestStagedBatches:
 
     def test_planned_batches_recorded_exactly(self):
         """The sampler's own batches of one pass (the fast block path) store their rows."""
-        sampler = GraftBatchSampler(N, 8, shuffle=True, seed=3)
+        sampler = GraftBatchSampler(N, 8, shuffle=True, seed=3, warm_start_epochs=1)
         emb = torch.randn(N, D)
         iterator = iter(sampler)
         for batch in iterator:
@@ -449,7 +450,7 @@ class TestStagedBatches:
     @TORCH_BACKENDS
     def test_pass_repeating_samples_keeps_last_observation(self, backend):
         """A pass whose batches repeat a sample is recorded with the duplicate-index rule."""
-        sampler = GraftBatchSampler(N, 8, shuffle=False)
+        sampler = GraftBatchSampler(N, 8, shuffle=False, warm_start_epochs=1)
         sampler._shard = lambda plan: plan.repeat(2)  # every sample twice in the pass
         iterator = iter(sampler)
         batches = list(iterator)
@@ -463,7 +464,7 @@ class TestStagedBatches:
 
     def test_planned_block_then_other_indices(self):
         """Indices not handed out end the planned block: their duplicates keep the last row."""
-        sampler = GraftBatchSampler(N, 8, shuffle=False)
+        sampler = GraftBatchSampler(N, 8, shuffle=False, warm_start_epochs=1)
         iterator = iter(sampler)
         first = next(iterator)
         sampler.observe(torch.tensor(first), embeddings=torch.zeros(8, D))
@@ -477,7 +478,7 @@ class TestStagedBatches:
         from graft_select import _store
 
         monkeypatch.setattr(_store, "STAGED_BYTES", 64)
-        sampler = GraftBatchSampler(N, 32)
+        sampler = GraftBatchSampler(N, 32, warm_start_epochs=1)
         emb = torch.randn(8, D)
         sampler.observe(torch.arange(8), embeddings=emb)
         assert sampler._recorder.store._staged == []
@@ -488,7 +489,7 @@ class TestStagedBatches:
         from graft_select import _store
 
         monkeypatch.setattr(_store, "STAGED_BYTES", 4 * 4 * (D + 1))  # 4 rows fit
-        sampler = GraftBatchSampler(N, 32)
+        sampler = GraftBatchSampler(N, 32, warm_start_epochs=1)
         old, new = torch.zeros(2, D), torch.ones(8, D)
         sampler.observe(torch.tensor([0, 1]), embeddings=old)  # staged
         sampler.observe(torch.arange(8), embeddings=new)  # too large: recorded at once
@@ -497,7 +498,7 @@ class TestStagedBatches:
     def test_load_replaces_staged_batches(self):
         """Batches staged before load_state_dict are replaced by the loaded state."""
         source = _observed()
-        sampler = GraftBatchSampler(N, 32, fraction=0.3)
+        sampler = GraftBatchSampler(N, 32, fraction=0.3, warm_start_epochs=1)
         sampler.observe(torch.arange(8), embeddings=torch.zeros(8, D))
         sampler.load_state_dict(source.state_dict())
         assert torch.equal(sampler.state_dict()["store"]["embeddings"],
@@ -505,7 +506,7 @@ class TestStagedBatches:
 
     def test_in_place_change_after_observe_not_recorded(self):
         """observe() copies: writing to the tensors afterwards changes nothing stored."""
-        sampler = GraftBatchSampler(N, 32)
+        sampler = GraftBatchSampler(N, 32, warm_start_epochs=1)
         emb, index = torch.randn(8, D), torch.arange(8)
         kept = emb.clone()
         sampler.observe(index, embeddings=emb)
@@ -556,7 +557,8 @@ class TestObserveSteadyState:
             with monkeypatch.context() as patch:
                 if general:
                     self._general_only(patch)
-                sampler = GraftBatchSampler(N, 7, fraction=1.0, seed=2)  # a short last batch
+                sampler = GraftBatchSampler(N, 7, fraction=1.0, seed=2,
+                                            warm_start_epochs=1)  # a short last batch
                 for epoch in range(2):
                     sampler.set_epoch(epoch)
                     _train_epoch(sampler, feedback, grad=grad, with_indices=with_indices)
@@ -577,7 +579,8 @@ class TestObserveSteadyState:
                 torch.manual_seed(0)
                 model = torch.nn.Sequential(torch.nn.Linear(5, D), torch.nn.ReLU(),
                                             torch.nn.Linear(D, C))
-                sampler = GraftBatchSampler(N, 16, fraction=1.0, targets=y, seed=1)
+                sampler = GraftBatchSampler(N, 16, fraction=1.0, targets=y, seed=1,
+                                            warm_start_epochs=1)
                 sampler.watch(model)
                 iterator = iter(sampler)
                 for batch in iterator:
@@ -600,14 +603,14 @@ class TestObserveSteadyState:
     def test_checks_run_once_per_pass(self, monkeypatch):
         """In the steady state the general checks run for the pass's first batch only."""
         calls = _count_checks(monkeypatch)
-        sampler = GraftBatchSampler(N, 2, fraction=1.0)
+        sampler = GraftBatchSampler(N, 2, fraction=1.0, warm_start_epochs=1)
         batches = _train_epoch(sampler, _feedback(N))
         assert len(batches) > 2 * _store.STAGED_BATCHES and len(calls) == 1
 
     def test_load_ends_the_steady_state(self, monkeypatch):
         """After load_state_dict the next batch takes every check again."""
         calls = _count_checks(monkeypatch)
-        sampler = GraftBatchSampler(N, 8, fraction=1.0)
+        sampler = GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=1)
         emb, logits, targets = _feedback(N)
         iterator = iter(sampler)
         for _ in range(2):
@@ -625,7 +628,7 @@ class TestObserveSteadyState:
     def test_rows_not_matching_a_short_batch_raise(self, with_indices):
         """Full-size values for a pass's short last batch raise; nothing recorded is lost."""
         n = 2 * 4 + 1  # batches of 4, 4 and 1
-        sampler = GraftBatchSampler(n, 4, fraction=1.0, shuffle=False)
+        sampler = GraftBatchSampler(n, 4, fraction=1.0, shuffle=False, warm_start_epochs=1)
         emb, logits, targets = _feedback(n)
         iterator = iter(sampler)
         first, second, last = next(iterator), next(iterator), next(iterator)
@@ -644,7 +647,7 @@ class TestObserveSteadyState:
     @TORCH_BACKENDS
     def test_values_changing_device_recorded(self, backend):
         """Batches whose values move to another device mid-pass are all recorded."""
-        sampler = GraftBatchSampler(N, 8, fraction=1.0)
+        sampler = GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=1)
         emb, logits, targets = _feedback(N)
         for step, batch in enumerate(sampler):
             device = backend.device if step % 2 else "cpu"
@@ -654,7 +657,7 @@ class TestObserveSteadyState:
 
     def test_other_kind_of_batch_takes_the_general_path(self):
         """A batch of another width after a staged one raises as the general path does."""
-        sampler = GraftBatchSampler(N, 8)
+        sampler = GraftBatchSampler(N, 8, warm_start_epochs=1)
         emb, logits, targets = _feedback(N)
         iterator = iter(sampler)
         first, second = next(iterator), next(iterator)
@@ -666,7 +669,7 @@ class TestObserveSteadyState:
 
     def test_other_dtype_recorded(self):
         """A float64 batch after float32 ones (another signature) is recorded too."""
-        sampler = GraftBatchSampler(N, 8, fraction=1.0)
+        sampler = GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=1)
         emb, logits, targets = _feedback(N)
         for step, batch in enumerate(sampler):
             dtype = torch.float64 if step % 3 == 2 else torch.float32
@@ -676,7 +679,7 @@ class TestObserveSteadyState:
 
     def test_in_place_change_after_steady_observe_not_recorded(self):
         """The steady-state path copies too: writing to the inputs afterwards changes nothing."""
-        sampler = GraftBatchSampler(N, 8)
+        sampler = GraftBatchSampler(N, 8, warm_start_epochs=1)
         emb, logits, targets = _feedback(N)
         iterator = iter(sampler)
         for _ in range(2):  # the second goes through the steady-state path
@@ -692,7 +695,7 @@ class TestObserveSteadyState:
 
     def test_new_epoch_not_stamped_with_old(self):
         """A batch of the next epoch starts a new block: its rows carry the new epoch."""
-        sampler = GraftBatchSampler(N, 8, fraction=1.0)
+        sampler = GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=1)
         feedback = _feedback(N)
         _train_epoch(sampler, feedback)
         sampler.set_epoch(1)
@@ -742,7 +745,8 @@ class TestRejectedIndicesOnDevice:
         if not torch.cuda.is_available():
             pytest.skip("torch-cuda: torch.cuda.is_available() is False")
         sampler = GraftBatchSampler(N, 32, targets=torch.randint(0, C, (N,)),
-                                    sketch_width=4, feedback_dtype=torch.float16)
+                                    sketch_width=4, feedback_dtype=torch.float16,
+                                    warm_start_epochs=1)
         emb, logits = torch.randn(32, D, device="cuda"), torch.randn(32, C, device="cuda")
         emb[3] = float("nan")
         sampler.observe(torch.arange(32), embeddings=emb, logits=logits)
@@ -767,12 +771,13 @@ class TestRejectedIndicesOnDevice:
             pytest.skip("torch-cuda: torch.cuda.is_available() is False")
         n = 256
         targets = torch.randint(0, C, (n,))
-        sampler = GraftBatchSampler(n, 16, fraction=1.0, targets=targets)
+        sampler = GraftBatchSampler(n, 16, fraction=1.0, targets=targets, warm_start_epochs=1)
         emb = torch.randn(n, D, device="cuda")
         logits = torch.randn(n, C, device="cuda")
         emb[37, 1] = float("nan")
         # the loop's own copies are made beforehand (a blocking copy to the GPU syncs)
-        plan = [torch.tensor(b) for b in GraftBatchSampler(n, 16, fraction=1.0)]  # same seed
+        plan = [torch.tensor(b) for b in GraftBatchSampler(n, 16, fraction=1.0,
+                                                           warm_start_epochs=1)]  # same seed
         values = [(emb[b.cuda()], logits[b.cuda()]) for b in plan]
         batches = iter(sampler)
         first = next(batches)  # the first observe takes the general path and places the store
@@ -849,7 +854,8 @@ class TestCompactStore:
         never recorded and counted as rejected: the refit warns and selects."""
         state = _observed(feedback_dtype=torch.float16).state_dict()
         state["store"]["embeddings"][[4, 9]] = float("inf")
-        sampler = GraftBatchSampler(N, 32, fraction=0.3, feedback_dtype=torch.float16)
+        sampler = GraftBatchSampler(N, 32, fraction=0.3, feedback_dtype=torch.float16,
+                                    warm_start_epochs=1)
         sampler.load_state_dict(state)
         loaded = sampler.state_dict()
         assert torch.isfinite(loaded["store"]["embeddings"]).all()
@@ -898,7 +904,7 @@ class TestCompactStore:
     def test_sketch_keeps_gram(self):
         """The sketch keeps the embeddings' Gram matrix (a wide sketch: closely)."""
         emb = torch.randn(50, 40, generator=torch.Generator().manual_seed(3))
-        sampler = GraftBatchSampler(50, 10, sketch_width=39 * 100)
+        sampler = GraftBatchSampler(50, 10, sketch_width=39 * 100, warm_start_epochs=1)
         sampler.observe(torch.arange(50), embeddings=torch.cat([emb] * 100, dim=1) / 10)
         stored = sampler.state_dict()["store"]["embeddings"]
         gram, sketched = emb @ emb.T, stored @ stored.T
@@ -913,8 +919,9 @@ class TestCompactStore:
     def test_sketch_after_resume(self):
         """After load_state_dict the same sketch applies to new observations."""
         sampler = _observed(sketch_width=6)
-        fresh = GraftBatchSampler(N, 32, fraction=0.3, sketch_width=6)
-        fresh.load_state_dict(GraftBatchSampler(N, 32, sketch_width=6).state_dict())
+        fresh = GraftBatchSampler(N, 32, fraction=0.3, sketch_width=6, warm_start_epochs=1)
+        fresh.load_state_dict(GraftBatchSampler(N, 32, sketch_width=6,
+                                                warm_start_epochs=1).state_dict())
         emb = torch.randn(4, D)
         for s in (sampler, fresh):
             s.observe(torch.arange(4), embeddings=emb)
@@ -934,7 +941,8 @@ class TestCompactStore:
         emb = torch.randn(16, D)
         stored = []
         for device in (backend.device, "cpu"):
-            sampler = GraftBatchSampler(N, 32, sketch_width=4, feedback_dtype=torch.float16)
+            sampler = GraftBatchSampler(N, 32, sketch_width=4, feedback_dtype=torch.float16,
+                                        warm_start_epochs=1)
             sampler.observe(torch.arange(16), embeddings=emb.to(device))
             assert sampler._recorder.store["embeddings"].device == torch.device(device)
             stored.append(sampler.state_dict()["store"]["embeddings"])
@@ -942,7 +950,8 @@ class TestCompactStore:
 
     def test_loaded_state_cast(self):
         """A float32 state loaded into a float16 sampler is stored in float16."""
-        fresh = GraftBatchSampler(N, 32, fraction=0.3, feedback_dtype=torch.float16)
+        fresh = GraftBatchSampler(N, 32, fraction=0.3, feedback_dtype=torch.float16,
+                                  warm_start_epochs=1)
         fresh.load_state_dict(_observed().state_dict())
         assert fresh.state_dict()["store"]["embeddings"].dtype == torch.float16
 
@@ -970,7 +979,7 @@ def _ddp_worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3)
+        sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3, warm_start_epochs=1)
         emb, logits, targets = _feedback()
         mine = torch.arange(rank, N, world)  # each rank observes only its own share
         sampler.observe(mine, embeddings=emb[mine], logits=logits[mine], targets=targets[mine])
@@ -989,7 +998,8 @@ def _merge_worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3, refit_every=2)
+        sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3, refit_every=2,
+                                    warm_start_epochs=1)
         emb, logits, targets = _feedback()
         mine = torch.arange(rank, N, world)
         sampler.observe(mine, embeddings=emb[mine], logits=logits[mine], targets=targets[mine])
@@ -1062,10 +1072,10 @@ class TestDistributed:
         shares = []
         for rank in range(4):
             sampler = GraftBatchSampler(N, 7, fraction=0.3, features=X, num_replicas=4,
-                                        rank=rank)
+                                        rank=rank, warm_start_epochs=1)
             sampler.set_epoch(1)
             shares.append(_flat(sampler))
         assert len({len(s) for s in shares}) == 1
-        whole = GraftBatchSampler(N, 7, fraction=0.3, features=X)
+        whole = GraftBatchSampler(N, 7, fraction=0.3, features=X, warm_start_epochs=1)
         whole.set_epoch(1)
         assert set().union(*shares) == set(_flat(whole))

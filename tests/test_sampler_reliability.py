@@ -18,7 +18,8 @@ SCRIPTS = Path(__file__).parent / "frameworks"
 
 
 def _observed(n=N, **kwargs):
-    sampler = GraftBatchSampler(n, **{"batch_size": 16, "fraction": 0.3, **kwargs})
+    sampler = GraftBatchSampler(n, **{"warm_start_epochs": 1,
+                                      "batch_size": 16, "fraction": 0.3, **kwargs})
     g = torch.Generator().manual_seed(0)
     sampler.observe(torch.arange(n), embeddings=torch.randn(n, D, generator=g),
                     logits=torch.randn(n, C, generator=g),
@@ -76,7 +77,7 @@ class TestLoadStateDict:
         source.set_epoch(1)
         list(source)
         state = source.state_dict()
-        target = GraftBatchSampler(N, 16, fraction=0.3)
+        target = GraftBatchSampler(N, 16, fraction=0.3, warm_start_epochs=1)
         target.load_state_dict(state)
         expected = list(target)
         state["subset"][:] = 0
@@ -118,14 +119,14 @@ class TestLoadStateDict:
         """A state saved before the rejection counts were kept loads, with none pending."""
         state = _observed().state_dict()
         del state["rejected"]
-        resumed = GraftBatchSampler(N, 32, fraction=0.3)
+        resumed = GraftBatchSampler(N, 32, fraction=0.3, warm_start_epochs=1)
         resumed.load_state_dict(state)
         assert int(resumed.state_dict()["rejected"].sum()) == 0
 
     def test_not_a_dict(self):
         """A non-dict state is a TypeError."""
         with pytest.raises(TypeError, match="expects the dict"):
-            GraftBatchSampler(N, 8).load_state_dict([1, 2])
+            GraftBatchSampler(N, 8, warm_start_epochs=1).load_state_dict([1, 2])
 
 
 class TestReplicasWithoutProcessGroup:
@@ -142,7 +143,7 @@ class TestReplicasWithoutProcessGroup:
         plans = []
         for rank in range(2):
             sampler = GraftBatchSampler(N, 16, fraction=0.3, features=X, num_replicas=2,
-                                        rank=rank)
+                                        rank=rank, warm_start_epochs=1)
             sampler.set_epoch(1)
             plans.append(sampler._plan().tolist())
         assert plans[0] == plans[1]
@@ -151,21 +152,21 @@ class TestReplicasWithoutProcessGroup:
 class TestObserveInputs:
     def test_complex_rejected(self):
         """Item 7: complex feedback is rejected and nothing is stored."""
-        sampler = GraftBatchSampler(N, 16)
+        sampler = GraftBatchSampler(N, 16, warm_start_epochs=1)
         with pytest.raises(TypeError, match="complex"):
             sampler.observe(torch.arange(4), embeddings=torch.randn(4, 2, dtype=torch.cfloat))
         assert sampler.state_dict()["store"] == {}
 
     def test_bool_targets_rejected(self):
         """Bool targets are a TypeError, not labels 0 and 1."""
-        sampler = GraftBatchSampler(N, 16)
+        sampler = GraftBatchSampler(N, 16, warm_start_epochs=1)
         with pytest.raises(TypeError, match="integer class labels"):
             sampler.observe(torch.arange(4), embeddings=torch.randn(4, 2),
                             logits=torch.randn(4, 2), targets=torch.tensor([1, 0, 1, 0]) > 0)
 
     def test_sparse_inputs_rejected(self):
         """Sparse embeddings or targets are a TypeError at the call, nothing is staged."""
-        sampler = GraftBatchSampler(N, 16)
+        sampler = GraftBatchSampler(N, 16, warm_start_epochs=1)
         with pytest.raises(TypeError, match=r"'embeddings' is a torch\.sparse_coo tensor"):
             sampler.observe(torch.arange(4), embeddings=torch.randn(4, 2).to_sparse())
         with pytest.raises(TypeError, match=r"'targets' is a torch\.sparse_coo tensor"):
@@ -176,7 +177,7 @@ class TestObserveInputs:
 
     def test_integer_logits_rejected(self):
         """Integer logits are a TypeError at the call, not a failure at the recording."""
-        sampler = GraftBatchSampler(N, 16)
+        sampler = GraftBatchSampler(N, 16, warm_start_epochs=1)
         with pytest.raises(TypeError, match="'logits' must be floating point"):
             sampler.observe(torch.arange(4), embeddings=torch.randn(4, 2),
                             logits=torch.ones(4, 3, dtype=torch.int64),
@@ -185,7 +186,7 @@ class TestObserveInputs:
 
     def test_meta_tensors_rejected(self):
         """Meta tensors (no data) are rejected with a clear message."""
-        sampler = GraftBatchSampler(N, 16)
+        sampler = GraftBatchSampler(N, 16, warm_start_epochs=1)
         with pytest.raises(ValueError, match="meta tensor"):
             sampler.observe(torch.arange(4), embeddings=torch.empty(4, 2, device="meta"))
         with pytest.raises(ValueError, match="meta tensor"):
@@ -200,26 +201,27 @@ class TestOddArguments:
         """Item 10: shuffle='False' or drop_last='no' are TypeErrors naming the flag."""
         with pytest.raises(TypeError, match=f"'{name}' parameter of GraftBatchSampler must be "
                                             "a bool"):
-            GraftBatchSampler(N, 8, **{name: value})
+            GraftBatchSampler(N, 8, **{"warm_start_epochs": 1, name: value})
 
     def test_numpy_int_data_source(self):
         """GraftBatchSampler(np.int64(5), 1) is a 5-sample sampler."""
-        sampler = GraftBatchSampler(np.int64(5), 1)
+        sampler = GraftBatchSampler(np.int64(5), 1, warm_start_epochs=1)
         assert sampler.n_samples == 5 and len(sampler) == 5
 
     def test_bool_data_source_message(self):
         """data_source=True is reported as a bool, not as 'length True'."""
         with pytest.raises(TypeError, match="Got True instead"):
-            GraftBatchSampler(True, 4)
+            GraftBatchSampler(True, 4, warm_start_epochs=1)
 
     def test_short_targets_with_features_callable(self):
         """targets= shorter than the dataset is rejected at construction."""
         with pytest.raises(ValueError, match=r"one label per sample, shape \(120,\)"):
-            GraftBatchSampler(N, 8, features=lambda idx: (idx, idx), targets=torch.zeros(10))
+            GraftBatchSampler(N, 8, features=lambda idx: (idx, idx), targets=torch.zeros(10),
+                              warm_start_epochs=1)
 
     def test_one_sample_dataset_selected_epoch(self):
         """A 1-sample dataset trains its sample in a selected epoch."""
-        sampler = GraftBatchSampler(1, 1)
+        sampler = GraftBatchSampler(1, 1, warm_start_epochs=1)
         sampler.observe(torch.tensor([0]), embeddings=torch.randn(1, 3),
                         logits=torch.randn(1, 2), targets=torch.tensor([1]))
         sampler.set_epoch(1)
@@ -229,7 +231,7 @@ class TestOddArguments:
 class TestBudgetWarning:
     def test_overshoot_warns(self):
         """Item 9: the at-least-one-per-chunk rule moving the budget > 10% warns."""
-        sampler = GraftBatchSampler(60, 8, fraction=1e-9)
+        sampler = GraftBatchSampler(60, 8, fraction=1e-9, warm_start_epochs=1)
         sampler.observe(torch.arange(60), embeddings=torch.randn(60, 3))
         sampler.set_epoch(1)
         with pytest.warns(UserWarning, match="at least one sample"):
@@ -238,7 +240,7 @@ class TestBudgetWarning:
 
     def test_overshoot_warns_once(self):
         """The sampler's warning replaces the selector's: one warning per refit, not two."""
-        sampler = GraftBatchSampler(60, 8, fraction=1e-9)
+        sampler = GraftBatchSampler(60, 8, fraction=1e-9, warm_start_epochs=1)
         sampler.observe(torch.arange(60), embeddings=torch.randn(60, 3))
         sampler.set_epoch(1)
         with warnings.catch_warnings(record=True) as caught:

@@ -98,7 +98,7 @@ class TestRefitSchedule:
 class TestSamplerSchedule:
     def test_default_is_the_budget(self):
         """By default refits are spaced by max_overhead=0.05 and the report says why."""
-        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, warm_start_epochs=1)
         assert sampler.refit_every is None and sampler.max_overhead == 0.05
         _observe_all(sampler)
         list(sampler)  # epoch 0 (warm start) is timed
@@ -110,7 +110,7 @@ class TestSamplerSchedule:
 
     def test_expensive_refits_are_spaced(self):
         """When an epoch trains in far less time than a refit, the subset is reused."""
-        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, warm_start_epochs=1)
         clock = FakeClock()
         sampler._planner.schedule.clock = clock
         _observe_all(sampler)
@@ -126,7 +126,8 @@ class TestSamplerSchedule:
 
     def test_fixed_refit_every_overrides(self):
         """refit_every=1 refits every epoch, whatever the timings."""
-        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, refit_every=1)
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, refit_every=1,
+                                    warm_start_epochs=1)
         _observe_all(sampler)
         for epoch in (1, 2, 3):
             sampler.set_epoch(epoch)
@@ -136,7 +137,7 @@ class TestSamplerSchedule:
 
     def test_resume_keeps_the_decisions(self):
         """A loaded state plans the same refit epochs as the run that saved it."""
-        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, warm_start_epochs=1)
         clock = FakeClock()
         sampler._planner.schedule.clock = clock
         _observe_all(sampler)
@@ -146,7 +147,7 @@ class TestSamplerSchedule:
         list(sampler)
         state = sampler.state_dict()
         assert state["refit_epochs"] == [1] and state["next_refit"] == 1 + MAX_INTERVAL
-        resumed = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        resumed = GraftBatchSampler(N, 20, fraction=0.25, seed=0, warm_start_epochs=1)
         resumed.load_state_dict(state)
         resumed.set_epoch(2)
         assert torch.equal(resumed._plan(), _plan_at(sampler, 2))
@@ -159,7 +160,7 @@ class TestSamplerSchedule:
     ])
     def test_bad_schedule_state_named(self, bad, match):
         """A state with a malformed schedule raises and leaves the sampler unchanged."""
-        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, warm_start_epochs=1)
         state = {**sampler.state_dict(), "refit_epochs": [1], "next_refit": 2, **bad}
         with pytest.raises((ValueError, TypeError), match=match):
             sampler.load_state_dict(state)
@@ -169,7 +170,7 @@ class TestSamplerSchedule:
     def test_bad_max_overhead(self, value):
         """max_overhead outside (0, 1] is refused, naming the parameter."""
         with pytest.raises((ValueError, TypeError), match="'max_overhead' parameter"):
-            GraftBatchSampler(N, 20, max_overhead=value)
+            GraftBatchSampler(N, 20, max_overhead=value, warm_start_epochs=1)
 
 
 def _plan_at(sampler, epoch):
@@ -194,7 +195,7 @@ class TestRefitThreads:
 
         monkeypatch.setattr(selector_module.GraftSelector, "fit", spy)
         before = (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()])
-        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, warm_start_epochs=1)
         _observe_all(sampler)
         sampler.set_epoch(1)
         list(sampler)
@@ -216,7 +217,7 @@ def _ranks_worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0)
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, warm_start_epochs=1)
         clock = FakeClock()
         sampler._planner.schedule.clock = clock
         _observe_all(sampler)

@@ -30,7 +30,8 @@ def setup():
     data = TensorDataset(torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    sampler = GraftBatchSampler(len(data), batch_size=32, fraction=0.3, seed=0)
+    sampler = GraftBatchSampler(len(data), batch_size=32, fraction=0.3, seed=0,
+                                warm_start_epochs=1)
     sampler.watch(model)  # an unmodified model: its last Linear is hooked
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     return accelerator, data, model, sampler, optimizer
@@ -85,7 +86,8 @@ def main(mode, out):
             if len(batches) == 5:
                 break
         state = sampler.state_dict()
-        fresh = GraftBatchSampler(len(data), batch_size=32, fraction=0.3, seed=0)
+        fresh = GraftBatchSampler(len(data), batch_size=32, fraction=0.3, seed=0,
+                                warm_start_epochs=1)
         fresh.load_state_dict(state)
         fresh_loader = prepare_data_loader(accelerator, DataLoader(data, batch_sampler=fresh))
         fresh_loader.set_epoch(3)  # the same epoch keeps the resume position

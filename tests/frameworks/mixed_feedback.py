@@ -16,7 +16,7 @@ from graft_select.sampler import GraftBatchSampler
 def worker(rank, out, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    sampler = GraftBatchSampler(200, 10, fraction=0.3)
+    sampler = GraftBatchSampler(200, 10, fraction=0.3, warm_start_epochs=1)
     mine = torch.arange(rank, 200, 2)
     kwargs = {"embeddings": torch.randn(len(mine), 4)}
     if rank == 0:
