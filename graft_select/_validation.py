@@ -180,8 +180,8 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
     except TypeError as exc:
         raise TypeError(
             f"'{name}' of {owner} must be an array (NumPy, pandas, scipy.sparse, torch, "
-            f"CuPy or dask), got a {type(X).__name__}; convert it first, e.g. "
-            f"np.asarray({name})."
+            f"CuPy or dask), got an object of type {type(X).__name__}; convert it first, "
+            f"e.g. np.asarray({name})."
         ) from exc
     ndim = X.ndim
     if ndim < min_ndim or (max_ndim is not None and ndim > max_ndim):
@@ -224,7 +224,7 @@ def _as_array_like(X, name, owner):
     if hint is not None:
         raise TypeError(
             f"'{name}' of {owner} must be an array-like of shape (n_samples, n_features), "
-            f"got a {type(X).__name__}; {hint}."
+            f"got an object of type {type(X).__name__}; {hint}."
         )
     return X
 
