@@ -117,6 +117,17 @@ class TestWeights:
         messages = [str(w.message) for w in caught if "chunk_size / k" in str(w.message)]
         assert len(messages) == 1 and re.search(r"\bchunk 1\b", messages[0]), messages
 
+    def test_f19_torch_weights_stay_torch(self, rng):
+        """F19: the fallback weights of torch input are a torch tensor, like the others."""
+        torch = pytest.importorskip("torch")
+        X = torch.from_numpy(rng.standard_normal((100, 3)))
+        selector, _ = _caught(GraftSelector(0.2, chunk_size=50, random_state=0).fit, X,
+                              gradients=torch.zeros((100, 4), dtype=torch.float64))
+        assert isinstance(selector.sample_weight_, torch.Tensor)
+        k = torch.as_tensor(selector.subset_sizes_)
+        expected = torch.repeat_interleave(50 / k, k).to(torch.float64)
+        torch.testing.assert_close(selector.sample_weight_, expected)
+
     def test_f19_merge_and_reduce_fit(self, rng):
         """F19: the merge-and-reduce fit (chunk_size=None) falls back alike."""
         X = rng.standard_normal((5000, 3))
