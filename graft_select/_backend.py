@@ -35,6 +35,7 @@ __all__ = [
     "scale_by_power_of_two",
     "single_threaded",
     "solve_triangular",
+    "sparse_tensor_layout",
     "to_numpy",
     "torch_cpu_view",
 ]
@@ -125,6 +126,18 @@ def host_float_dtype(dtype, xp):
 def is_meta(x):
     """True for a torch tensor on the meta device (a shape without values)."""
     return array_api_compat.is_torch_array(x) and x.device.type == "meta"
+
+
+def sparse_tensor_layout(x):
+    """The layout of a sparse torch tensor (``"torch.sparse_coo"``, ...), else None.
+
+    The kernels compute on dense (strided) tensors only; scipy.sparse matrices are
+    recognised by :func:`is_sparse`.
+    """
+    if not array_api_compat.is_torch_array(x):
+        return None
+    layout = str(x.layout)
+    return None if layout == "torch.strided" else layout
 
 
 def is_numpy(xp):

@@ -12,7 +12,8 @@ a feedback store and `_dask` block by block):
 4. ``subset_sizes``: one size per chunk, from those errors or by the fraction;
 5. ``pick``: each chunk's order prefix plus its uniform picks;
 6. ``selected_indices`` and ``chunk_weights``: the fitted rows and (without
-   gradients) their weights.
+   gradients) their weights; with gradients, ``checked_weights`` replaces
+   all-zero least-squares weights and says which chunks' weights are degenerate.
 
 Host NumPy on small arrays (one entry per chunk). Nothing here reads or sets an
 estimator's attributes: what a function needs is in its arguments, and what it
@@ -239,3 +240,56 @@ def chunk_weights(chunk_sizes, local):
     """Weights without gradients: ``chunk_size / k`` for each of a chunk's ``k`` rows."""
     counts = np.array([len(lo) for lo in local], dtype=np.int64)
     return np.repeat(chunk_sizes / counts, counts).astype(np.float64)
+
+
+def checked_weights(weights, chunk_sizes, local, owner):
+    """Least-squares weights made usable, and warning texts: ``(weights, messages)``.
+
+    A chunk whose weights are all 0 (its mean gradient is zero, or orthogonal to
+    its picks' gradients) would train nothing under a weighted loss: its rows get
+    ``chunk_size / k`` instead, as without gradients, and the first message names
+    those chunks. A chunk whose weights sum to a negative number gets a message
+    too (the weights stay: they are the least-squares coefficients).
+    """
+    weights = np.array(weights, dtype=np.float64)
+    counts = np.array([len(lo) for lo in local], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    zero = [c for c in range(len(local))
+            if counts[c] and not np.any(weights[starts[c]:starts[c] + counts[c]])]
+    for c in zero:
+        weights[starts[c]:starts[c] + counts[c]] = chunk_sizes[c] / counts[c]
+    messages = []
+    if zero:
+        messages.append(
+            f"The least-squares weights of {_chunk_list(zero)} of {owner} are all 0: the "
+            f"chunk's mean gradient is zero (for example all-zero or cancelling gradient "
+            f"rows) or orthogonal to its selected rows' gradients, and a loss weighted by "
+            f"them would train nothing. Their rows get chunk_size / k in sample_weight_ "
+            f"instead, as without gradients; check the gradients, or fit without them."
+        )
+    totals = np.add.reduceat(weights, starts) if weights.size else weights
+    negative = [int(c) for c in np.flatnonzero((totals < 0) & (counts > 0))]
+    if negative:
+        c = negative[0]
+        messages.append(
+            f"The weights of {_chunk_list(negative)} of {owner} sum to a negative number "
+            f"(chunk {c}: {totals[c]:.3g} for {int(chunk_sizes[c])} rows). sample_weight_ "
+            f"holds least-squares coefficients, which degenerate gradients (zero, "
+            f"cancelling or linearly dependent rows) can make negative, and a loss weighted "
+            f"by them would be pushed up on these chunks. To train on the subset, use "
+            f"chunk_size / k per row (fit without gradients) or clip sample_weight_ at 0."
+        )
+    return weights, messages
+
+
+def _chunk_list(chunks, shown=5):
+    """Chunk numbers in words: ``chunk 3``, ``chunks 0 and 1``, ``chunks 0, 1, 2 and 4``,
+    ``chunks 0, 1, 2, 3, 4 and 7 more``."""
+    chunks = [int(c) for c in chunks]
+    if len(chunks) == 1:
+        return f"chunk {chunks[0]}"
+    if len(chunks) == 2:
+        return f"chunks {chunks[0]} and {chunks[1]}"
+    if len(chunks) <= shown:
+        return f"chunks {', '.join(map(str, chunks[:-1]))} and {chunks[-1]}"
+    return f"chunks {', '.join(map(str, chunks[:shown]))} and {len(chunks) - shown} more"

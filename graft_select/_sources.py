@@ -10,8 +10,11 @@ This module imports torch; only the sampler's parts import it.
 
 import time
 
+import numpy as np
 import torch
 
+from ._backend import is_sparse
+from ._validation import check_dense_tensor, check_real_host
 from .gradients import FactoredGradients
 
 __all__ = ["CallableFeatures", "FixedFeatures", "ObservedFeedback", "feature_source"]
@@ -122,8 +125,37 @@ def feature_source(features, recorder, *, batch_size, targets):
 
 
 def check_features(features, n_samples):
-    """The ``features`` array as a finite tensor of shape (n_samples, n_features)."""
-    features = torch.as_tensor(features)
+    """The ``features`` array as a finite tensor of shape (n_samples, n_features).
+
+    Accepts what ``torch.as_tensor`` takes (tensors, NumPy arrays, nested lists)
+    and pandas DataFrames (their values, numeric columns only); sparse input
+    (scipy.sparse, sparse torch layouts) is a TypeError saying how to densify it.
+    """
+    owner = "GraftBatchSampler"
+    if is_sparse(features):
+        raise TypeError(
+            f"'features' of {owner} is a scipy.sparse matrix; the sampler indexes its "
+            f"rows as a torch tensor, so pass features.toarray() (or a dense tensor)."
+        )
+    check_dense_tensor(features, "features", owner)
+    if hasattr(features, "dtypes") or isinstance(features, (np.ndarray, list, tuple)):
+        check_real_host(features, "features", owner)  # names text, date, complex columns
+    if hasattr(features, "dtypes") and hasattr(features, "to_numpy"):  # a DataFrame
+        features = features.to_numpy(copy=True)  # by position, not by index or label
+        if features.dtype == object:
+            features = features.astype(np.float64)
+    try:
+        features = torch.as_tensor(features)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(
+            f"'features' of {owner} must be an array of real numbers of shape "
+            f"(n_samples, n_features), got a {type(features).__name__} ({exc})."
+        ) from exc
+    if features.is_complex():
+        raise TypeError(
+            f"'features' of {owner} must hold real numbers, got dtype {features.dtype}; "
+            f"convert it, e.g. torch.view_as_real(features).flatten(1)."
+        )
     if features.ndim != 2 or features.shape[0] != n_samples:
         raise ValueError(f"The 'features' array of GraftBatchSampler must have shape "
                          f"({n_samples}, n_features), got {tuple(features.shape)}.")

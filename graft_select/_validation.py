@@ -7,6 +7,8 @@ Parameter errors follow scikit-learn's shape::
 Data errors say what was found and what to do about it.
 """
 
+import collections.abc
+import math
 import numbers
 
 import numpy as np
@@ -16,6 +18,7 @@ from ._backend import (
     host_float_dtype,
     is_meta,
     is_sparse,
+    sparse_tensor_layout,
     to_numpy,
 )
 
@@ -24,6 +27,7 @@ __all__ = [
     "as_array",
     "check_array",
     "check_bool",
+    "check_dense_tensor",
     "check_finite",
     "check_int",
     "check_no_bool_numbers",
@@ -170,7 +174,15 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
             f"'{name}' of {owner} is a meta tensor, which holds no values; pass a tensor "
             f"on a real device (cpu, cuda, ...)."
         )
-    xp, _ = get_namespace(X)
+    check_dense_tensor(X, name, owner)
+    try:
+        xp, _ = get_namespace(X)
+    except TypeError as exc:
+        raise TypeError(
+            f"'{name}' of {owner} must be an array (NumPy, pandas, scipy.sparse, torch, "
+            f"CuPy or dask), got an object of type {type(X).__name__}; convert it first, "
+            f"e.g. np.asarray({name})."
+        ) from exc
     ndim = X.ndim
     if ndim < min_ndim or (max_ndim is not None and ndim > max_ndim):
         if max_ndim == min_ndim:
@@ -208,7 +220,38 @@ def _as_array_like(X, name, owner):
         raise TypeError(
             f"'{name}' of {owner} must be an array, got a {type(X).__name__} ({X!r})."
         )
+    hint = _container_hint(X, name)
+    if hint is not None:
+        raise TypeError(
+            f"'{name}' of {owner} must be an array-like of shape (n_samples, n_features), "
+            f"got an object of type {type(X).__name__}; {hint}."
+        )
     return X
+
+
+def _container_hint(X, name):
+    """How to turn a container that is not an array (dict, set, iterator) into one, or None."""
+    if hasattr(X, "shape") or hasattr(X, "__array__"):
+        return None
+    if isinstance(X, collections.abc.Mapping):
+        return (f"for a dict of columns pass pandas.DataFrame({name}) or "
+                f"np.column_stack(list({name}.values()))")
+    if isinstance(X, collections.abc.Iterator):
+        return f"an iterator is read only once: pass np.asarray(list({name}))"
+    if isinstance(X, collections.abc.Set):
+        return f"a set has no row order: pass an array, e.g. np.asarray(sorted({name}))"
+    return None
+
+
+def check_dense_tensor(X, name, owner):
+    """Raise a TypeError naming ``name`` if X is a sparse torch tensor (COO, CSR, ...)."""
+    layout = sparse_tensor_layout(X)
+    if layout is not None:
+        raise TypeError(
+            f"'{name}' of {owner} is a sparse torch tensor (layout {layout}), which the "
+            f"kernels cannot compute with; pass {name}.to_dense() (it stays on its device), "
+            f"or a scipy.sparse CSR matrix for host data."
+        )
 
 
 def as_array(X):
@@ -225,7 +268,13 @@ def check_rows(n, y, owner):
     """Raise a ValueError unless there are 2 rows or more, and y (if given) has n."""
     if n < 2:
         raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
-    if y is not None and n_rows(y, "y") != n:
+    rows = None if y is None else n_rows(y, "y")
+    if isinstance(rows, numbers.Real) and math.isnan(rows):  # a dask array
+        raise ValueError(
+            f"'y' of {owner} is a dask array with unknown chunk sizes (NaN in y.chunks, as "
+            f"after boolean indexing); call y = y.compute_chunk_sizes() first."
+        )
+    if y is not None and rows != n:
         raise ValueError(
             f"'y' has {n_rows(y)} rows but X has {n}; pass one target per row of X."
         )
@@ -257,6 +306,7 @@ def check_real_host(X, name, owner):
         X = _as_array_like(X, name, owner) if isinstance(X, (list, tuple)) else X
         kinds = [getattr(getattr(X, "dtype", None), "kind", "f")]
         convert = X.astype if hasattr(X, "astype") else None
+    _check_no_dates(X, kinds, name, owner)
     if "c" in kinds:  # a ValueError, as scikit-learn's estimator checks expect
         raise ValueError(
             f"Complex data not supported: '{name}' of {owner} must hold real numbers; "
@@ -271,6 +321,21 @@ def check_real_host(X, name, owner):
             f"'{name}' of {owner} must hold real numbers, got non-numeric values ({exc}); "
             f"encode text columns as numbers first."
         ) from exc
+
+
+def _check_no_dates(X, kinds, name, owner):
+    """Raise a TypeError naming the datetime or timedelta columns of host data."""
+    if not set(kinds) & set("Mm"):
+        return
+    if hasattr(X, "columns"):
+        columns = [c for c, k in zip(X.columns, kinds) if k in "Mm"]
+        found = f"datetime or timedelta columns {', '.join(repr(c) for c in columns)}"
+        fix = (f"convert them to numbers first, e.g. {name}[{columns[0]!r}] = "
+               f"{name}[{columns[0]!r}].astype('int64') (nanoseconds), or drop them")
+    else:
+        found = f"datetime or timedelta values (dtype {X.dtype})"
+        fix = f"convert them to numbers first, e.g. {name}.astype('int64')"
+    raise TypeError(f"'{name}' of {owner} must hold real numbers, got {found}; {fix}.")
 
 
 def check_finite(X, name, owner, xp, *, total=None):

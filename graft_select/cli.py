@@ -9,6 +9,7 @@ indices. Errors in the input or the options end in one line on stderr, starting 
 """
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -56,10 +57,30 @@ def _fraction(text):
     return value
 
 
+def _chunk_size(text):
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 2, got {text}")
+    return value
+
+
+_MAX_SEED = 2**32 - 1  # GraftSelector's random_state range
+
+
+def _seed(text):
+    value = int(text)
+    if not 0 <= value <= _MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer in [0, {_MAX_SEED}], got {text}")
+    return value
+
+
 # Type names shown by argparse in "invalid <name> value" messages.
 _positive_int.__name__ = "positive int"
 _non_negative_int.__name__ = "non-negative int"
 _fraction.__name__ = "fraction"
+_chunk_size.__name__ = "chunk size"
+_seed.__name__ = "seed"
 
 
 def build_parser():
@@ -167,37 +188,45 @@ def _add_select_command(commands):
         description="Run GraftSelector on FEATURES (.npy; .npz, first array unless --key; "
                     ".csv, where the first line is a header only with --header, or by "
                     "default when every cell of it is non-numeric text; blank lines and a "
-                    "UTF-8 byte-order mark are ignored) and write the selected row indices "
-                    "to OUTPUT (.npy, or one index per line for .txt and .csv).",
+                    "UTF-8 byte-order mark are ignored; a CSV written by pandas with its "
+                    "index needs --index-column) and write the selected row indices "
+                    "to OUTPUT (.npy, or one index per line for .txt and .csv), which must "
+                    "not be an input file unless --force is given.",
     )
     select.add_argument("features", metavar="FEATURES", help="feature file, one row per sample")
     select.add_argument("--gradients", metavar="FILE",
                         help="per-sample gradient proxies, same rows as FEATURES")
-    select.add_argument("--fraction", type=float, required=True, metavar="F",
+    select.add_argument("--fraction", type=_fraction, required=True, metavar="F",
                         help="share of the rows to keep, in (0, 1]")
-    select.add_argument("--chunk-size", "--batch-size", dest="chunk_size", type=int,
+    select.add_argument("--chunk-size", "--batch-size", dest="chunk_size", type=_chunk_size,
                         metavar="B",
                         help="select per chunk of B consecutive rows (default: all rows at "
                              "once up to 4096, else equal chunks of at most 4096 rows, which "
                              "keeps the cost linear in the number of rows); every chunk "
                              "keeps at least one row, and a warning says when that moves "
                              "the total by more than 10%%")
-    select.add_argument("--n-components", type=int, metavar="R",
+    select.add_argument("--n-components", type=_positive_int, metavar="R",
                         help="rank of the low-rank features (default: automatic)")
     select.add_argument("--strategy", choices=("graft", "uniform"), default="graft",
                         help="graft (default) or the uniform baseline")
-    select.add_argument("--seed", type=int, default=0, metavar="S",
-                        help="random seed (default: 0)")
+    select.add_argument("--seed", type=_seed, default=0, metavar="S",
+                        help=f"random seed, in [0, {_MAX_SEED}] (default: 0)")
     header = select.add_mutually_exclusive_group()
     header.add_argument("--header", dest="header", action="store_true", default=None,
                         help="CSV files have a header row (skipped)")
     header.add_argument("--no-header", dest="header", action="store_false",
                         help="CSV files have no header row: the first line is data")
+    select.add_argument("--index-column", action="store_true",
+                        help="the first column of the CSV files is a row index, as pandas "
+                             "writes it by default (df.to_csv(path)): skip it")
     select.add_argument("--key", metavar="NAME", help="array name in a FEATURES .npz file")
     select.add_argument("--gradients-key", metavar="NAME",
                         help="array name in a --gradients .npz file")
     select.add_argument("--output", "-o", required=True, metavar="OUT",
                         help="where to write the indices (.npy, .txt or .csv)")
+    select.add_argument("--force", action="store_true",
+                        help="write OUTPUT even when it is the FEATURES or --gradients file "
+                             "(the indices replace it)")
     select.set_defaults(handler=_run_select)
 
 
@@ -224,14 +253,18 @@ def _fail(exc):
 # -------------------------------------------------------------------------- select
 
 
-def read_array(path, *, key=None, name="FEATURES", header=None):
+def read_array(path, *, key=None, name="FEATURES", header=None, index_column=False):
     """Read a 2-D float array from .npy, .npz or .csv; raise CommandError on bad input.
 
     ``header`` (CSV only): True skips the first non-blank line, False reads it as
-    data, None applies the default rule of `_read_csv`.
+    data, None applies the default rule of `_read_csv`. ``index_column`` (CSV
+    only): the first column is a row index, dropped.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise CommandError(f"{name} {str(path)!r} is a directory; pass a file (.npy, .npz "
+                           f"or .csv).")
     if suffix not in _FEATURE_SUFFIXES:
         raise CommandError(f"{name} file {str(path)!r} has an unsupported type "
                            f"{suffix or '(none)'!r}; use .npy, .npz or .csv.")
@@ -242,7 +275,7 @@ def read_array(path, *, key=None, name="FEATURES", header=None):
                            f"an .npz file.")
     try:
         if suffix == ".csv":
-            X = _read_csv(path, header)
+            X = _read_csv(path, header, index_column)
         else:
             _check_magic(path, suffix, name)
             X = np.load(path, allow_pickle=False)
@@ -286,14 +319,18 @@ def _npz_member(archive, key, path):
 _MISSING = {"", "na", "n/a", "nan", "null", "none", "-"}
 
 
-def _read_csv(path, header=None):
+def _read_csv(path, header=None, index_column=False):
     """Read a numeric CSV file; ``header`` True/False, or None for the default rule.
 
     Default rule: the first non-blank line is a header only if every one of its
     cells is non-numeric text (not a number and not a missing-value marker such
-    as NA); a first line like ``NA,2,3`` or ``id,2,3`` is data, and a non-numeric
-    cell in it is reported with its line number. A UTF-8 byte-order mark is
-    ignored and blank lines are skipped; reported line numbers are the file's.
+    as NA), or if its first cell is empty and the others are such text (pandas'
+    header over its index column); a first line like ``NA,2,3`` or ``id,2,3`` is
+    data, and a non-numeric cell in it is reported with its line number. A
+    header of pandas' shape is an error unless ``index_column`` (which drops the
+    first column): that column holds the row index, not a feature. A UTF-8
+    byte-order mark is ignored and blank lines are skipped; reported line
+    numbers are the file's.
     """
     with open(path, newline="", encoding="utf-8-sig") as handle:
         lines = [(number, text) for number, text in enumerate(handle.read().splitlines(), 1)
@@ -301,32 +338,47 @@ def _read_csv(path, header=None):
     if not lines:
         raise CommandError(f"{str(path)!r} holds no data rows (it is empty or has only "
                            f"blank lines).")
+    cells = [cell.strip() for cell in lines[0][1].split(",")]
+    pandas_index = len(cells) > 1 and cells[0] == "" and all(map(_is_name, cells[1:]))
     if header is None:
-        cells = [cell.strip() for cell in lines[0][1].split(",")]
-        header = all(cell and cell.lower() not in _MISSING and not _is_number(cell)
-                     for cell in cells)
+        header = all(map(_is_name, cells)) or pandas_index
+    if header and pandas_index and not index_column:
+        raise CommandError(f"{str(path)!r} looks written by pandas with its index: the "
+                           f"header's first cell is empty, so the first column holds row "
+                           f"numbers, not a feature. Pass --index-column to skip it, or "
+                           f"write the file with df.to_csv(path, index=False).")
     data = lines[1:] if header else lines
     if not data:
         raise CommandError(f"{str(path)!r} has a header row but no data rows.")
     try:
-        return np.loadtxt([text for _, text in data], delimiter=",", ndmin=2,
-                          dtype=np.float64)
+        X = np.loadtxt([text for _, text in data], delimiter=",", ndmin=2,
+                       dtype=np.float64)
     except ValueError as exc:
-        detail = str(exc).rstrip(".")
-        # NumPy counts data rows from 0 and columns from 1: say file lines
-        found = re.search(r"(could not convert string .*) at row (\d+), column (\d+)", detail)
-        if found:
-            line = data[int(found.group(2))][0]
-            detail = f"{found.group(1)} on line {line}, column {found.group(3)}"
-        ragged = re.search(r"number of columns changed from (\d+) to (\d+) at row (\d+)", detail)
-        if ragged:  # NumPy counts this row from 1
-            line = data[int(ragged.group(3)) - 1][0]
-            detail = (f"line {line} has {ragged.group(2)} columns where earlier lines have "
-                      f"{ragged.group(1)}")
-        hint = ("every cell after the header row must be a number" if header else
-                "every cell must be a number (pass --header if the first line is a header)")
-        raise CommandError(f"{str(path)!r} is not a numeric CSV file: {detail}; "
-                           f"{hint}.") from exc
+        raise _csv_error(path, data, header, exc) from exc
+    return X[:, 1:] if index_column else X
+
+
+def _is_name(cell):
+    """True for a header cell: non-empty text that is neither a number nor a missing value."""
+    return bool(cell) and cell.lower() not in _MISSING and not _is_number(cell)
+
+
+def _csv_error(path, data, header, exc):
+    """The CommandError for NumPy's ValueError on the data lines ``data``, in file lines."""
+    detail = str(exc).rstrip(".")
+    # NumPy counts data rows from 0 and columns from 1: say file lines
+    found = re.search(r"(could not convert string .*) at row (\d+), column (\d+)", detail)
+    if found:
+        line = data[int(found.group(2))][0]
+        detail = f"{found.group(1)} on line {line}, column {found.group(3)}"
+    ragged = re.search(r"number of columns changed from (\d+) to (\d+) at row (\d+)", detail)
+    if ragged:  # NumPy counts this row from 1
+        line = data[int(ragged.group(3)) - 1][0]
+        detail = (f"line {line} has {ragged.group(2)} columns where earlier lines have "
+                  f"{ragged.group(1)}")
+    hint = ("every cell after the header row must be a number" if header else
+            "every cell must be a number (pass --header if the first line is a header)")
+    return CommandError(f"{str(path)!r} is not a numeric CSV file: {detail}; {hint}.")
 
 
 def _is_number(text):
@@ -358,12 +410,37 @@ def _check_numeric(X, path, name):
 def _check_output(path):
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise CommandError(f"--output {str(path)!r} is a directory; name a file in it, e.g. "
+                           f"{str(path / 'indices.npy')!r}.")
     if suffix not in _OUTPUT_SUFFIXES:
         raise CommandError(f"--output {str(path)!r} has an unsupported type "
                            f"{suffix or '(none)'!r}; use .npy, .txt or .csv.")
     if not path.parent.is_dir():
         raise CommandError(f"the folder of --output {str(path)!r} does not exist.")
     return path
+
+
+def _check_not_an_input(output, inputs, force):
+    """Refuse an OUTPUT that is one of the input files (``inputs``: name -> path).
+
+    Paths are compared after resolving ``.``, ``..`` and links (and by file
+    identity where both exist), so ``./X.npy`` and an absolute path count as
+    ``X.npy``. ``force`` allows it.
+    """
+    if force:
+        return
+    for name, path in inputs.items():
+        if path is not None and _same_file(output, Path(path)):
+            raise CommandError(f"--output {str(output)!r} is the {name} file {str(path)!r}: "
+                               f"writing the indices there would replace its data. Choose "
+                               f"another --output, or pass --force to overwrite it.")
+
+
+def _same_file(a, b):
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 def write_indices(indices, path):
@@ -377,11 +454,18 @@ def write_indices(indices, path):
 
 def _run_select(args):
     output = _check_output(args.output)
-    X = read_array(args.features, key=args.key, header=args.header)
+    _check_not_an_input(output, {"FEATURES": args.features, "--gradients": args.gradients},
+                        args.force)
+    if args.index_column and not any(
+            str(p).lower().endswith(".csv") for p in (args.features, args.gradients) if p):
+        raise CommandError("--index-column was given, but neither FEATURES nor --gradients "
+                           "is a .csv file.")
+    X = read_array(args.features, key=args.key, header=args.header,
+                   index_column=args.index_column)
     gradients = None
     if args.gradients is not None:
         gradients = read_array(args.gradients, key=args.gradients_key, name="gradients",
-                               header=args.header)
+                               header=args.header, index_column=args.index_column)
         if gradients.shape[0] != X.shape[0]:
             raise CommandError(f"--gradients has {gradients.shape[0]} rows but FEATURES has "
                                f"{X.shape[0]}; give one gradient row per sample.")

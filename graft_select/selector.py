@@ -12,6 +12,7 @@ blocks (`_dask.DaskSource`)::
 
 import dataclasses
 import numbers
+import sys
 import time
 import warnings
 from typing import ClassVar
@@ -37,6 +38,7 @@ from ._proxies import FactoredGradients, check_factored
 from ._selection import (
     SelectionParams,
     check_band,
+    checked_weights,
     chunk_bounds,
     chunk_lengths,
     chunk_weights,
@@ -145,14 +147,27 @@ _DOC_ATTRIBUTES = """
         picks last), in the input's namespace and on its device (NumPy for NumPy,
         sparse, pandas and dask input).
     sample_weight_ : float array of shape (n_selected,) or None
-        One weight per selected row: with gradients, the least-squares weights
-        of the chunk's mean gradient on the selected rows times the chunk size
-        (the number of chunk samples a row stands for; they may be negative);
-        without gradients, ``chunk_size / k`` for every row of a chunk. None
-        after ``fit(..., compute_weights=False)``. In a merge-and-reduce fit
-        (``chunk_size=None`` beyond 4096 rows) a "chunk" is a group of the
-        tree, usually all the rows: the weights are those of the group's mean
-        gradient over all its rows, times the group's rows.
+        One weight per selected row. Without gradients, ``chunk_size / k`` for
+        each of a chunk's ``k`` rows (the chunk samples a row stands for; they
+        sum to the chunk's size). With gradients, the least-squares
+        coefficients ``w`` that make ``sum_j w[j] * g[j]`` over the chunk's
+        selected rows closest to the sum of the chunk's gradients (the
+        coefficients of its mean gradient times the chunk size):
+        gradient-matching coefficients, not importance weights. They do not
+        sum to the chunk size, single weights can be negative, and on
+        degenerate gradients (zero, cancelling or linearly dependent rows) a
+        chunk's total can be negative too, which a warning reports. A chunk
+        whose coefficients are all 0 (mean gradient zero) gets ``chunk_size /
+        k`` instead, with a warning. Use them as per-sample loss weights of the
+        subset, e.g. ``model.fit(X[idx], y[idx], sample_weight=w)`` or ``loss
+        = (w * losses).sum() / n_samples`` in torch, for idx =
+        ``sample_indices_`` and w = ``sample_weight_``: the weighted gradient
+        then matches the full data's at the parameters where the gradients
+        were taken, to within ``gradient_error_``. None after ``fit(...,
+        compute_weights=False)``. In a merge-and-reduce fit (``chunk_size=None``
+        beyond 4096 rows) a "chunk" is a group of the tree, usually all the
+        rows: the weights are those of the group's mean gradient over all its
+        rows, times the group's rows.
     gradient_error_ : ndarray of shape (n_chunks,) or None
         Relative error of each chunk's mean gradient when approximated with the
         selected rows and ``sample_weight_``; None when fit without gradients.
@@ -288,11 +303,15 @@ class _GraftBase(BaseEstimator):
         sizes = subset_sizes(params, chunk_sizes, errors, source.with_gradients)
         message = budget_overshoot(sizes, params.fraction, chunk_sizes, owner)
         if message:
-            warnings.warn(message, BudgetWarning, stacklevel=5)  # fit's caller
+            warnings.warn(message, BudgetWarning, stacklevel=_caller_level())
         local = pick(params, chunk_sizes, orders, sizes, rng)
         gradient_error, weights = None, chunk_weights(chunk_sizes, local)
         if source.with_gradients:
             gradient_error, weights = source.picked_errors(chunks, local, compute_weights)
+            if compute_weights:
+                weights, messages = checked_weights(weights, chunk_sizes, local, owner)
+                for message in messages:
+                    warnings.warn(message, UserWarning, stacklevel=_caller_level())
         self._set_fitted(source, params, chunks, chunk_sizes, sizes, local,
                          weights if compute_weights else None, gradient_error)
         self.fit_time_ = time.perf_counter() - start
@@ -538,6 +557,16 @@ StoredGradients, default=None
         -------
         self : GraftSelector
             The fitted selector.
+
+        Warns
+        -----
+        BudgetWarning
+            When the at-least-one-row-per-chunk rule keeps over 10% more rows than
+            the budget.
+        UserWarning
+            With gradients and weights: when a chunk's least-squares weights are all
+            0 (they are replaced by ``chunk_size / k``) or sum to a negative number
+            (see ``sample_weight_``).
         """
         return self._fit(X, y, gradients, compute_weights)
 
@@ -576,8 +605,28 @@ StoredGradients, default=None
         -------
         X_subset : same type as X, of shape (n_selected, n_features)
             The selected rows.
+
+        Warns
+        -----
+        UserWarning
+            When ``y`` is given and rows are dropped: a transformer cannot return
+            ``y``'s selected rows, so a step after it in a Pipeline would get all of
+            ``y``. Use :class:`GraftResampler` in an ``imblearn.pipeline.Pipeline``
+            instead, or ``y[selector.sample_indices_]``.
         """
-        return self.fit(X, y, gradients=gradients).transform(X)
+        X_subset = self.fit(X, y, gradients=gradients).transform(X)
+        k = int(self.sample_indices_.shape[0])
+        if y is not None and k < self.n_samples_fit_:
+            warnings.warn(
+                f"{type(self).__name__}.fit_transform(X, y) returns {k} of the "
+                f"{self.n_samples_fit_} rows of X but cannot return y's: a step after it "
+                f"in a scikit-learn Pipeline gets {k} rows of X and {self.n_samples_fit_} "
+                f"targets and fails ('inconsistent numbers of samples'). In a pipeline, "
+                f"select with GraftResampler as a step of an imblearn.pipeline.Pipeline "
+                f"(fit_resample keeps the same rows of X and y); on its own, take the "
+                f"targets as y[selector.sample_indices_].",
+                UserWarning, stacklevel=_caller_level())
+        return X_subset
 
 
 class GraftResampler(_GraftBase):
@@ -635,6 +684,26 @@ class GraftResampler(_GraftBase):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+# Modules whose frames a warning skips to reach the user's line: the package and
+# scikit-learn's method wrappers (_fit_context, set_output's fit_transform).
+_INTERNAL_MODULES = ("graft_select.", "sklearn.base", "sklearn.utils._set_output")
+
+
+def _caller_level():
+    """The ``stacklevel`` that makes a warning issued by the caller of this function
+    point at the first frame outside graft_select and scikit-learn's wrappers.
+
+    Whatever the door (``fit``, ``fit_transform``, ``fit_resample``, the sampler),
+    the warning then names the user's line, which is also what Python's default
+    filter shows once per location.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+            _INTERNAL_MODULES):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _is_host_like(X):

@@ -204,18 +204,18 @@ class TestSelectErrors:
         _assert_one_line_error(capsys, code, "10 rows")
 
     @pytest.mark.parametrize(("options", "match"), [
-        (["--fraction", "abc"], "invalid float value"),
-        (["--fraction", "1.5"], "fraction"),
-        (["--fraction", "0"], "fraction"),
+        (["--fraction", "abc"], "argument --fraction: invalid fraction value"),
+        (["--fraction", "1.5"], "argument --fraction: must be in (0, 1]"),
+        (["--fraction", "0"], "argument --fraction"),
         (["--strategy", "random"], "invalid choice"),
-        (["--chunk-size", "1"], "chunk_size"),
-        (["--batch-size", "1"], "chunk_size"),
-        (["--n-components", "0"], "n_components"),
-        (["--seed", "x"], "invalid int value"),
+        (["--chunk-size", "1"], "argument --chunk-size/--batch-size: must be an integer of"),
+        (["--batch-size", "1"], "argument --chunk-size/--batch-size"),
+        (["--n-components", "0"], "argument --n-components"),
+        (["--seed", "x"], "argument --seed: invalid seed value"),
         (["--bogus"], "unrecognized arguments"),
     ])
     def test_bad_option(self, tmp_path, X, capsys, options, match):
-        """Bad option values, from argparse or from GraftSelector."""
+        """Bad option values name the option (argparse checks them before GraftSelector)."""
         np.save(tmp_path / "X.npy", X)
         code = self._select(tmp_path, tmp_path / "X.npy", *options)
         _assert_one_line_error(capsys, code, match)
