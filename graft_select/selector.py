@@ -122,7 +122,10 @@ _DOC_PARAMETERS = """
         would only keep extreme ones (for example at small fractions on gradient
         features). With gradients, the order whose prefixes' errors size the
         chunks continues past the MaxVol pivots with rows in a seeded uniform
-        order, like the uniform picks.
+        order, like the uniform picks. In a merge-and-reduce tree
+        (``chunk_size=None`` beyond 4096 rows) the nodes pass on MaxVol pivots
+        only, and the uniform share of a group is drawn from all of the group's
+        rows, not from the tree's candidates.
     gradient_tol : float, default=None
         Relative gradient error each chunk should reach (smallest size in the band
         that reaches it). ``None`` sets the total to the budget and levels the
