@@ -68,6 +68,12 @@ class RefitReport:
         labels; see ``label_noise_guard`` of :class:`GraftBatchSampler`).
     excluded_indices : tuple of int, default=()
         Their dataset indices, lowest probability of the given label first.
+    n_unobserved : int, default=0
+        Candidates never observed before this refit (a partial epoch:
+        ``limit_train_batches``, ``max_steps``, a crash, or a loop that does not
+        call :meth:`~GraftBatchSampler.observe`). They have no feedback, so they
+        are trained as refreshes (up to the budget, counted in ``n_refreshed``),
+        never left to the selection as rows of zeros; the refit warns.
     next_refit_epoch : int or None, default=None
         The epoch of the next refit, as the schedule decided after this one.
     schedule : str, default=""
@@ -101,6 +107,7 @@ class RefitReport:
     gathered_bytes: int = 0
     n_excluded: int = 0
     excluded_indices: tuple = ()
+    n_unobserved: int = 0
     next_refit_epoch: int | None = None
     schedule: str = ""
 
@@ -196,6 +203,28 @@ selector, label_noise_guard :
             return len(self._planned[1])
         if self._full_data(epoch):
             return self.n_samples
+        return self._selected_size()
+
+    def size_runs(self, num_epochs):
+        """``[(plan size, epochs), ...]`` of epochs ``0 .. num_epochs - 1``, grouped: the
+        sizes :meth:`expected_size` gives, in closed form (every selected epoch but the
+        planned one has the same expected size)."""
+        full = num_epochs if self.fraction >= 1.0 else min(num_epochs, self.warm_start_epochs)
+        runs = [(self.n_samples, full), (None, num_epochs - full)]
+        if self._planned is not None and full <= self._planned[0] < num_epochs:
+            runs[1] = (None, runs[1][1] - 1)
+            runs.append((len(self._planned[1]), 1))
+        if runs[1][1] > 0:
+            runs[1] = (self._selected_size(), runs[1][1])
+        return [(size, count) for size, count in runs if count > 0]
+
+    def refit_due(self, epoch):
+        """Whether ``epoch`` would refit (a selected epoch whose subset is not known yet)."""
+        return not self._full_data(epoch) and self.refit_epoch(epoch) == epoch and not (
+            self.subset_epoch == epoch)
+
+    def _selected_size(self):
+        """Plan size of a selected epoch: the subset's, or before a refit the budget's."""
         if self.subset is not None:
             return len(self.subset)
         budget = self._budget()
@@ -248,7 +277,8 @@ selector, label_noise_guard :
         rejected, n_rejected = self.recorder.report_rejected()
         with single_threaded():  # no thread pool spins on the cores another one needs
             candidates, excluded = self._guard(candidates, budget)
-            refreshed = (self._stalest(candidates, budget) if self.source.refreshes_stale
+            never = self._unobserved(candidates)
+            refreshed = (self._stalest(candidates, budget, never) if self.source.refreshes_stale
                          else torch.zeros(0, dtype=torch.int64))
             chosen, error = self._select(candidates, refreshed, budget, generator)
         subset = torch.cat([refreshed, chosen])
@@ -262,7 +292,8 @@ selector, label_noise_guard :
             n_refreshed=len(refreshed), n_rejected=n_rejected,
             rejected_indices=tuple(rejected.tolist()), gathered_bytes=gathered_bytes,
             n_excluded=len(excluded), excluded_indices=tuple(excluded.tolist()),
-            next_refit_epoch=self.schedule.next_refit, schedule=self.schedule.reason)
+            n_unobserved=never, next_refit_epoch=self.schedule.next_refit,
+            schedule=self.schedule.reason)
         return subset
 
     def _warn_budget(self, size, budget):
@@ -292,12 +323,28 @@ selector, label_noise_guard :
             return candidates, none
         return _without(candidates, excluded, self.n_samples), excluded
 
-    def _stalest(self, candidates, budget):
-        """The least recently observed candidates (never observed first), in a share of budget."""
-        share = round(self.refresh_share * budget)
+    def _unobserved(self, candidates):
+        """Number of candidates never observed (observe-only mode; they have no feedback)."""
+        if not self.source.refreshes_stale:
+            return 0
+        never = int((self.recorder.store.last_seen.cpu()[candidates] < 0).sum())
+        if never:
+            what = ("no sample was observed" if never == len(candidates) else
+                    f"{never} of the {len(candidates)} samples were never observed")
+            warnings.warn(
+                f"GraftBatchSampler refits without feedback for part of the data: {what} "
+                f"(a partial epoch: limit_train_batches, max_steps or an interrupted run; or a "
+                f"loop that does not call observe()). They are trained as refreshes, up to "
+                f"the budget of {self._budget()}, instead of being selected as rows of zeros "
+                f"(last_refit.n_unobserved). Call sampler.observe() after every training "
+                f"batch (GraftCallback does it under Lightning).", UserWarning, stacklevel=6)
+        return never
+
+    def _stalest(self, candidates, budget, never=0):
+        """The least recently observed candidates (never observed first), in a share of
+        budget that holds every never-observed one it can."""
+        share = max(round(self.refresh_share * budget), min(never, budget))
         store = self.recorder.store
-        if not store.observed_any():
-            share = budget
         if share == 0:
             return torch.zeros(0, dtype=torch.int64)
         return store.stalest(candidates, share)

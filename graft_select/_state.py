@@ -16,12 +16,14 @@ import torch
 from ._checks import check_indices
 from ._store import FEEDBACK_NAMES
 
-__all__ = ["check_feedback", "check_state"]
+__all__ = ["check_feedback", "check_sketch", "check_state"]
 
 STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
-              "rejected", "selection_seconds", "refit_epochs", "next_refit"}
+              "rejected", "selection_seconds", "refit_epochs", "next_refit", "batch_size",
+              "num_replicas", "sample_offset", "plan_offset", "sketch_width", "seed", "sketched"}
 # absent from states saved before they were added
-OPTIONAL_KEYS = {"rejected", "refit_epochs", "next_refit"}
+OPTIONAL_KEYS = {"rejected", "refit_epochs", "next_refit", "batch_size", "num_replicas",
+                 "sample_offset", "plan_offset", "sketch_width", "seed", "sketched"}
 
 
 def check_state(state, n_samples):
@@ -58,7 +60,63 @@ def check_state(state, n_samples):
                                if key in state}, n_samples, owner)
     return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
             "subset_epoch": subset_epoch, "selection_seconds": float(seconds),
-            **_check_schedule(state, owner), **feedback}
+            **_check_schedule(state, owner), **_check_position(state, owner),
+            **_check_sketch_keys(state, owner), **feedback}
+
+
+def _check_position(state, owner):
+    """What the state's position counts in: batch size and ranks (None: this sampler's),
+    and the offsets of a pass that itself resumed under other ones (0 otherwise)."""
+    checked = {}
+    for name, low in (("batch_size", 1), ("num_replicas", 1)):
+        value = state.get(name)
+        checked[name] = None if value is None else _state_int(value, name, owner, low=low)
+    for name in ("sample_offset", "plan_offset"):
+        checked[name] = _state_int(state.get(name, 0), name, owner)
+    return checked
+
+
+def _check_sketch_keys(state, owner):
+    """The sketch behind the state's feedback: width, seed and sketched entries (None:
+    a state saved before they were recorded)."""
+    width, seed = state.get("sketch_width"), state.get("seed")
+    sketched = state.get("sketched", [])
+    if not isinstance(sketched, (list, tuple)) or not set(sketched) <= set(FEEDBACK_NAMES):
+        raise ValueError(f"The 'sketched' of the state passed to {owner} must be a list of "
+                         f"some of {list(FEEDBACK_NAMES)}. Got {sketched!r} instead.")
+    return {"sketch_width": None if width is None else _state_int(width, "sketch_width", owner,
+                                                                   low=1),
+            "seed": None if seed is None else _state_int(seed, "seed", owner),
+            "sketched": list(sketched)}
+
+
+def check_sketch(checked, *, sketch_width, seed):
+    """Raise if ``checked`` (a checked state) holds feedback that a sampler with these
+    ``sketch_width`` and ``seed`` would store differently: a sketch of another width or
+    seed (its columns would mix two projections), or unsketched rows it would sketch."""
+    owner = "GraftBatchSampler.load_state_dict"
+    for name, rows in checked["store"].items():
+        width = rows.shape[1]
+        if name in checked["sketched"]:
+            saved_width, saved_seed = checked["sketch_width"], checked["seed"]
+            if saved_width is not None and saved_width != sketch_width:
+                raise ValueError(
+                    f"The state passed to {owner} holds {name!r} sketched to "
+                    f"sketch_width={saved_width}, but this sampler has sketch_width="
+                    f"{sketch_width}: new rows would be stored differently. Build the "
+                    f"sampler with sketch_width={saved_width}.")
+            if saved_seed is not None and saved_seed != seed:
+                raise ValueError(
+                    f"The state passed to {owner} holds {name!r} sketched with seed="
+                    f"{saved_seed}, but this sampler has seed={seed}: the sketch comes from "
+                    f"the seed, so new rows would mix another projection with the loaded ones. "
+                    f"Build the sampler with seed={saved_seed}.")
+        elif sketch_width is not None and width > sketch_width:
+            raise ValueError(
+                f"The state passed to {owner} holds {name!r} unsketched ({width} columns), "
+                f"but this sampler has sketch_width={sketch_width} and would sketch new rows: "
+                f"the two would not mix. Build the sampler with sketch_width=None or at "
+                f"least {width}.")
 
 
 def _check_schedule(state, owner):
@@ -125,10 +183,10 @@ def check_feedback(feedback, n_samples, owner):
             "rejected": rejected.detach().cpu().clone()}
 
 
-def _state_int(value, name, owner):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"The '{name}' of the state passed to {owner} must be an int >= 0. "
-                         f"Got {value!r} instead.")
+def _state_int(value, name, owner, low=0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"The '{name}' of the state passed to {owner} must be an int >= "
+                         f"{low}. Got {value!r} instead.")
     return int(value)
 
 

@@ -9,6 +9,8 @@ optimizer, and wrap the loader with :func:`prepare_data_loader`.
 Importing this module imports accelerate; ``import graft_select`` does not.
 """
 
+from accelerate.data_loader import DataLoaderStateMixin
+from accelerate.state import GradientState
 from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 
@@ -17,11 +19,18 @@ from .sampler import GraftBatchSampler
 __all__ = ["GraftDataLoader", "prepare_data_loader"]
 
 
-class GraftDataLoader:
+class GraftDataLoader(DataLoaderStateMixin):
     """A DataLoader whose batches are moved to the accelerator's device.
 
     Iterates the wrapped DataLoader; its batch sampler keeps control of the
-    epochs (:meth:`set_epoch`) and of the sharding over processes.
+    epochs (:meth:`set_epoch`) and of the sharding over processes. Like
+    accelerate's own loaders it tells accelerate's gradient state when the
+    epoch's last batch is being trained (``end_of_dataloader``), so
+    ``accelerator.accumulate()`` steps the optimizer at the end of every epoch;
+    its :meth:`state_dict` is the sampler's, for
+    ``accelerator.save_state()``; and it answers the DataLoader's attributes
+    (``dataset``, ``batch_sampler``, ``num_workers``, ``collate_fn``, ...), so
+    ``accelerate.skip_first_batches`` and ``len(loader.dataset)`` work.
 
     Parameters
     ----------
@@ -34,7 +43,11 @@ class GraftDataLoader:
     Attributes
     ----------
     sampler : GraftBatchSampler
-        The batch sampler.
+        The batch sampler (also ``batch_sampler``).
+    batch_size : int
+        The sampler's batch size (per process).
+    end_of_dataloader : bool
+        Whether the batch being trained is the pass's last (read by accelerate).
 
     Examples
     --------
@@ -47,18 +60,46 @@ class GraftDataLoader:
     >>> loader = GraftDataLoader(DataLoader(data, batch_sampler=sampler),
     ...                          torch.device("cpu"))
     >>> loader.set_epoch(2)
-    >>> len(loader), loader.sampler.epoch
-    (3, 2)
+    >>> len(loader), loader.sampler.epoch, len(loader.dataset)
+    (3, 2, 12)
     """
 
     def __init__(self, dataloader, device):
         self.dataloader = dataloader
         self.device = device
         self.sampler = dataloader.batch_sampler
+        self.gradient_state = GradientState()
+
+    def __getattr__(self, name):
+        # the wrapped DataLoader's attributes (dataset, num_workers, collate_fn, ...), for
+        # accelerate's skip_first_batches; never the wrapper's own (unpickling)
+        if name.startswith("__") or name in ("dataloader", "sampler", "device"):
+            raise AttributeError(name)
+        return getattr(self.dataloader, name)
+
+    @property
+    def batch_sampler(self):
+        """The GraftBatchSampler (as on the wrapped DataLoader)."""
+        return self.sampler
+
+    @property
+    def batch_size(self):
+        """The sampler's batch size (per process)."""
+        return self.sampler.batch_size
 
     def __iter__(self):
-        for batch in self.dataloader:
-            yield send_to_device(batch, self.device)
+        # end_of_dataloader is set while the pass's last batch is trained, as accelerate's
+        # DataLoaderShard does; the sampler knows the pass's length, so no batch is
+        # fetched ahead of the loop (its resume position stays the loop's)
+        self.begin()
+        try:
+            iterator = iter(self.dataloader)
+            length = self.sampler._pass_length
+            for count, batch in enumerate(iterator, start=1):
+                self.end_of_dataloader = count >= length
+                yield send_to_device(batch, self.device)
+        finally:
+            self.end()
 
     def __len__(self):
         return len(self.dataloader)
@@ -73,13 +114,41 @@ class GraftDataLoader:
         """
         self.sampler.set_epoch(epoch)
 
+    def state_dict(self):
+        """The sampler's state (see :meth:`GraftBatchSampler.state_dict`).
 
-def prepare_data_loader(accelerator, dataloader):
+        ``accelerator.save_state()`` saves it: :func:`prepare_data_loader`
+        registers the loader for checkpointing.
+
+        Returns
+        -------
+        state : dict
+        """
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state):
+        """Restore the sampler's state (see :meth:`GraftBatchSampler.load_state_dict`).
+
+        The next pass resumes where the saved one stopped; a later
+        ``accelerate.skip_first_batches(loader, n)`` must then name the same
+        position (or be left out).
+
+        Parameters
+        ----------
+        state : dict
+            A dictionary returned by :meth:`state_dict`.
+        """
+        self.sampler.load_state_dict(state)
+
+
+def prepare_data_loader(accelerator, dataloader, *, register_for_checkpointing=True):
     """Prepare a DataLoader with a GraftBatchSampler for ``accelerator``.
 
     Use it instead of passing the loader to ``accelerator.prepare()``: each
     process gets a disjoint, equal share of one common plan (the sampler's own
-    sharding) and epochs advance with ``loader.set_epoch(epoch)``.
+    sharding) and epochs advance with ``loader.set_epoch(epoch)``. The loader
+    is registered for checkpointing, so ``accelerator.save_state()`` and
+    ``load_state()`` keep the sampler's feedback, epoch and position.
 
     Parameters
     ----------
@@ -87,6 +156,10 @@ def prepare_data_loader(accelerator, dataloader):
         The accelerator (its ``device`` receives the batches).
     dataloader : torch.utils.data.DataLoader
         A DataLoader with ``batch_sampler=GraftBatchSampler(...)``.
+    register_for_checkpointing : bool, default=True
+        Call ``accelerator.register_for_checkpointing(loader)`` (skipped when the
+        loader's sampler is registered already). Pass False to register it
+        yourself.
 
     Returns
     -------
@@ -110,4 +183,15 @@ def prepare_data_loader(accelerator, dataloader):
         raise TypeError("prepare_data_loader expects a torch DataLoader built with "
                         "batch_sampler=GraftBatchSampler(...); pass other loaders to "
                         "accelerator.prepare().")
-    return GraftDataLoader(dataloader, accelerator.device)
+    loader = GraftDataLoader(dataloader, accelerator.device)
+    if register_for_checkpointing and not _registered(accelerator, loader.sampler):
+        accelerator.register_for_checkpointing(loader)
+    return loader
+
+
+def _registered(accelerator, sampler):
+    """Whether ``sampler`` (or a GraftDataLoader over it) is registered for checkpointing."""
+    for obj in getattr(accelerator, "_custom_objects", ()):
+        if obj is sampler or (isinstance(obj, GraftDataLoader) and obj.sampler is sampler):
+            return True
+    return False

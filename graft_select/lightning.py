@@ -68,6 +68,8 @@ class GraftCallback(pl.Callback):
         self.layer = layer
         self.targets = targets
         self._capture = None
+        self._loaded = False  # whether a checkpoint gave the sampler its state
+        self._first_epoch = True  # no epoch of the current fit started yet
 
     # ------------------------------------------------------------------ setup
 
@@ -93,6 +95,7 @@ class GraftCallback(pl.Callback):
                 "around a DistributedSampler and shard the data twice. Pass "
                 "use_distributed_sampler=False to lightning.Trainer: GraftBatchSampler shards "
                 "each epoch over the ranks itself.")
+        self._first_epoch = True
         _plan_steps_with(trainer)
         self._capture = self.sampler.watch(pl_module, layer=self.layer)
 
@@ -124,6 +127,8 @@ class GraftCallback(pl.Callback):
         pl_module : lightning.LightningModule
             The module being trained.
         """
+        self._check_loader(trainer)
+        self._check_resume(trainer)
         self.sampler.set_epoch(trainer.current_epoch)
         if trainer.limit_train_batches != 1.0:
             return  # the user caps the epoch; Lightning's own count is then the right one
@@ -183,10 +188,54 @@ class GraftCallback(pl.Callback):
         """
         state = state_dict["sampler"]
         self.sampler.load_state_dict(state)
+        self._loaded = True
         # A checkpoint taken after the epoch's last batch resumes at the next epoch:
         # Lightning creates that epoch's iterator before any epoch hook runs.
-        if state["batches_yielded"] >= len(self.sampler):
+        batches, start, _ = self.sampler._pass_batches()
+        if start >= len(batches):
             self.sampler.set_epoch(state["epoch"] + 1)
+
+    # ------------------------------------------------------------- diagnosis
+
+    def _check_loader(self, trainer):
+        """Raise, naming the cause, when the training loader does not batch with the sampler."""
+        combined = getattr(trainer.fit_loop, "_combined_loader", None)
+        loaders = [] if combined is None else list(combined.flattened)
+        found = [getattr(loader, "batch_sampler", None) for loader in loaders]
+        if any(batch_sampler is self.sampler for batch_sampler in found):
+            return
+        kinds = ", ".join(type(b).__name__ if b is not None else type(loader).__name__
+                          for b, loader in zip(found, loaders)) or "no DataLoader"
+        if any(isinstance(b, GraftBatchSampler) for b in found):
+            cause = ("another GraftBatchSampler than the callback's"
+                     + (": train_dataloader() built a new one at a reload "
+                        "(reload_dataloaders_every_n_epochs); build the sampler once, give it "
+                        "to GraftCallback and return loaders over that same sampler"
+                        if trainer.reload_dataloaders_every_n_epochs else
+                        "; pass the loader's sampler to GraftCallback"))
+        else:
+            cause = (f"a {kinds}, not the callback's sampler; build the loader with "
+                     "DataLoader(dataset, batch_sampler=sampler)")
+        raise ValueError(
+            f"GraftCallback's GraftBatchSampler is not the batch sampler of the training "
+            f"DataLoader at epoch {trainer.current_epoch}: the loader batches with {cause}. "
+            f"The callback records feedback for the batches its sampler hands out, so it "
+            f"would record none.")
+
+    def _check_resume(self, trainer):
+        """Raise when resuming a checkpoint that holds no state of this callback."""
+        first, self._first_epoch = self._first_epoch, False
+        if (not first or self._loaded or trainer.ckpt_path is None
+                or self.sampler.epoch == trainer.current_epoch
+                or self.sampler._iteration is None):
+            return
+        raise ValueError(
+            f"GraftCallback: resuming the checkpoint {trainer.ckpt_path} at epoch "
+            f"{trainer.current_epoch}, but it holds no GraftCallback state (it was saved "
+            f"without the callback), so the GraftBatchSampler knows neither the epoch nor its "
+            f"feedback, and Lightning already started iterating it at epoch "
+            f"{self.sampler.epoch}. Resume from a checkpoint saved with GraftCallback among "
+            f"the callbacks, or start the run afresh.")
 
 
 def _plan_steps_with(trainer):
@@ -203,8 +252,8 @@ def _plan_steps_with(trainer):
             return base.fget(self)
         sampler = callbacks[0].sampler
         accumulate = self.accumulate_grad_batches
-        steps = sum(math.ceil(sampler._epoch_batches(epoch) / accumulate)
-                    for epoch in range(self.max_epochs))
+        steps = sum(math.ceil(batches / accumulate) * count  # closed form: no loop over epochs
+                    for batches, count in sampler._batch_runs(self.max_epochs))
         return min(steps, self.max_steps) if self.max_steps != -1 else steps
 
     trainer.__class__ = type(cls.__name__, (cls,), {

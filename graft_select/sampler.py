@@ -14,7 +14,9 @@ parameters, its state and the sharding over ranks. It hands the rest to its part
 This module imports torch; nothing in graft_select imports it back.
 """
 
+import itertools
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -28,7 +30,7 @@ from ._iteration import BatchIterator, LastLayerCapture, refuse_accelerate_wrapp
 from ._planner import EpochPlanner, RefitReport
 from ._recorder import FeedbackRecorder
 from ._sources import check_features, feature_source
-from ._state import check_state
+from ._state import check_sketch, check_state
 from ._store import FEEDBACK_DTYPES
 from ._validation import check_bool, check_int, check_real
 from .selector import GraftSelector
@@ -171,10 +173,15 @@ class GraftBatchSampler(Sampler[list[int]]):
             max_overhead, warm_start_epochs, selector, drop_last, shuffle, seed, targets,
             refresh_share, feature_batch_size, feedback_dtype, sketch_width, label_noise_guard))
         self._ranks = _Ranks(num_replicas, rank)
+        _check_drop_last(vars(self), self._ranks.known_replicas() or 1)
         self.epoch = 0
         self._recorder, self._planner = _parts(self)
-        self._resume = None  # batches to skip at the first iteration after load_state_dict
+        # (plan offset, samples, num_replicas) to skip at the first iteration after
+        # load_state_dict; see _pass_batches
+        self._resume = None
         self._iteration = None  # the current pass (a BatchIterator)
+        self._pass_offsets = (0, 0)  # (plan offset, sample offset) of the current pass
+        self._pass_length = 0  # batches the current pass hands out
 
     @property
     def selection_size(self):
@@ -263,6 +270,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         """Set the epoch of the next iteration (call it before each epoch).
 
         The current epoch changes nothing (a loaded resume position is kept).
+        A loop that iterates the sampler again after a full pass without
+        calling it gets a warning when the next epoch would have refitted.
 
         Parameters
         ----------
@@ -271,7 +280,7 @@ class GraftBatchSampler(Sampler[list[int]]):
             warm-start, refit and reuse epochs.
         """
         epoch = check_int(epoch, "epoch", "GraftBatchSampler.set_epoch", low=0)
-        self._ranks.resolve()
+        _check_drop_last(vars(self), self._ranks.resolve()[0])
         if epoch != self.epoch:
             self._resume = None
             self._iteration = None
@@ -286,6 +295,8 @@ class GraftBatchSampler(Sampler[list[int]]):
 
         Warm-start epochs count the full data, selected epochs the current subset
         or, before the first refit, the budget: a learning-rate schedule's length.
+        The epochs after the warm start plan alike, so this is a closed form
+        (``total_batches(10**8)`` costs what ``total_batches(4)`` does).
 
         Parameters
         ----------
@@ -298,7 +309,13 @@ class GraftBatchSampler(Sampler[list[int]]):
         """
         num_epochs = check_int(num_epochs, "num_epochs", "GraftBatchSampler.total_batches",
                                low=0)
-        return sum(self._epoch_batches(epoch) for epoch in range(num_epochs))
+        return sum(batches * count for batches, count in self._batch_runs(num_epochs))
+
+    def _batch_runs(self, num_epochs):
+        """``[(batches, epochs), ...]``: this rank's planned batches per epoch over epochs
+        ``0 .. num_epochs - 1``, grouped (see total_batches)."""
+        return [(self._batches_of(size), count)
+                for size, count in self._planner.size_runs(num_epochs)]
 
     def _epoch_batches(self, epoch):
         """Batches this rank yields in ``epoch`` (planned size; see total_batches)."""
@@ -306,12 +323,83 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         refuse_accelerate_wrapper()
-        batches = _plan.split_batches(self._shard(self._plan()), self.batch_size,
-                                      self.drop_last)
-        start = 0 if self._resume is None else min(self._resume, len(batches))
+        self._warn_if_epoch_repeats()
+        skip = _accelerate_skip(self)
+        batches, start, offsets = self._pass_batches(skip)
         self._resume = None
+        self._pass_offsets = offsets
         self._iteration = BatchIterator(batches, start, self._recorder)
-        return self._iteration
+        self._pass_length = len(batches) - start  # batches this pass hands out
+        if not skip:
+            return self._iteration
+        # accelerate's skip_first_batches drops the first `skip` batches it gets: they go
+        # out as placeholders, never as handed-out batches (observe() would pair with them)
+        return itertools.chain((batch.tolist() for batch in batches[:skip]), self._iteration)
+
+    def _pass_batches(self, skip=None):
+        """``(batches, start, (plan_offset, sample_offset))`` of the coming pass.
+
+        ``batches`` is this rank's share, cut into batches, of the epoch's plan
+        from ``plan_offset`` on, from sample ``sample_offset`` of that share;
+        ``start`` batches of it are skipped (a resume position, or accelerate's
+        ``skip``). Without a resume the offsets are 0 and ``start`` is too.
+        """
+        plan_offset, samples = self._resume_offsets()
+        restored = (plan_offset, samples)
+        if skip is not None and restored not in ((0, 0), (0, skip * self.batch_size)):
+            raise ValueError(
+                f"accelerate's skip_first_batches(loader, {skip}) skips {skip} batches of a "
+                f"GraftBatchSampler that already resumes at another position ({samples} "
+                f"samples into the epoch, restored by load_state_dict or "
+                f"accelerator.load_state). The sampler resumes by itself: iterate the loader "
+                f"without skip_first_batches, or pass the number of batches it had trained.")
+        if skip is not None:
+            samples = skip * self.batch_size
+        plan = self._plan()
+        plan = plan[min(plan_offset, len(plan)):]
+        share = self._shard(plan)
+        samples = min(samples, len(share))
+        if samples % self.batch_size == 0:  # the pass's own batches, from a batch boundary
+            batches = _plan.split_batches(share, self.batch_size, self.drop_last)
+            self._check_batches(batches, share)
+            return batches, min(samples // self.batch_size, len(batches)), (plan_offset, 0)
+        # a position saved under another batch size: the rest of the share, from there
+        batches = _plan.split_batches(share[samples:], self.batch_size, self.drop_last)
+        return batches, 0, (plan_offset, samples)
+
+    def _resume_offsets(self):
+        """``(plan_offset, samples)`` of the loaded resume position in this sampler's terms."""
+        if self._resume is None:
+            return 0, 0
+        plan_offset, samples, num_replicas = self._resume
+        if num_replicas is None or num_replicas == self.num_replicas:
+            return plan_offset, samples
+        # another world size: the ranks consumed the first samples * num_replicas
+        # entries of the plan from plan_offset (each rank every num_replicas-th one)
+        return plan_offset + samples * num_replicas, 0
+
+    def _check_batches(self, batches, share):
+        if self.drop_last and not batches and len(share):
+            raise ValueError(
+                f"GraftBatchSampler with drop_last=True yields no batch in epoch {self.epoch}: "
+                f"this rank's share of the plan is {len(share)} samples, fewer than "
+                f"batch_size={self.batch_size}. Lower 'batch_size', raise 'fraction' (now "
+                f"{self.fraction}), or pass drop_last=False.")
+
+    def _warn_if_epoch_repeats(self):
+        """Warn when a full pass is followed by another at the same epoch, a refit being due."""
+        previous = self._iteration
+        if (previous is None or not previous.batches or previous.position < len(previous.batches)
+                or not self._planner.refit_due(self.epoch + 1)):
+            return
+        warnings.warn(
+            f"GraftBatchSampler is iterated again at epoch {self.epoch} after a full pass: "
+            f"set_epoch() was not called, so the epoch repeats (the same batches, in the same "
+            f"order) and the refit due at epoch {self.epoch + 1} never happens. Call "
+            f"sampler.set_epoch(epoch) before each epoch; with Lightning, add "
+            f"graft_select.lightning.GraftCallback(sampler) to the Trainer's callbacks "
+            f"(Lightning does not call set_epoch on a batch sampler).", UserWarning,
+            stacklevel=3)
 
     def _plan(self):
         """The current epoch's plan (dataset indices in training order)."""
@@ -326,26 +414,33 @@ class GraftBatchSampler(Sampler[list[int]]):
         return _plan.batch_count(share, self.batch_size, self.drop_last)
 
     def state_dict(self):
-        """Everything needed to resume mid-epoch with the same remaining batches.
+        """Everything needed to resume mid-epoch with the same remaining samples.
 
         Holds the epoch, the batches the loop consumed (observed ones when it
-        observes, else handed-out ones), the current subset, and the recorded
-        feedback: one row per sample of each kind observed, the last-seen epochs
-        and the rejected rows not yet reported (so a resumed run reports them).
-        50,000 samples with 512-d embeddings and 10 classes take about 104 MB.
+        observes, else handed-out ones) with the ``batch_size`` and
+        ``num_replicas`` they count in, the current subset, the recorded
+        feedback (one row per sample of each kind observed, the last-seen epochs
+        and the rejected rows not yet reported, so a resumed run reports them),
+        and the ``sketch_width`` and ``seed`` that shaped it. 50,000 samples with
+        512-d embeddings and 10 classes take about 104 MB.
 
         Returns
         -------
         state : dict
             Tensors on the CPU and plain numbers; save it with ``torch.save``.
         """
-        return {"epoch": self.epoch, "batches_yielded": self._position(),
-                **self._planner.state(), **self._recorder.state()}
+        return {"epoch": self.epoch, **self._position(), **self._planner.state(),
+                **self._recorder.state(), "sketch_width": self.sketch_width,
+                "seed": self.seed, "sketched": [name for name in self._recorder.store
+                                                if self._recorder.store.sketched(name)]}
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output; the next iteration resumes mid-epoch.
 
         It is checked whole before anything is written; its tensors are copied.
+        A state saved under another ``batch_size`` or number of ranks resumes at
+        the same sample of the epoch's plan: the remaining samples are cut into
+        batches of this sampler's ``batch_size`` and shared over its ranks.
 
         Parameters
         ----------
@@ -355,21 +450,36 @@ class GraftBatchSampler(Sampler[list[int]]):
         Raises
         ------
         ValueError or TypeError
-            If the state is not one of a sampler over a dataset of this size
-            (the sampler is left unchanged).
+            If the state is not one of a sampler over a dataset of this size,
+            or its feedback was sketched with another ``sketch_width`` or
+            ``seed`` (the sampler is left unchanged).
         """
         checked = check_state(state, self.n_samples)
+        check_sketch(checked, sketch_width=self.sketch_width, seed=self.seed)
         # first: it raises, having changed nothing, for rows feedback_dtype cannot hold
         self._recorder.load(checked)
         self._planner.load(checked)
         self.epoch = checked["epoch"]
-        self._resume = checked["batches_yielded"]
+        batch_size = checked["batch_size"] or self.batch_size
+        self._resume = (checked["plan_offset"],
+                        checked["sample_offset"] + checked["batches_yielded"] * batch_size,
+                        checked["num_replicas"])
         self._iteration = None
 
     def _position(self):
+        """The resume position: the state's batches_yielded and what they count in."""
         if self._iteration is not None:
-            return self._iteration.resume_position()
-        return self._resume or 0
+            plan_offset, samples = self._pass_offsets
+            batches = self._iteration.resume_position()
+            num_replicas = self.num_replicas
+        elif self._resume is not None:
+            (plan_offset, samples, num_replicas), batches = self._resume, 0
+        else:
+            plan_offset = samples = batches = 0
+            num_replicas = self._ranks.known_replicas()
+        return {"batches_yielded": batches, "batch_size": self.batch_size,
+                "num_replicas": num_replicas, "sample_offset": samples,
+                "plan_offset": plan_offset}
 
 
 # ------------------------------------------------------------------------ helpers
@@ -392,6 +502,46 @@ def _parts(sampler):
         seed=sampler.seed, refresh_share=sampler.refresh_share, selector=sampler.selector,
         label_noise_guard=sampler.label_noise_guard, max_overhead=sampler.max_overhead)
     return recorder, planner
+
+
+def _accelerate_skip(sampler):
+    """``skip_batches`` of accelerate's SkipBatchSampler iterating ``sampler``, or None.
+
+    ``accelerate.skip_first_batches(loader, n)`` (its mid-epoch resume) wraps the
+    loader's batch sampler in a SkipBatchSampler that drops the first ``n``
+    batches it is given; the sampler then starts its pass at batch ``n`` itself.
+    """
+    module = sys.modules.get("accelerate.data_loader")
+    wrapper = getattr(module, "SkipBatchSampler", None)
+    if wrapper is None:
+        return None
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, wrapper) and owner.batch_sampler is sampler:
+            return int(owner.skip_batches)
+        frame = frame.f_back
+    return None
+
+
+def _check_drop_last(parameters, num_replicas):
+    """Raise when drop_last leaves an epoch without a batch (an epoch that trains nothing)."""
+    n, batch_size = parameters["n_samples"], parameters["batch_size"]
+    if not parameters["drop_last"]:
+        return
+    fraction = parameters["fraction"]
+    budget = n if fraction >= 1.0 else max(1, round(fraction * n))
+    share = budget // num_replicas
+    if share >= batch_size:
+        return
+    which = "the full data" if fraction >= 1.0 else f"fraction={fraction} of {n} samples"
+    raise ValueError(
+        f"GraftBatchSampler with drop_last=True would yield no batch: {which} is {budget} "
+        f"samples per epoch, {share} per rank over {num_replicas} rank(s), fewer than "
+        f"batch_size={batch_size}. Lower 'batch_size', raise 'fraction' to at least "
+        f"{min(1.0, batch_size * num_replicas / n):.3g}, or pass drop_last=False.")
 
 
 def _renamed_chunk_size(chunk_size, selection_size):
@@ -499,6 +649,10 @@ class _Ranks:
         if self._resolved is None:
             self._resolved = _replicas(*self._given)
         return self._resolved
+
+    def known_replicas(self):
+        """num_replicas if known without reading torch.distributed now, else None."""
+        return self._resolved[0] if self._resolved is not None else self._given[0]
 
 
 def _check_replica_args(num_replicas, rank):
