@@ -171,6 +171,31 @@ class TestSkippedObserve:
         _assert_attributed(sampler, model.embed(X))
 
 
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_f01_after_torchdata_restore(self, num_workers):
+        """A StatefulDataLoader resumed mid-epoch: observe() still finds each batch."""
+        stateful = pytest.importorskip("torchdata.stateful_dataloader")
+        X, _, model, sampler = _setup()
+        data = TensorDataset(X)
+        loader = stateful.StatefulDataLoader(data, batch_sampler=sampler,
+                                             num_workers=num_workers)
+        iterator = iter(loader)
+        for _ in range(3):
+            model(next(iterator)[0])
+            sampler.observe()
+        state = loader.state_dict()
+        _, _, _, fresh = _setup()
+        fresh.watch(model)
+        loader2 = stateful.StatefulDataLoader(data, batch_sampler=fresh,
+                                              num_workers=num_workers)
+        loader2.load_state_dict(state)
+        for step, (x,) in enumerate(loader2):
+            model(x)
+            if step != 1:
+                fresh.observe()
+        assert int(_assert_attributed(fresh, model.embed(X)).sum()) == N - B
+
+
 class TestOutOfOrderLoader:
     def test_f02_out_of_order_workers_raise(self):
         """DataLoader(num_workers=2, in_order=False): observe() without indices raises."""
