@@ -38,14 +38,26 @@ def check_labels(value, n, *, subject="'targets'", flatten=False):
     if labels.layout != torch.strided:
         raise TypeError(f"{subject} is a {labels.layout} tensor; pass a dense one "
                         "(.to_dense()).")
-    if flatten:
+    given = tuple(labels.shape)
+    if flatten and labels.numel() == n:  # (b, 1) columns of labels
         labels = labels.reshape(-1)
     if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"{subject} must hold one label per sample, shape ({n},). Got shape "
-                         f"{tuple(labels.shape)} instead.")
+        hint = ""
+        if flatten and labels.ndim == 2 and labels.shape[0] == n:
+            hint = (" One column per class looks like one-hot or multi-label targets: pass "
+                    "one-hot rows as class labels (targets.argmax(1)); for multi-label (or "
+                    "any other) losses pass per-sample gradient proxies as gradients= "
+                    "instead of logits and targets.")
+        raise ValueError(f"{subject} must hold one label per sample, shape "
+                         f"({n},). Got shape {given} instead.{hint}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        hint = "convert them with .long()"
+        if flatten:
+            hint = ("observe() takes class labels (cross-entropy): convert class labels "
+                    "with .long(); for regression or other losses pass per-sample gradient "
+                    "proxies as gradients= instead of logits and targets")
         raise TypeError(f"{subject} must hold integer class labels. Got dtype {labels.dtype} "
-                        "instead; convert them with .long().")
+                        f"instead; {hint}.")
     return labels
 
 
@@ -105,4 +117,11 @@ def _checked_rows(value, name, n):
     if value.ndim != 2 or value.shape[0] != n:
         raise ValueError(f"'{name}' must have one row per index ({n}), got shape "
                          f"{tuple(value.shape)}.")
+    if value.shape[1] == 0:
+        raise ValueError(f"'{name}' has shape {tuple(value.shape)}: no columns. Pass at "
+                         f"least one column per row (the {_WHAT[name]}).")
     return value
+
+
+_WHAT = {"embeddings": "penultimate-layer features", "logits": "model's outputs",
+         "gradients": "per-sample gradient proxies"}

@@ -7,11 +7,13 @@ This module imports torch; only the sampler and its parts import it.
 import collections
 import numbers
 import sys
+import weakref
 
 import torch
 
-__all__ = ["BatchIterator", "LastLayerCapture"]
+from ._watch import LastLayerCapture
 
+__all__ = ["BatchIterator", "LastLayerCapture"]
 
 
 class BatchIterator:
@@ -42,6 +44,13 @@ class BatchIterator:
         self.observed_any = False
         self.pending = collections.deque()
         self._distinct = None
+        loader = _loader_iterator()  # the DataLoader iterator this pass runs under, if any
+        self._loader = None if loader is None else weakref.ref(loader)
+        self.unordered = loader is not None and (
+            getattr(loader, "_in_order", True) is False and loader._num_workers > 0)
+        self._baseline = None  # (position, loader's yielded count) at the first batch
+        self._consumer = None  # (id, code) of the frame that pulled the latest batch
+        self._last_received = None  # received() at the previous observe() without indices
 
     @property
     def distinct(self):
@@ -63,6 +72,7 @@ class BatchIterator:
     def __next__(self):
         if self.position >= len(self.batches):
             raise StopIteration
+        self._note_consumer(sys._getframe(1))
         batch = self.batches[self.position]
         self.pending.append(self.position)
         self.position += 1
@@ -74,6 +84,81 @@ class BatchIterator:
     def resume_position(self):
         """Batches the loop consumed: observed ones if it observes, else handed-out ones."""
         return self.consumed if self.observed_any else self.position
+
+    def _note_consumer(self, frame):
+        """Remember the frame that pulls batches: the first one outside the DataLoader."""
+        while frame is not None and frame.f_globals.get("__name__", "").startswith(
+                ("torch.utils.data", "torchdata")):
+            frame = frame.f_back
+        self._consumer = None if frame is None else (id(frame), frame.f_code)
+        if self._baseline is None and self._loader is not None:
+            loader = self._loader()
+            if loader is not None:  # the loader counts from here (a restored one: not from 0)
+                self._baseline = (self.position, loader._num_yielded)
+
+    def received(self):
+        """Batches of the pass that reached the training loop (or a wrapper around the loader).
+
+        A DataLoader with workers fetches ahead: its batches reach the loop when
+        it yields them, in order, and it counts them.
+        """
+        loader = None if self._loader is None else self._loader()
+        if loader is None or self._baseline is None:
+            return self.position
+        first, yielded = self._baseline
+        return min(self.position, first + loader._num_yielded - yielded)
+
+    def locate(self):
+        """Depth in ``pending`` of the batch the training loop is on (observe() without indices).
+
+        The loop is on the latest batch it received. Batches it received before
+        and did not observe were skipped: they are consumed, nothing recorded.
+        Behind a wrapper that fetches ahead of the loop (Lightning's fetcher, a
+        generator), received batches may not have reached the loop yet: the
+        oldest one is then the one trained, unless two or more batches arrived
+        since the last observe() (a skipped batch looks the same), which raises.
+        """
+        if self.unordered:
+            raise ValueError(
+                "observe() without 'indices' cannot tell which batch the training loop is "
+                "on: the DataLoader runs workers with in_order=False, so it yields batches "
+                "in the order they are ready, not the order GraftBatchSampler handed them "
+                "out. Pass the batch's indices to observe() (a dataset can return each "
+                "sample's index), or keep in_order=True (the default).")
+        received = self.received()
+        depths = [depth for depth, position in enumerate(self.pending) if position < received]
+        if not depths:
+            raise ValueError(
+                "observe() without 'indices' records the batch the training loop received "
+                "last, and every batch it received was observed already: observe each "
+                "batch once, after its forward pass, or pass indices=.")
+        depth = 0
+        if len(depths) > 1:
+            if self._consumed_here():  # the loop pulls batches itself: it is on the latest
+                depth = depths[-1]
+            elif self._last_received is not None and received - self._last_received >= 2:
+                raise ValueError(
+                    f"observe() without 'indices' cannot tell which batch the training loop "
+                    f"is on: {received - self._last_received} batches reached the loop since "
+                    "the last observe() through a wrapper that fetches ahead of it, so a "
+                    "batch whose observe() was skipped and a batch fetched ahead look the "
+                    "same. Call observe() for every batch, or pass indices=.")
+        self._last_received = received
+        return depth
+
+    def _consumed_here(self):
+        """Whether the frame that pulled the latest batch is running observe() (no wrapper)."""
+        if self._consumer is None:
+            return False
+        frame_id, code = self._consumer
+        frame = sys._getframe(2)
+        for _ in range(256):
+            if frame is None:
+                return False
+            if id(frame) == frame_id and frame.f_code is code:
+                return True
+            frame = frame.f_back
+        return False
 
     def take_pending(self):
         """The oldest handed-out batch not yet observed (for observe() without indices)."""
@@ -139,6 +224,7 @@ class BatchIterator:
         self.position = self.consumed = int(position)
         self.pending.clear()
         self.observed_any = False
+        self._baseline = self._last_received = None  # the loader counts from its restored step
 
 
 class LiveFeedback:
@@ -157,83 +243,6 @@ class LiveFeedback:
         return self.snapshot()
 
 
-class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
-    """Forward hook that keeps the latest input and output of one linear layer.
-
-    Returned by :meth:`GraftBatchSampler.watch`; :meth:`remove` detaches it.
-    The kept tensors are detached (no copy, no host transfer).
-
-    Parameters
-    ----------
-    layer : torch.nn.Module
-        The hooked layer (normally the ``torch.nn.Linear`` producing logits).
-
-    Attributes
-    ----------
-    inputs, outputs : tensor or None
-        The layer's input (embeddings) and output (logits) at the latest
-        forward pass not yet recorded by :meth:`GraftBatchSampler.observe`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from graft_select.sampler import GraftBatchSampler
-    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(),
-    ...                             torch.nn.Linear(3, 2))
-    >>> sampler = GraftBatchSampler(10, batch_size=5, targets=torch.arange(10) % 2)
-    >>> capture = sampler.watch(model)
-    >>> batch = next(iter(sampler))
-    >>> _ = model(torch.randn(5, 4))
-    >>> tuple(capture.inputs.shape), tuple(capture.outputs.shape)
-    ((5, 3), (5, 2))
-    >>> sampler.observe()  # this batch's indices, embeddings, logits and targets
-    >>> sorted(sampler.state_dict()["store"])
-    ['embeddings', 'residuals']
-    """
-
-    def __init__(self, layer):
-        self.layer = layer
-        self.inputs = self.outputs = None
-        self._handle = layer.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output):
-        self.inputs = inputs[0].detach()
-        self.outputs = output.detach()
-
-    __module__ = "graft_select.sampler"
-
-    def take(self):
-        """The latest (embeddings, logits), cleared so they are never used twice.
-
-        Returns
-        -------
-        embeddings, logits : tensor or None
-            Input and output of the hooked layer at the latest forward pass
-            (None before any forward pass since the last call).
-        """
-        values = (self.inputs, self.outputs)
-        self.inputs = self.outputs = None
-        return values
-
-    def remove(self):
-        """Remove the forward hook."""
-        self._handle.remove()
-
-
-def last_linear(model):
-    """The last ``torch.nn.Linear`` registered in ``model`` (the head of most classifiers)."""
-    if isinstance(model, torch.nn.Linear):
-        return model
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"The 'model' argument of GraftBatchSampler.watch must be a "
-                        f"torch.nn.Module. Got {type(model).__name__} instead.")
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no torch.nn.Linear layer to watch; pass "
-                         "the layer that maps embeddings to logits as 'layer='.")
-    return layers[-1]
-
-
 def refuse_accelerate_wrapper():
     """Raise if accelerate's wrappers iterate the sampler (called by its ``__iter__``)."""
     wrapper = _accelerate_wrapper()
@@ -244,6 +253,22 @@ def refuse_accelerate_wrapper():
             "to accelerator.prepare(); prepare the model and optimizer only and wrap the "
             "loader with graft_select.accelerate.prepare_data_loader(accelerator, loader) "
             "(GraftBatchSampler shards over the processes itself).")
+
+
+def _loader_iterator():
+    """The DataLoader iterator whose creation or reset called the sampler's ``__iter__``."""
+    base = getattr(sys.modules.get("torch.utils.data.dataloader"), "_BaseDataLoaderIter", None)
+    if base is None:
+        return None
+    frame = sys._getframe(2)
+    for _ in range(16):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, base):
+            return owner
+        frame = frame.f_back
+    return None
 
 
 def _accelerate_wrapper():

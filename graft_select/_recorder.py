@@ -17,10 +17,10 @@ import warnings
 import torch
 
 from ._checks import check_batch, check_indices
-from ._iteration import LastLayerCapture, last_linear
 from ._merge import merge
 from ._state import check_feedback
 from ._store import FeedbackStore
+from ._watch import LastLayerCapture, check_watched
 
 __all__ = ["FeedbackRecorder"]
 
@@ -60,37 +60,41 @@ class FeedbackRecorder:
         ``iteration`` is the current pass (a BatchIterator) or None; ``epoch`` is
         stamped as the rows' last-seen epoch.
         """
-        if gradients is None:
-            captured = embeddings is None and logits is None and self.capture is not None
-            if captured:  # the watched layer's latest forward pass
-                embeddings, logits = self.capture.inputs, self.capture.outputs
-            if self._observe_like_last(iteration, epoch, indices, embeddings, logits, targets):
-                if captured:
-                    self.capture.take()
-                return
-            if captured:  # the general path reads them again, and checks them
-                embeddings = logits = None
+        if gradients is not None and logits is not None:
+            raise ValueError(
+                "observe() got both 'gradients' and 'logits': a sample's gradient proxies "
+                "come from one or the other. Pass gradients= alone (explicit per-sample "
+                "gradients), or logits= and targets (with embeddings=) alone.")
+        captured = (self.capture is not None and embeddings is None and logits is None
+                    and gradients is None)
+        depth = None
         if indices is None:
             if iteration is None or not iteration.pending:
-                raise ValueError("observe() without 'indices' records the oldest batch this "
-                                 "sampler handed out and that was not observed yet, and there "
-                                 "is none: pass indices=, or observe each yielded batch once.")
-            idx, depth = iteration.batches[iteration.pending[0]], 0
+                raise ValueError("observe() without 'indices' records the batch the training "
+                                 "loop is on, and this sampler handed out none that was not "
+                                 "observed yet: pass indices=, or observe each yielded batch "
+                                 "once.")
+            depth = iteration.locate()
+        if captured:  # the watched layer's latest forward pass
+            embeddings, logits = self.capture.inputs, self.capture.outputs
+        if gradients is None and self._observe_like_last(iteration, epoch, indices, depth,
+                                                         embeddings, logits, targets):
+            if captured:
+                self.capture.take()
+            return
+        if indices is None:
+            idx = iteration.batches[iteration.pending[depth]]
         else:
             idx, depth = self._check_indices(iteration, indices)
-        captured = embeddings is None and logits is None and gradients is None
-        if captured and self.capture is not None:
-            embeddings, logits = self.capture.inputs, self.capture.outputs
-            if embeddings is None:
-                raise ValueError("observe() found no forward pass of the watched layer since "
-                                 "the last observation; call it after the model's forward.")
+        if captured:
+            embeddings, logits = check_watched(self.capture, len(idx))
         if logits is not None and targets is None and self.targets is not None:
             targets = self._targets_of(idx)
         batch = check_batch(len(idx), embeddings, logits, targets, gradients)
         # a batch this sampler handed out is never written to, so it needs no copy
         source = iteration if depth is not None and iteration.distinct else None
         self.store.stage(idx, batch, epoch, copy_indices=depth is None, source=source)
-        if captured and self.capture is not None:
+        if captured:
             self.capture.take()
         if iteration is not None:
             if depth is not None:
@@ -98,24 +102,24 @@ class FeedbackRecorder:
             elif idx.device.type != "cpu":
                 iteration.take_pending()
 
-    def _observe_like_last(self, iteration, epoch, indices, embeddings, logits, targets):
+    def _observe_like_last(self, iteration, epoch, indices, depth, embeddings, logits,
+                           targets):
         """observe() of a training loop's steady state in a few attribute reads, or False.
 
-        The steady state: no indices, or the CPU int64 tensor of a batch this
-        pass handed out, and tensors of embeddings, logits (given, or from the
-        watched layer) and targets (given, or the sampler's) with one row per
-        index and the shapes, dtypes, layouts and devices of the last batch that
-        took the general path (and passed its checks). Any other call returns
-        False, having changed nothing, and takes the general path.
+        The steady state: no indices (``depth``: the batch the loop is on), or
+        the CPU int64 tensor of a batch this pass handed out, and tensors of
+        embeddings, logits (given, or from the watched layer) and targets
+        (given, or the sampler's) with one row per index and the shapes, dtypes,
+        layouts and devices of the last batch that took the general path (and
+        passed its checks). Any other call returns False, having changed
+        nothing, and takes the general path.
         """
         if (iteration is None or type(embeddings) is not torch.Tensor
                 or type(logits) is not torch.Tensor
                 or not (type(targets) is torch.Tensor
                         or (targets is None and self.targets is not None))):
             return False
-        if indices is None:  # the oldest handed-out batch not observed yet
-            depth = 0 if iteration.pending else None
-        else:
+        if indices is not None:
             depth = iteration.handed_out(indices)
         if depth is None:
             return False
@@ -161,14 +165,23 @@ class FeedbackRecorder:
         return idx, None
 
     def watch(self, model, layer=None):
-        """Hook the model's last linear layer (see :meth:`GraftBatchSampler.watch`)."""
-        target = last_linear(model) if layer is None else layer
-        if not isinstance(target, torch.nn.Module):
+        """Hook the model's head or ``layer`` (see :meth:`GraftBatchSampler.watch`)."""
+        if layer is not None and not isinstance(layer, torch.nn.Module):
             raise TypeError(f"The 'layer' argument of GraftBatchSampler.watch must be a "
-                            f"torch.nn.Module. Got {type(target).__name__} instead.")
+                            f"torch.nn.Module. Got {type(layer).__name__} instead.")
+        if not isinstance(model, torch.nn.Module):
+            if layer is None:
+                raise TypeError(f"The 'model' argument of GraftBatchSampler.watch must be a "
+                                f"torch.nn.Module. Got {type(model).__name__} instead.")
+            model = None  # the layer alone is hooked
+        if layer is None and isinstance(model, torch.nn.Linear):
+            layer = model
+        if layer is None and not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
+            raise ValueError(f"{type(model).__name__} has no torch.nn.Linear layer to watch; "
+                             "pass the layer that maps embeddings to logits as 'layer='.")
         if self.capture is not None:
             self.capture.remove()
-        self.capture = LastLayerCapture(target)
+        self.capture = LastLayerCapture(layer, model=model)
         return self.capture
 
     # ------------------------------------------------------------------ refits
@@ -189,7 +202,9 @@ class FeedbackRecorder:
             warnings.warn(
                 f"GraftBatchSampler rejected {n_rows} observed rows since the last refit: NaN "
                 f"or infinity in the feedback, values too large for feedback_dtype or the "
-                f"sketch, or labels (or indices) out of range. The "
+                f"sketch, values too small for a float16 feedback_dtype (underflow: pass "
+                f"feedback_dtype=torch.float32, or rescale them), or labels (or indices) out "
+                f"of range. The "
                 f"{len(rejected)} samples concerned (first: {first or 'none'}) keep their "
                 "earlier values; check the model's outputs and the targets of these samples "
                 "(all of them are in last_refit.rejected_indices).", UserWarning, stacklevel=5)

@@ -16,6 +16,7 @@ This module imports torch; only the sampler and its parts import it.
 
 import collections.abc
 import math
+import warnings
 
 import torch
 
@@ -70,6 +71,7 @@ class FeedbackStore(collections.abc.Mapping):
         self._signature = None
         self._batch_bytes = 0
         self._last_row = None  # scratch: the last position of each sample in a block
+        self._kinds = None  # the stored names every batch brings (set by the first one)
 
     def __getitem__(self, name):
         self.flush()
@@ -124,6 +126,7 @@ class FeedbackStore(collections.abc.Mapping):
             duplicate-index rule.
         """
         self.sketch.check_widths(batch, self._rows)
+        self._check_kinds(batch, indices)
         key = (tuple(batch), tuple(value.device for value in batch.values()), indices.device,
                epoch, source)
         if not (self._staged and key == self._staged_key):
@@ -141,6 +144,46 @@ class FeedbackStore(collections.abc.Mapping):
         self._signature = signature(batch) if source is not None else None
         self._batch_bytes = rows * width * 4
         self._append(indices.clone() if copy_indices else indices, batch.values())
+
+    def _check_kinds(self, batch, indices):
+        """Keep every recorded sample whole: with a row of each kind of feedback stored.
+
+        The first batch sets the kinds (embeddings, residuals, gradients); a
+        sample observed with fewer kinds would hold zero rows in the tables it
+        lacks (residuals of zero: never selected). A later batch may update
+        fewer kinds for samples recorded whole before (this reads their
+        last-seen epochs: a rare call, not the training loop's steady state), or
+        add a kind: the samples recorded without it then count as not observed
+        (a warning says so). Other kinds (gradients next to logits) raise.
+        """
+        kinds = frozenset(STORED_NAME[name] for name in batch if name in STORED_NAME)
+        if self._kinds is None or kinds == self._kinds:
+            self._kinds = kinds
+            return
+        if kinds < self._kinds:
+            self.flush()
+            rows = indices.to(self._last_seen.device).clamp(0, self.n_samples)
+            if bool((self._last_seen[rows] >= 0).all()):
+                return
+        elif kinds > self._kinds:
+            self.flush()
+            lacking = int((self._last_seen[:self.n_samples] >= 0).sum())
+            if lacking:
+                warnings.warn(
+                    f"observe() got {_kinds_text(kinds)}, and {lacking} samples were "
+                    f"recorded before with {_kinds_text(self._kinds)} only: they count as "
+                    "not observed until observed again with every kind (their rows of the "
+                    "new kind are empty).", UserWarning, stacklevel=5)
+                self._last_seen[:self.n_samples] = -1
+            self._kinds = kinds
+            return
+        raise ValueError(
+            f"observe() got {_kinds_text(kinds)} but earlier observations recorded "
+            f"{_kinds_text(self._kinds)}: every sample needs the same kinds of feedback, "
+            "or those missing one would hold zero rows there (never selected). Pass the "
+            "same arguments at every observe() (embeddings, logits and targets; or "
+            "gradients); a batch may update fewer kinds only for samples observed whole "
+            "before.")
 
     def stage_like_last(self, indices, values, epoch, source, batch_signature):
         """Stage one more batch of the last staged one's kind, if it is; else return False.
@@ -183,12 +226,14 @@ class FeedbackStore(collections.abc.Mapping):
         Everything runs on the store's device (the values' device, unless the
         store was placed elsewhere first); nothing is read back to the host.
         """
-        values, ok = _block_values(batch)
+        values, ok = _block_values(batch, self.dtype)
         if not self._placed:
             self._place(ok.device)
         device = self._last_seen.device
         indices, ok = _to(indices, device), _to(ok, device)
-        stored = self._stored_rows(values, device)
+        stored, precise = self._stored_rows(values, device)
+        if precise is not None:
+            ok = ok & precise
         if self.dtype != torch.float32 or self.sketch.projections:
             # the stored form may overflow where the observed one did not (1e5 in
             # float16; a sketch of huge values): such a row must not replace a good one
@@ -210,15 +255,23 @@ class FeedbackStore(collections.abc.Mapping):
         self._write(indices, stored, ok, written, epoch)
 
     def _stored_rows(self, values, device):
-        """The rows ``values`` (name -> (b, width)) on ``device``, sketched and cast as stored."""
-        stored = {}
+        """The rows ``values`` (name -> (b, width)) on ``device``, sketched and cast as stored.
+
+        Returns them with, in half precision, the rows that the cast kept (None
+        otherwise): see :func:`_underflow`.
+        """
+        stored, precise = {}, None
         for name, value in values.items():
             value = _to(value, device)
             if name not in self._rows or (name not in self.sketch.projections
                                           and value.shape[1] != self._rows[name].shape[1]):
                 self._prepare(name, value.shape[1], device)
-            stored[name] = self.sketch.apply(name, value).to(self.dtype)
-        return stored
+            full = self.sketch.apply(name, value)
+            stored[name] = full.to(self.dtype)
+            if self.dtype in (torch.float16, torch.bfloat16):
+                kept = ~_underflow(full, stored[name])
+                precise = kept if precise is None else precise & kept
+        return stored, precise
 
     def _write(self, indices, stored, ok, written, epoch):
         """Write the rows ``stored`` (name -> (b, width), stored dtype and device) of the
@@ -308,6 +361,7 @@ class FeedbackStore(collections.abc.Mapping):
         self._staged = []  # observations before the load are replaced
         self._staged_key = self._signature = None  # the next batch takes every check
         self._rows = rows
+        self._kinds = frozenset(rows) or None
         self.sketch = Sketch(self.sketch_width, self.seed)
         self._last_seen = last_seen
         self._dirty = self._last_seen >= 0
@@ -383,7 +437,11 @@ class Sketch:
     def apply(self, name, value):
         """``value`` (rows of ``name``) sketched, or as it is when ``name`` is not sketched."""
         projection = self.projections.get(name)
-        return value if projection is None else value.to(torch.float32) @ projection
+        if projection is None:
+            return value
+        if value.dtype == torch.float64:  # a float64 store keeps float64 throughout
+            return value @ projection.to(torch.float64)
+        return value.to(torch.float32) @ projection
 
     def sketched(self, name, tables):
         """Whether ``name`` is stored as a sketch (for a loaded store: its width says so)."""
@@ -471,17 +529,23 @@ def signature(batch):
                  for name, value in batch.items())
 
 
-def _block_values(batch):
+def _block_values(batch, dtype):
     """The stored rows of a block of batches, and ``ok``: rows without NaN, inf or bad label.
 
-    Runs on the device; nothing is read back.
+    Computed in float32, or in float64 for a float64 store (``dtype``). One
+    column of logits is a binary model's single logit ``z`` (a sigmoid and
+    binary cross-entropy): its two-class logits are ``(0, z)``, whose softmax is
+    ``(1 - sigmoid(z), sigmoid(z))``. Runs on the device; nothing is read back.
     """
+    work = torch.float64 if dtype == torch.float64 else torch.float32
     values, sums, label_ok = {}, [], None
     if "embeddings" in batch:
-        values["embeddings"] = batch["embeddings"].to(torch.float32)
+        values["embeddings"] = batch["embeddings"].to(work)
         sums.append(values["embeddings"].sum(dim=1))
     if "logits" in batch:
-        logits = batch["logits"]
+        logits = batch["logits"].to(work) if work == torch.float64 else batch["logits"]
+        if logits.shape[1] == 1:
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
         targets = _to(batch["targets"], logits.device).to(torch.int64)
         labels = targets.clamp(0, logits.shape[1] - 1)
         label_ok = labels == targets
@@ -490,7 +554,7 @@ def _block_values(batch):
         # column tells (a -inf logit alone is a valid, masked class).
         sums.append(residuals[:, 0])
     if "gradients" in batch:
-        values["gradients"] = batch["gradients"].to(torch.float32)
+        values["gradients"] = batch["gradients"].to(work)
         sums.append(values["gradients"].sum(dim=1))
     total = sums[0]
     for other in sums[1:]:
@@ -499,6 +563,28 @@ def _block_values(batch):
     if label_ok is not None:
         ok &= _to(label_ok, ok.device)
     return values, ok
+
+
+def _underflow(full, stored):
+    """Rows whose half-precision ``stored`` form lost over 1% of the norm of ``full``.
+
+    Values below float16's smallest normal number (6.1e-5) lose precision and
+    those below 6e-8 become 0: embeddings of order 1e-8 would be stored as
+    zeros. Rows under a thousandth of the block's largest row norm are not
+    counted (a well-classified sample's near-zero residuals lose nothing that
+    matters); a block of only tiny rows is a scale that half precision cannot hold.
+    """
+    full = full.to(torch.float32)
+    norm = torch.linalg.vector_norm(full, dim=1)
+    lost = torch.linalg.vector_norm(full - stored.to(torch.float32), dim=1)
+    largest = torch.where(torch.isfinite(norm), norm, 0.0).amax() if norm.numel() else 0.0
+    return (lost > 0.01 * norm) & (norm >= 1e-3 * largest) & (norm > 0)
+
+
+def _kinds_text(kinds):
+    names = {"embeddings": "embeddings", "residuals": "logits and targets",
+             "gradients": "gradients"}
+    return " and ".join(names[kind] for kind in FEEDBACK_NAMES if kind in kinds) or "nothing"
 
 
 def _to(tensor, device):

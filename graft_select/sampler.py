@@ -222,11 +222,25 @@ class GraftBatchSampler(Sampler[list[int]]):
         ``[0, n_classes)`` are not stored, and the next refit warns and lists
         them in :attr:`last_refit`.
 
-        Without ``indices`` the batch is the oldest one handed out and not yet
-        observed (the one being trained, also behind a prefetching DataLoader);
-        without values, the layer hooked by :meth:`watch` gives them, and without
+        Without ``indices`` the batch is the one the training loop is on: the
+        latest batch the DataLoader (or the sampler) handed to the loop, also
+        with workers fetching ahead. A batch the loop received and did not
+        observe (``if nan_loss: continue``) is skipped: nothing is recorded for
+        it. Behind a wrapper that fetches ahead of the loop (Lightning's
+        fetcher, a generator) every batch must be observed, in order: two
+        batches arriving between two observations raise, since a skipped batch
+        and a batch fetched ahead look the same. A DataLoader with
+        ``in_order=False`` and workers raises: pass ``indices`` there. Without
+        values, the layer hooked by :meth:`watch` gives them, and without
         ``targets`` the sampler's ``targets``: ``sampler.observe()`` alone works
         with an unmodified model and dataset.
+
+        Every sample needs the same kinds of feedback (embeddings, logits and
+        targets, or gradients): other kinds raise, and a batch adding a kind
+        makes the samples recorded without it count as not observed (with a
+        warning). With a half-precision ``feedback_dtype``, rows that overflow
+        it or lose over 1% of their norm to underflow are rejected and reported
+        like NaN rows.
 
         Parameters
         ----------
@@ -237,27 +251,45 @@ class GraftBatchSampler(Sampler[list[int]]):
         embeddings, logits : tensors of shapes (b, d) and (b, C), default=None
             Penultimate-layer embeddings and model outputs; with ``targets``, the
             gradient proxies ``(softmax(logits) - onehot(targets)) outer [embeddings, 1]``.
+            One column (``C = 1``) is a binary model's single logit ``z``
+            (sigmoid and binary cross-entropy), read as the two-class logits
+            ``(0, z)``.
         targets : tensor of shape (b,), default=None
-            Integer class labels.
+            Integer class labels (cross-entropy). For one-hot targets pass
+            ``targets.argmax(1)``; for other losses pass ``gradients``.
         gradients : tensor of shape (b, p), default=None
-            Explicit per-sample gradient proxies (instead of logits and targets).
+            Explicit per-sample gradient proxies, instead of logits and targets
+            (passing both raises).
         """
         self._recorder.observe(self._iteration, self.epoch, indices, embeddings=embeddings,
                                logits=logits, targets=targets, gradients=gradients)
 
     def watch(self, model, layer=None):
-        """Capture the input and output of the model's last linear layer at every forward.
+        """Capture the input and output of the model's head at every forward.
 
         :meth:`observe` called without values then records the latest forward
         pass's embeddings (the layer's input) and logits (its output). Watching
         again replaces the previous hook.
 
+        The head is found at the model's first forward: the ``torch.nn.Linear``
+        whose output the model returns (alone, or in a tuple or dict), or else
+        the one its output is computed from (through ``log_softmax``, a cast),
+        read from the autograd graph. Where that is ambiguous (two heads
+        returned, an output computed from several Linear layers) :meth:`observe`
+        raises, naming the candidates: pass ``layer=``. The hooks never raise
+        into the model's forward; a layer whose forward gives no ``(b, d)``
+        input and ``(b, C)`` output (a tuple or dict output, a per-token
+        ``(b, T, d)`` input), or that the forward never calls, is reported by
+        :meth:`observe`. Only the last forward before an observation is kept:
+        a batch forwarded in micro-batches raises there.
+
         Parameters
         ----------
         model : torch.nn.Module
-            The model; its last registered ``torch.nn.Linear`` is hooked.
-        layer : torch.nn.Linear, default=None
-            The layer to hook instead (the one mapping embeddings to logits).
+            The model; its head is hooked.
+        layer : torch.nn.Module, default=None
+            The layer to hook instead (the one mapping embeddings to logits,
+            normally a ``torch.nn.Linear``).
 
         Returns
         -------

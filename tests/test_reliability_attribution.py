@@ -1,0 +1,523 @@
+"""Issue 25, reliability round 3: feedback attribution, watch() and the feedback store.
+
+Each test is named after its finding (f01: finding 1). A silent wrong answer is
+the worst failure of a sampler, so most tests check which sample each stored row
+landed under, not only that nothing raised.
+"""
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from graft_select.sampler import GraftBatchSampler  # noqa: E402
+
+N, D_IN, H, C, B = 64, 6, 5, 3, 8
+
+
+class Net(nn.Module):
+    """A body and a linear head; ``embed`` gives every sample's true embedding."""
+
+    def __init__(self, classes=C):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, H), nn.ReLU())
+        self.head = nn.Linear(H, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def embed(self, X):
+        with torch.no_grad():
+            return self.body(X)
+
+
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(N, D_IN, generator=g), torch.randint(0, C, (N,), generator=g)
+
+
+def _setup(**kwargs):
+    torch.manual_seed(0)
+    X, y = _data()
+    model = Net()
+    sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y,
+                                **kwargs)
+    sampler.watch(model)
+    return X, y, model, sampler
+
+
+def _assert_attributed(sampler, expected):
+    """Every stored embedding row is its own sample's; returns the observed mask."""
+    state = sampler.state_dict()
+    seen = state["last_seen"] >= 0
+    assert bool(seen.any())
+    torch.testing.assert_close(state["store"]["embeddings"][seen], expected[seen])
+    return seen
+
+
+def _unobserved(sampler, indices):
+    return bool((sampler.state_dict()["last_seen"][indices] < 0).all())
+
+
+def _ahead(loader):
+    """A wrapper that fetches one batch ahead of the loop (as Lightning's fetcher does)."""
+    iterator = iter(loader)
+    upcoming = next(iterator, None)
+    while upcoming is not None:
+        current, upcoming = upcoming, next(iterator, None)
+        yield current
+
+
+def _through(loader):
+    """A generator wrapper that fetches nothing ahead (as tqdm does)."""
+    yield from loader
+
+
+class TestSkippedObserve:
+    def test_f01_skipped_observe_does_not_shift_batches(self):
+        """A batch whose observe() is skipped after its forward shifts no later batch."""
+        X, _, model, sampler = _setup()
+        skipped = None
+        for step, (x, _) in enumerate(DataLoader(TensorDataset(X, X), batch_sampler=sampler)):
+            model(x)
+            if step == 2:  # if nan_loss: continue
+                skipped = sampler._iteration.batches[step]
+                continue
+            sampler.observe()
+        seen = _assert_attributed(sampler, model.embed(X))
+        assert int(seen.sum()) == N - len(skipped) and _unobserved(sampler, skipped)
+
+    def test_f01_skip_before_the_forward(self):
+        """A batch skipped before its forward is not observed; the next batch is its own."""
+        X, _, model, sampler = _setup()
+        skipped = None
+        for step, batch in enumerate(sampler):  # the sampler iterated directly
+            if step == 1:
+                skipped = batch
+                continue
+            model(X[batch])
+            sampler.observe()
+        seen = _assert_attributed(sampler, model.embed(X))
+        assert int(seen.sum()) == N - len(skipped) and _unobserved(sampler, skipped)
+
+    def test_f01_skip_under_dataloader_workers(self):
+        """With workers fetching ahead (in order), a skipped observe() shifts nothing."""
+        X, _, model, sampler = _setup()
+        loader = DataLoader(TensorDataset(X, X), batch_sampler=sampler, num_workers=2)
+        for step, (x, _) in enumerate(loader):
+            model(x)
+            if step in (0, 3, 4):
+                continue
+            sampler.observe()
+        seen = _assert_attributed(sampler, model.embed(X))
+        assert int(seen.sum()) == N - 3 * B
+
+    def test_f01_skip_in_a_helper_function(self):
+        """observe() called from a function the loop calls still sees the loop's batch."""
+        X, _, model, sampler = _setup()
+
+        def train_step(x, skip):
+            model(x)
+            if not skip:
+                sampler.observe()
+
+        for step, (x, _) in enumerate(DataLoader(TensorDataset(X, X), batch_sampler=sampler)):
+            train_step(x, skip=step == 5)
+        assert int(_assert_attributed(sampler, model.embed(X)).sum()) == N - B
+
+    def test_f01_two_forwards_of_one_batch(self):
+        """Two forwards of one batch (SAM, a second view) stay on that batch."""
+        X, _, model, sampler = _setup()
+        for x, _ in DataLoader(TensorDataset(X, X), batch_sampler=sampler):
+            model(x + 1.0)
+            model(x)
+            sampler.observe()
+        assert bool(_assert_attributed(sampler, model.embed(X)).all())
+
+    def test_f01_prefetching_wrapper_observed_every_batch(self):
+        """Behind a wrapper that fetches ahead, observing every batch is attributed right."""
+        X, _, model, sampler = _setup()
+        for x, _ in _ahead(DataLoader(TensorDataset(X, X), batch_sampler=sampler)):
+            model(x)
+            sampler.observe()
+        assert bool(_assert_attributed(sampler, model.embed(X)).all())
+
+    def test_f01_skip_behind_a_wrapper_raises(self):
+        """Behind a generator wrapper a skipped observe() cannot be told apart: it raises."""
+        X, _, model, sampler = _setup()
+        with pytest.raises(ValueError, match=r"skipped.*indices="):
+            for step, (x, _) in enumerate(
+                    _through(DataLoader(TensorDataset(X, X), batch_sampler=sampler))):
+                model(x)
+                if step != 1:
+                    sampler.observe()
+        _assert_attributed(sampler, model.embed(X))  # nothing stored under a wrong index
+
+    def test_f01_second_observe_of_one_batch_raises(self):
+        """observe() twice for one batch raises instead of taking a batch not trained."""
+        X, _, model, sampler = _setup()
+        loader = DataLoader(TensorDataset(X, X), batch_sampler=sampler, num_workers=2)
+        for x, _ in loader:
+            model(x)
+            sampler.observe()
+            model(x)
+            with pytest.raises(ValueError, match="observed already"):
+                sampler.observe()
+            break
+        _assert_attributed(sampler, model.embed(X))
+
+
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_f01_after_torchdata_restore(self, num_workers):
+        """A StatefulDataLoader resumed mid-epoch: observe() still finds each batch."""
+        stateful = pytest.importorskip("torchdata.stateful_dataloader")
+        X, _, model, sampler = _setup()
+        data = TensorDataset(X)
+        loader = stateful.StatefulDataLoader(data, batch_sampler=sampler,
+                                             num_workers=num_workers)
+        iterator = iter(loader)
+        for _ in range(3):
+            model(next(iterator)[0])
+            sampler.observe()
+        state = loader.state_dict()
+        _, _, _, fresh = _setup()
+        fresh.watch(model)
+        loader2 = stateful.StatefulDataLoader(data, batch_sampler=fresh,
+                                              num_workers=num_workers)
+        loader2.load_state_dict(state)
+        for step, (x,) in enumerate(loader2):
+            model(x)
+            if step != 1:
+                fresh.observe()
+        assert int(_assert_attributed(fresh, model.embed(X)).sum()) == N - B
+
+
+class TestOutOfOrderLoader:
+    def test_f02_out_of_order_workers_raise(self):
+        """DataLoader(num_workers=2, in_order=False): observe() without indices raises."""
+        X, _, model, sampler = _setup()
+        loader = DataLoader(TensorDataset(X, torch.arange(N)), batch_sampler=sampler,
+                            num_workers=2, in_order=False)
+        stored = 0
+        for x, index in loader:
+            model(x)
+            with pytest.raises(ValueError, match=r"in_order=False.*indices"):
+                sampler.observe()
+            sampler.observe(index)  # with the batch's indices it is exact
+            stored += len(index)
+        assert stored == N
+        assert bool(_assert_attributed(sampler, model.embed(X)).all())
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, H), nn.ReLU())
+        self.cls = nn.Linear(H, C)
+        self.box = nn.Linear(H, 4)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.cls(h), self.box(h)
+
+
+class HeadFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(H, C)
+        self.body = nn.Sequential(nn.Linear(D_IN, 16), nn.ReLU(), nn.Linear(16, H), nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _one_batch(model, sampler, X, **observe):
+    batch = next(iter(sampler))
+    model(X[batch])
+    sampler.observe(**observe)
+    return batch
+
+
+class TestHead:
+    def test_f03_head_defined_before_body(self):
+        """The head is the Linear whose output the model returns, not the last registered."""
+        X, y = _data()
+        model = HeadFirst()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        capture = sampler.watch(model)
+        batch = _one_batch(model, sampler, X)
+        assert capture.layer is model.head
+        store = sampler.state_dict()["store"]
+        assert store["embeddings"].shape[1] == H and store["residuals"].shape[1] == C
+        torch.testing.assert_close(store["embeddings"][batch], model.body(X[batch]).detach())
+
+    def test_f03_head_behind_log_softmax(self):
+        """A head whose output the model transforms (log_softmax) is still found."""
+        X, y = _data()
+        model = HeadFirst()
+        wrapped = nn.Sequential(model, nn.LogSoftmax(dim=1))
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        capture = sampler.watch(wrapped)
+        _one_batch(wrapped, sampler, X)
+        assert capture.layer is model.head
+
+    def test_f04_two_heads_raise(self):
+        """Two returned heads: observe() names both and asks for layer=."""
+        X, y = _data()
+        model = TwoHeads()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model)
+        with pytest.raises(ValueError, match=r"'cls'.*'box'.*layer="):
+            _one_batch(model, sampler, X)
+        assert "store" not in sampler.state_dict() or not sampler.state_dict()["store"]
+
+    def test_f04_two_heads_with_layer(self):
+        """With layer= the named head is recorded."""
+        X, y = _data()
+        model = TwoHeads()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model, layer=model.cls)
+        _one_batch(model, sampler, X)
+        assert sampler.state_dict()["store"]["residuals"].shape[1] == C
+
+    def test_f38_unused_layer_named(self):
+        """A watched layer the forward never calls: the message names it and layer=."""
+        X, y = _data()
+        model = Net()
+        model.spare = nn.Linear(H, C)  # registered last, never called
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model, layer=model.spare)
+        with pytest.raises(ValueError, match=r"'spare'.*does not call.*layer="):
+            _one_batch(model, sampler, X)
+
+    def test_f38_unused_last_linear_not_hooked(self):
+        """Without layer=, an unused Linear registered last is not taken for the head."""
+        X, y = _data()
+        model = Net()
+        model.spare = nn.Linear(H, C)
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        capture = sampler.watch(model)
+        _one_batch(model, sampler, X)
+        assert capture.layer is model.head
+
+    def test_f39_three_dimensional_input(self):
+        """A watched Linear applied to (b, T, d): the message names the shape and layer=."""
+        _, y = _data()
+        model = Net()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model, layer=model.head)
+        batch = next(iter(sampler))
+        model.head(torch.randn(len(batch), 7, H))
+        with pytest.raises(ValueError, match=r"\(8, 7, 5\).*one row of embeddings.*layer="):
+            sampler.observe()
+
+    def test_f40_micro_batches_named(self):
+        """A batch forwarded as 2 micro-batches: the message says only the last is kept."""
+        X, _, model, sampler = _setup()
+        batch = next(iter(sampler))
+        model(X[batch[:3]])
+        model(X[batch[3:]])
+        with pytest.raises(ValueError, match=r"3 \+ 5 rows.*micro-batches.*last forward"):
+            sampler.observe()
+
+
+class MultiheadModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(H, 1, batch_first=True)
+        self.head = nn.Linear(H, C)
+
+    def forward(self, x):
+        out, _ = self.attention(x, x, x)
+        return self.head(out[:, 0])
+
+
+class DictLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(H, C)
+
+    def forward(self, x):
+        return {"logits": self.fc(x)}
+
+
+class DictModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(D_IN, H)
+        self.out = DictLayer()
+
+    def forward(self, x):
+        return self.out(self.body(x))["logits"]
+
+
+class KeywordModel(Net):
+    def forward(self, x):
+        return self.head(input=self.body(input=x))
+
+
+class TestHooksNeverBreakForward:
+    def test_f22_tuple_output_layer(self):
+        """layer= a MultiheadAttention: the forward runs; observe() says what is wrong."""
+        model = MultiheadModel()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1,
+                                    targets=_data()[1])
+        sampler.watch(model, layer=model.attention)
+        batch = next(iter(sampler))
+        model(torch.randn(len(batch), 2, H))  # raised AttributeError inside the hook
+        with pytest.raises(ValueError, match=r"'attention'.*returned a tuple.*layer="):
+            sampler.observe()
+
+    def test_f23_dict_output_layer(self):
+        """layer= a module returning a dict: the forward runs; observe() says what is wrong."""
+        X, y = _data()
+        model = DictModel()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model, layer=model.out)
+        batch = next(iter(sampler))
+        model(X[batch])
+        with pytest.raises(ValueError, match=r"returned a dict.*layer="):
+            sampler.observe()
+
+    def test_f24_keyword_called_linear(self):
+        """A head called as self.head(input=h) is recorded like a positional call."""
+        X, y = _data()
+        model = KeywordModel()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        capture = sampler.watch(model)
+        batch = _one_batch(model, sampler, X)
+        assert capture.layer is model.head
+        torch.testing.assert_close(sampler.state_dict()["store"]["embeddings"][batch],
+                                   model.embed(X[batch]))
+
+
+class TestFeedbackKinds:
+    def test_f05_one_logit_binary_head(self):
+        """One logit (BCE): the residuals are those of the two-class logits (0, z)."""
+        X, _ = _data()
+        y = (X[:, 0] > 0).long()
+        torch.manual_seed(0)
+        model = Net(classes=1)
+        sampler = GraftBatchSampler(N, B, fraction=0.5, warm_start_epochs=1, targets=y)
+        sampler.watch(model)
+        for batch in sampler:
+            model(X[batch])
+            sampler.observe()
+        residuals = sampler.state_dict()["store"]["residuals"]
+        p = torch.sigmoid(model(X).detach()[:, 0])
+        expected = torch.stack([(1 - p) - (y == 0).float(), p - (y == 1).float()], dim=1)
+        torch.testing.assert_close(residuals, expected)
+        assert bool((residuals.abs().sum(dim=1) > 0).all())  # label-0 rows are not zeros
+        sampler.set_epoch(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing rejected
+            assert len(list(sampler)) > 0
+
+    def test_f11_gradients_with_logits_raise(self):
+        """observe(gradients=G) together with logits raises instead of ignoring G."""
+        sampler = GraftBatchSampler(N, B, warm_start_epochs=1)
+        idx = torch.arange(B)
+        with pytest.raises(ValueError, match="both 'gradients' and 'logits'"):
+            sampler.observe(idx, embeddings=torch.randn(B, H), logits=torch.randn(B, C),
+                            targets=torch.zeros(B, dtype=torch.long),
+                            gradients=torch.randn(B, 4))
+        assert not sampler.state_dict()["store"]
+
+    def test_f12_mixed_kinds_raise(self):
+        """Gradient-only samples next to logit samples raise (they would never be selected)."""
+        sampler = GraftBatchSampler(N, B, warm_start_epochs=1)
+        sampler.observe(torch.arange(B), embeddings=torch.randn(B, H),
+                        logits=torch.randn(B, C), targets=torch.zeros(B, dtype=torch.long))
+        with pytest.raises(ValueError, match="same kinds of feedback"):
+            sampler.observe(torch.arange(B, 2 * B), gradients=torch.randn(B, 4))
+        with pytest.raises(ValueError, match="same kinds of feedback"):
+            sampler.observe(torch.arange(B, 2 * B), embeddings=torch.randn(B, H))
+        assert int((sampler.state_dict()["last_seen"] >= 0).sum()) == B
+
+    def test_f12_added_kind_marks_earlier_samples_unobserved(self):
+        """Logits after embeddings-only rows: the embeddings-only samples count as unobserved."""
+        sampler = GraftBatchSampler(N, B, warm_start_epochs=1)
+        sampler.observe(torch.arange(N), embeddings=torch.randn(N, H))
+        with pytest.warns(UserWarning, match=f"{N} samples were recorded before"):
+            sampler.observe(torch.arange(B), embeddings=torch.randn(B, H),
+                            logits=torch.randn(B, C), targets=torch.zeros(B, dtype=torch.long))
+        seen = sampler.state_dict()["last_seen"] >= 0
+        assert seen[:B].all() and not seen[B:].any()
+
+    def test_f12_after_load(self):
+        """A loaded store fixes the kinds too."""
+        first = GraftBatchSampler(N, B, warm_start_epochs=1)
+        first.observe(torch.arange(N), gradients=torch.randn(N, 4))
+        second = GraftBatchSampler(N, B, warm_start_epochs=1)
+        second.load_state_dict(first.state_dict())
+        with pytest.raises(ValueError, match="same kinds of feedback"):
+            second.observe(torch.arange(B), embeddings=torch.randn(B, H),
+                           logits=torch.randn(B, C), targets=torch.zeros(B, dtype=torch.long))
+
+
+class TestStoreDtype:
+    def test_f17_float16_underflow_reported(self):
+        """Embeddings of order 1e-8 in a float16 store are rejected and reported, not zeroed."""
+        sampler = GraftBatchSampler(N, B, fraction=0.5, warm_start_epochs=1,
+                                    feedback_dtype=torch.float16)
+        g = torch.Generator().manual_seed(0)
+        sampler.observe(torch.arange(N), embeddings=1e-8 * torch.randn(N, 25, generator=g),
+                        logits=torch.randn(N, C, generator=g),
+                        targets=torch.randint(0, C, (N,), generator=g))
+        assert bool((sampler.state_dict()["last_seen"] < 0).all())
+        sampler.set_epoch(1)
+        with pytest.warns(UserWarning, match=f"rejected {N} observed rows.*underflow"):
+            list(sampler)
+
+    def test_f17_small_residuals_kept(self):
+        """Near-zero residuals of confident samples next to large ones are not rejected."""
+        sampler = GraftBatchSampler(N, B, warm_start_epochs=1, feedback_dtype=torch.float16)
+        targets = torch.zeros(N, dtype=torch.long)
+        logits = torch.zeros(N, C)
+        logits[: N // 2, 0] = 30.0  # confident and right: residuals of about 1e-13
+        sampler.observe(torch.arange(N), embeddings=torch.randn(N, H), logits=logits,
+                        targets=targets)
+        assert bool((sampler.state_dict()["last_seen"] >= 0).all())
+
+    def test_f18_float64_end_to_end(self):
+        """feedback_dtype=float64 keeps 1e200 and float64 precision."""
+        sampler = GraftBatchSampler(N, B, warm_start_epochs=1, feedback_dtype=torch.float64)
+        embeddings = torch.full((N, H), 1.0, dtype=torch.float64) + 1e-12
+        embeddings[0] = 1e200
+        gradients = embeddings.clone()
+        sampler.observe(torch.arange(N), embeddings=embeddings, logits=torch.randn(
+            N, C, dtype=torch.float64), targets=torch.zeros(N, dtype=torch.long))
+        store = sampler.state_dict()["store"]
+        assert store["embeddings"].dtype == torch.float64
+        assert torch.equal(store["embeddings"], embeddings)
+        other = GraftBatchSampler(N, B, warm_start_epochs=1, feedback_dtype="float64",
+                                  sketch_width=2, seed=3)
+        other.observe(torch.arange(N), gradients=gradients)
+        assert bool((other.state_dict()["last_seen"] >= 0).all())  # 1e200 sketched in float64
+
+
+class TestTargetChecks:
+    def test_f31_one_hot_targets_named(self):
+        """One-hot targets: the message gives their shape and the fix."""
+        sampler = GraftBatchSampler(N, B, warm_start_epochs=1)
+        onehot = nn.functional.one_hot(torch.zeros(B, dtype=torch.long), C)
+        with pytest.raises(ValueError, match=rf"\({B}, {C}\).*argmax\(1\).*gradients="):
+            sampler.observe(torch.arange(B), embeddings=torch.randn(B, H),
+                            logits=torch.randn(B, C), targets=onehot)
+
+    def test_f32_float_targets_point_to_gradients(self):
+        """Float regression targets: observe() takes class labels; gradients= otherwise."""
+        sampler = GraftBatchSampler(N, B, warm_start_epochs=1)
+        with pytest.raises(TypeError, match=r"class labels.*gradients="):
+            sampler.observe(torch.arange(B), embeddings=torch.randn(B, H),
+                            logits=torch.randn(B, 1), targets=torch.randn(B))
+
+    def test_f33_zero_width_embeddings(self):
+        """observe(embeddings=zeros(n, 0)) raises naming 'embeddings'."""
+        sampler = GraftBatchSampler(N, B, warm_start_epochs=1)
+        with pytest.raises(ValueError, match=r"'embeddings' has shape .*no columns"):
+            sampler.observe(torch.arange(B), embeddings=torch.zeros(B, 0))
