@@ -12,7 +12,8 @@ timed in one process, alternating:
 
 Both against ``pass``: one product ``store @ R`` (R of 512 x 64) at default threads,
 the cost of reading the store once. Target: refit <= 8x pass at the machine's
-default thread settings.
+default thread settings, and a peak memory of at most the store's size on top of
+it (the resident set sampled every millisecond during one refit, Linux only).
 
 Usage::
 
@@ -22,6 +23,7 @@ Usage::
 import argparse
 import contextlib
 import os
+import threading
 import time
 
 import numpy as np
@@ -45,6 +47,36 @@ def refit(R, E, rows):
     GraftSelector(0.3, chunk_size=256, basis="gradients", random_state=0).fit(
         None, gradients=StoredGradients(R, E, rows), compute_weights=False)
     return time.perf_counter() - start
+
+
+def _resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_extra_memory(function):
+    """Largest resident set during ``function()`` minus the one before it, in bytes.
+
+    None where /proc/self/statm is missing (not Linux).
+    """
+    if not os.path.exists("/proc/self/statm"):
+        function()
+        return None
+    start, peak, done = _resident_bytes(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        function()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], _resident_bytes()) - start
 
 
 def main(argv=None):
@@ -75,6 +107,12 @@ def main(argv=None):
         print(f"{name:>8}: refit {best:.2f} s (all: {', '.join(f'{v:.2f}' for v in values)})"
               f" = {best / p:.1f}x pass  {'PASS' if best / p <= 8 else 'MISS'} (<= 8x)")
     print(f"default / single: {min(times['default']) / min(times['single']):.2f}x")
+    extra = peak_extra_memory(lambda: refit(R, E, rows))
+    if extra is not None:
+        store_bytes = E.element_size() * E.nelement() + R.element_size() * R.nelement()
+        print(f"peak memory: {extra / 2**20:.0f} MiB on top of a {store_bytes / 2**20:.0f} MiB "
+              f"store = {extra / store_bytes:.2f}x  {'PASS' if extra <= store_bytes else 'MISS'}"
+              f" (<= 1x)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import typing
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, to_numpy, torch_cpu_view
+from ._backend import from_numpy, get_namespace, single_threaded, to_numpy, torch_cpu_view
 from ._criterion import nested_errors, subset_weights
 from ._gram import chunk_grams, gram_eigenvectors, gram_summaries, group_chunks
 from ._ops import take_rows
@@ -105,7 +105,19 @@ class StoreSource:
         self.with_gradients = True
 
     def orders(self, params, chunks, k_hi, rng):
-        """Pass 1 over the store: per chunk its MaxVol order and its prefixes' errors."""
+        """Pass 1 over the store: per chunk its MaxVol order and its prefixes' errors.
+
+        Both passes run with every native thread pool at one thread
+        (`_backend.single_threaded`), whatever the caller's settings: they are
+        streams of small products and factorisations (a group of chunks at a
+        time), which pools at their default size slow down (a 300,000-row
+        store on 2 cores: 9.9 s at the default settings, 4.8 s at one thread;
+        benchmarks/bench_threads.py). The caller's limits come back on return.
+        """
+        with single_threaded():
+            return self._orders(params, chunks, k_hi, rng)
+
+    def _orders(self, params, chunks, k_hi, rng):
         residuals, embeddings = self._store[:2]
         d = 0 if embeddings is None else int(embeddings.shape[1])
         width = int(residuals.shape[1]) * (d + 1)  # of one flattened gradient
@@ -120,8 +132,9 @@ class StoreSource:
 
     def picked_errors(self, chunks, local, with_weights):
         """Per chunk the error of its subset, and the weights (pass 2 only when needed)."""
-        return picked_errors(self._store, chunks, self._groups, local, self._first_pass,
-                             with_weights)
+        with single_threaded():
+            return picked_errors(self._store, chunks, self._groups, local, self._first_pass,
+                                 with_weights)
 
     def output(self, values):
         """A host array of results in the namespace and on the device of the store."""

@@ -188,7 +188,7 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None, coordinates=Fa
     Returns picks (m, k) and, per element, the step at which the residual ran out
     (``k`` if it never did), as a host array. Picks after that step are arbitrary.
     ``sq_norms`` (m, n), the squared row norms of ``A``, may be passed if known.
-    With ``coordinates``, also returns ``C`` (m, n, k): ``C[:, i, j]`` is row
+    With ``coordinates``, also returns ``C`` (m, k, n): ``C[:, j, i]`` is row
     ``i``'s coordinate along the ``j``-th direction (see `_extend_greedy`).
 
     Each step costs one matrix-vector product with ``A`` (the coordinates ``c =
@@ -197,7 +197,9 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None, coordinates=Fa
     ``c_0[p], ..., c_{j-1}[p]``, read from the stored coordinates rather than
     recomputed, and its residual ``v = a_p - sum_i c_i[p] q_i`` is formed
     explicitly (its norm decides the rank, to rounding accuracy). The chosen
-    rows are excluded by setting their residual to -inf.
+    rows are excluded by setting their residual to -inf. The coordinates are
+    stored direction by direction (rows of ``C``): each step writes one
+    contiguous row instead of a column of stride ``k``.
     """
     m, n, r = A.shape
     dev = get_namespace(A)[1]
@@ -206,34 +208,36 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None, coordinates=Fa
     minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
     plus_inf = xp.asarray(xp.inf, dtype=A.dtype, device=dev)
     basis = xp.zeros((m, k, r), dtype=A.dtype, device=dev)  # row j: the j-th direction
-    coords = xp.zeros((m, n, k), dtype=A.dtype, device=dev)  # column j: A @ basis[j]
+    coords = xp.zeros((m, k, n), dtype=A.dtype, device=dev)  # row j: A @ basis[j]
     picks = []
     start = 0 if init is None else init.shape[1]
     if start:
         q0 = xp.linalg.qr(xp.matrix_transpose(take_rows(A, init, xp))).Q  # (m, r, start)
         basis[:, :start, :] = xp.matrix_transpose(q0)
-        coords[:, :, :start] = A @ q0
-        d = d - xp.sum(coords[:, :, :start] ** 2, axis=-1)
+        coords[:, :start, :] = xp.matrix_transpose(A @ q0)
+        d = d - xp.sum(coords[:, :start, :] ** 2, axis=-2)
         for j in range(start):
             d = xp.where(columns == init[:, j : j + 1], minus_inf, d)
             picks.append(xp.astype(init[:, j], xp.int64))
     flat_A = xp.reshape(A, (m * n, r))
-    flat_coords = xp.reshape(coords, (m * n, k))
+    flat_coords = xp.reshape(coords, (-1,))
     offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
+    at_row = _row_entries(m, k, n, xp, dev)  # + p: the entries C[b, :, p[b]] in flat_coords
     residuals = []
     for j in range(start, k):
         p = xp.astype(xp.argmax(d, axis=1), xp.int64, copy=False)
         rows = offsets + p
         v = xp.take(flat_A, rows, axis=0)  # (m, r), the chosen row
         if j:
-            v = v - rmatvec(basis[:, :j, :], xp.take(flat_coords, rows, axis=0)[:, :j])
+            earlier = _take_flat(flat_coords, at_row[:, :j] + p[:, None], xp)  # C[:, :j, p]
+            v = v - rmatvec(basis[:, :j, :], earlier)
         norm = xp.sqrt(xp.vecdot(v, v, axis=-1))
         residuals.append(norm)
         # a residual at the threshold adds no direction (q = 0); rank is found after the loop
         q = v / xp.where(norm > threshold, norm, plus_inf)[:, None]
         basis[:, j, :] = q
         c = matvec(A, q)
-        coords[:, :, j] = c
+        coords[:, j, :] = c
         d = _excluded(d - c * c, rows, columns, p, minus_inf, xp)
         picks.append(p)
     rank = np.full(m, k, dtype=np.int64)
@@ -242,6 +246,21 @@ def _volume_greedy(A, k, threshold, xp, init=None, sq_norms=None, coordinates=Fa
         rank = start + _leading_count(above)
     picks = xp.stack(picks, axis=1)
     return (picks, rank, coords) if coordinates else (picks, rank)
+
+
+def _take_flat(flat, index, xp):
+    """``flat[index]`` for a 1-D array ``flat`` and integer ``index`` of any shape."""
+    return xp.reshape(xp.take(flat, xp.reshape(index, (-1,)), axis=0), index.shape)
+
+
+def _row_entries(m, k, n, xp, device):
+    """Flat offsets (m, k) of ``X[b, t, 0]`` in a C-ordered (m, k, n) stack X.
+
+    Adding ``p[:, None]`` gives those of ``X[b, t, p[b]]``: one ``take`` reads
+    each matrix's column ``p[b]``.
+    """
+    matrices = xp.arange(m, dtype=xp.int64, device=device)[:, None] * (k * n)
+    return matrices + xp.arange(k, dtype=xp.int64, device=device)[None, :] * n
 
 
 def _excluded(d, rows, columns, p, minus_inf, xp):
@@ -262,33 +281,40 @@ def _excluded(d, rows, columns, p, minus_inf, xp):
 def _extend_greedy(A, picks, coords, k, xp):
     """Rectangular MaxVol after a full-rank greedy: grow ``picks`` (m, r) to ``k`` rows.
 
-    The same picks as `_extend` (in exact arithmetic), from what the greedy left:
-    with ``T = coords[picks]`` (r x r, lower triangular with the residual norms on
+    The same picks as `_extend` (in exact arithmetic), from what the greedy left
+    (``coords`` (m, k_greedy, n), rows along the directions): with ``T`` the
+    coordinates of the picks (r x r, lower triangular with the residual norms on
     its diagonal, since every direction is orthogonal to the rows chosen before
-    it), the coefficients are ``C = A @ inv(A[picks]) = coords @ inv(T)``: a
+    it), the coefficients are ``C = A @ inv(A[picks]) = coords^T @ inv(T)``: a
     triangular inverse and a product instead of a QR and a solve. The steps do
     not update ``C`` (an (n, r) rank-1 update each): with ``H = C C^T`` and row
-    scores
-    ``s = diag(H)``, adding row ``p`` downdates ``H`` by ``w w^T / (1 + s_p)``
-    where ``w = H[:, p]``, so each step forms ``w = C @ C[p] - sum_t w_t
-    w_t[p] / (1 + s_t)`` from the stored ``w_t``: one product with ``C`` and one
-    with the ``w_t`` (which start empty), and ``s -= w^2 / (1 + s_p)``.
+    scores ``s = diag(H)``, adding row ``p`` downdates ``H`` by ``w w^T / (1 +
+    s_p)`` where ``w = H[:, p]``, so each step forms ``w = (C C^T)[p] - sum_t w_t
+    w_t[p] / (1 + s_t)`` from the stored ``w_t``: a row of ``C C^T`` (see
+    `_scores`), one product with the ``w_t`` (which start empty), and ``s -=
+    w^2 / (1 + s_p)``. ``C^T`` and the ``w_t`` are kept as rows (``(m, r, n)``
+    and ``(m, k - r, n)``): the products read the ``w_t`` found so far in place
+    (a column slice of ``(m, n, k - r)`` was copied at every step), and each step
+    writes one contiguous row.
     """
-    m, n, r = A.shape
+    m, r, n = A.shape[0], A.shape[2], A.shape[1]
     dev = get_namespace(A)[1]
     columns = xp.arange(n, device=dev)[None, :]
     steps = k - r
-    T = take_rows(coords[:, :, :r], picks, xp)  # (m, r, r)
+    rows_r = coords[:, :r, :]  # (m, r, n)
+    at_coords = _row_entries(m, coords.shape[1], n, xp, dev)[:, :r]
+    # T^T[b, t, a] = coords[b, t, picks[b, a]]: upper triangular
+    T_t = _take_flat(xp.reshape(coords, (-1,)), at_coords[:, :, None] + picks[:, None, :], xp)
     # an inverse (r^3) and a product: a batched general solve with n right-hand sides is 3x
     # slower
-    coef = coords[:, :, :r] @ _lower_triangular_inverse(T, xp)  # (m, n, r)
-    score = xp.vecdot(coef, coef, axis=-1)
+    inverse_t = xp.matrix_transpose(_lower_triangular_inverse(xp.matrix_transpose(T_t), xp))
+    score, row_of_H = _scores(inverse_t @ rows_r, steps, xp)  # from C^T (m, r, n)
     minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
     taken = xp.any(columns[:, :, None] == picks[:, None, :], axis=-1)  # (m, n)
     score = xp.where(taken, minus_inf, score)
-    flat_coef = xp.reshape(coef, (m * n, r))
-    downdates = xp.zeros((m, n, steps), dtype=A.dtype, device=dev)  # column t: w_t
-    flat_downdates = xp.reshape(downdates, (m * n, steps))
+    downdates = xp.zeros((m, steps, n), dtype=A.dtype, device=dev)  # row t: w_t
+    flat_downdates = xp.reshape(downdates, (-1,))
+    at_downdates = _row_entries(m, steps, n, xp, dev)
     scale = xp.zeros((m, steps), dtype=A.dtype, device=dev)  # 1 / (1 + s_t)
     offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
     new = []
@@ -296,16 +322,37 @@ def _extend_greedy(A, picks, coords, k, xp):
         p = xp.astype(xp.argmax(score, axis=1), xp.int64, copy=False)
         rows = offsets + p
         s = xp.take(xp.reshape(score, (-1,)), rows, axis=0)  # finite: not taken
-        w = matvec(coef, xp.take(flat_coef, rows, axis=0))
+        w = row_of_H(p, rows)
         if j:
-            w = w - matvec(downdates[:, :, :j],
-                            xp.take(flat_downdates, rows, axis=0)[:, :j] * scale[:, :j])
+            earlier = _take_flat(flat_downdates, at_downdates[:, :j] + p[:, None], xp)
+            w = w - rmatvec(downdates[:, :j, :], earlier * scale[:, :j])
         inverse = 1 / (1 + s)
-        downdates[:, :, j] = w
+        downdates[:, j, :] = w
         scale[:, j] = inverse
         score = _excluded(score - w * w * inverse[:, None], rows, columns, p, minus_inf, xp)
         new.append(p)
     return xp.concat([xp.astype(picks, xp.int64), xp.stack(new, axis=1)], axis=1)
+
+
+def _scores(coef, steps, xp):
+    """``(diag(H), row_of_H)`` for ``H = C C^T``, from ``coef = C^T`` (m, r, n).
+
+    ``row_of_H(p, rows)`` gives the rows ``H[b, p[b]]`` (m, n), ``rows = b n + p[b]``.
+    When ``n`` is at most 4 times both ``r`` and the number of steps, ``H`` is
+    formed by one batched product (``m n^2`` entries, at most 4 times those of
+    A) and each row is read from it: at the sizes of a refit (32 chunks of 256
+    rows, r = 77, 77 steps) 5 ms against 9 for a product ``C @ C[p]`` per step,
+    which is what larger ``n`` (where ``H`` would not pay off, or fit) still does.
+    """
+    m, r, n = coef.shape
+    if n <= 4 * min(r, steps):
+        H = xp.matrix_transpose(coef) @ coef  # (m, n, n)
+        flat_H = xp.reshape(H, (m * n, n))
+        return xp.linalg.diagonal(H), lambda p, rows: xp.take(flat_H, rows, axis=0)
+    flat = xp.reshape(coef, (-1,))
+    at_row = _row_entries(m, r, n, xp, get_namespace(coef)[1])
+    return xp.sum(coef * coef, axis=-2), lambda p, rows: rmatvec(
+        coef, _take_flat(flat, at_row + p[:, None], xp))
 
 
 def _extend(A, init, k, xp):

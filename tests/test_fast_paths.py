@@ -37,21 +37,28 @@ def greedy(A, k):
     return _volume_greedy(A, k, threshold, xp, sq_norms=sq_norms, coordinates=True)
 
 
+def gram_of(A, picks):
+    """``A[I]^T A[I]`` of each matrix's picks I: its log-determinant is the volume."""
+    rows = np.take_along_axis(A, picks[:, :, None], axis=1)
+    return np.swapaxes(rows, 1, 2) @ rows
+
+
 class TestGreedyCoordinates:
     def test_coordinates_are_products_with_the_directions(self, rng):
-        """coords[:, :, j] are every row's coordinates along the j-th orthonormal direction."""
+        """coords[:, j, :] are every row's coordinates along the j-th orthonormal direction."""
         A = rng.standard_normal((3, 20, 6))
         _, rank, coords = greedy(A, 6)
         assert rank.tolist() == [6, 6, 6]
+        assert coords.shape == (3, 6, 20)
         # the directions span the rows, so the coordinates reproduce the row norms
-        np.testing.assert_allclose(np.sum(coords**2, axis=-1), np.sum(A**2, axis=-1),
+        np.testing.assert_allclose(np.sum(coords**2, axis=-2), np.sum(A**2, axis=-1),
                                    rtol=1e-10)
 
     def test_coordinates_of_pivots_are_lower_triangular(self, rng):
         """A direction is orthogonal to every row picked before it."""
         A = rng.standard_normal((2, 15, 5))
         picks, _, coords = greedy(A, 5)
-        T = np.take_along_axis(coords, picks[:, :, None], axis=1)
+        T = np.swapaxes(np.take_along_axis(coords, picks[:, None, :], axis=2), 1, 2)
         np.testing.assert_allclose(np.triu(T, 1), 0, atol=1e-12)
         assert np.all(np.abs(np.diagonal(T, axis1=1, axis2=2)) > 0)
 
@@ -82,6 +89,23 @@ class TestExtendGreedy:
         picks, _, coords = greedy(A, 6)
         assert _extend_greedy(A, picks, coords, 20, np).tolist() == _extend(
             A, picks, 20, np).tolist()
+
+    @pytest.mark.parametrize(("n", "r", "k"), [(16, 8, 24), (16, 8, 32), (100, 6, 30)])
+    def test_gram_rows_and_products_agree(self, rng, n, r, k):
+        """Both ways of reading ``C C^T`` (formed once, or a product per step) pick alike.
+
+        With 2n rows, (16, 8, 24) and (16, 8, 32) form ``C C^T`` (2n <= 4 min(r, k - r));
+        (100, 6, 30) does not. Every row is there twice, so every score has a twin.
+        """
+        base = orthonormal_stack(rng, 3, n, r)
+        A = np.concatenate([base, base[:, ::-1, :]], axis=1)  # (3, 2n, r), each row twice
+        picks, _, coords = greedy(A, r)
+        fast = _extend_greedy(A, picks, coords, k, np)
+        assert all(len(set(row)) == k for row in fast.tolist())
+        slow = _extend(A, picks, k, np)
+        _, fast_vol = np.linalg.slogdet(gram_of(A, fast))
+        _, slow_vol = np.linalg.slogdet(gram_of(A, slow))
+        np.testing.assert_allclose(fast_vol, slow_vol, rtol=1e-10)
 
     def test_unique_rows_up_to_all(self, rng):
         """Growing to every row gives a permutation of the rows."""

@@ -664,6 +664,27 @@ class TestStoredGradients:
         with pytest.raises(ValueError, match="holds gradients only"):
             GraftSelector(0.2, **params).fit(None, gradients=StoredGradients(*table))
 
+    def test_passes_run_single_threaded(self, table, monkeypatch):
+        """Both passes over the store run every thread pool at one thread, then come back."""
+        from threadpoolctl import threadpool_info
+
+        from graft_select import _feedback
+
+        seen = []
+        for name in ("orders_and_errors", "subset_errors"):
+            original = getattr(_feedback, name)
+
+            def spy(*args, _original=original, **kwargs):
+                seen.append({p["num_threads"] for p in threadpool_info()})
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(_feedback, name, spy)
+        before = [p["num_threads"] for p in threadpool_info()]
+        GraftSelector(0.2, chunk_size=300, random_state=0).fit(
+            None, gradients=StoredGradients(*table))
+        assert seen == [{1}, {1}]
+        assert [p["num_threads"] for p in threadpool_info()] == before
+
     def test_x_must_be_none(self, table, digits):
         """X with a StoredGradients view is refused (the view carries the rows)."""
         with pytest.raises(ValueError, match="pass X=None"):
