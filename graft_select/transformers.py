@@ -35,23 +35,26 @@ _TRAINER_HOOKS = ("_run_epoch", "_init_training_state", "set_initial_training_va
 
 
 class CausalLMProxy:
-    """A per-sample proxy of a causal LM's last-layer gradient, ``width`` numbers wide.
+    """A per-sample proxy of a causal LM's last-layer gradient, at most ``width`` numbers wide.
 
-    A sequence's gradient of the token-mean cross-entropy with respect to the
-    LM head ``W`` (vocabulary x hidden) is ``G = sum_t r_t h_t^T``, with
+    A sequence's gradient of the token-sum cross-entropy with respect to the LM
+    head ``W`` (vocabulary x hidden) is ``G = sum_t r_t h_t^T = R^T H``, with
     ``r_t = softmax(z_t) - onehot(y_t)`` the residual of token ``t`` and ``h_t``
     its hidden state: a vocabulary x hidden matrix per sample, too wide to store.
-    The proxy is ``f_m = sum_t (S^T r_t)_m (B^T h_t)_m`` for ``m < width``, with
-    ``S`` a fixed CountSketch of the vocabulary (each token goes to one bucket
-    with a random sign) and ``B`` a fixed standard Gaussian ``hidden x width``
-    matrix. Then ``E[f(G) . f(G')] = <G, G'>_F``: the proxies' Gram matrix is an
-    unbiased estimate of the exact gradients' Gram matrix, computed in
-    ``O(tokens * (vocabulary + hidden * width))`` without forming ``G``.
+    The proxy is ``S^T R^T H B``, flattened: ``S`` a fixed CountSketch of the
+    vocabulary into ``buckets`` (each token goes to one bucket with a random
+    sign) and ``B`` the identity when ``hidden <= sqrt(width)``, else a fixed
+    Gaussian ``hidden x columns`` matrix with variance ``1 / columns``
+    (``columns = isqrt(width)``); ``buckets = width // columns``. Then
+    ``E[f(G) . f(G')] = <G, G'>_F``: the proxies' Gram matrix is an unbiased
+    estimate of the exact gradients' Gram matrix, computed in
+    ``O(tokens * (vocabulary + hidden * columns + buckets * columns))`` per
+    sample without forming ``G``.
 
     Parameters
     ----------
     width : int
-        Number of features per sample.
+        Largest number of features per sample.
     seed : int
         Seeds ``S`` and ``B`` (every process draws the same ones).
 
@@ -62,7 +65,7 @@ class CausalLMProxy:
     >>> proxy = CausalLMProxy(width=16, seed=0)
     >>> hidden, logits = torch.randn(2, 5, 8), torch.randn(2, 5, 30)
     >>> labels = torch.randint(0, 30, (2, 5))
-    >>> tuple(proxy(hidden, logits, labels).shape)
+    >>> tuple(proxy(hidden, logits, labels).shape)  # 4 buckets x 4 columns
     (2, 16)
     """
 
@@ -72,7 +75,7 @@ class CausalLMProxy:
         self._tables = None  # (buckets, signs, projection) for one (vocabulary, hidden, device)
 
     def __call__(self, hidden, logits, labels, ignore_index=-100):
-        """Proxies of a batch: ``(b, width)`` from hidden states, logits and labels.
+        """Proxies of a batch, from the LM head's inputs and outputs and the labels.
 
         Parameters
         ----------
@@ -89,7 +92,7 @@ class CausalLMProxy:
 
         Returns
         -------
-        proxies : float32 tensor of shape (b, width)
+        proxies : float32 tensor of shape (b, buckets * columns)
         """
         with torch.no_grad():
             buckets, signs, projection = self._tables_for(logits.shape[-1], hidden.shape[-1],
@@ -99,21 +102,32 @@ class CausalLMProxy:
             residuals = torch.softmax(logits[:, :-1].float(), dim=-1)
             residuals.scatter_add_(-1, targets.clamp(min=0).unsqueeze(-1), -mask)
             residuals *= mask * signs
-            sketched = residuals.new_zeros(*residuals.shape[:2], self.width)
-            sketched.index_add_(2, buckets, residuals)
-            return (sketched * (hidden[:, :-1].float() @ projection)).sum(dim=1)
+            sketched = residuals.new_zeros(*residuals.shape[:2], self._buckets(hidden.shape[-1]))
+            sketched.index_add_(2, buckets, residuals)  # (b, T, buckets)
+            columns = hidden[:, :-1].float()
+            if projection is not None:
+                columns = columns @ projection  # (b, T, columns)
+            return (sketched.transpose(1, 2) @ columns).flatten(1)
+
+    def _columns(self, hidden):
+        return hidden if hidden * hidden <= self.width else math.isqrt(self.width)
+
+    def _buckets(self, hidden):
+        return max(1, self.width // self._columns(hidden))
 
     def _tables_for(self, vocabulary, hidden, device):
-        tables = self._tables
-        if tables is None or tables[0].shape[0] != vocabulary or (
-                tables[2].shape[0] != hidden or tables[0].device != device):
+        key = (vocabulary, hidden, device)
+        if self._tables is None or self._tables[0] != key:
             generator = torch.Generator().manual_seed(self.seed)
-            buckets = torch.randint(0, self.width, (vocabulary,), generator=generator)
+            buckets = torch.randint(0, self._buckets(hidden), (vocabulary,), generator=generator)
             signs = torch.randint(0, 2, (vocabulary,), generator=generator) * 2.0 - 1.0
-            projection = torch.randn(hidden, self.width, generator=generator)
-            self._tables = tables = (buckets.to(device), signs.to(device),
-                                     projection.to(device))
-        return tables
+            projection = None
+            if self._columns(hidden) < hidden:
+                columns = self._columns(hidden)
+                projection = torch.randn(hidden, columns, generator=generator).to(device)
+                projection /= math.sqrt(columns)
+            self._tables = (key, (buckets.to(device), signs.to(device), projection))
+        return self._tables[1]
 
 
 class GraftTrainerMixin:
@@ -125,7 +139,7 @@ class GraftTrainerMixin:
     :class:`GraftTrainer` for what it does and its parameters.
     """
 
-    def __init__(self, *args, sampler=None, layer=None, lm_proxy_width=256, **kwargs):
+    def __init__(self, *args, sampler=None, layer=None, lm_proxy_width=512, **kwargs):
         owner = type(self).__name__
         if not isinstance(sampler, GraftBatchSampler):
             raise TypeError(f"The 'sampler' parameter of {owner} must be a GraftBatchSampler. "
@@ -450,7 +464,7 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
     layer : torch.nn.Module, default=None
         The Linear mapping embeddings to logits, when the automatic choice is
         not it.
-    lm_proxy_width : int, default=256
+    lm_proxy_width : int, default=512
         Width of the causal-LM gradient proxy.
 
     Raises
