@@ -467,6 +467,16 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
     lm_proxy_width : int, default=512
         Width of the causal-LM gradient proxy.
 
+    Attributes
+    ----------
+    sampler : GraftBatchSampler
+        The training batch sampler.
+    epoch_batches : list of int
+        This process's batches in each epoch of the run's plan (set by
+        ``train``; updated when a refit changes an epoch's length).
+    lm_proxy : CausalLMProxy
+        The causal-LM gradient proxy.
+
     Raises
     ------
     ValueError or TypeError
@@ -490,6 +500,7 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
 
     Examples
     --------
+    >>> import tempfile
     >>> import torch
     >>> from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
     >>> from graft_select.sampler import GraftBatchSampler
@@ -498,12 +509,16 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
     ...                     num_attention_heads=2, intermediate_size=16)
     >>> data = [{"input_ids": torch.randint(0, 30, (8,)), "labels": i % 2} for i in range(40)]
     >>> sampler = GraftBatchSampler(data, batch_size=8, fraction=0.5, warm_start_epochs=1)
-    >>> args = TrainingArguments("out", per_device_train_batch_size=8, num_train_epochs=3,
-    ...                          report_to=[], use_cpu=True, save_strategy="no")
+    >>> args = TrainingArguments(tempfile.mkdtemp(), per_device_train_batch_size=8,
+    ...                          num_train_epochs=3, report_to=[], use_cpu=True,
+    ...                          save_strategy="no", disable_tqdm=True)
     >>> trainer = GraftTrainer(model=BertForSequenceClassification(config), args=args,
     ...                        train_dataset=data, sampler=sampler)
-    >>> trainer.train().global_step  # 5 + 3 + 3 steps
+    >>> trainer.train().global_step  # doctest: +ELLIPSIS
+    {'train_runtime': ...}
     11
+    >>> trainer.epoch_batches  # a warm-start epoch, then 20 of the 40 samples
+    [5, 3, 3]
     """
 
 
