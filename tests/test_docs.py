@@ -25,7 +25,11 @@ README = ROOT / "README.md"
 
 # tests/test_import.py runs the doctests of _backend, _validation and linalg.
 DOCTEST_MODULES = ["graft_select.gradients", "graft_select.selector", "graft_select.sampler",
-                   "graft_select.lightning", "graft_select.accelerate"]
+                   "graft_select.lightning", "graft_select.accelerate",
+                   "graft_select.transformers"]
+
+# on-demand framework modules, not imported by graft_select
+INTEGRATIONS = ("graft_select.lightning", "graft_select.accelerate", "graft_select.transformers")
 
 # Public names whose docstring has no example yet; strict xfail, so adding one fails
 # the test until the name is removed from here.
@@ -63,7 +67,7 @@ def documented():
 def needs_torch(module_name):
     if module_name == "graft_select.sampler":
         pytest.importorskip("torch")
-    if module_name in ("graft_select.lightning", "graft_select.accelerate"):
+    if module_name in INTEGRATIONS:
         pytest.importorskip("torch")
         pytest.importorskip(module_name.rsplit(".", 1)[1])
 
@@ -91,7 +95,7 @@ class TestApiReference:
         needs_torch(module_name)
         module = importlib.import_module(module_name)
         assert hasattr(module, name), f"{module_name}.{name} does not exist"
-        if module_name in ("graft_select.lightning", "graft_select.accelerate"):
+        if module_name in INTEGRATIONS:
             assert name in module.__all__  # on-demand integrations, not in graft_select
             return
         assert name in graft_select.__all__, f"{name} is documented but not public"

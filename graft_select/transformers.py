@@ -1,0 +1,607 @@
+"""Hugging Face transformers integration: :class:`GraftTrainer`, a Trainer on a GraftBatchSampler.
+
+``transformers.Trainer`` sizes a run once, from the length of the first epoch's
+loader, and assumes every epoch has that length; GRAFT's epochs do not (warm-start
+epochs train the full data, selected ones a share of it). The trainer here plans
+the run from the sampler's epochs, gives each epoch its own length, builds the
+training loader around the sampler, hooks the model's head for feedback, and keeps
+the sampler's state in the Trainer's checkpoints.
+
+Importing this module imports transformers (and accelerate); ``import graft_select``
+does not. Within the package, ``import transformers`` is the installed library
+(absolute imports), not this module.
+"""
+
+import math
+import os
+import warnings
+
+import torch
+import transformers
+from torch.utils.data import DataLoader, IterableDataset
+from transformers.trainer_utils import get_last_checkpoint, seed_worker
+
+from .accelerate import prepare_data_loader
+from .sampler import GraftBatchSampler
+
+__all__ = ["CausalLMProxy", "GraftTrainer", "GraftTrainerMixin", "graft_trainer"]
+
+#: Name of the sampler's state file that each process writes into a checkpoint folder.
+STATE_FILE = "graft_sampler_rank{rank}.pt"
+
+# the Trainer methods the mixin relies on (transformers >= 5: one method per epoch)
+_TRAINER_HOOKS = ("_run_epoch", "_init_training_state", "set_initial_training_values",
+                  "get_resumed_dataloader", "_save_checkpoint", "training_step")
+
+
+class CausalLMProxy:
+    """A per-sample proxy of a causal LM's last-layer gradient, at most ``width`` numbers wide.
+
+    A sequence's gradient of the token-sum cross-entropy with respect to the LM
+    head ``W`` (vocabulary x hidden) is ``G = sum_t r_t h_t^T = R^T H``, with
+    ``r_t = softmax(z_t) - onehot(y_t)`` the residual of token ``t`` and ``h_t``
+    its hidden state: a vocabulary x hidden matrix per sample, too wide to store.
+    The proxy is ``S^T R^T H B``, flattened: ``S`` a fixed CountSketch of the
+    vocabulary into ``buckets`` (each token goes to one bucket with a random
+    sign) and ``B`` the identity when ``hidden <= sqrt(width)``, else a fixed
+    Gaussian ``hidden x columns`` matrix with variance ``1 / columns``
+    (``columns = isqrt(width)``); ``buckets = width // columns``. Then
+    ``E[f(G) . f(G')] = <G, G'>_F``: the proxies' Gram matrix is an unbiased
+    estimate of the exact gradients' Gram matrix, computed in
+    ``O(tokens * (vocabulary + hidden * columns + buckets * columns))`` per
+    sample without forming ``G``.
+
+    Parameters
+    ----------
+    width : int
+        Largest number of features per sample.
+    seed : int
+        Seeds ``S`` and ``B`` (every process draws the same ones).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graft_select.transformers import CausalLMProxy
+    >>> proxy = CausalLMProxy(width=16, seed=0)
+    >>> hidden, logits = torch.randn(2, 5, 8), torch.randn(2, 5, 30)
+    >>> labels = torch.randint(0, 30, (2, 5))
+    >>> tuple(proxy(hidden, logits, labels).shape)  # 4 buckets x 4 columns
+    (2, 16)
+    """
+
+    def __init__(self, width, seed):
+        self.width = width
+        self.seed = seed
+        self._tables = None  # (buckets, signs, projection) for one (vocabulary, hidden, device)
+
+    def __call__(self, hidden, logits, labels, ignore_index=-100):
+        """Proxies of a batch, from the LM head's inputs and outputs and the labels.
+
+        Parameters
+        ----------
+        hidden : tensor of shape (b, T, hidden)
+            The LM head's input.
+        logits : tensor of shape (b, T, vocabulary)
+            Its output.
+        labels : int tensor of shape (b, T)
+            The batch's labels, unshifted as the model receives them (position
+            ``t`` predicts ``labels[:, t + 1]``); ``ignore_index`` marks tokens
+            out of the loss.
+        ignore_index : int, default=-100
+            Label of the tokens out of the loss.
+
+        Returns
+        -------
+        proxies : float32 tensor of shape (b, buckets * columns)
+        """
+        with torch.no_grad():
+            buckets, signs, projection = self._tables_for(logits.shape[-1], hidden.shape[-1],
+                                                          logits.device)
+            targets = labels[:, 1:]
+            mask = (targets != ignore_index).unsqueeze(-1).float()
+            residuals = torch.softmax(logits[:, :-1].float(), dim=-1)
+            residuals.scatter_add_(-1, targets.clamp(min=0).unsqueeze(-1), -mask)
+            residuals *= mask * signs
+            sketched = residuals.new_zeros(*residuals.shape[:2], self._buckets(hidden.shape[-1]))
+            sketched.index_add_(2, buckets, residuals)  # (b, T, buckets)
+            columns = hidden[:, :-1].float()
+            if projection is not None:
+                columns = columns @ projection  # (b, T, columns)
+            return (sketched.transpose(1, 2) @ columns).flatten(1)
+
+    def _columns(self, hidden):
+        return hidden if hidden * hidden <= self.width else math.isqrt(self.width)
+
+    def _buckets(self, hidden):
+        return max(1, self.width // self._columns(hidden))
+
+    def _tables_for(self, vocabulary, hidden, device):
+        key = (vocabulary, hidden, device)
+        if self._tables is None or self._tables[0] != key:
+            generator = torch.Generator().manual_seed(self.seed)
+            buckets = torch.randint(0, self._buckets(hidden), (vocabulary,), generator=generator)
+            signs = torch.randint(0, 2, (vocabulary,), generator=generator) * 2.0 - 1.0
+            projection = None
+            if self._columns(hidden) < hidden:
+                columns = self._columns(hidden)
+                projection = torch.randn(hidden, columns, generator=generator).to(device)
+                projection /= math.sqrt(columns)
+            self._tables = (key, (buckets.to(device), signs.to(device), projection))
+        return self._tables[1]
+
+
+class GraftTrainerMixin:
+    """Makes a ``transformers.Trainer`` (sub)class train on a GraftBatchSampler.
+
+    Put it first among the bases, ``class MyTrainer(GraftTrainerMixin,
+    SFTTrainer)``, or use :func:`graft_trainer`; :class:`GraftTrainer` is
+    ``GraftTrainerMixin`` over ``transformers.Trainer``. See
+    :class:`GraftTrainer` for what it does and its parameters.
+    """
+
+    def __init__(self, *args, sampler=None, layer=None, lm_proxy_width=512, **kwargs):
+        owner = type(self).__name__
+        if not isinstance(sampler, GraftBatchSampler):
+            raise TypeError(f"The 'sampler' parameter of {owner} must be a GraftBatchSampler. "
+                            f"Got {type(sampler).__name__} instead.")
+        if layer is not None and not isinstance(layer, torch.nn.Module):
+            raise TypeError(f"The 'layer' parameter of {owner} must be a torch.nn.Module "
+                            f"(the head's last Linear) or None. Got {type(layer).__name__} "
+                            "instead.")
+        if isinstance(lm_proxy_width, bool) or not isinstance(lm_proxy_width, int) or (
+                lm_proxy_width < 1):
+            raise ValueError(f"The 'lm_proxy_width' parameter of {owner} must be an int >= 1. "
+                             f"Got {lm_proxy_width!r} instead.")
+        super().__init__(*args, **kwargs)
+        self.sampler = sampler
+        self.layer = layer
+        self.lm_proxy = CausalLMProxy(lm_proxy_width, sampler.seed)
+        self.epoch_batches = []  # this process's batches per epoch of the run's plan
+        self._capture = None
+        _check_supported(self)
+
+    # ------------------------------------------------------------------ data
+
+    def get_train_dataloader(self):
+        """The training loader: the sampler's batches, moved to the device, not resharded.
+
+        Returns
+        -------
+        loader : graft_select.accelerate.GraftDataLoader
+        """
+        args = self.args
+        dataset = self.train_dataset
+        collator = self.data_collator
+        if hasattr(dataset, "column_names"):  # a datasets.Dataset
+            dataset = self._remove_unused_columns(dataset, description="training")
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description="training")
+        options = {"collate_fn": collator, "num_workers": args.dataloader_num_workers,
+                   "pin_memory": args.dataloader_pin_memory}
+        if args.dataloader_num_workers > 0:
+            options.update(
+                persistent_workers=args.dataloader_persistent_workers,
+                prefetch_factor=args.dataloader_prefetch_factor,
+                worker_init_fn=lambda worker: seed_worker(
+                    worker, num_workers=args.dataloader_num_workers, rank=args.process_index))
+        loader = DataLoader(dataset, batch_sampler=self.sampler, **options)
+        return prepare_data_loader(self.accelerator, loader)
+
+    def get_resumed_dataloader(self, dataloader, num_batches):
+        """The loader unchanged: the sampler's loaded state resumes it mid-epoch itself.
+
+        Parameters
+        ----------
+        dataloader : GraftDataLoader
+            The training loader.
+        num_batches : int
+            Batches the resumed epoch already trained (skipped by the sampler).
+
+        Returns
+        -------
+        loader : GraftDataLoader
+        """
+        return dataloader
+
+    # ------------------------------------------------------------- the plan
+
+    def set_initial_training_values(self, args, dataloader):
+        """The Trainer's run sizes, from the sampler's epochs (warm start included).
+
+        ``max_steps`` is the sum over the run's epochs of
+        ``ceil(batches / gradient_accumulation_steps)``; with an explicit
+        ``max_steps``, ``num_train_epochs`` is the number of epochs that reach
+        it. See ``transformers.Trainer.set_initial_training_values``.
+
+        Parameters
+        ----------
+        args : transformers.TrainingArguments
+            The training arguments.
+        dataloader : GraftDataLoader
+            The training loader.
+
+        Returns
+        -------
+        values : tuple
+            ``(num_train_epochs, num_update_steps_per_epoch, num_examples,
+            num_train_samples, total_train_batch_size, steps_in_epoch, max_steps)``.
+        """
+        values = list(super().set_initial_training_values(args, dataloader))
+        self.epoch_batches = self._plan_epochs(args)
+        steps = [self._steps_of(batches) for batches in self.epoch_batches]
+        max_steps = args.max_steps if args.max_steps > 0 else _epoch_steps(
+            steps, args.num_train_epochs)
+        total_batch = values[4]
+        values[0] = len(steps)
+        values[1] = steps[0]
+        values[3] = max_steps * total_batch  # as the Trainer counts samples
+        values[5] = self.epoch_batches[0]
+        values[6] = max_steps
+        return tuple(values)
+
+    def _plan_epochs(self, args):
+        """Batches per epoch of the run: the checkpoint's history, then the sampler's plan."""
+        done = self.epoch_batches[:self.sampler.epoch]  # loaded from a checkpoint, or []
+        batches = list(done)
+        if args.max_steps > 0:
+            steps = sum(self._steps_of(b) for b in batches)
+            while steps < args.max_steps:
+                batches.append(self._planned_batches(len(batches)))
+                steps += self._steps_of(batches[-1])
+        else:
+            while len(batches) < math.ceil(args.num_train_epochs):
+                batches.append(self._planned_batches(len(batches)))
+        return batches
+
+    def _planned_batches(self, epoch):
+        batches = self.sampler.total_batches(epoch + 1) - self.sampler.total_batches(epoch)
+        if batches == 0:
+            raise ValueError(
+                f"{type(self).__name__}: epoch {epoch} of the GraftBatchSampler has no batch "
+                f"(fraction={self.sampler.fraction}, batch_size={self.sampler.batch_size}, "
+                "drop_last=True); raise the fraction or lower the batch size.")
+        return batches
+
+    def _steps_of(self, batches):
+        return math.ceil(batches / self.args.gradient_accumulation_steps)
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs,
+                             resume_from_checkpoint, trial):
+        """The Trainer's state; on resume, the epoch and its trained batches from the sampler."""
+        epochs_trained, steps_trained = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+            trial)
+        if resume_from_checkpoint is None:
+            return epochs_trained, steps_trained
+        epoch = self.sampler.epoch
+        trained = self.sampler.state_dict()["batches_yielded"]
+        if epoch < len(self.epoch_batches) and trained >= self.epoch_batches[epoch]:
+            epoch, trained = epoch + 1, 0  # saved after the epoch's last step
+            self.sampler.set_epoch(epoch)
+        expected = sum(self._steps_of(b) for b in self.epoch_batches[:epoch])
+        expected += trained // self.args.gradient_accumulation_steps
+        if expected != self.state.global_step:
+            raise ValueError(
+                f"{type(self).__name__} cannot resume: the checkpoint's global step is "
+                f"{self.state.global_step}, but its sampler state is at batch {trained} of "
+                f"epoch {epoch}, which is step {expected}. Resume with the "
+                "gradient_accumulation_steps and the sampler parameters of the saved run.")
+        return epoch, trained
+
+    def _run_epoch(self, *args, **kwargs):
+        """One epoch, with that epoch's own number of batches and steps (see Trainer)."""
+        epoch = kwargs["epoch"]
+        self.sampler.set_epoch(epoch)
+        batches = len(self.sampler)  # the epoch's real plan (a refit runs here)
+        self._check_planned(epoch, batches)
+        if self._capture is None:
+            self._capture = self.sampler.watch(self.model, layer=self._head())
+        kwargs.update(steps_in_epoch=batches, num_update_steps_per_epoch=self._steps_of(batches))
+        return super()._run_epoch(*args, **kwargs)
+
+    def _check_planned(self, epoch, batches):
+        if epoch >= len(self.epoch_batches) or self.epoch_batches[epoch] == batches:
+            return
+        planned = self.epoch_batches[epoch]
+        self.epoch_batches[epoch] = batches
+        if self.args.max_steps <= 0:
+            self.state.max_steps = sum(self._steps_of(b) for b in self.epoch_batches)
+        warnings.warn(
+            f"{type(self).__name__}: epoch {epoch} of the GraftBatchSampler has {batches} "
+            f"batches, not the {planned} planned when training started (its refit selected "
+            f"another number of samples). The run now ends at step {self.state.max_steps}; "
+            "the learning-rate schedule keeps the length it was created with.",
+            UserWarning, stacklevel=3)
+
+    # ------------------------------------------------------------- feedback
+
+    def _head(self):
+        """The layer to hook: ``layer``, else the LM head, ``classifier`` or ``score``."""
+        if self.layer is not None:
+            return self.layer
+        model = self.model
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if isinstance(output, torch.nn.Linear):
+            return output
+        for name in ("classifier", "score"):
+            head = getattr(model, name, None)
+            if isinstance(head, torch.nn.Module):
+                linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+                if linears:
+                    return linears[-1]
+        return None  # the sampler hooks the model's last Linear
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        """The Trainer's training step, then the micro-batch's feedback recorded once.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The (wrapped) model.
+        inputs : dict
+            The micro-batch; its ``labels`` are the targets.
+        *args, **kwargs
+            Passed on to the Trainer's ``training_step``.
+
+        Returns
+        -------
+        loss : tensor
+        """
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        self._observe(inputs)
+        return loss
+
+    def _observe(self, inputs):
+        labels = inputs.get("labels") if isinstance(inputs, dict) else None
+        if labels is None:
+            if self.sampler.targets is None:
+                raise ValueError(
+                    f"{type(self).__name__} needs each training batch's class labels: the "
+                    "batches have no 'labels' entry; name the label column 'labels' (as "
+                    "transformers' collators do) or give GraftBatchSampler targets=.")
+            self.sampler.observe()
+            return
+        logits = self._capture.outputs
+        if logits is not None and logits.ndim == 3 and labels.ndim == 2:
+            hidden, logits = self._capture.take()
+            self.sampler.observe(gradients=self.lm_proxy(hidden, logits, labels))
+            return
+        if logits is not None and logits.ndim != 2:
+            raise ValueError(
+                f"{type(self).__name__}: the hooked head ({type(self._capture.layer).__name__}) "
+                f"gives outputs of shape {tuple(logits.shape)} for labels of shape "
+                f"{tuple(labels.shape)}; it supports sequence classification (outputs (b, C), "
+                "labels (b,)) and causal LMs (outputs (b, T, V), labels (b, T)). Pass the "
+                "Linear that maps pooled embeddings to logits as layer=.")
+        self.sampler.observe(targets=labels)
+
+    # ---------------------------------------------------------- checkpoints
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial),
+                              f"checkpoint-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, STATE_FILE.format(rank=self.args.process_index))
+        torch.save({"sampler": self.sampler.state_dict(),
+                    "epoch_batches": list(self.epoch_batches)}, path)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None,
+              **kwargs):
+        """Train (see ``transformers.Trainer.train``); a checkpoint restores the sampler too.
+
+        Parameters
+        ----------
+        resume_from_checkpoint : str or bool, default=None
+            A checkpoint folder of a GraftTrainer run, or True for the latest in
+            ``args.output_dir``.
+        trial, ignore_keys_for_eval, **kwargs
+            As for ``transformers.Trainer.train``.
+
+        Returns
+        -------
+        output : transformers.trainer_utils.TrainOutput
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory "
+                                 f"({self.args.output_dir}).")
+        if resume_from_checkpoint:
+            self._load_sampler(resume_from_checkpoint)
+        else:
+            self.epoch_batches = []
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                 ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        finally:
+            if self._capture is not None:
+                self._capture.remove()
+                self._capture = None
+
+    def _load_sampler(self, folder):
+        path = os.path.join(folder, STATE_FILE.format(rank=self.args.process_index))
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{type(self).__name__} cannot resume from {folder}: it holds no "
+                f"{os.path.basename(path)} (the sampler's state of this process). Resume from a "
+                "checkpoint written by a GraftTrainer run with the same number of processes.")
+        saved = torch.load(path, weights_only=False)
+        self.sampler.load_state_dict(saved["sampler"])
+        self.epoch_batches = list(saved["epoch_batches"])
+
+
+class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
+    """A ``transformers.Trainer`` that trains each epoch on a GRAFT subset.
+
+    The three-line change: import it, build the sampler, and replace
+    ``Trainer(...)`` by ``GraftTrainer(..., sampler=sampler)``; the model,
+    dataset, collator and ``TrainingArguments`` stay as they are. The trainer
+
+    - trains on the sampler's batches (it builds the training loader around the
+      sampler, which shards over processes itself);
+    - sizes the run from the sampler's epochs, warm start included: ``max_steps``,
+      the learning-rate schedule, the progress bar, ``state.epoch`` and
+      ``num_train_epochs`` match the steps that really run, with or without
+      ``max_steps`` and with ``gradient_accumulation_steps``;
+    - hooks the model's head (``layer``, else the LM head, the last Linear of
+      ``classifier`` or ``score``, else the last Linear) and records every
+      training micro-batch once, with the batch's ``labels`` as targets; evaluation
+      forwards are not recorded;
+    - for a causal LM (head outputs ``(b, T, V)``, labels ``(b, T)``) records a
+      :class:`CausalLMProxy` of each sequence's last-layer gradient;
+    - writes the sampler's state into every checkpoint (one file per process)
+      and restores it with ``train(resume_from_checkpoint=...)``, so a resumed
+      run trains the same samples in the same order and the same number of steps.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        The arguments of ``transformers.Trainer``.
+    sampler : GraftBatchSampler
+        The training batch sampler, over ``train_dataset`` (its ``batch_size``
+        is ``per_device_train_batch_size``).
+    layer : torch.nn.Module, default=None
+        The Linear mapping embeddings to logits, when the automatic choice is
+        not it.
+    lm_proxy_width : int, default=512
+        Width of the causal-LM gradient proxy.
+
+    Attributes
+    ----------
+    sampler : GraftBatchSampler
+        The training batch sampler.
+    epoch_batches : list of int
+        This process's batches in each epoch of the run's plan (set by
+        ``train``; updated when a refit changes an epoch's length).
+    lm_proxy : CausalLMProxy
+        The causal-LM gradient proxy.
+
+    Raises
+    ------
+    ValueError or TypeError
+        At construction, for what it cannot honour: an IterableDataset, a
+        sampler of another length or batch size, a length-grouped or
+        non-random ``train_sampling_strategy`` (``group_by_length``),
+        ``auto_find_batch_size``, ``ignore_data_skip`` or
+        ``dataloader_drop_last`` other than the sampler's ``drop_last``.
+
+    See Also
+    --------
+    GraftTrainerMixin, graft_trainer : The same for another Trainer class.
+    graft_select.lightning.GraftCallback : The Lightning integration.
+
+    Notes
+    -----
+    A refit that selects another number of samples than planned (the
+    label-noise guard or ``refresh_share`` can) changes the run's length; the
+    trainer then warns and updates ``state.max_steps``. Resuming needs the
+    same number of processes as the saved run.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch
+    >>> from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+    >>> from graft_select.sampler import GraftBatchSampler
+    >>> from graft_select.transformers import GraftTrainer
+    >>> config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+    ...                     num_attention_heads=2, intermediate_size=16)
+    >>> data = [{"input_ids": torch.randint(0, 30, (8,)), "labels": i % 2} for i in range(40)]
+    >>> sampler = GraftBatchSampler(data, batch_size=8, fraction=0.5, warm_start_epochs=1)
+    >>> args = TrainingArguments(tempfile.mkdtemp(), per_device_train_batch_size=8,
+    ...                          num_train_epochs=3, report_to=[], use_cpu=True,
+    ...                          save_strategy="no", disable_tqdm=True)
+    >>> trainer = GraftTrainer(model=BertForSequenceClassification(config), args=args,
+    ...                        train_dataset=data, sampler=sampler)
+    >>> trainer.train().global_step  # doctest: +ELLIPSIS
+    {'train_runtime': ...}
+    11
+    >>> trainer.epoch_batches  # a warm-start epoch, then 20 of the 40 samples
+    [5, 3, 3]
+    """
+
+
+def graft_trainer(trainer_class):
+    """A subclass of ``trainer_class`` that trains on a GraftBatchSampler.
+
+    For code that already subclasses ``transformers.Trainer`` (trl's
+    ``SFTTrainer``, one's own): ``graft_trainer(SFTTrainer)(..., sampler=sampler)``
+    behaves as :class:`GraftTrainer` does.
+
+    Parameters
+    ----------
+    trainer_class : type
+        A subclass of ``transformers.Trainer``.
+
+    Returns
+    -------
+    cls : type
+        ``class Graft<Name>(GraftTrainerMixin, trainer_class)``.
+
+    Examples
+    --------
+    >>> import transformers
+    >>> from graft_select.transformers import GraftTrainerMixin, graft_trainer
+    >>> class MyTrainer(transformers.Trainer):
+    ...     pass
+    >>> cls = graft_trainer(MyTrainer)
+    >>> cls.__name__, issubclass(cls, GraftTrainerMixin), issubclass(cls, MyTrainer)
+    ('GraftMyTrainer', True, True)
+    """
+    if not (isinstance(trainer_class, type) and issubclass(trainer_class, transformers.Trainer)):
+        raise TypeError(f"The 'trainer_class' parameter of graft_trainer must be a subclass of "
+                        f"transformers.Trainer. Got {trainer_class!r} instead.")
+    if issubclass(trainer_class, GraftTrainerMixin):
+        return trainer_class
+    return type(f"Graft{trainer_class.__name__}", (GraftTrainerMixin, trainer_class),
+                {"__module__": trainer_class.__module__, "__doc__": GraftTrainer.__doc__})
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _epoch_steps(steps, num_train_epochs):
+    """Steps of ``num_train_epochs`` (possibly fractional) epochs of ``steps`` each."""
+    whole = math.floor(num_train_epochs)
+    total = sum(steps[:whole])
+    if whole < len(steps):
+        total += math.ceil((num_train_epochs - whole) * steps[whole])
+    return total
+
+
+def _check_supported(trainer):
+    """Raise at construction for what GraftTrainer cannot honour."""
+    owner = type(trainer).__name__
+    missing = [name for name in _TRAINER_HOOKS if not hasattr(trainer, name)]
+    if missing:
+        raise ImportError(f"{owner} needs transformers >= 5.25 (its Trainer has no "
+                          f"{', '.join(missing)}); found {transformers.__version__}. Upgrade "
+                          "transformers.")
+    args, sampler, dataset = trainer.args, trainer.sampler, trainer.train_dataset
+    if dataset is None or isinstance(dataset, IterableDataset):
+        kind = "no train_dataset" if dataset is None else "an IterableDataset"
+        raise TypeError(f"{owner} got {kind}: GraftBatchSampler selects samples by index, so "
+                        "it needs a map-style train_dataset with a length.")
+    if len(dataset) != sampler.n_samples:
+        raise ValueError(f"The 'sampler' of {owner} covers {sampler.n_samples} samples but the "
+                         f"train_dataset has {len(dataset)}; build the sampler over the "
+                         "train_dataset.")
+    strategy = getattr(args, "train_sampling_strategy", "random")
+    if strategy != "random" or getattr(args, "group_by_length", False):
+        shown = "group_by_length" if getattr(args, "group_by_length", False) else strategy
+        raise ValueError(f"{owner} does not support train_sampling_strategy={shown!r}: the "
+                         "GraftBatchSampler decides the batches (shuffle=False orders them by "
+                         "index). Leave it at 'random'.")
+    checks = (("per_device_train_batch_size", args.per_device_train_batch_size,
+               sampler.batch_size, "the sampler's batch_size"),
+              ("dataloader_drop_last", args.dataloader_drop_last, sampler.drop_last,
+               "the sampler's drop_last"),
+              ("auto_find_batch_size", args.auto_find_batch_size, False,
+               "False (the sampler's batch size is fixed)"),
+              ("ignore_data_skip", args.ignore_data_skip, False,
+               "False (the sampler resumes its epoch exactly)"))
+    for name, value, wanted, what in checks:
+        if value != wanted:
+            raise ValueError(f"The TrainingArguments '{name}' of {owner} must equal {what}, "
+                             f"{wanted!r}. Got {value!r} instead.")
