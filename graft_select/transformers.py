@@ -351,6 +351,17 @@ class GraftTrainerMixin:
         self._observe(inputs)
         return loss
 
+    def _indices(self):
+        """Dataset indices of the micro-batch being trained: the oldest batch handed out
+        and not yet observed. The Trainer fetches a step's micro-batches ahead and trains
+        them in order, each observed once, so the oldest pending batch is the one."""
+        iteration = self.sampler._iteration  # the sampler's current pass
+        if iteration is None or not iteration.pending:
+            raise RuntimeError(
+                f"{type(self).__name__}: a training step ran with no batch of the sampler "
+                "pending; was the training loader built by get_train_dataloader()?")
+        return iteration.batches[iteration.pending[0]]
+
     def _observe(self, inputs):
         labels = inputs.get("labels") if isinstance(inputs, dict) else None
         if labels is None:
@@ -359,12 +370,13 @@ class GraftTrainerMixin:
                     f"{type(self).__name__} needs each training batch's class labels: the "
                     "batches have no 'labels' entry; name the label column 'labels' (as "
                     "transformers' collators do) or give GraftBatchSampler targets=.")
-            self.sampler.observe()
+            self.sampler.observe(self._indices())
             return
         logits = self._capture.outputs
         if logits is not None and logits.ndim == 3 and labels.ndim == 2:
             hidden, logits = self._capture.take()
-            self.sampler.observe(gradients=self.lm_proxy(hidden, logits, labels))
+            self.sampler.observe(self._indices(),
+                                 gradients=self.lm_proxy(hidden, logits, labels))
             return
         if logits is not None and logits.ndim != 2:
             raise ValueError(
@@ -373,7 +385,7 @@ class GraftTrainerMixin:
                 f"{tuple(labels.shape)}; it supports sequence classification (outputs (b, C), "
                 "labels (b,)) and causal LMs (outputs (b, T, V), labels (b, T)). Pass the "
                 "Linear that maps pooled embeddings to logits as layer=.")
-        self.sampler.observe(targets=labels)
+        self.sampler.observe(self._indices(), targets=labels)
 
     # ---------------------------------------------------------- checkpoints
 
