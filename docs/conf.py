@@ -72,6 +72,10 @@ numpydoc_validation_exclude = {
     r"\.__init__$",
     # A frozen dataclass: its fields are documented as Attributes, not Parameters.
     r"^graft_select\.sampler\.RefitReport$",
+    # transformers.Trainer's own methods, inherited: Hugging Face's docstring style.
+    r"^graft_select\.transformers\.GraftTrainer\.(?!training_step$)",
+    # A mixin: its parameters are GraftTrainer's, documented there.
+    r"^graft_select\.transformers\.GraftTrainerMixin$",
 }
 
 # -- sphinx-gallery ---------------------------------------------------------------

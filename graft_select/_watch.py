@@ -156,7 +156,18 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
             self._model_handle = None
 
     def name(self, layer=None):
-        """How messages name ``layer`` (the hooked one by default)."""
+        """How messages name ``layer`` (the hooked one by default).
+
+        Parameters
+        ----------
+        layer : torch.nn.Module, default=None
+            The layer to name; None names the hooked layer.
+
+        Returns
+        -------
+        name : str
+            ``"'attribute.path' (ClassName)"``, or the class name alone.
+        """
         layer = self.layer if layer is None else layer
         name = self._names.get(layer)
         kind = type(layer).__name__

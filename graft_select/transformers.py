@@ -464,12 +464,14 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
       :class:`CausalLMProxy` of each sequence's last-layer gradient;
     - writes the sampler's state into every checkpoint (one file per process)
       and restores it with ``train(resume_from_checkpoint=...)``, so a resumed
-      run trains the same samples in the same order and the same number of steps.
+      run trains the same samples in the same order and the same number of steps
+      (in this development version a mid-run resume is refused: see the
+      Training frameworks page).
 
     Parameters
     ----------
-    *args, **kwargs
-        The arguments of ``transformers.Trainer``.
+    *args
+        The positional arguments of ``transformers.Trainer``.
     sampler : GraftBatchSampler
         The training batch sampler, over ``train_dataset`` (its ``batch_size``
         is ``per_device_train_batch_size``).
@@ -478,6 +480,8 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
         not it.
     lm_proxy_width : int, default=512
         Width of the causal-LM gradient proxy.
+    **kwargs
+        The keyword arguments of ``transformers.Trainer``.
 
     Attributes
     ----------
