@@ -260,15 +260,7 @@ def _loader_iterator():
     base = getattr(sys.modules.get("torch.utils.data.dataloader"), "_BaseDataLoaderIter", None)
     if base is None:
         return None
-    frame = sys._getframe(2)
-    for _ in range(16):
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, base):
-            return owner
-        frame = frame.f_back
-    return None
+    return calling_owner(base, skip=2, depth=16)
 
 
 def _accelerate_wrapper():
@@ -280,12 +272,22 @@ def _accelerate_wrapper():
     wrappers = tuple(getattr(module, name) for name in
                      ("BatchSamplerShard", "DataLoaderShard", "DataLoaderDispatcher")
                      if hasattr(module, name))
-    frame = sys._getframe(3)
-    for _ in range(16):
+    owner = calling_owner(wrappers, skip=3, depth=16)
+    return None if owner is None else type(owner).__name__
+
+
+def calling_owner(classes, *, skip, depth, where=None):
+    """The first ``self`` among the calling frames that is an instance of ``classes``.
+
+    Looks at ``depth`` frames, starting ``skip`` frames above the function that
+    calls this one; ``where(owner)``, when given, must also hold. None if no frame has one.
+    """
+    frame = sys._getframe(skip + 1)
+    for _ in range(depth):
         if frame is None:
             return None
         owner = frame.f_locals.get("self")
-        if isinstance(owner, wrappers):
-            return type(owner).__name__
+        if isinstance(owner, classes) and (where is None or where(owner)):
+            return owner
         frame = frame.f_back
     return None

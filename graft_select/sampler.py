@@ -26,7 +26,7 @@ from torch.utils.data import Sampler
 from . import _plan
 from ._backend import load_namespaces
 from ._checks import check_labels
-from ._iteration import BatchIterator, LastLayerCapture, refuse_accelerate_wrapper
+from ._iteration import BatchIterator, LastLayerCapture, calling_owner, refuse_accelerate_wrapper
 from ._planner import EpochPlanner, RefitReport
 from ._recorder import FeedbackRecorder
 from ._sources import check_features, feature_source
@@ -547,15 +547,9 @@ def _accelerate_skip(sampler):
     wrapper = getattr(module, "SkipBatchSampler", None)
     if wrapper is None:
         return None
-    frame = sys._getframe(2)
-    for _ in range(4):
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, wrapper) and owner.batch_sampler is sampler:
-            return int(owner.skip_batches)
-        frame = frame.f_back
-    return None
+    owner = calling_owner(wrapper, skip=2, depth=4,
+                          where=lambda owner: owner.batch_sampler is sampler)
+    return None if owner is None else int(owner.skip_batches)
 
 
 def _check_drop_last(parameters, num_replicas):
