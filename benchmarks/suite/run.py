@@ -119,9 +119,19 @@ def _commit():
         return "unknown"
 
 
+def _processor():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            names = [line.split(":", 1)[1].strip() for line in info
+                     if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def _machine():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {"platform": platform.platform(), "processor": platform.processor() or "unknown",
+    return {"platform": platform.platform(), "processor": _processor(),
             "cores": os.cpu_count(), "load_average_1min": round(load, 2)}
 
 
