@@ -85,8 +85,12 @@ def test_tiny_suite_run(suite, tmp_path):
         seen = {r["strategy"]: r["samples_seen"] for r in noise5["runs"]
                 if r["seed"] == seed and r["strategy"] in training.STRATEGIES}
         assert len(set(seen.values())) == 1, seen
-    rows = [line for line in text.splitlines() if line.startswith("| noise5 |")]
+    main, static = text.split("Static use:")
+    rows = [line for line in main.splitlines() if line.startswith("| noise5 |")]
     assert len(rows) == 1
+    picked = re.search(r"\| noise5 \| 0.3 \| (\d+) of 200 \| \d+% \| \d+% \|", static)
+    assert int(picked.group(1)) == next(r["n_selected"] for r in noise5["runs"]
+                                        if r["strategy"] == "static_graft")
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert len(cells) == 6 + len(stats.COMPARISONS)
     by_seed = {(r["strategy"], r["seed"]): r["score"] for r in noise5["runs"]}
@@ -99,12 +103,12 @@ def test_tiny_suite_run(suite, tmp_path):
         assert float(high) == pytest.approx(statistics.mean(d) + half, abs=0.006)
         expected = stats.verdict(statistics.mean(d) - half, statistics.mean(d) + half)
         assert verdict.strip("*") == expected
-    regression = [line for line in text.splitlines() if line.startswith("| regression |")]
+    regression = [line for line in main.splitlines() if line.startswith("| regression |")]
     if training.regression_support() is None:
         assert CELL.fullmatch(regression[0].strip("|").split("|")[4].strip())
     else:
         assert "not supported on this commit" in regression[0]
-    tally = next(line for line in text.splitlines() if line.startswith("| win / tie / loss"))
+    tally = next(line for line in main.splitlines() if line.startswith("| win / tie / loss"))
     counts = [sum(map(int, c)) for c in re.findall(r"(\d+) / (\d+) / (\d+)", tally)]
     # the static column counts both tasks; the sampler's columns the supported ones
     graft_rows = 2 if training.regression_support() is None else 1

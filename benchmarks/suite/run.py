@@ -32,7 +32,7 @@ from suite import stats  # noqa: E402
 from suite.tasks import TASKS, task_names  # noqa: E402
 from suite.training import regression_support, static_runs, strategy_run  # noqa: E402
 
-__all__ = ["QUICK_TASKS", "SuiteConfig", "main", "run_suite"]
+__all__ = ["QUICK_TASKS", "SuiteConfig", "main", "rewrite_report", "run_suite"]
 
 QUICK_TASKS = ("noise20", "signals1d", "regression", "transformer")
 BASELINES = ("uniform", "budget", "rs2", "infobatch")
@@ -138,7 +138,10 @@ def _machine():
 def write_report(results, config, out, figure_path, header):
     """``table.md`` (header, table, tally) and the figure from the results so far."""
     table, tally = stats.markdown_table(results, config.fractions)
-    text = header + "\n\n" + table + "\n"
+    text = (header + "\n\n" + table + "\n\nStatic use: the rows GraftSelector picked from "
+            "the warm model's embeddings and gradients, and the share of them that the warm "
+            "model misclassifies (mean over seeds), against a uniform subset of the same "
+            "size.\n\n" + stats.static_table(results, config.fractions) + "\n")
     (out / "table.md").write_text(text, encoding="utf-8")
     if figure_path is not None and results:
         stats.figure(results, config.fractions, figure_path,
@@ -193,6 +196,18 @@ def run_suite(config, out, *, figure_path=None, resume=False, log=print):
     return results, text
 
 
+def rewrite_report(out, figure_path):
+    """Rewrite ``table.md`` and the figure from the results in ``out``; keep its header."""
+    out = Path(out)
+    config = SuiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in
+                            json.loads((out / "config.json").read_text()).items()})
+    results = [json.loads((out / "runs" / f"{name}.json").read_text())
+               for name in config.tasks if (out / "runs" / f"{name}.json").exists()]
+    header = (out / "table.md").read_text(encoding="utf-8").split("\n\n| task |")[0]
+    text, _ = write_report(results, config, out, figure_path, header)
+    return text
+
+
 def main(argv=None):
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -204,6 +219,8 @@ def main(argv=None):
     parser.add_argument("--tasks", nargs="+", choices=task_names(), default=None)
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
     parser.add_argument("--resume", action="store_true", help="keep finished tasks in --out")
+    parser.add_argument("--report-only", action="store_true", help="rewrite table.md and the "
+                        "figure from --out's runs/*.json, without training")
     options = parser.parse_args(argv)
     config = SuiteConfig.quick() if options.quick else SuiteConfig()
     if options.tasks:
@@ -213,8 +230,11 @@ def main(argv=None):
     suffix = "_quick" if options.quick else ""
     out = Path(options.out or HERE.parent / f"suite_out{suffix}")
     figure_path = Path(options.figure or HERE.parent / "figures" / f"suite{suffix}.png")
-    _, text = run_suite(config, out, figure_path=figure_path, resume=options.resume,
-                        log=lambda line: print(line, file=sys.stderr, flush=True))
+    if options.report_only:
+        text = rewrite_report(out, figure_path)
+    else:
+        _, text = run_suite(config, out, figure_path=figure_path, resume=options.resume,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
     print(text)
     print(f"\nwritten: {out / 'table.md'}, {out / 'runs'}, {figure_path}")
     return 0

@@ -13,8 +13,8 @@ import math
 import numpy as np
 from scipy import stats as scipy_stats
 
-__all__ = ["COMPARISONS", "figure", "markdown_table", "paired_interval", "summarize",
-           "verdict"]
+__all__ = ["COMPARISONS", "figure", "markdown_table", "paired_interval", "static_table",
+           "summarize", "verdict"]
 
 # (column name, GRAFT's strategy, the baseline's strategy)
 COMPARISONS = (
@@ -128,6 +128,29 @@ def markdown_table(results, fractions):
         f"{t['win']} / {t['tie']} / {t['loss']}" for t in tally.values()) + " | | |"]
     notes = [f"\n{r['task']}: {r['unsupported']}." for r in results if "unsupported" in r]
     return "\n".join(lines + totals + notes), tally
+
+
+def static_table(results, fractions):
+    """Markdown: the static use's subset size and the share of its rows that the warm
+    model misclassifies, GRAFT's picks against the uniform ones (classification tasks)."""
+    lines = ["| task | f | rows picked | warm model wrong on GRAFT's picks | on uniform picks |",
+             "|---|---|---|---|---|"]
+    for result in results:
+        for fraction in fractions:
+            shares = {}
+            for strategy in ("static_graft", "static_uniform"):
+                values = [r["warm_wrong_share"] for r in result["runs"]
+                          if r["strategy"] == strategy and r["fraction"] == fraction
+                          and r.get("warm_wrong_share") is not None]
+                shares[strategy] = float(np.mean(values)) if values else None
+            picked = [r["n_selected"] for r in result["runs"]
+                      if r["strategy"] == "static_graft" and r["fraction"] == fraction]
+            if shares["static_graft"] is None or not picked:
+                continue
+            lines.append(f"| {result['task']} | {fraction:g} | {int(np.mean(picked))} of "
+                         f"{result['n_train']} | {100 * shares['static_graft']:.0f}% | "
+                         f"{100 * shares['static_uniform']:.0f}% |")
+    return "\n".join(lines)
 
 
 def _count(tally, row):
