@@ -283,26 +283,25 @@ class GraftTrainerMixin:
             raise ValueError(
                 f"{type(self).__name__} cannot resume: the checkpoint's global step is "
                 f"{self.state.global_step}, but its sampler state is at batch {trained} of "
-                f"epoch {epoch}, which is step {expected}. Resume with the "
+                f"epoch {epoch}, which is step {expected}. Resume with the batch size, the "
                 "gradient_accumulation_steps and the sampler parameters of the saved run.")
         return epoch, trained
 
     def _resumed_batches(self):
         """Batches of its epoch the loaded sampler state trained, in this sampler's batches.
 
-        The state counts its position in samples of this rank's share of the
-        epoch's plan (``sample_offset`` plus ``batches_yielded`` batches of the
-        saved ``batch_size``); a partial last batch counts as one.
+        After ``load_state_dict`` the state counts its position in samples of
+        this rank's share of the epoch's plan (``sample_offset``, in this
+        sampler's ``batch_size``); a partial last batch counts as one.
         """
         state, sampler = self.sampler.state_dict(), self.sampler
-        saved = (state["batch_size"], state["num_replicas"] or sampler.num_replicas)
-        if state["plan_offset"] or saved != (sampler.batch_size, sampler.num_replicas):
+        saved = state["num_replicas"] or sampler.num_replicas
+        if state["plan_offset"] or saved != sampler.num_replicas:
             raise ValueError(
-                f"{type(self).__name__} cannot resume: the checkpoint's sampler state counts "
-                f"batches of {saved[0]} samples over {saved[1]} process(es) (or resumed once "
-                f"under other ones), but this run has batch_size={sampler.batch_size} over "
-                f"{sampler.num_replicas}. Resume with the batch size and the number of "
-                "processes of the saved run.")
+                f"{type(self).__name__} cannot resume: the checkpoint's sampler state was "
+                f"saved by {saved} process(es) (or resumed once under another number), and "
+                f"this run has {sampler.num_replicas}. Resume with the number of processes "
+                "of the saved run.")
         samples = state["sample_offset"] + state["batches_yielded"] * state["batch_size"]
         return math.ceil(samples / sampler.batch_size)
 

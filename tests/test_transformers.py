@@ -306,6 +306,15 @@ class TestResume:
         for a, b in zip(full.model.parameters(), resumed.model.parameters()):
             assert torch.allclose(a, b, atol=1e-6)
 
+    def test_other_batch_size_raises(self, tmp_path, uninterrupted):
+        """A checkpoint of another batch size is refused: its position is another step."""
+        data = Logged()
+        trainer = _trainer(tmp_path, data=data, sampler=_sampler(data, batch_size=4),
+                           per_device_train_batch_size=4, gradient_accumulation_steps=2)
+        message = r"global step is 4.*batch 16 of epoch 0, which is step 8.*the batch size"
+        with pytest.raises(ValueError, match=message):
+            trainer.train(resume_from_checkpoint=str(uninterrupted[0] / "checkpoint-4"))
+
     def test_checkpoint_without_sampler_state_raises(self, tmp_path):
         """A checkpoint of a plain Trainer cannot resume a GraftTrainer."""
         (tmp_path / "checkpoint-3").mkdir()
