@@ -315,6 +315,14 @@ class TestResume:
         with pytest.raises(ValueError, match=message):
             trainer.train(resume_from_checkpoint=str(uninterrupted[0] / "checkpoint-4"))
 
+    def test_other_number_of_processes_raises(self, tmp_path, uninterrupted):
+        """A checkpoint of 1 process resumed by a sampler sharded over 2 is refused by name."""
+        data = Logged()
+        trainer = _trainer(tmp_path, data=data, gradient_accumulation_steps=2,
+                           sampler=_sampler(data, num_replicas=2, rank=0))
+        with pytest.raises(ValueError, match=r"saved by 1 process\(es\).*this run has 2"):
+            trainer.train(resume_from_checkpoint=str(uninterrupted[0] / "checkpoint-4"))
+
     def test_checkpoint_without_sampler_state_raises(self, tmp_path):
         """A checkpoint of a plain Trainer cannot resume a GraftTrainer."""
         (tmp_path / "checkpoint-3").mkdir()
