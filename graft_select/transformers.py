@@ -396,8 +396,15 @@ class GraftTrainerMixin:
 
     def _observe(self, inputs):
         labels = inputs.get("labels") if isinstance(inputs, dict) else None
-        if self._capture.per_token:
+        capture = self._capture
+        if capture.per_token:
             self._observe_causal_lm(labels)
+        elif capture.problem is not None:
+            raise ValueError(
+                f"{type(self).__name__}: the hooked head {capture.name()} {capture.problem} "
+                "at its latest forward; GraftTrainer supports sequence classification (head "
+                "outputs (b, C), labels (b,)) and causal LMs (outputs (b, T, V), labels "
+                "(b, T)). Pass the Linear that maps pooled embeddings to logits as layer=.")
         elif labels is not None:
             self.sampler.observe(self._indices(), targets=labels)
         elif self.sampler.targets is not None:

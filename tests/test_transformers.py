@@ -175,6 +175,19 @@ class TestFeedback:
             trainer.train()
 
 
+    def test_token_classification_raises(self, tmp_path):
+        """A per-token classifier (outputs (b, T, C)) is refused, naming the head and layer=."""
+        torch.manual_seed(0)
+        model = transformers.BertForTokenClassification(BertConfig(
+            vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=16, max_position_embeddings=16))
+        data = [{"input_ids": ids, "labels": ids % 2} for ids in Logged().ids]
+        trainer = GraftTrainer(model=model, args=_args(tmp_path), train_dataset=data,
+                               sampler=_sampler(data))
+        with pytest.raises(ValueError, match=r"'classifier'.*\(8, 8, 16\).*layer="):
+            trainer.train()
+
+
 class TestPerTokenCapture:
     def test_keeps_per_token_values(self):
         """per_token=True keeps a (b, T, d) input and (b, T, V) output as they are."""
