@@ -7,6 +7,10 @@ lives); ``Bag.reduction(split_every=FAN_IN)`` pools the nodes as
 seeds, so the roots are the in-memory roots bit for bit. Only candidates
 (``k`` rows of X and of the gradients per node) and gradient sums travel.
 
+The bags compute where the user's dask arrays would (a configured scheduler,
+a distributed client, else threads), never on the bag's own default of
+processes.
+
 Non-finite values: a leaf holding NaN or infinity yields a `_Bad` marker
 instead of a node; merges pass the markers up, and the host raises the named
 error of the block-wise fit.
@@ -56,7 +60,23 @@ def dask_roots(params, plan, X_blocks, G_blocks, bounds):
         bag = db.from_delayed(parts)
         items.append(bag.reduction(_first, functools.partial(_merge_part, plan.task(params, g)),
                                    split_every=plan.fan_in))
-    return list(dask.compute(*items))
+    return list(dask.compute(*items, **_array_scheduler()))
+
+
+def _array_scheduler():
+    """Compute the bags where the user's dask arrays would compute.
+
+    A bag's own default is the multiprocessing scheduler: it would pickle every
+    block to fresh processes and, in a script without an ``if __name__ ==
+    "__main__":`` guard, fail at start. With no scheduler configured and no
+    distributed client, the tree runs on dask.array's default (threads); a
+    configured scheduler or a client is used as it is.
+    """
+    from dask.base import get_scheduler
+
+    if get_scheduler() is None:
+        return {"scheduler": "threads"}
+    return {}
 
 
 def _leaf_part(task, X, gradients, lo, hi, begin, leaf):

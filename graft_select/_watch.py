@@ -36,6 +36,13 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         The model; its forwards are counted (so that :meth:`observe` can tell
         a layer that did not run from a model that did not), and without
         ``layer`` its head is the ``torch.nn.Linear`` whose output it returns.
+    per_token : bool, default=False
+        Keep the layer's input and output whatever their trailing shape, as
+        long as they are tensors with the same leading dimensions (a causal
+        LM's head: ``(b, T, d)`` in, ``(b, T, V)`` out), for code that turns
+        them into per-sample gradients itself (``observe(gradients=...)``).
+        :meth:`GraftBatchSampler.watch` never sets it: ``observe()`` without
+        values needs ``(b, d)`` embeddings and ``(b, C)`` logits.
 
     Attributes
     ----------
@@ -64,8 +71,9 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
 
     __module__ = "graft_select.sampler"
 
-    def __init__(self, layer, *, model=None):
+    def __init__(self, layer, *, model=None, per_token=False):
         self.layer = layer
+        self.per_token = per_token
         self.model = model
         self.inputs = self.outputs = None
         self.rows = []  # rows of each forward of the layer since the last take()
@@ -93,9 +101,10 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
             self.problem = f"made its hook fail ({type(exc).__name__}: {exc})"
 
     def _record(self, x, output):
-        """Keep ``x`` and ``output`` if they are a (b, d) input and a (b, C) output."""
+        """Keep ``x`` and ``output`` if they are a (b, d) input and a (b, C) output (with
+        ``per_token``: tensors of the same leading dimensions)."""
         self.inputs = self.outputs = None
-        self.problem = _problem(x, output)
+        self.problem = (_per_token_problem if self.per_token else _problem)(x, output)
         self.rows.append(output.shape[0] if self.problem is None else None)
         if self.problem is None:
             self.inputs, self.outputs = x.detach(), output.detach()
@@ -252,6 +261,16 @@ def _problem(x, output):
     if output.ndim != 2 or output.shape[0] != x.shape[0]:
         return (f"mapped an input of shape {tuple(x.shape)} to an output of shape "
                 f"{tuple(output.shape)}, not (b, C)")
+    return None
+
+
+def _per_token_problem(x, output):
+    """Why a forward gives no (b, ..., d) input and (b, ..., C) output alike, or None."""
+    if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
+        return _problem(x, output)
+    if x.ndim < 2 or x.ndim != output.ndim or x.shape[:-1] != output.shape[:-1]:
+        return (f"mapped an input of shape {tuple(x.shape)} to an output of shape "
+                f"{tuple(output.shape)}, not (b, ..., d) to (b, ..., C)")
     return None
 
 

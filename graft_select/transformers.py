@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers.trainer_utils import get_last_checkpoint, seed_worker
 
 from .accelerate import prepare_data_loader
-from .sampler import GraftBatchSampler
+from .sampler import GraftBatchSampler, LastLayerCapture
 
 __all__ = ["CausalLMProxy", "GraftTrainer", "GraftTrainerMixin", "graft_trainer"]
 
@@ -273,8 +273,7 @@ class GraftTrainerMixin:
             trial)
         if resume_from_checkpoint is None:
             return epochs_trained, steps_trained
-        epoch = self.sampler.epoch
-        trained = self.sampler.state_dict()["batches_yielded"]
+        epoch, trained = self.sampler.epoch, self._resumed_batches()
         if epoch < len(self.epoch_batches) and trained >= self.epoch_batches[epoch]:
             epoch, trained = epoch + 1, 0  # saved after the epoch's last step
             self.sampler.set_epoch(epoch)
@@ -284,9 +283,27 @@ class GraftTrainerMixin:
             raise ValueError(
                 f"{type(self).__name__} cannot resume: the checkpoint's global step is "
                 f"{self.state.global_step}, but its sampler state is at batch {trained} of "
-                f"epoch {epoch}, which is step {expected}. Resume with the "
+                f"epoch {epoch}, which is step {expected}. Resume with the batch size, the "
                 "gradient_accumulation_steps and the sampler parameters of the saved run.")
         return epoch, trained
+
+    def _resumed_batches(self):
+        """Batches of its epoch the loaded sampler state trained, in this sampler's batches.
+
+        After ``load_state_dict`` the state counts its position in samples of
+        this rank's share of the epoch's plan (``sample_offset``, in this
+        sampler's ``batch_size``); a partial last batch counts as one.
+        """
+        state, sampler = self.sampler.state_dict(), self.sampler
+        saved = state["num_replicas"] or sampler.num_replicas
+        if state["plan_offset"] or saved != sampler.num_replicas:
+            raise ValueError(
+                f"{type(self).__name__} cannot resume: the checkpoint's sampler state was "
+                f"saved by {saved} process(es) (or resumed once under another number), and "
+                f"this run has {sampler.num_replicas}. Resume with the number of processes "
+                "of the saved run.")
+        samples = state["sample_offset"] + state["batches_yielded"] * state["batch_size"]
+        return math.ceil(samples / sampler.batch_size)
 
     def _run_epoch(self, *args, **kwargs):
         """One epoch, with that epoch's own number of batches and steps (see Trainer)."""
@@ -295,7 +312,7 @@ class GraftTrainerMixin:
         batches = len(self.sampler)  # the epoch's real plan (a refit runs here)
         self._check_planned(epoch, batches)
         if self._capture is None:
-            self._capture = self.sampler.watch(self.model, layer=self._head())
+            self._capture = self._watch()
         kwargs.update(steps_in_epoch=batches, num_update_steps_per_epoch=self._steps_of(batches))
         return super()._run_epoch(*args, **kwargs)
 
@@ -320,7 +337,7 @@ class GraftTrainerMixin:
         if self.layer is not None:
             return self.layer
         model = self.model
-        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        output = _output_embeddings(model)
         if isinstance(output, torch.nn.Linear):
             return output
         for name in ("classifier", "score"):
@@ -330,6 +347,21 @@ class GraftTrainerMixin:
                 if linears:
                     return linears[-1]
         return None  # the sampler hooks the model's last Linear
+
+    def _watch(self):
+        """Hook the head: per token for a causal LM's (read by the proxy), else through
+        the sampler's watch(), which records (b, d) embeddings and (b, C) logits."""
+        head, model = self._head(), self.model
+        if head is None or head is not _output_embeddings(model):
+            return self.sampler.watch(model, layer=head)
+        if not _is_causal_lm(model):
+            raise ValueError(
+                f"{type(self).__name__} supports sequence classification and causal LMs; "
+                f"{type(model).__name__} is neither: its head is its output embeddings (a "
+                "masked or sequence-to-sequence LM), whose per-token loss the causal-LM "
+                "gradient proxy does not model. Pass the Linear that maps pooled embeddings "
+                "to logits as layer=, or train it with transformers.Trainer.")
+        return LastLayerCapture(head, model=model, per_token=True)
 
     def training_step(self, model, inputs, *args, **kwargs):
         """The Trainer's training step, then the micro-batch's feedback recorded once.
@@ -364,28 +396,41 @@ class GraftTrainerMixin:
 
     def _observe(self, inputs):
         labels = inputs.get("labels") if isinstance(inputs, dict) else None
-        if labels is None:
-            if self.sampler.targets is None:
-                raise ValueError(
-                    f"{type(self).__name__} needs each training batch's class labels: the "
-                    "batches have no 'labels' entry; name the label column 'labels' (as "
-                    "transformers' collators do) or give GraftBatchSampler targets=.")
-            self.sampler.observe(self._indices())
-            return
-        logits = self._capture.outputs
-        if logits is not None and logits.ndim == 3 and labels.ndim == 2:
-            hidden, logits = self._capture.take()
-            self.sampler.observe(self._indices(),
-                                 gradients=self.lm_proxy(hidden, logits, labels))
-            return
-        if logits is not None and logits.ndim != 2:
+        capture = self._capture
+        if capture.per_token:
+            self._observe_causal_lm(labels)
+        elif capture.problem is not None:
             raise ValueError(
-                f"{type(self).__name__}: the hooked head ({type(self._capture.layer).__name__}) "
-                f"gives outputs of shape {tuple(logits.shape)} for labels of shape "
-                f"{tuple(labels.shape)}; it supports sequence classification (outputs (b, C), "
-                "labels (b,)) and causal LMs (outputs (b, T, V), labels (b, T)). Pass the "
-                "Linear that maps pooled embeddings to logits as layer=.")
-        self.sampler.observe(self._indices(), targets=labels)
+                f"{type(self).__name__}: the hooked head {capture.name()} {capture.problem} "
+                "at its latest forward; GraftTrainer supports sequence classification (head "
+                "outputs (b, C), labels (b,)) and causal LMs (outputs (b, T, V), labels "
+                "(b, T)). Pass the Linear that maps pooled embeddings to logits as layer=.")
+        elif labels is not None:
+            self.sampler.observe(self._indices(), targets=labels)
+        elif self.sampler.targets is not None:
+            self.sampler.observe(self._indices())
+        else:
+            raise ValueError(
+                f"{type(self).__name__} needs each training batch's class labels: the "
+                "batches have no 'labels' entry; name the label column 'labels' (as "
+                "transformers' collators do) or give GraftBatchSampler targets=.")
+
+    def _observe_causal_lm(self, labels):
+        """Record the micro-batch's CausalLMProxy rows, from the LM head's latest forward."""
+        capture, owner = self._capture, type(self).__name__
+        problem = capture.problem or "did not run in this training step"
+        hidden, logits = capture.take()
+        if logits is None:
+            raise ValueError(f"{owner}: the causal LM's head {capture.name()} {problem}; pass "
+                             "the Linear that maps hidden states to the vocabulary as layer=.")
+        if labels is None or logits.ndim != 3 or tuple(labels.shape) != tuple(logits.shape[:2]):
+            shown = None if labels is None else tuple(labels.shape)
+            raise ValueError(
+                f"{owner} needs a causal LM's batches to hold 'labels' of shape (b, T) matching "
+                f"its head's (b, T, V) logits, {tuple(logits.shape)}; got labels of shape "
+                f"{shown}. Use a collator that sets labels (DataCollatorForLanguageModeling "
+                "with mlm=False).")
+        self.sampler.observe(self._indices(), gradients=self.lm_proxy(hidden, logits, labels))
 
     # ---------------------------------------------------------- checkpoints
 
@@ -460,13 +505,14 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
       ``classifier`` or ``score``, else the last Linear) and records every
       training micro-batch once, with the batch's ``labels`` as targets; evaluation
       forwards are not recorded;
-    - for a causal LM (head outputs ``(b, T, V)``, labels ``(b, T)``) records a
-      :class:`CausalLMProxy` of each sequence's last-layer gradient;
+    - for a causal LM (a model that generates and has no encoder, hooked at its
+      output embeddings: head outputs ``(b, T, V)``, labels ``(b, T)``) hooks
+      the head per token and records a :class:`CausalLMProxy` of each
+      sequence's last-layer gradient;
     - writes the sampler's state into every checkpoint (one file per process)
       and restores it with ``train(resume_from_checkpoint=...)``, so a resumed
-      run trains the same samples in the same order and the same number of steps
-      (in this development version a mid-run resume is refused: see the
-      Training frameworks page).
+      run trains the same samples in the same order and the same number of steps,
+      from any step (mid-epoch, warm start or not).
 
     Parameters
     ----------
@@ -512,7 +558,10 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
     A refit that selects another number of samples than planned (the
     label-noise guard or ``refresh_share`` can) changes the run's length; the
     trainer then warns and updates ``state.max_steps``. Resuming needs the
-    same number of processes as the saved run.
+    same number of processes, batch size and ``gradient_accumulation_steps``
+    as the saved run. A masked or sequence-to-sequence LM (its head is its
+    output embeddings, but it is no causal LM) raises a ValueError at the
+    first step: pass ``layer=`` or train it with ``transformers.Trainer``.
 
     Examples
     --------
@@ -575,6 +624,20 @@ def graft_trainer(trainer_class):
 
 
 # ------------------------------------------------------------------------ helpers
+
+
+def _output_embeddings(model):
+    """The model's output embeddings (an LM's head), or None."""
+    getter = getattr(model, "get_output_embeddings", None)
+    return getter() if callable(getter) else None
+
+
+def _is_causal_lm(model):
+    """Whether ``model`` is a decoder-only LM (it generates and has no encoder)."""
+    can_generate = getattr(model, "can_generate", None)
+    config = getattr(model, "config", None)
+    return bool(callable(can_generate) and can_generate()
+                and not getattr(config, "is_encoder_decoder", False))
 
 
 def _epoch_steps(steps, num_train_epochs):

@@ -195,6 +195,49 @@ class TestDask:
                 _lazy(X, "unaligned"), gradients=_lazy(dense, "unaligned"))
         _same(lazy, eager)
 
+    def test_default_scheduler_is_threads_not_processes(self, data, monkeypatch):
+        """With nothing configured the bags run on threads, as the dask arrays would.
+
+        A bag's own default (multiprocessing) would pickle the blocks to new
+        processes and fail in a script without a ``__main__`` guard.
+        """
+        import dask.bag
+        import dask.base
+
+        X, _, dense, _ = data
+        calls = []
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the tree ran on the bag's default scheduler")
+
+        real = dask.base.named_schedulers["threads"]
+
+        def record(*args, **kwargs):
+            calls.append("threads")
+            return real(*args, **kwargs)
+
+        for cls in (dask.bag.Bag, dask.bag.Item):
+            monkeypatch.setattr(cls, "__dask_scheduler__", staticmethod(refuse))
+        monkeypatch.setitem(dask.base.named_schedulers, "threads", record)
+        eager = GraftSelector(0.01, random_state=0).fit(X, gradients=dense)
+        lazy = GraftSelector(0.01, random_state=0).fit(_lazy(X, "aligned"),
+                                                      gradients=_lazy(dense, "aligned"))
+        assert calls
+        _same(lazy, eager)
+
+    def test_configured_scheduler_is_kept(self, data, monkeypatch):
+        """A scheduler set with dask.config is the one the tree uses."""
+        import dask.base
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the tree ignored the configured scheduler")
+
+        monkeypatch.setitem(dask.base.named_schedulers, "threads", refuse)
+        X, _, dense, _ = data
+        with dask.config.set(scheduler="synchronous"):
+            GraftSelector(0.01, random_state=0).fit(_lazy(X, "aligned"),
+                                                    gradients=_lazy(dense, "aligned"))
+
     def test_local_cluster(self, data):
         """The same on a two-worker LocalCluster."""
         X, _, dense, _ = data

@@ -20,7 +20,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from graft_select.sampler import GraftBatchSampler  # noqa: E402
+from graft_select.sampler import GraftBatchSampler, LastLayerCapture  # noqa: E402
 from graft_select.transformers import (  # noqa: E402
     CausalLMProxy,
     GraftTrainer,
@@ -57,8 +57,8 @@ def _bert():
     return BertForSequenceClassification(config)
 
 
-def _sampler(data, **kwargs):
-    return GraftBatchSampler(data, **{"batch_size": BATCH, "fraction": 0.3, "seed": 3,
+def _sampler(data, cls=GraftBatchSampler, **kwargs):
+    return cls(data, **{"batch_size": BATCH, "fraction": 0.3, "seed": 3,
                                       "warm_start_epochs": 1, "refit_every": 1, **kwargs})
 
 
@@ -144,9 +144,6 @@ class TestFeedback:
             stores.append(trainer.sampler.state_dict()["store"])
         assert all(torch.equal(stores[0][k], stores[1][k]) for k in stores[0])
 
-    @pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-        "open (issue 24): since watch() validates per-sample inputs, the lm_head capture "
-        "refuses (b, T, d) inputs before GraftTrainer's causal-LM proxy reads them"))
     def test_causal_lm(self, tmp_path):
         """A tiny GPT-2 trains with the sketched gradient proxy; planned steps run."""
         torch.manual_seed(0)
@@ -158,9 +155,56 @@ class TestFeedback:
                                sampler=sampler, lm_proxy_width=32)
         output = trainer.train()
         assert output.global_step == trainer.state.max_steps == 25
-        store = sampler.state_dict()["store"]
+        state = sampler.state_dict()
         # hidden 16 > sqrt(32): 6 vocabulary buckets x 5 Gaussian columns
+        store = state["store"]
         assert set(store) == {"gradients"} and store["gradients"].shape == (N, 30)
+        assert bool((state["last_seen"] >= 0).all())  # the warm-start epoch saw every sample
+        assert sampler.last_refit.n_selected == 36
+
+    def test_masked_lm_raises(self, tmp_path):
+        """A masked LM's head (its output embeddings, not causal) is refused by name."""
+        torch.manual_seed(0)
+        model = transformers.BertForMaskedLM(BertConfig(
+            vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=16, max_position_embeddings=16))
+        data = [{"input_ids": ids, "labels": ids} for ids in Logged().ids]
+        trainer = GraftTrainer(model=model, args=_args(tmp_path), train_dataset=data,
+                               sampler=_sampler(data))
+        with pytest.raises(ValueError, match=r"BertForMaskedLM is neither.*layer="):
+            trainer.train()
+
+
+    def test_token_classification_raises(self, tmp_path):
+        """A per-token classifier (outputs (b, T, C)) is refused, naming the head and layer=."""
+        torch.manual_seed(0)
+        model = transformers.BertForTokenClassification(BertConfig(
+            vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=16, max_position_embeddings=16))
+        data = [{"input_ids": ids, "labels": ids % 2} for ids in Logged().ids]
+        trainer = GraftTrainer(model=model, args=_args(tmp_path), train_dataset=data,
+                               sampler=_sampler(data))
+        with pytest.raises(ValueError, match=r"'classifier'.*\(8, 8, 16\).*layer="):
+            trainer.train()
+
+
+class TestPerTokenCapture:
+    def test_keeps_per_token_values(self):
+        """per_token=True keeps a (b, T, d) input and (b, T, V) output as they are."""
+        head = torch.nn.Linear(4, 6)
+        capture = LastLayerCapture(head, per_token=True)
+        x = torch.randn(3, 5, 4)
+        out = head(x)
+        hidden, logits = capture.take()
+        assert torch.equal(hidden, x) and torch.equal(logits, out.detach())
+        assert capture.take() == (None, None)
+
+    def test_refuses_mismatched_leading_shapes(self):
+        """An output whose leading dimensions are not the input's is recorded as a problem."""
+        layer = torch.nn.Flatten(1)
+        capture = LastLayerCapture(layer, per_token=True)
+        layer(torch.randn(3, 5, 4))
+        assert capture.outputs is None and "(3, 5, 4)" in capture.problem
 
 
 class TestCausalLMProxy:
@@ -224,29 +268,73 @@ class TestConstruction:
         assert trainer.train().global_step == 25 and trainer.calls == 25
 
 
+class Recording(GraftBatchSampler):
+    """A GraftBatchSampler that keeps each pass's batches (this rank's plan), by epoch."""
+
+    def __iter__(self):
+        iteration = super().__iter__()
+        self.__dict__.setdefault("plans", {}).setdefault(self.epoch, []).append(
+            torch.cat(self._iteration.batches).tolist())
+        return iteration
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A run saving a checkpoint at every step: (folder, dataset read log, trainer)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    data = Logged()
+    trainer = _trainer(folder, data=data, sampler=_sampler(data, cls=Recording),
+                       save_strategy="steps", save_steps=1, gradient_accumulation_steps=2)
+    trainer.train()
+    return folder, data.log, trainer
+
+
 class TestResume:
     # 3 epochs of 15, 5 and 5 batches of 8 (120, 36, 36 samples); 8, 3 and 3 steps of 2
-    @pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-        "open (issue 24): the sampler's resume position moved to sample offsets in the "
-        "same round; GraftTrainer's check reads the old batch position and refuses"))
-    @pytest.mark.parametrize("save_step, read", [(4, 64), (10, 152)])  # warm start, selected
-    def test_mid_epoch_resume_is_exact(self, tmp_path, save_step, read):
-        """Resuming mid-epoch trains the same samples in the same order, to the same step."""
-        data = Logged()
-        full = _trainer(tmp_path, data=data, save_strategy="steps", save_steps=save_step,
-                        gradient_accumulation_steps=2)
-        full.train()
+    # batches; (checkpoint step, samples the uninterrupted run had read by then)
+    @pytest.mark.parametrize("save_step, read", [
+        (4, 64),  # mid warm-start epoch
+        (8, 120),  # end of the warm-start epoch (its last step has one batch)
+        (10, 152),  # mid selected epoch
+        (11, 156),  # end of a selected epoch
+        (13, 188),  # mid last epoch
+    ])
+    def test_resume_is_exact(self, tmp_path, uninterrupted, save_step, read):
+        """Resuming at any step trains the same samples in the same order, to the same step."""
+        folder, log, full = uninterrupted
         resumed_data = Logged()
-        resumed = _trainer(tmp_path / "resumed", data=resumed_data,
-                           gradient_accumulation_steps=2)
-        output = resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{save_step}"))
-        assert len(data.log) == 192
-        assert resumed_data.log == data.log[read:]
+        resumed = _trainer(tmp_path, data=resumed_data, gradient_accumulation_steps=2,
+                           sampler=_sampler(resumed_data, cls=Recording))
+        output = resumed.train(resume_from_checkpoint=str(folder / f"checkpoint-{save_step}"))
+        assert len(log) == 192
+        assert resumed_data.log == log[read:]
+        assert resumed.epoch_batches == full.epoch_batches == [15, 5, 5]
+        assert all(len(passes) == 1 for passes in full.sampler.plans.values())
+        # one pass per epoch from the resumed one on, each with the uninterrupted run's plan
+        first = min(resumed.sampler.plans)
+        assert resumed.sampler.plans == {e: p for e, p in full.sampler.plans.items() if e >= first}
         assert output.global_step == full.state.global_step == resumed.state.max_steps == 14
         assert resumed.state.epoch == full.state.epoch == 3
         assert resumed.lr_scheduler.get_last_lr()[0] == 0.0
         for a, b in zip(full.model.parameters(), resumed.model.parameters()):
             assert torch.allclose(a, b, atol=1e-6)
+
+    def test_other_batch_size_raises(self, tmp_path, uninterrupted):
+        """A checkpoint of another batch size is refused: its position is another step."""
+        data = Logged()
+        trainer = _trainer(tmp_path, data=data, sampler=_sampler(data, batch_size=4),
+                           per_device_train_batch_size=4, gradient_accumulation_steps=2)
+        message = r"global step is 4.*batch 16 of epoch 0, which is step 8.*the batch size"
+        with pytest.raises(ValueError, match=message):
+            trainer.train(resume_from_checkpoint=str(uninterrupted[0] / "checkpoint-4"))
+
+    def test_other_number_of_processes_raises(self, tmp_path, uninterrupted):
+        """A checkpoint of 1 process resumed by a sampler sharded over 2 is refused by name."""
+        data = Logged()
+        trainer = _trainer(tmp_path, data=data, gradient_accumulation_steps=2,
+                           sampler=_sampler(data, num_replicas=2, rank=0))
+        with pytest.raises(ValueError, match=r"saved by 1 process\(es\).*this run has 2"):
+            trainer.train(resume_from_checkpoint=str(uninterrupted[0] / "checkpoint-4"))
 
     def test_checkpoint_without_sampler_state_raises(self, tmp_path):
         """A checkpoint of a plain Trainer cannot resume a GraftTrainer."""
