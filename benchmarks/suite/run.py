@@ -7,9 +7,10 @@ use against a uniform subset. Results are written as they come: ``runs/<task>.js
 after every run, then ``table.md`` (the win/tie/loss table) and the figure after
 every task, so an interrupted run keeps its data (``--resume`` skips finished tasks).
 
-The full run (10 tasks, 5 seeds, fractions 0.1 and 0.3, 15 epochs) takes about 20 minutes on
-two quiet CPU cores (the runs use one thread); ``--quick`` (4 tasks, 2 seeds, half the
-data, 6 epochs) about 3.
+The full run (10 tasks, 5 seeds, fractions 0.1 and 0.3, 15 epochs; one thread) took
+36 minutes on two cores shared with three other jobs (load average 4 to 7), so less
+on two quiet ones (not measured); ``--quick`` (4 tasks, 2 seeds, half the data, 6
+epochs) took 3 minutes there.
 """
 
 import argparse
@@ -150,10 +151,10 @@ def write_report(results, config, out, figure_path, header):
     return text, tally
 
 
-def _header(config, started, finished, elapsed):
+def _header(config, started, finished, elapsed, commit):
     done = "complete" if finished else "partial (tasks still running or interrupted)"
     return (f"Task suite ({done}): {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit "
-            f"{_commit()}, {_machine()['processor']} ({os.cpu_count()} cores, load "
+            f"{commit} (at the start), {_machine()['processor']} ({os.cpu_count()} cores, load "
             f"{_machine()['load_average_1min']}), 1 thread; seeds {list(config.seeds)}, "
             f"fractions {list(config.fractions)}, epochs "
             f"{config.epochs or 'per task'}, size scale {config.size_scale:g}; started "
@@ -171,6 +172,7 @@ def run_suite(config, out, *, figure_path=None, resume=False, log=print):
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config)), encoding="utf-8")
     started, began = f"{datetime.now(timezone.utc):%H:%M} UTC", time.perf_counter()
+    commit = _commit()
     results = []
 
     def write(result):
@@ -190,9 +192,10 @@ def run_suite(config, out, *, figure_path=None, resume=False, log=print):
             log(f"{name}: done in {(time.perf_counter() - task_began) / 60:.1f} min")
             text, _ = write_report(results, config, out, figure_path,
                                    _header(config, started, False,
-                                           time.perf_counter() - began))
+                                           time.perf_counter() - began, commit))
     text, _ = write_report(results, config, out, figure_path,
-                           _header(config, started, True, time.perf_counter() - began))
+                           _header(config, started, True, time.perf_counter() - began,
+                                   commit))
     return results, text
 
 
