@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from ._backend import single_threaded_blas
+
 __all__ = ["BackgroundRefit", "FinishedRefit", "resolve_background", "spare_cores"]
 
 
@@ -76,6 +78,8 @@ class BackgroundRefit:
         self.draft = draft
         self.seconds = None
         self._result = self._error = None
+        # set here, on the starting thread: threadpoolctl ignores other threads' BLAS limits
+        self._release_blas = single_threaded_blas()
         self._thread = threading.Thread(target=self._run, args=(work,), daemon=True,
                                         name=f"graft-select-refit-{draft.fit_epoch}")
         self._thread.start()
@@ -94,10 +98,15 @@ class BackgroundRefit:
         return self._thread is None or not self._thread.is_alive()
 
     def wait(self):
-        """Block until the thread has finished; return the seconds waited."""
+        """Block until the thread has finished; return the seconds waited.
+
+        Call it on the thread that started the refit: it restores the BLAS
+        limits there once the refit has ended.
+        """
         start = time.perf_counter()
         if self._thread is not None:
             self._thread.join()
+        self._release_blas()
         return time.perf_counter() - start
 
     def result(self):
@@ -115,9 +124,19 @@ class BackgroundRefit:
             raise error
         return self._result, waited
 
+    def __del__(self):
+        # the last reference goes with the sampler, on the thread that used it (the
+        # refit's thread dropped its own when it ended): the BLAS limits come back
+        if getattr(self, "_thread", None) is None or self.done():
+            self._release_blas()
+
     def __getstate__(self):
         self.wait()  # a copy (pickle, deepcopy) holds the finished result, not the thread
-        return {**self.__dict__, "_thread": None}
+        return {**self.__dict__, "_thread": None, "_release_blas": _released}
+
+
+def _released():
+    """The BLAS release of a refit that has already released its limits."""
 
 
 class FinishedRefit:

@@ -197,6 +197,8 @@ selector, label_noise_guard, max_overhead, background :
         """
         if self._planned is not None and self._planned[0] == epoch:
             return self._planned[1]
+        if self._pending is not None and self._pending.done():
+            self.recorder.store.release()  # the held observations, the BLAS limits
         self.schedule.epoch_started(epoch, self.expected_size(epoch))
         if self._full_data(epoch):
             subset = torch.arange(self.n_samples)
