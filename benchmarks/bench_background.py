@@ -104,7 +104,7 @@ def _one_store_run(n, background, d=512, classes=10, batch=256):
         start = time.perf_counter()
         len(sampler)
         held = 0
-        for i, b in enumerate(sampler):
+        for b in sampler:
             idx = torch.as_tensor(b)
             loss = torch.nn.functional.cross_entropy(model(emb[idx]), targets[idx])
             optimizer.zero_grad()
