@@ -47,7 +47,8 @@ class RefitReport:
         Mean over chunks of the relative error of the chunk's mean gradient
         approximated by the selected samples; None without gradient feedback.
     seconds : float
-        Wall-clock seconds spent selecting (feature pass included).
+        Wall-clock seconds spent selecting (feature pass included); for a
+        background refit, its preparation on the main thread and its thread's.
     feature_seconds : float
         Of which in the ``features`` callable (0 in observe-only mode).
     n_refreshed : int
@@ -152,7 +153,8 @@ selector, label_noise_guard, max_overhead, background :
     last_refit : RefitReport or None
         Report of the latest refit.
     selection_seconds : float
-        Total seconds spent selecting so far.
+        Total seconds spent selecting so far on the training path (a background
+        refit counts its preparation and the wait for it, not its hidden seconds).
     """
 
     def __init__(self, n_samples, recorder, source, *, fraction, chunk_size, refit_every,

@@ -155,7 +155,8 @@ class GraftBatchSampler(Sampler[list[int]]):
     last_refit : RefitReport or None
         Report of the latest refit.
     selection_seconds : float
-        Total seconds spent selecting so far.
+        Total seconds spent selecting so far on the training path (a background
+        refit counts its preparation and the wait for it, not its hidden seconds).
 
     See Also
     --------
@@ -212,7 +213,7 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     @property
     def selection_seconds(self):
-        """Total seconds spent selecting so far."""
+        """Total seconds spent selecting so far, on the training path."""
         return self._planner.selection_seconds
 
     @property
