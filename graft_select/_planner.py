@@ -426,7 +426,7 @@ selector, label_noise_guard, max_overhead, background :
                 f"GraftBatchSampler selected {size} samples for a budget of {budget} "
                 f"(fraction={self.fraction} of {self.n_samples}): every selection chunk keeps "
                 f"at least one sample. Raise 'fraction' or 'chunk_size' (now "
-                f"{self.chunk_size}) to hold the budget.", UserWarning, stacklevel=6)
+                f"{self.chunk_size}) to hold the budget.", UserWarning, stacklevel=7)
 
     def _guard(self, candidates, budget):
         """Candidates without the suspected wrong labels, and those (see label_noise_guard)."""
@@ -439,7 +439,7 @@ selector, label_noise_guard, max_overhead, background :
                 f"GraftBatchSampler's label_noise_guard needs the label probabilities, but the "
                 f"residuals are stored as a sketch of width {store.sketch_width}; the guard did "
                 "not act. Set sketch_width to at least the number of classes, or "
-                "label_noise_guard=False.", UserWarning, stacklevel=5)
+                "label_noise_guard=False.", UserWarning, stacklevel=6)
             return candidates, none
         observed = candidates[store.last_seen.cpu()[candidates] >= 0]
         excluded = _guard.suspected_wrong_labels(store["residuals"], observed, budget)
@@ -461,7 +461,7 @@ selector, label_noise_guard, max_overhead, background :
                 f"loop that does not call observe()). They are trained as refreshes, up to "
                 f"the budget of {self._budget()}, instead of being selected as rows of zeros "
                 f"(last_refit.n_unobserved). Call sampler.observe() after every training "
-                f"batch (GraftCallback does it under Lightning).", UserWarning, stacklevel=6)
+                f"batch (GraftCallback does it under Lightning).", UserWarning, stacklevel=7)
         return never
 
     def _stalest(self, candidates, budget, never=0):
