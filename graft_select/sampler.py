@@ -133,7 +133,7 @@ class GraftBatchSampler(Sampler[list[int]]):
     selection_size : int or None
         Deprecated name of ``chunk_size`` (renamed in 0.2, removed in 0.4):
         setting it warns with a FutureWarning; setting both raises.
-    background : {"auto", True, False}, default="auto"
+    background : {"auto", True, False}, default=False
         Run each refit in a background thread while the epoch before it trains.
         Its snapshot of the feedback is the one recorded when that epoch is
         planned (its ``len()`` or iteration, after the ranks' merge): the plan is
@@ -144,8 +144,11 @@ class GraftBatchSampler(Sampler[list[int]]):
         iteration waits for what is left of it; an error raised in the thread
         is raised there. ``"auto"`` turns it on when a core is left over by
         torch's intra-op threads or the feedback is on an accelerator (rank 0
-        decides for every rank; :meth:`state_dict` keeps the decision); pass
-        True or False for plans that do not depend on the machine. A refit
+        decides for every rank; :meth:`state_dict` keeps the decision), which
+        makes the plans depend on the machine. Off by default: on the demo's
+        data the staler snapshot cost 0.2-0.5 point of accuracy at equal
+        samples, paired by seed, and a loaded 2-core machine showed no
+        wall-clock gain (``benchmarks/RESULTS.md``). A refit
         with nothing observed before its snapshot (the first epoch's), and a
         ``features`` callable (it runs the model), stay on the training thread.
         :attr:`last_refit` says how many seconds were hidden and waited.
@@ -183,7 +186,7 @@ class GraftBatchSampler(Sampler[list[int]]):
                  rank=None,
                  targets=None, refresh_share=0.0, feature_batch_size=1024,
                  feedback_dtype=torch.float32, sketch_width=None, label_noise_guard=True,
-                 selection_size="deprecated", background="auto"):
+                 selection_size="deprecated", background=False):
         chunk_size = _renamed_chunk_size(chunk_size, selection_size)
         vars(self).update(_checked_parameters(
             data_source, batch_size, fraction, features, chunk_size, refit_every,

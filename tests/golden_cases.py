@@ -161,20 +161,14 @@ def dask_cases(X, dense):
 
 
 def _sampler(n, seed, config):
-    import inspect
-
     from graft_select.sampler import GraftBatchSampler
 
     params = dict(config)
     if "chunk_size" in params:
+        import inspect
+
         if "chunk_size" not in inspect.signature(GraftBatchSampler).parameters:
             params["selection_size"] = params.pop("chunk_size")
-    if "background" in inspect.signature(GraftBatchSampler).parameters:
-        # the pinned plans are those of refits between epochs; "auto" would run them in
-        # the background where a core is spare (one epoch's feedback staler, another
-        # plan), so the fingerprints would depend on the machine (test_background.py
-        # pins that path against the synchronous one)
-        params["background"] = False
     return GraftBatchSampler(n, 64, seed=seed, **params)
 
 
