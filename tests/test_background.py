@@ -351,3 +351,21 @@ def test_overlapping_holds_restore_the_limits():
     release()
     release()  # a second call changes nothing
     assert blas() == before
+
+
+def test_copy_with_a_refit_pending():
+    """A deep copy taken while a background refit is pending plans the refit epoch alike."""
+    import copy
+
+    sampler = _sampler(True)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        _train(sampler, epoch)
+    sampler.set_epoch(3)
+    len(sampler)  # the refit of epoch 4 starts
+    twin = copy.deepcopy(sampler)
+    for s in (sampler, twin):
+        _train(s, 3)
+        s.set_epoch(4)
+    assert torch.equal(sampler._plan(), twin._plan())
+    assert twin.last_refit.background and twin.last_refit.epoch == 4
