@@ -10,6 +10,7 @@ array-api-compat, which only inspects objects that already exist.
 import contextlib
 import functools
 import inspect
+import threading
 
 import array_api_compat
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "on_input_device",
     "scale_by_power_of_two",
     "single_threaded",
+    "single_threaded_blas",
     "solve_triangular",
     "sparse_tensor_layout",
     "to_numpy",
@@ -245,11 +247,55 @@ def single_threaded():
     OpenBLAS's limit is process-wide; OpenMP's (torch's intra-op pool) applies to
     the calling thread, so a refit in a background thread leaves the training
     thread's torch pool as it was. The previous limits come back on exit.
+
+    Blocks may overlap across threads (a background refit and the training
+    thread's own refit or selection): the process-wide BLAS limits are set by
+    the first block to enter and restored by the last to leave, so no
+    interleaving leaves them at one thread (each block saving and restoring its
+    own would let the later restore write the earlier block's limit back).
     """
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-    with threadpool_limits(limits=1):
-        yield
+    release = single_threaded_blas()
+    try:
+        with threadpool_limits(limits=1, user_api="openmp"):  # this thread's
+            yield
+    finally:
+        release()
+
+
+def single_threaded_blas():
+    """BLAS pools at one thread until the returned function is called; process-wide.
+
+    threadpoolctl lets only one thread (the first to set a limit, the main
+    thread in practice) change OpenBLAS's process-wide limits; others are
+    ignored silently. A background refit therefore has its BLAS limit set here
+    by the thread that starts it, and released there after the refit has
+    ended. Overlapping holds share one limiter: the first sets it, the last
+    restores the limits it found.
+    """
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    with _BLAS_LOCK:
+        if _BLAS_HOLD["depth"] == 0:
+            _BLAS_HOLD["limiter"] = threadpool_limits(limits=1, user_api="blas")
+        _BLAS_HOLD["depth"] += 1
+    released = []
+
+    def release():
+        with _BLAS_LOCK:
+            if released:
+                return
+            released.append(True)
+            _BLAS_HOLD["depth"] -= 1
+            if _BLAS_HOLD["depth"] == 0:
+                _BLAS_HOLD.pop("limiter").restore_original_limits()
+
+    return release
+
+
+_BLAS_LOCK = threading.RLock()  # a release may run from a finaliser inside a hold
+_BLAS_HOLD = {"depth": 0}  # single_threaded holds open in any thread, and their limiter
 
 
 def device_scope(x):

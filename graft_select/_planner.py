@@ -11,9 +11,11 @@ share of the budget to the stalest samples, and selects the rest with a
 This module imports torch; only the sampler imports it.
 """
 
+import contextlib
 import dataclasses
 import math
 import time
+import typing
 import warnings
 
 import numpy as np
@@ -22,10 +24,11 @@ from sklearn.base import clone
 
 from . import _guard, _plan
 from ._backend import single_threaded
+from ._background import BackgroundRefit, FinishedRefit, resolve_background
 from ._schedule import RefitSchedule
 from .selector import BudgetWarning, GraftSelector, StoredGradients
 
-__all__ = ["EpochPlanner", "RefitReport", "fit_selector"]
+__all__ = ["EpochPlanner", "RefitDraft", "RefitReport", "fit_selector", "quiet_budget_warnings"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,8 @@ class RefitReport:
         Mean over chunks of the relative error of the chunk's mean gradient
         approximated by the selected samples; None without gradient feedback.
     seconds : float
-        Wall-clock seconds spent selecting (feature pass included).
+        Wall-clock seconds spent selecting (feature pass included); for a
+        background refit, its preparation on the main thread and its thread's.
     feature_seconds : float
         Of which in the ``features`` callable (0 in observe-only mode).
     n_refreshed : int
@@ -79,6 +83,16 @@ class RefitReport:
     schedule : str, default=""
         Why: ``"refit_every"`` for a fixed schedule, else the refit's cost and the
         epoch's training time that spaced the refits under ``max_overhead``.
+    background : bool, default=False
+        Whether the refit ran in a background thread while the epoch before it
+        trained (from the feedback recorded when that epoch was planned; see
+        ``background`` of :class:`GraftBatchSampler`).
+    hidden_seconds : float, default=0.0
+        Of ``seconds``, those a background refit ran alongside training (off the
+        training path).
+    waited_seconds : float, default=0.0
+        Of ``seconds``, those the training loop waited for a background refit
+        to finish when its epoch began.
 
     Examples
     --------
@@ -110,6 +124,9 @@ class RefitReport:
     n_unobserved: int = 0
     next_refit_epoch: int | None = None
     schedule: str = ""
+    background: bool = False
+    hidden_seconds: float = 0.0
+    waited_seconds: float = 0.0
 
 
 class EpochPlanner:
@@ -124,7 +141,7 @@ class EpochPlanner:
     source : ObservedFeedback, CallableFeatures or FixedFeatures
         Where a refit's selection inputs come from.
     fraction, chunk_size, refit_every, warm_start_epochs, shuffle, seed, refresh_share, \
-selector, label_noise_guard :
+selector, label_noise_guard, max_overhead, background :
         The sampler's parameters of the same names (checked).
 
     Attributes
@@ -136,12 +153,13 @@ selector, label_noise_guard :
     last_refit : RefitReport or None
         Report of the latest refit.
     selection_seconds : float
-        Total seconds spent selecting so far.
+        Total seconds spent selecting so far on the training path (a background
+        refit counts its preparation and the wait for it, not its hidden seconds).
     """
 
     def __init__(self, n_samples, recorder, source, *, fraction, chunk_size, refit_every,
                  warm_start_epochs, shuffle, seed, refresh_share, selector, label_noise_guard,
-                 max_overhead=0.05):
+                 max_overhead=0.05, background=False):
         self.n_samples = n_samples
         self.recorder = recorder
         self.source = source
@@ -159,6 +177,9 @@ selector, label_noise_guard :
         self.last_refit = None
         self.selection_seconds = 0.0
         self._planned = None  # (epoch, plan) of the latest plan() call
+        self.background = background  # "auto", True or False
+        self.background_ = None  # resolved at the first refit that may run in the background
+        self._pending = None  # BackgroundRefit (or FinishedRefit) of the next refit epoch
 
     # -------------------------------------------------------------------- plans
 
@@ -178,6 +199,8 @@ selector, label_noise_guard :
         """
         if self._planned is not None and self._planned[0] == epoch:
             return self._planned[1]
+        if self._pending is not None and self._pending.done():
+            self.recorder.store.release()  # the held observations, the BLAS limits
         self.schedule.epoch_started(epoch, self.expected_size(epoch))
         if self._full_data(epoch):
             subset = torch.arange(self.n_samples)
@@ -190,6 +213,7 @@ selector, label_noise_guard :
         if self.shuffle:
             subset = _plan.shuffled(subset, self.seed, epoch)
         self._planned = (epoch, subset)
+        self._start_background(epoch, num_replicas)
         return subset
 
     def plan_size(self, epoch, num_replicas=1):
@@ -249,25 +273,60 @@ selector, label_noise_guard :
 
     def state(self):
         """The subset, its epoch, the selection time and the refit schedule's decisions,
-        for the sampler's state_dict."""
+        for the sampler's state_dict; a background refit in progress is waited for and
+        its result kept (a resumed run then plans its epoch alike)."""
         return {"subset": None if self.subset is None else self.subset.clone(),
                 "subset_epoch": self.subset_epoch,
-                "selection_seconds": self.selection_seconds, **self.schedule.state()}
+                "selection_seconds": self.selection_seconds, **self.schedule.state(),
+                "background": self.background_, "pending_refit": self._pending_state()}
+
+    def _pending_state(self):
+        if self._pending is None:
+            return None
+        (chosen, error), _ = self._pending.result()
+        draft = self._pending.draft
+        return {"epoch": draft.fit_epoch, "snapshot_epoch": draft.snapshot_epoch,
+                "refreshed": draft.refreshed.clone(), "chosen": chosen.clone(),
+                "error": error, "budget": draft.budget,
+                "seconds": draft.prepare_seconds + self._pending.seconds,
+                "report": dict(draft.report)}
 
     def load(self, checked):
         """Restore :meth:`state` output (checked, see `_state.check_state`)."""
+        self._take_pending(None)  # a refit in progress belongs to the replaced run
         self.subset = checked["subset"]
         self.subset_epoch = checked["subset_epoch"]
         self.selection_seconds = checked["selection_seconds"]
         if checked.get("next_refit") is not None:  # states saved before 0.2 have none
             self.schedule.load(checked["refit_epochs"], checked["next_refit"])
+        if self.background == "auto" and checked.get("background") is not None:
+            self.background_ = checked["background"]  # the saved run's decision
+        pending = checked.get("pending_refit")
+        if pending is not None:
+            draft = RefitDraft(
+                fit_epoch=pending["epoch"], snapshot_epoch=pending["snapshot_epoch"],
+                candidates=None, refreshed=pending["refreshed"], budget=pending["budget"],
+                selector_seed=0, tables={}, report=pending["report"], background=True)
+            self._pending = FinishedRefit(draft, (pending["chosen"], pending["error"]),
+                                          pending["seconds"])
         self._planned = None
 
     # ------------------------------------------------------------------- refits
 
     def _refit(self, epoch, fit_epoch, num_replicas):
-        """Select the subset of the refit at ``fit_epoch`` (from epoch ``epoch``)."""
+        """The subset of the refit at ``fit_epoch`` (from epoch ``epoch``): collected from
+        the background refit started one epoch earlier, or selected now."""
+        pending = self._take_pending(fit_epoch)
+        if pending is not None:
+            return self._collect(pending, num_replicas)
         start = time.perf_counter()
+        draft = self._prepare(epoch, fit_epoch, num_replicas)
+        chosen, error = self._choose(draft)
+        return self._finish(draft, chosen, error, time.perf_counter() - start, num_replicas)
+
+    def _prepare(self, epoch, fit_epoch, num_replicas):
+        """What a refit reads from the store, read now (on the main thread): the ranks'
+        merge, the rejected rows, the guard, the stalest samples, the tables."""
         generator = _plan.epoch_generator(self.seed, fit_epoch)
         n = self.n_samples
         candidates = (torch.randperm(n, generator=generator) if self.shuffle
@@ -280,21 +339,86 @@ selector, label_noise_guard :
             never = self._unobserved(candidates)
             refreshed = (self._stalest(candidates, budget, never) if self.source.refreshes_stale
                          else torch.zeros(0, dtype=torch.int64))
-            chosen, error = self._select(candidates, refreshed, budget, generator)
-        subset = torch.cat([refreshed, chosen])
-        self._warn_budget(len(subset), budget)
-        seconds = time.perf_counter() - start
-        self.selection_seconds += seconds
-        self.schedule.refitted(fit_epoch, seconds, len(subset), num_replicas)
+        store = self.recorder.store
+        return RefitDraft(
+            fit_epoch=fit_epoch, snapshot_epoch=epoch, candidates=candidates,
+            refreshed=refreshed, budget=budget,
+            selector_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+            tables={name: store[name] for name in store},
+            report=dict(n_rejected=n_rejected, rejected_indices=tuple(rejected.tolist()),
+                        gathered_bytes=gathered_bytes, feature_seconds=feature_seconds,
+                        n_excluded=len(excluded), excluded_indices=tuple(excluded.tolist()),
+                        n_unobserved=never))
+
+    def _choose(self, draft):
+        """GRAFT's picks for a prepared refit, and the mean error (reads draft.tables only:
+        it may run in a background thread)."""
+        with single_threaded():
+            return self._select(draft)
+
+    def _finish(self, draft, chosen, error, seconds, num_replicas, timing=None):
+        """The refit's subset; its report, its seconds and the schedule's next decision.
+
+        ``timing`` is ``(seconds on the training path, hidden, waited)`` of a
+        background refit; None for one that ran on the training path.
+        """
+        subset = torch.cat([draft.refreshed, chosen])
+        self._warn_budget(len(subset), draft.budget)
+        on_path, hidden, waited = (seconds, 0.0, 0.0) if timing is None else timing
+        self.selection_seconds += on_path
+        # the whole refit counts against the budget (a background one shares the
+        # machine); the epoch's timing leaves out what this epoch spent on it
+        self.schedule.refitted(draft.fit_epoch, seconds, len(subset), num_replicas,
+                               inside=seconds if timing is None else waited)
         self.last_refit = RefitReport(
-            epoch=fit_epoch, fraction=len(subset) / n, n_selected=len(subset),
-            gradient_error=error, seconds=seconds, feature_seconds=feature_seconds,
-            n_refreshed=len(refreshed), n_rejected=n_rejected,
-            rejected_indices=tuple(rejected.tolist()), gathered_bytes=gathered_bytes,
-            n_excluded=len(excluded), excluded_indices=tuple(excluded.tolist()),
-            n_unobserved=never, next_refit_epoch=self.schedule.next_refit,
-            schedule=self.schedule.reason)
+            epoch=draft.fit_epoch, fraction=len(subset) / self.n_samples,
+            n_selected=len(subset), gradient_error=error, seconds=seconds,
+            n_refreshed=len(draft.refreshed), next_refit_epoch=self.schedule.next_refit,
+            schedule=self.schedule.reason, background=timing is not None,
+            hidden_seconds=hidden, waited_seconds=waited, **draft.report)
         return subset
+
+    # ------------------------------------------------------- background refits
+
+    def _start_background(self, epoch, num_replicas):
+        """After planning ``epoch``: start the refit of ``epoch + 1`` in the background when
+        it is due, from the feedback as it is now (a deterministic point)."""
+        fit_epoch = epoch + 1
+        if (self._pending is not None or epoch < 1 or not self.source.background_capable
+                or not self.refit_due(fit_epoch)):
+            return
+        if self.background_ is None:  # every rank gets here at the same epoch
+            self.background_ = resolve_background(self.background, self.recorder.store.device,
+                                                  num_replicas)
+        if not self.background_:
+            return
+        start = time.perf_counter()
+        draft = self._prepare(epoch, fit_epoch, num_replicas)
+        draft.prepare_seconds, draft.background = time.perf_counter() - start, True
+        self.schedule.spent(draft.prepare_seconds)  # on this epoch's training path
+        quiet_budget_warnings()
+        self._pending = BackgroundRefit(draft, self._choose)
+        self.recorder.store.hold(self._pending)
+
+    def _take_pending(self, fit_epoch):
+        """The background refit of ``fit_epoch``, taken; another one is waited for and
+        dropped (a skipped epoch: the refit of ``fit_epoch`` then runs now)."""
+        pending, self._pending = self._pending, None
+        if pending is None or (getattr(pending, "draft", None) is not None
+                               and pending.draft.fit_epoch == fit_epoch):
+            return pending
+        self.recorder.store.release()
+        return None
+
+    def _collect(self, pending, num_replicas):
+        """The subset of a background refit, waiting for what is left of it."""
+        self.recorder.store.release()
+        (chosen, error), waited = pending.result()
+        draft = pending.draft
+        seconds = draft.prepare_seconds + pending.seconds
+        on_path = draft.prepare_seconds + waited
+        return self._finish(draft, chosen, error, seconds, num_replicas,
+                            timing=(on_path, max(0.0, pending.seconds - waited), waited))
 
     def _warn_budget(self, size, budget):
         if abs(size - budget) > 0.1 * budget:
@@ -302,7 +426,7 @@ selector, label_noise_guard :
                 f"GraftBatchSampler selected {size} samples for a budget of {budget} "
                 f"(fraction={self.fraction} of {self.n_samples}): every selection chunk keeps "
                 f"at least one sample. Raise 'fraction' or 'chunk_size' (now "
-                f"{self.chunk_size}) to hold the budget.", UserWarning, stacklevel=6)
+                f"{self.chunk_size}) to hold the budget.", UserWarning, stacklevel=7)
 
     def _guard(self, candidates, budget):
         """Candidates without the suspected wrong labels, and those (see label_noise_guard)."""
@@ -315,7 +439,7 @@ selector, label_noise_guard :
                 f"GraftBatchSampler's label_noise_guard needs the label probabilities, but the "
                 f"residuals are stored as a sketch of width {store.sketch_width}; the guard did "
                 "not act. Set sketch_width to at least the number of classes, or "
-                "label_noise_guard=False.", UserWarning, stacklevel=5)
+                "label_noise_guard=False.", UserWarning, stacklevel=6)
             return candidates, none
         observed = candidates[store.last_seen.cpu()[candidates] >= 0]
         excluded = _guard.suspected_wrong_labels(store["residuals"], observed, budget)
@@ -337,7 +461,7 @@ selector, label_noise_guard :
                 f"loop that does not call observe()). They are trained as refreshes, up to "
                 f"the budget of {self._budget()}, instead of being selected as rows of zeros "
                 f"(last_refit.n_unobserved). Call sampler.observe() after every training "
-                f"batch (GraftCallback does it under Lightning).", UserWarning, stacklevel=6)
+                f"batch (GraftCallback does it under Lightning).", UserWarning, stacklevel=7)
         return never
 
     def _stalest(self, candidates, budget, never=0):
@@ -349,52 +473,88 @@ selector, label_noise_guard :
             return torch.zeros(0, dtype=torch.int64)
         return store.stalest(candidates, share)
 
-    def _select(self, candidates, refreshed, budget, generator):
+    def _select(self, draft):
         """GRAFT's picks among the candidates (refreshed ones aside), and the mean error."""
-        remaining = budget - len(refreshed)
+        candidates, refreshed = draft.candidates, draft.refreshed
+        remaining = draft.budget - len(refreshed)
         if remaining <= 0:
             return torch.zeros(0, dtype=torch.int64), None
         if len(refreshed):
             candidates = _without(candidates, refreshed, self.n_samples)
         if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
             return candidates, None
-        selector = self._make_selector(remaining / len(candidates), generator)
-        X, gradients = self.source.inputs(candidates, selector)
-        fit_selector(selector, X, gradients, candidates)
+        selector = self._make_selector(remaining / len(candidates), draft)
+        X, gradients = self.source.inputs(candidates, selector, draft.tables)
+        fit_selector(selector, X, gradients, candidates, quiet=not draft.background)
         local = selector.sample_indices_.to("cpu") if torch.is_tensor(
             selector.sample_indices_) else torch.as_tensor(selector.sample_indices_)
         error = selector.gradient_error_
         return candidates[local], None if error is None else float(np.mean(error))
 
-    def _make_selector(self, fraction, generator):
+    def _make_selector(self, fraction, draft):
         template = self.selector or GraftSelector(basis="gradients", uniform_share=0.0)
         selector = clone(template)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        store = self.recorder.store
-        has_gradients = "residuals" in store or "gradients" in store
+        has_gradients = "residuals" in draft.tables or "gradients" in draft.tables
         params = {"fraction": min(1.0, fraction), "chunk_size": max(2, self.chunk_size),
-                  "random_state": seed}
+                  "random_state": draft.selector_seed}
         if selector.basis == "gradients" and not has_gradients:
             params["basis"] = "input"
         return selector.set_params(**params)
 
 
-def fit_selector(selector, X, gradients, candidates):
+def fit_selector(selector, X, gradients, candidates, quiet=True):
     """Fit ``selector`` on the candidates' selection inputs: the one call into the selector.
 
     ``X is None`` means ``gradients`` are the store's own ``(residuals,
     embeddings)`` tables, read at the rows ``candidates`` through a
     :class:`~graft_select.StoredGradients` view (never copied); the sampler trains
-    unweighted, so no weights are computed.
+    unweighted, so no weights are computed. ``quiet``: silence the selector's
+    BudgetWarning here (the sampler warns itself); a background thread passes
+    False, since ``warnings.catch_warnings`` is not thread-safe, and relies on
+    :func:`quiet_budget_warnings` instead.
     """
-    with warnings.catch_warnings():
+    with warnings.catch_warnings() if quiet else contextlib.nullcontext():
         # the sampler warns about the budget itself, in its own terms (_warn_budget)
-        warnings.simplefilter("ignore", BudgetWarning)
+        if quiet:
+            warnings.simplefilter("ignore", BudgetWarning)
         if X is None:
             selector.fit(None, gradients=StoredGradients(*gradients, rows=candidates),
                          compute_weights=False)
         else:
             selector.fit(X, gradients=gradients)
+
+
+def quiet_budget_warnings():
+    """Ignore the selector's BudgetWarning issued from a background refit's thread.
+
+    The selector points its warnings at the first frame outside graft_select,
+    which in the refit's thread is in ``threading``; the sampler warns about the
+    budget itself, on the main thread (``_warn_budget``). Set on the main thread
+    before each background refit (a ``catch_warnings`` block there may have
+    restored the filters since).
+    """
+    warnings.filterwarnings("ignore", category=BudgetWarning, module="threading")
+
+
+@dataclasses.dataclass
+class RefitDraft:
+    """What a refit read from the store at its snapshot, for the selection and the report.
+
+    ``tables`` are the store's tensors (views, not copies; the store holds its
+    writes while a background refit reads them); ``report`` holds the
+    :class:`RefitReport` fields known at the snapshot.
+    """
+
+    fit_epoch: int
+    snapshot_epoch: int
+    candidates: typing.Any
+    refreshed: typing.Any
+    budget: int
+    selector_seed: int
+    tables: dict
+    report: dict
+    prepare_seconds: float = 0.0
+    background: bool = False
 
 
 def _without(candidates, rows, n_samples):

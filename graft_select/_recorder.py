@@ -207,7 +207,7 @@ class FeedbackRecorder:
                 f"of range. The "
                 f"{len(rejected)} samples concerned (first: {first or 'none'}) keep their "
                 "earlier values; check the model's outputs and the targets of these samples "
-                "(all of them are in last_refit.rejected_indices).", UserWarning, stacklevel=5)
+                "(all of them are in last_refit.rejected_indices).", UserWarning, stacklevel=6)
         return rejected, n_rows
 
     def merge_ranks(self, num_replicas):

@@ -79,9 +79,17 @@ class RefitSchedule:
                 self._seconds_per_sample = seconds / self._started[2]
         self._started, self._inside = (epoch, now, plan_size), 0.0
 
-    def refitted(self, epoch, seconds, subset_size, num_replicas=1):
-        """Record the refit of ``epoch`` (``seconds`` on the training path); plan the next."""
+    def spent(self, seconds):
+        """Leave ``seconds`` of selection work out of the current epoch's timing."""
         self._inside += seconds
+
+    def refitted(self, epoch, seconds, subset_size, num_replicas=1, inside=None):
+        """Record the refit of ``epoch`` (``seconds`` of work); plan the next.
+
+        ``inside``: of those, the seconds spent inside the current epoch's timing
+        (``seconds`` when None; a background refit's wait).
+        """
+        self._inside += seconds if inside is None else inside
         self.refits = sorted(set(self.refits) | {epoch})
         if self.refit_every is not None:
             self.next_refit, self.reason = epoch + self.refit_every, "refit_every"

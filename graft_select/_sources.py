@@ -28,6 +28,7 @@ class ObservedFeedback:
     """
 
     refreshes_stale = True
+    background_capable = True  # the selection reads the store's tables only
 
     def __init__(self, recorder):
         self.recorder = recorder
@@ -36,14 +37,15 @@ class ObservedFeedback:
         """Merge the ranks' feedback; return (feature seconds, bytes sent)."""
         return 0.0, self.recorder.merge_ranks(num_replicas)
 
-    def inputs(self, candidates, selector):
+    def inputs(self, candidates, selector, store):
         """``(X, gradients)`` of ``candidates`` for the selector, in candidate order.
 
-        When ``selector`` selects on the stored last-layer gradients (the default),
-        returns ``(None, (residuals, embeddings))``: the store's own tensors, which
-        the selector reads chunk group by chunk group, so the store is never copied.
+        ``store`` maps the feedback names to the store's tables (as at the
+        refit's snapshot). When ``selector`` selects on the stored last-layer
+        gradients (the default), returns ``(None, (residuals, embeddings))``: the
+        store's own tensors, which the selector reads chunk group by chunk group,
+        so the store is never copied.
         """
-        store = self.recorder.store
         if "residuals" in store and selector.strategy == "graft" and selector.basis != "input":
             return None, (store["residuals"], store.get("embeddings"))
         return stored_inputs(store, candidates)
@@ -58,6 +60,7 @@ class CallableFeatures:
     """
 
     refreshes_stale = False
+    background_capable = False  # its refresh runs the model, which is training
 
     def __init__(self, function, recorder, batch_size, targets):
         self.function = function
@@ -81,9 +84,10 @@ class CallableFeatures:
                                       targets=targets)
         return time.perf_counter() - start, 0
 
-    def inputs(self, candidates, selector):
-        """``(X, gradients)`` of ``candidates`` from what the callable returned."""
-        return stored_inputs(self.recorder.store, candidates)
+    def inputs(self, candidates, selector, store):
+        """``(X, gradients)`` of ``candidates`` from what the callable returned (``store``:
+        the feedback names -> the store's tables)."""
+        return stored_inputs(store, candidates)
 
     def _targets_of(self, batch):
         if self.targets is None:
@@ -99,6 +103,7 @@ class FixedFeatures:
     """
 
     refreshes_stale = False
+    background_capable = True  # the selection reads the array and the store's tables
 
     def __init__(self, X, recorder):
         self.X = X
@@ -108,9 +113,10 @@ class FixedFeatures:
         """Merge the ranks' feedback (the gradients); return (0 seconds, bytes sent)."""
         return 0.0, self.recorder.merge_ranks(num_replicas)
 
-    def inputs(self, candidates, selector):
-        """``(X, gradients)`` of ``candidates``: rows of the array, stored gradients."""
-        gradients = stored_gradients(self.recorder.store, candidates)
+    def inputs(self, candidates, selector, store):
+        """``(X, gradients)`` of ``candidates``: rows of the array, stored gradients
+        (``store``: the feedback names -> the store's tables)."""
+        gradients = stored_gradients(store, candidates)
         X = self.X[candidates.to(self.X.device)]
         return X, _same_device(gradients, X)
 

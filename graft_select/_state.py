@@ -20,10 +20,14 @@ __all__ = ["check_feedback", "check_sketch", "check_state"]
 
 STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
               "rejected", "selection_seconds", "refit_epochs", "next_refit", "batch_size",
-              "num_replicas", "sample_offset", "plan_offset", "sketch_width", "seed", "sketched"}
+              "num_replicas", "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
+              "background", "pending_refit"}
 # absent from states saved before they were added
 OPTIONAL_KEYS = {"rejected", "refit_epochs", "next_refit", "batch_size", "num_replicas",
-                 "sample_offset", "plan_offset", "sketch_width", "seed", "sketched"}
+                 "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
+                 "background", "pending_refit"}
+PENDING_KEYS = {"epoch", "snapshot_epoch", "refreshed", "chosen", "error", "budget", "seconds",
+                "report"}
 
 
 def check_state(state, n_samples):
@@ -61,7 +65,44 @@ def check_state(state, n_samples):
     return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
             "subset_epoch": subset_epoch, "selection_seconds": float(seconds),
             **_check_schedule(state, owner), **_check_position(state, owner),
-            **_check_sketch_keys(state, owner), **feedback}
+            **_check_sketch_keys(state, owner), **_check_background(state, owner, n_samples),
+            **feedback}
+
+
+def _check_background(state, owner, n_samples):
+    """The saved run's background decision (None: undecided) and the result of a
+    background refit it had not collected yet (None: none)."""
+    background = state.get("background")
+    if background is not None and not isinstance(background, bool):
+        raise ValueError(f"The 'background' of the state passed to {owner} must be True, "
+                         f"False or None. Got {background!r} instead.")
+    pending = state.get("pending_refit")
+    if pending is None:
+        return {"background": background, "pending_refit": None}
+    if not isinstance(pending, dict) or set(pending) != PENDING_KEYS:
+        got = sorted(pending) if isinstance(pending, dict) else type(pending).__name__
+        raise ValueError(f"The 'pending_refit' of the state passed to {owner} must be None or "
+                         f"a dict with keys {sorted(PENDING_KEYS)}. Got {got} instead.")
+    checked = {name: _state_int(pending[name], f"pending_refit.{name}", owner)
+               for name in ("epoch", "snapshot_epoch", "budget")}
+    for name in ("refreshed", "chosen"):
+        value = pending[name]
+        checked[name] = (value.detach().cpu().clone() if torch.is_tensor(value) and len(value) == 0
+                         and value.dtype == torch.int64
+                         else _index_tensor(value, f"pending_refit.{name}", owner, n_samples))
+    error, seconds = pending["error"], pending["seconds"]
+    if error is not None and (isinstance(error, bool) or not isinstance(error, numbers.Real)):
+        raise ValueError(f"The 'pending_refit.error' of the state passed to {owner} must be a "
+                         f"float or None. Got {error!r} instead.")
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or seconds < 0:
+        raise ValueError(f"The 'pending_refit.seconds' of the state passed to {owner} must be "
+                         f"a float >= 0. Got {seconds!r} instead.")
+    if not isinstance(pending["report"], dict):
+        raise ValueError(f"The 'pending_refit.report' of the state passed to {owner} must be "
+                         f"a dict. Got {type(pending['report']).__name__} instead.")
+    checked.update(error=None if error is None else float(error), seconds=float(seconds),
+                   report=dict(pending["report"]))
+    return {"background": background, "pending_refit": checked}
 
 
 def _check_position(state, owner):

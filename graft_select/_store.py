@@ -72,10 +72,42 @@ class FeedbackStore(collections.abc.Mapping):
         self._batch_bytes = 0
         self._last_row = None  # scratch: the last position of each sample in a block
         self._kinds = None  # the stored names every batch brings (set by the first one)
+        # a background refit reading the tables: until it is done, blocks that would be
+        # recorded wait in _held (in order), so the tables stay as they were (see hold)
+        self._gate = None
+        self._held = []  # (indices, batch, epoch, planned) of blocks not recorded yet
 
     def __getitem__(self, name):
         self.flush()
         return self._rows[name][:self.n_samples]
+
+    def hold(self, gate):
+        """Record nothing until ``gate`` is done (a background refit reading the tables).
+
+        Until then observed batches stay staged (up to an epoch of them: at most
+        the store's own size), the tables and last-seen epochs are left as they
+        are, and the thread reads them without a copy. Whatever reads the store
+        on this side first waits for the gate (:meth:`flush`); the first
+        staging after the gate is done records the held blocks, in order, so
+        the store ends as it would have without the hold.
+
+        Parameters
+        ----------
+        gate : object
+            Has ``done()`` (without waiting) and ``wait()`` (blocks until done).
+        """
+        self.flush()
+        self._gate = gate
+
+    def release(self):
+        """Wait for the gate of :meth:`hold` (if any); record the held blocks, in order."""
+        gate, self._gate = self._gate, None
+        if gate is None:
+            return
+        gate.wait()
+        held, self._held = self._held, []
+        for indices, batch, epoch, planned in held:
+            self._record_block(indices, batch, epoch, planned=planned)
 
     def __iter__(self):
         self.flush()
@@ -90,6 +122,11 @@ class FeedbackStore(collections.abc.Mapping):
         """Epoch each sample was last recorded in (-1: never), int64 of shape (n_samples,)."""
         self.flush()
         return self._last_seen[:self.n_samples]
+
+    @property
+    def device(self):
+        """Device of the recorded feedback (the CPU until a first block is recorded)."""
+        return self._last_seen.device
 
     @property
     def nbytes(self):
@@ -131,11 +168,16 @@ class FeedbackStore(collections.abc.Mapping):
                epoch, source)
         if not (self._staged and key == self._staged_key):
             self.sketch.remember(batch)
-            self.flush()
+            self._record_staged()
         rows = indices.shape[0]
         width = sum(v.shape[1] if v.ndim == 2 else 1 for v in batch.values()) + 1
         if rows * width * 4 > STAGED_BYTES:  # too large to stage: record it now, in order
-            self.flush()
+            self._record_staged()
+            if self._holding():
+                self._held.append((indices.clone() if copy_indices else indices,
+                                   {name: value.clone() for name, value in batch.items()},
+                                   epoch, False))
+                return
             self._record_block(indices, batch, epoch)
             return
         # clones, not preallocated buffers: a clone reuses the memory freed by the
@@ -207,10 +249,25 @@ class FeedbackStore(collections.abc.Mapping):
         self._staged.append((indices, [value.clone() for value in values]))
         if len(self._staged) >= STAGED_BATCHES or (
                 len(self._staged) * self._batch_bytes > STAGED_BYTES):
-            self.flush()
+            self._record_staged()
 
     def flush(self):
-        """Record the staged batches as one block (no value is read back to the host)."""
+        """Record the staged batches as one block (no value is read back to the host).
+
+        Under :meth:`hold` it first waits for the gate: what reads the store
+        then sees every observation.
+        """
+        self.release()
+        self._record_staged()
+
+    def _holding(self):
+        """Whether a hold is on; a gate that is done ends it here (held blocks recorded)."""
+        if self._gate is not None and self._gate.done():
+            self.release()
+        return self._gate is not None
+
+    def _record_staged(self):
+        """Record the staged batches as one block, or hold it while a refit reads the store."""
         if not self._staged:
             return
         staged, (names, _, _, epoch, source) = self._staged, self._staged_key
@@ -218,6 +275,9 @@ class FeedbackStore(collections.abc.Mapping):
         indices = torch.cat([idx for idx, _ in staged])
         columns = zip(*(values for _, values in staged))
         batch = {name: torch.cat(parts) for name, parts in zip(names, columns)}
+        if self._holding():
+            self._held.append((indices, batch, epoch, source is not None))
+            return
         self._record_block(indices, batch, epoch, planned=source is not None)
 
     def _record_block(self, indices, batch, epoch, planned=False):
@@ -358,7 +418,8 @@ class FeedbackStore(collections.abc.Mapping):
             overflows float16, 1e39 float32); nothing is changed then.
         """
         rows, last_seen, rejected = loaded_tables(store, last_seen, rejected, self.dtype)
-        self._staged = []  # observations before the load are replaced
+        self.release()  # a refit reading the old tables finishes first
+        self._held, self._staged = [], []  # observations before the load are replaced
         self._staged_key = self._signature = None  # the next batch takes every check
         self._rows = rows
         self._kinds = frozenset(rows) or None
@@ -375,6 +436,7 @@ class FeedbackStore(collections.abc.Mapping):
 
     def clear_changed(self):
         """Mark every row as merged (see graft_select._merge)."""
+        self.flush()
         self._dirty.zero_()
 
 

@@ -133,13 +133,33 @@ class GraftBatchSampler(Sampler[list[int]]):
     selection_size : int or None
         Deprecated name of ``chunk_size`` (renamed in 0.2, removed in 0.4):
         setting it warns with a FutureWarning; setting both raises.
+    background : {"auto", True, False}, default=False
+        Run each refit in a background thread while the epoch before it trains.
+        Its snapshot of the feedback is the one recorded when that epoch is
+        planned (its ``len()`` or iteration, after the ranks' merge): the plan is
+        the one a refit on the training thread from that snapshot gives, one
+        epoch's observations staler than a refit between epochs; observations
+        made meanwhile are recorded once the refit has read the store (held
+        until then, at most the store's size). The refit epoch's ``len()`` or
+        iteration waits for what is left of it; an error raised in the thread
+        is raised there. ``"auto"`` turns it on when a core is left over by
+        torch's intra-op threads or the feedback is on an accelerator (rank 0
+        decides for every rank; :meth:`state_dict` keeps the decision), which
+        makes the plans depend on the machine. Off by default: on the demo's
+        data the staler snapshot cost 0.2-0.5 point of accuracy at equal
+        samples, paired by seed, and a loaded 2-core machine showed no
+        wall-clock gain (``benchmarks/RESULTS.md``). A refit
+        with nothing observed before its snapshot (the first epoch's), and a
+        ``features`` callable (it runs the model), stay on the training thread.
+        :attr:`last_refit` says how many seconds were hidden and waited.
 
     Attributes
     ----------
     last_refit : RefitReport or None
         Report of the latest refit.
     selection_seconds : float
-        Total seconds spent selecting so far.
+        Total seconds spent selecting so far on the training path (a background
+        refit counts its preparation and the wait for it, not its hidden seconds).
 
     See Also
     --------
@@ -166,12 +186,13 @@ class GraftBatchSampler(Sampler[list[int]]):
                  rank=None,
                  targets=None, refresh_share=0.0, feature_batch_size=1024,
                  feedback_dtype=torch.float32, sketch_width=None, label_noise_guard=True,
-                 selection_size="deprecated"):
+                 selection_size="deprecated", background=False):
         chunk_size = _renamed_chunk_size(chunk_size, selection_size)
         vars(self).update(_checked_parameters(
             data_source, batch_size, fraction, features, chunk_size, refit_every,
             max_overhead, warm_start_epochs, selector, drop_last, shuffle, seed, targets,
             refresh_share, feature_batch_size, feedback_dtype, sketch_width, label_noise_guard))
+        self.background = _check_background(background, self.features)
         self._ranks = _Ranks(num_replicas, rank)
         _check_drop_last(vars(self), self._ranks.known_replicas() or 1)
         self.epoch = 0
@@ -195,7 +216,7 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     @property
     def selection_seconds(self):
-        """Total seconds spent selecting so far."""
+        """Total seconds spent selecting so far, on the training path."""
         return self._planner.selection_seconds
 
     @property
@@ -532,7 +553,8 @@ def _parts(sampler):
         chunk_size=sampler.chunk_size, refit_every=sampler.refit_every,
         warm_start_epochs=sampler.warm_start_epochs, shuffle=sampler.shuffle,
         seed=sampler.seed, refresh_share=sampler.refresh_share, selector=sampler.selector,
-        label_noise_guard=sampler.label_noise_guard, max_overhead=sampler.max_overhead)
+        label_noise_guard=sampler.label_noise_guard, max_overhead=sampler.max_overhead,
+        background=sampler.background)
     return recorder, planner
 
 
@@ -616,6 +638,20 @@ def _checked_parameters(data_source, batch_size, fraction, features, chunk_size,
                          else check_int(sketch_width, "sketch_width", owner, low=1)),
         "label_noise_guard": check_bool(label_noise_guard, "label_noise_guard", owner),
     }
+
+
+def _check_background(background, features):
+    if not (background is True or background is False
+            or (isinstance(background, str) and background == "auto")):
+        raise ValueError(f"The 'background' parameter of GraftBatchSampler must be 'auto', "
+                         f"True or False. Got {background!r} instead.")
+    if background is True and callable(features):
+        raise ValueError(
+            "The 'background' parameter of GraftBatchSampler is True, but 'features' is a "
+            "callable: a refit runs it on the model, which cannot be read while it trains. "
+            "Pass background='auto' or False (refits then run between epochs), or "
+            "features=None to select on the observed feedback.")
+    return background
 
 
 def _check_selector(selector):

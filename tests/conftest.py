@@ -132,3 +132,22 @@ def scipy_lu_rows(A):
     for j, p in enumerate(piv):
         perm[[j, p]] = perm[[p, j]]
     return perm[:r]
+
+
+@pytest.fixture(autouse=True)
+def _background_refits_collected():
+    """Collect samplers a test left with a background refit started (their BLAS hold).
+
+    A background refit holds NumPy's BLAS pools at one thread, process-wide, until
+    the thread that started it next uses the sampler, or the sampler is collected
+    (see graft_select._background). A test that plans an epoch and drops its sampler
+    leaves the hold to the garbage collector, and the fits of a later test (the
+    golden ones) would run at one BLAS thread: collect now, as a program would.
+    """
+    yield
+    from graft_select import _backend
+
+    if _backend._BLAS_HOLD["depth"]:
+        import gc
+
+        gc.collect()

@@ -360,8 +360,9 @@ class TestFitFeedback:
                         logits=torch.log(R + torch.nn.functional.one_hot(
                             R.argmin(1), 5).float() + 1e-3), targets=R.argmin(1))
         planner, store = sampler._planner, sampler._recorder.store
-        selector = planner._make_selector(0.3, torch.Generator().manual_seed(0))
-        X, factors = planner.source.inputs(torch.arange(1200), selector)
+        draft = planner._prepare(0, 1, 1)  # what a refit of epoch 1 reads from the store
+        selector = planner._make_selector(0.3, draft)
+        X, factors = planner.source.inputs(torch.arange(1200), selector, draft.tables)
         assert X is None
         # the store hands out views of its tables: same memory, not a gathered copy
         assert factors[0].data_ptr() == store["residuals"].data_ptr()
