@@ -376,6 +376,10 @@ selector, label_noise_guard :
                   "random_state": seed}
         if selector.basis == "gradients" and not has_gradients:
             params["basis"] = "input"
+        if selector.get_params().get("max_error_ratio") == "auto":
+            # the check against uniform subsets is for a selection used once; refits
+            # reselect every few epochs (and have the label-noise guard)
+            params["max_error_ratio"] = None
         return selector.set_params(**params)
 
 
