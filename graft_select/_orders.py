@@ -20,7 +20,7 @@ from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
 from ._criterion import gradient_error_unchecked, nested_gradient_errors_unchecked
 from ._gram import factored_gram, maxvol_rank
 from ._maxvol import fast_maxvol_unchecked
-from ._ops import rescale_extreme
+from ._ops import rescale_extreme, rounding_level
 from ._proxies import FactoredGradients
 from ._selection import child_rng, rank, stack_groups
 from ._svd import low_rank_features_unchecked
@@ -178,8 +178,36 @@ def gram_factor(params, gram, r, xp, rng):
     return xp.flip(vectors[..., size - r:], axis=-1)
 
 
+def without_noise(U, gram, xp):
+    """U with the columns beyond the numerical rank of ``gram`` set to zero.
+
+    A column whose Rayleigh quotient is at the rounding level of the Gram
+    matrix (``size * eps`` times the largest) is rounding noise: softmax
+    residuals have rank ``C - 1``, so proxies of ``C (d + 1)`` columns span at
+    most ``(C - 1) (d + 1)`` dimensions, and a factor of a higher rank holds
+    directions that two roundings of the same rows (dense ``G G^T`` and
+    factored ``(R R^T) * (H H^T)``) fill differently. MaxVol takes no pivot
+    from a zero column, so both forms select the same rows.
+    """
+    values = xp.sum(U * (gram @ U), axis=-2)  # (m, r)
+    top = xp.max(xp.abs(values), axis=-1, keepdims=True)
+    noise = values <= rounding_level(gram.shape[-1], top, gram.dtype, xp)
+    return xp.where(noise[..., None, :], xp.zeros_like(U), U)
+
+
 def gradient_factor(params, gradients, begin, stop, m, k_hi, rng):
-    """Left singular vectors of a stack of chunks' gradient proxies (dense or factored)."""
+    """Left singular vectors of a stack of chunks' gradient proxies (dense or factored).
+
+    Both forms go through the same computation: the eigenvectors of the chunks'
+    Gram matrices (`gram_factor`), ``G G^T`` for dense proxies and ``(R R^T) *
+    (H H^T)`` for factored ones, with the same random draws. So the same
+    proxies select the same rows whichever form they come in, up to the
+    rounding of the two Gram matrices (the dense form would otherwise take a
+    randomized or exact SVD of ``G``, another approximation of the same
+    subspace, and select other rows where the singular values are close);
+    the factor's directions beyond the numerical rank are zeroed
+    (`without_noise`).
+    """
     G = stack_rows(gradients, begin, stop, m)
     size = (stop - begin) // m
     if isinstance(G, FactoredGradients):
@@ -188,10 +216,12 @@ def gradient_factor(params, gradients, begin, stop, m, k_hi, rng):
         # Left singular vectors of the wide proxies = eigenvectors of their Gram (the
         # body of gram_matrix: the fit checked the factors)
         R, H = G
-        return gram_factor(params, factored_gram(R, H, R, H, xp), r, xp, rng)
-    r = rank(params, size, G.shape[-1], k_hi)
-    return low_rank_features_unchecked(G, r, get_namespace(G)[0], method=params.svd_method,
-                                       rng=rng)
+        gram = factored_gram(R, H, R, H, xp)
+    else:
+        xp, _ = get_namespace(G)
+        r = rank(params, size, G.shape[-1], k_hi)
+        gram = G @ xp.matrix_transpose(G)
+    return without_noise(gram_factor(params, gram, r, xp, rng), gram, xp)
 
 
 # ------------------------------------------------------------------ subset errors

@@ -499,6 +499,10 @@ selector, label_noise_guard, max_overhead, background :
                   "random_state": draft.selector_seed}
         if selector.basis == "gradients" and not has_gradients:
             params["basis"] = "input"
+        if selector.get_params().get("max_error_ratio") == "auto":
+            # the check against uniform subsets is for a selection used once; refits
+            # reselect every few epochs (and have the label-noise guard)
+            params["max_error_ratio"] = None
         return selector.set_params(**params)
 
 

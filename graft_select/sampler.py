@@ -92,7 +92,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         ``features`` if given, else samples never observed are drawn uniformly.
     selector : GraftSelector, default=None
         Template selector (cloned; the sampler sets its ``fraction``, chunk size
-        and ``random_state``). ``None`` uses ``GraftSelector(basis="gradients",
+        and ``random_state``, and ``max_error_ratio=None`` when the template
+        has ``"auto"``: the check against uniform subsets is for a selection
+        used once). ``None`` uses ``GraftSelector(basis="gradients",
         uniform_share=0.0)``: MaxVol on last-layer gradient proxies.
     drop_last : bool, default=False
         Drop the last incomplete batch.

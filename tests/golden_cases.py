@@ -10,6 +10,17 @@ and noisy digits), with explicit ``observe`` and with ``watch``, a small model t
 by SGD in between (one torch thread, so the arithmetic is reproducible); and
 ``GraftSelector`` fits on digits (dense, with dense and factored gradients, several
 parameter settings), scipy.sparse, torch and Dask input (several block layouts).
+
+Re-pinned on purpose (issue 22), selector cases with gradients only, no sampler
+plan: ``digits-gradients/*``, ``torch-gradients/*`` and ``dask-gradients/*``.
+The default ``max_error_ratio="auto"`` replaces the picks of the chunks whose
+MaxVol subset matches the gradient no better than a quarter of a uniform
+subset's error; dense gradients go through their Gram matrix like factored ones
+(so both forms select the same rows); and the factor's directions beyond the
+proxies' numerical rank are zeroed (``digits-gradients/factored/default``: one
+chunk of all rows, whose factor held directions with eigenvalues at the rounding
+level). The fingerprints depend on the BLAS thread count: record and compare
+them with the default threads (OMP_NUM_THREADS unset).
 """
 
 import hashlib

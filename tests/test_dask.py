@@ -240,7 +240,9 @@ class TestSameWarnings:
     def test_budget_overshoot_warns_alike(self, data, layout, with_gradients):
         """Chunks of 2 rows at fraction 0.1 overshoot the budget: one BudgetWarning each."""
         X, _, dense, _ = data
-        params = dict(fraction=0.1, chunk_size=2, random_state=0)
+        # without the uniform check: the single uniform rows it keeps in some chunks of
+        # 2 rows have negative least-squares weights, a second warning (alike too)
+        params = dict(fraction=0.1, chunk_size=2, random_state=0, max_error_ratio=None)
         gradients = dense if with_gradients else None
         with warnings.catch_warnings(record=True) as eager_warnings:
             warnings.simplefilter("always")
