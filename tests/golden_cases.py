@@ -19,7 +19,14 @@ subset's error; dense gradients go through their Gram matrix like factored ones
 (so both forms select the same rows); and the factor's directions beyond the
 proxies' numerical rank are zeroed (``digits-gradients/factored/default``: one
 chunk of all rows, whose factor held directions with eigenvalues at the rounding
-level). The fingerprints depend on the BLAS thread count: record and compare
+level).
+
+Re-pinned on purpose (issue 22, next commit), the sampler's plans with its
+default selector: a refit whose template says ``max_error_ratio="auto"`` now
+checks MaxVol's picks against uniform subsets at a ratio of 0.5
+(``_planner.SAMPLER_ERROR_RATIO``), so chunks whose MaxVol subset matches the
+gradient no better than half a uniform subset's error train the uniform subset.
+The fingerprints depend on the BLAS thread count: record and compare
 them with the default threads (OMP_NUM_THREADS unset).
 """
 
