@@ -10,7 +10,13 @@ This module imports torch; only the sampler's parts import it.
 
 import torch
 
-__all__ = ["as_tensor", "check_batch", "check_indices", "check_labels"]
+__all__ = ["LOSSES", "as_tensor", "check_batch", "check_indices", "check_labels",
+           "check_regression_targets"]
+
+#: The losses whose residuals the sampler forms from logits and targets: softmax
+#: cross-entropy (``softmax(z) - onehot(y)``) and half the squared error
+#: (``yhat - y``), spelled as :func:`graft_select.last_layer_gradients` spells them.
+LOSSES = ("cross_entropy", "mse")
 
 
 def as_tensor(value, name):
@@ -51,14 +57,50 @@ def check_labels(value, n, *, subject="'targets'", flatten=False):
         raise ValueError(f"{subject} must hold one label per sample, shape "
                          f"({n},). Got shape {given} instead.{hint}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        hint = "convert them with .long()"
+        hint = ("convert class labels with .long(); for regression targets build the "
+                "sampler with loss='mse' (squared error)")
         if flatten:
-            hint = ("observe() takes class labels (cross-entropy): convert class labels "
-                    "with .long(); for regression or other losses pass per-sample gradient "
-                    "proxies as gradients= instead of logits and targets")
+            hint = ("observe() takes class labels with the sampler's default "
+                    "loss='cross_entropy': convert class labels with .long(); for "
+                    "regression build GraftBatchSampler with loss='mse' (squared error), "
+                    "and for other losses pass per-sample gradient proxies as gradients= "
+                    "instead of logits and targets")
         raise TypeError(f"{subject} must hold integer class labels. Got dtype {labels.dtype} "
                         f"instead; {hint}.")
     return labels
+
+
+def check_regression_targets(value, n, *, subject="'targets'", n_outputs=None):
+    """``value`` as a dense tensor of ``n`` regression targets, shape (n,) or (n, k).
+
+    Shapes are kept (a (n,) column of one output stays 1-D, which keeps the
+    recorder's fast path); integer targets are cast to float32, complex and
+    bool ones raise. ``n_outputs`` (the logits' width, when known) must be
+    ``k``, or 1 for targets of shape (n,).
+    """
+    targets = as_tensor(value, "targets")
+    if targets.layout != torch.strided:
+        raise TypeError(f"{subject} is a {targets.layout} tensor; pass a dense one "
+                        "(.to_dense()).")
+    if targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"{subject} must hold real regression targets with loss='mse'. Got "
+                        f"dtype {targets.dtype} instead; pass float values.")
+    if not targets.dtype.is_floating_point:
+        targets = targets.to(torch.float32)
+    width = 1 if targets.ndim == 1 else (targets.shape[1] if targets.ndim == 2 else None)
+    if width is None or targets.shape[0] != n or (n_outputs is not None
+                                                   and width != n_outputs):
+        outputs = "k outputs" if n_outputs is None else f"{n_outputs} output(s)"
+        expected = (f"({n},) or ({n}, 1)" if n_outputs == 1 else
+                    f"({n}, {n_outputs})" if n_outputs is not None else f"({n},) or ({n}, k)")
+        hint = ""
+        if targets.ndim == 1 and n_outputs not in (None, 1):
+            hint = (" One value per sample with several outputs looks like class labels: "
+                    "for classification build the sampler with loss='cross_entropy'.")
+        raise ValueError(f"{subject} must hold one row of regression targets per sample "
+                         f"with loss='mse' ({outputs}), shape {expected}. Got shape "
+                         f"{tuple(targets.shape)} instead.{hint}")
+    return targets
 
 
 def check_indices(value, n_samples, *, subject="'indices'", hint="pass dataset indices."):
@@ -81,8 +123,12 @@ def check_indices(value, n_samples, *, subject="'indices'", hint="pass dataset i
     return idx
 
 
-def check_batch(n_rows, embeddings, logits, targets, gradients):
-    """Check one batch's shapes and dtypes (host metadata only); return its inputs by name."""
+def check_batch(n_rows, embeddings, logits, targets, gradients, loss="cross_entropy"):
+    """Check one batch's shapes and dtypes (host metadata only); return its inputs by name.
+
+    ``loss`` says what the targets are: class labels (``"cross_entropy"``) or
+    regression targets with one column per logit (``"mse"``).
+    """
     batch = {}
     if embeddings is not None:
         batch["embeddings"] = _checked_rows(embeddings, "embeddings", n_rows)
@@ -95,7 +141,11 @@ def check_batch(n_rows, embeddings, logits, targets, gradients):
         if not batch["logits"].dtype.is_floating_point:
             raise TypeError(f"'logits' must be floating point, got dtype "
                             f"{batch['logits'].dtype}; pass the model's outputs.")
-        batch["targets"] = check_labels(targets, n_rows, flatten=True)
+        if loss == "mse":
+            batch["targets"] = check_regression_targets(
+                targets, n_rows, n_outputs=batch["logits"].shape[1])
+        else:
+            batch["targets"] = check_labels(targets, n_rows, flatten=True)
     if gradients is not None:
         batch["gradients"] = _checked_rows(gradients, "gradients", n_rows)
     if not batch:

@@ -75,6 +75,8 @@ class RefitReport:
     n_excluded : int, default=0
         Samples the label-noise guard kept out of this refit (suspected wrong
         labels; see ``label_noise_guard`` of :class:`GraftBatchSampler`).
+        Always 0 with ``loss="mse"``: the guard reads class probabilities from
+        cross-entropy residuals, so it does not act on squared-error feedback.
     excluded_indices : tuple of int, default=()
         Their dataset indices, lowest probability of the given label first.
     n_unobserved : int, default=0
@@ -435,22 +437,9 @@ selector, label_noise_guard, max_overhead, background :
 
     def _guard(self, candidates, budget):
         """Candidates without the suspected wrong labels, and those (see label_noise_guard)."""
-        none = torch.zeros(0, dtype=torch.int64)
-        store = self.recorder.store
-        if not self.label_noise_guard or "residuals" not in store:
-            return candidates, none
-        if store.sketched("residuals"):
-            warnings.warn(
-                f"GraftBatchSampler's label_noise_guard needs the label probabilities, but the "
-                f"residuals are stored as a sketch of width {store.sketch_width}; the guard did "
-                "not act. Set sketch_width to at least the number of classes, or "
-                "label_noise_guard=False.", UserWarning, stacklevel=6)
-            return candidates, none
-        observed = candidates[store.last_seen.cpu()[candidates] >= 0]
-        excluded = _guard.suspected_wrong_labels(store["residuals"], observed, budget)
-        if len(excluded) == 0:
-            return candidates, none
-        return _without(candidates, excluded, self.n_samples), excluded
+        if not self.label_noise_guard:
+            return candidates, torch.zeros(0, dtype=torch.int64)
+        return _without_suspects(self.recorder.store, candidates, budget, self.n_samples)
 
     def _unobserved(self, candidates):
         """Number of candidates never observed (observe-only mode; they have no feedback)."""
@@ -565,6 +554,27 @@ class RefitDraft:
     report: dict
     prepare_seconds: float = 0.0
     background: bool = False
+
+
+def _without_suspects(store, candidates, budget, n_samples):
+    """The label-noise guard on ``store``'s residuals: candidates without the suspected
+    wrong labels, and those (none where the store has no cross-entropy residuals)."""
+    none = torch.zeros(0, dtype=torch.int64)
+    # squared-error residuals (yhat - y) hold no label probabilities: no guard
+    if "residuals" not in store or store.loss != "cross_entropy":
+        return candidates, none
+    if store.sketched("residuals"):
+        warnings.warn(
+            f"GraftBatchSampler's label_noise_guard needs the label probabilities, but the "
+            f"residuals are stored as a sketch of width {store.sketch_width}; the guard did "
+            "not act. Set sketch_width to at least the number of classes, or "
+            "label_noise_guard=False.", UserWarning, stacklevel=7)
+        return candidates, none
+    observed = candidates[store.last_seen.cpu()[candidates] >= 0]
+    excluded = _guard.suspected_wrong_labels(store["residuals"], observed, budget)
+    if len(excluded) == 0:
+        return candidates, none
+    return _without(candidates, excluded, n_samples), excluded
 
 
 def _without(candidates, rows, n_samples):

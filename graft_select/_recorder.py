@@ -32,17 +32,21 @@ class FeedbackRecorder:
     ----------
     n_samples : int
         Number of samples of the dataset.
-    targets : int64 tensor of shape (n_samples,) or None
-        The sampler's class labels, used when ``observe()`` gets logits only.
-    dtype, sketch_width, seed :
-        The store's (see :class:`~graft_select._store.FeedbackStore`).
+    targets : tensor of shape (n_samples,) or (n_samples, k), or None
+        The sampler's targets (int64 class labels, or float regression targets
+        with ``loss="mse"``), used when ``observe()`` gets logits only.
+    dtype, sketch_width, seed, loss :
+        The store's (see :class:`~graft_select._store.FeedbackStore`); ``loss``
+        also says how observed targets are checked.
     """
 
-    def __init__(self, n_samples, targets, *, dtype, sketch_width, seed):
+    def __init__(self, n_samples, targets, *, dtype, sketch_width, seed,
+                 loss="cross_entropy"):
         self.n_samples = n_samples
         self.targets = targets
+        self.loss = loss
         self.store = FeedbackStore(n_samples, dtype=dtype, sketch_width=sketch_width,
-                                   seed=seed)
+                                   seed=seed, loss=loss)
         self.capture = None  # LastLayerCapture from watch()
         self._targets_on = {}  # device -> targets there (observe() reads no value back)
 
@@ -90,7 +94,7 @@ class FeedbackRecorder:
             embeddings, logits = check_watched(self.capture, len(idx))
         if logits is not None and targets is None and self.targets is not None:
             targets = self._targets_of(idx)
-        batch = check_batch(len(idx), embeddings, logits, targets, gradients)
+        batch = check_batch(len(idx), embeddings, logits, targets, gradients, self.loss)
         # a batch this sampler handed out is never written to, so it needs no copy
         source = iteration if depth is not None and iteration.distinct else None
         self.store.stage(idx, batch, epoch, copy_indices=depth is None, source=source)

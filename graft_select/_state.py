@@ -13,19 +13,19 @@ import numbers
 
 import torch
 
-from ._checks import check_indices
+from ._checks import LOSSES, check_indices
 from ._store import FEEDBACK_NAMES
 
-__all__ = ["check_feedback", "check_sketch", "check_state"]
+__all__ = ["check_feedback", "check_loss", "check_sketch", "check_state"]
 
 STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
               "rejected", "selection_seconds", "refit_epochs", "next_refit", "batch_size",
               "num_replicas", "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
-              "background", "pending_refit"}
+              "background", "pending_refit", "loss"}
 # absent from states saved before they were added
 OPTIONAL_KEYS = {"rejected", "refit_epochs", "next_refit", "batch_size", "num_replicas",
                  "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
-                 "background", "pending_refit"}
+                 "background", "pending_refit", "loss"}
 PENDING_KEYS = {"epoch", "snapshot_epoch", "refreshed", "chosen", "error", "budget", "seconds",
                 "report"}
 
@@ -66,7 +66,27 @@ def check_state(state, n_samples):
             "subset_epoch": subset_epoch, "selection_seconds": float(seconds),
             **_check_schedule(state, owner), **_check_position(state, owner),
             **_check_sketch_keys(state, owner), **_check_background(state, owner, n_samples),
-            **feedback}
+            "loss": _check_loss_key(state, owner), **feedback}
+
+
+def _check_loss_key(state, owner):
+    """The loss the state's residuals were recorded under (states saved before it was
+    recorded could only hold cross-entropy residuals)."""
+    loss = state.get("loss", "cross_entropy")
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"The 'loss' of the state passed to {owner} must be one of "
+                         f"{list(LOSSES)}. Got {loss!r} instead.")
+    return loss
+
+
+def check_loss(checked, loss):
+    """Raise if ``checked`` (a checked state) was recorded under another ``loss``: its
+    residuals would be read as another loss's (a softmax as errors, or errors as a softmax)."""
+    if checked["loss"] != loss:
+        raise ValueError(
+            f"The state passed to GraftBatchSampler.load_state_dict was recorded with "
+            f"loss={checked['loss']!r}, but this sampler has loss={loss!r}: its residuals "
+            f"are of another loss. Build the sampler with loss={checked['loss']!r}.")
 
 
 def _check_background(state, owner, n_samples):

@@ -50,10 +50,15 @@ class FeedbackStore(collections.abc.Mapping):
         rows' Gram matrices equal the observed ones' in expectation.
     seed : int, default=0
         Seeds the sketch matrices (the same on every rank and after a resume).
+    loss : {"cross_entropy", "mse"}, default="cross_entropy"
+        How logits and targets become the stored residuals: ``softmax(logits) -
+        onehot(targets)``, or ``logits - targets`` (squared error).
     """
 
-    def __init__(self, n_samples, *, dtype=torch.float32, sketch_width=None, seed=0):
+    def __init__(self, n_samples, *, dtype=torch.float32, sketch_width=None, seed=0,
+                 loss="cross_entropy"):
         self.n_samples = n_samples
+        self.loss = loss
         self.dtype = dtype
         self.sketch_width = sketch_width
         self.seed = seed
@@ -286,7 +291,7 @@ class FeedbackStore(collections.abc.Mapping):
         Everything runs on the store's device (the values' device, unless the
         store was placed elsewhere first); nothing is read back to the host.
         """
-        values, ok = _block_values(batch, self.dtype)
+        values, ok = _block_values(batch, self.dtype, self.loss)
         if not self._placed:
             self._place(ok.device)
         device = self._last_seen.device
@@ -591,20 +596,28 @@ def signature(batch):
                  for name, value in batch.items())
 
 
-def _block_values(batch, dtype):
+def _block_values(batch, dtype, loss="cross_entropy"):
     """The stored rows of a block of batches, and ``ok``: rows without NaN, inf or bad label.
 
-    Computed in float32, or in float64 for a float64 store (``dtype``). One
-    column of logits is a binary model's single logit ``z`` (a sigmoid and
-    binary cross-entropy): its two-class logits are ``(0, z)``, whose softmax is
-    ``(1 - sigmoid(z), sigmoid(z))``. Runs on the device; nothing is read back.
+    Computed in float32, or in float64 for a float64 store (``dtype``). With
+    ``loss="cross_entropy"`` one column of logits is a binary model's single
+    logit ``z`` (a sigmoid and binary cross-entropy): its two-class logits are
+    ``(0, z)``, whose softmax is ``(1 - sigmoid(z), sigmoid(z))``. With
+    ``loss="mse"`` the residuals are ``logits - targets``, one column per
+    output, and every finite target is valid. Runs on the device; nothing is
+    read back.
     """
     work = torch.float64 if dtype == torch.float64 else torch.float32
     values, sums, label_ok = {}, [], None
     if "embeddings" in batch:
         values["embeddings"] = batch["embeddings"].to(work)
         sums.append(values["embeddings"].sum(dim=1))
-    if "logits" in batch:
+    if "logits" in batch and loss == "mse":
+        logits = batch["logits"].to(work)
+        targets = _to(batch["targets"], logits.device).to(work)
+        residuals = values["residuals"] = logits - targets.reshape(logits.shape)
+        sums.append(residuals.sum(dim=1))
+    elif "logits" in batch:
         logits = batch["logits"].to(work) if work == torch.float64 else batch["logits"]
         if logits.shape[1] == 1:
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)

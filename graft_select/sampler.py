@@ -25,14 +25,14 @@ from torch.utils.data import Sampler
 
 from . import _plan
 from ._backend import load_namespaces
-from ._checks import check_labels
+from ._checks import LOSSES, check_labels, check_regression_targets
 from ._iteration import BatchIterator, LastLayerCapture, calling_owner, refuse_accelerate_wrapper
 from ._planner import EpochPlanner, RefitReport
 from ._recorder import FeedbackRecorder
 from ._sources import check_features, feature_source
-from ._state import check_sketch, check_state
+from ._state import check_loss, check_sketch, check_state
 from ._store import FEEDBACK_DTYPES
-from ._validation import check_bool, check_int, check_real
+from ._validation import check_bool, check_int, check_option, check_real
 from .selector import GraftSelector
 
 __all__ = ["GraftBatchSampler", "LastLayerCapture", "RefitReport"]
@@ -114,8 +114,11 @@ class GraftBatchSampler(Sampler[list[int]]):
         initialised): each rank gets an equal share of the epoch's subset, as in
         ``DistributedSampler``. At a refit the ranks merge the feedback they
         observed (the newest row of each sample wins), so they agree on the plan.
-    targets : array-like of shape (n_samples,), default=None
-        Class labels, used with a ``features`` callable that returns no targets.
+    targets : array-like of shape (n_samples,) or (n_samples, k), default=None
+        The samples' targets, used when :meth:`observe` (or a ``features``
+        callable) gets logits without targets: integer class labels of shape
+        (n_samples,), or with ``loss="mse"`` float regression targets of shape
+        (n_samples,) for one output or (n_samples, k) for k outputs.
     refresh_share : float, default=0.0
         Observe-only mode: share of each refit's budget given to the least
         recently observed samples, not excluded by the guard (all of it while
@@ -139,6 +142,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         (the rule is in the user guide). :attr:`last_refit` reports the excluded
         samples. It needs the residuals unsketched (``sketch_width`` at least the
         number of classes); otherwise each refit warns and the guard does not act.
+        With ``loss="mse"`` there are no label probabilities and the guard never
+        acts (``last_refit.n_excluded`` is 0).
     selection_size : int or None
         Deprecated name of ``chunk_size`` (renamed in 0.2, removed in 0.4):
         setting it warns with a FutureWarning; setting both raises.
@@ -161,6 +166,16 @@ class GraftBatchSampler(Sampler[list[int]]):
         with nothing observed before its snapshot (the first epoch's), and a
         ``features`` callable (it runs the model), stay on the training thread.
         :attr:`last_refit` says how many seconds were hidden and waited.
+    loss : {"cross_entropy", "mse"}, default="cross_entropy"
+        The training loss, which turns observed logits and targets into the
+        residuals ``r`` of the gradient proxies ``r outer [embeddings, 1]``:
+        ``"cross_entropy"``, softmax cross-entropy on integer class labels,
+        ``r = softmax(logits) - onehot(targets)``; ``"mse"``, regression with
+        half the squared error ``0.5 * ||yhat - y||^2`` on float targets,
+        ``r = yhat - y`` with ``yhat`` the head's ``k`` outputs (the spelling
+        of :func:`~graft_select.last_layer_gradients`; ``torch.nn.MSELoss``
+        differs by a constant factor, which changes no selection). Float
+        targets with ``"cross_entropy"`` raise. :meth:`state_dict` records it.
 
     Attributes
     ----------
@@ -195,12 +210,14 @@ class GraftBatchSampler(Sampler[list[int]]):
                  rank=None,
                  targets=None, refresh_share=0.0, feature_batch_size=1024,
                  feedback_dtype=torch.float32, sketch_width=None, label_noise_guard=True,
-                 selection_size="deprecated", background=False):
+                 selection_size="deprecated", background=False, loss="cross_entropy"):
         chunk_size = _renamed_chunk_size(chunk_size, selection_size)
+        self.loss = check_option(loss, "loss", "GraftBatchSampler", LOSSES)
         vars(self).update(_checked_parameters(
             data_source, batch_size, fraction, features, chunk_size, refit_every,
             max_overhead, warm_start_epochs, selector, drop_last, shuffle, seed, targets,
-            refresh_share, feature_batch_size, feedback_dtype, sketch_width, label_noise_guard))
+            refresh_share, feature_batch_size, feedback_dtype, sketch_width, label_noise_guard,
+            self.loss))
         self.background = _check_background(background, self.features)
         self._ranks = _Ranks(num_replicas, rank)
         _check_drop_last(vars(self), self._ranks.known_replicas() or 1)
@@ -280,13 +297,16 @@ class GraftBatchSampler(Sampler[list[int]]):
             the refit), and they mark the oldest handed-out batch as trained.
         embeddings, logits : tensors of shapes (b, d) and (b, C), default=None
             Penultimate-layer embeddings and model outputs; with ``targets``, the
-            gradient proxies ``(softmax(logits) - onehot(targets)) outer [embeddings, 1]``.
-            One column (``C = 1``) is a binary model's single logit ``z``
-            (sigmoid and binary cross-entropy), read as the two-class logits
-            ``(0, z)``.
-        targets : tensor of shape (b,), default=None
-            Integer class labels (cross-entropy). For one-hot targets pass
-            ``targets.argmax(1)``; for other losses pass ``gradients``.
+            gradient proxies ``(softmax(logits) - onehot(targets)) outer [embeddings, 1]``,
+            or ``(logits - targets) outer [embeddings, 1]`` with ``loss="mse"``.
+            With cross-entropy, one column (``C = 1``) is a binary model's single
+            logit ``z`` (sigmoid and binary cross-entropy), read as the two-class
+            logits ``(0, z)``.
+        targets : tensor of shape (b,) or (b, C), default=None
+            Integer class labels of shape (b,) with the default cross-entropy
+            (for one-hot targets pass ``targets.argmax(1)``); float regression
+            targets of shape (b, C), or (b,) for one output, with ``loss="mse"``.
+            For other losses pass ``gradients``.
         gradients : tensor of shape (b, p), default=None
             Explicit per-sample gradient proxies, instead of logits and targets
             (passing both raises).
@@ -483,7 +503,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         ``num_replicas`` they count in, the current subset, the recorded
         feedback (one row per sample of each kind observed, the last-seen epochs
         and the rejected rows not yet reported, so a resumed run reports them),
-        and the ``sketch_width`` and ``seed`` that shaped it. 50,000 samples with
+        and the ``loss``, ``sketch_width`` and ``seed`` that shaped it. 50,000 samples with
         512-d embeddings and 10 classes take about 104 MB.
 
         Returns
@@ -492,7 +512,7 @@ class GraftBatchSampler(Sampler[list[int]]):
             Tensors on the CPU and plain numbers; save it with ``torch.save``.
         """
         return {"epoch": self.epoch, **self._position(), **self._planner.state(),
-                **self._recorder.state(), "sketch_width": self.sketch_width,
+                **self._recorder.state(), "loss": self.loss, "sketch_width": self.sketch_width,
                 "seed": self.seed, "sketched": [name for name in self._recorder.store
                                                 if self._recorder.store.sketched(name)]}
 
@@ -513,10 +533,11 @@ class GraftBatchSampler(Sampler[list[int]]):
         ------
         ValueError or TypeError
             If the state is not one of a sampler over a dataset of this size,
-            or its feedback was sketched with another ``sketch_width`` or
-            ``seed`` (the sampler is left unchanged).
+            its feedback was recorded under another ``loss``, or sketched with
+            another ``sketch_width`` or ``seed`` (the sampler is left unchanged).
         """
         checked = check_state(state, self.n_samples)
+        check_loss(checked, self.loss)
         check_sketch(checked, sketch_width=self.sketch_width, seed=self.seed)
         # first: it raises, having changed nothing, for rows feedback_dtype cannot hold
         self._recorder.load(checked)
@@ -554,7 +575,7 @@ def _parts(sampler):
     load_namespaces(np.empty(0), torch.empty(0))
     recorder = FeedbackRecorder(sampler.n_samples, sampler.targets,
                                 dtype=sampler.feedback_dtype, sketch_width=sampler.sketch_width,
-                                seed=sampler.seed)
+                                seed=sampler.seed, loss=sampler.loss)
     source = feature_source(sampler.features, recorder, batch_size=sampler.feature_batch_size,
                             targets=sampler.targets)
     planner = EpochPlanner(
@@ -616,7 +637,7 @@ def _renamed_chunk_size(chunk_size, selection_size):
 def _checked_parameters(data_source, batch_size, fraction, features, chunk_size, refit_every,
                         max_overhead, warm_start_epochs, selector, drop_last, shuffle, seed,
                         targets, refresh_share, feature_batch_size, feedback_dtype, sketch_width,
-                        label_noise_guard):
+                        label_noise_guard, loss):
     """The sampler's parameters, checked, by attribute name (n_samples for data_source)."""
     owner = "GraftBatchSampler"
     n_samples = _dataset_length(data_source)
@@ -641,7 +662,7 @@ def _checked_parameters(data_source, batch_size, fraction, features, chunk_size,
         "selector": _check_selector(selector),
         "features": (features if features is None or callable(features)
                      else check_features(features, n_samples)),
-        "targets": _check_targets(targets, n_samples),
+        "targets": _check_targets(targets, n_samples, loss),
         "feedback_dtype": _check_feedback_dtype(feedback_dtype),
         "sketch_width": (None if sketch_width is None
                          else check_int(sketch_width, "sketch_width", owner, low=1)),
@@ -670,10 +691,12 @@ def _check_selector(selector):
     return selector
 
 
-def _check_targets(targets, n_samples):
+def _check_targets(targets, n_samples, loss):
     if targets is None:
         return None
     subject = "The 'targets' parameter of GraftBatchSampler"
+    if loss == "mse":
+        return check_regression_targets(targets, n_samples, subject=subject)
     return check_labels(targets, n_samples, subject=subject).to(torch.int64)
 
 

@@ -118,11 +118,11 @@ def make_sampler(strategy, task, y_train, *, fraction, seed, total_samples=None)
     n, batch_size = len(y_train), task.batch_size
     if strategy == "graft":
         return GraftBatchSampler(n, batch_size, fraction=fraction, seed=seed,
-                                 targets=_targets(task, y_train))
+                                 targets=_targets(task, y_train), loss=task.loss)
     if strategy == "uniform":
         return GraftBatchSampler(n, batch_size, fraction=fraction, seed=seed,
                                  targets=_targets(task, y_train), label_noise_guard=False,
-                                 selector=GraftSelector(strategy="uniform"))
+                                 selector=GraftSelector(strategy="uniform"), loss=task.loss)
     if strategy == "budget":
         return ShuffledBatchSampler(n, batch_size, seed=seed, total_samples=total_samples)
     if strategy == "rs2":
@@ -157,7 +157,7 @@ def regression_support():
     generator = torch.Generator().manual_seed(0)
     X, y = torch.randn(40, 3, generator=generator), torch.randn(40, generator=generator)
     try:
-        sampler = GraftBatchSampler(40, 10, fraction=0.5, seed=0, targets=y,
+        sampler = GraftBatchSampler(40, 10, fraction=0.5, seed=0, targets=y, loss="mse",
                                     warm_start_epochs=1, refit_every=1)
         sampler.watch(model)
         for batch in sampler:
