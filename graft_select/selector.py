@@ -155,10 +155,10 @@ _DOC_PARAMETERS = """
         subsets match the gradient: MaxVol's stay). ``"auto"`` is 0.25 for
         gradients given as an array, a :class:`~graft_select.FactoredGradients`
         or dask arrays (a selection used once), and None for a
-        :class:`StoredGradients` view and in
-        :class:`~graft_select.sampler.GraftBatchSampler`'s refits (which
-        reselect every few epochs and have a label-noise guard). None keeps
-        MaxVol's picks everywhere. Without gradients, or with
+        :class:`StoredGradients` view passed by hand;
+        :class:`~graft_select.sampler.GraftBatchSampler`'s refits use 0.5
+        (they reselect every few epochs from a model that keeps learning).
+        None keeps MaxVol's picks everywhere. Without gradients, or with
         ``strategy="uniform"``, it does nothing.
     svd_method : {"auto", "exact", "randomized"}, default="auto"
         Method of :func:`~graft_select.low_rank_features`.
