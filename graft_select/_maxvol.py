@@ -119,6 +119,7 @@ def _maxvol_stack(A, sq_norms, k, method, refine, tol, max_iter, xp):
             picks, rank = _continue_by_volume(A, picks, rank, threshold, xp)
     if refine:
         full = np.flatnonzero(rank == r)
+        full = full[_invertible_squares(A, picks, full, threshold, xp)]
         if full.size:
             refined = _refine(take_host_rows(A, full, xp), take_host_rows(picks, full, xp),
                               tol, max_iter, xp)
@@ -414,6 +415,25 @@ def _lower_triangular_inverse(T, xp, leaf=16):
     out[:, h:, h:] = lower
     out[:, h:, :h] = -((lower @ T[:, h:, :h]) @ upper)
     return out
+
+
+def _invertible_squares(A, picks, full, threshold, xp):
+    """Which of the matrices ``full`` have an invertible square of picks (host bool).
+
+    The greedy phase counts a pivot above the rounding level as a direction, but
+    a matrix of exact rank below ``r`` can leave its last LU pivot a few roundings
+    above it while the square of its picked rows is singular to working precision:
+    refining it would solve with that square. Its smallest singular value decides
+    (at most the rounding level of the square's largest: rank deficient, left
+    unrefined, as a matrix whose greedy phase found fewer directions).
+    """
+    if not full.size:
+        return np.zeros(0, dtype=bool)
+    r = A.shape[-1]
+    squares = take_rows(take_host_rows(A, full, xp), take_host_rows(picks, full, xp)[:, :r], xp)
+    values = to_numpy(xp.linalg.svdvals(squares))
+    limit = to_numpy(take_host_rows(threshold, full, xp))
+    return values[:, -1] > np.maximum(limit, r * np.finfo(values.dtype).eps * values[:, 0])
 
 
 def _refine(A, picks, tol, max_iter, xp):

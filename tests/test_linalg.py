@@ -231,6 +231,23 @@ class TestFastMaxvolRefine:
         assert len(set(idx[0].tolist())) == 6
         assert np.abs(full @ np.linalg.inv(full[idx[1, :4]])).max() <= 1.05 + 1e-12
 
+    @pytest.mark.parametrize(("seed", "n", "method"), [
+        (9, 3, "volume"), (19, 4, "volume"), (125, 3, "volume"), (107, 3, "lu"),
+        (113, 4, "lu")])
+    def test_refine_exact_rank_deficient_above_rounding(self, seed, n, method):
+        """Rank 2 of 3 whose last pivot lands just above the rounding level: no solve
+        with the singular square (it raised LinAlgError from LAPACK); the picks are
+        the unrefined ones, alone and in a stack."""
+        rng = np.random.default_rng(seed)
+        A = rng.standard_normal((n, 2)) @ rng.standard_normal((2, 3))
+        refined = fast_maxvol(A, 3, method=method, refine=True)
+        np.testing.assert_array_equal(refined, fast_maxvol(A, 3, method=method))
+        full = orthonormal(np.random.default_rng(3), n, 3)
+        stacked = fast_maxvol(np.stack([A, full]), 3, method=method, refine=True)
+        np.testing.assert_array_equal(stacked[0], refined)
+        np.testing.assert_array_equal(stacked[1], fast_maxvol(full, 3, method=method,
+                                                              refine=True))
+
     def test_refine_agrees_across_backends(self, backend):
         """Refined indices on every backend equal NumPy's."""
         A = orthonormal(np.random.default_rng(1), 200, 8)
