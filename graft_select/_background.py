@@ -117,11 +117,14 @@ class BackgroundRefit:
         """
         waited = self.wait()
         if self._error is not None:
-            error, self._error = self._error, None
-            error.add_note(f"(raised in GraftBatchSampler's background refit of epoch "
-                           f"{self.draft.fit_epoch}; pass background=False to run it on "
-                           f"the training thread)")
-            raise error
+            # raised again at every call (state_dict, len, iteration): never a lost error
+            if not getattr(self._error, "_graft_noted", False):
+                self._error.add_note(
+                    f"(raised in GraftBatchSampler's background refit of epoch "
+                    f"{self.draft.fit_epoch}; pass background=False to run it on the "
+                    f"training thread)")
+                self._error._graft_noted = True
+            raise self._error
         return self._result, waited
 
     def __del__(self):

@@ -787,7 +787,10 @@ def _maxvol_or_uniform(source, params, chunks, picked, rng, ratio, compute_weigh
     # errors at the rounding level of float32 are ties (both subsets match the mean
     # gradient): MaxVol's picks stay, whatever the rounding of the proxies' form
     floor = lambda e: np.where(e <= _ERROR_TIE, 0.0, e)  # noqa: E731
-    maxvol = floor(errors) <= ratio * floor(errors_u)
+    # a uniform draw of the very rows MaxVol picked is no alternative: keep the pivot order
+    same = np.array([np.array_equal(np.sort(lo), np.sort(un)) for lo, un in zip(local, uniform)],
+                    dtype=bool)
+    maxvol = same | (floor(errors) <= ratio * floor(errors_u))
     kept = [lo if keep else un for lo, un, keep in zip(local, uniform, maxvol)]
     if compute_weights:
         bounds = np.cumsum([0] + [len(lo) for lo in local])

@@ -172,6 +172,27 @@ class TestThreadAndErrors:
         assert where == [False]
         assert "background refit of epoch 2" in "".join(info.value.__notes__)
 
+    def test_error_raised_again_at_every_call(self, monkeypatch):
+        """A failed refit's error is not lost after a first raise: a checkpoint that
+        met it first, a second state_dict() and the refit epoch's len() all raise it
+        (they raised a TypeError on a None result)."""
+        sampler = _sampler(True)
+
+        def failing(draft):
+            raise FloatingPointError("boom")
+
+        monkeypatch.setattr(sampler._planner, "_select", failing)
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            _train(sampler, epoch)
+        for _ in range(2):
+            with pytest.raises(FloatingPointError, match="boom") as info:
+                sampler.state_dict()
+        assert "".join(info.value.__notes__).count("background refit of epoch 2") == 1
+        sampler.set_epoch(2)
+        with pytest.raises(FloatingPointError, match="boom"):
+            len(sampler)
+
     def test_thread_pools_within_the_cores(self, monkeypatch):
         """During a background refit every native thread pool runs at one thread (none
         exceeds the cores); the limits come back after it."""

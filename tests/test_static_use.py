@@ -116,6 +116,27 @@ class TestUniformCheck:
             GraftSelector(0.2, max_error_ratio=value).fit(X, gradients=F)
 
 
+class TestUniformCheckTies:
+    def test_same_rows_keep_maxvol(self):
+        """A chunk whose uniform draw holds MaxVol's very rows keeps them as MaxVol's
+        (pivot order, ``maxvol_chunks_`` True); chunks of 2 rows, 1 pick each, make
+        such draws common (8 of 12 chunks were reported uniform)."""
+        X, gradients = _proxies(23, 5, 3, 0)
+        plain = GraftSelector(0.5, chunk_size=2, max_error_ratio=None, random_state=0).fit(
+            X, gradients=gradients)
+        checked = GraftSelector(0.5, chunk_size=2, max_error_ratio=0.25,
+                                random_state=0).fit(X, gradients=gradients)
+        bounds = np.cumsum([0, *checked.subset_sizes_])
+        for c, keep in enumerate(checked.maxvol_chunks_):
+            rows = checked.sample_indices_[bounds[c]:bounds[c + 1]]
+            maxvol = plain.sample_indices_[bounds[c]:bounds[c + 1]]
+            if not keep:
+                assert set(rows.tolist()) != set(maxvol.tolist()), c
+            else:
+                np.testing.assert_array_equal(rows, maxvol)
+        assert checked.maxvol_chunks_.any()
+
+
 class TestDenseAndFactored:
     """Dense and factored forms of the same proxies select the same rows.
 
