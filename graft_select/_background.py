@@ -90,6 +90,9 @@ class BackgroundRefit:
         try:
             self._result = work(self.draft)
         except BaseException as error:  # surfaced on the main thread by result()
+            error.add_note(f"(raised in GraftBatchSampler's background refit of epoch "
+                           f"{self.draft.fit_epoch}; pass background=False to run it on "
+                           f"the training thread)")
             self._error = error
         self.seconds = time.perf_counter() - start
 
@@ -116,14 +119,7 @@ class BackgroundRefit:
         note naming the background refit.
         """
         waited = self.wait()
-        if self._error is not None:
-            # raised again at every call (state_dict, len, iteration): never a lost error
-            if not getattr(self._error, "_graft_noted", False):
-                self._error.add_note(
-                    f"(raised in GraftBatchSampler's background refit of epoch "
-                    f"{self.draft.fit_epoch}; pass background=False to run it on the "
-                    f"training thread)")
-                self._error._graft_noted = True
+        if self._error is not None:  # at every call (state_dict, len, iteration)
             raise self._error
         return self._result, waited
 
