@@ -13,6 +13,7 @@ A backend that cannot run here is skipped, never silently replaced by another.
 """
 
 import importlib
+import socket
 
 import numpy as np
 import pytest
@@ -122,6 +123,13 @@ def numpy_backend():
 def rng():
     """A freshly seeded NumPy generator (the same stream in every test)."""
     return np.random.default_rng(20250813)
+
+
+def free_port():
+    """A free TCP port on the loopback interface, for a torch.distributed test's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def scipy_lu_rows(A):

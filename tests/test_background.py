@@ -1,10 +1,10 @@
 """Background refits: the same plan as a synchronous refit from the same snapshot."""
 
 import os
-import socket
 import threading
 
 import pytest
+from conftest import free_port
 
 torch = pytest.importorskip("torch")
 
@@ -296,12 +296,6 @@ class TestHold:
         assert bool((store.last_seen[idx] == 0).all()) and gate.finished
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Clock:
     def __init__(self):
         self.now = 0.0
@@ -347,7 +341,7 @@ def test_two_gloo_ranks(tmp_path):
     """On 2 gloo ranks: one plan per epoch, the synchronous twin's, one schedule."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ranks_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ranks_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     out = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(out[0]["plans"], out[1]["plans"]))
     for o in out:

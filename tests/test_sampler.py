@@ -1,9 +1,9 @@
 """GraftBatchSampler: epochs, feedback, determinism, resume, distributed, DataLoader."""
 
 import os
-import socket
 
 import pytest
+from conftest import free_port
 
 torch = pytest.importorskip("torch")
 
@@ -970,12 +970,6 @@ class TestDataLoader:
         assert [b[0].tolist() for b in loader] == expected
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, out_dir):
     import torch.distributed as dist
 
@@ -1038,7 +1032,7 @@ class TestDistributed:
         """Two gloo ranks get disjoint shares of equal length and agree on the plan."""
         import torch.multiprocessing as mp
 
-        mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
         results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
         assert results[0]["plan"] == results[1]["plan"]
         shares = [_flat(r["batches"]) for r in results]
@@ -1049,7 +1043,7 @@ class TestDistributed:
         """Four gloo ranks send only their changed rows; newest wins, ties to the highest rank."""
         import torch.multiprocessing as mp
 
-        mp.spawn(_merge_worker, args=(4, _free_port(), str(tmp_path)), nprocs=4, join=True)
+        mp.spawn(_merge_worker, args=(4, free_port(), str(tmp_path)), nprocs=4, join=True)
         out = [torch.load(tmp_path / f"rank{r}.pt") for r in range(4)]
         emb = _feedback()[0]
         for key in ("plan1", "plan3"):

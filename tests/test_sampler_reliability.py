@@ -1,6 +1,5 @@
 """GraftBatchSampler under bad, odd and adversarial input."""
 
-import socket
 import subprocess
 import sys
 import warnings
@@ -8,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 torch = pytest.importorskip("torch")
 
@@ -260,17 +260,11 @@ class TestBudgetWarning:
             list(sampler)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class TestDistributedFeedbackKinds:
     def test_mixed_kinds_raise_on_every_rank(self, tmp_path):
         """Hang 2: ranks with different kinds of feedback all raise, within a timeout."""
         subprocess.run([sys.executable, str(SCRIPTS / "mixed_feedback.py"), str(tmp_path),
-                        str(_free_port())], check=True, timeout=180, capture_output=True)
+                        str(free_port())], check=True, timeout=180, capture_output=True)
         for rank in range(2):
             message = (tmp_path / f"rank{rank}.txt").read_text()
             assert "observed different kinds of feedback" in message

@@ -1,9 +1,9 @@
 """The refit schedule: fixed, or spaced by the overhead budget; thread pools during refits."""
 
 import os
-import socket
 
 import pytest
+from conftest import free_port
 
 torch = pytest.importorskip("torch")
 
@@ -203,12 +203,6 @@ class TestRefitThreads:
         assert (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ranks_worker(rank, world, port, out_dir):
     """Rank 1's epochs look 100x slower than rank 0's: both follow rank 0's decision."""
     import torch.distributed as dist
@@ -237,6 +231,6 @@ def test_ranks_decide_alike(tmp_path):
     """Two gloo ranks with different timings take the same (rank 0's) schedule."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ranks_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ranks_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     out = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert out[0] == out[1] == {"next": 1 + MAX_INTERVAL, "state": 1 + MAX_INTERVAL}
