@@ -119,10 +119,15 @@ def _maxvol_stack(A, sq_norms, k, method, refine, tol, max_iter, xp):
             picks, rank = _continue_by_volume(A, picks, rank, threshold, xp)
     if refine:
         full = np.flatnonzero(rank == r)
-        full = full[_invertible_squares(A, picks, full, threshold, xp)]
         if full.size:
-            refined = _refine(take_host_rows(A, full, xp), take_host_rows(picks, full, xp),
-                              tol, max_iter, xp)
+            stack, start = take_host_rows(A, full, xp), take_host_rows(picks, full, xp)
+            ok = _invertible_squares(stack, start, take_host_rows(threshold, full, xp), xp)
+            if not ok.all():  # rare: gather again only the matrices to refine
+                keep = np.flatnonzero(ok)
+                full = full[keep]
+                stack, start = take_host_rows(stack, keep, xp), take_host_rows(start, keep, xp)
+        if full.size:
+            refined = _refine(stack, start, tol, max_iter, xp)
             picks = replace_rows(picks, full, refined, xp)
     if k > k_greedy and coords is not None and not refine and np.all(rank == r):
         picks = _extend_greedy(A, picks, coords, k, xp)
@@ -417,8 +422,8 @@ def _lower_triangular_inverse(T, xp, leaf=16):
     return out
 
 
-def _invertible_squares(A, picks, full, threshold, xp):
-    """Which of the matrices ``full`` have an invertible square of picks (host bool).
+def _invertible_squares(A, picks, threshold, xp):
+    """Which matrices of the stack ``A`` have an invertible square of picks (host bool).
 
     The greedy phase counts a pivot above the rounding level as a direction, but
     a matrix of exact rank below ``r`` can leave its last LU pivot a few roundings
@@ -427,12 +432,9 @@ def _invertible_squares(A, picks, full, threshold, xp):
     (at most the rounding level of the square's largest: rank deficient, left
     unrefined, as a matrix whose greedy phase found fewer directions).
     """
-    if not full.size:
-        return np.zeros(0, dtype=bool)
     r = A.shape[-1]
-    squares = take_rows(take_host_rows(A, full, xp), take_host_rows(picks, full, xp)[:, :r], xp)
-    values = to_numpy(xp.linalg.svdvals(squares))
-    limit = to_numpy(take_host_rows(threshold, full, xp))
+    values = to_numpy(xp.linalg.svdvals(take_rows(A, picks[:, :r], xp)))
+    limit = to_numpy(threshold)
     return values[:, -1] > np.maximum(limit, r * np.finfo(values.dtype).eps * values[:, 0])
 
 
