@@ -10,6 +10,7 @@ array-api-compat, which only inspects objects that already exist.
 import contextlib
 import functools
 import inspect
+import sys
 import threading
 
 import array_api_compat
@@ -29,6 +30,7 @@ __all__ = [
     "is_numpy",
     "is_sparse",
     "is_torch",
+    "limit_worker_thread",
     "load_namespaces",
     "lu_pivot_rows",
     "on_host",
@@ -258,10 +260,38 @@ def single_threaded():
 
     release = single_threaded_blas()
     try:
+        _settle_torch_threads()
         with threadpool_limits(limits=1, user_api="openmp"):  # this thread's
             yield
     finally:
         release()
+
+
+def limit_worker_thread():
+    """This thread's OpenMP pool at one thread, for good: a worker thread's initializer.
+
+    For the threads of a pool that runs a refit's groups side by side (the
+    process-wide BLAS limit is held by the thread that started them, see
+    `single_threaded`); the threads end with their pool, so nothing is restored.
+    """
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    _settle_torch_threads()
+    threadpool_limits(limits=1, user_api="openmp")
+
+
+def _settle_torch_threads():
+    """Run torch's once-per-thread thread setup now, if torch is loaded.
+
+    The first torch operation of a thread sets its OpenMP pool to the size
+    last given to ``torch.set_num_threads`` (anywhere in the process), which
+    would undo a one-thread limit set before it: a background refit then ran
+    torch's QR on 2 threads beside a training step on 2 threads.
+    ``torch.get_num_threads`` runs that setup; it does not import torch.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.get_num_threads()
 
 
 def single_threaded_blas():

@@ -23,16 +23,46 @@ import torch
 
 from ._backend import single_threaded_blas
 
-__all__ = ["BackgroundRefit", "FinishedRefit", "resolve_background", "spare_cores"]
+__all__ = [
+    "BackgroundRefit",
+    "FinishedRefit",
+    "refit_threads",
+    "resolve_background",
+    "spare_cores",
+    "usable_cores",
+]
+
+
+#: Most threads a refit on the training path runs its groups on: 2 threads made a
+#: 300,000-row refit 1.8x faster on 2 cores; each one holds a group's working set.
+MAX_REFIT_THREADS = 4
+
+
+def usable_cores():
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def spare_cores():
     """Cores this process may run on, less the threads torch's intra-op pool uses."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return cores - torch.get_num_threads()
+    return usable_cores() - torch.get_num_threads()
+
+
+def refit_threads(num_replicas):
+    """Threads for the groups of a refit on the training path (training waits for it).
+
+    This process's share of the cores, between 1 and `MAX_REFIT_THREADS`: the cores
+    divided among the processes of this machine (``LOCAL_WORLD_SIZE``, which
+    torchrun sets; else all ``num_replicas``, which cannot overcount them). The
+    picks do not depend on it (`_feedback.refit_workers`). A background refit
+    runs on one thread: training needs the other cores.
+    """
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    processes = int(local) if local.isdigit() and int(local) > 0 else num_replicas
+    return max(1, min(MAX_REFIT_THREADS, usable_cores() // max(1, processes)))
 
 
 def resolve_background(setting, device, num_replicas):

@@ -17,12 +17,23 @@ the uniform picks (`_selection`); ``picked_errors`` runs pass 2 only when its
 result is needed.
 """
 
+import concurrent.futures
+import contextlib
+import contextvars
 import dataclasses
 import typing
 
 import numpy as np
 
-from ._backend import from_numpy, get_namespace, single_threaded, to_numpy, torch_cpu_view
+from ._backend import (
+    from_numpy,
+    get_namespace,
+    limit_worker_thread,
+    on_host,
+    single_threaded,
+    to_numpy,
+    torch_cpu_view,
+)
 from ._criterion import nested_errors, subset_weights
 from ._gram import chunk_grams, gram_eigenvectors, gram_summaries, group_chunks
 from ._ops import take_rows
@@ -180,6 +191,45 @@ def _check_view_rows(rows, n_table, owner):
     return host
 
 
+_WORKERS = contextvars.ContextVar("graft_select_refit_workers", default=1)
+
+
+@contextlib.contextmanager
+def refit_workers(n):
+    """Run the store's groups on ``n`` threads side by side in this context (default 1).
+
+    Each thread runs its native pools at one thread (`_backend.limit_worker_thread`;
+    the caller holds BLAS at one thread, see `StoreSource.orders`), so ``n``
+    threads use ``n`` cores. Every group's seed is drawn before any group runs and
+    its kernels run single-threaded, so the picks are the same bit for bit for
+    any ``n``. Host stores only: a store on an accelerator runs its groups one
+    after another whatever ``n``. The context is this thread's: a background
+    refit thread starts at 1.
+    """
+    token = _WORKERS.set(max(1, int(n)))
+    try:
+        yield
+    finally:
+        _WORKERS.reset(token)
+
+
+def map_groups(function, items, host):
+    """``[function(*item) for item in items]``, on the context's `refit_workers` threads.
+
+    Results come in the order of ``items``; the first item (in that order) that
+    raises has its error raised here, and the items not yet started are dropped.
+    """
+    workers = min(_WORKERS.get(), len(items)) if host else 1
+    if workers <= 1:
+        return [function(*item) for item in items]
+    pool = concurrent.futures.ThreadPoolExecutor(
+        workers, thread_name_prefix="graft-refit", initializer=limit_worker_thread)
+    try:
+        return list(pool.map(lambda item: function(*item), items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def groups_of(stacks, chunks, group_rows):
     """(first chunk, last chunk + 1, chunk size): runs of equal chunks of ~group_rows rows.
 
@@ -259,8 +309,8 @@ def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner
     residuals, embeddings, rows, xp = store
     device = get_namespace(rows)[1]
     n_columns = _n_columns(residuals, embeddings)
-    orders, errors, summaries = [], [], []
-    for first, last, size in groups:
+
+    def one_group(first, last, size, seed):
         group_hi = int(k_hi[first:last].max())
         R, E = gather_factors(residuals, embeddings, rows, chunks[first][0], last - first,
                               size, xp)
@@ -272,14 +322,23 @@ def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner
                 f"{last - 1} (rows {chunks[first][0]} to {chunks[last - 1][1] - 1} of "
                 f"'rows'); record finite values only."
             )
-        child = np.random.default_rng(int(rng.integers(2**32)))
+        child = np.random.default_rng(seed)
         U = gram_eigenvectors(K, rank_of(size, group_hi), child, xp)
         order = order_of(U, group_hi, child)
-        orders.extend(order)
         errs = nested_errors(K, b, gg, zero, from_numpy(np.stack(order), xp, device),
                              n_columns, xp)
-        errors.extend(np.asarray(to_numpy(errs), dtype=np.float64))
-        summaries.append((b, gg, zero, scales))
+        return order, np.asarray(to_numpy(errs), dtype=np.float64), (b, gg, zero, scales)
+
+    # the child seeds are drawn in group order up front, so the groups may run in
+    # any order (side by side, see `refit_workers`) and give the same picks
+    seeds = [int(rng.integers(2**32)) for _ in groups]
+    orders, errors, summaries = [], [], []
+    for order, errs, summary in map_groups(
+            one_group, [(*group, seed) for group, seed in zip(groups, seeds)],
+            on_host(rows)):
+        orders.extend(order)
+        errors.extend(errs)
+        summaries.append(summary)
     return orders, errors, summaries
 
 
@@ -298,9 +357,7 @@ def subset_errors(store, chunks, groups, local, summaries):
     residuals, embeddings, rows, xp = store
     device = get_namespace(rows)[1]
     n_columns = _n_columns(residuals, embeddings)
-    errors = np.zeros(len(chunks))
-    weights = [None] * len(chunks)
-    for (first, last, size), (b, gg, zero, scales) in zip(groups, summaries):
+    def one_group(first, last, size, b, gg, zero, scales):
         m = last - first
         k = max(len(local[c]) for c in range(first, last))
         picks = np.zeros((m, k), dtype=np.int64)
@@ -317,7 +374,14 @@ def subset_errors(store, chunks, groups, local, summaries):
         b_sub = take_rows(b[..., None], from_numpy(picks, xp, device), xp)[..., 0]
         b_sub = xp.where(mask, b_sub, xp.zeros_like(b_sub))
         w, err = subset_weights(K_sub, b_sub, gg, zero, n_columns, xp)
-        w, err = to_numpy(w), to_numpy(err)
+        return to_numpy(w), to_numpy(err)
+
+    errors = np.zeros(len(chunks))
+    weights = [None] * len(chunks)
+    results = map_groups(one_group, [(*group, *summary)
+                                     for group, summary in zip(groups, summaries)],
+                         on_host(rows))
+    for (first, last, size), (w, err) in zip(groups, results):
         for j, c in enumerate(range(first, last)):
             errors[c] = float(err[j])
             weights[c] = np.asarray(w[j, :len(local[c])], dtype=np.float64) * size

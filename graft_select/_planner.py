@@ -24,7 +24,8 @@ from sklearn.base import clone
 
 from . import _guard, _plan
 from ._backend import single_threaded
-from ._background import BackgroundRefit, FinishedRefit, resolve_background
+from ._background import BackgroundRefit, FinishedRefit, refit_threads, resolve_background
+from ._feedback import refit_workers
 from ._schedule import RefitSchedule
 from .selector import BudgetWarning, GraftSelector, StoredGradients
 
@@ -328,7 +329,8 @@ selector, label_noise_guard, max_overhead, background :
             return self._collect(pending, num_replicas)
         start = time.perf_counter()
         draft = self._prepare(epoch, fit_epoch, num_replicas)
-        chosen, error = self._choose(draft)
+        with refit_workers(refit_threads(num_replicas)):  # training waits: use the cores
+            chosen, error = self._choose(draft)
         return self._finish(draft, chosen, error, time.perf_counter() - start, num_replicas)
 
     def _prepare(self, epoch, fit_epoch, num_replicas):

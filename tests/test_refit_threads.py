@@ -1,0 +1,178 @@
+"""A refit's groups on several threads: the same picks, every native pool at one thread."""
+
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from graft_select import GraftSelector, StoredGradients, _background, _feedback, _planner  # noqa: E402
+from graft_select.sampler import GraftBatchSampler  # noqa: E402
+
+
+@pytest.fixture
+def small_groups(monkeypatch):
+    """Groups of two chunks of 100 rows: a 1,200-row store has six of them."""
+    monkeypatch.setattr(_feedback, "GROUP_ROWS", 200)
+
+
+@pytest.fixture
+def torch_two_threads():
+    """torch.set_num_threads(2), as a user or the demo's --threads sets it (restored)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _store(seed=0, n=1200, d=16, C=5):
+    rng = np.random.default_rng(seed)
+    logits = torch.tensor(rng.standard_normal((n, C)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(0, C, n))
+    residuals = torch.softmax(logits, 1) - torch.nn.functional.one_hot(y, C).float()
+    return residuals, torch.tensor(rng.standard_normal((n, d)), dtype=torch.float32)
+
+
+def _fit(workers, residuals, embeddings, rows, **params):
+    params = {"fraction": 0.3, "chunk_size": 100, "basis": "gradients", "random_state": 0,
+              **params}
+    with _feedback.refit_workers(workers):
+        return GraftSelector(**params).fit(
+            None, gradients=StoredGradients(residuals, embeddings, rows), compute_weights=True)
+
+
+def _recording(monkeypatch, record):
+    """Wrap the factor step of a group; ``record()`` runs after it, in the group's thread."""
+    seen = []
+    eigenvectors = _feedback.gram_eigenvectors
+
+    def wrapped(*args, **kwargs):
+        out = eigenvectors(*args, **kwargs)
+        seen.append((threading.current_thread().name, record()))
+        return out
+
+    monkeypatch.setattr(_feedback, "gram_eigenvectors", wrapped)
+    return seen
+
+
+class TestSamePicks:
+    @pytest.mark.parametrize("uniform_share", [0.0, 0.5])
+    def test_any_number_of_threads(self, small_groups, monkeypatch, uniform_share):
+        """1, 2 and 4 threads select the same rows with the same errors and weights, bit for
+        bit (both passes: ``uniform_share=0.5`` and the weights need the second)."""
+        R, E = _store()
+        rows = torch.randperm(1200, generator=torch.Generator().manual_seed(1))
+        seen = _recording(monkeypatch, lambda: None)
+        fits = [_fit(w, R, E, rows, uniform_share=uniform_share) for w in (1, 2, 4)]
+        threads = {name for name, _ in seen}
+        assert "MainThread" in threads and len(threads - {"MainThread"}) >= 2  # really parallel
+        for fit in fits[1:]:
+            assert torch.equal(fit.sample_indices_, fits[0].sample_indices_)
+            np.testing.assert_array_equal(fit.gradient_error_, fits[0].gradient_error_)
+            assert torch.equal(fit.sample_weight_, fits[0].sample_weight_)
+
+    def test_first_bad_group_named(self, small_groups):
+        """Non-finite rows in two groups: the error names the first in order, as one thread
+        would, and the estimator is left unfitted."""
+        R, E = _store()
+        E[1050, 2] = float("inf")  # group 5
+        E[450, 0] = float("nan")   # group 2: chunks 4 and 5
+        selector = GraftSelector(0.3, chunk_size=100, basis="gradients", random_state=0)
+        with _feedback.refit_workers(3), pytest.raises(ValueError, match="chunks 4 to 5"):
+            selector.fit(None, gradients=StoredGradients(R, E, torch.arange(1200)))
+        assert not hasattr(selector, "sample_indices_")
+
+    def test_default_is_one_thread(self, small_groups, monkeypatch):
+        """Outside a ``refit_workers`` context (the estimator, a background refit) the groups
+        run one after another on the calling thread."""
+        R, E = _store()
+        seen = _recording(monkeypatch, lambda: None)
+        GraftSelector(0.3, chunk_size=100, basis="gradients", random_state=0).fit(
+            None, gradients=StoredGradients(R, E, torch.arange(1200)))
+        assert len(seen) == 6 and {name for name, _ in seen} == {"MainThread"}
+
+
+class TestThreadPools:
+    def test_group_threads_run_torch_at_one_thread(self, small_groups, monkeypatch,
+                                                   torch_two_threads):
+        """With torch.set_num_threads(2), each group thread's torch pool stays at one thread
+        after its torch operations (torch's per-thread setup would reset it to 2)."""
+        R, E = _store()
+        seen = _recording(monkeypatch, torch.get_num_threads)
+        _fit(2, R, E, torch.arange(1200))
+        workers = [n for name, n in seen if name != "MainThread"]
+        assert workers and set(workers) == {1}
+        assert torch.get_num_threads() == 2
+
+    def test_background_refit_runs_torch_at_one_thread(self, monkeypatch, torch_two_threads):
+        """The same for a background refit's thread: the refit's torch work at one thread
+        while the training thread keeps its two."""
+        seen = []
+        fit = _planner.fit_selector
+
+        def recording(*args, **kwargs):
+            out = fit(*args, **kwargs)
+            seen.append((threading.current_thread() is threading.main_thread(),
+                         torch.get_num_threads()))
+            return out
+
+        monkeypatch.setattr(_planner, "fit_selector", recording)
+        sampler = GraftBatchSampler(600, 20, fraction=0.3, seed=3, warm_start_epochs=2,
+                                    refit_every=2, background=True)
+        gen = torch.Generator().manual_seed(0)
+        emb, logits = torch.randn(600, 6, generator=gen), torch.randn(600, 4, generator=gen)
+        targets = torch.randint(0, 4, (600,), generator=gen)
+        for epoch in range(4):
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                idx = torch.as_tensor(batch)
+                sampler.observe(idx, embeddings=emb[idx], logits=logits[idx],
+                                targets=targets[idx])
+        sampler.state_dict()  # waits for the refit of epoch 4 started after epoch 3's plan
+        background = [n for main, n in seen if not main]
+        assert background and set(background) == {1}
+        assert torch.get_num_threads() == 2
+
+
+class TestSampler:
+    def _plans(self, threads, monkeypatch):
+        monkeypatch.setattr(_planner, "refit_threads", lambda num_replicas: threads)
+        sampler = GraftBatchSampler(1200, 30, fraction=0.2, seed=5, warm_start_epochs=1,
+                                    refit_every=1)
+        gen = torch.Generator().manual_seed(2)
+        emb, logits = torch.randn(1200, 8, generator=gen), torch.randn(1200, 5, generator=gen)
+        targets = torch.randint(0, 5, (1200,), generator=gen)
+        plans = []
+        for epoch in range(4):
+            sampler.set_epoch(epoch)
+            plan = [list(batch) for batch in sampler]
+            plans.append(plan)
+            for batch in plan:
+                idx = torch.as_tensor(batch)
+                sampler.observe(idx, embeddings=emb[idx] * (1 + epoch), logits=logits[idx],
+                                targets=targets[idx])
+        return plans
+
+    def test_plans_do_not_depend_on_the_threads(self, small_groups, monkeypatch):
+        """A sampler refitting on 1 or 3 threads plans the same epochs."""
+        seen = _recording(monkeypatch, lambda: None)
+        one = self._plans(1, monkeypatch)
+        assert {name for name, _ in seen} == {"MainThread"}
+        three = self._plans(3, monkeypatch)
+        assert len({name for name, _ in seen}) > 2
+        assert one == three
+
+    @pytest.mark.parametrize("local, replicas, cores, expected", [
+        (None, 1, 2, 2), (None, 1, 16, _background.MAX_REFIT_THREADS), (None, 4, 16, 4),
+        (None, 8, 16, 2), ("8", 16, 16, 2), ("2", 16, 16, 4), (None, 4, 2, 1), ("x", 2, 4, 2),
+    ])
+    def test_threads_share_the_cores(self, monkeypatch, local, replicas, cores, expected):
+        """A process's share of the cores among this machine's processes (LOCAL_WORLD_SIZE,
+        else the replicas), between 1 and MAX_REFIT_THREADS."""
+        if local is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        monkeypatch.setattr(_background, "usable_cores", lambda: cores)
+        assert _background.refit_threads(replicas) == expected
