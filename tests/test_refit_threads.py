@@ -13,8 +13,8 @@ from graft_select.sampler import GraftBatchSampler  # noqa: E402
 
 @pytest.fixture
 def small_groups(monkeypatch):
-    """Groups of two chunks of 100 rows: a 1,200-row store has six of them."""
-    monkeypatch.setattr(_feedback, "GROUP_ROWS", 200)
+    """Groups of one chunk of 100 rows: a 1,200-row store has twelve of them."""
+    monkeypatch.setattr(_feedback, "GROUP_ROWS", 100)
 
 
 @pytest.fixture
@@ -76,10 +76,10 @@ class TestSamePicks:
         """Non-finite rows in two groups: the error names the first in order, as one thread
         would, and the estimator is left unfitted."""
         R, E = _store()
-        E[1050, 2] = float("inf")  # group 5
-        E[450, 0] = float("nan")   # group 2: chunks 4 and 5
+        E[1050, 2] = float("inf")  # group 10
+        E[450, 0] = float("nan")   # group 4: chunk 4
         selector = GraftSelector(0.3, chunk_size=100, basis="gradients", random_state=0)
-        with _feedback.refit_workers(3), pytest.raises(ValueError, match="chunks 4 to 5"):
+        with _feedback.refit_workers(3), pytest.raises(ValueError, match="chunks 4 to 4"):
             selector.fit(None, gradients=StoredGradients(R, E, torch.arange(1200)))
         assert not hasattr(selector, "sample_indices_")
 
@@ -90,7 +90,7 @@ class TestSamePicks:
         seen = _recording(monkeypatch, lambda: None)
         GraftSelector(0.3, chunk_size=100, basis="gradients", random_state=0).fit(
             None, gradients=StoredGradients(R, E, torch.arange(1200)))
-        assert len(seen) == 6 and {name for name, _ in seen} == {"MainThread"}
+        assert len(seen) == 12 and {name for name, _ in seen} == {"MainThread"}
 
 
 class TestThreadPools:
@@ -133,6 +133,16 @@ class TestThreadPools:
         background = [n for main, n in seen if not main]
         assert background and set(background) == {1}
         assert torch.get_num_threads() == 2
+
+
+    def test_at_most_a_third_of_the_groups_at_once(self, monkeypatch):
+        """Five groups run on one thread whatever the context: two group working sets
+        side by side would exceed a small store's size."""
+        monkeypatch.setattr(_feedback, "GROUP_ROWS", 200)
+        R, E = _store(n=1000)
+        seen = _recording(monkeypatch, lambda: None)
+        _fit(4, R, E, torch.arange(1000))
+        assert len(seen) == 5 and {name for name, _ in seen} == {"MainThread"}
 
 
 class TestSampler:
