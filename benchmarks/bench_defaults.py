@@ -60,12 +60,13 @@ def main(argv=None):
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the machine's default)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=INT",
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="try a candidate default, e.g. --set warm_start_epochs=3")
     parser.add_argument("--skip-demo", action="store_true",
                         help="leave out the demo settings' GRAFT runs")
     args = parser.parse_args(argv)
-    OVERRIDES.update({k: int(v) for k, v in (item.split("=") for item in args.set)})
+    OVERRIDES.update({k: float(v) if "." in v else int(v)
+                      for k, v in (item.split("=") for item in args.set)})
     threads = args.threads or torch.get_num_threads()
     base = replace(DemoConfig(), dataset=args.dataset, seeds=tuple(range(args.seeds)),
                    epochs=args.epochs, fractions=tuple(args.fractions), threads=threads,
