@@ -508,8 +508,8 @@ def fit_selector(selector, X, gradients, candidates, quiet=True):
 
     ``X is None`` means ``gradients`` are the store's own ``(residuals,
     embeddings)`` tables, read at the rows ``candidates`` through a
-    :class:`~graft_select.StoredGradients` view (never copied); the sampler trains
-    unweighted, so no weights are computed. ``quiet``: silence the selector's
+    :class:`~graft_select.StoredGradients` view (never copied). The sampler trains
+    unweighted, so no weights are computed (nor warned about). ``quiet``: silence the selector's
     BudgetWarning here (the sampler warns itself); a background thread passes
     False, since ``warnings.catch_warnings`` is not thread-safe, and relies on
     :func:`quiet_budget_warnings` instead.
@@ -522,7 +522,7 @@ def fit_selector(selector, X, gradients, candidates, quiet=True):
             selector.fit(None, gradients=StoredGradients(*gradients, rows=candidates),
                          compute_weights=False)
         else:
-            selector.fit(X, gradients=gradients)
+            selector.fit(X, gradients=gradients, compute_weights=False)
 
 
 def quiet_budget_warnings():

@@ -1076,3 +1076,28 @@ class TestDistributed:
         whole = GraftBatchSampler(N, 7, fraction=0.3, features=X, warm_start_epochs=1)
         whole.set_epoch(1)
         assert set().union(*shares) == set(_flat(whole))
+
+
+@pytest.mark.parametrize("template", [None, GraftSelector(strategy="uniform"),
+                                      GraftSelector(basis="input")],
+                         ids=["default", "uniform", "input"])
+def test_refits_never_compute_weights(monkeypatch, template):
+    """The sampler trains unweighted: every refit fits its selector with
+    compute_weights=False, whatever the template (input basis and uniform subsets read
+    the store's arrays, not its view), so no weights are formed or warned about."""
+    calls = []
+    fit = GraftSelector.fit
+
+    def recording(self, X, y=None, **kwargs):
+        calls.append(kwargs.get("compute_weights", True))
+        return fit(self, X, y, **kwargs)
+
+    monkeypatch.setattr(GraftSelector, "fit", recording)
+    sampler = _observed(warm_start_epochs=1, refit_every=1, selector=template)
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        emb, logits, targets = _feedback(seed=epoch)
+        for batch in sampler:
+            idx = torch.as_tensor(batch)
+            sampler.observe(idx, embeddings=emb[idx], logits=logits[idx], targets=targets[idx])
+    assert calls and not any(calls)
