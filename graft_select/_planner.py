@@ -149,7 +149,7 @@ class EpochPlanner:
     source : ObservedFeedback, CallableFeatures or FixedFeatures
         Where a refit's selection inputs come from.
     fraction, chunk_size, refit_every, warm_start_epochs, shuffle, seed, refresh_share, \
-selector, label_noise_guard, max_overhead, background :
+selector, label_noise_guard, max_overhead, background, candidate_share :
         The sampler's parameters of the same names (checked).
 
     Attributes
@@ -167,7 +167,7 @@ selector, label_noise_guard, max_overhead, background :
 
     def __init__(self, n_samples, recorder, source, *, fraction, chunk_size, refit_every,
                  warm_start_epochs, shuffle, seed, refresh_share, selector, label_noise_guard,
-                 max_overhead=0.05, background=False):
+                 max_overhead=0.05, background=False, candidate_share=1.0):
         self.n_samples = n_samples
         self.recorder = recorder
         self.source = source
@@ -178,6 +178,7 @@ selector, label_noise_guard, max_overhead, background :
         self.shuffle = shuffle
         self.seed = seed
         self.refresh_share = refresh_share
+        self.candidate_share = candidate_share
         self.selector = selector
         self.label_noise_guard = label_noise_guard
         self.subset = None
@@ -264,7 +265,7 @@ selector, label_noise_guard, max_overhead, background :
         remaining = budget - refreshed
         if remaining <= 0:
             return refreshed
-        chunks = math.ceil((self.n_samples - refreshed) / max(2, self.chunk_size))
+        chunks = math.ceil((self._n_candidates() - refreshed) / max(2, self.chunk_size))
         return refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
 
     def refit_epoch(self, epoch):
@@ -276,6 +277,12 @@ selector, label_noise_guard, max_overhead, background :
 
     def _budget(self):
         return max(1, round(self.fraction * self.n_samples))
+
+    def _n_candidates(self):
+        """Samples a refit selects from: ``ceil(candidate_share * n)``, at least the budget."""
+        if self.candidate_share >= 1.0:
+            return self.n_samples
+        return max(self._budget(), math.ceil(self.candidate_share * self.n_samples - 1e-9))
 
     # -------------------------------------------------------------------- state
 
@@ -338,8 +345,13 @@ selector, label_noise_guard, max_overhead, background :
         merge, the rejected rows, the guard, the stalest samples, the tables."""
         generator = _plan.epoch_generator(self.seed, fit_epoch)
         n = self.n_samples
-        candidates = (torch.randperm(n, generator=generator) if self.shuffle
-                      else torch.arange(n))
+        pool = self._n_candidates()  # a random draw of them when fewer than n
+        if self.shuffle:
+            candidates = torch.randperm(n, generator=generator)[:pool]
+        elif pool < n:  # in index order, as the chunks without shuffle
+            candidates = torch.sort(torch.randperm(n, generator=generator)[:pool]).values
+        else:
+            candidates = torch.arange(n)
         budget = self._budget()
         feature_seconds, gathered_bytes = self.source.refresh(candidates, epoch, num_replicas)
         rejected, n_rejected = self.recorder.report_rejected()

@@ -1101,3 +1101,79 @@ def test_refits_never_compute_weights(monkeypatch, template):
             idx = torch.as_tensor(batch)
             sampler.observe(idx, embeddings=emb[idx], logits=logits[idx], targets=targets[idx])
     assert calls and not any(calls)
+
+
+class TestCandidateShare:
+    def _run(self, monkeypatch, epochs=4, **kwargs):
+        """Plans of ``epochs`` epochs (each observed) and the candidates of every refit."""
+        from graft_select import _planner
+
+        seen = []
+        fit = _planner.fit_selector
+
+        def recording(selector, X, gradients, candidates, quiet=True):
+            seen.append(candidates.clone())
+            return fit(selector, X, gradients, candidates, quiet)
+
+        monkeypatch.setattr(_planner, "fit_selector", recording)
+        params = {"fraction": 0.1, "candidate_share": 0.25, "refit_every": 1, **kwargs}
+        sampler = _observed(**params)
+        emb, logits, targets = _feedback()
+        plans = []
+        for epoch in range(1, epochs + 1):
+            sampler.set_epoch(epoch)
+            n_batches = len(sampler)
+            plan = [list(b) for b in sampler]
+            assert len(plan) == n_batches
+            plans.append(plan)
+            for batch in plan:
+                idx = torch.as_tensor(batch)
+                sampler.observe(idx, embeddings=emb[idx] * epoch, logits=logits[idx],
+                                targets=targets[idx])
+        return plans, seen
+
+    def test_refits_select_from_a_random_share(self, monkeypatch):
+        """Each refit picks its subset among ceil(0.25 * 600) = 150 distinct samples, a new
+        draw each refit; the plan trains on that subset."""
+        plans, seen = self._run(monkeypatch)
+        assert len(seen) == 4
+        for plan, candidates in zip(plans, seen):
+            assert len(candidates) == 150 and len(set(candidates.tolist())) == 150
+            trained = set(_flat(plan))
+            assert len(trained) == 60 and trained <= set(candidates.tolist())
+        assert len({tuple(sorted(c.tolist())) for c in seen}) == 4
+
+    def test_deterministic(self, monkeypatch):
+        """The same seed draws the same candidates and plans (every rank draws alike)."""
+        first, seen_a = self._run(monkeypatch)
+        second, seen_b = self._run(monkeypatch)
+        assert first == second
+        assert all(torch.equal(a, b) for a, b in zip(seen_a, seen_b))
+
+    def test_without_shuffle_in_index_order(self, monkeypatch):
+        _, seen = self._run(monkeypatch, epochs=2, shuffle=False)
+        assert all(torch.equal(c, torch.sort(c).values) and len(c) == 150 for c in seen)
+
+    def test_full_share_is_the_default(self, monkeypatch):
+        """candidate_share=1.0 plans exactly as the default."""
+        explicit, _ = self._run(monkeypatch, epochs=2, candidate_share=1.0)
+        params = {"fraction": 0.1, "refit_every": 1}
+        sampler = _observed(**params)
+        emb, logits, targets = _feedback()
+        default = []
+        for epoch in (1, 2):
+            sampler.set_epoch(epoch)
+            plan = [list(b) for b in sampler]
+            default.append(plan)
+            for batch in plan:
+                idx = torch.as_tensor(batch)
+                sampler.observe(idx, embeddings=emb[idx] * epoch, logits=logits[idx],
+                                targets=targets[idx])
+        assert default == explicit
+
+    @pytest.mark.parametrize("share, match", [
+        (0.05, "below fraction=0.1"), (0.0, "candidate_share"), (1.5, "candidate_share"),
+        ("half", "candidate_share")])
+    def test_bad_values_named(self, share, match):
+        with pytest.raises((ValueError, TypeError), match=match):
+            GraftBatchSampler(600, 32, fraction=0.1, candidate_share=share)
