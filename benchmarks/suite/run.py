@@ -8,9 +8,9 @@ after every run, then ``table.md`` (the win/tie/loss table) and the figure after
 every task, so an interrupted run keeps its data (``--resume`` skips finished tasks).
 
 The full run (10 tasks, 5 seeds, fractions 0.1 and 0.3, 15 epochs; one thread) took
-36 minutes on two cores shared with three other jobs (load average 4 to 7), so less
-on two quiet ones (not measured); ``--quick`` (4 tasks, 2 seeds, half the data, 6
-epochs) took 3 minutes there.
+16 minutes on two otherwise idle cores and 36 on two cores shared with three other
+jobs (load average 4 to 7); ``--quick`` (4 tasks, 2 seeds, half the data, 6 epochs)
+took 3 minutes there.
 """
 
 import argparse
