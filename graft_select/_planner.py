@@ -279,10 +279,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         return max(1, round(self.fraction * self.n_samples))
 
     def _n_candidates(self):
-        """Samples a refit selects from: ``ceil(candidate_share * n)``, at least the budget."""
-        if self.candidate_share >= 1.0:
-            return self.n_samples
-        return max(self._budget(), math.ceil(self.candidate_share * self.n_samples - 1e-9))
+        return candidate_count(self.n_samples, self._budget(), self.candidate_share)
 
     # -------------------------------------------------------------------- state
 
@@ -345,13 +342,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         merge, the rejected rows, the guard, the stalest samples, the tables."""
         generator = _plan.epoch_generator(self.seed, fit_epoch)
         n = self.n_samples
-        pool = self._n_candidates()  # a random draw of them when fewer than n
-        if self.shuffle:
-            candidates = torch.randperm(n, generator=generator)[:pool]
-        elif pool < n:  # in index order, as the chunks without shuffle
-            candidates = torch.sort(torch.randperm(n, generator=generator)[:pool]).values
-        else:
-            candidates = torch.arange(n)
+        candidates = refit_candidates(n, self._n_candidates(), self.shuffle, generator)
         budget = self._budget()
         feature_seconds, gathered_bytes = self.source.refresh(candidates, epoch, num_replicas)
         rejected, n_rejected = self.recorder.report_rejected()
@@ -513,6 +504,23 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
             # and held label noise at uniform's level (RESULTS.md, issue 22)
             params["max_error_ratio"] = SAMPLER_ERROR_RATIO
         return selector.set_params(**params)
+
+
+def candidate_count(n_samples, budget, candidate_share):
+    """Samples a refit selects from: ``ceil(candidate_share * n)``, at least the budget."""
+    if candidate_share >= 1.0:
+        return n_samples
+    return max(budget, math.ceil(candidate_share * n_samples - 1e-9))
+
+
+def refit_candidates(n, count, shuffle, generator):
+    """A refit's ``count`` candidates of ``n`` samples: the first ``count`` of the refit's
+    permutation, or (``shuffle=False``) a random draw of them in index order."""
+    if shuffle:
+        return torch.randperm(n, generator=generator)[:count]
+    if count < n:
+        return torch.sort(torch.randperm(n, generator=generator)[:count]).values
+    return torch.arange(n)
 
 
 def fit_selector(selector, X, gradients, candidates, quiet=True):
