@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "as_contiguous",
+    "blas_at_one_thread",
     "cholesky_checked",
     "detached",
     "device_scope",
@@ -296,32 +297,46 @@ def thread_pools():
 
     Building one scans the process's shared libraries (``threadpool_limits`` builds
     one per call): 1.5 ms each, seven times per refit, a fifth of a refit of 20,000
-    samples. It is kept, and built again when modules have been imported since
-    (a library loaded later, torch's or SciPy's, is then found).
+    samples. threadpoolctl 3.8's ``get_cached_controller`` keeps one (and builds it
+    again after imports, or a FlexiBLAS backend switch); older versions get the
+    same cache here.
     """
-    from threadpoolctl import ThreadpoolController  # installed with scikit-learn
+    import threadpoolctl  # installed with scikit-learn
 
+    cached = getattr(threadpoolctl, "get_cached_controller", None)
+    if cached is not None:
+        return cached()
     with _BLAS_LOCK:
         if _POOLS["modules"] != len(sys.modules):
-            _POOLS["controller"] = ThreadpoolController()
+            _POOLS["controller"] = threadpoolctl.ThreadpoolController()
             _POOLS["modules"] = len(sys.modules)
         return _POOLS["controller"]
+
+
+def blas_at_one_thread():
+    """True if every BLAS pool of the process runs at one thread now."""
+    return all(info["num_threads"] == 1
+               for info in thread_pools().select(user_api="blas").info())
 
 
 def single_threaded_blas():
     """BLAS pools at one thread until the returned function is called; process-wide.
 
-    threadpoolctl lets only one thread (the first to set a limit, the main
-    thread in practice) change OpenBLAS's process-wide limits; others are
+    threadpoolctl lets only one thread at a time (the first to set a limit, the
+    main thread in practice) change OpenBLAS's process-wide limits; others are
     ignored silently. A background refit therefore has its BLAS limit set here
     by the thread that starts it, and released there after the refit has
     ended. Overlapping holds share one limiter: the first sets it, the last
-    restores the limits it found.
+    restores the limits it found. The limiter is entered as a context manager,
+    so that its release also gives up control of OpenBLAS (threadpoolctl 3.8):
+    a later hold from another thread (a training loop run in a thread) can then
+    set the limit.
     """
-
     with _BLAS_LOCK:
         if _BLAS_HOLD["depth"] == 0:
-            _BLAS_HOLD["limiter"] = thread_pools().limit(limits=1, user_api="blas")
+            limiter = thread_pools().limit(limits=1, user_api="blas")
+            limiter.__enter__()
+            _BLAS_HOLD["limiter"] = limiter
         _BLAS_HOLD["depth"] += 1
     released = []
 
@@ -332,7 +347,7 @@ def single_threaded_blas():
             released.append(True)
             _BLAS_HOLD["depth"] -= 1
             if _BLAS_HOLD["depth"] == 0:
-                _BLAS_HOLD.pop("limiter").restore_original_limits()
+                _BLAS_HOLD.pop("limiter").__exit__(None, None, None)
 
     return release
 

@@ -56,13 +56,16 @@ def refit_threads(num_replicas):
 
     This process's share of the cores, between 1 and `MAX_REFIT_THREADS`: the cores
     divided among the processes of this machine (``LOCAL_WORLD_SIZE``, which
-    torchrun sets; else all ``num_replicas``, which cannot overcount them). The
-    picks do not depend on it (`_feedback.refit_workers`). A background refit
-    runs on one thread: training needs the other cores.
+    torchrun sets; else all ``num_replicas``, which cannot overcount them), and
+    no more than torch's intra-op threads (``torch.set_num_threads(1)`` or
+    ``OMP_NUM_THREADS=1`` keeps a refit on one thread too). The picks do not
+    depend on it (`_feedback.refit_workers`). A background refit runs on one
+    thread: training needs the other cores.
     """
     local = os.environ.get("LOCAL_WORLD_SIZE", "")
     processes = int(local) if local.isdigit() and int(local) > 0 else num_replicas
-    return max(1, min(MAX_REFIT_THREADS, usable_cores() // max(1, processes)))
+    share = usable_cores() // max(1, processes)
+    return max(1, min(MAX_REFIT_THREADS, share, torch.get_num_threads()))
 
 
 def resolve_background(setting, device, num_replicas):

@@ -26,6 +26,7 @@ import typing
 import numpy as np
 
 from ._backend import (
+    blas_at_one_thread,
     from_numpy,
     get_namespace,
     limit_worker_thread,
@@ -221,9 +222,13 @@ def map_groups(function, items, host):
     At most a third of the groups run at once: a group's working set (its rows,
     Gram matrices and factor) is about 2.3 times its rows' share of the store
     (39 MiB for 8,192 rows of 522 float32 columns), so the refit's peak stays
-    within the store's size (benchmarks/bench_threads.py).
+    within the store's size (benchmarks/bench_threads.py). One thread where BLAS
+    is not at one thread (its limit is held by another thread, which threadpoolctl
+    lets control it): the groups would otherwise oversubscribe the cores.
     """
     workers = min(_WORKERS.get(), len(items) // 3) if host else 1
+    if workers > 1 and not blas_at_one_thread():  # another thread controls OpenBLAS's limit
+        workers = 1
     if workers <= 1:
         return [function(*item) for item in items]
     pool = concurrent.futures.ThreadPoolExecutor(

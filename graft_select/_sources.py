@@ -54,9 +54,10 @@ class ObservedFeedback:
 class CallableFeatures:
     """A callable ``f(indices) -> (embeddings, logits[, targets])`` evaluated at each refit.
 
-    It runs under ``torch.no_grad()`` over all samples in batches of
+    It runs under ``torch.no_grad()`` over the refit's candidates (all samples
+    unless the sampler's ``candidate_share`` is below 1) in batches of
     ``batch_size``, and its outputs are recorded like observed feedback (fresh
-    values for every sample, so no stale samples to refresh).
+    values for every candidate, so no stale samples to refresh).
     """
 
     refreshes_stale = False
@@ -69,7 +70,7 @@ class CallableFeatures:
         self.targets = targets
 
     def refresh(self, candidates, epoch, num_replicas):
-        """Evaluate the callable on every sample; return (its seconds, 0 bytes sent)."""
+        """Evaluate the callable on the candidates; return (its seconds, 0 bytes sent)."""
         start = time.perf_counter()
         order = torch.sort(candidates).values
         with torch.no_grad():

@@ -62,7 +62,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         Where selection features come from at a refit (see the user guide):
         ``None``, the feedback recorded by :meth:`observe`; a callable
         ``f(indices) -> (embeddings, logits[, targets])`` run under
-        ``torch.no_grad()`` over all samples in batches of
+        ``torch.no_grad()`` over the refit's candidates (all samples unless
+        ``candidate_share < 1``) in batches of
         ``feature_batch_size`` at every refit (targets from ``targets`` if it
         returns none); or an array of shape (n_samples, n_features) of fixed
         features, with observed gradient feedback still sizing the subsets.
@@ -122,8 +123,10 @@ class GraftBatchSampler(Sampler[list[int]]):
     refresh_share : float, default=0.0
         Observe-only mode: share of each refit's budget given to the least
         recently observed samples, not excluded by the guard (all of it while
-        nothing was observed). With refits every ``R`` epochs no sample's values are
-        then over ``R * ceil(1 / (refresh_share * fraction))`` epochs old.
+        nothing was observed). With refits every ``R`` epochs (and
+        ``candidate_share=1.0``) no sample's values are then over
+        ``R * ceil(1 / (refresh_share * fraction))`` epochs old; with a smaller
+        ``candidate_share`` the stalest are picked among each refit's candidates.
     candidate_share : float, default=1.0
         Share of the samples each refit selects from: a random draw of
         ``ceil(candidate_share * n_samples)`` samples (from the seed and the

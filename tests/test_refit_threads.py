@@ -173,13 +173,18 @@ class TestSampler:
         assert len({name for name, _ in seen}) > 2
         assert one == three
 
-    @pytest.mark.parametrize("local, replicas, cores, expected", [
-        (None, 1, 2, 2), (None, 1, 16, _background.MAX_REFIT_THREADS), (None, 4, 16, 4),
-        (None, 8, 16, 2), ("8", 16, 16, 2), ("2", 16, 16, 4), (None, 4, 2, 1), ("x", 2, 4, 2),
+    @pytest.mark.parametrize("local, replicas, cores, torch_threads, expected", [
+        (None, 1, 2, 2, 2), (None, 1, 16, 16, _background.MAX_REFIT_THREADS),
+        (None, 4, 16, 16, 4), (None, 8, 16, 16, 2), ("8", 16, 16, 16, 2),
+        ("2", 16, 16, 16, 4), (None, 4, 2, 2, 1), ("x", 2, 4, 4, 2), (None, 1, 16, 1, 1),
+        (None, 1, 16, 3, 3),
     ])
-    def test_threads_share_the_cores(self, monkeypatch, local, replicas, cores, expected):
+    def test_threads_share_the_cores(self, monkeypatch, local, replicas, cores, torch_threads,
+                                     expected):
         """A process's share of the cores among this machine's processes (LOCAL_WORLD_SIZE,
-        else the replicas), between 1 and MAX_REFIT_THREADS."""
+        else the replicas), no more than torch's threads, between 1 and
+        MAX_REFIT_THREADS."""
+        monkeypatch.setattr(_background.torch, "get_num_threads", lambda: torch_threads)
         if local is None:
             monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
         else:
@@ -222,3 +227,40 @@ class TestThreadPoolsController:
         with _backend.single_threaded():
             _fit(2, R, E, torch.arange(1200))
         assert built == []
+
+
+class TestBlasFromOtherThreads:
+    def _blas_threads(self):
+        from threadpoolctl import threadpool_info
+
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    def test_a_thread_after_the_main_one_gets_blas_at_one_thread(self):
+        """threadpoolctl lets one thread at a time control OpenBLAS: a hold released by the
+        main thread gives control back, so a refit driven from another thread (a training
+        loop run in a thread) still runs BLAS at one thread."""
+        from graft_select import _backend
+
+        if not self._blas_threads() - {1}:
+            pytest.skip("BLAS runs at one thread already")
+        with _backend.single_threaded():
+            assert self._blas_threads() == {1}
+        seen = []
+
+        def refit():
+            with _backend.single_threaded():
+                seen.append(self._blas_threads())
+
+        thread = threading.Thread(target=refit)
+        thread.start()
+        thread.join()
+        assert seen == [{1}]
+
+    def test_groups_on_one_thread_when_blas_is_not_limited(self, small_groups, monkeypatch):
+        """Where the BLAS limit cannot be set (another thread controls it), the groups run
+        one after another rather than oversubscribe the cores."""
+        monkeypatch.setattr(_feedback, "blas_at_one_thread", lambda: False)
+        R, E = _store()
+        seen = _recording(monkeypatch, lambda: None)
+        _fit(3, R, E, torch.arange(1200))
+        assert {name for name, _ in seen} == {"MainThread"}
