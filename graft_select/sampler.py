@@ -127,22 +127,6 @@ class GraftBatchSampler(Sampler[list[int]]):
         ``candidate_share=1.0``) no sample's values are then over
         ``R * ceil(1 / (refresh_share * fraction))`` epochs old; with a smaller
         ``candidate_share`` the stalest are picked among each refit's candidates.
-    candidate_share : float, default=1.0
-        Share of the samples each refit selects from: a random draw of
-        ``ceil(candidate_share * n_samples)`` samples (from the seed and the
-        refit's epoch, the same on every rank and after a resume), from which
-        the refit picks ``fraction * n_samples``; observe-only refreshes
-        (``refresh_share``) pick among them too. A refit then costs less (a
-        4,000-sample pool of 20,000: 22 ms instead of 41 ms), so that small
-        models, whose refits cost more than an epoch of the subset
-        (``max_overhead`` then allows one refit in the whole run), can refit
-        often: ``refit_every=5, candidate_share=2 * fraction``. Measured at 3
-        seeds against the defaults (``benchmarks/RESULTS.md``): it turned a
-        2.3-point loss against uniform subsets into a 2.4-point win on a 6-class
-        task held out of all tuning (fraction 0.1), and helped on 20% wrong
-        labels and near-duplicates, but lost 3.7 points on the long-tail task
-        and 0.25 on the demo's data at 0.3, at 2 to 4 times the selection time.
-        Must be at least ``fraction``.
     feature_batch_size : int, default=1024
         Batch size of the ``features`` callable.
     feedback_dtype : torch.dtype or str, default=torch.float32
@@ -195,6 +179,22 @@ class GraftBatchSampler(Sampler[list[int]]):
         of :func:`~graft_select.last_layer_gradients`; ``torch.nn.MSELoss``
         differs by a constant factor, which changes no selection). Float
         targets with ``"cross_entropy"`` raise. :meth:`state_dict` records it.
+    candidate_share : float, default=1.0
+        Share of the samples each refit selects from: a random draw of
+        ``ceil(candidate_share * n_samples)`` samples (from the seed and the
+        refit's epoch, the same on every rank and after a resume), from which
+        the refit picks ``fraction * n_samples``; observe-only refreshes
+        (``refresh_share``) pick among them too. A refit then costs less (a
+        4,000-sample pool of 20,000: 22 ms instead of 41 ms), so that small
+        models, whose refits cost more than an epoch of the subset
+        (``max_overhead`` then allows one refit in the whole run), can refit
+        often: ``refit_every=5, candidate_share=2 * fraction``. Measured at 3
+        seeds against the defaults (``benchmarks/RESULTS.md``): it turned a
+        2.3-point loss against uniform subsets into a 2.4-point win on a 6-class
+        task held out of all tuning (fraction 0.1), and helped on 20% wrong
+        labels and near-duplicates, but lost 3.7 points on the long-tail task
+        and 0.25 on the demo's data at 0.3, at 2 to 4 times the selection time.
+        Must be at least ``fraction``.
 
     Attributes
     ----------
