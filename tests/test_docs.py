@@ -10,6 +10,7 @@
 The Sphinx build itself (``sphinx-build -W``) runs in CI, not here.
 """
 
+import ast
 import doctest
 import importlib
 import re
@@ -100,6 +101,31 @@ class TestApiReference:
             return
         assert name in graft_select.__all__, f"{name} is documented but not public"
         assert getattr(module, name) is getattr(graft_select, name)
+
+
+class TestNumpydoc:
+    """The checks the docs build runs with ``-W`` (``numpydoc_validation_checks``), run
+    here too: a parameter added out of order failed CI's docs build, not the tests.
+    Skipped without numpydoc (the ``docs`` extra)."""
+
+    @pytest.mark.parametrize("module_name, name", documented())
+    def test_docstring_valid(self, module_name, name):
+        validate = pytest.importorskip("numpydoc.validate").validate
+        needs_torch(module_name)
+        obj = getattr(importlib.import_module(module_name), name)
+        if not (callable(obj) and getattr(obj, "__doc__", None)):
+            pytest.skip("not a documented callable")
+        conf = (DOCS / "conf.py").read_text(encoding="utf-8")  # what the build enforces
+        checks = ast.literal_eval(
+            re.search(r"^numpydoc_validation_checks = (\{.*?\})", conf, re.M).group(1))
+        excluded = ast.literal_eval(
+            re.search(r"^numpydoc_validation_exclude = (\{.*?\n\})", conf,
+                      re.M | re.S).group(1))
+        if any(re.search(pattern, f"{module_name}.{name}") for pattern in excluded):
+            pytest.skip("excluded from validation in docs/conf.py")
+        errors = [f"{code}: {message}" for code, message
+                  in validate(f"{module_name}.{name}")["errors"] if code in checks]
+        assert not errors, errors
 
 
 class TestDocstringExamples:
