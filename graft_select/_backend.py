@@ -10,6 +10,7 @@ array-api-compat, which only inspects objects that already exist.
 import contextlib
 import functools
 import inspect
+import os
 import sys
 import threading
 
@@ -44,6 +45,7 @@ __all__ = [
     "thread_pools",
     "to_numpy",
     "torch_cpu_view",
+    "usable_cores",
 ]
 
 
@@ -317,6 +319,14 @@ def blas_at_one_thread():
     """True if every BLAS pool of the process runs at one thread now."""
     return all(info["num_threads"] == 1
                for info in thread_pools().select(user_api="blas").info())
+
+
+def usable_cores():
+    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def single_threaded_blas():

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from ._backend import single_threaded_blas
+from ._backend import single_threaded_blas, usable_cores
 
 __all__ = [
     "BackgroundRefit",
@@ -29,21 +29,12 @@ __all__ = [
     "refit_threads",
     "resolve_background",
     "spare_cores",
-    "usable_cores",
 ]
 
 
 #: Most threads a refit on the training path runs its groups on: 2 threads made a
 #: 300,000-row refit 1.8x faster on 2 cores; each one holds a group's working set.
 MAX_REFIT_THREADS = 4
-
-
-def usable_cores():
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def spare_cores():

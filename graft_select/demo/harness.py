@@ -31,13 +31,13 @@ other, so every seed's runs see the machine in about the same state; strategies 
 compared within a seed.
 """
 
-import os
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime, timezone
 
+from .._backend import usable_cores
 from .config import (
     DATASETS,
     STRATEGIES,
@@ -98,9 +98,7 @@ def _total_samples(strategy, fraction, seed_runs, config, n):
 
 
 def _default_threads():
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    return min(cores, 8)
+    return min(usable_cores(), 8)
 
 
 def _progress_modes(progress):
