@@ -14,6 +14,7 @@ A backend that cannot run here is skipped, never silently replaced by another.
 
 import importlib
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +131,16 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spawn_ranks(worker, world, out_dir):
+    """Run ``worker(rank, world, port, out_dir)`` on ``world`` processes (a free port for the
+    rendezvous); return what each rank saved to ``out_dir/rank{r}.pt``, in rank order."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(world, free_port(), str(out_dir)), nprocs=world, join=True)
+    return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world)]
 
 
 def scipy_lu_rows(A):

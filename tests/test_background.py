@@ -4,7 +4,7 @@ import os
 import threading
 
 import pytest
-from conftest import free_port
+from conftest import spawn_ranks
 
 torch = pytest.importorskip("torch")
 
@@ -339,10 +339,7 @@ def _ranks_worker(rank, world, port, out_dir):
 
 def test_two_gloo_ranks(tmp_path):
     """On 2 gloo ranks: one plan per epoch, the synchronous twin's, one schedule."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(_ranks_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    out = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    out = spawn_ranks(_ranks_worker, 2, tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(out[0]["plans"], out[1]["plans"]))
     for o in out:
         assert torch.equal(o["twins"][0], o["plans"][4])

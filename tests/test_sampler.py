@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from conftest import free_port
+from conftest import spawn_ranks
 
 torch = pytest.importorskip("torch")
 
@@ -1030,10 +1030,7 @@ def _merge_worker(rank, world, port, out_dir):
 class TestDistributed:
     def test_two_ranks_gloo(self, tmp_path):
         """Two gloo ranks get disjoint shares of equal length and agree on the plan."""
-        import torch.multiprocessing as mp
-
-        mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-        results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+        results = spawn_ranks(_ddp_worker, 2, tmp_path)
         assert results[0]["plan"] == results[1]["plan"]
         shares = [_flat(r["batches"]) for r in results]
         assert len(shares[0]) == len(shares[1]) == round(0.3 * N) // 2
@@ -1041,10 +1038,7 @@ class TestDistributed:
 
     def test_four_ranks_merge_changed_rows(self, tmp_path):
         """Four gloo ranks send only their changed rows; newest wins, ties to the highest rank."""
-        import torch.multiprocessing as mp
-
-        mp.spawn(_merge_worker, args=(4, free_port(), str(tmp_path)), nprocs=4, join=True)
-        out = [torch.load(tmp_path / f"rank{r}.pt") for r in range(4)]
+        out = spawn_ranks(_merge_worker, 4, tmp_path)
         emb = _feedback()[0]
         for key in ("plan1", "plan3"):
             assert all(o[key] == out[0][key] for o in out)

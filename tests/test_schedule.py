@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from conftest import free_port
+from conftest import spawn_ranks
 
 torch = pytest.importorskip("torch")
 
@@ -229,8 +229,5 @@ def _ranks_worker(rank, world, port, out_dir):
 
 def test_ranks_decide_alike(tmp_path):
     """Two gloo ranks with different timings take the same (rank 0's) schedule."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(_ranks_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    out = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    out = spawn_ranks(_ranks_worker, 2, tmp_path)
     assert out[0] == out[1] == {"next": 1 + MAX_INTERVAL, "state": 1 + MAX_INTERVAL}
