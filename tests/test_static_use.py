@@ -1,7 +1,9 @@
 """GraftSelector fitted once on a warm model's gradients: the uniform check, and dense
 and factored gradients selecting the same rows (issue 22)."""
 
+import importlib.util
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +13,17 @@ from sklearn.linear_model import LogisticRegression
 from graft_select import FactoredGradients, GraftSelector, StoredGradients
 
 
-def _proxies(n, d, c, seed):
-    """Embeddings and factored gradients of a random softmax model (random labels)."""
-    rng = np.random.default_rng(seed)
-    H = np.hstack([rng.standard_normal((n, d)), np.ones((n, 1))])
-    logits = H @ rng.standard_normal((d + 1, c)) * 0.3
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    R = p - np.eye(c)[rng.integers(c, size=n)]
-    return H[:, :d], FactoredGradients(R, H)
+def _benchmark(name):
+    """A script of benchmarks/ loaded as a module (the same data as its measurement)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# embeddings and factored gradients of a random softmax model (random labels)
+_proxies = _benchmark("bench_dense_factored").proxies
 
 
 @pytest.fixture(scope="module")
