@@ -14,8 +14,9 @@ anything:
   20,000 x 40, 6 classes, an MLP, 30 epochs (there GRAFT's sampler scored 82.30 against
   83.08 for uniform subsets, before the uniform check).
 
-GRAFT's defaults against uniform subsets of the same sizes and budget-matched full data,
-paired by seed, 95% t-intervals. Usage::
+The suite's own protocol and table (``suite/run.py``'s ``run_task``, without the
+static use): GRAFT's defaults against uniform subsets of the same sizes, budget-matched
+full data, RS2 and InfoBatch, paired by seed, 95% t-intervals. Usage::
 
     python benchmarks/bench_holdout.py [--seeds 5] [--fractions 0.1 0.3] [--tasks ...]
 """
@@ -33,9 +34,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from suite.stats import paired_interval, verdict  # noqa: E402
+from suite.run import SuiteConfig, run_task  # noqa: E402
+from suite.stats import markdown_table  # noqa: E402
 from suite.tasks import Task, _mlp, _standardized  # noqa: E402
-from suite.training import strategy_run  # noqa: E402
 
 
 def quantiles_data(n_train, n_test=2000):
@@ -77,34 +78,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, cores {os.cpu_count()}, "
           f"load {os.getloadavg()[0]:.2f}, seeds {args.seeds}", flush=True)
-    print("| task | f | GRAFT | uniform | full (budget) | GRAFT - uniform | GRAFT - budget |"
-          " selection share |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in args.tasks:
-        task = TASKS[name]
-        data = task.make_data(task.n_train)
-        for fraction in args.fractions:
-            runs = {"graft": [], "uniform": [], "budget": []}
-            for seed in range(args.seeds):
-                graft = strategy_run("graft", task, data, fraction=fraction, seed=seed,
-                                     epochs=task.epochs)
-                runs["graft"].append(graft)
-                runs["uniform"].append(strategy_run("uniform", task, data, fraction=fraction,
-                                                    seed=seed, epochs=task.epochs))
-                runs["budget"].append(strategy_run("budget", task, data, fraction=fraction,
-                                                   seed=seed, epochs=task.epochs,
-                                                   total_samples=graft["samples_seen"]))
-            scores = {k: np.array([r["score"] for r in v]) for k, v in runs.items()}
-            cells = []
-            for other in ("uniform", "budget"):
-                mean, low, high, _ = paired_interval(scores["graft"], scores[other])
-                cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] {verdict(low, high)}")
-            share = np.mean([(r["selection_seconds"] + r["observe_seconds"]) / r["wall_seconds"]
-                             for r in runs["graft"]])
-            print(f"| {name} | {fraction} | "
-                  + " | ".join(f"{scores[k].mean():.2f} +- {scores[k].std():.2f}"
-                               for k in ("graft", "uniform", "budget"))
-                  + f" | {cells[0]} | {cells[1]} | {share:.1%} |", flush=True)
+    config = SuiteConfig(tasks=tuple(args.tasks), seeds=tuple(range(args.seeds)),
+                         fractions=tuple(args.fractions), static=False)
+    results = [run_task(TASKS[name], config, write=lambda result: None)
+               for name in args.tasks]
+    print(markdown_table(results, config.fractions)[0])
 
 
 if __name__ == "__main__":
