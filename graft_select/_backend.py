@@ -344,9 +344,9 @@ def single_threaded_blas():
     """
     with _BLAS_LOCK:
         if _BLAS_HOLD["depth"] == 0:
-            limiter = thread_pools().limit(limits=1, user_api="blas")
-            limiter.__enter__()
-            _BLAS_HOLD["limiter"] = limiter
+            hold = contextlib.ExitStack()
+            hold.enter_context(thread_pools().limit(limits=1, user_api="blas"))
+            _BLAS_HOLD["limiter"] = hold
         _BLAS_HOLD["depth"] += 1
     released = []
 
@@ -357,7 +357,7 @@ def single_threaded_blas():
             released.append(True)
             _BLAS_HOLD["depth"] -= 1
             if _BLAS_HOLD["depth"] == 0:
-                _BLAS_HOLD.pop("limiter").__exit__(None, None, None)
+                _BLAS_HOLD.pop("limiter").close()
 
     return release
 

@@ -366,6 +366,7 @@ def subset_errors(store, chunks, groups, local, summaries):
     residuals, embeddings, rows, xp = store
     device = get_namespace(rows)[1]
     n_columns = _n_columns(residuals, embeddings)
+
     def one_group(first, last, size, b, gg, zero, scales):
         m = last - first
         k = max(len(local[c]) for c in range(first, last))
