@@ -133,6 +133,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def softmax_store(rng, n=1200, d=16, C=5):
+    """A feedback store's tables (float32 torch): softmax residuals of random logits and
+    labels, and Gaussian embeddings, drawn from the NumPy generator ``rng``."""
+    import torch
+
+    logits = torch.tensor(rng.standard_normal((n, C)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(0, C, n))
+    residuals = torch.softmax(logits, 1) - torch.nn.functional.one_hot(y, C).float()
+    return residuals, torch.tensor(rng.standard_normal((n, d)), dtype=torch.float32)
+
+
 def spawn_ranks(worker, world, out_dir):
     """Run ``worker(rank, world, port, out_dir)`` on ``world`` processes (a free port for the
     rendezvous); return what each rank saved to ``out_dir/rank{r}.pt``, in rank order."""

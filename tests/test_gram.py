@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import softmax_store
 
 from graft_select import GraftSelector, StoredGradients
 from graft_select._backend import cholesky_checked, get_namespace
@@ -262,10 +263,7 @@ def test_maxvol_rank():
 
 class TestFitFeedback:
     def _store(self, rng, n=1200, d=16, C=5):
-        logits = torch.tensor(rng.standard_normal((n, C)), dtype=torch.float32)
-        y = torch.tensor(rng.integers(0, C, n))
-        residuals = torch.softmax(logits, 1) - torch.nn.functional.one_hot(y, C).float()
-        return residuals, torch.tensor(rng.standard_normal((n, d)), dtype=torch.float32)
+        return softmax_store(rng, n, d, C)
 
     def _selector(self, **kwargs):
         params = {"fraction": 0.3, "chunk_size": 100, "basis": "gradients",

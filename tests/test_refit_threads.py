@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import softmax_store
 
 torch = pytest.importorskip("torch")
 
@@ -26,12 +27,8 @@ def torch_two_threads():
     torch.set_num_threads(threads)
 
 
-def _store(seed=0, n=1200, d=16, C=5):
-    rng = np.random.default_rng(seed)
-    logits = torch.tensor(rng.standard_normal((n, C)), dtype=torch.float32)
-    y = torch.tensor(rng.integers(0, C, n))
-    residuals = torch.softmax(logits, 1) - torch.nn.functional.one_hot(y, C).float()
-    return residuals, torch.tensor(rng.standard_normal((n, d)), dtype=torch.float32)
+def _store(seed=0, n=1200):
+    return softmax_store(np.random.default_rng(seed), n)
 
 
 def _fit(workers, residuals, embeddings, rows, **params):
