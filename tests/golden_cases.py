@@ -28,6 +28,17 @@ checks MaxVol's picks against uniform subsets at a ratio of 0.5
 gradient no better than half a uniform subset's error train the uniform subset.
 The fingerprints depend on the BLAS thread count: record and compare
 them with the default threads (OMP_NUM_THREADS unset).
+
+They depend on the CPU too. The selector's indices, weights and errors came out
+different, bit for bit, on an AMD EPYC VM (OpenBLAS's Haswell kernels, torch at
+AVX2) from the Intel Xeon VM that recorded them (2026-12-07: 21 of the 34 cases;
+near-ties of MaxVol's greedy break the other way when the last bits differ); the
+sizes and the sampler's plans did not. So the record has two parts: *portable*
+(every case's sizes and number of rows, and the sampler's plans), compared on
+every machine, and per machine (`machine_signature`) the selector's full
+fingerprints, compared where this machine's kind has a record. ``--write``
+records this machine's kind and drops the others' (a re-pin after a change of
+the selection makes them stale); run it on another kind to add that kind's.
 """
 
 import hashlib
@@ -257,15 +268,41 @@ def sampler_cases():
     return out
 
 
-def all_cases():
+#: The hardware-independent fields of a selector fingerprint.
+PORTABLE_FIELDS = ("sizes", "n_selected")
+
+
+def machine_signature():
+    """The kind of machine the bit-level fingerprints hold on: BLAS kernels and torch's ISA.
+
+    The architectures that threadpoolctl reports for the loaded BLAS libraries
+    (OpenBLAS picks its kernels by CPU at run time) and torch's CPU capability.
+    """
+    import threadpoolctl
+    import torch
+
+    blas = sorted({str(info.get("architecture")) for info in threadpoolctl.threadpool_info()
+                   if info.get("user_api") == "blas"})
+    return f"blas-{'+'.join(blas)}/torch-{torch.backends.cpu.get_cpu_capability()}"
+
+
+def portable(selector_fingerprints):
+    """The fields of selector fingerprints that every machine reproduces."""
+    return {k: {f: v[f] for f in PORTABLE_FIELDS} for k, v in selector_fingerprints.items()}
+
+
+def record():
+    """The golden record of this machine: portable part and this machine's selector bits."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {**selector_cases(), **sampler_cases()}
+        selector = selector_cases()
+    return {"portable": {**portable(selector), **sampler_cases()},
+            "machines": {machine_signature(): selector}}
 
 
 if __name__ == "__main__":
     if "--write" not in sys.argv:
         sys.exit("usage: python tests/golden_cases.py --write")
     GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps(all_cases(), indent=1, sort_keys=True) + "\n")
-    print(f"wrote {GOLDEN}")
+    GOLDEN.write_text(json.dumps(record(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN} for {machine_signature()}")

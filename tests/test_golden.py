@@ -18,7 +18,8 @@ import golden_cases
 pytest.importorskip("torch")
 pytest.importorskip("dask")
 
-EXPECTED = json.loads(golden_cases.GOLDEN.read_text())
+RECORD = json.loads(golden_cases.GOLDEN.read_text())
+PORTABLE = RECORD["portable"]
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +30,43 @@ def selector_results():
 
 
 class TestGoldenSelector:
-    def test_cases_unchanged(self, selector_results):
-        """Every GraftSelector fit gives the pinned indices, sizes, weights and errors."""
-        expected = {k: v for k, v in EXPECTED.items() if not k.startswith("sampler/")}
+    def test_sizes_unchanged(self, selector_results):
+        """Every GraftSelector fit gives the pinned subset sizes, on every machine."""
+        expected = {k: v for k, v in PORTABLE.items() if not k.startswith("sampler/")}
+        assert selector_results.keys() == expected.keys()
+        fresh = golden_cases.portable(selector_results)
+        changed = [k for k in expected if fresh[k] != expected[k]]
+        assert not changed, f"changed sizes: {changed}"
+
+    def test_bits_unchanged(self, selector_results):
+        """On a recorded kind of machine: the pinned indices, sizes, weights and errors."""
+        signature = golden_cases.machine_signature()
+        if signature not in RECORD["machines"]:
+            pytest.skip(f"no bit-level record for {signature} (recorded: "
+                        f"{sorted(RECORD['machines'])}); sizes are checked on every machine")
+        expected = RECORD["machines"][signature]
         assert selector_results.keys() == expected.keys()
         changed = [k for k in expected if selector_results[k] != expected[k]]
         assert not changed, f"changed fits: {changed}"
 
 
-SAMPLER_KEYS = sorted(k for k in EXPECTED if k.startswith("sampler/"))
+class TestRecord:
+    def test_portable_part_is_the_machines_part(self):
+        """Each machine's record agrees with the portable part on the portable fields."""
+        for signature, fits in RECORD["machines"].items():
+            assert golden_cases.portable(fits) == {
+                k: v for k, v in PORTABLE.items() if not k.startswith("sampler/")}, signature
+
+    def test_signature_names_blas_kernels_and_torch_isa(self):
+        """The signature reads the BLAS architecture and torch's capability of this process."""
+        import torch
+
+        signature = golden_cases.machine_signature()
+        assert signature.startswith("blas-")
+        assert signature.endswith(f"/torch-{torch.backends.cpu.get_cpu_capability()}")
+
+
+SAMPLER_KEYS = sorted(k for k in PORTABLE if k.startswith("sampler/"))
 
 
 class TestGoldenSampler:
@@ -50,4 +79,4 @@ class TestGoldenSampler:
             warnings.simplefilter("ignore")
             plans = golden_cases.sampler_plans(dataset, int(seed), mode,
                                                golden_cases.SAMPLER_CONFIGS[config])
-        assert plans == EXPECTED[key]
+        assert plans == PORTABLE[key]
