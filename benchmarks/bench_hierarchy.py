@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_hierarchy.py coverage   # prototypes, memory + dask
     OMP_NUM_THREADS=1 python benchmarks/bench_hierarchy.py sweep      # CANDIDATE_SHARE x FAN_IN
     OMP_NUM_THREADS=1 python benchmarks/bench_hierarchy.py volume     # log-volume vs one chunk
+    OMP_NUM_THREADS=1 python benchmarks/bench_hierarchy.py sorted     # the same, rows sorted
     OMP_NUM_THREADS=1 python benchmarks/bench_hierarchy.py scaling    # fit time vs rows
     OMP_NUM_THREADS=1 python benchmarks/bench_hierarchy.py memory N   # dask peak memory, N rows
 
@@ -158,7 +159,39 @@ def volume(n=20_000, fractions=(0.005, 0.01, 0.05)):
                   f"(rel. diff {abs(v_chunk - v_one) / abs(v_one):.3f})", flush=True)
 
 
-def scaling(sizes=(50_000, 100_000, 200_000, 400_000, 800_000), fractions=(0.01, 0.001), d=64):
+def sorted_rows(fractions=(0.005, 0.01)):
+    """Coverage and log-volume when the data's order gathers the rare rows in a few leaves.
+
+    Prototypes sorted by prototype (the rarest last) and by row norm; heavy-tailed
+    and low-rank rows sorted by norm (the largest rows, which MaxVol wants, all
+    in the last leaves). A node keeps the group's rank plus twice its share of
+    the candidates (`_hierarchy.node_candidates`): this is where a share alone
+    would fall short.
+    """
+    header("sorted rows: coverage and log-volume of the default vs one chunk")
+    for n, fraction in ((6000, 0.01), (50_000, 0.002), (200_000, 0.001)):
+        X, labels = prototypes(n)
+        for key_name, key in (("prototype", labels), ("row norm", np.linalg.norm(X, axis=1))):
+            index = np.argsort(key, kind="stable")
+            tree, t = timed_fit(X[index], fraction=fraction)
+            print(f"prototypes n={n} fraction={fraction} sorted by {key_name}: coverage "
+                  f"{covered(labels[index], tree.sample_indices_):.3f} ({t:.1f} s)", flush=True)
+    for name, X in (("heavy tailed", heavy_tailed(20_000)),
+                    ("low rank + noise", low_rank(20_000))):
+        X = X[np.argsort(np.linalg.norm(X, axis=1), kind="stable")]
+        for fraction in fractions:
+            one, t_one = timed_fit(X, fraction=fraction, chunk_size=X.shape[0])
+            tree, t = timed_fit(X, fraction=fraction)
+            r = min(X.shape[1], 256, int(one.subset_sizes_[0]))
+            v_one = log_volume(X, one.sample_indices_, r)
+            v = log_volume(X, tree.sample_indices_, r)
+            print(f"{name} sorted by row norm, fraction={fraction}: one chunk {v_one:.2f} "
+                  f"({t_one:.1f} s), default {v:.2f} ({t:.1f} s; rel. diff "
+                  f"{abs(v - v_one) / abs(v_one):.3f})", flush=True)
+
+
+def scaling(sizes=(50_000, 100_000, 200_000, 400_000, 800_000, 2_000_000),
+            fractions=(0.01, 0.001), d=64):
     header(f"fit time vs rows, d={d}")
     rng = np.random.default_rng(0)
     X_all = rng.standard_normal((max(sizes), d))
@@ -219,4 +252,4 @@ if __name__ == "__main__":
     section = sys.argv[1] if len(sys.argv) > 1 else "coverage"
     args = [int(a) for a in sys.argv[2:]]
     {"coverage": coverage, "sweep": sweep, "volume": volume, "scaling": scaling,
-     "memory": memory}[section](*args)
+     "memory": memory, "sorted": sorted_rows}[section](*args)

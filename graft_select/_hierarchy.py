@@ -1,10 +1,12 @@
 """Merge-and-reduce selection: the tree that ``chunk_size=None`` runs.
 
 Chunks of at most 4096 rows (``_sizing.default_chunks``, the *leaves*) each
-keep a candidate set of ``k`` rows, the first ``k`` pivots of their Fast
-MaxVol order; the candidates of ``FAN_IN`` consecutive nodes are pooled and
-reduced again to ``k`` rows, as a tree, until one pool holds the candidates
-of all leaves of a *group*. The pool of the group's root (at most ``FAN_IN *
+keep a candidate set, the first pivots of their Fast MaxVol order; the
+candidates of ``FAN_IN`` consecutive nodes are pooled and reduced again, as a
+tree, until one pool holds the candidates of all leaves of a *group*. A node
+keeps `node_candidates` rows: the group's rank (the directions any part of
+the data may hold) plus ``NODE_SHARE`` times its leaves' share of the group's
+``k`` candidates, at most ``k``. The pool of the group's root (at most ``FAN_IN *
 k <= 4096`` rows) is selected from as one chunk of all the group's rows: its
 MaxVol order is the group's order, and with gradients the size criterion
 measures the error of the group's mean gradient (over all its rows, not just
@@ -43,6 +45,8 @@ from ._sizing import default_chunks
 CANDIDATE_SHARE = 2.0
 #: Nodes pooled per merge (``split_every`` of the dask reduction).
 FAN_IN = 8
+#: A node keeps the group's rank plus this multiple of its share of the group's candidates.
+NODE_SHARE = 2
 
 
 def max_candidates():
@@ -189,7 +193,7 @@ def leaf_node(task, X, gradients, begin, leaf):
 
 
 def merge_nodes(task, children):
-    """Pool the candidates of consecutive nodes and reduce them to ``task.k`` rows."""
+    """Pool the candidates of consecutive nodes and reduce them to `node_candidates` rows."""
     children = list(children)
     if len(children) == 1:
         return children[0]
@@ -204,14 +208,32 @@ def merge_nodes(task, children):
     return reduce_node(task, pooled)
 
 
+def node_candidates(task, first, last):
+    """Candidates a node over the leaves ``[first, last)`` of ``task``'s group keeps.
+
+    The group's rank plus ``NODE_SHARE`` times the node's share of the group's
+    ``task.k`` candidates (leaves have equal rows, up to one), at most
+    ``task.k``. Every ``k`` pivots at every node made the leaves' rectangular
+    MaxVol steps, O(rows * k) each, the fit's largest cost, growing with the
+    budget: a large fit cost more per row than a small one. The rank keeps
+    every direction a node holds (rare rows included, wherever the data's
+    order puts them), the share keeps room for the rows beyond the rank; the
+    coverage, log-volume and time against the former rule, also on data sorted
+    by row norm and by prototype, are in ``benchmarks/RESULTS.md`` (issue 23).
+    """
+    share = -(-NODE_SHARE * task.k * (last - first) // (task.last - task.first))
+    return min(task.k, task.params.n_components + share)
+
+
 def reduce_node(task, node):
-    """The node's first ``task.k`` MaxVol pivots; the group's root keeps its whole pool."""
+    """The node's first `node_candidates` MaxVol pivots; the group's root keeps its pool."""
     n_rows = node.rows.shape[0]
-    if (node.first, node.last) == (task.first, task.last) or n_rows <= task.k:
+    k = node_candidates(task, node.first, node.last)
+    if (node.first, node.last) == (task.first, task.last) or n_rows <= k:
         return node
     rng = np.random.default_rng([task.seed, node.first, node.last])
     xp = None if is_sparse(node.X) else get_namespace(node.X)[0]
-    order = stack_order(task.params, node.X, xp, node.G, 0, n_rows, (0, 1), task.k, rng)[0]
+    order = stack_order(task.params, node.X, xp, node.G, 0, n_rows, (0, 1), k, rng)[0]
     return Node(node.first, node.last, node.rows[order], take_rows(node.X, order),
                 None if node.G is None else take_rows(node.G, order), node.total)
 

@@ -106,6 +106,54 @@ class TestCoverage:
         assert _covered(labels, tree) > uniform
 
 
+class TestNodeCandidates:
+    """A node keeps the group's rank plus twice its share of the group's candidates."""
+
+    @staticmethod
+    def _task(fraction=0.005, n=12 * LEAF):
+        params = _params(fraction=fraction)
+        plan = _hierarchy.plan_tree(params, n, 8, False, np.random.default_rng(0))
+        assert len(plan.groups) == 1
+        return plan.task(params, 0)
+
+    def test_leaf_keeps_rank_plus_share(self):
+        """A leaf of 12 keeps rank + ceil(2 k / 12) rows, fewer than the group's k."""
+        task = self._task()
+        assert (task.k, task.params.n_components) == (30, 8)
+        assert _hierarchy.node_candidates(task, 0, 1) == 8 + 5
+        assert _hierarchy.node_candidates(task, 0, 8) == 30  # capped at k
+        assert _hierarchy.node_candidates(task, task.first, task.last) == task.k
+
+    def test_nodes_select_their_candidates(self, monkeypatch):
+        """Every reduction asks MaxVol for `node_candidates` rows of its node."""
+        calls = []
+        real = _hierarchy.stack_order
+
+        def spy(params, X, xp, G, begin, stop, band, k, rng):
+            calls.append((X.shape[0], k))
+            return real(params, X, xp, G, begin, stop, band, k, rng)
+
+        monkeypatch.setattr(_hierarchy, "stack_order", spy)
+        X, _ = prototypes(12 * LEAF)
+        GraftSelector(0.005, random_state=0).fit(X)
+        # rank 15 (16 columns, 15 picks): 12 leaves of 256 rows keep 15 + 5 each; the merges
+        # of leaves 0-7 and 8-11 keep 30 (capped at k) of 160 and 80; the root selects 15 of 60
+        assert calls[:12] == [(LEAF, 20)] * 12
+        assert calls[12:] == [(8 * 20, 30), (4 * 20, 30), (60, 15)]
+
+    @pytest.mark.parametrize("order", ["by prototype", "by row norm"])
+    def test_sorted_rows_cover_as_one_chunk(self, order):
+        """Rows sorted (rare prototypes together at the end) keep one chunk's coverage."""
+        X, labels = prototypes(3000)
+        key = labels if order == "by prototype" else np.linalg.norm(X, axis=1)
+        index = np.argsort(key, kind="stable")[::-1]
+        X, labels = X[index], labels[index]
+        tree = GraftSelector(0.005, random_state=0).fit(X)
+        one = GraftSelector(0.005, chunk_size=3000, random_state=0).fit(X)
+        assert tree.chunk_sizes_.tolist() == [3000]
+        assert _covered(labels, tree) == _covered(labels, one) == 15 / 40
+
+
 class TestGradients:
     """With gradients, the top level's criterion is the group's whole mean gradient."""
 
