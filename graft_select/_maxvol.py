@@ -292,16 +292,12 @@ def _extend_greedy(A, picks, coords, k, xp):
     coordinates of the picks (r x r, lower triangular with the residual norms on
     its diagonal, since every direction is orthogonal to the rows chosen before
     it), the coefficients are ``C = A @ inv(A[picks]) = coords^T @ inv(T)``: a
-    triangular inverse and a product instead of a QR and a solve. The steps do
-    not update ``C`` (an (n, r) rank-1 update each): with ``H = C C^T`` and row
-    scores ``s = diag(H)``, adding row ``p`` downdates ``H`` by ``w w^T / (1 +
-    s_p)`` where ``w = H[:, p]``, so each step forms ``w = (C C^T)[p] - sum_t w_t
-    w_t[p] / (1 + s_t)`` from the stored ``w_t``: a row of ``C C^T`` (see
-    `_scores`), one product with the ``w_t`` (which start empty), and ``s -=
-    w^2 / (1 + s_p)``. ``C^T`` and the ``w_t`` are kept as rows (``(m, r, n)``
-    and ``(m, k - r, n)``): the products read the ``w_t`` found so far in place
-    (a column slice of ``(m, n, k - r)`` was copied at every step), and each step
-    writes one contiguous row.
+    triangular inverse and a product instead of a QR and a solve. Row ``i``'s
+    score is ``s_i = c_i^T M c_i`` with ``M = inv(C[S]^T C[S])`` over the rows
+    ``S`` chosen so far (``M = I`` at the start, since ``C[picks] = I``); adding
+    row ``p`` downdates the scores by ``w^2 / (1 + s_p)`` with ``w = C M c_p``.
+    The steps never update ``C`` (an (n, r) rank-1 update each); they form ``w``
+    one of two ways (`_gram_steps` or `_inverse_steps`), the same picks.
     """
     m, r, n = A.shape[0], A.shape[2], A.shape[1]
     dev = get_namespace(A)[1]
@@ -314,21 +310,42 @@ def _extend_greedy(A, picks, coords, k, xp):
     # an inverse (r^3) and a product: a batched general solve with n right-hand sides is 3x
     # slower
     inverse_t = xp.matrix_transpose(_lower_triangular_inverse(xp.matrix_transpose(T_t), xp))
-    score, row_of_H = _scores(inverse_t @ rows_r, steps, xp)  # from C^T (m, r, n)
+    coef = inverse_t @ rows_r  # C^T (m, r, n)
     minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
     taken = xp.any(columns[:, :, None] == picks[:, None, :], axis=-1)  # (m, n)
-    score = xp.where(taken, minus_inf, score)
-    downdates = xp.zeros((m, steps, n), dtype=A.dtype, device=dev)  # row t: w_t
+    score = xp.where(taken, minus_inf, xp.sum(coef * coef, axis=-2))
+    run = _gram_steps if n <= 4 * min(r, steps) else _inverse_steps
+    new = run(coef, score, steps, columns, minus_inf, xp)
+    return xp.concat([xp.astype(picks, xp.int64), xp.stack(new, axis=1)], axis=1)
+
+
+def _gram_steps(coef, score, steps, columns, minus_inf, xp):
+    """`_extend_greedy`'s steps reading ``w`` from ``H = C C^T``, formed once.
+
+    With ``H``'s diagonal the scores, adding row ``p`` downdates ``H`` by ``w w^T
+    / (1 + s_p)`` with ``w = H[:, p]``, so each step forms ``w = H[p] - sum_t w_t
+    w_t[p] / (1 + s_t)`` from the stored ``w_t`` (kept as rows, ``(m, steps, n)``:
+    the products read the ``w_t`` found so far in place and each step writes one
+    contiguous row). ``H`` has ``m n^2`` entries, at most 4 times those of A
+    where this runs (``n <= 4 min(r, steps)``): at the sizes of a refit (32
+    chunks of 256 rows, r = 77, 77 steps) 18 ms against 24 for `_inverse_steps`,
+    whose per-step products do not amortise at such sizes.
+    """
+    m, _, n = coef.shape
+    dev = get_namespace(coef)[1]
+    H = xp.matrix_transpose(coef) @ coef  # (m, n, n)
+    flat_H = xp.reshape(H, (m * n, n))
+    downdates = xp.zeros((m, steps, n), dtype=coef.dtype, device=dev)  # row t: w_t
     flat_downdates = xp.reshape(downdates, (-1,))
     at_downdates = _row_entries(m, steps, n, xp, dev)
-    scale = xp.zeros((m, steps), dtype=A.dtype, device=dev)  # 1 / (1 + s_t)
+    scale = xp.zeros((m, steps), dtype=coef.dtype, device=dev)  # 1 / (1 + s_t)
     offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
     new = []
     for j in range(steps):
         p = xp.astype(xp.argmax(score, axis=1), xp.int64, copy=False)
         rows = offsets + p
         s = xp.take(xp.reshape(score, (-1,)), rows, axis=0)  # finite: not taken
-        w = row_of_H(p, rows)
+        w = xp.take(flat_H, rows, axis=0)
         if j:
             earlier = _take_flat(flat_downdates, at_downdates[:, :j] + p[:, None], xp)
             w = w - rmatvec(downdates[:, :j, :], earlier * scale[:, :j])
@@ -337,28 +354,38 @@ def _extend_greedy(A, picks, coords, k, xp):
         scale[:, j] = inverse
         score = _excluded(score - w * w * inverse[:, None], rows, columns, p, minus_inf, xp)
         new.append(p)
-    return xp.concat([xp.astype(picks, xp.int64), xp.stack(new, axis=1)], axis=1)
+    return new
 
 
-def _scores(coef, steps, xp):
-    """``(diag(H), row_of_H)`` for ``H = C C^T``, from ``coef = C^T`` (m, r, n).
+def _inverse_steps(coef, score, steps, columns, minus_inf, xp):
+    """`_extend_greedy`'s steps keeping ``M = inv(C[S]^T C[S])`` (r x r) up to date.
 
-    ``row_of_H(p, rows)`` gives the rows ``H[b, p[b]]`` (m, n), ``rows = b n + p[b]``.
-    When ``n`` is at most 4 times both ``r`` and the number of steps, ``H`` is
-    formed by one batched product (``m n^2`` entries, at most 4 times those of
-    A) and each row is read from it: at the sizes of a refit (32 chunks of 256
-    rows, r = 77, 77 steps) 5 ms against 9 for a product ``C @ C[p]`` per step,
-    which is what larger ``n`` (where ``H`` would not pay off, or fit) still does.
+    Each step: ``u = M c_p``, ``w = C u`` (one product with ``C``, O(n r)), and
+    the Sherman-Morrison downdate ``M -= u u^T / (1 + s_p)`` (O(r^2)); no step
+    depends on the number of steps before it, where `_gram_steps`' products
+    with the stored ``w_t`` grow with it. A leaf of the merge-and-reduce tree
+    (one chunk of 4096 rows, r = 64, 512 picks): 40 ms against 147 for the
+    stored downdates (which also held a (steps, n) array).
     """
     m, r, n = coef.shape
-    if n <= 4 * min(r, steps):
-        H = xp.matrix_transpose(coef) @ coef  # (m, n, n)
-        flat_H = xp.reshape(H, (m * n, n))
-        return xp.linalg.diagonal(H), lambda p, rows: xp.take(flat_H, rows, axis=0)
-    flat = xp.reshape(coef, (-1,))
-    at_row = _row_entries(m, r, n, xp, get_namespace(coef)[1])
-    return xp.sum(coef * coef, axis=-2), lambda p, rows: rmatvec(
-        coef, _take_flat(flat, at_row + p[:, None], xp))
+    dev = get_namespace(coef)[1]
+    flat_coef = xp.reshape(coef, (-1,))
+    at_row = _row_entries(m, r, n, xp, dev)  # + p: the entries C^T[b, :, p[b]]
+    M = xp.zeros((m, r, r), dtype=coef.dtype, device=dev)
+    M = M + xp.eye(r, dtype=coef.dtype, device=dev)  # C[picks] = I
+    offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
+    new = []
+    for _ in range(steps):
+        p = xp.astype(xp.argmax(score, axis=1), xp.int64, copy=False)
+        rows = offsets + p
+        s = xp.take(xp.reshape(score, (-1,)), rows, axis=0)  # finite: not taken
+        u = matvec(M, _take_flat(flat_coef, at_row + p[:, None], xp))  # (m, r)
+        w = rmatvec(coef, u)  # (m, n)
+        inverse = 1 / (1 + s)
+        score = _excluded(score - w * w * inverse[:, None], rows, columns, p, minus_inf, xp)
+        M = M - (u * inverse[:, None])[:, :, None] * u[:, None, :]
+        new.append(p)
+    return new
 
 
 def _extend(A, init, k, xp):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from graft_select import GraftSelector, fast_maxvol
+from graft_select import GraftSelector, _maxvol, fast_maxvol
 from graft_select._backend import get_namespace
 from graft_select._gram import _self_products, chunk_grams
 from graft_select._maxvol import _extend, _extend_greedy, _volume_greedy
@@ -106,6 +106,32 @@ class TestExtendGreedy:
         _, fast_vol = np.linalg.slogdet(gram_of(A, fast))
         _, slow_vol = np.linalg.slogdet(gram_of(A, slow))
         np.testing.assert_allclose(fast_vol, slow_vol, rtol=1e-10)
+
+    @pytest.mark.parametrize("xp_name", ["numpy", "array_api_strict", "torch"])
+    @pytest.mark.parametrize(("n", "r", "k"), [(24, 8, 20), (300, 12, 150)])
+    def test_both_step_kinds_pick_alike(self, rng, monkeypatch, xp_name, n, r, k):
+        """The Gram steps and the inverse (Sherman-Morrison) steps pick `_extend`'s rows.
+
+        Each kind is forced on both shapes (the first forms ``C C^T`` by default,
+        the second does not), in every namespace the steps run in.
+        """
+        A = rng.standard_normal((3, n, r)) * rng.uniform(0.1, 10, (3, n, 1))
+        picks, _, coords = greedy(A, r)
+        expected = _extend(A, picks, k, np).tolist()
+        if xp_name == "numpy":
+            convert = np.asarray
+        elif xp_name == "torch":
+            convert = torch.from_numpy
+        else:
+            strict = pytest.importorskip("array_api_strict")
+            convert = strict.asarray
+        xp, _ = get_namespace(convert(A))
+        for kind in ("_gram_steps", "_inverse_steps"):
+            monkeypatch.setattr(_maxvol, "_gram_steps", getattr(_maxvol, kind))
+            monkeypatch.setattr(_maxvol, "_inverse_steps", getattr(_maxvol, kind))
+            got = _extend_greedy(convert(A), convert(picks), convert(coords), k, xp)
+            assert np.asarray(got).tolist() == expected, kind
+            monkeypatch.undo()
 
     def test_unique_rows_up_to_all(self, rng):
         """Growing to every row gives a permutation of the rows."""
