@@ -164,9 +164,12 @@ def sorted_rows(fractions=(0.005, 0.01)):
 
     Prototypes sorted by prototype (the rarest last) and by row norm; heavy-tailed
     and low-rank rows sorted by norm (the largest rows, which MaxVol wants, all
-    in the last leaves). A node keeps the group's rank plus twice its share of
-    the candidates (`_hierarchy.node_candidates`): this is where a share alone
-    would fall short.
+    in the last leaves), also with 4 columns, where the budget (200) is far above
+    the rank (4), and a generated table sorted by norm and by a column. A node
+    keeps the group's rank plus twice its share of the candidates, by rows or by
+    mass (norms to the 8th power), whichever is larger
+    (`_hierarchy.node_candidates`): this is where a share of the rows alone falls
+    short.
     """
     header("sorted rows: coverage and log-volume of the default vs one chunk")
     for n, fraction in ((6000, 0.01), (50_000, 0.002), (200_000, 0.001)):
@@ -176,16 +179,27 @@ def sorted_rows(fractions=(0.005, 0.01)):
             tree, t = timed_fit(X[index], fraction=fraction)
             print(f"prototypes n={n} fraction={fraction} sorted by {key_name}: coverage "
                   f"{covered(labels[index], tree.sample_indices_):.3f} ({t:.1f} s)", flush=True)
-    for name, X in (("heavy tailed", heavy_tailed(20_000)),
-                    ("low rank + noise", low_rank(20_000))):
-        X = X[np.argsort(np.linalg.norm(X, axis=1), kind="stable")]
-        for fraction in fractions:
+    from sklearn.datasets import make_classification
+
+    rng = np.random.default_rng(3)
+    few_columns = rng.standard_t(3, (100_000, 4)) * np.array([1, 0.5, 0.3, 0.2])
+    table = make_classification(100_000, 8, n_informative=4, n_redundant=0, n_classes=4,
+                                random_state=0)[0]
+    for name, X, key, fracs in (
+            ("heavy tailed", heavy_tailed(20_000), "row norm", fractions),
+            ("low rank + noise", low_rank(20_000), "row norm", fractions),
+            ("heavy tailed, 4 columns, 100,000 rows", few_columns, "row norm", (0.002,)),
+            ("make_classification 100,000 x 8", table, "row norm", (0.002,)),
+            ("make_classification 100,000 x 8", table, "column 0", (0.002,))):
+        values = np.linalg.norm(X, axis=1) if key == "row norm" else X[:, 0]
+        X = X[np.argsort(values, kind="stable")]
+        for fraction in fracs:
             one, t_one = timed_fit(X, fraction=fraction, chunk_size=X.shape[0])
             tree, t = timed_fit(X, fraction=fraction)
             r = min(X.shape[1], 256, int(one.subset_sizes_[0]))
             v_one = log_volume(X, one.sample_indices_, r)
             v = log_volume(X, tree.sample_indices_, r)
-            print(f"{name} sorted by row norm, fraction={fraction}: one chunk {v_one:.2f} "
+            print(f"{name} sorted by {key}, fraction={fraction}: one chunk {v_one:.2f} "
                   f"({t_one:.1f} s), default {v:.2f} ({t:.1f} s; rel. diff "
                   f"{abs(v - v_one) / abs(v_one):.3f})", flush=True)
 

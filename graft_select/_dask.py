@@ -34,7 +34,7 @@ from ._backend import (
     is_sparse,
     to_numpy,
 )
-from ._dask_tree import bad_rows, block_gradients, dask_roots, picked_gradients
+from ._dask_tree import bad_rows, block_gradients, dask_roots, leaf_masses, picked_gradients
 from ._hierarchy import root_errors, root_orders
 from ._orders import prefix_errors, stack_order, subset_errors
 from ._selection import stack_groups
@@ -80,8 +80,10 @@ class DaskSource:
 
     def tree_orders(self, params, plan, rng):
         """Per group of ``plan`` its root's order and nested errors: a dask reduction."""
-        roots = dask_roots(params, plan, self.X.to_delayed().ravel(),
-                           _gradient_blocks(self.gradients), _block_bounds(self.X))
+        X_blocks, G_blocks = self.X.to_delayed().ravel(), _gradient_blocks(self.gradients)
+        bounds = _block_bounds(self.X)
+        plan = plan.with_masses(leaf_masses(params, plan, X_blocks, G_blocks, bounds))
+        roots = dask_roots(params, plan, X_blocks, G_blocks, bounds)
         bad = [(root.X, root.G) for root in roots if not hasattr(root, "rows")]
         if bad:
             _raise_non_finite(bad, [(0, None)] * len(bad), self._owner)

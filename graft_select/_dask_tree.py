@@ -5,7 +5,8 @@ group holds one partition per leaf (a task on the leaf's block, where it
 lives); ``Bag.reduction(split_every=FAN_IN)`` pools the nodes as
 `_hierarchy.reduce_levels` does in memory, with the same node functions and
 seeds, so the roots are the in-memory roots bit for bit. Only candidates
-(``k`` rows of X and of the gradients per node) and gradient sums travel.
+(`_hierarchy.node_candidates` rows of X and of the gradients per node), gradient
+sums and, in a first pass (`leaf_masses`), one float per leaf travel.
 
 The bags compute where the user's dask arrays would (a configured scheduler,
 a distributed client, else threads), never on the bag's own default of
@@ -24,11 +25,11 @@ import dask.bag as db
 import numpy as np
 
 from ._backend import device_scope, get_namespace, to_numpy
-from ._hierarchy import leaf_node, merge_nodes, take_rows
+from ._hierarchy import leaf_mass, leaf_node, merge_nodes, take_rows
 from ._proxies import FactoredGradients
 from ._validation import all_finite, half_dtype
 
-__all__ = ["bad_rows", "block_gradients", "dask_roots", "picked_gradients"]
+__all__ = ["bad_rows", "block_gradients", "dask_roots", "leaf_masses", "picked_gradients"]
 
 
 class _Bad(NamedTuple):
@@ -61,6 +62,34 @@ def dask_roots(params, plan, X_blocks, G_blocks, bounds):
         items.append(bag.reduction(_first, functools.partial(_merge_part, plan.task(params, g)),
                                    split_every=plan.fan_in))
     return list(dask.compute(*items, **_array_scheduler()))
+
+
+def leaf_masses(params, plan, X_blocks, G_blocks, bounds):
+    """Every leaf's `_hierarchy.leaf_mass`, one task per leaf on its block, computed at once.
+
+    A pass over the data before the tree: `_hierarchy.node_candidates` needs the
+    masses of all of a group's leaves before any of them reduces.
+    """
+    block_starts = np.array([start for start, _ in bounds], dtype=np.int64)
+    parts = []
+    for begin, stop in plan.leaves:
+        b = int(np.searchsorted(block_starts, begin, side="right") - 1)
+        offset = int(block_starts[b])
+        parts.append(dask.delayed(_leaf_mass_part, pure=True)(
+            params, X_blocks[b], None if G_blocks is None else G_blocks[b],
+            begin - offset, stop - offset))
+    return list(dask.compute(*parts, **_array_scheduler()))
+
+
+def _leaf_mass_part(params, X, gradients, lo, hi):
+    """Worker task: `_hierarchy.leaf_mass` of rows ``lo:hi`` of a block."""
+    G = gradients
+    if isinstance(G, tuple):
+        G = tuple(A[lo:hi] for A in G)
+    elif G is not None:
+        G = G[lo:hi]
+    with device_scope(X):
+        return leaf_mass(params, X[lo:hi], block_gradients(G))
 
 
 def _array_scheduler():

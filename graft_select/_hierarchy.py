@@ -6,7 +6,8 @@ candidates of ``FAN_IN`` consecutive nodes are pooled and reduced again, as a
 tree, until one pool holds the candidates of all leaves of a *group*. A node
 keeps `node_candidates` rows: the group's rank (the directions any part of
 the data may hold) plus ``NODE_SHARE`` times its leaves' share of the group's
-``k`` candidates, at most ``k``. The pool of the group's root (at most ``FAN_IN *
+``k`` candidates (the larger of their share of its rows and of its mass,
+the rows' norms to the 8th power), at most ``k``. The pool of the group's root (at most ``FAN_IN *
 k <= 4096`` rows) is selected from as one chunk of all the group's rows: its
 MaxVol order is the group's order, and with gradients the size criterion
 measures the error of the group's mean gradient (over all its rows, not just
@@ -29,6 +30,7 @@ compute the same nodes, bit for bit.
 """
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -47,6 +49,8 @@ CANDIDATE_SHARE = 2.0
 FAN_IN = 8
 #: A node keeps the group's rank plus this multiple of its share of the group's candidates.
 NODE_SHARE = 2
+#: A leaf's mass is the sum of its rows' norms to this power (`leaf_mass`).
+MASS_POWER = 8
 
 
 def max_candidates():
@@ -67,6 +71,7 @@ class GroupTask:
     seed: int
     first: int
     last: int
+    mass: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,8 @@ class TreePlan:
     ranks: np.ndarray
     seed: int
     fan_in: int = FAN_IN
+    #: Cumulative masses of the leaves (`leaf_mass`), length ``len(leaves) + 1``, or None.
+    mass: Any = None
 
     @property
     def chunks(self):
@@ -91,7 +98,12 @@ class TreePlan:
         node_params = dataclasses.replace(params, n_components=int(self.ranks[g]),
                                           uniform_share=0.0, refine=False)
         first, last = self.groups[g]
-        return GroupTask(node_params, int(self.candidates[g]), self.seed, first, last)
+        mass = () if self.mass is None else tuple(float(v) for v in self.mass[first:last + 1])
+        return GroupTask(node_params, int(self.candidates[g]), self.seed, first, last, mass)
+
+    def with_masses(self, masses):
+        """This plan with the leaves' masses (one float per leaf, in leaf order)."""
+        return dataclasses.replace(self, mass=np.concatenate([[0.0], np.cumsum(masses)]))
 
 
 class Node(NamedTuple):
@@ -120,6 +132,8 @@ class InMemoryTree(InMemorySource):
 
     def tree_orders(self, params, plan, rng):
         """Per group of ``plan`` the order of its tree's root and its nested errors."""
+        plan = plan.with_masses([leaf_mass(params, self.X[b:s], slice_rows(self.gradients, b, s))
+                                 for b, s in plan.leaves])
         roots = memory_roots(params, plan, self.X, self.gradients)
         self.tree = (plan, roots)
         return root_orders(params, plan, roots, rng, self.with_gradients)
@@ -212,17 +226,62 @@ def node_candidates(task, first, last):
     """Candidates a node over the leaves ``[first, last)`` of ``task``'s group keeps.
 
     The group's rank plus ``NODE_SHARE`` times the node's share of the group's
-    ``task.k`` candidates (leaves have equal rows, up to one), at most
-    ``task.k``. Every ``k`` pivots at every node made the leaves' rectangular
-    MaxVol steps, O(rows * k) each, the fit's largest cost, growing with the
-    budget: a large fit cost more per row than a small one. The rank keeps
-    every direction a node holds (rare rows included, wherever the data's
-    order puts them), the share keeps room for the rows beyond the rank; the
-    coverage, log-volume and time against the former rule, also on data sorted
-    by row norm and by prototype, are in ``benchmarks/RESULTS.md`` (issue 23).
+    ``task.k`` candidates, at most ``task.k``. The share is the larger of the
+    node's share of the group's rows (leaves have equal rows, up to one) and of
+    its *mass* (`leaf_mass`: the rows' norms to the 8th power), so that a node
+    holding most of the extreme rows (rows sorted by norm) keeps room for the
+    rows the group's selection will want from it.
+    Every node keeping ``k`` pivots made the leaves' rectangular MaxVol steps,
+    the fit's largest cost, grow with the budget. The rank keeps the
+    directions a node holds (up to the group's rank), the share the rows
+    beyond; measurements, also on rows sorted by prototype, by a feature and
+    by norm, in ``benchmarks/RESULTS.md`` (issue 23).
     """
-    share = -(-NODE_SHARE * task.k * (last - first) // (task.last - task.first))
-    return min(task.k, task.params.n_components + share)
+    def share(part, whole):
+        return math.ceil(NODE_SHARE * task.k * part / whole)
+
+    extra = share(last - first, task.last - task.first)
+    if task.mass:
+        mass, f0 = task.mass, task.first
+        total = mass[-1] - mass[0]
+        if total > 0 and math.isfinite(total):  # NaN rows are reported by the leaves
+            extra = max(extra, share(mass[last - f0] - mass[first - f0], total))
+    return min(task.k, task.params.n_components + extra)
+
+
+def leaf_mass(params, X, gradients):
+    """Sum of ``||row||^MASS_POWER`` over the rows a leaf's factor is built from.
+
+    The gradients' rows with ``basis="gradients"`` (``||r_i|| ||h_i||`` for
+    factored ones), else ``X``'s. MaxVol's rows beyond the rank are the
+    extreme ones, so a leaf's share of the group's selection follows its
+    share of the extreme rows: with the squared norms (power 2) instead, rows
+    of a Gaussian-like table sorted by norm kept log-volumes up to 4.0% short
+    of one chunk's, with power 8 at most 0.2% (``benchmarks/RESULTS.md``). A
+    sum that overflows (norms beyond 1e38) or vanishes makes
+    `node_candidates` use the row share. Host NumPy rows are summed in float64
+    from a C-ordered copy, so a leaf gives the same bits in memory and on dask.
+    """
+    if params.basis == "gradients" and gradients is not None:
+        if isinstance(gradients, FactoredGradients):
+            rows = _row_squares(gradients.residuals) * _row_squares(gradients.inputs)
+        else:
+            rows = _row_squares(gradients)
+    else:
+        rows = _row_squares(X)
+    with np.errstate(over="ignore"):
+        return float(np.sum(rows ** (MASS_POWER // 2)))
+
+
+def _row_squares(A):
+    """Squared row norms of a dense or sparse matrix, a float64 host vector."""
+    if is_sparse(A):
+        return np.asarray(A.multiply(A).sum(axis=1), dtype=np.float64).ravel()
+    if isinstance(A, np.ndarray):
+        A = np.ascontiguousarray(A, dtype=np.float64)
+        return np.einsum("ij,ij->i", A, A)
+    xp, _ = get_namespace(A)
+    return np.asarray(to_numpy(xp.sum(A * A, axis=1)), dtype=np.float64)
 
 
 def reduce_node(task, node):

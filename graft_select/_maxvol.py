@@ -363,9 +363,9 @@ def _inverse_steps(coef, score, steps, columns, minus_inf, xp):
     Each step: ``u = M c_p``, ``w = C u`` (one product with ``C``, O(n r)), and
     the Sherman-Morrison downdate ``M -= u u^T / (1 + s_p)`` (O(r^2)); no step
     depends on the number of steps before it, where `_gram_steps`' products
-    with the stored ``w_t`` grow with it. A leaf of the merge-and-reduce tree
-    (one chunk of 4096 rows, r = 64, 512 picks): 40 ms against 147 for the
-    stored downdates (which also held a (steps, n) array).
+    with the stored ``w_t`` grow with it. One chunk of 4096 rows, r = 64, 512
+    picks (``chunk_size=4096`` at fraction 1/8, or a tree's root pool): 40 ms
+    against 147 for the stored downdates (which also held a (steps, n) array).
     """
     m, r, n = coef.shape
     dev = get_namespace(coef)[1]

@@ -26,8 +26,9 @@ default selector: a refit whose template says ``max_error_ratio="auto"`` now
 checks MaxVol's picks against uniform subsets at a ratio of 0.5
 (``_planner.SAMPLER_ERROR_RATIO``), so chunks whose MaxVol subset matches the
 gradient no better than half a uniform subset's error train the uniform subset.
-The fingerprints depend on the BLAS thread count: record and compare
-them with the default threads (OMP_NUM_THREADS unset).
+The fingerprints depend on the thread counts: `selector_results` fits every
+case with every pool at one thread (the sampler's cases run torch at one
+thread), so machines of one kind agree whatever their core count.
 
 They depend on the CPU too. The selector's indices, weights and errors came out
 different, bit for bit, on an AMD EPYC VM (OpenBLAS's Haswell kernels, torch at
@@ -37,8 +38,9 @@ sizes and the sampler's plans did not. So the record has two parts: *portable*
 (every case's sizes and number of rows, and the sampler's plans), compared on
 every machine, and per machine (`machine_signature`) the selector's full
 fingerprints, compared where this machine's kind has a record. ``--write``
-records this machine's kind and drops the others' (a re-pin after a change of
-the selection makes them stale); run it on another kind to add that kind's.
+adds or replaces this machine's kind and keeps the others' when the portable
+part is unchanged; a change of the portable part needs ``--reset``, which drops
+the other kinds' records (stale after a change of the selection).
 """
 
 import hashlib
@@ -167,6 +169,22 @@ def selector_cases():
             Xt, gradients=torch.as_tensor(dense))
         out[f"torch-gradients/{name}"] = fit_fingerprint(sel)
     out.update(dask_cases(X, dense))
+    out.update(tree_cases())
+    return out
+
+
+def tree_cases():
+    """Merge-and-reduce fits (``chunk_size=None`` beyond one leaf of 4096 rows)."""
+    rng = np.random.default_rng(4)
+    centers = 10 * rng.standard_normal((40, 16))
+    labels = rng.integers(0, 40, 12_000)
+    X = centers[labels] + 0.05 * rng.standard_normal((12_000, 16))
+    heavy = rng.standard_t(3, (12_000, 6))
+    heavy = heavy[np.argsort(np.linalg.norm(heavy, axis=1))]  # the largest rows last
+    out = {}
+    for name, data, fraction in (("prototypes", X, 0.004), ("sorted-heavy", heavy, 0.01)):
+        sel = _selector(fraction=fraction, random_state=5).fit(data)
+        out[f"tree/{name}"] = fit_fingerprint(sel)
     return out
 
 
@@ -278,6 +296,7 @@ def machine_signature():
     The architectures that threadpoolctl reports for the loaded BLAS libraries
     (OpenBLAS picks its kernels by CPU at run time) and torch's CPU capability.
     """
+    import scipy.linalg  # noqa: F401  (its BLAS too: the same libraries whatever ran before)
     import threadpoolctl
     import torch
 
@@ -291,18 +310,55 @@ def portable(selector_fingerprints):
     return {k: {f: v[f] for f in PORTABLE_FIELDS} for k, v in selector_fingerprints.items()}
 
 
+def selector_results():
+    """Every selector case's fingerprint, with every thread pool at one thread.
+
+    BLAS and torch thread counts change the last bits of a fit (a refit's
+    products split differently), so the bits are pinned at one thread, the
+    same on machines of one kind whatever their core count.
+    """
+    import threadpoolctl
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpoolctl.threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return selector_cases()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def record():
     """The golden record of this machine: portable part and this machine's selector bits."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        selector = selector_cases()
+    selector = selector_results()
     return {"portable": {**portable(selector), **sampler_cases()},
             "machines": {machine_signature(): selector}}
 
 
+def write(reset=False):
+    """Record this machine's kind into GOLDEN, keeping other kinds' records.
+
+    The portable part must equal the file's (else the selection changed:
+    re-pin with ``reset``, which drops every other kind's record, since it no
+    longer holds).
+    """
+    new = record()
+    if GOLDEN.exists() and not reset:
+        old = json.loads(GOLDEN.read_text())
+        if old["portable"] != new["portable"]:
+            changed = sorted(k for k in new["portable"]
+                             if new["portable"][k] != old["portable"].get(k))
+            sys.exit(f"the portable fingerprints changed ({changed}): if on purpose, "
+                     "run with --reset (other kinds' records are dropped)")
+        new["machines"] = {**old["machines"], **new["machines"]}
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps(new, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN} for {machine_signature()} (kinds: {sorted(new['machines'])})")
+
+
 if __name__ == "__main__":
     if "--write" not in sys.argv:
-        sys.exit("usage: python tests/golden_cases.py --write")
-    GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps(record(), indent=1, sort_keys=True) + "\n")
-    print(f"wrote {GOLDEN} for {machine_signature()}")
+        sys.exit("usage: python tests/golden_cases.py --write [--reset]")
+    write(reset="--reset" in sys.argv)

@@ -92,7 +92,7 @@ class TestExtendGreedy:
 
     @pytest.mark.parametrize(("n", "r", "k"), [(16, 8, 24), (16, 8, 32), (100, 6, 30)])
     def test_gram_rows_and_products_agree(self, rng, n, r, k):
-        """Both ways of reading ``C C^T`` (formed once, or a product per step) pick alike.
+        """Both kinds of steps (``C C^T`` formed once, or Sherman-Morrison) pick alike.
 
         With 2n rows, (16, 8, 24) and (16, 8, 32) form ``C C^T`` (2n <= 4 min(r, k - r));
         (100, 6, 30) does not. Every row is there twice, so every score has a twin.

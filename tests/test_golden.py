@@ -24,9 +24,7 @@ PORTABLE = RECORD["portable"]
 
 @pytest.fixture(scope="module")
 def selector_results():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return golden_cases.selector_cases()
+    return golden_cases.selector_results()
 
 
 class TestGoldenSelector:
@@ -56,6 +54,24 @@ class TestRecord:
         for signature, fits in RECORD["machines"].items():
             assert golden_cases.portable(fits) == {
                 k: v for k, v in PORTABLE.items() if not k.startswith("sampler/")}, signature
+
+    def test_write_keeps_other_kinds_unless_reset(self, tmp_path, monkeypatch):
+        """--write adds this kind's record; a changed portable part needs --reset."""
+        path = tmp_path / "fingerprints.json"
+        monkeypatch.setattr(golden_cases, "GOLDEN", path)
+        path.write_text(json.dumps({"portable": {"a": 1}, "machines": {"other": {"a": 2}}}))
+        monkeypatch.setattr(golden_cases, "machine_signature", lambda: "this")
+        monkeypatch.setattr(golden_cases, "record", lambda: {
+            "portable": {"a": 1}, "machines": {"this": {"a": 3}}})
+        golden_cases.write()
+        assert json.loads(path.read_text())["machines"] == {"other": {"a": 2}, "this": {"a": 3}}
+        monkeypatch.setattr(golden_cases, "record", lambda: {
+            "portable": {"a": 9}, "machines": {"this": {"a": 4}}})
+        with pytest.raises(SystemExit, match="--reset"):
+            golden_cases.write()
+        golden_cases.write(reset=True)
+        assert json.loads(path.read_text()) == {"portable": {"a": 9},
+                                                "machines": {"this": {"a": 4}}}
 
     def test_signature_names_blas_kernels_and_torch_isa(self):
         """The signature reads the BLAS architecture and torch's capability of this process."""

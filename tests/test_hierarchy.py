@@ -134,16 +134,73 @@ class TestNodeCandidates:
             return real(params, X, xp, G, begin, stop, band, k, rng)
 
         monkeypatch.setattr(_hierarchy, "stack_order", spy)
-        X, _ = prototypes(12 * LEAF)
+        # rows of equal norm: every leaf's share of the mass is its share of the rows
+        X = np.random.default_rng(0).choice([-1.0, 1.0], size=(12 * LEAF, 16))
         GraftSelector(0.005, random_state=0).fit(X)
         # rank 15 (16 columns, 15 picks): 12 leaves of 256 rows keep 15 + 5 each; the merges
         # of leaves 0-7 and 8-11 keep 30 (capped at k) of 160 and 80; the root selects 15 of 60
         assert calls[:12] == [(LEAF, 20)] * 12
         assert calls[12:] == [(8 * 20, 30), (4 * 20, 30), (60, 15)]
 
+    def test_heavy_leaf_keeps_its_share_of_the_mass(self):
+        """A leaf holding most of the group's squared entries keeps up to k rows."""
+        import dataclasses
+
+        task = self._task()
+        masses = [1.0] * 11 + [89.0]  # the last leaf holds 89% of the mass
+        task = dataclasses.replace(task, mass=tuple(np.concatenate([[0.0], np.cumsum(masses)])))
+        assert _hierarchy.node_candidates(task, 0, 1) == 8 + 5  # its row share: 2 * 30 / 12
+        assert _hierarchy.node_candidates(task, 11, 12) == 30  # 8 + ceil(2 * 30 * 0.89), at k
+        nan = dataclasses.replace(task, mass=(0.0,) + (float("nan"),) * 12)
+        assert _hierarchy.node_candidates(nan, 0, 1) == 8 + 5  # NaN rows: the row share
+
+    def test_leaf_mass_of_each_kind_of_rows(self, data):
+        """Rows' norms to the 8th power: of X, or of the gradients with basis='gradients'."""
+        import scipy.sparse
+        import torch
+
+        X, _, dense, factored = data
+        inputs, grads = _params(basis="input"), _params(basis="gradients")
+
+        def expected(A):
+            return np.sum(np.linalg.norm(A, axis=1) ** _hierarchy.MASS_POWER)
+
+        assert _hierarchy.leaf_mass(inputs, X[:10], dense[:10]) == pytest.approx(expected(X[:10]))
+        assert _hierarchy.leaf_mass(grads, X[:10], dense[:10]) == pytest.approx(
+            expected(dense[:10]))
+        factored_rows = _hierarchy.slice_rows(factored, 0, 10)
+        assert _hierarchy.leaf_mass(grads, X[:10], factored_rows) == pytest.approx(
+            expected(dense[:10]))
+        assert _hierarchy.leaf_mass(inputs, scipy.sparse.csr_matrix(X[:10]), None) == (
+            pytest.approx(expected(X[:10])))
+        assert _hierarchy.leaf_mass(inputs, torch.from_numpy(X[:10]), None) == (
+            pytest.approx(expected(X[:10])))
+        assert _hierarchy.leaf_mass(inputs, np.full((2, 3), 1e200), None) == np.inf
+
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_rows_sorted_by_norm_keep_the_volume(self, seed):
+        """Heavy-tailed rows sorted by norm, budget well above the rank: one chunk's volume.
+
+        The largest rows, which MaxVol wants, all sit in the last leaves; with
+        candidates by row share alone the log-volume fell 7-10% short of one chunk.
+        """
+        rng = np.random.default_rng(seed)
+        X = rng.standard_t(3, (3000, 4)) * np.array([1, 0.5, 0.3, 0.2])
+        X = X[np.argsort(np.linalg.norm(X, axis=1))]
+        U = np.linalg.svd(X, full_matrices=False)[0]
+
+        def log_volume(sel):
+            return np.sum(np.log(np.linalg.svd(U[sel.sample_indices_], compute_uv=False)))
+
+        tree = GraftSelector(0.005, random_state=0).fit(X)
+        one = GraftSelector(0.005, chunk_size=3000, random_state=0).fit(X)
+        assert tree.chunk_sizes_.tolist() == [3000] and tree.subset_sizes_.tolist() == [15]
+        assert log_volume(tree) >= log_volume(one) - 0.02 * abs(log_volume(one))
+
     @pytest.mark.parametrize("order", ["by prototype", "by row norm"])
     def test_sorted_rows_cover_as_one_chunk(self, order):
-        """Rows sorted (rare prototypes together at the end) keep one chunk's coverage."""
+        """Rows sorted (rare prototypes, or the largest rows, together at the start) keep
+        one chunk's coverage."""
         X, labels = prototypes(3000)
         key = labels if order == "by prototype" else np.linalg.norm(X, axis=1)
         index = np.argsort(key, kind="stable")[::-1]
