@@ -6,9 +6,9 @@ candidates of ``FAN_IN`` consecutive nodes are pooled and reduced again, as a
 tree, until one pool holds the candidates of all leaves of a *group*. A node
 keeps `node_candidates` rows: the group's rank (the directions any part of
 the data may hold) plus ``NODE_SHARE`` times its leaves' share of the group's
-``k`` candidates (the larger of their share of its rows and of its mass,
-the rows' norms to the 8th power), at most ``k``. The pool of the group's root (at most ``FAN_IN *
-k <= 4096`` rows) is selected from as one chunk of all the group's rows: its
+``k`` candidates (the larger of their share of its rows and of its mass, the
+rows' norms to the 8th power), at most ``k``. The pool of the group's root (at
+most ``FAN_IN * k <= 4096`` rows) is selected from as one chunk of all the group's rows: its
 MaxVol order is the group's order, and with gradients the size criterion
 measures the error of the group's mean gradient (over all its rows, not just
 the candidates) by the order's prefixes.
