@@ -291,6 +291,26 @@ class TestDask:
                                                               gradients=_lazy(G, layout))
         _same(lazy, eager)
 
+    @pytest.mark.parametrize("layout", list(LAYOUTS))
+    @pytest.mark.parametrize("kind", ["none", "factored"])
+    def test_leaf_masses_equal_memory(self, data, monkeypatch, layout, kind):
+        """The leaves' masses of the dask pass are the in-memory ones, bit for bit."""
+        X, _, _, factored = data
+        G = None if kind == "none" else factored
+        seen = []
+        real = _hierarchy.TreePlan.with_masses
+
+        def record(plan, masses):
+            seen.append(np.asarray(masses, dtype=np.float64))
+            return real(plan, masses)
+
+        monkeypatch.setattr(_hierarchy.TreePlan, "with_masses", record)
+        GraftSelector(0.005, random_state=0).fit(X, gradients=G)
+        with dask.config.set(scheduler="synchronous"):
+            GraftSelector(0.005, random_state=0).fit(_lazy(X, layout), gradients=_lazy(G, layout))
+        assert len(seen) == 2 and seen[0].size == 12 and np.all(seen[0] > 0)
+        assert seen[0].tobytes() == seen[1].tobytes()
+
     def test_uniform_share(self, data):
         """Uniform picks outside the root's candidates are read from the dask array."""
         X, _, dense, _ = data
