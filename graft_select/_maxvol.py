@@ -297,7 +297,9 @@ def _extend_greedy(A, picks, coords, k, xp):
     ``S`` chosen so far (``M = I`` at the start, since ``C[picks] = I``); adding
     row ``p`` downdates the scores by ``w^2 / (1 + s_p)`` with ``w = C M c_p``.
     The steps never update ``C`` (an (n, r) rank-1 update each); they form ``w``
-    one of two ways (`_gram_steps` or `_inverse_steps`), the same picks.
+    one of two ways, `_gram_steps` or `_inverse_steps`, each of which returns the
+    function ``step(j, p, rows, 1 / (1 + s_p)) -> w`` of the loop here (the same
+    picks either way).
     """
     m, r, n = A.shape[0], A.shape[2], A.shape[1]
     dev = get_namespace(A)[1]
@@ -314,13 +316,23 @@ def _extend_greedy(A, picks, coords, k, xp):
     minus_inf = xp.asarray(-xp.inf, dtype=A.dtype, device=dev)
     taken = xp.any(columns[:, :, None] == picks[:, None, :], axis=-1)  # (m, n)
     score = xp.where(taken, minus_inf, xp.sum(coef * coef, axis=-2))
-    run = _gram_steps if n <= 4 * min(r, steps) else _inverse_steps
-    new = run(coef, score, steps, columns, minus_inf, xp)
+    # the same greedy loop for both ways of forming w: `_gram_steps` or `_inverse_steps`
+    step = (_gram_steps if n <= 4 * min(r, steps) else _inverse_steps)(coef, steps, xp)
+    offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
+    new = []
+    for j in range(steps):
+        p = xp.astype(xp.argmax(score, axis=1), xp.int64, copy=False)
+        rows = offsets + p
+        s = xp.take(xp.reshape(score, (-1,)), rows, axis=0)  # finite: not taken
+        inverse = 1 / (1 + s)
+        w = step(j, p, rows, inverse)
+        score = _excluded(score - w * w * inverse[:, None], rows, columns, p, minus_inf, xp)
+        new.append(p)
     return xp.concat([xp.astype(picks, xp.int64), xp.stack(new, axis=1)], axis=1)
 
 
-def _gram_steps(coef, score, steps, columns, minus_inf, xp):
-    """`_extend_greedy`'s steps reading ``w`` from ``H = C C^T``, formed once.
+def _gram_steps(coef, steps, xp):
+    """`_extend_greedy`'s ``w`` read from ``H = C C^T``, formed once.
 
     With ``H``'s diagonal the scores, adding row ``p`` downdates ``H`` by ``w w^T
     / (1 + s_p)`` with ``w = H[:, p]``, so each step forms ``w = H[p] - sum_t w_t
@@ -339,26 +351,21 @@ def _gram_steps(coef, score, steps, columns, minus_inf, xp):
     flat_downdates = xp.reshape(downdates, (-1,))
     at_downdates = _row_entries(m, steps, n, xp, dev)
     scale = xp.zeros((m, steps), dtype=coef.dtype, device=dev)  # 1 / (1 + s_t)
-    offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
-    new = []
-    for j in range(steps):
-        p = xp.astype(xp.argmax(score, axis=1), xp.int64, copy=False)
-        rows = offsets + p
-        s = xp.take(xp.reshape(score, (-1,)), rows, axis=0)  # finite: not taken
+
+    def step(j, p, rows, inverse):
         w = xp.take(flat_H, rows, axis=0)
         if j:
             earlier = _take_flat(flat_downdates, at_downdates[:, :j] + p[:, None], xp)
             w = w - rmatvec(downdates[:, :j, :], earlier * scale[:, :j])
-        inverse = 1 / (1 + s)
         downdates[:, j, :] = w
         scale[:, j] = inverse
-        score = _excluded(score - w * w * inverse[:, None], rows, columns, p, minus_inf, xp)
-        new.append(p)
-    return new
+        return w
+
+    return step
 
 
-def _inverse_steps(coef, score, steps, columns, minus_inf, xp):
-    """`_extend_greedy`'s steps keeping ``M = inv(C[S]^T C[S])`` (r x r) up to date.
+def _inverse_steps(coef, steps, xp):
+    """`_extend_greedy`'s ``w`` keeping ``M = inv(C[S]^T C[S])`` (r x r) up to date.
 
     Each step: ``u = M c_p``, ``w = C u`` (one product with ``C``, O(n r)), and
     the Sherman-Morrison downdate ``M -= u u^T / (1 + s_p)`` (O(r^2)); no step
@@ -373,19 +380,14 @@ def _inverse_steps(coef, score, steps, columns, minus_inf, xp):
     at_row = _row_entries(m, r, n, xp, dev)  # + p: the entries C^T[b, :, p[b]]
     M = xp.zeros((m, r, r), dtype=coef.dtype, device=dev)
     M = M + xp.eye(r, dtype=coef.dtype, device=dev)  # C[picks] = I
-    offsets = xp.arange(m, dtype=xp.int64, device=dev) * n
-    new = []
-    for _ in range(steps):
-        p = xp.astype(xp.argmax(score, axis=1), xp.int64, copy=False)
-        rows = offsets + p
-        s = xp.take(xp.reshape(score, (-1,)), rows, axis=0)  # finite: not taken
+
+    def step(j, p, rows, inverse):
+        nonlocal M
         u = matvec(M, _take_flat(flat_coef, at_row + p[:, None], xp))  # (m, r)
-        w = rmatvec(coef, u)  # (m, n)
-        inverse = 1 / (1 + s)
-        score = _excluded(score - w * w * inverse[:, None], rows, columns, p, minus_inf, xp)
         M = M - (u * inverse[:, None])[:, :, None] * u[:, None, :]
-        new.append(p)
-    return new
+        return rmatvec(coef, u)  # w (m, n)
+
+    return step
 
 
 def _extend(A, init, k, xp):
