@@ -46,18 +46,16 @@ def dask_roots(params, plan, X_blocks, G_blocks, bounds):
     ``G_blocks`` are the delayed row blocks (``bounds``: their rows), and
     every block holds whole leaves (`_dask.aligned_to`).
     """
-    block_starts = np.array([start for start, _ in bounds], dtype=np.int64)
+    where = _leaf_blocks(plan.leaves, bounds)
     items = []
     for g, (first, last) in enumerate(plan.groups):
         task = dask.delayed(plan.task(params, g), pure=True)
         parts = []
         for leaf in range(first, last):
-            begin, stop = plan.leaves[leaf]
-            b = int(np.searchsorted(block_starts, begin, side="right") - 1)
-            offset = int(block_starts[b])
+            b, lo, hi = where[leaf]
             parts.append(dask.delayed(_leaf_part, pure=True)(
                 task, X_blocks[b], None if G_blocks is None else G_blocks[b],
-                begin - offset, stop - offset, begin, leaf))
+                lo, hi, plan.leaves[leaf][0], leaf))
         bag = db.from_delayed(parts)
         items.append(bag.reduction(_first, functools.partial(_merge_part, plan.task(params, g)),
                                    split_every=plan.fan_in))
@@ -70,26 +68,36 @@ def leaf_masses(params, plan, X_blocks, G_blocks, bounds):
     A pass over the data before the tree: `_hierarchy.node_candidates` needs the
     masses of all of a group's leaves before any of them reduces.
     """
+    parts = [dask.delayed(_leaf_mass_part, pure=True)(
+        params, X_blocks[b], None if G_blocks is None else G_blocks[b], lo, hi)
+        for b, lo, hi in _leaf_blocks(plan.leaves, bounds)]
+    return list(dask.compute(*parts, **_array_scheduler()))
+
+
+def _leaf_blocks(leaves, bounds):
+    """Per leaf ``(block, lo, hi)``: the block (``bounds``: their rows) that holds it, and
+    its rows in that block (every block holds whole leaves)."""
     block_starts = np.array([start for start, _ in bounds], dtype=np.int64)
-    parts = []
-    for begin, stop in plan.leaves:
+    where = []
+    for begin, stop in leaves:
         b = int(np.searchsorted(block_starts, begin, side="right") - 1)
         offset = int(block_starts[b])
-        parts.append(dask.delayed(_leaf_mass_part, pure=True)(
-            params, X_blocks[b], None if G_blocks is None else G_blocks[b],
-            begin - offset, stop - offset))
-    return list(dask.compute(*parts, **_array_scheduler()))
+        where.append((b, begin - offset, stop - offset))
+    return where
+
+
+def _leaf_rows(X, gradients, lo, hi):
+    """Rows ``lo:hi`` of a block of X and of its gradients (an array, a tuple or None)."""
+    if isinstance(gradients, tuple):
+        return X[lo:hi], tuple(A[lo:hi] for A in gradients)
+    return X[lo:hi], None if gradients is None else gradients[lo:hi]
 
 
 def _leaf_mass_part(params, X, gradients, lo, hi):
     """Worker task: `_hierarchy.leaf_mass` of rows ``lo:hi`` of a block."""
-    G = gradients
-    if isinstance(G, tuple):
-        G = tuple(A[lo:hi] for A in G)
-    elif G is not None:
-        G = G[lo:hi]
+    X, G = _leaf_rows(X, gradients, lo, hi)
     with device_scope(X):
-        return leaf_mass(params, X[lo:hi], block_gradients(G))
+        return leaf_mass(params, X, block_gradients(G))
 
 
 def _array_scheduler():
@@ -110,12 +118,7 @@ def _array_scheduler():
 
 def _leaf_part(task, X, gradients, lo, hi, begin, leaf):
     """Worker task: the partition ``[node]`` (or ``[_Bad]``) of one leaf of a block."""
-    X = X[lo:hi]
-    G = gradients
-    if isinstance(G, tuple):
-        G = tuple(A[lo:hi] for A in G)
-    elif G is not None:
-        G = G[lo:hi]
+    X, G = _leaf_rows(X, gradients, lo, hi)
     bad_X = bad_rows(X)
     bad_G = None if G is None else bad_rows(*(G if isinstance(G, tuple) else (G,)))
     if bad_X is not None or bad_G is not None:
