@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _sizing
-from ._backend import from_numpy, get_namespace, is_sparse, to_numpy
+from ._backend import from_numpy, get_namespace, is_sparse, single_threaded, to_numpy
 from ._criterion import gradient_error_unchecked
 from ._orders import InMemorySource, prefix_errors, stack_order, subset_errors
 from ._proxies import FactoredGradients
@@ -131,12 +131,19 @@ class InMemoryTree(InMemorySource):
     tree = None  # (plan, roots) after tree_orders
 
     def tree_orders(self, params, plan, rng):
-        """Per group of ``plan`` the order of its tree's root and its nested errors."""
+        """Per group of ``plan`` the order of its tree's root and its nested errors.
+
+        The nodes and the roots (factors and pivots of at most 4096 x rank rows
+        each) run with every native thread pool at one thread, as a sampler's refit does: at
+        the default two threads of a 2-core machine a 2,000,000 x 64 fit took
+        27.3 s against 20.1 s (benchmarks/RESULTS.md, issue 23).
+        """
         plan = plan.with_masses([leaf_mass(params, self.X[b:s], slice_rows(self.gradients, b, s))
                                  for b, s in plan.leaves])
-        roots = memory_roots(params, plan, self.X, self.gradients)
-        self.tree = (plan, roots)
-        return root_orders(params, plan, roots, rng, self.with_gradients)
+        with single_threaded():
+            roots = memory_roots(params, plan, self.X, self.gradients)
+            self.tree = (plan, roots)
+            return root_orders(params, plan, roots, rng, self.with_gradients)
 
     def picked_errors(self, chunks, local, with_weights):
         """Per chunk (group) the gradient error of its subset, and the weights (or None)."""

@@ -142,6 +142,23 @@ class TestNodeCandidates:
         assert calls[:12] == [(LEAF, 20)] * 12
         assert calls[12:] == [(8 * 20, 30), (4 * 20, 30), (60, 15)]
 
+    def test_nodes_run_at_one_thread(self, monkeypatch):
+        """Every node's factor and pivots run with the BLAS pools at one thread."""
+        import threadpoolctl
+
+        seen = []
+        real = _hierarchy.stack_order
+
+        def spy(*args):
+            seen.extend(info["num_threads"] for info in threadpoolctl.threadpool_info()
+                        if info["user_api"] == "blas")
+            return real(*args)
+
+        monkeypatch.setattr(_hierarchy, "stack_order", spy)
+        X, _ = prototypes(12 * LEAF)
+        GraftSelector(0.005, random_state=0).fit(X)
+        assert seen and set(seen) == {1}
+
     def test_heavy_leaf_keeps_its_share_of_the_mass(self):
         """A leaf holding most of the group's squared entries keeps up to k rows."""
         import dataclasses
