@@ -40,8 +40,14 @@ from graft_select._feedback import refit_workers
 
 @contextlib.contextmanager
 def training_path():
-    """The pools and group threads of a sampler's refit on the training path."""
-    with single_threaded(), refit_workers(refit_threads(1)):
+    """The pools and group threads of a sampler's refit on the training path.
+
+    The thread count is read first, as the sampler does (`EpochPlanner._refit`):
+    inside `single_threaded()` torch reports one intra-op thread, so
+    ``refit_threads`` would return 1 there.
+    """
+    threads = refit_threads(1)
+    with single_threaded(), refit_workers(threads):
         yield
 
 
