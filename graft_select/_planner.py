@@ -89,8 +89,9 @@ class RefitReport:
     next_refit_epoch : int or None, default=None
         The epoch of the next refit, as the schedule decided after this one.
     schedule : str, default=""
-        Why: ``"refit_every"`` for a fixed schedule, else the refit's cost and the
-        epoch's training time that spaced the refits under ``max_overhead``.
+        Why: ``"refit_every"`` for a fixed schedule, else the refit's cost, the
+        seconds of every refit and of training so far, and the epoch's training
+        time that placed the next refit under ``max_overhead``.
     background : bool, default=False
         Whether the refit ran in a background thread while the epoch before it
         trained (from the feedback recorded when that epoch was planned; see
@@ -310,7 +311,8 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         self.subset_epoch = checked["subset_epoch"]
         self.selection_seconds = checked["selection_seconds"]
         if checked.get("next_refit") is not None:  # states saved before 0.2 have none
-            self.schedule.load(checked["refit_epochs"], checked["next_refit"])
+            self.schedule.load(checked["refit_epochs"], checked["next_refit"],
+                               checked["refit_seconds"], checked["trained_seconds"])
         if self.background == "auto" and checked.get("background") is not None:
             self.background_ = checked["background"]  # the saved run's decision
         pending = checked.get("pending_refit")

@@ -2,13 +2,16 @@
 
 After ``warm_start_epochs`` epochs on the full data the first refit comes; the next
 ones come every ``refit_every`` epochs when that is set, or else as often as the
-overhead budget allows: after a refit that cost ``R`` seconds on the training
-path, the next one waits ``k = ceil(R / (max_overhead * T))`` epochs, ``T`` being
-the measured wall-clock of a selected epoch (the last epoch's seconds per sample
-times the subset's size), so that selection stays within ``max_overhead`` of the
-run's wall-clock. Under ``torch.distributed`` rank 0's decision is broadcast, so
-every rank plans alike; the decisions go into the sampler's ``state_dict``, so a
-resumed run keeps them.
+overhead budget allows. The budget is kept over the whole run: after a refit, the
+next one waits the fewest epochs ``k`` for which the seconds of every refit so far,
+plus one more refit as costly as the last, stay within ``max_overhead`` of the
+training seconds by then (those timed so far plus ``k`` selected epochs, each
+timed from the last epoch's seconds per sample). So the share holds whenever the
+run stops, its last interval cut short included, and the warm start's epochs,
+which select nothing, lend the first refits their share. Under
+``torch.distributed`` rank 0's decision is broadcast, so every rank plans alike;
+the decisions and the seconds behind them go into the sampler's ``state_dict``,
+so a resumed run keeps them.
 
 This module imports torch; only the epoch planner imports it.
 """
@@ -25,12 +28,19 @@ __all__ = ["RefitSchedule", "refit_interval"]
 MAX_INTERVAL = 50
 
 
-def refit_interval(refit_seconds, epoch_seconds, max_overhead):
-    """Epochs until the next refit so that ``refit_seconds`` is at most ``max_overhead``
-    of the training time in between (``epoch_seconds`` per epoch); 1 when unknown."""
+def refit_interval(spent, refit_seconds, trained_seconds, epoch_seconds, max_overhead):
+    """Epochs until the next refit: the fewest ``k >= 1`` with ``spent + refit_seconds <=
+    max_overhead * (trained_seconds + k * epoch_seconds)``; 1 when the epoch time is
+    unknown, at most `MAX_INTERVAL`.
+
+    ``spent`` is the seconds of every refit so far, ``refit_seconds`` the last
+    one's (the next refit's estimate) and ``trained_seconds`` the training
+    seconds so far.
+    """
     if epoch_seconds is None or epoch_seconds <= 0:
         return 1
-    wait = math.ceil(refit_seconds / (max_overhead * epoch_seconds) - 1e-9)
+    needed = (spent + refit_seconds) / max_overhead - trained_seconds
+    wait = math.ceil(needed / epoch_seconds - 1e-9)
     return int(min(MAX_INTERVAL, max(1, wait)))
 
 
@@ -60,6 +70,8 @@ class RefitSchedule:
         self._started = None  # (epoch, clock at its start, its plan size)
         self._seconds_per_sample = None
         self._inside = 0.0  # refit seconds spent inside the current epoch's timing
+        self.refit_seconds = 0.0  # seconds of every refit so far (what the budget counts)
+        self.trained_seconds = 0.0  # seconds of every timed epoch so far, refits left out
 
     def refit_epoch(self, epoch):
         """The epoch whose refit a selected ``epoch`` trains on (``epoch`` if one is due)."""
@@ -77,6 +89,7 @@ class RefitSchedule:
             seconds = now - self._started[1] - self._inside
             if seconds > 0 and self._started[2] > 0:
                 self._seconds_per_sample = seconds / self._started[2]
+                self.trained_seconds += seconds
         self._started, self._inside = (epoch, now, plan_size), 0.0
 
     def spent(self, seconds):
@@ -91,27 +104,37 @@ class RefitSchedule:
         """
         self._inside += seconds if inside is None else inside
         self.refits = sorted(set(self.refits) | {epoch})
+        self.refit_seconds += seconds
         if self.refit_every is not None:
             self.next_refit, self.reason = epoch + self.refit_every, "refit_every"
             return
         per_sample = self._seconds_per_sample
         epoch_seconds = None if per_sample is None else per_sample * subset_size / num_replicas
-        wait = _agree(refit_interval(seconds, epoch_seconds, self.max_overhead), num_replicas)
+        wait = _agree(refit_interval(self.refit_seconds, seconds, self.trained_seconds,
+                                     epoch_seconds, self.max_overhead), num_replicas)
         self.next_refit = epoch + wait
         if epoch_seconds is None:
             self.reason = "no epoch timed yet: the next epoch refits and is timed"
         else:
-            self.reason = (f"the refit took {seconds:.3g} s and a selected epoch trains for "
-                           f"about {epoch_seconds:.3g} s: refits every {wait} epoch(s) keep "
-                           f"selection under max_overhead={self.max_overhead}")
+            self.reason = (
+                f"the refit took {seconds:.3g} s (all refits {self.refit_seconds:.3g} s, "
+                f"training {self.trained_seconds:.3g} s so far) and a selected epoch "
+                f"trains for about {epoch_seconds:.3g} s: the next refit in {wait} epoch(s) "
+                f"keeps selection under max_overhead={self.max_overhead} of the run")
 
     def state(self):
         """The decisions so far, for the sampler's state_dict."""
-        return {"refit_epochs": list(self.refits), "next_refit": self.next_refit}
+        return {"refit_epochs": list(self.refits), "next_refit": self.next_refit,
+                "refit_seconds": self.refit_seconds, "trained_seconds": self.trained_seconds}
 
-    def load(self, refit_epochs, next_refit):
-        """Restore :meth:`state` output (checked); epoch timing starts afresh."""
+    def load(self, refit_epochs, next_refit, refit_seconds=0.0, trained_seconds=0.0):
+        """Restore :meth:`state` output (checked); epoch timing starts afresh.
+
+        States saved before the budget was kept over the whole run have no seconds:
+        0 for both, so the next decision spaces refits by the last one's cost alone.
+        """
         self.refits, self.next_refit = list(refit_epochs), next_refit
+        self.refit_seconds, self.trained_seconds = float(refit_seconds), float(trained_seconds)
         self._started, self._seconds_per_sample, self._inside = None, None, 0.0
 
 

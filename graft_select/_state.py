@@ -21,11 +21,11 @@ __all__ = ["check_feedback", "check_loss", "check_sketch", "check_state"]
 STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
               "rejected", "selection_seconds", "refit_epochs", "next_refit", "batch_size",
               "num_replicas", "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
-              "background", "pending_refit", "loss"}
+              "background", "pending_refit", "loss", "refit_seconds", "trained_seconds"}
 # absent from states saved before they were added
 OPTIONAL_KEYS = {"rejected", "refit_epochs", "next_refit", "batch_size", "num_replicas",
                  "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
-                 "background", "pending_refit", "loss"}
+                 "background", "pending_refit", "loss", "refit_seconds", "trained_seconds"}
 PENDING_KEYS = {"epoch", "snapshot_epoch", "refreshed", "chosen", "error", "budget", "seconds",
                 "report"}
 
@@ -55,11 +55,7 @@ def check_state(state, n_samples):
     if (subset is None) != (subset_epoch is None):
         raise ValueError(f"The state passed to {owner} must have both 'subset' and "
                          "'subset_epoch' or neither.")
-    seconds = state["selection_seconds"]
-    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not (
-            math.isfinite(seconds) and seconds >= 0):
-        raise ValueError(f"The 'selection_seconds' of the state passed to {owner} must be a "
-                         f"finite float >= 0. Got {seconds!r} instead.")
+    seconds = _state_seconds(state["selection_seconds"], "selection_seconds", owner)
     feedback = check_feedback({key: state[key] for key in ("store", "last_seen", "rejected")
                                if key in state}, n_samples, owner)
     return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
@@ -195,8 +191,20 @@ def _check_schedule(state, owner):
     if epochs != sorted(set(epochs)):
         raise ValueError(f"The 'refit_epochs' of the state passed to {owner} must be "
                          f"increasing. Got {epochs} instead.")
+    # the seconds the overhead budget counts (absent from states saved before it
+    # was kept over the whole run: 0)
+    budget = {name: _state_seconds(state.get(name, 0.0), name, owner)
+              for name in ("refit_seconds", "trained_seconds")}
     return {"refit_epochs": epochs, "next_refit": _state_int(state["next_refit"],
-                                                             "next_refit", owner)}
+                                                             "next_refit", owner), **budget}
+
+
+def _state_seconds(value, name, owner):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value >= 0):
+        raise ValueError(f"The '{name}' of the state passed to {owner} must be a finite "
+                         f"float >= 0. Got {value!r} instead.")
+    return float(value)
 
 
 def check_feedback(feedback, n_samples, owner):

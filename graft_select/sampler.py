@@ -75,12 +75,16 @@ class GraftBatchSampler(Sampler[list[int]]):
         0.2; that name is accepted with a ``FutureWarning`` until 0.4.
     refit_every : int, default=None
         Epochs between refits. ``None`` spaces them so that selection takes at
-        most ``max_overhead`` of the wall-clock: after each refit the sampler
-        compares its cost with the last epoch's measured training time and waits
-        ``ceil(refit seconds / (max_overhead * epoch seconds))`` epochs (at most
-        50); rank 0's decision holds on every rank, :attr:`last_refit` says what
-        it decided and why, and :meth:`state_dict` keeps the decisions. Set an
-        int for a schedule that does not depend on the machine's speed.
+        most ``max_overhead`` of the run's wall-clock: after each refit the
+        sampler waits the fewest epochs (at most 50) after which the seconds of
+        every refit so far, plus one more as costly as the last, are within
+        ``max_overhead`` of the training seconds measured so far plus those
+        epochs (each timed from the last epoch). The share then holds whenever
+        the run stops, and the warm start's epochs, which select nothing, lend the
+        first refits their share. Rank 0's decision holds on every rank,
+        :attr:`last_refit` says what it decided and why, and :meth:`state_dict`
+        keeps the decisions and the seconds behind them. Set an int for a
+        schedule that does not depend on the machine's speed.
     max_overhead : float, default=0.05
         Largest share of the wall-clock that selection may take, in (0, 1], with
         ``refit_every=None``.

@@ -39,8 +39,9 @@ class TestRefitInterval:
         (1e3, 1.0, 0.05, MAX_INTERVAL),
     ])
     def test_keeps_the_share_under_budget(self, refit, epoch, budget, expected):
-        """The wait is the fewest epochs that keep refit / (wait * epoch) <= budget."""
-        wait = refit_interval(refit, epoch, budget)
+        """Nothing spent or trained yet: the fewest epochs that keep refit / (wait * epoch)
+        <= budget."""
+        wait = refit_interval(0.0, refit, 0.0, epoch, budget)
         assert wait == expected
         if wait < MAX_INTERVAL:
             assert refit / (wait * epoch) <= budget + 1e-12
@@ -49,7 +50,37 @@ class TestRefitInterval:
     @pytest.mark.parametrize("epoch", [None, 0.0])
     def test_unknown_epoch_time_refits_next_epoch(self, epoch):
         """Without a timed epoch the next epoch refits (and gets timed)."""
-        assert refit_interval(5.0, epoch, 0.05) == 1
+        assert refit_interval(0.0, 5.0, 0.0, epoch, 0.05) == 1
+
+    def test_training_so_far_lends_its_share(self):
+        """30 s of warm start hold 1.5 s of selection: after a 1-s refit the next 1-s refit
+        needs 10 more epochs of 1 s (2 s <= 5% of 40 s), not the 20 of one interval."""
+        assert refit_interval(1.0, 1.0, 30.0, 1.0, 0.05) == 10
+        assert refit_interval(1.0, 1.0, 0.0, 1.0, 0.05) == 40  # no credit: 2 s in 40 s
+        assert refit_interval(0.5, 0.5, 30.0, 1.0, 0.05) == 1  # credit left over
+
+    @pytest.mark.parametrize("seed", range(5))
+    def test_share_holds_whenever_the_run_stops(self, seed):
+        """Refits of equal cost, epochs of random length: selection stays within the budget
+        at every epoch's end, and each refit comes as soon as the budget allows (the
+        warm start's share is used, not left idle)."""
+        rng = torch.Generator().manual_seed(seed)
+        budget, refit = 0.05, float(torch.rand((), generator=rng)) * 0.4 + 0.1
+        trained = 30.0 * (1 + float(torch.rand((), generator=rng)))  # warm start
+        spent, next_refit = 0.0, 0
+        for epoch in range(400):
+            if epoch == next_refit:
+                spent += refit
+                assert spent <= budget * trained + 1e-9
+                epoch_seconds = 0.5 + float(torch.rand((), generator=rng))
+                wait = refit_interval(spent, refit, trained, epoch_seconds, budget)
+                assert wait < MAX_INTERVAL
+                # and no later than the budget needs: one epoch sooner would overspend
+                assert wait == 1 or spent + refit > budget * (trained + (wait - 1) *
+                                                              epoch_seconds)
+                next_refit = epoch + wait
+            trained += epoch_seconds  # this epoch's training, as estimated
+            assert spent <= budget * trained + 1e-9
 
 
 class TestRefitSchedule:
@@ -68,10 +99,11 @@ class TestRefitSchedule:
         schedule.epoch_started(1, 1000)
         assert schedule.refit_epoch(1) == 1
         schedule.refitted(1, 1.5, 300)
-        assert schedule.next_refit == 11
-        assert [schedule.refit_epoch(e) for e in (1, 5, 10)] == [1, 1, 1]
-        assert schedule.refit_epoch(11) == 11
-        assert "1.5 s" in schedule.reason and "10 epoch" in schedule.reason
+        # two refits of 1.5 s need 60 s of training: 10 s so far + 17 epochs of 3 s
+        assert schedule.next_refit == 18
+        assert [schedule.refit_epoch(e) for e in (1, 5, 17)] == [1, 1, 1]
+        assert schedule.refit_epoch(18) == 18
+        assert "1.5 s" in schedule.reason and "17 epoch" in schedule.reason
 
     def test_refit_time_not_counted_as_training(self):
         """The refit's own seconds inside an epoch are left out of its training time."""
@@ -82,17 +114,21 @@ class TestRefitSchedule:
         assert schedule.next_refit == 1
         clock.now = 5.0  # 4 s of refit + 1 s of training for 100 samples
         schedule.epoch_started(1, 100)
+        assert schedule.trained_seconds == pytest.approx(1.0)  # not 5 s
         schedule.refitted(1, 0.5, 100)
-        assert schedule.next_refit == 1 + 5  # 0.5 / (0.1 * 1 s)
+        # 4.5 s of refits, one more of 0.5 s: 50 s of training at 10%, 1 s done
+        assert schedule.next_refit == 1 + 49
 
     def test_state_round_trip(self):
         """The decisions survive state() / load()."""
         schedule = RefitSchedule(1, None, 0.05)
         schedule.refits, schedule.next_refit = [1, 4], 9
+        schedule.refit_seconds, schedule.trained_seconds = 2.5, 70.0
         other = RefitSchedule(1, None, 0.05)
         other.load(**schedule.state())
         assert [other.refit_epoch(e) for e in range(1, 10)] == [
             schedule.refit_epoch(e) for e in range(1, 10)]
+        assert (other.refit_seconds, other.trained_seconds) == (2.5, 70.0)
 
 
 class TestSamplerSchedule:
@@ -157,6 +193,9 @@ class TestSamplerSchedule:
         ({"refit_epochs": [3, 1]}, "increasing"),
         ({"next_refit": -1}, "int >= 0"),
         ({"refit_epochs": "1"}, "list of epochs"),
+        ({"refit_seconds": -1.0}, "'refit_seconds'.*finite float >= 0"),
+        ({"trained_seconds": float("nan")}, "'trained_seconds'.*finite float >= 0"),
+        ({"trained_seconds": "3"}, "'trained_seconds'"),
     ])
     def test_bad_schedule_state_named(self, bad, match):
         """A state with a malformed schedule raises and leaves the sampler unchanged."""
@@ -165,6 +204,28 @@ class TestSamplerSchedule:
         with pytest.raises((ValueError, TypeError), match=match):
             sampler.load_state_dict(state)
         assert sampler._planner.schedule.next_refit == 1
+
+    def test_resume_keeps_the_budget_seconds(self):
+        """The seconds behind the budget survive a resume; a state saved before they were
+        kept loads with none (the next decision then counts the last refit alone)."""
+        sampler = GraftBatchSampler(N, 20, fraction=0.25, seed=0, warm_start_epochs=1)
+        clock = FakeClock()
+        sampler._planner.schedule.clock = clock
+        _observe_all(sampler)
+        list(sampler)
+        clock.now = 10.0
+        sampler.set_epoch(1)
+        list(sampler)
+        state = sampler.state_dict()
+        assert state["trained_seconds"] == 10.0 and state["refit_seconds"] > 0
+        resumed = GraftBatchSampler(N, 20, fraction=0.25, seed=0, warm_start_epochs=1)
+        resumed.load_state_dict(state)
+        schedule = resumed._planner.schedule
+        assert (schedule.refit_seconds, schedule.trained_seconds) == (state["refit_seconds"], 10.0)
+        old = {k: v for k, v in state.items() if k not in ("refit_seconds", "trained_seconds")}
+        resumed.load_state_dict(old)
+        assert (schedule.refit_seconds, schedule.trained_seconds) == (0.0, 0.0)
+        assert schedule.next_refit == state["next_refit"]
 
     @pytest.mark.parametrize("value", [0.0, 1.5, True])
     def test_bad_max_overhead(self, value):
