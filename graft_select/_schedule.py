@@ -28,18 +28,18 @@ __all__ = ["RefitSchedule", "refit_interval"]
 MAX_INTERVAL = 50
 
 
-def refit_interval(spent, refit_seconds, trained_seconds, epoch_seconds, max_overhead):
-    """Epochs until the next refit: the fewest ``k >= 1`` with ``spent + refit_seconds <=
+def refit_interval(spent, last_refit, trained_seconds, epoch_seconds, max_overhead):
+    """Epochs until the next refit: the fewest ``k >= 1`` with ``spent + last_refit <=
     max_overhead * (trained_seconds + k * epoch_seconds)``; 1 when the epoch time is
     unknown, at most `MAX_INTERVAL`.
 
-    ``spent`` is the seconds of every refit so far, ``refit_seconds`` the last
-    one's (the next refit's estimate) and ``trained_seconds`` the training
-    seconds so far.
+    ``spent`` is the seconds of every refit so far (`RefitSchedule.refit_seconds`),
+    ``last_refit`` the last one's (the next refit's estimate) and
+    ``trained_seconds`` the training seconds so far.
     """
     if epoch_seconds is None or epoch_seconds <= 0:
         return 1
-    needed = (spent + refit_seconds) / max_overhead - trained_seconds
+    needed = (spent + last_refit) / max_overhead - trained_seconds
     wait = math.ceil(needed / epoch_seconds - 1e-9)
     return int(min(MAX_INTERVAL, max(1, wait)))
 
