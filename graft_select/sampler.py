@@ -84,7 +84,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         first refits their share. Rank 0's decision holds on every rank,
         :attr:`last_refit` says what it decided and why, and :meth:`state_dict`
         keeps the decisions and the seconds behind them. Set an int for a
-        schedule that does not depend on the machine's speed.
+        schedule that does not depend on the machine's speed, and for runs
+        that repeat to the bit: with ``None`` two runs with the same ``seed``
+        can refit at different epochs (see the user guide).
     max_overhead : float, default=0.05
         Largest share of the wall-clock that selection may take, in (0, 1], with
         ``refit_every=None``.
