@@ -24,6 +24,7 @@ Usage::
 """
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -72,7 +73,7 @@ def main(argv=None):
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     start = time.perf_counter()
     ratios = {f: {"wall": [], "cost": [], "accounted": []} for f in args.fractions}
-    with pinned_threads(threads) if args.threads else _nothing():
+    with pinned_threads(threads) if args.threads else contextlib.nullcontext():
         # an untimed GRAFT run per seed and fraction: its sample count is the budget
         # run's, and it warms the caches and the thread pools
         totals = {(seed, fraction): train_run("graft", fraction, seed, data, config,
@@ -107,14 +108,6 @@ def main(argv=None):
               f" (<= 1.15x); cost ratio {summary(found['cost'])}; accounted by refits and "
               f"observe() {summary(found['accounted'])}")
     print(f"total {time.perf_counter() - start:.0f} s, load {os.getloadavg()[0]:.2f} at the end")
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 if __name__ == "__main__":
