@@ -85,8 +85,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         :attr:`last_refit` says what it decided and why, and :meth:`state_dict`
         keeps the decisions and the seconds behind them. Set an int for a
         schedule that does not depend on the machine's speed, and for runs
-        that repeat to the bit: with ``None`` two runs with the same ``seed``
-        can refit at different epochs (see the user guide).
+        that repeat to the bit on one machine: with ``None`` two runs with the
+        same ``seed`` can refit at different epochs (see the user guide).
     max_overhead : float, default=0.05
         Largest share of the wall-clock that selection may take, in (0, 1], with
         ``refit_every=None``.

@@ -14,7 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 @pytest.fixture
 def bench(monkeypatch):
-    """The script as a module, on 600 MNIST-1D signals instead of the demo's 24,000."""
+    """The script as a module, on a small MNIST-1D draw (``n_samples=600``) instead of the
+    demo's."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports bench_defaults
     spec = importlib.util.spec_from_file_location("bench_wall_ratio",
                                                   BENCHMARKS / "bench_wall_ratio.py")
@@ -69,3 +70,30 @@ def test_unequal_samples_raise(bench, monkeypatch):
     with pytest.raises(RuntimeError, match="not at equal samples"):
         bench.main(["--seeds", "1", "--repeats", "1", "--epochs", "4", "--fractions", "0.3",
                     "--threads", "1"])
+
+
+def test_timed_graft_run_is_checked(bench, monkeypatch):
+    """The check compares the budget run with the timed GRAFT run of its pair, not only
+    with the untimed run that set the budget."""
+    real_run = bench.train_run
+    seen = []
+
+    def drifting_graft(strategy, fraction, seed, data, config, **kwargs):
+        record = real_run(strategy, fraction, seed, data, config, **kwargs)
+        if strategy == "graft":
+            seen.append(seed)
+            if len(seen) > 1:  # the timed runs: one sample more than the untimed one
+                record = {**record, "samples_seen": record["samples_seen"] + 1}
+        return record
+
+    monkeypatch.setattr(bench, "train_run", drifting_graft)
+    with pytest.raises(RuntimeError, match="not at equal samples"):
+        bench.main(["--seeds", "1", "--repeats", "1", "--epochs", "4", "--fractions", "0.3",
+                    "--threads", "1"])
+
+
+@pytest.mark.parametrize("option", ["--seeds", "--repeats", "--epochs", "--threads"])
+def test_counts_below_one_are_refused(bench, option, capsys):
+    with pytest.raises(SystemExit):
+        bench.main([option, "0"])
+    assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
