@@ -34,11 +34,15 @@ class BatchIterator:
         Where the recorded feedback is; a torchdata snapshot of this iterator
         saves it (:meth:`FeedbackRecorder.state`) and restores it
         (:meth:`FeedbackRecorder.load_feedback`).
+    skip : bool, default=False
+        Whether accelerate's ``skip_first_batches`` placeholders precede this pass.
     """
 
-    def __init__(self, batches, start, feedback):
+    def __init__(self, batches, start, feedback, skip=False):
         self.feedback = feedback
         self.batches = batches
+        self.start = start
+        self.skip = skip
         self.position = start
         self.consumed = start
         self.observed_any = False
@@ -65,6 +69,11 @@ class BatchIterator:
             every = torch.cat(self.batches) if self.batches else torch.zeros(0, dtype=torch.int64)
             self._distinct = bool(every.numel() == 0 or int(torch.bincount(every).max()) <= 1)
         return self._distinct
+
+    @property
+    def untouched(self):
+        """Whether this pass has handed out no batch yet."""
+        return self.position == self.start and not self.pending
 
     def __iter__(self):
         return self

@@ -434,10 +434,18 @@ class GraftBatchSampler(Sampler[list[int]]):
         refuse_accelerate_wrapper()
         self._warn_if_epoch_repeats()
         skip = _accelerate_skip(self)
-        batches, start, offsets = self._pass_batches(skip)
+        previous = self._iteration
+        if skip is None and previous is not None and previous.untouched and not previous.skip:
+            # a pass that handed out nothing yet is started again from where it stood:
+            # a DataLoader with workers calls iter() twice before its first batch (when
+            # its iterator is made, and again when it resets it), and a resume position
+            # must survive both
+            batches, start, offsets = previous.batches, previous.start, self._pass_offsets
+        else:
+            batches, start, offsets = self._pass_batches(skip)
         self._resume = None
         self._pass_offsets = offsets
-        self._iteration = BatchIterator(batches, start, self._recorder)
+        self._iteration = BatchIterator(batches, start, self._recorder, skip=bool(skip))
         self._pass_length = len(batches) - start  # batches this pass hands out
         if not skip:
             return self._iteration

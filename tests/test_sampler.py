@@ -969,6 +969,40 @@ class TestDataLoader:
         loader = DataLoader(data, batch_sampler=sampler, num_workers=2)
         assert [b[0].tolist() for b in loader] == expected
 
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_resume_yields_the_rest_once(self, num_workers):
+        """After load_state_dict the loader yields exactly the batches left, with workers
+        too: a DataLoader with workers calls iter() on its batch sampler twice before the
+        first batch (it used to restart the epoch from batch 0, training 3 batches twice)."""
+        data = TensorDataset(torch.arange(N))
+        emb, logits, targets = _feedback()
+        sampler = GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=0)
+        loader = DataLoader(data, batch_sampler=sampler, num_workers=num_workers)
+        trained = []
+        for step, (idx,) in enumerate(loader):
+            sampler.observe(embeddings=emb[idx], logits=logits[idx], targets=targets[idx])
+            trained.append(idx.tolist())
+            if step == 2:
+                break
+        resumed = GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=0)
+        resumed.load_state_dict(sampler.state_dict())
+        expected = list(GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=0))
+        rest = [idx.tolist() for (idx,) in DataLoader(data, batch_sampler=resumed,
+                                                       num_workers=num_workers)]
+        assert trained + rest == expected
+
+    def test_untouched_pass_keeps_the_resume_position(self):
+        """An iterator that handed out nothing does not use up a loaded resume position;
+        one that handed out a batch does (the next pass of the epoch starts over)."""
+        sampler = GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=0)
+        state = sampler.state_dict()
+        state["batches_yielded"] = 2
+        sampler.load_state_dict(state)
+        expected = list(GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=0))
+        iter(sampler)  # made and dropped, as DataLoader's first iter() with workers
+        assert list(sampler) == expected[2:]
+        assert list(sampler) == expected  # a started pass consumed the position
+
 
 def _ddp_worker(rank, world, port, out_dir):
     import torch.distributed as dist
