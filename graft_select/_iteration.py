@@ -199,6 +199,22 @@ class BatchIterator:
                 return None
         return None
 
+    def containing(self, indices):
+        """Depth in ``pending`` of the handed-out batch holding every one of ``indices``
+        (the batch reordered, or a part of it), or None.
+
+        Only in a pass whose batches share no index, where one batch at most can hold
+        them; looks as deep as `find`.
+        """
+        if indices.numel() == 0 or not self.distinct:
+            return None
+        for depth, position in enumerate(self.pending):
+            if depth > 8:
+                return None
+            if bool(torch.isin(indices, self.batches[position]).all()):
+                return depth
+        return None
+
     def take(self, depth):
         """Mark the pending batch at ``depth`` (and those before it) consumed."""
         pending = self.pending

@@ -86,10 +86,13 @@ class FeedbackRecorder:
             if captured:
                 self.capture.take()
             return
+        part_of = None  # depth of the handed-out batch that ``indices`` reorder or part of
         if indices is None:
             idx = iteration.batches[iteration.pending[depth]]
         else:
             idx, depth = self._check_indices(iteration, indices)
+            if depth is None and iteration is not None and idx.device.type == "cpu":
+                part_of = iteration.containing(idx)
         if captured:
             embeddings, logits = check_watched(self.capture, len(idx))
         if logits is not None and targets is None and self.targets is not None:
@@ -103,6 +106,8 @@ class FeedbackRecorder:
         if iteration is not None:
             if depth is not None:
                 iteration.take(depth)
+            elif part_of is not None:  # the batch was trained: a resume goes on after it
+                iteration.take(part_of)
             elif idx.device.type != "cpu":
                 iteration.take_pending()
 

@@ -991,6 +991,31 @@ class TestDataLoader:
                                                        num_workers=num_workers)]
         assert trained + rest == expected
 
+    @pytest.mark.parametrize("form", ["reversed", "first half", "int32 list"])
+    def test_observed_part_of_a_batch_counts_it_trained(self, form):
+        """observe(indices=...) with a handed-out batch reordered, or a part of it, marks
+        that batch trained: with workers fetching ahead, the resume position counts
+        the 3 trained batches, not the prefetched ones (it used to count 7, and a
+        resume skipped 4 batches never trained)."""
+        data = TensorDataset(torch.arange(N))
+        emb, logits, targets = _feedback()
+        shape = {"reversed": lambda i: i.flip(0), "first half": lambda i: i[:4],
+                 "int32 list": lambda i: i.flip(0).to(torch.int32).tolist()}[form]
+        sampler = GraftBatchSampler(N, 8, fraction=1.0, warm_start_epochs=0)
+        loader = DataLoader(data, batch_sampler=sampler, num_workers=2, prefetch_factor=2)
+        for step, (idx,) in enumerate(loader):
+            ind = shape(idx)
+            rows = torch.as_tensor(ind, dtype=torch.int64)
+            sampler.observe(ind, embeddings=emb[rows], logits=logits[rows],
+                            targets=targets[rows])
+            if step == 2:
+                break
+        state = sampler.state_dict()
+        assert state["batches_yielded"] == 3
+        stored = state["store"]["embeddings"]
+        seen = torch.nonzero(state["last_seen"] >= 0).flatten()
+        torch.testing.assert_close(stored[seen], emb[seen])
+
     def test_untouched_pass_keeps_the_resume_position(self):
         """An iterator that handed out nothing does not use up a loaded resume position;
         one that handed out a batch does (the next pass of the epoch starts over)."""
