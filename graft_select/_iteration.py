@@ -54,6 +54,7 @@ class BatchIterator:
             getattr(loader, "_in_order", True) is False and loader._num_workers > 0)
         self._baseline = None  # (position, loader's yielded count) at the first batch
         self._consumer = None  # (id, code) of the frame that pulled the latest batch
+        self._consumer_module = None  # that frame's module
         self._last_received = None  # received() at the previous observe() without indices
 
     @property
@@ -100,6 +101,7 @@ class BatchIterator:
                 ("torch.utils.data", "torchdata")):
             frame = frame.f_back
         self._consumer = None if frame is None else (id(frame), frame.f_code)
+        self._consumer_module = None if frame is None else frame.f_globals.get("__name__", "")
         if self._baseline is None and self._loader is not None:
             loader = self._loader()
             if loader is not None:  # the loader counts from here (a restored one: not from 0)
@@ -126,6 +128,10 @@ class BatchIterator:
         generator), received batches may not have reached the loop yet: the
         oldest one is then the one trained, unless two or more batches arrived
         since the last observe() (a skipped batch looks the same), which raises.
+        At a pass's first observe() there is no last one to count from: two
+        batches received then are a wrapper fetching one ahead or a first batch
+        whose observe() was skipped, and only a wrapper known to fetch one ahead
+        (Lightning's loops) tells them apart; another wrapper raises there.
         """
         if self.unordered:
             raise ValueError(
@@ -152,8 +158,24 @@ class BatchIterator:
                     "the last observe() through a wrapper that fetches ahead of it, so a "
                     "batch whose observe() was skipped and a batch fetched ahead look the "
                     "same. Call observe() for every batch, or pass indices=.")
+            elif self._last_received is None and len(depths) > 1 + self._known_lookahead():
+                raise ValueError(
+                    f"observe() without 'indices' cannot tell which batch the training loop "
+                    f"is on: at the first observe() of this pass {len(depths)} batches have "
+                    f"reached the loop through a wrapper (pulled from "
+                    f"{self._consumer_module or 'an unknown frame'}), so a first batch whose "
+                    "observe() was skipped and a batch the wrapper fetched ahead look the "
+                    "same. Call observe() for every batch, the first included, through a "
+                    "wrapper that does not fetch ahead (tqdm, a plain generator), or pass "
+                    "indices=.")
         self._last_received = received
         return depth
+
+    def _known_lookahead(self):
+        """Batches the wrapper pulling the batches is known to fetch ahead of the loop:
+        1 for Lightning's loops (its fetcher prefetches one batch), else 0."""
+        module = self._consumer_module or ""
+        return 1 if module.startswith(("lightning.pytorch.", "pytorch_lightning.")) else 0
 
     def _consumed_here(self):
         """Whether the frame that pulled the latest batch is running observe() (no wrapper)."""

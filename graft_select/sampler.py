@@ -300,10 +300,14 @@ class GraftBatchSampler(Sampler[list[int]]):
         latest batch the DataLoader (or the sampler) handed to the loop, also
         with workers fetching ahead. A batch the loop received and did not
         observe (``if nan_loss: continue``) is skipped: nothing is recorded for
-        it. Behind a wrapper that fetches ahead of the loop (Lightning's
-        fetcher, a generator) every batch must be observed, in order: two
+        it. Behind a wrapper around the DataLoader (Lightning's fetcher, a
+        generator such as tqdm) every batch must be observed, in order: two
         batches arriving between two observations raise, since a skipped batch
-        and a batch fetched ahead look the same. A DataLoader with
+        and a batch fetched ahead look the same; so do two batches at a pass's
+        first observation, unless the wrapper is Lightning's (it fetches one
+        ahead). Behind another wrapper that fetches ahead, pass ``indices``.
+        Observations with ``indices`` that reorder a handed-out batch, or
+        hold part of it, mark that batch trained. A DataLoader with
         ``in_order=False`` and workers raises: pass ``indices`` there. Without
         values, the layer hooked by :meth:`watch` gives them, and without
         ``targets`` the sampler's ``targets``: ``sampler.observe()`` alone works

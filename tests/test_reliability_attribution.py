@@ -138,10 +138,39 @@ class TestSkippedObserve:
             sampler.observe()
         assert bool(_assert_attributed(sampler, model.embed(X)).all())
 
-    def test_f01_prefetching_wrapper_observed_every_batch(self):
-        """Behind a wrapper that fetches ahead, observing every batch is attributed right."""
+    def test_f01_prefetching_wrapper_raises_at_the_first_batch(self):
+        """Behind a wrapper that fetches ahead, unknown to the sampler, the pass's first
+        observe() cannot be told from a skipped first batch: it raises; with indices=
+        every batch is attributed right."""
         X, _, model, sampler = _setup()
-        for x, _ in _ahead(DataLoader(TensorDataset(X, X), batch_sampler=sampler)):
+        with pytest.raises(ValueError, match=r"first observe\(\) of this pass 2 batches"):
+            for x, _ in _ahead(DataLoader(TensorDataset(X, X), batch_sampler=sampler)):
+                model(x)
+                sampler.observe()
+        assert bool((sampler.state_dict()["last_seen"] < 0).all())  # nothing stored
+        X, _, model, sampler = _setup()
+        data = TensorDataset(X, torch.arange(N))
+        for x, index in _ahead(DataLoader(data, batch_sampler=sampler)):
+            model(x)
+            sampler.observe(index)
+        assert bool(_assert_attributed(sampler, model.embed(X)).all())
+
+    def test_f01_first_batch_skipped_behind_a_wrapper_raises(self):
+        """A first batch skipped behind a wrapper that fetches nothing ahead (tqdm) raises
+        at the next observe() instead of recording every later batch one batch off."""
+        X, _, model, sampler = _setup()
+        with pytest.raises(ValueError, match="first batch whose observe"):
+            for step, (x, _) in enumerate(
+                    _through(DataLoader(TensorDataset(X, X), batch_sampler=sampler))):
+                model(x)
+                if step != 0:
+                    sampler.observe()
+        assert bool((sampler.state_dict()["last_seen"] < 0).all())  # nothing stored
+
+    def test_f01_plain_wrapper_observed_every_batch(self):
+        """Behind a wrapper that fetches nothing ahead, every observed batch is its own."""
+        X, _, model, sampler = _setup()
+        for x, _ in _through(DataLoader(TensorDataset(X, X), batch_sampler=sampler)):
             model(x)
             sampler.observe()
         assert bool(_assert_attributed(sampler, model.embed(X)).all())
