@@ -21,11 +21,13 @@ __all__ = ["check_feedback", "check_loss", "check_sketch", "check_state"]
 STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
               "rejected", "selection_seconds", "refit_epochs", "next_refit", "batch_size",
               "num_replicas", "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
-              "background", "pending_refit", "loss", "refit_seconds", "trained_seconds"}
+              "background", "pending_refit", "loss", "refit_seconds", "trained_seconds",
+              "rank", "unmerged_rows"}
 # absent from states saved before they were added
 OPTIONAL_KEYS = {"rejected", "refit_epochs", "next_refit", "batch_size", "num_replicas",
                  "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
-                 "background", "pending_refit", "loss", "refit_seconds", "trained_seconds"}
+                 "background", "pending_refit", "loss", "refit_seconds", "trained_seconds",
+                 "rank", "unmerged_rows"}
 PENDING_KEYS = {"epoch", "snapshot_epoch", "refreshed", "chosen", "error", "budget", "seconds",
                 "report"}
 
@@ -128,8 +130,12 @@ def _check_position(state, owner):
     for name, low in (("batch_size", 1), ("num_replicas", 1)):
         value = state.get(name)
         checked[name] = None if value is None else _state_int(value, name, owner, low=low)
-    for name in ("sample_offset", "plan_offset"):
+    for name in ("sample_offset", "plan_offset", "rank", "unmerged_rows"):
         checked[name] = _state_int(state.get(name, 0), name, owner)
+    if checked["num_replicas"] is not None and checked["rank"] >= checked["num_replicas"]:
+        raise ValueError(f"The 'rank' of the state passed to {owner} must be below its "
+                         f"'num_replicas' ({checked['num_replicas']}). Got {checked['rank']} "
+                         "instead.")
     return checked
 
 

@@ -550,10 +550,15 @@ class GraftBatchSampler(Sampler[list[int]]):
         state : dict
             Tensors on the CPU and plain numbers; save it with ``torch.save``.
         """
+        num_replicas = self.num_replicas
+        # rows observed since the last refit's merge: on several ranks, only this one's
+        unmerged = (int(self._recorder.store.changed_rows().numel()) if num_replicas > 1
+                    else 0)
         return {"epoch": self.epoch, **self._position(), **self._planner.state(),
                 **self._recorder.state(), "loss": self.loss, "sketch_width": self.sketch_width,
                 "seed": self.seed, "sketched": [name for name in self._recorder.store
-                                                if self._recorder.store.sketched(name)]}
+                                                if self._recorder.store.sketched(name)],
+                "rank": self.rank if num_replicas > 1 else 0, "unmerged_rows": unmerged}
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output; the next iteration resumes mid-epoch.
@@ -578,6 +583,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         checked = check_state(state, self.n_samples)
         check_loss(checked, self.loss)
         check_sketch(checked, sketch_width=self.sketch_width, seed=self.seed)
+        _warn_other_ranks_feedback(checked, self.num_replicas, self.rank)
         # first: it raises, having changed nothing, for rows feedback_dtype cannot hold
         self._recorder.load(checked)
         self._planner.load(checked)
@@ -626,6 +632,26 @@ def _parts(sampler):
         label_noise_guard=sampler.label_noise_guard, max_overhead=sampler.max_overhead,
         background=sampler.background)
     return recorder, planner
+
+
+def _warn_other_ranks_feedback(checked, num_replicas, rank):
+    """Warn when a state saved on one of several ranks is loaded on another rank, or under
+    another number of ranks: the feedback the other ranks observed since the last refit
+    (merged only at refits) is not in it."""
+    saved = checked["num_replicas"]
+    if not saved or saved == 1 or checked["unmerged_rows"] == 0:
+        return
+    if saved == num_replicas and checked["rank"] == rank:
+        return
+    warnings.warn(
+        f"This GraftBatchSampler state was saved by rank {checked['rank']} of {saved} and "
+        f"is loaded on rank {rank} of {num_replicas}: it holds the feedback that rank "
+        f"observed, but not what the other ranks observed since the last refit (ranks "
+        f"merge feedback only at refits; {checked['unmerged_rows']} samples were observed "
+        f"since then on rank {checked['rank']} alone). The next refits select from older "
+        f"values for the other ranks' samples, so the plans differ from an uninterrupted "
+        f"run. To resume exactly, save every rank's state_dict() and load each on its own "
+        f"rank with the same number of ranks.", UserWarning, stacklevel=3)
 
 
 def _accelerate_skip(sampler):

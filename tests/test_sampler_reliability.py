@@ -48,6 +48,47 @@ def _same(sampler, snapshot):
 class TestLoadStateDict:
     """Item 5: a state is validated whole, before anything is written, and copied."""
 
+    @pytest.mark.parametrize(("replicas", "rank", "warns"),
+                             [(2, 0, False), (2, 1, True), (1, 0, True), (4, 0, True)])
+    def test_other_ranks_feedback_missing_warns(self, replicas, rank, warns):
+        """A state saved by one of several ranks, loaded on another rank or under another
+        number of ranks, lacks the other ranks' feedback since the last refit: it warns,
+        naming the ranks and the samples; loaded on its own rank it does not."""
+        saved = _observed(num_replicas=2, rank=0)
+        state = saved.state_dict()
+        assert (state["rank"], state["num_replicas"], state["unmerged_rows"]) == (0, 2, N)
+        target = GraftBatchSampler(N, 16, fraction=0.3, warm_start_epochs=1,
+                                   num_replicas=replicas, rank=rank)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            target.load_state_dict(state)
+        messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        if warns:
+            assert len(messages) == 1
+            assert f"saved by rank 0 of 2 and is loaded on rank {rank} of {replicas}" in (
+                messages[0])
+            assert f"{N} samples were observed" in messages[0]
+        else:
+            assert not messages
+
+    def test_nothing_unmerged_or_one_rank_does_not_warn(self):
+        """No warning for a one-rank state, nor for a rank's state with nothing observed
+        since the last merge."""
+        one = _observed().state_dict()
+        assert (one["rank"], one["unmerged_rows"]) == (0, 0)
+        empty = GraftBatchSampler(N, 16, num_replicas=2, rank=1).state_dict()
+        assert (empty["rank"], empty["unmerged_rows"]) == (1, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            GraftBatchSampler(N, 16, num_replicas=2, rank=0).load_state_dict(one)
+            GraftBatchSampler(N, 16).load_state_dict(empty)
+
+    def test_rank_outside_its_replicas_rejected(self):
+        state = _observed(num_replicas=2, rank=1).state_dict()
+        state["rank"] = 2
+        with pytest.raises(ValueError, match=r"'rank' of the state .* below its 'num_replicas'"):
+            GraftBatchSampler(N, 16).load_state_dict(state)
+
     def test_other_dataset_size_rejected(self):
         """A state from a sampler of another size is rejected and changes nothing."""
         small = _observed(n=60)
