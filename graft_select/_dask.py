@@ -246,9 +246,14 @@ def _weights_block(gradients, chunks, local):
 def take_rows(selector, X, name="X"):
     """The rows ``sample_indices_`` of the dask array ``X``, as a lazy dask array.
 
-    Block ``b`` of the result holds the selected rows of block ``b`` of ``X``
-    (after the rechunk of :func:`aligned` to the fitted chunks), in the order of
-    ``sample_indices_``; it is computed where that block lives.
+    Each block's selected rows are taken where that block of ``X`` lives (after
+    the rechunk of :func:`aligned` to the fitted chunks). When ``sample_indices_``
+    visits the blocks in order (every selection chunk within one block), block
+    ``b`` of the result holds block ``b``'s rows, in the order of
+    ``sample_indices_``. Otherwise (a chunk, tree leaf or group of unequal size
+    straddles a block, and its picks in pivot order mix two blocks) the rows are
+    taken per block and then put in the order of ``sample_indices_``, which moves
+    rows between blocks.
     """
     owner = type(selector).__name__
     X = _check_dask(X, name, owner, min_ndim=1 if name != "X" else 2, convert=False)
@@ -268,11 +273,19 @@ def take_rows(selector, X, name="X"):
     starts = np.array([start for start, _ in _block_bounds(X)], dtype=np.int64)
     block = np.searchsorted(starts, indices, side="right") - 1
     counts = tuple(int(c) for c in np.bincount(block, minlength=len(starts)))
-    local = da.from_array(indices - starts[block], chunks=(counts,))
+    # each block's rows in the order sample_indices_ lists them; blockwise hands
+    # block b the b-th run of `local`, so the runs must follow the blocks
+    order = np.argsort(block, kind="stable")
+    local = da.from_array((indices - starts[block])[order], chunks=(counts,))
     letters = "ij"[: X.ndim]
-    return da.blockwise(_take_block, letters, X, letters, local, "i",
-                        adjust_chunks={"i": counts}, dtype=X.dtype, meta=X._meta,
-                        align_arrays=False, concatenate=True)
+    taken = da.blockwise(_take_block, letters, X, letters, local, "i",
+                         adjust_chunks={"i": counts}, dtype=X.dtype, meta=X._meta,
+                         align_arrays=False, concatenate=True)
+    if np.all(np.diff(block) >= 0):  # already in the order of sample_indices_
+        return taken
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return taken[inverse]
 
 
 def _take_block(X, local):

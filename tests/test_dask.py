@@ -306,6 +306,34 @@ class TestTransform:
             np.testing.assert_array_equal(X_sub.compute(), X[eager.sample_indices_])
             np.testing.assert_array_equal(y_sub.compute(), y[eager.sample_indices_])
 
+    def test_picks_that_cross_blocks_keep_their_rows(self):
+        """Tree leaves of unequal sizes (2732, 2731, 2731 rows) under blocks of 2732: the
+        third leaf's pivot order picks row 5470 (block 2) before row 5463 (block 1), so
+        sample_indices_ visits the blocks out of order. transform and fit_resample still
+        return exactly the rows and labels of sample_indices_, block by block too (they
+        used to take block 1's rows from the wrong positions, or fail computing)."""
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(8194, 4))
+        X[5470] = [50.0, 0.0, 0.0, 0.0]
+        X[5463] = [0.0, 40.0, 0.0, 0.0]
+        y = np.arange(8194)
+        with dask.config.set(scheduler="synchronous"):
+            sel = GraftSelector(0.2, random_state=0).fit(X)
+            si = np.asarray(sel.sample_indices_)
+            assert sel.chunk_sizes_.tolist() == [2732, 2731, 2731]
+            blocks = np.searchsorted([0, 2732, 5464, 8196], si, side="right") - 1
+            assert np.any(np.diff(blocks) < 0)  # the case under test
+            out = sel.transform(da.from_array(X, chunks=(2732, -1)))
+            np.testing.assert_array_equal(out.compute(), X[si])
+            parts = [out.blocks[b].compute() for b in range(out.numblocks[0])]
+            np.testing.assert_array_equal(np.concatenate(parts), X[si])
+            X_sub, y_sub = GraftResampler(0.2, random_state=0).fit_resample(
+                da.from_array(X, chunks=(2732, -1)), da.from_array(y, chunks=2732))
+            np.testing.assert_array_equal(y_sub.compute(), si)
+            np.testing.assert_array_equal(X_sub.compute(), X[si])
+            parts = [y_sub.blocks[b].compute() for b in range(y_sub.numblocks[0])]
+            np.testing.assert_array_equal(np.concatenate(parts), si)
+
     def test_wrong_rows_or_features(self, data):
         """transform refuses data with other rows or features than the fit."""
         X = data[0]
