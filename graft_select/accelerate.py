@@ -9,6 +9,8 @@ optimizer, and wrap the loader with :func:`prepare_data_loader`.
 Importing this module imports accelerate; ``import graft_select`` does not.
 """
 
+import weakref
+
 from accelerate.data_loader import DataLoaderStateMixin
 from accelerate.state import GradientState
 from accelerate.utils import send_to_device
@@ -17,6 +19,36 @@ from torch.utils.data import DataLoader
 from .sampler import GraftBatchSampler
 
 __all__ = ["GraftDataLoader", "prepare_data_loader"]
+
+# sampler -> the GraftDataLoader wrapping it (see check_skipped_wrapper)
+_WRAPPED = weakref.WeakKeyDictionary()
+
+
+def check_skipped_wrapper(sampler, skip):
+    """Raise when ``accelerate.skip_first_batches`` dropped a GraftDataLoader where that
+    changes the training; the sampler calls it when accelerate's skip wrapper iterates it.
+
+    ``skip_first_batches(loader, n)`` returns a plain DataLoader over the loader's
+    sampler: the samples stay right (the sampler starts at batch ``n`` itself), but
+    the batches stay on the CPU and the pass's last batch is no longer marked for
+    ``accelerator.accumulate()``, so with gradient accumulation the epoch's last
+    optimizer step is lost without a word.
+    """
+    loader = _WRAPPED.get(sampler)
+    loader = None if loader is None else loader()
+    if loader is None:
+        return
+    steps = GradientState().num_steps
+    if steps <= 1 and loader.device.type == "cpu":
+        return
+    why = (f"with gradient_accumulation_steps={steps} the pass's last batch would not step "
+           f"the optimizer" if steps > 1 else
+           f"the batches would stay on the CPU instead of {loader.device}")
+    raise ValueError(
+        f"accelerate's skip_first_batches(loader, {skip}) replaced the GraftDataLoader by a "
+        f"plain DataLoader over its GraftBatchSampler: {why}. The sampler resumes by "
+        f"itself after accelerator.load_state(): iterate the GraftDataLoader without "
+        f"skip_first_batches.")
 
 
 class GraftDataLoader(DataLoaderStateMixin):
@@ -69,6 +101,8 @@ class GraftDataLoader(DataLoaderStateMixin):
         self.device = device
         self.sampler = dataloader.batch_sampler
         self.gradient_state = GradientState()
+        if isinstance(self.sampler, GraftBatchSampler):
+            _WRAPPED[self.sampler] = weakref.ref(self)
 
     def __getattr__(self, name):
         # the wrapped DataLoader's attributes (dataset, num_workers, collate_fn, ...), for

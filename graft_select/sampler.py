@@ -438,6 +438,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         refuse_accelerate_wrapper()
         self._warn_if_epoch_repeats()
         skip = _accelerate_skip(self)
+        if skip is not None and "graft_select.accelerate" in sys.modules:
+            sys.modules["graft_select.accelerate"].check_skipped_wrapper(self, skip)
         previous = self._iteration
         if skip is None and previous is not None and previous.untouched and not previous.skip:
             # a pass that handed out nothing yet is started again from where it stood:

@@ -413,3 +413,42 @@ def test_f37_resume_without_callback_state_names_checkpoint(lightning_runs):
     """Resuming a checkpoint saved without the callback names the checkpoint as the cause."""
     error = _error(lightning_runs, "resumed_without_state")
     assert "holds no GraftCallback state" in error and "indices" not in error
+
+
+_SKIP_WITH_ACCUMULATION = """
+import torch
+from accelerate import Accelerator, skip_first_batches
+from torch.utils.data import DataLoader, TensorDataset
+from graft_select.accelerate import prepare_data_loader
+from graft_select.sampler import GraftBatchSampler
+
+accelerator = Accelerator(cpu=True, gradient_accumulation_steps={steps})
+sampler = GraftBatchSampler(40, 8, fraction=1.0)
+loader = prepare_data_loader(accelerator, DataLoader(TensorDataset(torch.arange(40)),
+                                                     batch_sampler=sampler))
+state = sampler.state_dict()
+state["batches_yielded"] = 2
+sampler.load_state_dict(state)
+try:
+    rest = [batch[0].tolist() for batch in skip_first_batches(loader, 2)]
+    print("TRAINED", len(rest))
+except ValueError as error:
+    print("RAISED", error)
+"""
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_f26_skip_first_batches_with_accumulation_raises(steps):
+    """skip_first_batches returns a plain DataLoader, which drops the GraftDataLoader's
+    end-of-pass mark: with gradient accumulation the epoch's last optimizer step would
+    be lost, so it raises there; without accumulation on the CPU it trains the rest."""
+    pytest.importorskip("accelerate")
+    result = subprocess.run([sys.executable, "-c", _SKIP_WITH_ACCUMULATION.format(steps=steps)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    if steps == 1:
+        assert "TRAINED 3" in result.stdout
+    else:
+        assert "RAISED" in result.stdout
+        assert "gradient_accumulation_steps=3" in result.stdout
+        assert "iterate the GraftDataLoader without skip_first_batches" in result.stdout
