@@ -62,7 +62,10 @@ class GraftDataLoader(DataLoaderStateMixin):
     its :meth:`state_dict` is the sampler's, for
     ``accelerator.save_state()``; and it answers the DataLoader's attributes
     (``dataset``, ``batch_sampler``, ``num_workers``, ``collate_fn``, ...), so
-    ``accelerate.skip_first_batches`` and ``len(loader.dataset)`` work.
+    ``len(loader.dataset)`` works. ``accelerate.skip_first_batches`` returns a
+    plain DataLoader without this wrapper: it raises with gradient accumulation
+    or a device other than the CPU (the sampler resumes by itself after
+    ``accelerator.load_state()``; iterate this loader instead).
 
     Parameters
     ----------
