@@ -187,7 +187,8 @@ def _add_select_command(commands):
         "select", help="select rows of a feature file with GraftSelector",
         description="Run GraftSelector on FEATURES (.npy; .npz, first array unless --key; "
                     ".csv, where the first line is a header only with --header, or by "
-                    "default when every cell of it is non-numeric text; blank lines and a "
+                    "default when every cell of it is non-numeric text (a first line "
+                    "0,1,...,k-1 needs --header or --no-header); blank lines and a "
                     "UTF-8 byte-order mark are ignored; a CSV written by pandas with its "
                     "index needs --index-column) and write the selected row indices "
                     "to OUTPUT (.npy, or one index per line for .txt and .csv), which must "
@@ -341,6 +342,7 @@ def _read_csv(path, header=None, index_column=False):
     cells = [cell.strip() for cell in lines[0][1].split(",")]
     pandas_index = len(cells) > 1 and cells[0] == "" and all(map(_is_name, cells[1:]))
     if header is None:
+        _refuse_numbered_header(path, cells)
         header = all(map(_is_name, cells)) or pandas_index
     if header and pandas_index and not index_column:
         raise CommandError(f"{str(path)!r} looks written by pandas with its index: the "
@@ -356,6 +358,21 @@ def _read_csv(path, header=None, index_column=False):
     except ValueError as exc:
         raise _csv_error(path, data, header, exc) from exc
     return X[:, 1:] if index_column else X
+
+
+def _refuse_numbered_header(path, cells):
+    """Raise for a first line ``0,1,...,k-1`` (or ``,0,1,...``): pandas' column names
+    for a DataFrame made from an array, or a row of data; the default rule cannot
+    tell, and reading a header as data shifts every index by one."""
+    indexed = len(cells) > 1 and cells[0] == ""
+    names = cells[1:] if indexed else cells
+    if len(names) < 2 or names != [str(i) for i in range(len(names))]:
+        return  # one column: a first value of 0 is data too often to refuse
+    fix = "--header --index-column" if indexed else "--header"
+    raise CommandError(f"the first line of {str(path)!r} is {','.join(cells)!r}: pandas' "
+                       f"default column names (df.to_csv of a DataFrame made from an "
+                       f"array), or a row of data. Pass {fix} to skip it, or --no-header "
+                       f"to read it as data.")
 
 
 def _is_name(cell):
@@ -447,7 +464,11 @@ def write_indices(indices, path):
     """Write indices to .npy, or one per line to .txt/.csv."""
     indices = np.asarray(indices, dtype=np.int64)
     if path.suffix.lower() == ".npy":
-        np.save(path, indices)
+        # through a file object: np.save given a name appends ".npy" unless the name
+        # ends in lower-case ".npy", and "rows.NPY" would become "rows.NPY.npy" (another
+        # file than the one named, and possibly an input)
+        with open(path, "wb") as file:
+            np.save(file, indices)
     else:
         np.savetxt(path, indices, fmt="%d")
 

@@ -60,6 +60,51 @@ class TestSelect:
         stdout = capsys.readouterr().out.strip().splitlines()
         assert len(stdout) == 1 and stdout[0].startswith(f"selected 50 of {N} rows")
 
+    @pytest.mark.parametrize("indexed", [False, True])
+    def test_numbered_first_line_is_refused(self, tmp_path, X, indexed, capsys):
+        """A first line 0,1,...,k-1 (pandas' names for an array's columns, with or
+        without its index column) is a header or data: the default rule refuses to
+        guess (reading it as data shifted every index by one); --header or
+        --no-header decides."""
+        import pandas as pd
+
+        path = tmp_path / "X.csv"
+        pd.DataFrame(X).to_csv(path, index=indexed)
+        args = ["select", str(path), "--fraction", "0.25", "--output",
+                str(tmp_path / "idx.npy")]
+        fix = "--header --index-column" if indexed else "--header"
+        _assert_one_line_error(capsys, main(args), f"Pass {fix} to skip it, or --no-header")
+        extra = ["--header", "--index-column"] if indexed else ["--header"]
+        assert main([*args, *extra]) == 0
+        np.save(tmp_path / "X.npy", X)
+        main(["select", str(tmp_path / "X.npy"), "--fraction", "0.25",
+              "--output", str(tmp_path / "ref.npy")])
+        np.testing.assert_array_equal(np.load(tmp_path / "idx.npy"),
+                                      np.load(tmp_path / "ref.npy"))
+
+    def test_one_column_starting_at_zero_is_data(self, tmp_path):
+        """One column whose first value is 0 stays data under the default rule."""
+        path = tmp_path / "x.csv"
+        path.write_text("0\n" + "\n".join(str(v) for v in range(1, 40)) + "\n")
+        out = tmp_path / "idx.txt"
+        assert main(["select", str(path), "--fraction", "0.25", "--output", str(out)]) == 0
+        assert _read_txt(out).size == 10
+
+    def test_upper_case_npy_output_is_the_file_named(self, tmp_path, X):
+        """--output rows.NPY writes rows.NPY, not rows.NPY.npy (np.save given a name adds
+        ".npy"), so an input named X.NPY.npy is not replaced either."""
+        np.save(tmp_path / "X.npy", X)
+        out = tmp_path / "rows.NPY"
+        assert main(["select", str(tmp_path / "X.npy"), "--fraction", "0.25",
+                     "--output", str(out)]) == 0
+        assert out.is_file() and not (tmp_path / "rows.NPY.npy").exists()
+        _check_selection(np.load(out))
+        features = tmp_path / "feat.NPY.npy"
+        np.save(features, X)
+        assert main(["select", str(features), "--fraction", "0.25",
+                     "--output", str(tmp_path / "feat.NPY")]) == 0
+        np.testing.assert_array_equal(np.load(features), X)
+
     def test_matches_graft_selector(self, tmp_path, X):
         """The indices are GraftSelector's sample_indices_ for the same parameters."""
         from graft_select import GraftSelector
