@@ -87,12 +87,18 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
             self._handles = self._finder.hooks()
         else:
             self._handles = [layer.register_forward_hook(self._hook, with_kwargs=True)]
-        self._model_handle = None
+        self._model_handle = self._model_pre_handle = None
+        self._head_calls = 0  # calls of the hooked layer in the model's current forward
         if model is not None and model is not layer:
             self._model_handle = model.register_forward_hook(self._model_hook,
                                                              with_kwargs=True)
+            self._model_pre_handle = model.register_forward_pre_hook(self._model_pre_hook)
+
+    def _model_pre_hook(self, module, args):
+        self._head_calls = 0
 
     def _hook(self, module, args, kwargs, output):
+        self._head_calls += 1
         try:  # the user's forward must never fail because of watch()
             self._record(args[0] if args else next(iter(kwargs.values()), None), output)
         except Exception as exc:  # reported by observe(), never raised here
@@ -118,6 +124,18 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
             except Exception as exc:  # reported by observe(), never raised here
                 self.error = (f"finding its head failed ({type(exc).__name__}: {exc}); pass "
                               "the layer that maps embeddings to logits as layer=")
+        if self._head_calls > 1 and self.outputs is not None and not any(
+                _same_tensor(self.outputs, t) for t in _tensors(output)):
+            # which call gave the returned logits cannot be told: the latest is kept
+            # only when the model returns its output as it is
+            self.problem = (f"ran {self._head_calls} times in one forward of "
+                            f"{type(module).__name__}, and the model does not return the "
+                            f"latest call's output, so which call gave its logits cannot be "
+                            f"told")
+            self.inputs = self.outputs = None
+            if self.rows:
+                self.rows[-1] = None
+        self._head_calls = 0
 
     def _resolve(self, output):
         """Find the head from the latest forward (``output``: the model's, or None)."""
@@ -138,6 +156,7 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         x, out = finder.seen[head]
         self.rows = [None] * (finder.calls[head] - 1)
         self._record(x, out)
+        self._head_calls = finder.calls[head]  # the finding forward's calls of the head
 
     def take(self):
         """The latest (embeddings, logits), cleared so they are never used twice.
@@ -160,9 +179,11 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if self._model_handle is not None:
-            self._model_handle.remove()
-            self._model_handle = None
+        for name in ("_model_handle", "_model_pre_handle"):
+            handle = getattr(self, name)
+            if handle is not None:
+                handle.remove()
+                setattr(self, name, None)
 
     def name(self, layer=None):
         """How messages name ``layer`` (the hooked one by default).
@@ -286,12 +307,14 @@ class _HeadFinder:
         self.model = model
         self.names = {m: n for n, m in model.named_modules()}
         self.seen = {}  # layer -> (input, output) of its latest forward
+        self.outputs = collections.defaultdict(list)  # layer -> outputs of all its calls
         self.calls = collections.Counter()
         self.model_ran = False
 
     def forget(self):
         """Drop what the layers did (a forward the head could not be found from)."""
         self.seen.clear()
+        self.outputs.clear()
         self.calls.clear()
 
     def hooks(self):
@@ -300,6 +323,7 @@ class _HeadFinder:
 
     def _hook(self, module, args, kwargs, output):
         self.seen[module] = (args[0] if args else next(iter(kwargs.values()), None), output)
+        self.outputs[module].append(output)
         self.calls[module] += 1
 
     def resolve(self, output):
@@ -311,7 +335,7 @@ class _HeadFinder:
         """
         if not self.seen:
             return None, None
-        producers = {out.grad_fn: layer for layer, (_, out) in self.seen.items()
+        producers = {out.grad_fn: layer for layer, outs in self.outputs.items() for out in outs
                      if isinstance(out, torch.Tensor) and out.grad_fn is not None}
         if output is None:
             fed = set()
@@ -325,8 +349,8 @@ class _HeadFinder:
             return self._one(found, "the layers called last (the model's own forward "
                                     "never ran)")
         outputs = _tensors(output)
-        direct = [layer for layer, (_, out) in self.seen.items()
-                  if any(out is t for t in outputs)]
+        direct = [layer for layer, outs in self.outputs.items()
+                  if any(out is t for out in outs for t in outputs)]
         if direct:
             return self._one(direct, "it returns the outputs of")
         if not any(t.grad_fn is not None for t in outputs):
@@ -346,6 +370,12 @@ class _HeadFinder:
 
     def _name(self, layer):
         return self.names.get(layer) or type(layer).__name__
+
+
+def _same_tensor(kept, tensor):
+    """Whether ``tensor`` is the tensor whose detached view ``kept`` is."""
+    return (isinstance(tensor, torch.Tensor) and tensor.shape == kept.shape
+            and tensor.device == kept.device and tensor.data_ptr() == kept.data_ptr())
 
 
 def _tensors(value, depth=0):

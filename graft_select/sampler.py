@@ -362,7 +362,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         input and ``(b, C)`` output (a tuple or dict output, a per-token
         ``(b, T, d)`` input), or that the forward never calls, is reported by
         :meth:`observe`. Only the last forward before an observation is kept:
-        a batch forwarded in micro-batches raises there.
+        a batch forwarded in micro-batches raises there. A head called more
+        than once in one forward of the model (an auxiliary call) raises there
+        too, unless the model returns the latest call's output as it is.
 
         Parameters
         ----------

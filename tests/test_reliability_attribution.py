@@ -264,6 +264,29 @@ class HeadFirst(nn.Module):
         return self.head(self.body(x))
 
 
+class HeadTwice(nn.Module):
+    """One head called twice per forward (an auxiliary call on a flipped batch)."""
+
+    def __init__(self, returned_last):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, H), nn.ReLU())
+        self.head = nn.Linear(H, C)
+        self.returned_last = returned_last
+
+    def forward(self, x):
+        h = self.body(x)
+        if self.returned_last:
+            self.head(h.flip(0))
+            return self.head(h)
+        out = self.head(h)
+        self.head(h.flip(0))
+        return out
+
+    def embed(self, X):
+        with torch.no_grad():
+            return self.body(X)
+
+
 def _one_batch(model, sampler, X, **observe):
     batch = next(iter(sampler))
     model(X[batch])
@@ -283,6 +306,27 @@ class TestHead:
         store = sampler.state_dict()["store"]
         assert store["embeddings"].shape[1] == H and store["residuals"].shape[1] == C
         torch.testing.assert_close(store["embeddings"][batch], model.body(X[batch]).detach())
+
+    @pytest.mark.parametrize("layer", [None, "head"])
+    def test_head_called_twice_raises_unless_returned_last(self, layer):
+        """A head called twice in one forward, whose returned output is not the latest
+        call's: observe() raises instead of recording the other call's rows (with
+        layer=None it used to hook the body's Linear: the rows' embeddings and logits
+        came from the wrong layer, silently). Returned last, the rows are right."""
+        X, y = _data()
+        model = HeadTwice(returned_last=False)
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model, None if layer is None else model.head)
+        with pytest.raises(ValueError, match=r"ran 2 times in one forward of HeadTwice"):
+            _one_batch(model, sampler, X)
+        assert bool((sampler.state_dict()["last_seen"] < 0).all())
+        model = HeadTwice(returned_last=True)
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        capture = sampler.watch(model, None if layer is None else model.head)
+        batch = _one_batch(model, sampler, X)
+        assert capture.layer is model.head
+        store = sampler.state_dict()["store"]
+        torch.testing.assert_close(store["embeddings"][batch], model.embed(X[batch]))
 
     def test_f03_head_behind_log_softmax(self):
         """A head whose output the model transforms (log_softmax) is still found."""
