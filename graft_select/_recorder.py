@@ -73,7 +73,8 @@ class FeedbackRecorder:
                     and gradients is None)
         depth = None
         if indices is None:
-            if iteration is None or not iteration.pending:
+            # an out-of-order loader raises its own error (locate), pending batches or not
+            if iteration is None or not (iteration.pending or iteration.unordered):
                 raise ValueError("observe() without 'indices' records the batch the training "
                                  "loop is on, and this sampler handed out none that was not "
                                  "observed yet: pass indices=, or observe each yielded batch "
