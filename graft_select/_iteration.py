@@ -5,6 +5,7 @@ This module imports torch; only the sampler and its parts import it.
 """
 
 import collections
+import itertools
 import numbers
 import sys
 import weakref
@@ -14,6 +15,9 @@ import torch
 from ._watch import LastLayerCapture
 
 __all__ = ["BatchIterator", "LastLayerCapture"]
+
+#: Pending batches searched for the one observe(indices=...) names (depths 0 to 8).
+SEARCH_DEPTH = 9
 
 
 class BatchIterator:
@@ -213,13 +217,8 @@ class BatchIterator:
 
     def find(self, indices):
         """Depth in ``pending`` of the handed-out batch equal to ``indices``, or None."""
-        for depth, position in enumerate(self.pending):
-            batch = self.batches[position]
-            if batch.shape == indices.shape and torch.equal(batch, indices):
-                return depth
-            if depth >= 8:  # prefetch depth of ordinary loaders; deeper is not a match
-                return None
-        return None
+        return self._search(lambda batch: batch.shape == indices.shape
+                            and torch.equal(batch, indices))
 
     def containing(self, indices):
         """Depth in ``pending`` of the handed-out batch holding every one of ``indices``
@@ -230,10 +229,13 @@ class BatchIterator:
         """
         if indices.numel() == 0 or not self.distinct:
             return None
-        for depth, position in enumerate(self.pending):
-            if depth > 8:
-                return None
-            if bool(torch.isin(indices, self.batches[position]).all()):
+        return self._search(lambda batch: bool(torch.isin(indices, batch).all()))
+
+    def _search(self, match):
+        """Depth of the first pending batch that ``match`` accepts, among the oldest
+        `SEARCH_DEPTH` (the prefetch depth of ordinary loaders; deeper is not a match)."""
+        for depth, position in enumerate(itertools.islice(self.pending, SEARCH_DEPTH)):
+            if match(self.batches[position]):
                 return depth
         return None
 

@@ -154,9 +154,10 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         self.layer = head
         self._handles = [head.register_forward_hook(self._hook, with_kwargs=True)]
         x, out = finder.seen[head]
-        self.rows = [None] * (finder.calls[head] - 1)
+        calls = len(finder.outputs[head])  # the head's calls in the finding forward
+        self.rows = [None] * (calls - 1)
         self._record(x, out)
-        self._head_calls = finder.calls[head]  # the finding forward's calls of the head
+        self._head_calls = calls
 
     def take(self):
         """The latest (embeddings, logits), cleared so they are never used twice.
@@ -308,14 +309,12 @@ class _HeadFinder:
         self.names = {m: n for n, m in model.named_modules()}
         self.seen = {}  # layer -> (input, output) of its latest forward
         self.outputs = collections.defaultdict(list)  # layer -> outputs of all its calls
-        self.calls = collections.Counter()
         self.model_ran = False
 
     def forget(self):
         """Drop what the layers did (a forward the head could not be found from)."""
         self.seen.clear()
         self.outputs.clear()
-        self.calls.clear()
 
     def hooks(self):
         return [m.register_forward_hook(self._hook, with_kwargs=True)
@@ -324,7 +323,6 @@ class _HeadFinder:
     def _hook(self, module, args, kwargs, output):
         self.seen[module] = (args[0] if args else next(iter(kwargs.values()), None), output)
         self.outputs[module].append(output)
-        self.calls[module] += 1
 
     def resolve(self, output):
         """``(head, None)``, ``(None, why not)``, or ``(None, None)``: not knowable yet.
