@@ -14,8 +14,8 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["batch_count", "epoch_generator", "mix", "shard", "shard_length", "shuffled",
-           "split_batches"]
+__all__ = ["batch_count", "epoch_generator", "mix", "pool_draw", "pool_size", "shard",
+           "shard_length", "shuffled", "split_batches"]
 
 
 def mix(seed, epoch):
@@ -26,6 +26,30 @@ def mix(seed, epoch):
 def epoch_generator(seed, epoch):
     """A fresh CPU generator seeded from ``(seed, epoch)``."""
     return torch.Generator().manual_seed(mix(seed, epoch))
+
+
+def pool_size(n, fraction, pool_factor):
+    """Samples a refit selects for epochs of ``fraction`` of ``n``: ``pool_factor``
+    times the budget, at most ``(1 + fraction) / 2`` of the data, so that a pool
+    always leaves out half of what an epoch does not train."""
+    budget = max(1, round(fraction * n))
+    if pool_factor == 1.0:
+        return budget
+    share = min(pool_factor * fraction, (1.0 + fraction) / 2)
+    return max(budget, min(n, round(share * n)))
+
+
+def pool_draw(pool, refreshed, size, seed, epoch):
+    """``size`` samples of ``pool`` for ``epoch``: its first ``refreshed`` (trained every
+    epoch), then a random draw of the rest from ``(seed, epoch)``, a stream apart from
+    :func:`epoch_generator`'s (the same draw on every rank and after a resume)."""
+    if size >= len(pool):
+        return pool
+    state = np.random.SeedSequence([seed, epoch, 1]).generate_state(1, dtype=np.uint64)[0]
+    generator = torch.Generator().manual_seed(int(state >> 1))
+    picks = pool[refreshed:]
+    drawn = torch.randperm(len(picks), generator=generator)[:size - refreshed]
+    return torch.cat([pool[:refreshed], picks[drawn]])
 
 
 def shuffled(indices, seed, epoch):

@@ -46,9 +46,10 @@ class RefitReport:
     epoch : int
         Epoch the refit planned.
     fraction : float
-        Selected share of the dataset (stale refreshes included).
+        Selected share of the dataset: the pool's (stale refreshes included).
     n_selected : int
-        Number of samples in the epoch's subset (before splitting over replicas).
+        Number of samples the refit selected: the pool each epoch until the next
+        refit draws its subset from (before splitting over replicas).
     gradient_error : float or None
         Mean over chunks of the relative error of the chunk's mean gradient
         approximated by the selected samples; None without gradient feedback.
@@ -102,6 +103,11 @@ class RefitReport:
     waited_seconds : float, default=0.0
         Of ``seconds``, those the training loop waited for a background refit
         to finish when its epoch began.
+    epoch_size : int or None, default=None
+        Samples each epoch trains until the next refit: the refreshed samples
+        and a random draw of the other picks (see ``pool_factor`` of
+        :class:`GraftBatchSampler`); ``n_selected`` when every epoch trains the
+        whole pool. None in reports made before 0.2.
 
     Examples
     --------
@@ -136,6 +142,7 @@ class RefitReport:
     background: bool = False
     hidden_seconds: float = 0.0
     waited_seconds: float = 0.0
+    epoch_size: int | None = None
 
 
 class EpochPlanner:
@@ -150,13 +157,16 @@ class EpochPlanner:
     source : ObservedFeedback, CallableFeatures or FixedFeatures
         Where a refit's selection inputs come from.
     fraction, chunk_size, refit_every, warm_start_epochs, shuffle, seed, refresh_share, \
-selector, label_noise_guard, max_overhead, background, candidate_share :
+selector, label_noise_guard, max_overhead, background, candidate_share, pool_factor :
         The sampler's parameters of the same names (checked).
 
     Attributes
     ----------
     subset : int64 tensor or None
-        Dataset indices the latest refit selected (in selection order).
+        Dataset indices the latest refit selected (the pool: its refreshed
+        samples first, then the picks, in selection order).
+    subset_refreshed : int
+        How many of them are refreshes (every epoch trains those).
     subset_epoch : int or None
         The epoch of that refit.
     last_refit : RefitReport or None
@@ -168,7 +178,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
 
     def __init__(self, n_samples, recorder, source, *, fraction, chunk_size, refit_every,
                  warm_start_epochs, shuffle, seed, refresh_share, selector, label_noise_guard,
-                 max_overhead=0.05, background=False, candidate_share=1.0):
+                 max_overhead=0.05, background=False, candidate_share=1.0, pool_factor=1.0):
         self.n_samples = n_samples
         self.recorder = recorder
         self.source = source
@@ -180,10 +190,12 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         self.seed = seed
         self.refresh_share = refresh_share
         self.candidate_share = candidate_share
+        self.pool_factor = pool_factor
         self.selector = selector
         self.label_noise_guard = label_noise_guard
         self.subset = None
         self.subset_epoch = None
+        self.subset_refreshed = 0
         self.last_refit = None
         self.selection_seconds = 0.0
         self._planned = None  # (epoch, plan) of the latest plan() call
@@ -217,9 +229,9 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         else:
             fit_epoch = self.refit_epoch(epoch)
             if self.subset is None or self.subset_epoch != fit_epoch:
-                self.subset = self._refit(epoch, fit_epoch, num_replicas)
+                self.subset, self.subset_refreshed = self._refit(epoch, fit_epoch, num_replicas)
                 self.subset_epoch = fit_epoch
-            subset = self.subset
+            subset = self._epoch_subset(epoch)
         if self.shuffle:
             subset = _plan.shuffled(subset, self.seed, epoch)
         self._planned = (epoch, subset)
@@ -258,16 +270,30 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
             self.subset_epoch == epoch)
 
     def _selected_size(self):
-        """Plan size of a selected epoch: the subset's, or before a refit the budget's."""
+        """Plan size of a selected epoch: the pool's draw, or before a refit the budget's."""
         if self.subset is not None:
-            return len(self.subset)
-        budget = self._budget()
-        refreshed = round(self.refresh_share * budget) if self.source.refreshes_stale else 0
-        remaining = budget - refreshed
+            return self._epoch_size(len(self.subset), self.subset_refreshed)
+        refreshed = (round(self.refresh_share * self._budget()) if self.source.refreshes_stale
+                     else 0)
+        return self._epoch_size(None, refreshed)
+
+    def _epoch_size(self, pool, refreshed):
+        """Samples a selected epoch trains, ``refreshed`` of them refreshes: the whole
+        pool of ``pool`` samples with ``pool_factor=1``, else the budget (at least a
+        sample per chunk, as a refit gives), at most the pool (None: not known yet)."""
+        if self.pool_factor == 1.0 and pool is not None:
+            return pool
+        remaining = self._budget() - refreshed
         if remaining <= 0:
             return refreshed
         chunks = math.ceil((self._n_candidates() - refreshed) / max(2, self.chunk_size))
-        return refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
+        size = refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
+        return size if pool is None else min(pool, size)
+
+    def _epoch_subset(self, epoch):
+        """The samples of selected ``epoch``, drawn from the refit's pool."""
+        size = self._epoch_size(len(self.subset), self.subset_refreshed)
+        return _plan.pool_draw(self.subset, self.subset_refreshed, size, self.seed, epoch)
 
     def refit_epoch(self, epoch):
         """The epoch whose refit a selected ``epoch`` trains on."""
@@ -277,10 +303,15 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         return epoch < self.warm_start_epochs or self.fraction >= 1.0
 
     def _budget(self):
+        """Samples a selected epoch trains (before the at-least-one-per-chunk rule)."""
         return max(1, round(self.fraction * self.n_samples))
 
+    def _pool_budget(self):
+        """Samples a refit selects (see :func:`~graft_select._plan.pool_size`)."""
+        return _plan.pool_size(self.n_samples, self.fraction, self.pool_factor)
+
     def _n_candidates(self):
-        return candidate_count(self.n_samples, self._budget(), self.candidate_share)
+        return candidate_count(self.n_samples, self._pool_budget(), self.candidate_share)
 
     # -------------------------------------------------------------------- state
 
@@ -289,7 +320,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         for the sampler's state_dict; a background refit in progress is waited for and
         its result kept (a resumed run then plans its epoch alike)."""
         return {"subset": None if self.subset is None else self.subset.clone(),
-                "subset_epoch": self.subset_epoch,
+                "subset_epoch": self.subset_epoch, "subset_refreshed": self.subset_refreshed,
                 "selection_seconds": self.selection_seconds, **self.schedule.state(),
                 "background": self.background_, "pending_refit": self._pending_state()}
 
@@ -309,6 +340,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         self._take_pending(None)  # a refit in progress belongs to the replaced run
         self.subset = checked["subset"]
         self.subset_epoch = checked["subset_epoch"]
+        self.subset_refreshed = checked["subset_refreshed"]
         self.selection_seconds = checked["selection_seconds"]
         if checked.get("next_refit") is not None:  # states saved before 0.2 have none
             self.schedule.load(checked["refit_epochs"], checked["next_refit"],
@@ -345,14 +377,17 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         generator = _plan.epoch_generator(self.seed, fit_epoch)
         n = self.n_samples
         candidates = refit_candidates(n, self._n_candidates(), self.shuffle, generator)
-        budget = self._budget()
+        budget = self._pool_budget()
         feature_seconds, gathered_bytes = self.source.refresh(candidates, epoch, num_replicas)
         rejected, n_rejected = self.recorder.report_rejected()
         with single_threaded():  # no thread pool spins on the cores another one needs
             candidates, excluded = self._guard(candidates, budget)
             never = self._unobserved(candidates)
-            refreshed = (self._stalest(candidates, budget, never) if self.source.refreshes_stale
-                         else torch.zeros(0, dtype=torch.int64))
+            # refreshes are trained every epoch: a share of an epoch's budget
+            refreshed = (self._stalest(candidates, self._budget(), never)
+                         if self.source.refreshes_stale else torch.zeros(0, dtype=torch.int64))
+        if len(refreshed) >= self._budget():  # an epoch of refreshes: no pick would train
+            budget = len(refreshed)
         store = self.recorder.store
         return RefitDraft(
             fit_epoch=fit_epoch, snapshot_epoch=epoch, candidates=candidates,
@@ -371,26 +406,29 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
             return self._select(draft)
 
     def _finish(self, draft, chosen, error, seconds, num_replicas, timing=None):
-        """The refit's subset; its report, its seconds and the schedule's next decision.
+        """The refit's pool and its number of refreshes; its report, its seconds and the
+        schedule's next decision.
 
         ``timing`` is ``(seconds on the training path, hidden, waited)`` of a
         background refit; None for one that ran on the training path.
         """
         subset = torch.cat([draft.refreshed, chosen])
-        self._warn_budget(len(subset), draft.budget)
+        _warn_budget(len(subset), draft.budget, self.fraction, self.n_samples, self.chunk_size)
+        epoch_size = self._epoch_size(len(subset), len(draft.refreshed))
         on_path, hidden, waited = (seconds, 0.0, 0.0) if timing is None else timing
         self.selection_seconds += on_path
         # the whole refit counts against the budget (a background one shares the
         # machine); the epoch's timing leaves out what this epoch spent on it
-        self.schedule.refitted(draft.fit_epoch, seconds, len(subset), num_replicas,
+        self.schedule.refitted(draft.fit_epoch, seconds, epoch_size, num_replicas,
                                inside=seconds if timing is None else waited)
         self.last_refit = RefitReport(
             epoch=draft.fit_epoch, fraction=len(subset) / self.n_samples,
             n_selected=len(subset), gradient_error=error, seconds=seconds,
             n_refreshed=len(draft.refreshed), next_refit_epoch=self.schedule.next_refit,
             schedule=self.schedule.reason, background=timing is not None,
-            hidden_seconds=hidden, waited_seconds=waited, **draft.report)
-        return subset
+            hidden_seconds=hidden, waited_seconds=waited, epoch_size=epoch_size,
+            **draft.report)
+        return subset, len(draft.refreshed)
 
     # ------------------------------------------------------- background refits
 
@@ -434,14 +472,6 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
         return self._finish(draft, chosen, error, seconds, num_replicas,
                             timing=(on_path, max(0.0, pending.seconds - waited), waited))
 
-    def _warn_budget(self, size, budget):
-        if abs(size - budget) > 0.1 * budget:
-            warnings.warn(
-                f"GraftBatchSampler selected {size} samples for a budget of {budget} "
-                f"(fraction={self.fraction} of {self.n_samples}): every selection chunk keeps "
-                f"at least one sample. Raise 'fraction' or 'chunk_size' (now "
-                f"{self.chunk_size}) to hold the budget.", UserWarning, stacklevel=7)
-
     def _guard(self, candidates, budget):
         """Candidates without the suspected wrong labels, and those (see label_noise_guard)."""
         if not self.label_noise_guard:
@@ -454,15 +484,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
             return 0
         never = int((self.recorder.store.last_seen.cpu()[candidates] < 0).sum())
         if never:
-            what = ("no sample was observed" if never == len(candidates) else
-                    f"{never} of the {len(candidates)} samples were never observed")
-            warnings.warn(
-                f"GraftBatchSampler refits without feedback for part of the data: {what} "
-                f"(a partial epoch: limit_train_batches, max_steps or an interrupted run; or a "
-                f"loop that does not call observe()). They are trained as refreshes, up to "
-                f"the budget of {self._budget()}, instead of being selected as rows of zeros "
-                f"(last_refit.n_unobserved). Call sampler.observe() after every training "
-                f"batch (GraftCallback does it under Lightning).", UserWarning, stacklevel=7)
+            _warn_unobserved(never, len(candidates), self._budget())
         return never
 
     def _stalest(self, candidates, budget, never=0):
@@ -506,6 +528,27 @@ selector, label_noise_guard, max_overhead, background, candidate_share :
             # and held label noise at uniform's level (RESULTS.md, issue 22)
             params["max_error_ratio"] = SAMPLER_ERROR_RATIO
         return selector.set_params(**params)
+
+
+def _warn_budget(size, budget, fraction, n_samples, chunk_size):
+    if abs(size - budget) > 0.1 * budget:
+        warnings.warn(
+            f"GraftBatchSampler selected {size} samples for a budget of {budget} "
+            f"(fraction={fraction} of {n_samples}): every selection chunk keeps at least one "
+            f"sample. Raise 'fraction' or 'chunk_size' (now {chunk_size}) to hold the budget.",
+            UserWarning, stacklevel=8)
+
+
+def _warn_unobserved(never, candidates, budget):
+    what = ("no sample was observed" if never == candidates else
+            f"{never} of the {candidates} samples were never observed")
+    warnings.warn(
+        f"GraftBatchSampler refits without feedback for part of the data: {what} (a partial "
+        f"epoch: limit_train_batches, max_steps or an interrupted run; or a loop that does not "
+        f"call observe()). They are trained as refreshes, up to the budget of {budget}, "
+        f"instead of being selected as rows of zeros (last_refit.n_unobserved). Call "
+        f"sampler.observe() after every training batch (GraftCallback does it under "
+        f"Lightning).", UserWarning, stacklevel=8)
 
 
 def candidate_count(n_samples, budget, candidate_share):

@@ -47,7 +47,8 @@ class GraftBatchSampler(Sampler[list[int]]):
     features and gradient proxies; the picks are yielded as batches of
     ``batch_size``. After ``warm_start_epochs`` epochs on the full data, refits
     come as often as ``max_overhead`` allows (or every ``refit_every`` epochs);
-    the subset is reshuffled in between. Refits run with every thread pool at one
+    each refit selects a pool of ``pool_factor`` times the epoch's budget, and the
+    epochs in between train random draws of it. Refits run with every thread pool at one
     thread (see the user guide).
 
     Parameters
@@ -201,6 +202,20 @@ class GraftBatchSampler(Sampler[list[int]]):
         labels and near-duplicates, but lost 3.7 points on the long-tail task
         and 0.25 on the demo's data at 0.3, at 2 to 4 times the selection time.
         Must be at least ``fraction``.
+    pool_factor : float, default=2.0
+        Each refit selects a pool of ``pool_factor * fraction`` of the samples
+        (at most ``(1 + fraction) / 2`` of them), and every epoch until the next
+        refit trains a random ``fraction`` of the samples drawn from the pool
+        (from the seed and the epoch: the same on every rank and after a
+        resume); observe-only refreshes are in every epoch. ``1.0`` trains the
+        refit's whole selection in every epoch. A small model refits seldom
+        under ``max_overhead`` (a refit costs about an epoch), and a subset
+        trained for many epochs unchanged fits its own samples; drawing from a
+        pool twice the size turned two significant losses against uniform
+        subsets of the task suite into ties and four ties into wins, at no
+        selection cost (``benchmarks/RESULTS.md``, issue 22).
+        :attr:`last_refit` reports the pool (``n_selected``) and the epoch's
+        size (``epoch_size``). At least 1.
 
     Attributes
     ----------
@@ -236,7 +251,7 @@ class GraftBatchSampler(Sampler[list[int]]):
                  targets=None, refresh_share=0.0, feature_batch_size=1024,
                  feedback_dtype=torch.float32, sketch_width=None, label_noise_guard=True,
                  selection_size="deprecated", background=False, loss="cross_entropy",
-                 candidate_share=1.0):
+                 candidate_share=1.0, pool_factor=2.0):
         chunk_size = _renamed_chunk_size(chunk_size, selection_size)
         self.loss = check_option(loss, "loss", "GraftBatchSampler", LOSSES)
         vars(self).update(_checked_parameters(
@@ -246,6 +261,7 @@ class GraftBatchSampler(Sampler[list[int]]):
             self.loss))
         self.background = _check_background(background, self.features)
         self.candidate_share = _check_candidate_share(candidate_share, self.fraction)
+        self.pool_factor = check_real(pool_factor, "pool_factor", "GraftBatchSampler", low=1.0)
         self._ranks = _Ranks(num_replicas, rank)
         _check_drop_last(vars(self), self._ranks.known_replicas() or 1)
         self.epoch = 0
@@ -632,7 +648,7 @@ def _parts(sampler):
         chunk_size=sampler.chunk_size, refit_every=sampler.refit_every,
         warm_start_epochs=sampler.warm_start_epochs, shuffle=sampler.shuffle,
         seed=sampler.seed, refresh_share=sampler.refresh_share, selector=sampler.selector,
-        candidate_share=sampler.candidate_share,
+        candidate_share=sampler.candidate_share, pool_factor=sampler.pool_factor,
         label_noise_guard=sampler.label_noise_guard, max_overhead=sampler.max_overhead,
         background=sampler.background)
     return recorder, planner

@@ -21,6 +21,10 @@ proxies' numerical rank are zeroed (``digits-gradients/factored/default``: one
 chunk of all rows, whose factor held directions with eigenvalues at the rounding
 level).
 
+Re-pinned on purpose (issue 22, 2026-12-07), the sampler's plans: a refit selects a
+pool of twice the budget and each epoch trains a random draw of it (``pool_factor=2.0``,
+the new default; with ``pool_factor=1.0`` every plan matched the previous record).
+
 Re-pinned on purpose (issue 22, next commit), the sampler's plans with its
 default selector: a refit whose template says ``max_error_ratio="auto"`` now
 checks MaxVol's picks against uniform subsets at a ratio of 0.5
@@ -340,16 +344,19 @@ def record():
 def write(reset=False):
     """Record this machine's kind into GOLDEN, keeping other kinds' records.
 
-    The portable part must equal the file's (else the selection changed:
-    re-pin with ``reset``, which drops every other kind's record, since it no
-    longer holds).
+    The portable part must equal the file's but for the sampler's plans (else the
+    selection changed: re-pin with ``reset``, which drops every other kind's
+    record, since it no longer holds).
     """
     new = record()
     if GOLDEN.exists() and not reset:
         old = json.loads(GOLDEN.read_text())
-        if old["portable"] != new["portable"]:
-            changed = sorted(k for k in new["portable"]
-                             if new["portable"][k] != old["portable"].get(k))
+        changed = sorted(k for k in new["portable"]
+                         if new["portable"][k] != old["portable"].get(k))
+        # the other kinds' records hold selector fits only: a change of the sampler's
+        # plans alone (portable on every machine) leaves them valid
+        if any(not k.startswith("sampler/") for k in changed) or (
+                old["portable"].keys() != new["portable"].keys()):
             sys.exit(f"the portable fingerprints changed ({changed}): if on purpose, "
                      "run with --reset (other kinds' records are dropped)")
         new["machines"] = {**old["machines"], **new["machines"]}

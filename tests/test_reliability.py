@@ -103,7 +103,8 @@ class TestSilentWrongAnswers:
         n = 256
         Z, y = _margin_logits(rng, n, 4, 60.0, misfit=0)
         embeddings = torch.tensor(rng.standard_normal((n, 6)), dtype=torch.float32)
-        sampler = GraftBatchSampler(n, 32, fraction=0.3, seed=0, warm_start_epochs=1)
+        sampler = GraftBatchSampler(n, 32, fraction=0.3, seed=0, warm_start_epochs=1,
+                                    pool_factor=1.0)  # the error of a 0.3 selection
         sampler.observe(torch.arange(n), embeddings=embeddings, logits=torch.from_numpy(Z),
                         targets=torch.from_numpy(y))
         sampler.set_epoch(1)

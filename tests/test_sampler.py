@@ -56,11 +56,65 @@ class TestEpochPlan:
         assert len(flat) == len(set(flat))
 
     def test_budget_held(self):
-        """A selected epoch yields round(fraction * n) samples."""
+        """A selected epoch yields round(fraction * n) samples, drawn from a pool of twice
+        that (pool_factor=2.0, the default)."""
         sampler = _observed(fraction=0.3)
         sampler.set_epoch(1)
         assert len(_flat(sampler)) == round(0.3 * N)
-        assert sampler.last_refit.n_selected == round(0.3 * N)
+        assert sampler.last_refit.n_selected == round(0.6 * N)
+        assert sampler.last_refit.epoch_size == round(0.3 * N)
+
+    def test_pool_factor_one_trains_the_whole_selection(self):
+        """pool_factor=1.0: every epoch until the next refit trains the refit's subset."""
+        sampler = _observed(fraction=0.3, pool_factor=1.0, refit_every=5)
+        epochs = []
+        for epoch in (1, 2, 3):
+            sampler.set_epoch(epoch)
+            epochs.append(sorted(_flat(sampler)))
+        assert epochs[0] == epochs[1] == epochs[2]
+        assert len(epochs[0]) == sampler.last_refit.n_selected == round(0.3 * N)
+        assert sampler.last_refit.epoch_size == round(0.3 * N)
+
+    def test_pool_rotates_between_refits(self):
+        """Between refits each epoch trains a different random draw of the refit's pool:
+        the draws differ, stay inside the pool, and together cover most of it."""
+        sampler = _observed(fraction=0.2, refit_every=10)
+        seen, draws = set(), []
+        for epoch in range(1, 7):
+            sampler.set_epoch(epoch)
+            flat = _flat(sampler)
+            assert len(flat) == len(set(flat)) == round(0.2 * N)
+            draws.append(frozenset(flat))
+            seen |= draws[-1]
+        pool = set(sampler._planner.subset.tolist())
+        assert sampler.last_refit.epoch == 1 and len(pool) == round(0.4 * N)
+        assert seen <= pool and len(seen) > 0.9 * len(pool)
+        assert len(set(draws)) == len(draws)
+
+    def test_pool_share_capped(self):
+        """A pool holds at most (1 + fraction) / 2 of the data: at fraction 0.6 a pool of
+        twice the budget would be all of it, and selection would select nothing."""
+        sampler = _observed(fraction=0.6)
+        sampler.set_epoch(1)
+        assert len(_flat(sampler)) == round(0.6 * N)
+        assert sampler.last_refit.n_selected == round(0.8 * N)
+
+    def test_pool_refreshes_trained_every_epoch(self):
+        """Observe-only refreshes (the stalest samples) are in every epoch's draw."""
+        sampler = _observed(fraction=0.3, refresh_share=0.2, refit_every=10)
+        sampler.set_epoch(1)
+        _flat(sampler)
+        refreshed = set(sampler._planner.subset[:sampler.last_refit.n_refreshed].tolist())
+        assert sampler.last_refit.n_refreshed == round(0.2 * 0.3 * N)
+        for epoch in (2, 3):
+            sampler.set_epoch(epoch)
+            assert refreshed <= set(_flat(sampler))
+
+    @pytest.mark.parametrize("value", [0.5, float("nan"), "2", True])
+    def test_pool_factor_checked(self, value):
+        """A pool_factor below 1, not finite or not a number raises, naming it."""
+        with pytest.raises((TypeError, ValueError), match="pool_factor"):
+            GraftBatchSampler(N, 32, pool_factor=value)
 
     def test_fraction_one_is_plain_shuffling(self):
         """fraction=1.0 yields a permutation of all indices in batches of batch_size."""
@@ -76,14 +130,18 @@ class TestEpochPlan:
         assert sorted(_flat(sampler)) == list(range(N))
 
     def test_refit_every_reuses_subset(self):
-        """Between refits the subset is the same set, reshuffled."""
-        sampler = _observed(refit_every=3)
-        sampler.set_epoch(1)
-        first = _flat(sampler)
-        sampler.set_epoch(2)
-        second = _flat(sampler)
-        assert sorted(first) == sorted(second) and first != second
-        assert sampler.last_refit.epoch == 1
+        """Between refits the epochs draw from the same pool; with pool_factor=1.0 they
+        train the same set, reshuffled."""
+        for pool_factor in (1.0, 2.0):
+            sampler = _observed(refit_every=3, pool_factor=pool_factor)
+            sampler.set_epoch(1)
+            first = _flat(sampler)
+            pool = set(sampler._planner.subset.tolist())
+            sampler.set_epoch(2)
+            second = _flat(sampler)
+            assert set(first) <= pool and set(second) <= pool and first != second
+            assert (sorted(first) == sorted(second)) == (pool_factor == 1.0)
+            assert sampler.last_refit.epoch == 1
 
     def test_selection_uses_feedback(self):
         """The subset follows the gradient feedback: other feedback, other subset."""
@@ -101,7 +159,8 @@ class TestEpochPlan:
         sampler.set_epoch(1)
         list(sampler)
         report = sampler.last_refit
-        assert report.fraction == pytest.approx(0.3, abs=0.01)
+        assert report.fraction == pytest.approx(0.6, abs=0.01)  # the pool's share
+        assert report.epoch_size == round(0.3 * N)
         assert 0 <= report.gradient_error <= 1 and report.seconds > 0
         assert sampler.selection_seconds >= report.seconds
 
@@ -133,6 +192,25 @@ class TestDeterminism:
         fresh = GraftBatchSampler(N, 32, fraction=0.3, warm_start_epochs=1)
         fresh.load_state_dict(state)
         assert list(fresh) == rest and len(seen) == 3
+
+    def test_resume_keeps_the_pool_draws(self):
+        """A state saved after a refit gives the later epochs the same draws from the pool,
+        its refreshes (observe-only mode) in every draw, as the run that saved it."""
+        kwargs = dict(fraction=0.3, refit_every=10, refresh_share=0.2, warm_start_epochs=1)
+        sampler = _observed(**kwargs)
+        sampler.set_epoch(1)
+        list(sampler)
+        state = sampler.state_dict()
+        assert state["subset_refreshed"] == sampler.last_refit.n_refreshed > 0
+        fresh = GraftBatchSampler(N, 32, **kwargs)
+        fresh.load_state_dict(state)
+        for epoch in (2, 3):
+            sampler.set_epoch(epoch)
+            fresh.set_epoch(epoch)
+            assert list(fresh) == list(sampler)
+        bad = {**state, "subset_refreshed": len(state["subset"]) + 1}
+        with pytest.raises(ValueError, match="subset_refreshed"):
+            GraftBatchSampler(N, 32, **kwargs).load_state_dict(bad)
 
     def test_stateful_dataloader(self):
         """torchdata's StatefulDataLoader resumes with the sampler's state."""

@@ -160,7 +160,7 @@ class TestFeedback:
         store = state["store"]
         assert set(store) == {"gradients"} and store["gradients"].shape == (N, 30)
         assert bool((state["last_seen"] >= 0).all())  # the warm-start epoch saw every sample
-        assert sampler.last_refit.n_selected == 36
+        assert sampler.last_refit.epoch_size == 36 and sampler.last_refit.n_selected == 72
 
     def test_masked_lm_raises(self, tmp_path):
         """A masked LM's head (its output embeddings, not causal) is refused by name."""
