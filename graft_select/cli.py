@@ -43,6 +43,13 @@ def _positive_int(text):
     return value
 
 
+def _at_least_one(text):
+    value = float(text)
+    if not value >= 1.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of at least 1, got {text}")
+    return value
+
+
 def _non_negative_int(text):
     value = int(text)
     if value < 0:
@@ -148,6 +155,10 @@ def _add_demo_experiment_options(demo):
                       help="training batch size (default: 128)")
     demo.add_argument("--selection-size", type=_positive_int, metavar="S",
                       help="rows per GRAFT selection chunk (default: 128)")
+    demo.add_argument("--pool-factor", type=_at_least_one, metavar="P",
+                      help="each refit selects P times an epoch's samples, and the epochs "
+                           "until the next refit train random draws of them (default: 2; "
+                           "1 trains the whole selection every epoch)")
     demo.add_argument("--n-samples", type=_positive_int, metavar="N",
                       help="MNIST-1D signals to generate, 80%% for training "
                            "(default: 30000; --quick: 3000)")
@@ -536,7 +547,7 @@ def _run_demo(args):
         strategies=args.strategies,
         refit_every=args.refit_every, warm_start_epochs=args.warm_start_epochs,
         batch_size=args.batch_size, selection_size=args.selection_size,
-        n_samples=args.n_samples, device=args.device,
+        pool_factor=args.pool_factor, n_samples=args.n_samples, device=args.device,
         threads=args.threads, country_iso_code=args.country_iso_code,
     )
     try:

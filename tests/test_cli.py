@@ -347,6 +347,19 @@ class TestDemoCommand:
         assert config.threads == 1
         assert len(DemoConfig().seeds) == 5 and len(DemoConfig().strategies) == 7
 
+    def test_pool_factor_reaches_the_sampler(self):
+        """--pool-factor sets the demo's GraftBatchSampler(pool_factor=...) (default 2)."""
+        pytest.importorskip("torch")
+        from graft_select.cli import build_parser
+        from graft_select.demo import config_from_options
+        from graft_select.demo.harness import make_batch_sampler
+
+        args = build_parser().parse_args(["demo", "--pool-factor", "1"])
+        for pool_factor, expected in ((args.pool_factor, 1.0), (None, 2.0)):
+            config = config_from_options(pool_factor=pool_factor)
+            sampler = make_batch_sampler("graft", 1000, fraction=0.3, seed=0, config=config)
+            assert config.pool_factor == sampler.pool_factor == expected
+
     def test_quick_and_full_exclude_each_other(self, tmp_path, capsys):
         """--quick with --full is a one-line usage error."""
         pytest.importorskip("torch")
@@ -360,6 +373,8 @@ class TestDemoCommand:
         (["--dataset", "digits", "--n-samples", "100"], "mnist1d only"),
         (["--device", "tpu"], "device"),
         (["--selection-size", "1"], "selection_size"),
+        (["--pool-factor", "0.5"], "at least 1"),
+        (["--pool-factor", "nan"], "at least 1"),
     ])
     def test_bad_option(self, tmp_path, capsys, options, match):
         """Bad demo options end in one line and exit status 2."""

@@ -269,7 +269,7 @@ class TestSchedule:
 
     def test_feedback_only_before_refits(self):
         """'refit' observes in the epoch before each refit; 'every' in every epoch."""
-        config = DemoConfig(epochs=20, warm_start_epochs=3, refit_every=5)
+        config = DemoConfig(epochs=20, warm_start_epochs=3, refit_every=5, feedback="refit")
         observed = [e for e in range(20) if wants_feedback("graft", e, config)]
         assert observed == [2, 7, 12, 17]
         assert not any(wants_feedback("budget", e, config) for e in range(20))
@@ -350,16 +350,18 @@ class TestRunDemo:
         assert timer.total == 5.0 and timer.cpu_total == 1.0 and timer.cost == 1.0
 
     def test_only_graft_feedback_epochs_observed(self, fake_result):
-        """The loop observes only in the epoch before each refit (warm-start epoch 0 here)."""
-        made = []
+        """feedback="refit": the loop observes only in the epoch before each refit
+        (warm-start epoch 0 here); "every" (the default) in every epoch."""
+        for feedback, epochs in (("refit", [0, 2]), ("every", [0, 1, 2, 3])):
+            made = []
 
-        def factory(strategy, n, **kwargs):
-            made.append(fake_factory(strategy, n, **kwargs))
-            return made[-1]
+            def factory(strategy, n, made=made, **kwargs):
+                made.append(fake_factory(strategy, n, **kwargs))
+                return made[-1]
 
-        config = DemoConfig(**{**TINY, "epochs": 4, "refit_every": 2})
-        train_run("graft", 0.3, 0, load_data(config), config, sampler_factory=factory)
-        assert sorted({epoch for epoch, _ in made[0].observed}) == [0, 2]
+            config = DemoConfig(**{**TINY, "epochs": 4, "refit_every": 2, "feedback": feedback})
+            train_run("graft", 0.3, 0, load_data(config), config, sampler_factory=factory)
+            assert sorted({epoch for epoch, _ in made[0].observed}) == epochs
 
     def test_csv_has_a_row_per_group(self, fake_result):
         """The CSV summary has one row per group and strategy, with shares and speed-up."""
@@ -514,15 +516,21 @@ class TestWithGraftBatchSampler:
         assert (tmp_path / "results.png").is_file()
 
     def test_refit_feedback_gives_the_same_training(self):
-        """Observing only before refits trains exactly as observing every epoch."""
+        """With pool_factor=1.0 (every epoch trains the refit's subset), observing only
+        before refits trains exactly as observing every epoch; with a pool it does not
+        (the epochs draw other samples, whose newest values only "every" records)."""
         pytest.importorskip("graft_select.sampler")
         config = DemoConfig(**{**TINY, "n_samples": 600, "epochs": 6, "warm_start_epochs": 1,
-                               "refit_every": 2})
+                               "refit_every": 2, "feedback": "refit"})
         data = load_data(config)
-        a = train_run("graft", 0.3, 0, data, config)
-        b = train_run("graft", 0.3, 0, data, replace(config, feedback="every"))
-        assert [p["test_accuracy"] for p in a["curve"]] == [
-            p["test_accuracy"] for p in b["curve"]]
+        curves = {}
+        for pool_factor in (1.0, 2.0):
+            for feedback in ("refit", "every"):
+                run = train_run("graft", 0.3, 0, data,
+                                replace(config, feedback=feedback, pool_factor=pool_factor))
+                curves[pool_factor, feedback] = [p["test_accuracy"] for p in run["curve"]]
+        assert curves[1.0, "refit"] == curves[1.0, "every"]
+        assert curves[2.0, "refit"] != curves[2.0, "every"]
         # that "refit" observes fewer epochs is test_only_graft_feedback_epochs_observed;
         # its feedback_seconds are not compared here: timings on a shared machine vary
 

@@ -35,14 +35,16 @@ class DemoConfig:
     signals generated (train and test, 80/20) and must stay None for the digits sets.
 
     The GRAFT settings: ``refit_every``, ``warm_start_epochs``, ``selection_size`` (rows
-    per selection chunk), ``uniform_share``, ``basis``, ``n_components``,
-    ``refresh_share`` and ``label_noise_guard`` go to GraftBatchSampler and its
-    GraftSelector (the ``uniform`` strategy runs without the guard: it is the plain
-    uniform-subset baseline). ``feedback``:
-    ``"refit"`` calls ``observe`` only in the epochs whose feedback the next refit
-    reads (the last epoch before each refit), ``"every"`` in every epoch. Both give the
-    same subsets, since the subset is fixed between refits and the last observation
-    of a sample wins; ``"refit"`` costs ``refit_every`` times less.
+    per selection chunk), ``pool_factor``, ``uniform_share``, ``basis``,
+    ``n_components``, ``refresh_share`` and ``label_noise_guard`` go to
+    GraftBatchSampler and its GraftSelector (the ``uniform`` strategy runs without the
+    guard: it is the plain uniform-subset baseline). ``feedback``:
+    ``"every"`` (the default) calls ``observe`` in every epoch, as a user's loop does;
+    ``"refit"`` only in the last epoch before each refit. With ``pool_factor=1.0`` both
+    give the same subsets, since the subset is fixed between refits and the last
+    observation of a sample wins, and ``"refit"`` costs ``refit_every`` times less;
+    with a pool the epochs between refits train different draws of it, and only
+    ``"every"`` gives the next refit the newest values of every sample trained.
     """
 
     dataset: str = "mnist1d"
@@ -53,12 +55,13 @@ class DemoConfig:
     warm_start_epochs: int = 3
     batch_size: int = 128
     selection_size: int | None = 128
+    pool_factor: float = 2.0
     uniform_share: float = 0.0
     basis: str = "gradients"
     n_components: int | None = None
     refresh_share: float = 0.0
     label_noise_guard: bool = True
-    feedback: str = "refit"
+    feedback: str = "every"
     lr: float = 1e-2
     n_samples: int | None = None
     strategies: tuple = STRATEGIES
@@ -142,6 +145,7 @@ def make_batch_sampler(strategy, n_samples, *, fraction, seed, config, total_sam
         n_samples, batch_size, fraction=fraction, chunk_size=config.selection_size,
         refit_every=config.refit_every, warm_start_epochs=config.warm_start_epochs,
         selector=selector, refresh_share=config.refresh_share, seed=seed,
+        pool_factor=config.pool_factor,
         label_noise_guard=config.label_noise_guard and strategy != "uniform",
     )
 
@@ -181,6 +185,7 @@ def check_config(config, *, need_sampler=True):
     check_int(config.batch_size, "batch_size", owner, low=1)
     check_real(config.uniform_share, "uniform_share", owner, low=0.0, high=1.0, closed="left")
     check_real(config.refresh_share, "refresh_share", owner, low=0.0, high=1.0)
+    check_real(config.pool_factor, "pool_factor", owner, low=1.0)
     check_option(config.basis, "basis", owner, ("input", "gradients"))
     check_bool(config.label_noise_guard, "label_noise_guard", owner)
     check_option(config.feedback, "feedback", owner, FEEDBACK)
