@@ -190,18 +190,20 @@ class GraftBatchSampler(Sampler[list[int]]):
         Share of the samples each refit selects from: a random draw of
         ``ceil(candidate_share * n_samples)`` samples (from the seed and the
         refit's epoch, the same on every rank and after a resume), from which
-        the refit picks ``fraction * n_samples``; observe-only refreshes
-        (``refresh_share``) pick among them too. A refit then costs less (a
-        4,000-sample pool of 20,000: 22 ms instead of 41 ms), so that small
-        models, whose refits cost more than an epoch of the subset
-        (``max_overhead`` then allows one refit in the whole run), can refit
-        often: ``refit_every=5, candidate_share=2 * fraction``. Measured at 3
-        seeds against the defaults (``benchmarks/RESULTS.md``): it turned a
-        2.3-point loss against uniform subsets into a 2.4-point win on a 6-class
-        task held out of all tuning (fraction 0.1), and helped on 20% wrong
-        labels and near-duplicates, but lost 3.7 points on the long-tail task
-        and 0.25 on the demo's data at 0.3, at 2 to 4 times the selection time.
-        Must be at least ``fraction``.
+        the refit picks its pool (see ``pool_factor``); observe-only refreshes
+        (``refresh_share``) pick among them too. A refit then costs less (4,000
+        candidates of 20,000: 22 ms instead of 41 ms), so that small models,
+        whose refits cost more than an epoch of the subset (``max_overhead``
+        then allows one refit in the whole run), can refit often:
+        ``refit_every=5, candidate_share=4 * fraction`` (twice the pool's
+        share). Measured before pools, with ``refit_every=5,
+        candidate_share=2 * fraction`` against the defaults of then, 3 seeds
+        (``benchmarks/RESULTS.md``): it turned a 2.3-point loss against uniform
+        subsets into a 2.4-point win on a 6-class task held out of all tuning
+        (fraction 0.1), and helped on 20% wrong labels and near-duplicates, but
+        lost 3.7 points on the long-tail task and 0.25 on the demo's data at
+        0.3, at 2 to 4 times the selection time. At least ``fraction``, and
+        above the pool's share (every candidate would be selected) unless 1.0.
     pool_factor : float, default=2.0
         Each refit selects a pool of ``pool_factor * fraction`` of the samples
         (at most ``(1 + fraction) / 2`` of them), and every epoch until the next
@@ -260,8 +262,9 @@ class GraftBatchSampler(Sampler[list[int]]):
             refresh_share, feature_batch_size, feedback_dtype, sketch_width, label_noise_guard,
             self.loss))
         self.background = _check_background(background, self.features)
-        self.candidate_share = _check_candidate_share(candidate_share, self.fraction)
         self.pool_factor = check_real(pool_factor, "pool_factor", "GraftBatchSampler", low=1.0)
+        self.candidate_share = _check_candidate_share(candidate_share, self.fraction,
+                                                      self.pool_factor)
         self._ranks = _Ranks(num_replicas, rank)
         _check_drop_last(vars(self), self._ranks.known_replicas() or 1)
         self.epoch = 0
@@ -720,16 +723,25 @@ def _renamed_chunk_size(chunk_size, selection_size):
     return selection_size
 
 
-def _check_candidate_share(candidate_share, fraction):
-    """``candidate_share`` checked: a real in (0, 1], at least ``fraction``."""
+def _check_candidate_share(candidate_share, fraction, pool_factor):
+    """``candidate_share`` checked: a real in (0, 1], above the share a refit selects
+    (the pool's, ``fraction`` with ``pool_factor=1``), or 1.0."""
     owner = "GraftBatchSampler"
     share = check_real(candidate_share, "candidate_share", owner, low=0.0, high=1.0,
                        closed="right")
+    pool = min(1.0, pool_factor * fraction, (1.0 + fraction) / 2)
     if share < fraction:
         raise ValueError(f"{owner}'s candidate_share={share} is below fraction={fraction}: a "
                          f"refit selects fraction * n_samples samples from candidate_share * "
                          f"n_samples candidates; pass a candidate_share of at least the "
                          f"fraction (2 * fraction, for example) or 1.0.")
+    if share < 1.0 and share <= pool and pool > fraction:
+        raise ValueError(
+            f"{owner}'s candidate_share={share} is at most the share of the samples a refit "
+            f"selects, {pool:.3g} (a pool of pool_factor={pool_factor} times "
+            f"fraction={fraction}): every candidate would be selected. Pass a "
+            f"candidate_share of about twice that ({min(1.0, 2 * pool):.3g}), or "
+            f"pool_factor=1.0 to select fraction * n_samples samples.")
     return share
 
 

@@ -1304,7 +1304,15 @@ class TestCandidateShare:
 
     @pytest.mark.parametrize("share, match", [
         (0.05, "below fraction=0.1"), (0.0, "candidate_share"), (1.5, "candidate_share"),
-        ("half", "candidate_share")])
+        ("half", "candidate_share"), (0.2, r"at most the share.*pool_factor=1.0")])
     def test_bad_values_named(self, share, match):
+        """Out of range, or no larger than the pool (0.2 at fraction 0.1: the refit would
+        select every candidate), raises naming the fix."""
         with pytest.raises((ValueError, TypeError), match=match):
             GraftBatchSampler(600, 32, fraction=0.1, candidate_share=share)
+
+    def test_share_of_twice_the_fraction_without_pools(self):
+        """With pool_factor=1.0 the refit selects fraction * n, so 2 * fraction is valid."""
+        sampler = GraftBatchSampler(600, 32, fraction=0.1, candidate_share=0.2,
+                                    pool_factor=1.0)
+        assert sampler.candidate_share == 0.2
