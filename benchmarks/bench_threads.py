@@ -1,9 +1,11 @@
 """A refit's thread pools: default settings against every pool at one thread.
 
 A sampler refit on a CPU store of ``n`` samples (512-d float32 embeddings, 10-class
-residuals, chunks of 256, fraction 0.3, the default selector through
-``GraftSelector.fit(None, gradients=StoredGradients(...), compute_weights=False)``),
-timed in one process, alternating:
+residuals, chunks of 256, the default selector through
+``GraftSelector.fit(None, gradients=StoredGradients(...), compute_weights=False)``)
+for a sampler at fraction 0.3: with its default ``pool_factor=2.0`` a refit selects
+a pool of 0.6 of the samples (``--pool-factor 1`` times the selection of 0.3 that
+refits made before pools), timed in one process, alternating:
 
 - ``default``: NumPy's OpenBLAS and torch's OpenMP pools at their default sizes
   (every core each), right after some torch work (as after a training step);
@@ -36,6 +38,7 @@ from graft_select import GraftSelector, StoredGradients
 from graft_select._backend import single_threaded
 from graft_select._background import refit_threads
 from graft_select._feedback import refit_workers
+from graft_select._plan import pool_size
 
 
 @contextlib.contextmanager
@@ -60,9 +63,13 @@ def store(n, d=512, c=10, seed=0):
     return R, E, torch.randperm(n, generator=g)
 
 
+FRACTION = 0.3  # the sampler's; its refit selects _plan.pool_size of it (main sets it)
+SELECTED = 0.6
+
+
 def refit(R, E, rows):
     start = time.perf_counter()
-    GraftSelector(0.3, chunk_size=256, basis="gradients", random_state=0).fit(
+    GraftSelector(SELECTED, chunk_size=256, basis="gradients", random_state=0).fit(
         None, gradients=StoredGradients(R, E, rows), compute_weights=False)
     return time.perf_counter() - start
 
@@ -101,7 +108,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pool-factor", type=float, default=2.0,
+                        help="the sampler's pool_factor (default 2.0, its default)")
     args = parser.parse_args(argv)
+    global SELECTED
+    SELECTED = pool_size(args.n, FRACTION, args.pool_factor) / args.n
     R, E, rows = store(args.n)
     M = torch.randn(E.shape[1], 64)
     E @ M  # warm-up
@@ -120,8 +131,10 @@ def main(argv=None):
             (a @ a.T).sum()  # torch's pool awake, as after a training step
             with context():
                 times[name].append(refit(R, E, rows))
-    print(f"n={args.n}, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}, "
-          f"refit threads {refit_threads(1)}, load {os.getloadavg()[0]:.2f}; pass {p:.4f} s")
+    print(f"n={args.n}, sampler fraction {FRACTION}, pool_factor {args.pool_factor}: the "
+          f"refit selects {SELECTED:.2f}; torch threads {torch.get_num_threads()}, cores "
+          f"{os.cpu_count()}, refit threads {refit_threads(1)}, load "
+          f"{os.getloadavg()[0]:.2f}; pass {p:.4f} s")
     for name, values in times.items():
         best = min(values)
         print(f"{name:>8}: refit {best:.2f} s (all: {', '.join(f'{v:.2f}' for v in values)})"
