@@ -179,6 +179,7 @@ def check_refit(n, d, goal):
     report = sampler.last_refit
     return {"ok": refit_s <= goal, "refit_s": refit_s, "pass_s": pass_s,
             "ratio": refit_s / pass_s, "goal_s": goal, "selected": report.n_selected,
+            "epoch_size": report.epoch_size,
             "gradient_error": report.gradient_error,
             "note": "" if refit_s <= goal else f"refit took {refit_s:.2f} s > {goal} s"}
 

@@ -49,7 +49,8 @@ def pool_draw(pool, refreshed, size, seed, epoch):
     generator = torch.Generator().manual_seed(int(state >> 1))
     picks = pool[refreshed:]
     drawn = torch.randperm(len(picks), generator=generator)[:size - refreshed]
-    return torch.cat([pool[:refreshed], picks[drawn]])
+    # in the pool's order (selection order), which shuffle=False trains in
+    return torch.cat([pool[:refreshed], picks[torch.sort(drawn).values]])
 
 
 def shuffled(indices, seed, epoch):

@@ -1,11 +1,12 @@
 """EpochPlanner: which samples GraftBatchSampler trains on in each epoch, and in what order.
 
 :meth:`EpochPlanner.plan` is the one entry point: the plan of epoch ``e`` is the full
-data in a warm-start epoch, else the subset of the latest refit (computed when epoch
-``e`` is a refit epoch: warm start, then every ``refit_every`` epochs), shuffled with
-``(seed, e)``. A refit brings the feedback up to date (the feature source), reports
-the rejected rows, lets the label-noise guard remove suspected wrong labels, gives a
-share of the budget to the stalest samples, and selects the rest with a
+data in a warm-start epoch, else a draw of the pool the latest refit selected (computed
+when epoch ``e`` is a refit epoch: after the warm start, as the schedule decides; the
+draw and the order from ``(seed, e)``; with ``pool_factor=1`` the whole selection).
+A refit brings the feedback up to date (the feature source), reports the rejected
+rows, lets the label-noise guard remove suspected wrong labels, gives a share of the
+budget to the stalest samples, and selects the rest with a
 :class:`~graft_select.GraftSelector`; :func:`fit_selector` is the one call into it.
 
 This module imports torch; only the sampler imports it.
@@ -118,8 +119,8 @@ class RefitReport:
     ...                 logits=torch.randn(200, 2), targets=torch.randint(0, 2, (200,)))
     >>> sampler.set_epoch(3)  # the first epoch after three warm-start epochs
     >>> report = sampler.last_refit if len(sampler) else None
-    >>> report.epoch, report.n_selected, report.n_refreshed
-    (3, 50, 0)
+    >>> report.epoch, report.n_selected, report.n_refreshed, report.epoch_size
+    (3, 100, 0, 50)
     """
 
     __module__ = "graft_select.sampler"
@@ -278,17 +279,20 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
         return self._epoch_size(None, refreshed)
 
     def _epoch_size(self, pool, refreshed):
-        """Samples a selected epoch trains, ``refreshed`` of them refreshes: the whole
-        pool of ``pool`` samples with ``pool_factor=1``, else the budget (at least a
-        sample per chunk, as a refit gives), at most the pool (None: not known yet)."""
-        if self.pool_factor == 1.0 and pool is not None:
-            return pool
+        """Samples a selected epoch trains, ``refreshed`` of them refreshes, from a pool of
+        ``pool`` (None: not selected yet). With ``pool_factor=1`` the whole selection
+        (before it, the budget or a sample per chunk if more, as a refit gives); with a
+        pool, the budget (or the refreshes if more), at most the pool."""
         remaining = self._budget() - refreshed
+        if self.pool_factor != 1.0:
+            size = refreshed + max(remaining, 0)
+            return size if pool is None else min(pool, size)
+        if pool is not None:
+            return pool
         if remaining <= 0:
             return refreshed
         chunks = math.ceil((self._n_candidates() - refreshed) / max(2, self.chunk_size))
-        size = refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
-        return size if pool is None else min(pool, size)
+        return refreshed + max(remaining, chunks)  # every chunk keeps at least one sample
 
     def _epoch_subset(self, epoch):
         """The samples of selected ``epoch``, drawn from the refit's pool."""
@@ -321,19 +325,9 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
         its result kept (a resumed run then plans its epoch alike)."""
         return {"subset": None if self.subset is None else self.subset.clone(),
                 "subset_epoch": self.subset_epoch, "subset_refreshed": self.subset_refreshed,
+                "pool_factor": self.pool_factor,
                 "selection_seconds": self.selection_seconds, **self.schedule.state(),
-                "background": self.background_, "pending_refit": self._pending_state()}
-
-    def _pending_state(self):
-        if self._pending is None:
-            return None
-        (chosen, error), _ = self._pending.result()
-        draft = self._pending.draft
-        return {"epoch": draft.fit_epoch, "snapshot_epoch": draft.snapshot_epoch,
-                "refreshed": draft.refreshed.clone(), "chosen": chosen.clone(),
-                "error": error, "budget": draft.budget,
-                "seconds": draft.prepare_seconds + self._pending.seconds,
-                "report": dict(draft.report)}
+                "background": self.background_, "pending_refit": _pending_state(self._pending)}
 
     def load(self, checked):
         """Restore :meth:`state` output (checked, see `_state.check_state`)."""
@@ -528,6 +522,18 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
             # and held label noise at uniform's level (RESULTS.md, issue 22)
             params["max_error_ratio"] = SAMPLER_ERROR_RATIO
         return selector.set_params(**params)
+
+
+def _pending_state(pending):
+    """A background refit's result for the state (waited for), or None."""
+    if pending is None:
+        return None
+    (chosen, error), _ = pending.result()
+    draft = pending.draft
+    return {"epoch": draft.fit_epoch, "snapshot_epoch": draft.snapshot_epoch,
+            "refreshed": draft.refreshed.clone(), "chosen": chosen.clone(),
+            "error": error, "budget": draft.budget,
+            "seconds": draft.prepare_seconds + pending.seconds, "report": dict(draft.report)}
 
 
 def _warn_budget(size, budget, fraction, n_samples, chunk_size):

@@ -22,12 +22,12 @@ STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "la
               "rejected", "selection_seconds", "refit_epochs", "next_refit", "batch_size",
               "num_replicas", "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
               "background", "pending_refit", "loss", "refit_seconds", "trained_seconds",
-              "rank", "unmerged_rows", "subset_refreshed"}
+              "rank", "unmerged_rows", "subset_refreshed", "pool_factor"}
 # absent from states saved before they were added
 OPTIONAL_KEYS = {"rejected", "refit_epochs", "next_refit", "batch_size", "num_replicas",
                  "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
                  "background", "pending_refit", "loss", "refit_seconds", "trained_seconds",
-                 "rank", "unmerged_rows", "subset_refreshed"}
+                 "rank", "unmerged_rows", "subset_refreshed", "pool_factor"}
 PENDING_KEYS = {"epoch", "snapshot_epoch", "refreshed", "chosen", "error", "budget", "seconds",
                 "report"}
 
@@ -57,7 +57,10 @@ def check_state(state, n_samples):
     if (subset is None) != (subset_epoch is None):
         raise ValueError(f"The state passed to {owner} must have both 'subset' and "
                          "'subset_epoch' or neither.")
-    refreshed = _state_int(state.get("subset_refreshed", 0), "subset_refreshed", owner)
+    # a state saved before pools trained its whole subset: all of it counts as refreshes,
+    # which every epoch trains, until the next refit
+    refreshed = state.get("subset_refreshed", None if subset is None else len(subset))
+    refreshed = _state_int(0 if refreshed is None else refreshed, "subset_refreshed", owner)
     if refreshed > (0 if subset is None else len(subset)):
         raise ValueError(f"The 'subset_refreshed' of the state passed to {owner} counts the "
                          f"refreshed samples at the front of 'subset', so it is at most its "
@@ -66,8 +69,14 @@ def check_state(state, n_samples):
     seconds = _state_seconds(state["selection_seconds"], "selection_seconds", owner)
     feedback = check_feedback({key: state[key] for key in ("store", "last_seen", "rejected")
                                if key in state}, n_samples, owner)
+    pool_factor = state.get("pool_factor")
+    if pool_factor is not None and (isinstance(pool_factor, bool) or not isinstance(
+            pool_factor, numbers.Real) or not 1.0 <= pool_factor < math.inf):
+        raise ValueError(f"The 'pool_factor' of the state passed to {owner} must be a float "
+                         f">= 1. Got {pool_factor!r} instead.")
     return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
             "subset_epoch": subset_epoch, "subset_refreshed": refreshed,
+            "pool_factor": None if pool_factor is None else float(pool_factor),
             "selection_seconds": float(seconds),
             **_check_schedule(state, owner), **_check_position(state, owner),
             **_check_sketch_keys(state, owner), **_check_background(state, owner, n_samples),

@@ -195,8 +195,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         candidates of 20,000: 22 ms instead of 41 ms), so that small models,
         whose refits cost more than an epoch of the subset (``max_overhead``
         then allows one refit in the whole run), can refit often:
-        ``refit_every=5, candidate_share=4 * fraction`` (twice the pool's
-        share). Measured before pools, with ``refit_every=5,
+        ``refit_every=5, candidate_share=min(1, 4 * fraction)`` (twice the
+        pool's share). Measured before pools, with ``refit_every=5,
         candidate_share=2 * fraction`` against the defaults of then, 3 seeds
         (``benchmarks/RESULTS.md``): it turned a 2.3-point loss against uniform
         subsets into a 2.4-point win on a 6-class task held out of all tuning
@@ -601,11 +601,13 @@ class GraftBatchSampler(Sampler[list[int]]):
         ValueError or TypeError
             If the state is not one of a sampler over a dataset of this size,
             its feedback was recorded under another ``loss``, or sketched with
-            another ``sketch_width`` or ``seed`` (the sampler is left unchanged).
+            another ``sketch_width`` or ``seed``, or its pool drawn for another
+            ``pool_factor`` (the sampler is left unchanged).
         """
         checked = check_state(state, self.n_samples)
         check_loss(checked, self.loss)
         check_sketch(checked, sketch_width=self.sketch_width, seed=self.seed)
+        _check_pool_factor(checked, self.pool_factor)
         _warn_other_ranks_feedback(checked, self.num_replicas, self.rank)
         # first: it raises, having changed nothing, for rows feedback_dtype cannot hold
         self._recorder.load(checked)
@@ -655,6 +657,18 @@ def _parts(sampler):
         label_noise_guard=sampler.label_noise_guard, max_overhead=sampler.max_overhead,
         background=sampler.background)
     return recorder, planner
+
+
+def _check_pool_factor(checked, pool_factor):
+    """Raise if the state's pool was selected for another ``pool_factor``: the epochs
+    until the next refit would draw other samples than the saved run's."""
+    saved = checked["pool_factor"]
+    if saved is not None and saved != pool_factor:
+        raise ValueError(
+            f"The state passed to GraftBatchSampler.load_state_dict was saved with "
+            f"pool_factor={saved}, but this sampler has pool_factor={pool_factor}: its pool "
+            f"and the epochs' draws from it would differ from the saved run's. Build the "
+            f"sampler with pool_factor={saved}.")
 
 
 def _warn_other_ranks_feedback(checked, num_replicas, rank):
@@ -733,8 +747,9 @@ def _check_candidate_share(candidate_share, fraction, pool_factor):
     if share < fraction:
         raise ValueError(f"{owner}'s candidate_share={share} is below fraction={fraction}: a "
                          f"refit selects fraction * n_samples samples from candidate_share * "
-                         f"n_samples candidates; pass a candidate_share of at least the "
-                         f"fraction (2 * fraction, for example) or 1.0.")
+                         f"n_samples candidates; pass a candidate_share above the share a "
+                         f"refit selects ({pool:.3g} with pool_factor={pool_factor}), for "
+                         f"example {min(1.0, 2 * pool):.3g}, or 1.0.")
     if share < 1.0 and share <= pool and pool > fraction:
         raise ValueError(
             f"{owner}'s candidate_share={share} is at most the share of the samples a refit "

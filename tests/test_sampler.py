@@ -110,6 +110,55 @@ class TestEpochPlan:
             sampler.set_epoch(epoch)
             assert refreshed <= set(_flat(sampler))
 
+    def test_pool_epoch_holds_the_budget_below_a_sample_per_chunk(self):
+        """With a pool, an epoch trains the budget even when it is below one sample per
+        chunk (the pool holds a sample per chunk; the draw need not): fraction 0.02 of
+        2,000 in chunks of 32 is 40 samples per epoch, from a pool of 80."""
+        sampler = GraftBatchSampler(2000, 32, fraction=0.02, warm_start_epochs=1)
+        emb, logits, targets = _feedback(2000)
+        sampler.observe(torch.arange(2000), embeddings=emb, logits=logits, targets=targets)
+        sampler.set_epoch(1)
+        expected = len(sampler)
+        flat = _flat(sampler)
+        assert len(flat) == 40 == sampler.last_refit.epoch_size
+        assert sampler.last_refit.n_selected == 80 and expected == len(sampler) == 2
+
+    def test_pool_draw_keeps_the_selection_order_without_shuffle(self):
+        """shuffle=False trains the draw in the pool's (selection) order."""
+        sampler = _observed(fraction=0.2, shuffle=False, refit_every=5)
+        sampler.set_epoch(1)
+        flat = _flat(sampler)
+        pool = sampler._planner.subset.tolist()
+        position = {index: i for i, index in enumerate(pool)}
+        assert [position[i] for i in flat] == sorted(position[i] for i in flat)
+
+    def test_state_without_pool_keys_trains_its_subset(self):
+        """A state saved before pools (no 'subset_refreshed', no 'pool_factor') trains its
+        whole subset in every epoch until the next refit, as the run that saved it."""
+        kwargs = dict(fraction=0.02, refit_every=10, warm_start_epochs=1)
+        sampler = GraftBatchSampler(2000, 32, pool_factor=1.0, **kwargs)
+        emb, logits, targets = _feedback(2000)
+        sampler.observe(torch.arange(2000), embeddings=emb, logits=logits, targets=targets)
+        sampler.set_epoch(1)
+        with pytest.warns(UserWarning, match="at least one sample"):
+            list(sampler)  # 63 samples: one per chunk, above the budget of 40
+        state = sampler.state_dict()
+        del state["subset_refreshed"], state["pool_factor"]
+        fresh = GraftBatchSampler(2000, 32, **kwargs)
+        fresh.load_state_dict(state)
+        fresh.set_epoch(2)
+        assert sorted(_flat(fresh)) == sorted(state["subset"].tolist())
+        assert len(state["subset"]) == 63
+
+    def test_state_of_another_pool_factor_raises(self):
+        """Loading a state whose pool was drawn for another pool_factor raises, naming it."""
+        sampler = _observed(fraction=0.3)
+        sampler.set_epoch(1)
+        list(sampler)
+        other = GraftBatchSampler(N, 32, fraction=0.3, warm_start_epochs=1, pool_factor=1.5)
+        with pytest.raises(ValueError, match=r"pool_factor=2.0.*pool_factor=1.5"):
+            other.load_state_dict(sampler.state_dict())
+
     @pytest.mark.parametrize("value", [0.5, float("nan"), "2", True])
     def test_pool_factor_checked(self, value):
         """A pool_factor below 1, not finite or not a number raises, naming it."""

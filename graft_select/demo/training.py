@@ -75,7 +75,8 @@ def _scalar(value):
 def _refit_record(refit, epoch):
     return {
         "epoch": epoch,
-        "fraction": _scalar(getattr(refit, "fraction", None)),
+        "fraction": _scalar(getattr(refit, "fraction", None)),  # the pool's share
+        "epoch_size": getattr(refit, "epoch_size", None),
         "gradient_error": _scalar(getattr(refit, "gradient_error", None)),
         "seconds": _scalar(getattr(refit, "seconds", None)),
     }
