@@ -407,8 +407,10 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
         background refit; None for one that ran on the training path.
         """
         subset = torch.cat([draft.refreshed, chosen])
-        _warn_budget(len(subset), draft.budget, self.fraction, self.n_samples, self.chunk_size)
         epoch_size = self._epoch_size(len(subset), len(draft.refreshed))
+        # what an epoch trains against its budget (a pool's own overshoot trains nothing)
+        _warn_budget(epoch_size, max(self._budget(), len(draft.refreshed)), self.fraction,
+                     self.n_samples, self.chunk_size)
         on_path, hidden, waited = (seconds, 0.0, 0.0) if timing is None else timing
         self.selection_seconds += on_path
         # the whole refit counts against the budget (a background one shares the

@@ -397,8 +397,10 @@ class TestChunkSize:
             GraftBatchSampler(100, 8, chunk_size=16, selection_size=16, warm_start_epochs=1)
 
     def test_budget_warning_names_chunk_size(self):
-        """The budget warning tells to raise 'chunk_size'."""
-        sampler = GraftBatchSampler(600, 8, fraction=0.01, warm_start_epochs=0)
+        """The budget warning (an epoch that trains its whole selection) tells to raise
+        'chunk_size'."""
+        sampler = GraftBatchSampler(600, 8, fraction=0.01, warm_start_epochs=0,
+                                    pool_factor=1.0)
         sampler.observe(torch.arange(600), embeddings=_feedback(600)[0])
         with pytest.warns(UserWarning, match="'chunk_size' \\(now 8\\)"):
             len(sampler)

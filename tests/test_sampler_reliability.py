@@ -271,17 +271,28 @@ class TestOddArguments:
 
 class TestBudgetWarning:
     def test_overshoot_warns(self):
-        """Item 9: the at-least-one-per-chunk rule moving the budget > 10% warns."""
-        sampler = GraftBatchSampler(60, 8, fraction=1e-9, warm_start_epochs=1)
+        """Item 9: the at-least-one-per-chunk rule moving the budget > 10% warns when the
+        epoch trains the selection (pool_factor=1.0); an epoch drawn from a pool trains
+        the budget, silently."""
+        sampler = GraftBatchSampler(60, 8, fraction=1e-9, warm_start_epochs=1,
+                                    pool_factor=1.0)
         sampler.observe(torch.arange(60), embeddings=torch.randn(60, 3))
         sampler.set_epoch(1)
         with pytest.warns(UserWarning, match="at least one sample"):
             flat = [i for b in sampler for i in b]
         assert len(flat) == 8  # one per chunk of 8 rows
+        pooled = GraftBatchSampler(60, 8, fraction=1e-9, warm_start_epochs=1)
+        pooled.observe(torch.arange(60), embeddings=torch.randn(60, 3))
+        pooled.set_epoch(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            flat = [i for b in pooled for i in b]
+        assert len(flat) == 1 and pooled.last_refit.n_selected == 8
 
     def test_overshoot_warns_once(self):
         """The sampler's warning replaces the selector's: one warning per refit, not two."""
-        sampler = GraftBatchSampler(60, 8, fraction=1e-9, warm_start_epochs=1)
+        sampler = GraftBatchSampler(60, 8, fraction=1e-9, warm_start_epochs=1,
+                                    pool_factor=1.0)
         sampler.observe(torch.arange(60), embeddings=torch.randn(60, 3))
         sampler.set_epoch(1)
         with warnings.catch_warnings(record=True) as caught:
