@@ -63,13 +63,12 @@ def store(n, d=512, c=10, seed=0):
     return R, E, torch.randperm(n, generator=g)
 
 
-FRACTION = 0.3  # the sampler's; its refit selects _plan.pool_size of it (main sets it)
-SELECTED = 0.6
+FRACTION = 0.3  # the sampler's; its refit selects pool_size of it
 
 
-def refit(R, E, rows):
+def refit(R, E, rows, selected):
     start = time.perf_counter()
-    GraftSelector(SELECTED, chunk_size=256, basis="gradients", random_state=0).fit(
+    GraftSelector(selected, chunk_size=256, basis="gradients", random_state=0).fit(
         None, gradients=StoredGradients(R, E, rows), compute_weights=False)
     return time.perf_counter() - start
 
@@ -111,8 +110,7 @@ def main(argv=None):
     parser.add_argument("--pool-factor", type=float, default=2.0,
                         help="the sampler's pool_factor (default 2.0, its default)")
     args = parser.parse_args(argv)
-    global SELECTED
-    SELECTED = pool_size(args.n, FRACTION, args.pool_factor) / args.n
+    selected = pool_size(args.n, FRACTION, args.pool_factor) / args.n
     R, E, rows = store(args.n)
     M = torch.randn(E.shape[1], 64)
     E @ M  # warm-up
@@ -130,9 +128,9 @@ def main(argv=None):
             a = torch.randn(256, 512)
             (a @ a.T).sum()  # torch's pool awake, as after a training step
             with context():
-                times[name].append(refit(R, E, rows))
+                times[name].append(refit(R, E, rows, selected))
     print(f"n={args.n}, sampler fraction {FRACTION}, pool_factor {args.pool_factor}: the "
-          f"refit selects {SELECTED:.2f}; torch threads {torch.get_num_threads()}, cores "
+          f"refit selects {selected:.2f}; torch threads {torch.get_num_threads()}, cores "
           f"{os.cpu_count()}, refit threads {refit_threads(1)}, load "
           f"{os.getloadavg()[0]:.2f}; pass {p:.4f} s")
     for name, values in times.items():
@@ -144,7 +142,7 @@ def main(argv=None):
     store_bytes = E.element_size() * E.nelement() + R.element_size() * R.nelement()
     for name in ("single", "sampler"):
         with contexts[name]():
-            extra = peak_extra_memory(lambda: refit(R, E, rows))
+            extra = peak_extra_memory(lambda: refit(R, E, rows, selected))
         if extra is not None:
             print(f"peak memory ({name}): {extra / 2**20:.0f} MiB on top of a "
                   f"{store_bytes / 2**20:.0f} MiB store = {extra / store_bytes:.2f}x  "

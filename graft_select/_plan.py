@@ -14,13 +14,17 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["batch_count", "epoch_generator", "mix", "pool_draw", "pool_size", "shard",
-           "shard_length", "shuffled", "split_batches"]
+from ._sizing import budget
+
+__all__ = ["batch_count", "epoch_generator", "mix", "pool_draw", "pool_share", "pool_size",
+           "shard", "shard_length", "shuffled", "split_batches"]
 
 
-def mix(seed, epoch):
-    """A 63-bit seed from (seed, epoch) that differs for every pair."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def mix(seed, epoch, *stream):
+    """A 63-bit seed from (seed, epoch) that differs for every pair (and ``stream``, a
+    further word for another stream of the same pair)."""
+    words = [seed, epoch, *stream]
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def epoch_generator(seed, epoch):
@@ -28,15 +32,20 @@ def epoch_generator(seed, epoch):
     return torch.Generator().manual_seed(mix(seed, epoch))
 
 
+def pool_share(fraction, pool_factor):
+    """Share of the data a refit selects for epochs of ``fraction``: ``pool_factor``
+    times it, at most ``(1 + fraction) / 2``, so that a pool always leaves out half of
+    what an epoch does not train."""
+    return min(1.0, pool_factor * fraction, (1.0 + fraction) / 2)
+
+
 def pool_size(n, fraction, pool_factor):
-    """Samples a refit selects for epochs of ``fraction`` of ``n``: ``pool_factor``
-    times the budget, at most ``(1 + fraction) / 2`` of the data, so that a pool
-    always leaves out half of what an epoch does not train."""
-    budget = max(1, round(fraction * n))
+    """Samples a refit selects for epochs of ``fraction`` of ``n`` (:func:`pool_share`;
+    the budget itself with ``pool_factor=1``)."""
+    epoch_budget = budget(fraction, n)
     if pool_factor == 1.0:
-        return budget
-    share = min(pool_factor * fraction, (1.0 + fraction) / 2)
-    return max(budget, min(n, round(share * n)))
+        return epoch_budget
+    return max(epoch_budget, round(pool_share(fraction, pool_factor) * n))
 
 
 def pool_draw(pool, refreshed, size, seed, epoch):
@@ -45,8 +54,7 @@ def pool_draw(pool, refreshed, size, seed, epoch):
     :func:`epoch_generator`'s (the same draw on every rank and after a resume)."""
     if size >= len(pool):
         return pool
-    state = np.random.SeedSequence([seed, epoch, 1]).generate_state(1, dtype=np.uint64)[0]
-    generator = torch.Generator().manual_seed(int(state >> 1))
+    generator = torch.Generator().manual_seed(mix(seed, epoch, 1))
     picks = pool[refreshed:]
     drawn = torch.randperm(len(picks), generator=generator)[:size - refreshed]
     # in the pool's order (selection order), which shuffle=False trains in

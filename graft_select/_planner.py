@@ -28,6 +28,7 @@ from ._backend import single_threaded
 from ._background import BackgroundRefit, FinishedRefit, refit_threads, resolve_background
 from ._feedback import refit_workers
 from ._schedule import RefitSchedule
+from ._sizing import budget as selection_budget
 from .selector import BudgetWarning, GraftSelector, StoredGradients
 
 #: ``max_error_ratio`` of a refit whose selector template says "auto": a chunk keeps
@@ -308,7 +309,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
 
     def _budget(self):
         """Samples a selected epoch trains (before the at-least-one-per-chunk rule)."""
-        return max(1, round(self.fraction * self.n_samples))
+        return selection_budget(self.fraction, self.n_samples)
 
     def _pool_budget(self):
         """Samples a refit selects (see :func:`~graft_select._plan.pool_size`)."""

@@ -213,9 +213,10 @@ class GraftBatchSampler(Sampler[list[int]]):
         refit's whole selection in every epoch. A small model refits seldom
         under ``max_overhead`` (a refit costs about an epoch), and a subset
         trained for many epochs unchanged fits its own samples; drawing from a
-        pool twice the size turned two significant losses against uniform
-        subsets of the task suite into ties and four ties into wins, at no
-        selection cost (``benchmarks/RESULTS.md``, issue 22).
+        pool twice the size took the task suite from 2 wins, 16 ties and 2
+        losses against uniform subsets to 6 / 13 / 1, at about 0.3 point of the
+        demo's data at fraction 0.3 and a refit about 1.9x slower on large
+        chunks (``benchmarks/RESULTS.md``, issue 22).
         :attr:`last_refit` reports the pool (``n_selected``) and the epoch's
         size (``epoch_size``). At least 1.
 
@@ -743,7 +744,7 @@ def _check_candidate_share(candidate_share, fraction, pool_factor):
     owner = "GraftBatchSampler"
     share = check_real(candidate_share, "candidate_share", owner, low=0.0, high=1.0,
                        closed="right")
-    pool = min(1.0, pool_factor * fraction, (1.0 + fraction) / 2)
+    pool = _plan.pool_share(fraction, pool_factor)
     if share < fraction:
         raise ValueError(f"{owner}'s candidate_share={share} is below fraction={fraction}: a "
                          f"refit selects fraction * n_samples samples from candidate_share * "
