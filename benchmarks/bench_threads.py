@@ -4,8 +4,9 @@ A sampler refit on a CPU store of ``n`` samples (512-d float32 embeddings, 10-cl
 residuals, chunks of 256, the default selector through
 ``GraftSelector.fit(None, gradients=StoredGradients(...), compute_weights=False)``)
 for a sampler at fraction 0.3: with its default ``pool_factor=2.0`` a refit selects
-a pool of 0.6 of the samples (``--pool-factor 1`` times the selection of 0.3 that
-refits made before pools), timed in one process, alternating:
+a pool of 0.6 of the samples from the factors and orders of a selection of 0.3
+(``selector.selecting_pool``; ``--pool-factor 1`` times the selection of 0.3
+alone, as refits made before pools), timed in one process, alternating:
 
 - ``default``: NumPy's OpenBLAS and torch's OpenMP pools at their default sizes
   (every core each), right after some torch work (as after a training step);
@@ -39,6 +40,7 @@ from graft_select._backend import single_threaded
 from graft_select._background import refit_threads
 from graft_select._feedback import refit_workers
 from graft_select._plan import pool_size
+from graft_select.selector import selecting_pool
 
 
 @contextlib.contextmanager
@@ -66,10 +68,14 @@ def store(n, d=512, c=10, seed=0):
 FRACTION = 0.3  # the sampler's; its refit selects pool_size of it
 
 
-def refit(R, E, rows, selected):
+def refit(R, E, rows, pool):
+    """The selection of a sampler's refit: the epoch's fraction, and its pool of
+    ``pool`` rows from the same orders (None: the fraction itself), as
+    `_planner.fit_selector` asks for it."""
     start = time.perf_counter()
-    GraftSelector(selected, chunk_size=256, basis="gradients", random_state=0).fit(
-        None, gradients=StoredGradients(R, E, rows), compute_weights=False)
+    with selecting_pool(pool):
+        GraftSelector(FRACTION, chunk_size=256, basis="gradients", random_state=0).fit(
+            None, gradients=StoredGradients(R, E, rows), compute_weights=False)
     return time.perf_counter() - start
 
 
@@ -110,7 +116,9 @@ def main(argv=None):
     parser.add_argument("--pool-factor", type=float, default=2.0,
                         help="the sampler's pool_factor (default 2.0, its default)")
     args = parser.parse_args(argv)
-    selected = pool_size(args.n, FRACTION, args.pool_factor) / args.n
+    pool = pool_size(args.n, FRACTION, args.pool_factor)
+    selected = pool / args.n
+    pool = None if args.pool_factor == 1.0 else pool
     R, E, rows = store(args.n)
     M = torch.randn(E.shape[1], 64)
     E @ M  # warm-up
@@ -128,7 +136,7 @@ def main(argv=None):
             a = torch.randn(256, 512)
             (a @ a.T).sum()  # torch's pool awake, as after a training step
             with context():
-                times[name].append(refit(R, E, rows, selected))
+                times[name].append(refit(R, E, rows, pool))
     print(f"n={args.n}, sampler fraction {FRACTION}, pool_factor {args.pool_factor}: the "
           f"refit selects {selected:.2f}; torch threads {torch.get_num_threads()}, cores "
           f"{os.cpu_count()}, refit threads {refit_threads(1)}, load "
@@ -142,7 +150,7 @@ def main(argv=None):
     store_bytes = E.element_size() * E.nelement() + R.element_size() * R.nelement()
     for name in ("single", "sampler"):
         with contexts[name]():
-            extra = peak_extra_memory(lambda: refit(R, E, rows, selected))
+            extra = peak_extra_memory(lambda: refit(R, E, rows, pool))
         if extra is not None:
             print(f"peak memory ({name}): {extra / 2**20:.0f} MiB on top of a "
                   f"{store_bytes / 2**20:.0f} MiB store = {extra / store_bytes:.2f}x  "

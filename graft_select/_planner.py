@@ -29,7 +29,7 @@ from ._background import BackgroundRefit, FinishedRefit, refit_threads, resolve_
 from ._feedback import refit_workers
 from ._schedule import RefitSchedule
 from ._sizing import budget as selection_budget
-from .selector import BudgetWarning, GraftSelector, StoredGradients
+from .selector import BudgetWarning, GraftSelector, StoredGradients, selecting_pool
 
 #: ``max_error_ratio`` of a refit whose selector template says "auto": a chunk keeps
 #: MaxVol's picks where their gradient error is at most this share of a uniform
@@ -503,9 +503,14 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
             candidates = _without(candidates, refreshed, self.n_samples)
         if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
             return candidates, None
-        selector = self._make_selector(remaining / len(candidates), draft)
+        # the pool comes from the factors and orders of the epoch's budget (its band
+        # reaches twice the budget): a pool costs what a selection of the budget does
+        selected = min(remaining, max(1, self._budget() - len(refreshed)))
+        pool = remaining if remaining > selected else None
+        selector = self._make_selector(selected / len(candidates), draft)
         X, gradients = self.source.inputs(candidates, selector, draft.tables)
-        fit_selector(selector, X, gradients, candidates, quiet=not draft.background)
+        fit_selector(selector, X, gradients, candidates, quiet=not draft.background,
+                     pool=pool)
         local = selector.sample_indices_.to("cpu") if torch.is_tensor(
             selector.sample_indices_) else torch.as_tensor(selector.sample_indices_)
         error = selector.gradient_error_
@@ -577,7 +582,7 @@ def refit_candidates(n, count, shuffle, generator):
     return torch.arange(n)
 
 
-def fit_selector(selector, X, gradients, candidates, quiet=True):
+def fit_selector(selector, X, gradients, candidates, quiet=True, pool=None):
     """Fit ``selector`` on the candidates' selection inputs: the one call into the selector.
 
     ``X is None`` means ``gradients`` are the store's own ``(residuals,
@@ -586,16 +591,17 @@ def fit_selector(selector, X, gradients, candidates, quiet=True):
     unweighted, so no weights are computed (nor warned about). ``quiet``: silence the selector's
     BudgetWarning here (the sampler warns itself); a background thread passes
     False, since ``warnings.catch_warnings`` is not thread-safe, and relies on
-    :func:`quiet_budget_warnings` instead.
+    :func:`quiet_budget_warnings` instead. ``pool``: select that many rows with the
+    factors and orders of the selector's ``fraction`` (see
+    ``selector.selecting_pool``).
     """
     with warnings.catch_warnings() if quiet else contextlib.nullcontext():
         # the sampler warns about the budget itself, in its own terms (_warn_budget)
         if quiet:
             warnings.simplefilter("ignore", BudgetWarning)
         if X is None:
-            selector.fit(None, gradients=StoredGradients(*gradients, rows=candidates),
-                         compute_weights=False)
-        else:
+            gradients = StoredGradients(*gradients, rows=candidates)
+        with selecting_pool(pool):
             selector.fit(X, gradients=gradients, compute_weights=False)
 
 

@@ -171,15 +171,39 @@ def subset_sizes(params, chunk_sizes, errors, with_gradients):
     if not with_gradients or params.strategy == "uniform" or not errors:
         return fixed_sizes(params, chunk_sizes)
     k_min, k_max = k_band(params, chunk_sizes)
+    budget = int(np.rint(params.fraction * chunk_sizes.sum()))
+    return allocate_sizes(_padded(errors), k_min, k_max, budget, tol=params.gradient_tol)
+
+
+def _padded(errors):
+    """The chunks' nested errors as one (n_chunks, longest) array, zero past each's end."""
     lengths = {len(e) for e in errors}
     if len(lengths) == 1:  # the common case: one stack of equal chunks
-        padded = np.stack(errors).astype(np.float64, copy=False)
-    else:
-        padded = np.zeros((len(errors), max(lengths)))
-        for c, e in enumerate(errors):
-            padded[c, : len(e)] = e
-    budget = int(np.rint(params.fraction * chunk_sizes.sum()))
-    return allocate_sizes(padded, k_min, k_max, budget, tol=params.gradient_tol)
+        return np.stack(errors).astype(np.float64, copy=False)
+    padded = np.zeros((len(errors), max(lengths)))
+    for c, e in enumerate(errors):
+        padded[c, : len(e)] = e
+    return padded
+
+
+# ------------------------------------------------------------------------- pools
+
+
+def pool_lengths(k_hi, chunk_sizes, pool):
+    """Order lengths that hold a pool of ``pool`` rows: ``k_hi``, or a chunk's share of
+    the pool where that is longer (so that a pool's rows come from the same orders)."""
+    share = min(1.0, pool / max(1, int(np.sum(chunk_sizes))))
+    return np.maximum(k_hi, apportion(share, chunk_sizes))
+
+
+def pool_sizes(errors, sizes, lengths, chunk_sizes, pool):
+    """Per chunk the rows of a pool of ``pool`` (the subset's ``sizes`` at least, the
+    order's ``lengths`` at most): by error levelling as `allocate_sizes` does with
+    the nested errors, else each chunk's share of the pool."""
+    if errors:
+        return allocate_sizes(_padded(errors), sizes, lengths, pool)
+    share = min(1.0, pool / max(1, int(np.sum(chunk_sizes))))
+    return np.clip(apportion(share, chunk_sizes), sizes, lengths)
 
 
 # ------------------------------------------------------------------------- picks

@@ -214,9 +214,12 @@ class GraftBatchSampler(Sampler[list[int]]):
         under ``max_overhead`` (a refit costs about an epoch), and a subset
         trained for many epochs unchanged fits its own samples; drawing from a
         pool twice the size took the task suite from 2 wins, 16 ties and 2
-        losses against uniform subsets to 6 / 13 / 1, at about 0.3 point of the
-        demo's data at fraction 0.3 and a refit about 1.9x slower on large
-        chunks (``benchmarks/RESULTS.md``, issue 22).
+        losses against uniform subsets to 5 / 14 / 1, at about 0.3 point of the
+        demo's data at fraction 0.3 (``benchmarks/RESULTS.md``, issue 22). The
+        pool comes from the factors and MaxVol orders of the selection of
+        ``fraction`` (whose size band reaches twice it), so a refit costs what
+        that selection does (a pool above twice ``fraction`` lengthens the
+        orders).
         :attr:`last_refit` reports the pool (``n_selected``) and the epoch's
         size (``epoch_size``). At least 1.
 

@@ -10,6 +10,8 @@ blocks (`_dask.DaskSource`)::
     (the source) -> fitted attributes (`_GraftBase._set_fitted`, the one writer)
 """
 
+import contextlib
+import contextvars
 import dataclasses
 import numbers
 import sys
@@ -44,6 +46,8 @@ from ._selection import (
     chunk_weights,
     largest_sizes,
     pick,
+    pool_lengths,
+    pool_sizes,
     resolve_basis,
     selected_indices,
     subset_sizes,
@@ -306,21 +310,24 @@ class _GraftBase(BaseEstimator):
         "random_state": "an int, a numpy random generator or None",
     }
 
-    def _fit(self, X, y=None, gradients=None, compute_weights=True):
-        """Fit atomically: a failing fit leaves the estimator's state as it was."""
+    def _fit(self, X, y=None, gradients=None, compute_weights=True, pool=None):
+        """Fit atomically: a failing fit leaves the estimator's state as it was.
+
+        ``pool``: see `selecting_pool`.
+        """
         saved = dict(self.__dict__)
         try:
             # CuPy creates arrays on the current device, whatever device= says
             scope = gradients.residuals if X is None and isinstance(
                 gradients, StoredGradients) else X
             with device_scope(scope):
-                return self._fit_steps(X, y, gradients, compute_weights)
+                return self._fit_steps(X, y, gradients, compute_weights, pool)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
             raise
 
-    def _fit_steps(self, X, y, gradients, compute_weights):
+    def _fit_steps(self, X, y, gradients, compute_weights, pool=None):
         """The recipe, the same for every source of rows (see the module's docstring)."""
         start = time.perf_counter()
         owner = type(self).__name__
@@ -336,6 +343,10 @@ class _GraftBase(BaseEstimator):
         chunks = chunk_bounds(source.n_samples, chunk_size) if plan is None else plan.chunks
         chunk_sizes = chunk_lengths(chunks)
         k_hi = largest_sizes(params, chunk_sizes, source.with_gradients)
+        if pool is not None:  # orders long enough for the pool
+            if plan is not None:
+                raise ValueError(f"{owner}: a pool needs chunks (chunk_size), not a tree.")
+            k_hi = pool_lengths(k_hi, chunk_sizes, pool)
         if plan is None:
             orders, errors = source.orders(params, chunks, k_hi, rng)
         else:
@@ -344,6 +355,9 @@ class _GraftBase(BaseEstimator):
         message = budget_overshoot(sizes, params.fraction, chunk_sizes, owner)
         if message:
             warnings.warn(message, BudgetWarning, stacklevel=_caller_level())
+        if pool is not None:  # the subset's factors and orders, the pool's sizes
+            sizes = pool_sizes(errors if source.with_gradients else [], sizes, k_hi,
+                               chunk_sizes, pool)
         local = pick(params, chunk_sizes, orders, sizes, rng)
         gradient_error, weights = None, chunk_weights(chunk_sizes, local)
         maxvol = np.full(len(chunks), params.strategy == "graft")
@@ -616,7 +630,7 @@ StoredGradients, default=None
             0 (they are replaced by ``chunk_size / k``) or sum to a negative number
             (see ``sample_weight_``).
         """
-        return self._fit(X, y, gradients, compute_weights)
+        return self._fit(X, y, gradients, compute_weights, pool=_POOL.get())
 
     def transform(self, X):
         """Return the selected rows of X (the data that was fitted).
@@ -737,6 +751,30 @@ class GraftResampler(_GraftBase):
 # Modules whose frames a warning skips to reach the user's line: the package and
 # scikit-learn's method wrappers (_fit_context, set_output's fit_transform).
 _INTERNAL_MODULES = ("graft_select.", "sklearn.base", "sklearn.utils._set_output")
+
+
+_POOL = contextvars.ContextVar("graft_select_pool", default=None)
+
+
+@contextlib.contextmanager
+def selecting_pool(pool):
+    """Within the block, ``GraftSelector.fit`` in this thread selects ``pool`` rows
+    (None: its ``fraction``) with the factors and orders of its ``fraction``.
+
+    A sampler's refit selects the pool that its epochs' ``fraction`` is drawn from
+    this way: the orders of a selection of ``fraction`` already reach twice it
+    (``max_fraction``), so a pool of up to that costs what the selection of
+    ``fraction`` does, where a fit at the pool's own fraction would compute a
+    factor of twice the rank and orders of up to the whole chunk. The pool's
+    sizes (by error levelling within the orders' lengths) and its MaxVol-or-uniform
+    check are its own. A context variable, not a ``fit`` parameter: every
+    template's own ``fit`` runs, and a background refit's thread sees only its own.
+    """
+    token = _POOL.set(pool)
+    try:
+        yield
+    finally:
+        _POOL.reset(token)
 
 
 def _caller_level():

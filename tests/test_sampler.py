@@ -1293,9 +1293,9 @@ class TestCandidateShare:
         seen = []
         fit = _planner.fit_selector
 
-        def recording(selector, X, gradients, candidates, quiet=True):
+        def recording(selector, X, gradients, candidates, quiet=True, pool=None):
             seen.append(candidates.clone())
-            return fit(selector, X, gradients, candidates, quiet)
+            return fit(selector, X, gradients, candidates, quiet, pool)
 
         monkeypatch.setattr(_planner, "fit_selector", recording)
         params = {"fraction": 0.1, "candidate_share": 0.25, "refit_every": 1, **kwargs}
