@@ -503,9 +503,12 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
             candidates = _without(candidates, refreshed, self.n_samples)
         if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
             return candidates, None
-        # the pool comes from the factors and orders of the epoch's budget (its band
-        # reaches twice the budget): a pool costs what a selection of the budget does
-        selected = min(remaining, max(1, self._budget() - len(refreshed)))
+        # the pool comes from the factors and orders of a selection of the pool's
+        # budget share (the epoch's budget without refreshes), whose band reaches
+        # twice it: a pool costs what a selection of the budget does; refreshes
+        # shrink both alike, so the factor's rank keeps up with the pool
+        selected = min(remaining, max(1, -(-remaining * self._budget()
+                                           // max(draft.budget, self._budget()))))
         pool = remaining if remaining > selected else None
         selector = self._make_selector(selected / len(candidates), draft)
         X, gradients = self.source.inputs(candidates, selector, draft.tables)

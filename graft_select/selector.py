@@ -767,8 +767,11 @@ def selecting_pool(pool):
     ``fraction`` does, where a fit at the pool's own fraction would compute a
     factor of twice the rank and orders of up to the whole chunk. The pool's
     sizes (by error levelling within the orders' lengths) and its MaxVol-or-uniform
-    check are its own. A context variable, not a ``fit`` parameter: every
-    template's own ``fit`` runs, and a background refit's thread sees only its own.
+    check are its own; ``sample_indices_`` and ``subset_sizes_`` are the pool's,
+    ``budget_`` stays the budget of ``fraction``, and a pool smaller than the
+    selection of ``fraction`` gives that selection. A context variable, not a
+    ``fit`` parameter: every template's own ``fit`` runs, and a background
+    refit's thread sees only its own.
     """
     token = _POOL.set(pool)
     try:
