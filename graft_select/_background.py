@@ -80,7 +80,12 @@ def resolve_background(setting, device, num_replicas):
 
 
 class BackgroundRefit:
-    """One refit's selection, run in a daemon thread; its result or error on :meth:`result`.
+    """One refit's selection, run in a thread; its result or error on :meth:`result`.
+
+    Not a daemon thread: a process that ends while a refit runs (the last epoch
+    starts the refit of an epoch that never comes) waits for it at exit, where
+    a daemon thread stopped inside torch or BLAS aborted the interpreter
+    ("terminate called without an active exception", exit status 134).
 
     Parameters
     ----------
@@ -104,7 +109,7 @@ class BackgroundRefit:
         self._result = self._error = None
         # set here, on the starting thread: threadpoolctl ignores other threads' BLAS limits
         self._release_blas = single_threaded_blas()
-        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True,
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=False,
                                         name=f"graft-select-refit-{draft.fit_epoch}")
         self._thread.start()
 

@@ -381,3 +381,33 @@ def test_copy_with_a_refit_pending():
         s.set_epoch(4)
     assert torch.equal(sampler._plan(), twin._plan())
     assert twin.last_refit.background and twin.last_refit.epoch == 4
+
+
+def test_exit_waits_for_a_refit_in_flight(tmp_path):
+    """A process that ends while a background refit runs (the last epoch starts the
+    refit of an epoch that never comes) waits for it and exits cleanly: a daemon
+    thread stopped inside torch at exit aborted the interpreter (status 134)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    marker = tmp_path / "finished"
+    script = textwrap.dedent(f"""
+        import time, types, torch
+        from graft_select._background import BackgroundRefit
+
+        def work(draft):
+            time.sleep(0.5)  # still running when the main thread returns
+            a = torch.randn(256, 256)
+            for _ in range(20):
+                a = torch.tanh(a @ a.T / 256)
+            open({str(marker)!r}, "w").write("done")
+            return None
+
+        BackgroundRefit(types.SimpleNamespace(fit_epoch=1), work)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "terminate called" not in done.stderr
+    assert marker.read_text() == "done"
