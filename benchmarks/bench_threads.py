@@ -1,7 +1,8 @@
 """A refit's thread pools: default settings against every pool at one thread.
 
 A sampler refit on a CPU store of ``n`` samples (512-d float32 embeddings, 10-class
-residuals, chunks of 256, the default selector through
+residuals, chunks of 256, the sampler's selector, ``uniform_share=0`` with its
+MaxVol-or-uniform check at ``max_error_ratio=0.5``, through
 ``GraftSelector.fit(None, gradients=StoredGradients(...), compute_weights=False)``)
 for a sampler at fraction 0.3: with its default ``pool_factor=2.0`` a refit selects
 a pool of 0.6 of the samples from the factors and orders of a selection of 0.3
@@ -40,6 +41,7 @@ from graft_select._backend import single_threaded
 from graft_select._background import refit_threads
 from graft_select._feedback import refit_workers
 from graft_select._plan import pool_size
+from graft_select._planner import SAMPLER_ERROR_RATIO
 from graft_select.selector import selecting_pool
 
 
@@ -73,9 +75,10 @@ def refit(R, E, rows, pool):
     ``pool`` rows from the same orders (None: the fraction itself), as
     `_planner.fit_selector` asks for it."""
     start = time.perf_counter()
-    with selecting_pool(pool):
-        GraftSelector(FRACTION, chunk_size=256, basis="gradients", random_state=0).fit(
-            None, gradients=StoredGradients(R, E, rows), compute_weights=False)
+    selector = GraftSelector(FRACTION, chunk_size=256, basis="gradients", uniform_share=0.0,
+                             max_error_ratio=SAMPLER_ERROR_RATIO, random_state=0)
+    with selecting_pool(pool):  # the sampler's template and its check (two error passes)
+        selector.fit(None, gradients=StoredGradients(R, E, rows), compute_weights=False)
     return time.perf_counter() - start
 
 
