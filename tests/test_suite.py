@@ -7,6 +7,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -88,9 +89,14 @@ def test_tiny_suite_run(suite, tmp_path):
     main, static = text.split("Static use:")
     rows = [line for line in main.splitlines() if line.startswith("| noise5 |")]
     assert len(rows) == 1
-    picked = re.search(r"\| noise5 \| 0.3 \| (\d+) of 200 \| \d+% \| \d+% \|", static)
-    assert int(picked.group(1)) == next(r["n_selected"] for r in noise5["runs"]
-                                        if r["strategy"] == "static_graft")
+    picked = re.search(r"\| noise5 \| 0.3 \| (\d+) of 200 \| (\d+)% \| \d+% \| \d+% \|",
+                       static)
+    graft = [r for r in noise5["runs"] if r["strategy"] == "static_graft"
+             and r["fraction"] == 0.3]
+    assert int(picked.group(1)) == graft[0]["n_selected"]
+    # the share of chunks that kept MaxVol's picks, as the fits recorded it
+    assert all(0.0 <= r["maxvol_share"] <= 1.0 for r in graft)
+    assert int(picked.group(2)) == round(100 * np.mean([r["maxvol_share"] for r in graft]))
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert len(cells) == 6 + len(stats.COMPARISONS)
     by_seed = {(r["strategy"], r["seed"]): r["score"] for r in noise5["runs"]}

@@ -140,9 +140,11 @@ def write_report(results, config, out, figure_path, header):
     """``table.md`` (header, table, tally) and the figure from the results so far."""
     table, tally = stats.markdown_table(results, config.fractions)
     text = (header + "\n\n" + table + "\n\nStatic use: the rows GraftSelector picked from "
-            "the warm model's embeddings and gradients, and the share of them that the warm "
-            "model misclassifies (mean over seeds), against a uniform subset of the same "
-            "size.\n\n" + stats.static_table(results, config.fractions) + "\n")
+            "the warm model's embeddings and gradients, the share of its chunks that kept "
+            "MaxVol's picks (the others keep a uniform subset: at 0% GRAFT's subset is a "
+            "uniform one), and the share of the rows that the warm model misclassifies "
+            "(mean over seeds), against a uniform subset of the same size.\n\n"
+            + stats.static_table(results, config.fractions) + "\n")
     (out / "table.md").write_text(text, encoding="utf-8")
     if figure_path is not None and results:
         stats.figure(results, config.fractions, figure_path,

@@ -131,10 +131,12 @@ def markdown_table(results, fractions):
 
 
 def static_table(results, fractions):
-    """Markdown: the static use's subset size and the share of its rows that the warm
-    model misclassifies, GRAFT's picks against the uniform ones (classification tasks)."""
-    lines = ["| task | f | rows picked | warm model wrong on GRAFT's picks | on uniform picks |",
-             "|---|---|---|---|---|"]
+    """Markdown: the static use's subset size, the share of its chunks that kept
+    MaxVol's picks (0: GRAFT's subset is a uniform one) and the share of its rows that
+    the warm model misclassifies, GRAFT's picks against the uniform ones."""
+    lines = ["| task | f | rows picked | chunks keeping MaxVol's picks | "
+             "warm model wrong on GRAFT's picks | on uniform picks |",
+             "|---|---|---|---|---|---|"]
     for result in results:
         for fraction in fractions:
             shares = {}
@@ -143,14 +145,21 @@ def static_table(results, fractions):
                           if r["strategy"] == strategy and r["fraction"] == fraction
                           and r.get("warm_wrong_share") is not None]
                 shares[strategy] = float(np.mean(values)) if values else None
-            picked = [r["n_selected"] for r in result["runs"]
-                      if r["strategy"] == "static_graft" and r["fraction"] == fraction]
-            if shares["static_graft"] is None or not picked:
+            graft = [r for r in result["runs"]
+                     if r["strategy"] == "static_graft" and r["fraction"] == fraction]
+            if not graft:
                 continue
-            lines.append(f"| {result['task']} | {fraction:g} | {int(np.mean(picked))} of "
-                         f"{result['n_train']} | {100 * shares['static_graft']:.0f}% | "
-                         f"{100 * shares['static_uniform']:.0f}% |")
+            maxvol = [r["maxvol_share"] for r in graft if r.get("maxvol_share") is not None]
+            cells = [_percent(float(np.mean(maxvol)) if maxvol else None),
+                     _percent(shares["static_graft"]), _percent(shares["static_uniform"])]
+            lines.append(f"| {result['task']} | {fraction:g} | "
+                         f"{int(np.mean([r['n_selected'] for r in graft]))} of "
+                         f"{result['n_train']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _percent(share):
+    return "-" if share is None else f"{100 * share:.0f}%"
 
 
 def _count(tally, row):

@@ -197,19 +197,17 @@ def static_runs(task, data, *, fractions, seed, epochs, warm_epochs=3):
     X_train, y_train, X_test, y_test = data
     X, y = torch.as_tensor(X_train), _targets(task, y_train)
     n_outputs = task.n_outputs(y_train, y_test)
-    warm = seeded_model(task, X.shape[1], n_outputs, seed + 1000)
-    train(task, warm, X, y, ShuffledBatchSampler(len(y), task.batch_size, seed=seed,
-                                                 epochs=warm_epochs), seed=seed)
-    embeddings, outputs = _warm_features(task, warm, X)
-    loss = "mse" if task.loss == "mse" else "cross_entropy"
-    gradients = last_layer_gradients(outputs, y_train, embeddings, loss=loss, factored=True)
-    wrong = None if task.loss == "mse" else outputs.argmax(1) != y_train
+    embeddings, gradients, wrong = static_inputs(task, data, seed=seed,
+                                                 warm_epochs=warm_epochs)
     records = []
     for fraction in fractions:
         began = time.perf_counter()
         selector = GraftSelector(fraction, random_state=seed).fit(embeddings,
                                                                   gradients=gradients)
         seconds = time.perf_counter() - began
+        # the share of chunks whose MaxVol picks passed the check: 0 means GRAFT's
+        # subset is a uniform one (its sizes aside), compared with another uniform one
+        maxvol_share = float(np.mean(selector.maxvol_chunks_))
         picked = np.asarray(selector.sample_indices_)
         rng = np.random.default_rng([seed, 22])
         subsets = {"static_graft": picked,
@@ -226,5 +224,22 @@ def static_runs(task, data, *, fractions, seed, epochs, warm_epochs=3):
                 "n_selected": len(rows), "fit_seconds": seconds if strategy == "static_graft"
                 else 0.0,
                 "warm_wrong_share": None if wrong is None else float(wrong[rows].mean()),
+                "maxvol_share": maxvol_share if strategy == "static_graft" else None,
                 **figures})
     return records
+
+
+def static_inputs(task, data, *, seed, warm_epochs=3):
+    """What the static use fits GraftSelector on: a model trained ``warm_epochs`` on all
+    the training data gives ``(embeddings, factored last-layer gradients, wrong)``,
+    ``wrong`` the rows it misclassifies (None for regression)."""
+    X_train, y_train, _, y_test = data
+    X, y = torch.as_tensor(X_train), _targets(task, y_train)
+    warm = seeded_model(task, X.shape[1], task.n_outputs(y_train, y_test), seed + 1000)
+    train(task, warm, X, y, ShuffledBatchSampler(len(y), task.batch_size, seed=seed,
+                                                 epochs=warm_epochs), seed=seed)
+    embeddings, outputs = _warm_features(task, warm, X)
+    loss = "mse" if task.loss == "mse" else "cross_entropy"
+    gradients = last_layer_gradients(outputs, y_train, embeddings, loss=loss, factored=True)
+    wrong = None if task.loss == "mse" else outputs.argmax(1) != y_train
+    return embeddings, gradients, wrong
