@@ -503,13 +503,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
             candidates = _without(candidates, refreshed, self.n_samples)
         if remaining >= len(candidates):  # a tiny dataset: every candidate is needed
             return candidates, None
-        # the pool comes from the factors and orders of a selection of the pool's
-        # budget share (the epoch's budget without refreshes), whose band reaches
-        # twice it: a pool costs what a selection of the budget does; refreshes
-        # shrink both alike, so the factor's rank keeps up with the pool
-        selected = min(remaining, max(1, -(-remaining * self._budget()
-                                           // max(draft.budget, self._budget()))))
-        pool = remaining if remaining > selected else None
+        selected, pool = _pool_request(remaining, self._budget(), draft.budget)
         selector = self._make_selector(selected / len(candidates), draft)
         X, gradients = self.source.inputs(candidates, selector, draft.tables)
         fit_selector(selector, X, gradients, candidates, quiet=not draft.background,
@@ -533,6 +527,19 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
             # and held label noise at uniform's level (RESULTS.md, issue 22)
             params["max_error_ratio"] = SAMPLER_ERROR_RATIO
         return selector.set_params(**params)
+
+
+def _pool_request(remaining, budget, pool_budget):
+    """``(selected, pool)``: the selection whose factors and orders give a refit's
+    ``remaining`` picks, and the pool asked of it (None: the selection itself).
+
+    The selection is the pool's budget share (the epoch's ``budget`` over the
+    refit's ``pool_budget``), whose size band reaches twice it, so a pool costs
+    what a selection of the budget does; refreshes shrink both alike, so the
+    factor's rank keeps up with the pool.
+    """
+    selected = min(remaining, max(1, -(-remaining * budget // max(pool_budget, budget))))
+    return selected, (remaining if remaining > selected else None)
 
 
 def _pending_state(pending):
