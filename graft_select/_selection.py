@@ -192,8 +192,7 @@ def _padded(errors):
 def pool_lengths(k_hi, chunk_sizes, pool):
     """Order lengths that hold a pool of ``pool`` rows: ``k_hi``, or a chunk's share of
     the pool where that is longer (so that a pool's rows come from the same orders)."""
-    share = min(1.0, pool / max(1, int(np.sum(chunk_sizes))))
-    return np.maximum(k_hi, apportion(share, chunk_sizes))
+    return np.maximum(k_hi, _pool_shares(chunk_sizes, pool))
 
 
 def pool_sizes(errors, sizes, lengths, chunk_sizes, pool):
@@ -202,8 +201,12 @@ def pool_sizes(errors, sizes, lengths, chunk_sizes, pool):
     the nested errors, else each chunk's share of the pool."""
     if errors:
         return allocate_sizes(_padded(errors), sizes, lengths, pool)
-    share = min(1.0, pool / max(1, int(np.sum(chunk_sizes))))
-    return np.clip(apportion(share, chunk_sizes), sizes, lengths)
+    return np.clip(_pool_shares(chunk_sizes, pool), sizes, lengths)
+
+
+def _pool_shares(chunk_sizes, pool):
+    """Each chunk's share of a pool of ``pool`` rows (`apportion`)."""
+    return apportion(min(1.0, pool / max(1, int(np.sum(chunk_sizes)))), chunk_sizes)
 
 
 # ------------------------------------------------------------------------- picks

@@ -310,10 +310,11 @@ class _GraftBase(BaseEstimator):
         "random_state": "an int, a numpy random generator or None",
     }
 
-    def _fit(self, X, y=None, gradients=None, compute_weights=True, pool=None):
+    def _fit(self, X, y=None, gradients=None, compute_weights=True):
         """Fit atomically: a failing fit leaves the estimator's state as it was.
 
-        ``pool``: see `selecting_pool`.
+        Every door (``fit``, ``fit_transform``, ``fit_resample``) comes here, so
+        each reads the pool of an enclosing `selecting_pool` here.
         """
         saved = dict(self.__dict__)
         try:
@@ -321,7 +322,7 @@ class _GraftBase(BaseEstimator):
             scope = gradients.residuals if X is None and isinstance(
                 gradients, StoredGradients) else X
             with device_scope(scope):
-                return self._fit_steps(X, y, gradients, compute_weights, pool)
+                return self._fit_steps(X, y, gradients, compute_weights, _POOL.get())
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
@@ -630,7 +631,7 @@ StoredGradients, default=None
             0 (they are replaced by ``chunk_size / k``) or sum to a negative number
             (see ``sample_weight_``).
         """
-        return self._fit(X, y, gradients, compute_weights, pool=_POOL.get())
+        return self._fit(X, y, gradients, compute_weights)
 
     def transform(self, X):
         """Return the selected rows of X (the data that was fitted).
@@ -758,8 +759,9 @@ _POOL = contextvars.ContextVar("graft_select_pool", default=None)
 
 @contextlib.contextmanager
 def selecting_pool(pool):
-    """Within the block, ``GraftSelector.fit`` in this thread selects ``pool`` rows
-    (None: its ``fraction``) with the factors and orders of its ``fraction``.
+    """Within the block, a fit of GraftSelector or GraftResampler in this thread
+    selects ``pool`` rows (None: its ``fraction``) with the factors and orders of
+    its ``fraction``.
 
     A sampler's refit selects the pool that its epochs' ``fraction`` is drawn from
     this way: the orders of a selection of ``fraction`` already reach twice it

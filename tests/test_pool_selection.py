@@ -141,6 +141,18 @@ class TestSelectingPool:
         assert len(other_thread[0]) == 240  # the block is this thread's alone
         assert len(fit()) == 240  # and ends with the block
 
+    def test_every_fit_door(self):
+        """fit_transform and GraftResampler.fit_resample select the pool too (every
+        door goes through the one fit)."""
+        from graft_select import GraftResampler
+
+        rng = np.random.default_rng(0)
+        X, y = rng.normal(size=(600, 8)), rng.integers(0, 3, 600)
+        with selecting_pool(240):
+            rows = GraftSelector(0.2, chunk_size=100, random_state=0).fit_transform(X)
+            X_pool, _ = GraftResampler(0.2, chunk_size=100, random_state=0).fit_resample(X, y)
+        assert len(rows) == len(X_pool) == 240
+
     def test_tree_raises(self, monkeypatch):
         from graft_select import _sizing
 
