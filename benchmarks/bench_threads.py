@@ -77,7 +77,7 @@ def refit(R, E, rows, pool):
     start = time.perf_counter()
     selector = GraftSelector(FRACTION, chunk_size=256, basis="gradients", uniform_share=0.0,
                              max_error_ratio=SAMPLER_ERROR_RATIO, random_state=0)
-    with selecting_pool(pool):  # the sampler's template and its check (two error passes)
+    with selecting_pool(pool):  # the sampler's template and its check (one pass)
         selector.fit(None, gradients=StoredGradients(R, E, rows), compute_weights=False)
     return time.perf_counter() - start
 

@@ -9,12 +9,14 @@ chunks (about ``group_rows`` rows) at a time, so neither the store nor its
 gradients are ever copied whole:
 
 1. ``orders_and_errors``: gather -> Gram matrices -> factor -> MaxVol order ->
-   nested errors (the size criterion), per group;
+   nested errors (the size criterion), per group; for the MaxVol-or-uniform
+   check also a uniform order per chunk (a random permutation's head) and its
+   nested errors, from the same Gram matrices;
 2. ``subset_errors``: the chosen subsets' errors and least-squares weights.
 
-Between the two, the estimator sizes the subsets (over all chunks) and draws
-the uniform picks (`_selection`); ``picked_errors`` runs pass 2 only when its
-result is needed.
+Between the two, the estimator sizes the subsets (over all chunks) and picks
+them (`_selection`); ``picked_errors`` runs pass 2 only when its result is
+needed: for weights, or for subsets that are prefixes of neither order.
 """
 
 import concurrent.futures
@@ -99,7 +101,7 @@ class StoredGradients:
 class StoreSource:
     """The selection source of a `StoredGradients` view (checked here)."""
 
-    def __init__(self, stored, owner):
+    def __init__(self, stored, owner, uniform_orders=False):
         residuals, embeddings = stored.residuals, stored.embeddings
         _check_table(residuals, embeddings, owner)
         self.xp, self._device = get_namespace(residuals, embeddings)
@@ -111,6 +113,9 @@ class StoreSource:
         self._group_rows = GROUP_ROWS  # read at each fit (tests shrink it)
         self._owner = owner
         self._first_pass = self._groups = None
+        self._want_uniform = bool(uniform_orders)
+        #: per chunk a uniform order (host int64), after `orders` when asked for
+        self.uniform_orders = None
         d = 0 if embeddings is None else int(embeddings.shape[1])
         self.n_samples = int(host_rows.shape[0])
         self.n_features = d + 1
@@ -139,7 +144,9 @@ class StoreSource:
             rank_of=lambda size, group_hi: rank(params, size, width, group_hi),
             order_of=lambda U, group_hi, child: maxvol_order(params, U, group_hi, child,
                                                               with_tail=True),
-            rng=rng, owner=self._owner)
+            rng=rng, owner=self._owner, uniform=self._want_uniform)
+        if self._first_pass.uniform is not None:
+            self.uniform_orders = self._first_pass.uniform[0]
         return self._first_pass[:2]
 
     def picked_errors(self, chunks, local, with_weights):
@@ -286,7 +293,17 @@ def _take_store_rows(X, idx, xp):
     return xp.take(X, idx, axis=0)
 
 
-def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner):
+class FirstPass(typing.NamedTuple):
+    """What pass 1 leaves for the rest of the fit (see `orders_and_errors`)."""
+
+    orders: list
+    errors: list
+    summaries: list
+    uniform: tuple = None  # (orders, errors) of the uniform orders, or None
+
+
+def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner,
+                      uniform=False):
     """Pass 1: per chunk, the selection order and the nested errors of its prefixes.
 
     Parameters
@@ -308,12 +325,19 @@ def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner
         One child generator is drawn per group.
     owner : str
         Named in the error for non-finite feedback.
+    uniform : bool, default=False
+        Also draw per chunk a uniform order (the head of a random permutation
+        of its rows, from the group's child generator after the MaxVol order)
+        and its nested errors: a uniform subset of size k is that order's
+        prefix, so its error is read here, from the Gram matrices at hand,
+        instead of by a second pass over the store.
 
     Returns
     -------
-    orders : list of ndarray, errors : list of ndarray, summaries : list
+    FirstPass
         Per chunk the order and its nested errors; per group the ``(b, gg,
-        zero, scales)`` the second pass needs.
+        zero, scales)`` the second pass needs; with ``uniform``, the uniform
+        orders and their nested errors.
     """
     residuals, embeddings, rows, xp = store
     device = get_namespace(rows)[1]
@@ -336,19 +360,30 @@ def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner
         order = order_of(U, group_hi, child)
         errs = nested_errors(K, b, gg, zero, from_numpy(np.stack(order), xp, device),
                              n_columns, xp)
-        return order, np.asarray(to_numpy(errs), dtype=np.float64), (b, gg, zero, scales)
+        errs = np.asarray(to_numpy(errs), dtype=np.float64)
+        drawn = None
+        if uniform:
+            keys = child.random((last - first, size))
+            heads = np.argsort(keys, axis=1, kind="stable")[:, :group_hi]
+            errs_u = nested_errors(K, b, gg, zero, from_numpy(heads, xp, device),
+                                   n_columns, xp)
+            drawn = (list(heads), np.asarray(to_numpy(errs_u), dtype=np.float64))
+        return order, errs, (b, gg, zero, scales), drawn
 
     # the child seeds are drawn in group order up front, so the groups may run in
     # any order (side by side, see `refit_workers`) and give the same picks
     seeds = [int(rng.integers(2**32)) for _ in groups]
-    orders, errors, summaries = [], [], []
-    for order, errs, summary in map_groups(
+    orders, errors, summaries, u_orders, u_errors = [], [], [], [], []
+    for order, errs, summary, drawn in map_groups(
             one_group, [(*group, seed) for group, seed in zip(groups, seeds)],
             on_host(rows)):
         orders.extend(order)
         errors.extend(errs)
         summaries.append(summary)
-    return orders, errors, summaries
+        if drawn is not None:
+            u_orders.extend(drawn[0])
+            u_errors.extend(drawn[1])
+    return FirstPass(orders, errors, summaries, (u_orders, u_errors) if uniform else None)
 
 
 def subset_errors(store, chunks, groups, local, summaries):
@@ -401,17 +436,31 @@ def subset_errors(store, chunks, groups, local, summaries):
 def picked_errors(store, chunks, groups, local, first_pass, with_weights):
     """Per chunk the error of its subset, and the weights (None unless ``with_weights``).
 
-    ``first_pass`` is the result of `orders_and_errors`. Without weights, when
-    every subset is a prefix of its chunk's order (``uniform_share=0``), the
-    errors are read from the nested errors of pass 1 and pass 2 (`subset_errors`,
-    a second pass over the store) is skipped.
+    ``first_pass`` is the `FirstPass` of `orders_and_errors`. Without weights,
+    when every subset is a prefix of its chunk's MaxVol order (``uniform_share=0``)
+    or of its uniform order, the errors are read from the nested errors of pass 1
+    and pass 2 (`subset_errors`, a second pass over the store) is skipped.
     """
-    orders, errors, summaries = first_pass
-    if with_weights or not all(
-            np.array_equal(lo, order[:len(lo)]) for lo, order in zip(local, orders)):
-        errors, weights = subset_errors(store, chunks, groups, local, summaries)
+    read = None if with_weights else _prefix_errors(local, first_pass)
+    if read is None:
+        errors, weights = subset_errors(store, chunks, groups, local, first_pass.summaries)
         return errors, weights if with_weights else None
-    return np.array([e[len(lo) - 1] for e, lo in zip(errors, local)]), None
+    return read, None
+
+
+def _prefix_errors(local, first_pass):
+    """Per chunk the nested error of its subset when every subset is a prefix, else None."""
+    uniform = first_pass.uniform or ([None] * len(local), None)
+    read = np.zeros(len(local))
+    for c, lo in enumerate(local):
+        for orders, errors in ((first_pass.orders, first_pass.errors), uniform):
+            order = orders[c]
+            if order is not None and len(lo) and np.array_equal(lo, order[:len(lo)]):
+                read[c] = errors[c][len(lo) - 1]
+                break
+        else:
+            return None
+    return read
 
 
 def _n_columns(residuals, embeddings):

@@ -399,7 +399,9 @@ class _GraftBase(BaseEstimator):
         if isinstance(gradients, StoredGradients):
             _check_stored_params(X, self.strategy, self.basis, owner)
             self._forget_feature_names()
-            return StoreSource(gradients, owner)
+            # with the check, pass 1 also reads uniform subsets' errors (no pass 2)
+            checked = _error_ratio(self.max_error_ratio, gradients, self.strategy)
+            return StoreSource(gradients, owner, uniform_orders=checked is not None)
         if X is None:
             raise TypeError(
                 f"{owner}.fit needs X (the rows to select from), got None; None is only "
@@ -614,7 +616,10 @@ StoredGradients, default=None
         compute_weights : bool, default=True
             False leaves ``sample_weight_`` None. With a :class:`StoredGradients`
             view and ``uniform_share=0`` that also skips the second pass over the
-            table (the subsets' errors are read from the size criterion's).
+            table: the subsets' errors are read from the size criterion's, and
+            with the ``max_error_ratio`` check each chunk's uniform subset is the
+            head of a random order of its rows whose errors the first pass
+            computes alongside.
 
         Returns
         -------
@@ -816,14 +821,19 @@ def _maxvol_or_uniform(source, params, chunks, picked, rng, ratio, compute_weigh
     """Per chunk MaxVol's picks or a uniform subset of the same size, by gradient error.
 
     ``picked`` is ``(local, sizes)``: MaxVol's chunk-local picks and the subset
-    sizes. The uniform subsets are drawn from ``rng`` after the picks, so the
-    chunks that keep MaxVol's picks are those of a fit without the check.
+    sizes. The uniform subsets are the prefixes of the source's uniform orders
+    where it drew them in its first pass (a feedback store: their errors are
+    then read from that pass), else drawn from ``rng`` after the picks; either
+    way the chunks that keep MaxVol's picks are those of a fit without the check.
     Returns the kept ``local``, their errors, their weights (None unless
     ``compute_weights``) and the bool mask of the chunks that kept MaxVol's picks.
     """
     local, sizes = picked
-    chunk_sizes = chunk_lengths(chunks)
-    uniform = pick(params, chunk_sizes, [None] * len(chunks), sizes, rng)
+    heads = getattr(source, "uniform_orders", None)
+    if heads is None:
+        uniform = pick(params, chunk_lengths(chunks), [None] * len(chunks), sizes, rng)
+    else:
+        uniform = [np.asarray(head[:int(k)], dtype=np.int64) for head, k in zip(heads, sizes)]
     errors, weights = source.picked_errors(chunks, local, compute_weights)
     errors_u, weights_u = source.picked_errors(chunks, uniform, compute_weights)
     errors, errors_u = np.asarray(errors), np.asarray(errors_u)

@@ -1,0 +1,116 @@
+"""The MaxVol-or-uniform check of a feedback-store fit, read from the first pass.
+
+A sampler's refit checks every chunk's MaxVol picks against a uniform subset of
+the same size (``max_error_ratio``). The uniform subset is the prefix of a random
+permutation of the chunk's rows drawn in the first pass, whose nested errors come
+from the Gram matrices that pass already holds; the second pass over the store
+(`_feedback.subset_errors`), which recomputed every chunk's Gram matrix, runs only
+for weights (benchmarks/bench_threads.py: 9.8x a pass over the store with it).
+"""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+torch = pytest.importorskip("torch")
+
+from graft_select import GraftSelector, StoredGradients, _feedback  # noqa: E402
+from graft_select.gradients import gradient_error  # noqa: E402
+
+N, D, C, CHUNK = 1200, 30, 4, 100
+
+
+def _store(n=N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(n, D, generator=g)
+    targets = torch.randint(0, C, (n,), generator=g)
+    residuals = torch.softmax(torch.randn(n, C, generator=g), 1) - torch.nn.functional.one_hot(
+        targets, C).float()
+    return residuals, embeddings
+
+
+def _fit(ratio, seed=0, compute_weights=False, store=None, **params):
+    residuals, embeddings = _store() if store is None else store
+    kwargs = dict(chunk_size=CHUNK, basis="gradients", uniform_share=0.0,
+                  max_error_ratio=ratio, random_state=seed)
+    return GraftSelector(0.2, **{**kwargs, **params}).fit(
+        None, gradients=StoredGradients(residuals, embeddings),
+        compute_weights=compute_weights)
+
+
+def _chunk_rows(selector):
+    """Per chunk its selected rows, chunk-local."""
+    bounds = np.cumsum([0, *selector.subset_sizes_])
+    rows = np.asarray(selector.sample_indices_)
+    return [rows[bounds[c]:bounds[c + 1]] - c * CHUNK for c in range(len(bounds) - 1)]
+
+
+def _spy_second_pass(monkeypatch):
+    calls = []
+    original = _feedback.subset_errors
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_feedback, "subset_errors", spy)
+    return calls
+
+
+def test_check_reads_the_first_pass(monkeypatch):
+    """With the check and no weights, no second pass runs, uniform chunks included."""
+    calls = _spy_second_pass(monkeypatch)
+    s = _fit(1e-9)  # MaxVol keeps a chunk only at a zero error: most chunks go uniform
+    assert (~s.maxvol_chunks_).sum() >= len(s.maxvol_chunks_) // 2
+    assert calls == []
+    _fit(None, compute_weights=True)
+    assert calls == [1]  # weights still take the second pass
+
+
+@pytest.mark.parametrize("ratio", [1e-9, 0.9])
+def test_errors_are_the_subsets_own(ratio):
+    """The errors read from the first pass are the least-squares errors of the kept
+    rows, computed here from the dense gradients; and the second pass agrees."""
+    residuals, embeddings = _store()
+    dense = (residuals[:, :, None] * torch.cat(
+        [embeddings, torch.ones(N, 1)], 1)[:, None, :]).reshape(N, -1).double().numpy()
+    s = _fit(ratio)
+    weighted = _fit(ratio, compute_weights=True)
+    for c, rows in enumerate(_chunk_rows(s)):
+        chunk = dense[c * CHUNK:(c + 1) * CHUNK]
+        direct = float(gradient_error(chunk, rows)[0])
+        assert s.gradient_error_[c] == pytest.approx(direct, abs=2e-4)
+    np.testing.assert_array_equal(s.sample_indices_, weighted.sample_indices_)
+    np.testing.assert_allclose(s.gradient_error_, weighted.gradient_error_, atol=2e-4)
+
+
+def test_uniform_subsets_are_uniform():
+    """Every row of a chunk is as likely to be in its uniform subset (chi-squared over
+    12 chunks x 20 seeds), and a subset never repeats a row."""
+    counts = np.zeros(CHUNK)
+    store = _store()
+    for seed in range(20):
+        s = _fit(1e-9, seed=seed, store=store)
+        for c, rows in enumerate(_chunk_rows(s)):
+            if not s.maxvol_chunks_[c]:
+                assert len(np.unique(rows)) == len(rows)
+                assert rows.min() >= 0 and rows.max() < CHUNK
+                counts[rows] += 1
+    assert counts.sum() > 1000
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_maxvol_chunks_unchanged_by_the_check():
+    """Chunks that keep MaxVol's picks hold the picks of a fit without the check."""
+    plain, checked = _fit(None), _fit(0.9)  # MaxVol's errors are 0.82-0.95 of uniform's
+    assert 0 < checked.maxvol_chunks_.sum() < len(checked.maxvol_chunks_)
+    for keep, a, b in zip(checked.maxvol_chunks_, _chunk_rows(plain), _chunk_rows(checked)):
+        if keep:
+            np.testing.assert_array_equal(a, b)
+
+
+def test_deterministic():
+    """Same seed, same subsets; another seed, other uniform subsets."""
+    a, b, other = _fit(1e-9), _fit(1e-9), _fit(1e-9, seed=1)
+    np.testing.assert_array_equal(a.sample_indices_, b.sample_indices_)
+    assert not np.array_equal(a.sample_indices_, other.sample_indices_)
