@@ -9,6 +9,7 @@ from graft_select._backend import cholesky_checked, get_namespace
 from graft_select._criterion import nested_errors, subset_weights
 from graft_select._gram import (
     chunk_grams,
+    gram_block,
     gram_eigenvectors,
     gram_summaries,
     maxvol_rank,
@@ -251,6 +252,18 @@ class TestCholeskyChecked:
         with pytest.raises(MemoryError, match="out of memory"):
             cholesky_checked(A, xp)
         assert len(calls) == failing_call + 1
+
+
+@pytest.mark.parametrize("to", [np.asarray, torch.from_numpy],
+                         ids=["numpy", "torch"])
+def test_gram_block(rng, to):
+    """``K[rows][:, rows]`` per matrix, in each namespace's path (torch gathers)."""
+    K = rng.standard_normal((3, 9, 9)).astype(np.float32)
+    rows = np.stack([rng.permutation(9)[:5] for _ in range(3)])
+    block = gram_block(to(K), to(rows), _xp(to(K)))
+    expected = np.stack([K[b][np.ix_(rows[b], rows[b])] for b in range(3)])
+    np.testing.assert_array_equal(np.asarray(block), expected)
+    assert type(block) is type(to(K))
 
 
 def test_maxvol_rank():
