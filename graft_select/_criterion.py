@@ -215,10 +215,14 @@ def _tail_sums(x, xp):
     return xp.concat([tail[:, 1:], zeros], axis=-1)
 
 
-def _nested_gram(K, b, gg, zero, tol, xp):
-    """In-order Cholesky of K (m, k, k) with right-hand side b (m, k); errors (m, k)."""
+def _nested_gram(K, b, gg, zero, tol, xp, batched_only=False):
+    """In-order Cholesky of K (m, k, k) with right-hand side b (m, k); errors (m, k).
+
+    With ``batched_only``, None where the batched factorisation does not serve
+    (a dependent row) instead of the step-by-step one.
+    """
     fast = _nested_gram_batched(K, b, gg, zero, tol, xp)
-    if fast is not None:
+    if fast is not None or batched_only:
         return fast
     return _nested_gram_stepwise(K, b, gg, zero, tol, xp)
 
@@ -447,18 +451,22 @@ def _relative(norm, gnorm, zero, xp):
 # ------------------------------------------------- from a chunk's Gram matrix
 
 
-def nested_errors(K, b, gg, zero, order, n_columns, xp):
+def nested_errors(K, b, gg, zero, order, n_columns, xp, batched_only=False):
     """Relative errors (m, k) of every prefix of ``order`` (m, k), from the Gram stack.
 
     The in-order Cholesky of ``K[order][:, order]`` with right-hand side
     ``b[order]`` (see ``gradients.nested_gradient_errors``); ``n_columns`` is
-    ``C + d + 1``, which sets the dependence tolerance as there.
+    ``C + d + 1``, which sets the dependence tolerance as there. With
+    ``batched_only``, None when a prefix holds a dependent row: the step-by-step
+    factorisation that serves then is a Python loop over the k rows.
     """
     k = order.shape[-1]
     K_sub = gram_block(K, order, xp)
     b_sub = take_rows(b[..., None], order, xp)[..., 0]
     tol = _dependence_tol(k, n_columns, K.dtype, xp)
-    errors = _nested_gram(K_sub, b_sub, gg, zero, tol, xp)
+    errors = _nested_gram(K_sub, b_sub, gg, zero, tol, xp, batched_only)
+    if errors is None:
+        return None
     return xp.where(errors < 1, errors, xp.ones_like(errors))
 
 

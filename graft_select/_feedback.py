@@ -155,6 +155,18 @@ class StoreSource:
             return picked_errors(self._store, chunks, self._groups, local, self._first_pass,
                                  with_weights)
 
+    def check_errors(self, chunks, local, uniform):
+        """Per chunk the errors of MaxVol's subset and of the uniform one, no weights.
+
+        Each from the nested errors of pass 1 where every chunk's subset is a
+        prefix of its order (MaxVol's with ``uniform_share=0``; the uniform
+        orders' where their groups had no dependent row), else from pass 2.
+        The check's verdict then does not depend on whether weights are
+        computed afterwards.
+        """
+        return (self.picked_errors(chunks, local, False)[0],
+                self.picked_errors(chunks, uniform, False)[0])
+
     def output(self, values):
         """A host array of results in the namespace and on the device of the store."""
         return from_numpy(values, self.xp, self._device)
@@ -330,7 +342,10 @@ def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner
         of its rows, from the group's child generator after the MaxVol order)
         and its nested errors: a uniform subset of size k is that order's
         prefix, so its error is read here, from the Gram matrices at hand,
-        instead of by a second pass over the store.
+        instead of by a second pass over the store. Where such prefixes hold
+        dependent rows (gradients narrower than the orders), the group's
+        uniform errors are None: the step-by-step factorisation they would take
+        costs more than the second pass over narrow gradients.
 
     Returns
     -------
@@ -342,6 +357,7 @@ def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner
     residuals, embeddings, rows, xp = store
     device = get_namespace(rows)[1]
     n_columns = _n_columns(residuals, embeddings)
+    width = int(residuals.shape[1]) * (n_columns - int(residuals.shape[1]))  # C (d + 1)
 
     def one_group(first, last, size, seed):
         group_hi = int(k_hi[first:last].max())
@@ -362,12 +378,15 @@ def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner
                              n_columns, xp)
         errs = np.asarray(to_numpy(errs), dtype=np.float64)
         drawn = None
-        if uniform:
+        if uniform:  # no nested errors where every head's tail is dependent (narrow G)
             keys = child.random((last - first, size))
             heads = np.argsort(keys, axis=1, kind="stable")[:, :group_hi]
-            errs_u = nested_errors(K, b, gg, zero, from_numpy(heads, xp, device),
-                                   n_columns, xp)
-            drawn = (list(heads), np.asarray(to_numpy(errs_u), dtype=np.float64))
+            errs_u = None if width < group_hi else nested_errors(
+                K, b, gg, zero, from_numpy(heads, xp, device), n_columns, xp,
+                batched_only=True)
+            errs_u = ([None] * len(heads) if errs_u is None
+                      else list(np.asarray(to_numpy(errs_u), dtype=np.float64)))
+            drawn = (list(heads), errs_u)
         return order, errs, (b, gg, zero, scales), drawn
 
     # the child seeds are drawn in group order up front, so the groups may run in
@@ -455,7 +474,8 @@ def _prefix_errors(local, first_pass):
     for c, lo in enumerate(local):
         for orders, errors in ((first_pass.orders, first_pass.errors), uniform):
             order = orders[c]
-            if order is not None and len(lo) and np.array_equal(lo, order[:len(lo)]):
+            if (order is not None and errors[c] is not None and len(lo)
+                    and np.array_equal(lo, order[:len(lo)])):
                 read[c] = errors[c][len(lo) - 1]
                 break
         else:

@@ -179,8 +179,9 @@ _DOC_ATTRIBUTES = """
     sample_indices_ : integer array of shape (n_selected,)
         Selected rows, chunk by chunk, each chunk in MaxVol pivot order (uniform
         picks last; a chunk that kept a uniform subset, see ``maxvol_chunks_``,
-        in increasing order), in the input's namespace and on its device (NumPy
-        for NumPy, sparse, pandas and dask input).
+        in increasing order, or in the order drawn for a :class:`StoredGradients`
+        view), in the input's namespace and on its device (NumPy for NumPy,
+        sparse, pandas and dask input).
     sample_weight_ : float array of shape (n_selected,) or None
         One weight per selected row. Without gradients, ``chunk_size / k`` for
         each of a chunk's ``k`` rows (the chunk samples a row stands for; they
@@ -822,9 +823,11 @@ def _maxvol_or_uniform(source, params, chunks, picked, rng, ratio, compute_weigh
 
     ``picked`` is ``(local, sizes)``: MaxVol's chunk-local picks and the subset
     sizes. The uniform subsets are the prefixes of the source's uniform orders
-    where it drew them in its first pass (a feedback store: their errors are
-    then read from that pass), else drawn from ``rng`` after the picks; either
-    way the chunks that keep MaxVol's picks are those of a fit without the check.
+    where it drew them in its first pass (a feedback store: the two subsets'
+    errors are then compared by `StoreSource.check_errors`, the same with or
+    without weights, and the kept subsets' weights take one second pass), else
+    drawn from ``rng`` after the picks; either way the chunks that keep MaxVol's
+    picks are those of a fit without the check.
     Returns the kept ``local``, their errors, their weights (None unless
     ``compute_weights``) and the bool mask of the chunks that kept MaxVol's picks.
     """
@@ -832,10 +835,11 @@ def _maxvol_or_uniform(source, params, chunks, picked, rng, ratio, compute_weigh
     heads = getattr(source, "uniform_orders", None)
     if heads is None:
         uniform = pick(params, chunk_lengths(chunks), [None] * len(chunks), sizes, rng)
+        errors, weights = source.picked_errors(chunks, local, compute_weights)
+        errors_u, weights_u = source.picked_errors(chunks, uniform, compute_weights)
     else:
         uniform = [np.asarray(head[:int(k)], dtype=np.int64) for head, k in zip(heads, sizes)]
-    errors, weights = source.picked_errors(chunks, local, compute_weights)
-    errors_u, weights_u = source.picked_errors(chunks, uniform, compute_weights)
+        errors, errors_u = source.check_errors(chunks, local, uniform)
     errors, errors_u = np.asarray(errors), np.asarray(errors_u)
     # errors at the rounding level of float32 are ties (both subsets match the mean
     # gradient): MaxVol's picks stay, whatever the rounding of the proxies' form
@@ -845,12 +849,17 @@ def _maxvol_or_uniform(source, params, chunks, picked, rng, ratio, compute_weigh
                     dtype=bool)
     maxvol = same | (floor(errors) <= ratio * floor(errors_u))
     kept = [lo if keep else un for lo, un, keep in zip(local, uniform, maxvol)]
-    if compute_weights:
-        bounds = np.cumsum([0] + [len(lo) for lo in local])
-        parts = [(weights if keep else weights_u)[bounds[c]:bounds[c + 1]]
-                 for c, keep in enumerate(maxvol)]
-        weights = np.concatenate(parts) if parts else np.asarray(weights)
-    return kept, np.where(maxvol, errors, errors_u), weights, maxvol
+    errors = np.where(maxvol, errors, errors_u)
+    if not compute_weights:
+        return kept, errors, None, maxvol
+    if heads is not None:  # the kept subsets' weights (and their errors), one pass
+        errors, weights = source.picked_errors(chunks, kept, True)
+        return kept, np.asarray(errors), weights, maxvol
+    bounds = np.cumsum([0] + [len(lo) for lo in local])
+    parts = [(weights if keep else weights_u)[bounds[c]:bounds[c + 1]]
+             for c, keep in enumerate(maxvol)]
+    weights = np.concatenate(parts) if parts else np.asarray(weights)
+    return kept, errors, weights, maxvol
 
 
 def _is_host_like(X):

@@ -14,7 +14,7 @@ from scipy import stats
 
 torch = pytest.importorskip("torch")
 
-from graft_select import GraftSelector, StoredGradients, _feedback  # noqa: E402
+from graft_select import GraftSelector, StoredGradients, _criterion, _feedback  # noqa: E402
 from graft_select.gradients import gradient_error  # noqa: E402
 
 N, D, C, CHUNK = 1200, 30, 4, 100
@@ -82,6 +82,62 @@ def test_errors_are_the_subsets_own(ratio):
         assert s.gradient_error_[c] == pytest.approx(direct, abs=2e-4)
     np.testing.assert_array_equal(s.sample_indices_, weighted.sample_indices_)
     np.testing.assert_allclose(s.gradient_error_, weighted.gradient_error_, atol=2e-4)
+
+
+def test_verdict_independent_of_weights():
+    """The same seed keeps the same subsets with and without weights, also where a
+    third of the rows have residuals 1e-20 of the others (confident samples, whose
+    Gram entries are float32 denormals: pass 1 and pass 2 treat them differently)."""
+    residuals, embeddings = _store()
+    residuals = residuals.clone()
+    residuals[::3] *= 1e-20
+    for ratio in (0.7, 0.9):
+        a = _fit(ratio, store=(residuals, embeddings), chunk_size=40, compute_weights=False)
+        b = _fit(ratio, store=(residuals, embeddings), chunk_size=40, compute_weights=True)
+        np.testing.assert_array_equal(a.maxvol_chunks_, b.maxvol_chunks_)
+        np.testing.assert_array_equal(a.sample_indices_, b.sample_indices_)
+        assert len(b.sample_weight_) == len(b.sample_indices_)
+
+
+def test_narrow_gradients_stay_batched(monkeypatch):
+    """Gradients narrower than the orders (rank 3 x 10 = 30, orders of up to 40
+    rows): the uniform orders' prefixes past the rank are dependent, so the check
+    takes the second pass (cheap on narrow gradients) instead of the step-by-step
+    factorisation (which doubled such a refit's time); the errors are the subsets'
+    least-squares errors."""
+    g = torch.Generator().manual_seed(1)
+    n = 1200
+    embeddings = torch.randn(n, 9, generator=g)
+    residuals = torch.softmax(torch.randn(n, 4, generator=g), 1) - torch.nn.functional.one_hot(
+        torch.randint(0, 4, (n,), generator=g), 4).float()
+    calls = []
+    original = _criterion._nested_gram_stepwise
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_criterion, "_nested_gram_stepwise", spy)
+    _fit(None, store=(residuals, embeddings))
+    unchecked = len(calls)
+    s = _fit(1e-9, store=(residuals, embeddings))
+    assert len(calls) == 2 * unchecked  # the MaxVol orders' own, in both fits
+    dense = (residuals[:, :, None] * torch.cat([embeddings, torch.ones(n, 1)], 1)[:, None, :]
+             ).reshape(n, -1).double().numpy()
+    uniform = np.flatnonzero(~s.maxvol_chunks_)
+    assert uniform.size >= 5
+    for c in uniform:
+        rows = _chunk_rows(s)[c]
+        exact = float(gradient_error(dense[c * CHUNK:(c + 1) * CHUNK], rows)[0])
+        assert s.gradient_error_[c] == pytest.approx(exact, abs=2e-4)
+
+
+def test_kept_uniform_subsets_in_drawn_order():
+    """A store's kept uniform subset is listed in drawn order (documented): the
+    prefix of its chunk's random order, which is what the first pass scored."""
+    s = _fit(1e-9)
+    rows = [r for keep, r in zip(s.maxvol_chunks_, _chunk_rows(s)) if not keep]
+    assert rows and not all(np.all(np.diff(r) > 0) for r in rows)
 
 
 def test_uniform_subsets_are_uniform():
