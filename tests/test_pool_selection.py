@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import softmax_store
 
 torch = pytest.importorskip("torch")
 
@@ -25,12 +26,7 @@ N, D, C = 1200, 12, 5
 
 
 def _store(n=N, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    embeddings = torch.randn(n, D, generator=g)
-    targets = torch.randint(0, C, (n,), generator=g)
-    residuals = torch.softmax(torch.randn(n, C, generator=g), 1) - torch.nn.functional.one_hot(
-        targets, C).float()
-    return residuals, embeddings
+    return softmax_store(np.random.default_rng(seed), n, D, C)
 
 
 def _ranks(monkeypatch):
