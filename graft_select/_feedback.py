@@ -114,8 +114,6 @@ class StoreSource:
         self._owner = owner
         self._first_pass = self._groups = None
         self._want_uniform = bool(uniform_orders)
-        #: per chunk a uniform order (host int64), after `orders` when asked for
-        self.uniform_orders = None
         d = 0 if embeddings is None else int(embeddings.shape[1])
         self.n_samples = int(host_rows.shape[0])
         self.n_features = d + 1
@@ -134,10 +132,14 @@ class StoreSource:
         with single_threaded():
             return self._orders(params, chunks, k_hi, rng)
 
+    @property
+    def uniform_orders(self):
+        """Per chunk a uniform order (host int64) after `orders` when asked for, else None."""
+        drawn = None if self._first_pass is None else self._first_pass.uniform
+        return None if drawn is None else drawn[0]
+
     def _orders(self, params, chunks, k_hi, rng):
-        residuals, embeddings = self._store[:2]
-        d = 0 if embeddings is None else int(embeddings.shape[1])
-        width = int(residuals.shape[1]) * (d + 1)  # of one flattened gradient
+        width = _gradient_width(*self._store[:2])  # of one flattened gradient
         self._groups = groups_of(stack_groups(chunks), chunks, self._group_rows)
         self._first_pass = orders_and_errors(
             self._store, chunks, self._groups, k_hi,
@@ -145,8 +147,6 @@ class StoreSource:
             order_of=lambda U, group_hi, child: maxvol_order(params, U, group_hi, child,
                                                               with_tail=True),
             rng=rng, owner=self._owner, uniform=self._want_uniform)
-        if self._first_pass.uniform is not None:
-            self.uniform_orders = self._first_pass.uniform[0]
         return self._first_pass[:2]
 
     def picked_errors(self, chunks, local, with_weights):
@@ -357,7 +357,7 @@ def orders_and_errors(store, chunks, groups, k_hi, rank_of, order_of, rng, owner
     residuals, embeddings, rows, xp = store
     device = get_namespace(rows)[1]
     n_columns = _n_columns(residuals, embeddings)
-    width = int(residuals.shape[1]) * (n_columns - int(residuals.shape[1]))  # C (d + 1)
+    width = _gradient_width(residuals, embeddings)
 
     def one_group(first, last, size, seed):
         group_hi = int(k_hi[first:last].max())
@@ -481,6 +481,12 @@ def _prefix_errors(local, first_pass):
         else:
             return None
     return read
+
+
+def _gradient_width(residuals, embeddings):
+    """``C (d + 1)``: the width of one flattened gradient, a bound on the Gram's rank."""
+    d = 0 if embeddings is None else int(embeddings.shape[1])
+    return int(residuals.shape[1]) * (d + 1)
 
 
 def _n_columns(residuals, embeddings):
