@@ -8,6 +8,7 @@ from graft_select import GraftSelector, StoredGradients
 from graft_select._backend import cholesky_checked, get_namespace
 from graft_select._criterion import nested_errors, subset_weights
 from graft_select._gram import (
+    _stack_times,
     chunk_grams,
     gram_block,
     gram_eigenvectors,
@@ -264,6 +265,25 @@ def test_gram_block(rng, to):
     expected = np.stack([K[b][np.ix_(rows[b], rows[b])] for b in range(3)])
     np.testing.assert_array_equal(np.asarray(block), expected)
     assert type(block) is type(to(K))
+
+
+@pytest.mark.parametrize("case", ["numpy", "torch", "torch-strided", "torch-float64"])
+def test_stack_times(rng, case):
+    """``K @ omega`` of a stack by one matrix, folded into one product, in each path:
+    NumPy, host torch through NumPy views (contiguous stacks), other torch stacks."""
+    dtype = np.float64 if case.endswith("float64") else np.float32
+    K = rng.standard_normal((4, 12, 12)).astype(dtype)
+    omega = rng.standard_normal((12, 5)).astype(dtype)
+    if case == "numpy":
+        K_in, omega_in = K, omega
+    else:
+        K_in, omega_in = torch.from_numpy(K), torch.from_numpy(omega)
+        if case == "torch-strided":  # a transposed view: not C-contiguous
+            K_in = torch.from_numpy(np.ascontiguousarray(np.swapaxes(K, -1, -2))).mT
+    Y = _stack_times(K_in, omega_in, _xp(K_in))
+    assert type(Y) is type(K_in) and Y.shape == (4, 12, 5) and Y.dtype == K_in.dtype
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(np.asarray(Y), K @ omega, rtol=tol, atol=tol)
 
 
 def test_maxvol_rank():
