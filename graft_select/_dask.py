@@ -58,6 +58,9 @@ class DaskSource:
     for in-memory input, and the orders and errors come from one task per block.
     """
 
+    #: No uniform orders from the first pass (see ``InMemorySource.uniform_orders``).
+    uniform_orders = None
+
     def __init__(self, X, gradients, chunk_size, owner):
         X = _check_dask(X, "X", owner)
         gradients = _check_gradients(gradients, X, owner)

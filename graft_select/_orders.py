@@ -41,6 +41,11 @@ class InMemorySource:
         Checked gradient proxies, one row per row of ``X``.
     """
 
+    #: Per chunk a uniform order drawn in the first pass, or None: this source draws
+    #: none (the check draws its uniform subsets after the picks; see
+    #: ``selector._maxvol_or_uniform``).
+    uniform_orders = None
+
     def __init__(self, X, xp, gradients):
         self.X, self.xp, self.gradients = rescale_extreme(X, xp)[0], xp, gradients
         self.n_samples = int(X.shape[0])

@@ -832,7 +832,7 @@ def _maxvol_or_uniform(source, params, chunks, picked, rng, ratio, compute_weigh
     ``compute_weights``) and the bool mask of the chunks that kept MaxVol's picks.
     """
     local, sizes = picked
-    heads = getattr(source, "uniform_orders", None)
+    heads = source.uniform_orders
     if heads is None:
         uniform = pick(params, chunk_lengths(chunks), [None] * len(chunks), sizes, rng)
         errors, weights = source.picked_errors(chunks, local, compute_weights)
