@@ -242,7 +242,7 @@ def _stack_times(K, omega, xp):
     view = torch_cpu_view(K) if K.dtype in (xp.float32, xp.float64) else None
     if view is not None and view.flags.c_contiguous:
         folded = np.matmul(view.reshape(m * B, B), torch_cpu_view(omega))
-        return from_numpy(folded.reshape(m, B, -1), xp, None)
+        return from_numpy(folded.reshape(m, B, omega.shape[-1]), xp, None)
     return xp.reshape(xp.reshape(K, (m * B, B)) @ omega, (m, B, omega.shape[-1]))
 
 
