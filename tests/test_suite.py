@@ -119,3 +119,31 @@ def test_tiny_suite_run(suite, tmp_path):
     # the static column counts both tasks; the sampler's columns the supported ones
     graft_rows = 2 if training.regression_support() is None else 1
     assert counts == [graft_rows] * (len(stats.COMPARISONS) - 1) + [2]
+
+
+def test_report_of_the_first_seeds(suite, tmp_path):
+    """--report-only --first-seeds N tabulates the runs of the first N seeds only, into
+    table_first<N>.md, and keeps table.md."""
+    run = suite[0]
+    config = run.SuiteConfig(tasks=("noise5",), seeds=(0, 1, 2), fractions=(0.3,), epochs=2,
+                             size_scale=0.04, static=False)
+    figure = tmp_path / "suite.png"
+    run.run_suite(config, tmp_path, figure_path=figure, log=lambda line: None)
+    full, full_figure = (tmp_path / "table.md").read_text(encoding="utf-8"), figure.read_bytes()
+    text = run.rewrite_report(tmp_path, figure, first_seeds=2)
+    assert (tmp_path / "table.md").read_text(encoding="utf-8") == full
+    assert figure.read_bytes() == full_figure
+    assert (tmp_path / "suite_first2.png").stat().st_size > 0
+    assert (tmp_path / "table_first2.md").read_text(encoding="utf-8") == text
+    assert text.startswith("The first 2 seeds [0, 1] of this run")
+    records = json.loads((tmp_path / "runs" / "noise5.json").read_text())["runs"]
+    by_seed = {(r["strategy"], r["seed"]): r["score"] for r in records}
+    row = next(line for line in text.splitlines() if line.startswith("| noise5 |"))
+    mean, low, high, _ = CELL.fullmatch(row.strip("|").split("|")[4].strip()).groups()
+    d = [by_seed[("graft", s)] - by_seed[("uniform", s)] for s in (0, 1)]
+    half = 12.706205 * statistics.stdev(d) / math.sqrt(2)  # t(0.975, 1): two seeds
+    assert float(mean) == pytest.approx(statistics.mean(d), abs=0.006)
+    assert float(low) == pytest.approx(statistics.mean(d) - half, abs=0.006)
+    assert float(high) == pytest.approx(statistics.mean(d) + half, abs=0.006)
+    with pytest.raises(SystemExit, match="first-seeds"):
+        run.rewrite_report(tmp_path, None, first_seeds=4)

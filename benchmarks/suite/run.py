@@ -11,6 +11,10 @@ The full run (10 tasks, 5 seeds, fractions 0.1 and 0.3, 15 epochs; one thread) t
 16 minutes on two otherwise idle cores and 36 on two cores shared with three other
 jobs (load average 4 to 7); ``--quick`` (4 tasks, 2 seeds, half the data, 6 epochs)
 took 3 minutes there.
+
+``--report-only --first-seeds 5 --out DIR`` tabulates the first 5 seeds of a longer
+run in DIR (into ``DIR/table_first5.md`` and ``suite_first5.png`` beside the figure): a
+10-seed run holds the 5-seed run.
 """
 
 import argparse
@@ -201,16 +205,49 @@ def run_suite(config, out, *, figure_path=None, resume=False, log=print):
     return results, text
 
 
-def rewrite_report(out, figure_path):
-    """Rewrite ``table.md`` and the figure from the results in ``out``; keep its header."""
+def rewrite_report(out, figure_path, first_seeds=None):
+    """Rewrite ``table.md`` and the figure from the results in ``out``; keep its header.
+
+    With ``first_seeds=N``, tabulate only the runs of the first N seeds of the
+    run's config (seeds run one after another, so these are the runs a run of N
+    seeds makes), into ``table_first<N>.md`` beside ``table.md`` and a figure
+    ``<stem>_first<N>.png`` beside ``figure_path``, both of which are kept; the
+    header says so.
+    """
     out = Path(out)
     config = SuiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in
                             json.loads((out / "config.json").read_text()).items()})
     results = [json.loads((out / "runs" / f"{name}.json").read_text())
                for name in config.tasks if (out / "runs" / f"{name}.json").exists()]
     header = (out / "table.md").read_text(encoding="utf-8").split("\n\n| task |")[0]
-    text, _ = write_report(results, config, out, figure_path, header)
+    target = out
+    if first_seeds is not None:
+        if not 2 <= first_seeds <= len(config.seeds):
+            raise SystemExit(f"--first-seeds must be between 2 and the run's {len(config.seeds)} "
+                             f"seeds; got {first_seeds}.")
+        seeds = config.seeds[:first_seeds]
+        config = replace(config, seeds=seeds)
+        results = [{**r, "runs": [run for run in r["runs"] if run["seed"] in seeds]}
+                   for r in results]
+        header = (f"The first {first_seeds} seeds {list(seeds)} of this run (the runs a "
+                  f"run of {first_seeds} seeds makes; table.md has them all):\n\n" + header)
+        target = _FirstSeedsFolder(out, first_seeds)
+        if figure_path is not None:  # beside the full run's figure, which is kept
+            figure_path = Path(figure_path)
+            figure_path = figure_path.with_name(
+                f"{figure_path.stem}_first{first_seeds}{figure_path.suffix}")
+    text, _ = write_report(results, config, target, figure_path, header)
     return text
+
+
+class _FirstSeedsFolder:
+    """``out / "table.md"`` written as ``out / "table_first<N>.md"`` (see rewrite_report)."""
+
+    def __init__(self, out, n):
+        self._out, self._name = Path(out), f"table_first{n}.md"
+
+    def __truediv__(self, name):
+        return self._out / (self._name if name == "table.md" else name)
 
 
 def main(argv=None):
@@ -226,6 +263,9 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="keep finished tasks in --out")
     parser.add_argument("--report-only", action="store_true", help="rewrite table.md and the "
                         "figure from --out's runs/*.json, without training")
+    parser.add_argument("--first-seeds", type=int, default=None, help="with --report-only: "
+                        "tabulate the first N seeds only, into table_first<N>.md and a "
+                        "figure <name>_first<N>.png")
     options = parser.parse_args(argv)
     config = SuiteConfig.quick() if options.quick else SuiteConfig()
     if options.tasks:
@@ -235,13 +275,20 @@ def main(argv=None):
     suffix = "_quick" if options.quick else ""
     out = Path(options.out or HERE.parent / f"suite_out{suffix}")
     figure_path = Path(options.figure or HERE.parent / "figures" / f"suite{suffix}.png")
+    if options.first_seeds is not None and not options.report_only:
+        parser.error("--first-seeds needs --report-only (to run N seeds, use --seeds N)")
     if options.report_only:
-        text = rewrite_report(out, figure_path)
+        text = rewrite_report(out, figure_path, options.first_seeds)
     else:
         _, text = run_suite(config, out, figure_path=figure_path, resume=options.resume,
                             log=lambda line: print(line, file=sys.stderr, flush=True))
     print(text)
-    print(f"\nwritten: {out / 'table.md'}, {out / 'runs'}, {figure_path}")
+    if options.first_seeds is not None:
+        n = options.first_seeds
+        print(f"\nwritten: {out / f'table_first{n}.md'}, "
+              f"{figure_path.with_name(f'{figure_path.stem}_first{n}{figure_path.suffix}')}")
+    else:
+        print(f"\nwritten: {out / 'table.md'}, {out / 'runs'}, {figure_path}")
     return 0
 
 
