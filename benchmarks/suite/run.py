@@ -140,8 +140,8 @@ def _machine():
             "cores": os.cpu_count(), "load_average_1min": round(load, 2)}
 
 
-def write_report(results, config, out, figure_path, header):
-    """``table.md`` (header, table, tally) and the figure from the results so far."""
+def write_report(results, config, out, figure_path, header, table_name="table.md"):
+    """``table_name`` in ``out`` (header, table, tally) and the figure from the results."""
     table, tally = stats.markdown_table(results, config.fractions)
     text = (header + "\n\n" + table + "\n\nStatic use: the rows GraftSelector picked from "
             "the warm model's embeddings and gradients, the share of its chunks that kept "
@@ -149,7 +149,7 @@ def write_report(results, config, out, figure_path, header):
             "uniform one), and the share of the rows that the warm model misclassifies "
             "(mean over seeds), against a uniform subset of the same size.\n\n"
             + stats.static_table(results, config.fractions) + "\n")
-    (out / "table.md").write_text(text, encoding="utf-8")
+    (out / table_name).write_text(text, encoding="utf-8")
     if figure_path is not None and results:
         stats.figure(results, config.fractions, figure_path,
                      f"GRAFT (sampler defaults) minus each baseline, 95% t-intervals over "
@@ -220,7 +220,7 @@ def rewrite_report(out, figure_path, first_seeds=None):
     results = [json.loads((out / "runs" / f"{name}.json").read_text())
                for name in config.tasks if (out / "runs" / f"{name}.json").exists()]
     header = (out / "table.md").read_text(encoding="utf-8").split("\n\n| task |")[0]
-    target = out
+    table_name = "table.md"
     if first_seeds is not None:
         if not 2 <= first_seeds <= len(config.seeds):
             raise SystemExit(f"--first-seeds must be between 2 and the run's {len(config.seeds)} "
@@ -231,23 +231,18 @@ def rewrite_report(out, figure_path, first_seeds=None):
                    for r in results]
         header = (f"The first {first_seeds} seeds {list(seeds)} of this run (the runs a "
                   f"run of {first_seeds} seeds makes; table.md has them all):\n\n" + header)
-        target = _FirstSeedsFolder(out, first_seeds)
-        if figure_path is not None:  # beside the full run's figure, which is kept
-            figure_path = Path(figure_path)
-            figure_path = figure_path.with_name(
-                f"{figure_path.stem}_first{first_seeds}{figure_path.suffix}")
-    text, _ = write_report(results, config, target, figure_path, header)
+        table_name, figure_path = first_seeds_paths(figure_path, first_seeds)
+    text, _ = write_report(results, config, out, figure_path, header, table_name)
     return text
 
 
-class _FirstSeedsFolder:
-    """``out / "table.md"`` written as ``out / "table_first<N>.md"`` (see rewrite_report)."""
-
-    def __init__(self, out, n):
-        self._out, self._name = Path(out), f"table_first{n}.md"
-
-    def __truediv__(self, name):
-        return self._out / (self._name if name == "table.md" else name)
+def first_seeds_paths(figure_path, n):
+    """The table's name and the figure's path (None stays None) of the first ``n`` seeds:
+    ``table_first<n>.md`` and ``<stem>_first<n><suffix>``, beside the full run's."""
+    if figure_path is not None:
+        figure_path = Path(figure_path)
+        figure_path = figure_path.with_name(f"{figure_path.stem}_first{n}{figure_path.suffix}")
+    return f"table_first{n}.md", figure_path
 
 
 def main(argv=None):
@@ -284,9 +279,8 @@ def main(argv=None):
                             log=lambda line: print(line, file=sys.stderr, flush=True))
     print(text)
     if options.first_seeds is not None:
-        n = options.first_seeds
-        print(f"\nwritten: {out / f'table_first{n}.md'}, "
-              f"{figure_path.with_name(f'{figure_path.stem}_first{n}{figure_path.suffix}')}")
+        table_name, first_figure = first_seeds_paths(figure_path, options.first_seeds)
+        print(f"\nwritten: {out / table_name}, {first_figure}")
     else:
         print(f"\nwritten: {out / 'table.md'}, {out / 'runs'}, {figure_path}")
     return 0
