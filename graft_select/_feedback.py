@@ -469,12 +469,14 @@ def picked_errors(store, chunks, groups, local, first_pass, with_weights):
 
 def _prefix_errors(local, first_pass):
     """Per chunk the nested error of its subset when every subset is a prefix, else None."""
-    uniform = first_pass.uniform or ([None] * len(local), None)
+    drawn = [(first_pass.orders, first_pass.errors)]
+    if first_pass.uniform is not None:
+        drawn.append(first_pass.uniform)
     read = np.zeros(len(local))
     for c, lo in enumerate(local):
-        for orders, errors in ((first_pass.orders, first_pass.errors), uniform):
+        for orders, errors in drawn:
             order = orders[c]
-            if (order is not None and errors[c] is not None and len(lo)
+            if (errors[c] is not None and len(lo)
                     and np.array_equal(lo, order[:len(lo)])):
                 read[c] = errors[c][len(lo) - 1]
                 break
