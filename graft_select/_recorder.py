@@ -191,7 +191,7 @@ class FeedbackRecorder:
                              "pass the layer that maps embeddings to logits as 'layer='.")
         if self.capture is not None:
             self.capture.remove()
-        self.capture = LastLayerCapture(layer, model=model)
+        self.capture = LastLayerCapture(layer, model=model, loss=self.loss)
         return self.capture
 
     # ------------------------------------------------------------------ refits

@@ -5,7 +5,10 @@ model returns (or computes its output from, e.g. through ``log_softmax``), found
 at the model's first forward from the outputs themselves and, where needed, the
 autograd graph; or the layer named by ``layer=``. A model whose head cannot be
 told (two heads returned, an output computed from several layers) is reported
-at ``observe()`` with the candidates' names, never guessed.
+at ``observe()`` with the candidates' names, never guessed; so is a model whose
+output is computed from a Linear but is not that layer's logits (a temperature,
+a cosine classifier's normalisation, a head that is not a Linear): the hooked
+values would not be the model's.
 
 The hooks never raise into the user's forward: a forward that gives no usable
 values (a tuple or dict output, a 3-D input) is recorded as such, and
@@ -43,6 +46,13 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         them into per-sample gradients itself (``observe(gradients=...)``).
         :meth:`GraftBatchSampler.watch` never sets it: ``observe()`` without
         values needs ``(b, d)`` embeddings and ``(b, C)`` logits.
+    loss : {"cross_entropy", "mse"}, default="cross_entropy"
+        The training loss, which says how the model's output may be computed
+        from the head's when the head is found through the autograd graph:
+        with ``"cross_entropy"`` it may be the head's output, its
+        ``log_softmax`` (a shift per row) or its ``softmax``, which give the
+        same residuals; with ``"mse"`` only the head's output itself (reshaped
+        or cast). Anything else is reported at ``observe()``.
 
     Attributes
     ----------
@@ -71,7 +81,7 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
 
     __module__ = "graft_select.sampler"
 
-    def __init__(self, layer, *, model=None, per_token=False):
+    def __init__(self, layer, *, model=None, per_token=False, loss="cross_entropy"):
         self.layer = layer
         self.per_token = per_token
         self.model = model
@@ -83,7 +93,7 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         self._names = {} if model is None else {m: n for n, m in model.named_modules()}
         self._finder = None
         if layer is None:
-            self._finder = _HeadFinder(model)
+            self._finder = _HeadFinder(model, loss)
             self._handles = self._finder.hooks()
         else:
             self._handles = [layer.register_forward_hook(self._hook, with_kwargs=True)]
@@ -304,8 +314,9 @@ class _HeadFinder:
     one forward only.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, loss="cross_entropy"):
         self.model = model
+        self.loss = loss
         self.names = {m: n for n, m in model.named_modules()}
         self.seen = {}  # layer -> (input, output) of its latest forward
         self.outputs = collections.defaultdict(list)  # layer -> outputs of all its calls
@@ -353,8 +364,29 @@ class _HeadFinder:
             return self._one(direct, "it returns the outputs of")
         if not any(t.grad_fn is not None for t in outputs):
             return None, None  # e.g. under torch.no_grad(): wait for a forward with a graph
-        return self._one(sorted(_upstream(outputs, producers), key=self._name),
-                         "its output is computed from")
+        head, error = self._one(sorted(_upstream(outputs, producers), key=self._name),
+                                "its output is computed from")
+        if head is not None:
+            error = self._not_logits(head, outputs, producers)
+        return (None, error) if error is not None else (head, None)
+
+    def _not_logits(self, head, outputs, producers):
+        """Why the model's output, computed from ``head``, is not that layer's logits
+        (up to what ``self.loss`` allows, see `_same_logits`), or None."""
+        logits = self.seen[head][1]
+        derived = [t for t in outputs if t.grad_fn is not None
+                   and head in _upstream([t], producers)]
+        if any(_same_logits(t, logits, self.loss) for t in derived):
+            return None
+        allowed = ("that layer's output, its log_softmax or its softmax"
+                   if self.loss == "cross_entropy" else "that layer's output")
+        shapes = ", ".join(str(tuple(t.shape)) for t in derived)
+        return (f"its output (shape {shapes}) is computed from '{self._name(head)}' "
+                f"(a {type(head).__name__} with outputs of shape {tuple(logits.shape)}) but "
+                f"is not {allowed}: a scale, temperature or normalisation after that "
+                "layer, or a head that is not a torch.nn.Linear, so the values observe() "
+                "would record are not the model's logits; pass the layer whose output is "
+                "the logits as layer=, or pass embeddings= and logits= to observe()")
 
     def _one(self, layers, how):
         if len(layers) == 1:
@@ -368,6 +400,33 @@ class _HeadFinder:
 
     def _name(self, layer):
         return self.names.get(layer) or type(layer).__name__
+
+
+def _same_logits(output, logits, loss):
+    """Whether the tensor ``output`` is ``logits`` (a (b, C) tensor) up to a reshape, a
+    cast and, with ``loss="cross_entropy"``, a shift per row (``log_softmax``) or a
+    ``softmax``: the values that give the same residuals.
+
+    Compared in float32 to a tolerance of 64 roundings of the coarser dtype
+    times the logits' largest magnitude (``log_softmax`` subtracts a
+    ``logsumexp`` that large).
+    """
+    if (not isinstance(output, torch.Tensor) or output.numel() != logits.numel()
+            or not output.is_floating_point() or not logits.is_floating_point()):
+        return False
+    eps = max(torch.finfo(output.dtype).eps, torch.finfo(logits.dtype).eps)
+    z = logits.detach().float()
+    out = output.detach().reshape(logits.shape).float().to(z.device)
+    tol = 64 * eps * (1.0 + float(z.abs().max()) if z.numel() else 1.0)
+    difference = out - z
+    if not z.numel() or float(difference.abs().max()) <= tol:
+        return True
+    if loss != "cross_entropy" or z.ndim != 2:
+        return False
+    spread = difference.max(dim=1).values - difference.min(dim=1).values
+    if float(spread.max()) <= tol:  # log_softmax, or any shift per row
+        return True
+    return float((out - torch.softmax(z, dim=1)).abs().max()) <= 64 * eps
 
 
 def _same_tensor(kept, tensor):

@@ -377,10 +377,15 @@ class GraftBatchSampler(Sampler[list[int]]):
 
         The head is found at the model's first forward: the ``torch.nn.Linear``
         whose output the model returns (alone, or in a tuple or dict), or else
-        the one its output is computed from (through ``log_softmax``, a cast),
-        read from the autograd graph. Where that is ambiguous (two heads
-        returned, an output computed from several Linear layers) :meth:`observe`
-        raises, naming the candidates: pass ``layer=``. The hooks never raise
+        the one its output is computed from (through ``log_softmax``,
+        ``softmax``, a cast or a reshape; with ``loss="mse"`` a cast or a
+        reshape only), read from the autograd graph. Where that is ambiguous
+        (two heads returned, an output computed from several Linear layers)
+        :meth:`observe` raises, naming the candidates: pass ``layer=``. It also
+        raises where the output computed from a Linear is not that layer's
+        logits (a temperature or scale after it, a cosine classifier, a head
+        that is not a ``torch.nn.Linear``): pass ``layer=``, or the embeddings
+        and logits to :meth:`observe`. The hooks never raise
         into the model's forward; a layer whose forward gives no ``(b, d)``
         input and ``(b, C)`` output (a tuple or dict output, a per-token
         ``(b, T, d)`` input), or that the forward never calls, is reported by

@@ -287,6 +287,52 @@ class HeadTwice(nn.Module):
             return self.body(X)
 
 
+class Cast(nn.Module):
+    def forward(self, x):
+        return x.double()
+
+
+class Reshape(nn.Module):
+    def forward(self, x):
+        return x.reshape(-1)
+
+
+class Shift(nn.Module):
+    def forward(self, x):
+        return x + 1.0
+
+
+class Temperature(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, H), nn.ReLU())
+        self.head = nn.Linear(H, C)
+
+    def forward(self, x):
+        return self.head(self.body(x)) / 0.1
+
+
+class CosineHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(D_IN, H)
+        self.weight = nn.Parameter(torch.randn(C, H))
+
+    def forward(self, x):
+        h = nn.functional.normalize(torch.relu(self.body(x)), dim=1)
+        return 10 * h @ nn.functional.normalize(self.weight, dim=1).T
+
+
+class ConvHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(D_IN, H)
+        self.head = nn.Conv1d(H, C, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x))[:, :, None])[:, :, 0]
+
+
 def _one_batch(model, sampler, X, **observe):
     batch = next(iter(sampler))
     model(X[batch])
@@ -337,6 +383,51 @@ class TestHead:
         capture = sampler.watch(wrapped)
         _one_batch(wrapped, sampler, X)
         assert capture.layer is model.head
+
+    @pytest.mark.parametrize("after", ["softmax", "float", "reshape"])
+    def test_head_behind_a_transform_that_keeps_the_residuals(self, after):
+        """A head whose output reaches the model's through softmax, a cast or a
+        reshape is found, and its rows are the head's."""
+        X, y = _data()
+        model = HeadFirst()
+        transform = {"softmax": nn.Softmax(dim=1), "float": Cast(),
+                     "reshape": Reshape()}[after]
+        wrapped = nn.Sequential(model, transform)
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        capture = sampler.watch(wrapped)
+        batch = _one_batch(wrapped, sampler, X)
+        assert capture.layer is model.head
+        store = sampler.state_dict()["store"]
+        torch.testing.assert_close(store["embeddings"][batch], model.body(X[batch]).detach())
+
+    @pytest.mark.parametrize("model_class", ["Temperature", "CosineHead", "ConvHead"])
+    def test_output_not_the_linears_logits_raises(self, model_class):
+        """A model whose output is computed from a Linear but is not its logits (a
+        temperature, a cosine classifier, a Conv1d head behind a Linear body): watch()
+        used to hook that Linear and record its outputs as the logits, silently (the
+        cosine and Conv1d heads' 8-wide body as 3 classes). observe() now raises, names
+        the layer and the fixes, and records nothing."""
+        X, y = _data()
+        model = {"Temperature": Temperature, "CosineHead": CosineHead,
+                 "ConvHead": ConvHead}[model_class]()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model)
+        with pytest.raises(ValueError, match=r"computed from '(body|head)'.*not that "
+                                             r"layer's output.*layer=.*logits= to observe"):
+            _one_batch(model, sampler, X)
+        assert bool((sampler.state_dict()["last_seen"] < 0).all())
+
+    def test_regression_output_behind_a_shift_raises(self):
+        """With loss="mse" a shift of the head's output changes the residuals
+        ``yhat - y``: it is not taken for the head's output (log_softmax is, with
+        cross-entropy)."""
+        X, _ = _data()
+        model = nn.Sequential(nn.Linear(D_IN, H), nn.ReLU(), nn.Linear(H, 2), Shift())
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1,
+                                    targets=torch.randn(N, 2), loss="mse")
+        sampler.watch(model)
+        with pytest.raises(ValueError, match=r"is not that layer's output: "):
+            _one_batch(model, sampler, X)
 
     def test_f04_two_heads_raise(self):
         """Two returned heads: observe() names both and asks for layer=."""
