@@ -20,7 +20,8 @@ import warnings
 from typing import ClassVar
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+import sklearn
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -464,6 +465,7 @@ class _GraftBase(BaseEstimator):
             return checked, xp
         checked, xp = check_array(X, "X", type(self).__name__, max_ndim=2)
         if reset:
+            self._forget_feature_names()  # a tensor has no column names
             self.n_features_in_ = int(checked.shape[1])
         elif checked.shape[1] != self.n_features_in_:
             raise ValueError(
@@ -544,7 +546,7 @@ class _GraftBase(BaseEstimator):
         return tags
 
 
-class GraftSelector(TransformerMixin, _GraftBase):
+class GraftSelector(OneToOneFeatureMixin, TransformerMixin, _GraftBase):
     __doc__ = (
         """Select rows of X by GRAFT: low-rank features, Fast MaxVol, gradient-aware size.
 
@@ -652,11 +654,38 @@ StoredGradients, default=None
         -------
         X_subset : same type as X, of shape (n_selected, n_features)
             The rows ``sample_indices_`` of X (a lazy dask array for dask input).
+            With ``set_output(transform="pandas")`` (or scikit-learn's
+            ``transform_output`` config) a DataFrame: its index is X's for a
+            DataFrame, the selected row numbers ``sample_indices_`` for a NumPy
+            array.
+
+        Raises
+        ------
+        ValueError
+            If a DataFrame output is asked for a torch, CuPy or dask X: it would
+            move the data off its device or compute it; keep the default output
+            for such X.
         """
         check_is_fitted(self, "sample_indices_")
+        container = _output_container(self)
+        if container != "default" and not (_is_host_like(X) or is_sparse(X)):
+            raise ValueError(
+                f"{type(self).__name__} is set to output {container} DataFrames "
+                f"(set_output(transform={container!r}) or scikit-learn's transform_output "
+                f"config), but X is a {type(X).__module__}.{type(X).__name__}: converting "
+                f"it would move the rows off their device (or compute a dask array). Pass "
+                f"NumPy or pandas input, or call set_output(transform='default') to keep "
+                f"X's type.")
         if not is_dask_array(X):  # a dask array is checked block by block, lazily
             self._validate_X(X, reset=False)
-        return self._take_rows(X)
+        subset = self._take_rows(X)
+        if container == "pandas" and isinstance(X, np.ndarray) and subset.ndim == 2:
+            import pandas as pd  # set_output(transform="pandas") needs pandas
+
+            # the selected rows keep their row numbers (scikit-learn's wrapper would
+            # number them 0..k-1), and the wrapper names the columns
+            subset = pd.DataFrame(subset, index=to_numpy(self.sample_indices_), copy=False)
+        return subset
 
     def fit_transform(self, X, y=None, *, gradients=None):
         """Fit, then return the selected rows of X.
@@ -860,6 +889,13 @@ def _maxvol_or_uniform(source, params, chunks, picked, rng, ratio, compute_weigh
              for c, keep in enumerate(maxvol)]
     weights = np.concatenate(parts) if parts else np.asarray(weights)
     return kept, errors, weights, maxvol
+
+
+def _output_container(estimator):
+    """What ``transform`` is asked to return: ``"default"``, ``"pandas"`` or ``"polars"``,
+    from ``set_output`` or else scikit-learn's ``transform_output`` config."""
+    config = getattr(estimator, "_sklearn_output_config", {}).get("transform")
+    return config if config is not None else sklearn.get_config()["transform_output"]
 
 
 def _is_host_like(X):

@@ -381,6 +381,68 @@ class TestCitizenship:
         assert pipe.score(X, y) > 0.9
         assert len(pipe.named_steps["graft"].sample_indices_) < len(X)
 
+    def test_set_output_pandas(self, digits):
+        """set_output(transform="pandas") returns the selected rows as a DataFrame: the
+        columns named as get_feature_names_out says, the index the selected row numbers
+        (NumPy input) or the input's own labels (DataFrame input). The estimator had no
+        set_output (AttributeError), and a Pipeline's set_output raised."""
+        pd = pytest.importorskip("pandas")
+        X, _ = digits
+        selector = GraftSelector(fraction=0.1, random_state=0).set_output(transform="pandas")
+        out = selector.fit_transform(X)
+        rows = np.asarray(selector.sample_indices_)
+        assert isinstance(out, pd.DataFrame)
+        np.testing.assert_array_equal(out.to_numpy(), X[rows])
+        np.testing.assert_array_equal(out.index.to_numpy(), rows)
+        assert list(out.columns) == [f"x{i}" for i in range(X.shape[1])]
+        frame = pd.DataFrame(X, columns=[f"pixel{i}" for i in range(X.shape[1])],
+                             index=np.arange(len(X)) + 1000)
+        pipe = Pipeline([("scale", StandardScaler()),
+                         ("graft", GraftSelector(fraction=0.1, random_state=0))])
+        out = pipe.set_output(transform="pandas").fit_transform(frame)
+        assert list(out.columns) == list(frame.columns)
+        np.testing.assert_array_equal(out.index.to_numpy(), rows + 1000)
+        assert list(pipe.get_feature_names_out()) == list(frame.columns)
+
+    def test_global_pandas_output_refuses_tensors(self, digits):
+        """scikit-learn's transform_output="pandas" applies to NumPy input; a torch X
+        raises (converting it would leave its device) instead of being converted."""
+        pytest.importorskip("pandas")
+        torch = pytest.importorskip("torch")
+        import sklearn
+
+        X, _ = digits
+        with sklearn.config_context(transform_output="pandas"):
+            selector = GraftSelector(fraction=0.1, random_state=0)
+            assert type(selector.fit_transform(X)).__name__ == "DataFrame"
+            with pytest.raises(ValueError, match=r"output pandas DataFrames.*torch.*"
+                                                 r"set_output\(transform='default'\)"):
+                selector.fit_transform(torch.as_tensor(X))
+        assert isinstance(selector.transform(torch.as_tensor(X)), torch.Tensor)
+
+    def test_refit_on_a_tensor_forgets_column_names(self, digits):
+        """A refit on a tensor (no column names) drops the names of a DataFrame fit: they
+        were kept, and transform then rejected the tensor fit's own columns."""
+        pd = pytest.importorskip("pandas")
+        torch = pytest.importorskip("torch")
+        X, _ = digits
+        frame = pd.DataFrame(X, columns=[f"pixel{i}" for i in range(X.shape[1])])
+        for estimator in (GraftSelector(fraction=0.1, random_state=0),
+                          GraftResampler(fraction=0.1, random_state=0)):
+            estimator.fit(frame) if hasattr(estimator, "transform") else (
+                estimator.fit_resample(frame, np.zeros(len(X))))
+            assert hasattr(estimator, "feature_names_in_")
+            tensor = torch.as_tensor(X[:, :5])
+            if hasattr(estimator, "transform"):
+                estimator.fit(tensor)
+                narrow = pd.DataFrame(X[:, :5], columns=list("abcde"))
+                with pytest.warns(UserWarning, match="fitted without feature names"):
+                    assert estimator.transform(narrow).shape == (round(0.1 * len(X)), 5)
+            else:
+                estimator.fit_resample(tensor, torch.zeros(len(X)))
+            assert not hasattr(estimator, "feature_names_in_")
+            assert estimator.n_features_in_ == 5
+
     def test_resampler_matches_selector(self, digits):
         """fit_resample returns the selector's rows of X and y."""
         X, y = digits
