@@ -275,8 +275,15 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
         """Plan size of a selected epoch: the pool's draw, or before a refit the budget's."""
         if self.subset is not None:
             return self._epoch_size(len(self.subset), self.subset_refreshed)
-        refreshed = (round(self.refresh_share * self._budget()) if self.source.refreshes_stale
-                     else 0)
+        refreshed = 0
+        if self.source.refreshes_stale:
+            refreshed = round(self.refresh_share * self._budget())
+            if self.warm_start_epochs == 0:
+                # the first refit comes before any full pass: its never-observed candidates
+                # are refreshed first, as _stalest does (after a warm start, none are left)
+                never = int((self.recorder.store.last_seen.cpu() < 0).sum())
+                expected = round(never * self._n_candidates() / max(1, self.n_samples))
+                refreshed = max(refreshed, min(expected, self._budget()))
         return self._epoch_size(None, refreshed)
 
     def _epoch_size(self, pool, refreshed):

@@ -236,8 +236,10 @@ class FeedbackRecorder:
                     "torch.distributed process group, so it cannot merge the feedback the "
                     "ranks observed and their plans would differ. Initialise "
                     "torch.distributed before the first refit (the sampler then gathers "
-                    "feedback), or use a features callable or array, which every rank "
-                    "evaluates the same way.")
+                    "feedback), or do not call observe() on several ranks without one: "
+                    "select on a features callable or array alone, which every rank "
+                    "evaluates the same way (observed feedback stays on its rank, even "
+                    "with features=).")
             return 0
         return merge(self.store, num_replicas)
 

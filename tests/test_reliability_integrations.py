@@ -364,6 +364,33 @@ def test_f21_total_batches_closed_form():
     assert sampler.total_batches(9) == sum(sampler._epoch_batches(e) for e in range(9))
 
 
+@pytest.mark.parametrize("pool_factor", [1.0, 2.0])
+def test_total_batches_before_an_observe_only_start(pool_factor):
+    """Without a warm start the first refits refresh never-observed samples, a
+    budget's worth per epoch: total_batches() before training counts those epochs.
+    With pool_factor=1 and fraction * chunk_size < 1 it used to count the
+    one-sample-per-chunk rule instead (126 batches for the 12 the run yields), so a
+    learning-rate schedule sized from it barely annealed."""
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(997, 20, generator=generator)
+    y = torch.randint(0, 3, (997,), generator=generator)
+    head = torch.nn.Linear(20, 3)
+    sampler = GraftBatchSampler(997, 7, fraction=0.01, seed=0, targets=y, refit_every=1,
+                                warm_start_epochs=0, pool_factor=pool_factor)
+    planned = sampler.total_batches(6)
+    yielded = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the never-observed samples' warning
+        for epoch in range(6):
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                batch = torch.as_tensor(batch)
+                yielded += 1
+                with torch.no_grad():
+                    sampler.observe(batch, embeddings=X[batch], logits=head(X[batch]))
+    assert planned == yielded == 12
+
+
 def test_f21_lightning_step_estimate_is_fast():
     """Lightning's estimated_stepping_batches with a huge max_epochs stops at max_steps."""
     pl = pytest.importorskip("lightning.pytorch")
@@ -452,3 +479,35 @@ def test_f26_skip_first_batches_with_accumulation_raises(steps):
         assert "RAISED" in result.stdout
         assert "gradient_accumulation_steps=3" in result.stdout
         assert "iterate the GraftDataLoader without skip_first_batches" in result.stdout
+
+
+def test_feedback_on_several_ranks_without_a_process_group_raises():
+    """Two ranks (num_replicas=2) without torch.distributed: with a features array alone
+    their plans agree and split each epoch; observed feedback cannot be merged, so the
+    refit raises and says not to observe there (the message used to advise passing the
+    features array the sampler already had)."""
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 6, generator=generator)
+    y = torch.randint(0, 3, (200,), generator=generator)
+
+    def samplers():
+        return [GraftBatchSampler(200, 16, fraction=0.3, seed=0, targets=y, refit_every=1,
+                                  warm_start_epochs=1, num_replicas=2, rank=rank, features=X)
+                for rank in range(2)]
+
+    ranks = samplers()
+    for epoch in range(3):
+        shares = []
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+            shares.append({int(i) for batch in sampler for i in batch})
+        assert not shares[0] & shares[1]
+    ranks = samplers()
+    for sampler in ranks:
+        sampler.set_epoch(0)
+        rows = torch.as_tensor([int(i) for batch in sampler for i in batch])
+        sampler.observe(rows, embeddings=X[rows], logits=torch.zeros(len(rows), 3))
+    ranks[0].set_epoch(1)
+    with pytest.raises(ValueError, match=r"num_replicas=2 but no torch.distributed.*do not "
+                                         r"call observe\(\)"):
+        len(ranks[0])
