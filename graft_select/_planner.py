@@ -275,16 +275,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
         """Plan size of a selected epoch: the pool's draw, or before a refit the budget's."""
         if self.subset is not None:
             return self._epoch_size(len(self.subset), self.subset_refreshed)
-        refreshed = 0
-        if self.source.refreshes_stale:
-            refreshed = round(self.refresh_share * self._budget())
-            if self.warm_start_epochs == 0:
-                # the first refit comes before any full pass: its never-observed candidates
-                # are refreshed first, as _stalest does (after a warm start, none are left)
-                never = int((self.recorder.store.last_seen.cpu() < 0).sum())
-                expected = round(never * self._n_candidates() / max(1, self.n_samples))
-                refreshed = max(refreshed, min(expected, self._budget()))
-        return self._epoch_size(None, refreshed)
+        return self._epoch_size(None, _first_refreshes(self))
 
     def _epoch_size(self, pool, refreshed):
         """Samples a selected epoch trains, ``refreshed`` of them refreshes, from a pool of
@@ -587,6 +578,24 @@ def candidate_count(n_samples, budget, candidate_share):
     if candidate_share >= 1.0:
         return n_samples
     return max(budget, math.ceil(candidate_share * n_samples - 1e-9))
+
+
+def _first_refreshes(planner):
+    """Refreshes the first refit is expected to plan (observe-only; 0 otherwise).
+
+    A share of the budget, or, without a warm start (the first refit comes before
+    any full pass), every never-observed candidate the budget holds, as
+    ``EpochPlanner._stalest`` takes them; after a warm start none are left.
+    """
+    if not planner.source.refreshes_stale:
+        return 0
+    budget = planner._budget()
+    refreshed = round(planner.refresh_share * budget)
+    if planner.warm_start_epochs == 0:
+        never = int((planner.recorder.store.last_seen.cpu() < 0).sum())
+        expected = round(never * planner._n_candidates() / max(1, planner.n_samples))
+        refreshed = max(refreshed, min(expected, budget))
+    return refreshed
 
 
 def refit_candidates(n, count, shuffle, generator):
