@@ -59,7 +59,8 @@ def nested_gradient_errors(G, order):
     Returns
     -------
     errors : array of shape (..., k)
-        Non-increasing, in ``[0, 1]``, in ``G``'s namespace, device and dtype.
+        Non-increasing, in ``[0, 1]``, in ``G``'s namespace and device, in
+        ``G``'s dtype (float32 for float16 or bfloat16 ``G``).
         A row that is (numerically) a combination of earlier rows of ``order``
         leaves the error unchanged. Where ``g`` is numerically zero (see Notes)
         every error is 0: there is nothing to approximate.
@@ -85,9 +86,20 @@ def nested_gradient_errors(G, order):
     ``K = gram_matrix(G.take(order))`` in the given order (no pivoting), using
     only ``K``, ``G[order] @ g`` and ``||g||^2`` (``g`` is formed as a
     ``(C, d + 1)`` matrix, never the ``n_samples`` rows). A pivot below
-    ``10 max(k, C + d + 1) eps`` times its diagonal entry counts as dependent;
-    the squared error is ``||g||^2 - sum_{i <= j} c_i^2``, accurate to about
-    ``sqrt(eps)`` relative (1e-8 in float64, 3e-4 in float32).
+    ``tol = 10 max(k, C + d + 1) eps`` times its diagonal entry counts as
+    dependent; the squared error is ``||g||^2 - sum_{i <= j} c_i^2``, accurate
+    to about ``sqrt(eps)`` relative (1e-8 in float64, 3e-4 in float32) where
+    no row is near that test. The pivots are squared residual norms, so the
+    test drops a row whose part orthogonal to the rows before it is below
+    ``sqrt(tol)`` of its norm (about 2e-3 in float32 and 5e-7 in float64 for
+    ``C + d + 1 = 40``), where the dense form's QR resolves ``tol`` itself:
+    two near-duplicate rows (embeddings 0.2% apart in float32) leave the
+    factored error unchanged where the dense form finds the large, cancelling
+    weights that lower it. A Gram matrix cannot resolve more; pass dense
+    gradients, or float64 factors, where such rows must count. Rows whose
+    gradient is at the rounding level of the chunk's largest (a residual of
+    1e-26 at a logit margin of 60) count as zero, as in :func:`gradient_error`
+    (their least-squares weights would overflow); the dense form keeps them.
 
     ``g`` counts as zero when ``||g|| <= n_samples * eps * max_i ||g_i||``, the
     rounding level of the mean.
@@ -319,6 +331,12 @@ def gradient_error(G, indices, *, weights=None):
     directly. :class:`FactoredGradients`: Gram quantities only, ``weights =
     pinv(K, rtol=10 max(k, C + d + 1) eps) @ (G[indices] @ g)`` with ``K`` the
     subset's Gram matrix, and ``error^2 = (||g||^2 - 2 w.b + w.K w) / ||g||^2``.
+    As in :func:`nested_gradient_errors`, ``rtol`` applies to ``K``'s singular
+    values, the squares of the rows': near-duplicate rows count as one, and
+    near that test this global cut and the nested form's in-order pivots can
+    differ (one error reflects the near-duplicate, the other not). In both
+    forms, least-squares weights drop rows at the rounding level of the chunk's
+    largest gradient. Given weights whose terms overflow give an error of inf.
 
     Examples
     --------
@@ -364,8 +382,12 @@ def gradient_error_unchecked(G, indices, xp, *, weights=None, owner="gradient_er
             v = w * xp.astype(scale, w.dtype)
         dtype = xp.result_type(K.dtype, v.dtype)
         K, b, gg, v = (xp.astype(a, dtype) for a in (K, b, gg, v))
-        squared = gg - 2 * xp.sum(v * b, axis=-1) + xp.sum(v * matvec(K, v), axis=-1)
-        squared = xp.where(squared > 0, squared, xp.zeros_like(squared))
+        with np.errstate(over="ignore", invalid="ignore"):  # read below
+            squared = gg - 2 * xp.sum(v * b, axis=-1) + xp.sum(v * matvec(K, v), axis=-1)
+        # rounding can leave a slightly negative square (0); given weights whose terms
+        # overflow leave inf - inf = NaN, an error beyond the range (inf), not 0
+        squared = xp.where(xp.isnan(squared) & ~xp.isnan(gg), xp.full_like(squared, xp.inf),
+                           xp.where(squared > 0, squared, xp.zeros_like(squared)))
         error = _relative(xp.sqrt(squared), xp.sqrt(gg), zero, xp)
     else:
         stack = G.shape[:-2]
@@ -383,7 +405,8 @@ def gradient_error_unchecked(G, indices, xp, *, weights=None, owner="gradient_er
             A = xp.where(tiny[..., None], xp.zeros_like(A), A)
             w = matvec(xp.linalg.pinv(xp.matrix_transpose(A)), g)
             w = xp.where(zero[:, None], xp.zeros_like(w), w)
-        residual = g - rmatvec(A, w)
+        with np.errstate(over="ignore", invalid="ignore"):  # given weights may overflow: inf
+            residual = g - rmatvec(A, w)
         error = _relative(xp.linalg.vector_norm(residual, axis=-1),
                           xp.linalg.vector_norm(g, axis=-1), zero, xp)
     if weights is None:

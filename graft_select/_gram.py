@@ -24,9 +24,17 @@ from ._backend import (
     host_float_dtype,
     is_torch,
     on_input_device,
+    scale_by_power_of_two,
     torch_cpu_view,
 )
-from ._ops import gaussian_matrix, leading_vectors, rounding_level, take_rows, unit_columns
+from ._ops import (
+    gaussian_matrix,
+    leading_vectors,
+    rescale_extreme,
+    rounding_level,
+    take_rows,
+    unit_columns,
+)
 from ._proxies import FactoredGradients, check_factored
 from ._validation import check_array
 
@@ -59,10 +67,19 @@ def gram_matrix(G):
     """
     if isinstance(G, FactoredGradients):
         R, H, xp, _ = check_factored(G, "gram_matrix")
-        return factored_gram(R, H, R, H, xp)
+        (R, r_exponent), (H, h_exponent) = rescale_extreme(R, xp), rescale_extreme(H, xp)
+        return _unscaled(factored_gram(R, H, R, H, xp), r_exponent + h_exponent)
     G, xp = check_array(G, "G", "gram_matrix", min_ndim=2)
-    G = detached(G, xp)
-    return G @ xp.matrix_transpose(G)
+    G, exponent = rescale_extreme(detached(G, xp), xp)
+    return _unscaled(G @ xp.matrix_transpose(G), exponent)
+
+
+def _unscaled(K, exponent):
+    """``K * 2**(-2 exponent)``: the Gram matrix of rows that were scaled by ``2**exponent``
+    (entries beyond the dtype's range become inf; exact zeros stay 0, where the product
+    of the unscaled rows could give inf - inf = NaN)."""
+    with np.errstate(over="ignore"):
+        return scale_by_power_of_two(K, -2 * exponent)
 
 
 def factored_gram(R1, H1, R2, H2, xp):

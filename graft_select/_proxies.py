@@ -265,11 +265,18 @@ or FactoredGradients
     if factored:
         return F if half is None else FactoredGradients(
             _to_half(residuals, half, xp, owner), _to_half(inputs, half, xp, owner))
-    if n_sketch is None:
-        G = F.materialize()
-    else:
-        rng = check_random_state(random_state, "random_state", owner)
-        G = _sketch(F, n_sketch, rng, xp, device)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        if n_sketch is None:
+            G = F.materialize()
+        else:
+            rng = check_random_state(random_state, "random_state", owner)
+            G = _sketch(F, n_sketch, rng, xp, device)
+    if half is None and not bool(xp.all(xp.isfinite(G))):
+        raise ValueError(
+            f"The gradients computed by {owner} overflow {G.dtype}: residuals times "
+            f"embeddings exceed its largest finite number. Pass factored=True (the "
+            f"residuals and embeddings are kept apart, each finite; graft_select's "
+            f"functions scale them before any product), or rescale the inputs.")
     return G if half is None else _to_half(G, half, xp, owner)
 
 
@@ -516,6 +523,9 @@ def _host_indices(indices, name, owner, n):
                     f"nested list has rows of different lengths."
                 ) from exc
     host = np.asarray(host)
+    if host.size == 0 and host.dtype in (object, np.float64) and isinstance(
+            indices, (list, tuple)):
+        host = host.astype(np.int64)  # an empty list: its emptiness is reported below
     if host.dtype == object and host.size and all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in host.flat):
         big = [int(v) for v in host.flat if not 0 <= int(v) < n]

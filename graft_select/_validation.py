@@ -125,8 +125,9 @@ def check_random_state(random_state, name="random_state", owner="this function")
 def _interval(low, high, closed):
     if low is None and high is None:
         return ""
-    left = "[" if closed in ("both", "left") else "("
-    right = "]" if closed in ("both", "right") else ")"
+    # an unbounded side is open: the checks take finite values only
+    left = "[" if closed in ("both", "left") and low is not None else "("
+    right = "]" if closed in ("both", "right") and high is not None else ")"
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high
     return f" in the range {left}{lo}, {hi}{right}"

@@ -254,6 +254,19 @@ class TestLastLayerGradientsValidation:
             last_layer_gradients(torch.zeros(3, 4), np.array([0, 1, 2]))
 
 
+def test_overflowing_gradients_raise():
+    """Finite residuals and embeddings whose products overflow: a ValueError that
+    names the fix (factored=True keeps both finite), where the dense and sketched
+    gradients came back with infinities that a later call blamed on 'G'."""
+    logits, targets = np.array([[1e200], [2.0], [-1e200]]), np.zeros(3)
+    embeddings = np.array([[1e200], [1.0], [1e200]])
+    for n_sketch in (None, 2):
+        with pytest.raises(ValueError, match=r"overflow float64.*factored=True"):
+            last_layer_gradients(logits, targets, embeddings, loss="mse", n_sketch=n_sketch)
+    F = last_layer_gradients(logits, targets, embeddings, loss="mse", factored=True)
+    assert np.isfinite(F.residuals).all() and np.isfinite(F.inputs).all()
+
+
 class TestFactoredGradients:
     def test_sizes(self):
         """n_samples and n_features describe the gradients; len() stays the tuple's 2."""
@@ -317,6 +330,26 @@ class TestGramMatrix:
         assert backend.is_native(K)
         G = last_layer_gradients(z, labels, h)
         np.testing.assert_allclose(backend.to_numpy(K), G @ G.T, atol=1e-12)
+
+
+    @pytest.mark.parametrize("library", ["numpy", "torch"])
+    def test_extreme_magnitudes_never_nan(self, library):
+        """Finite gradients of 1e200 (whose squares overflow float64): the Gram matrix is
+        inf where an entry is beyond the range and never NaN (the factored form gave
+        inf * 0 = NaN, torch's product inf - inf = NaN); entries in range are exact,
+        whatever the scale (rows scaled by a power of two first, then scaled back)."""
+        to = np.asarray if library == "numpy" else pytest.importorskip("torch").as_tensor
+        G = np.array([[1e200, 1e200], [1e200, -1e200]])
+        for K in (gram_matrix(to(G)), gram_matrix(FactoredGradients(
+                to(np.array([[1e200], [1e200]])), to(np.array([[1.0, 1.0], [-1.0, 1.0]]))))):
+            K = np.asarray(K)
+            assert not np.isnan(K).any()
+            assert np.isinf(np.diag(K)).all()
+        F = FactoredGradients(to(np.array([[3e150], [1e150]])),
+                              to(np.array([[1e-160, 2e-160], [-2e-160, 1e-160]])))
+        np.testing.assert_allclose(np.asarray(gram_matrix(F)),
+                                   np.array([[4.5e-19, 0.0], [0.0, 5e-20]]), rtol=1e-12,
+                                   atol=1e-12 * 4.5e-19)
 
 
 class TestNestedGradientErrors:
@@ -489,6 +522,23 @@ class TestNestedGradientErrors:
 
 
 class TestGradientError:
+    def test_overflowing_given_weights_are_not_a_perfect_match(self):
+        """Given weights whose terms overflow: the factored form's error is inf, as the
+        dense form's, where inf - inf = NaN used to be read as 0 (a perfect match)."""
+        weights = [1e308, 1e308]
+        dense = gradient_error(np.eye(2), [0, 1], weights=weights)[0]
+        factored = gradient_error(FactoredGradients(np.eye(2), np.ones((2, 1))), [0, 1],
+                                  weights=weights)[0]
+        assert np.isinf(dense) and np.isinf(factored)
+
+    @pytest.mark.parametrize("function", ["gradient_error", "nested_gradient_errors"])
+    def test_empty_list_of_indices_is_named(self, function):
+        """An empty list is reported as empty, as an empty integer array is (it was a
+        TypeError about the list's dtype)."""
+        call = gradient_error if function == "gradient_error" else nested_gradient_errors
+        with pytest.raises(ValueError, match="is empty; pass at least one row index"):
+            call(np.ones((5, 3)), [])
+
     def test_least_squares_matches_lstsq(self):
         """Error and weights equal numpy.linalg.lstsq's solution."""
         G = last_layer_gradients(*_chunk())
