@@ -265,19 +265,26 @@ or FactoredGradients
     if factored:
         return F if half is None else FactoredGradients(
             _to_half(residuals, half, xp, owner), _to_half(inputs, half, xp, owner))
+    G = _dense(F, n_sketch, random_state, xp, device, owner, check=half is None)
+    return G if half is None else _to_half(G, half, xp, owner)
+
+
+def _dense(F, n_sketch, random_state, xp, device, owner, check=True):
+    """The gradients of ``F``, materialized or sketched; with ``check``, a clear error
+    where residuals times embeddings overflow (half dtypes are checked by `_to_half`)."""
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
         if n_sketch is None:
             G = F.materialize()
         else:
             rng = check_random_state(random_state, "random_state", owner)
             G = _sketch(F, n_sketch, rng, xp, device)
-    if half is None and not bool(xp.all(xp.isfinite(G))):
+    if check and not bool(xp.all(xp.isfinite(G))):
         raise ValueError(
             f"The gradients computed by {owner} overflow {G.dtype}: residuals times "
             f"embeddings exceed its largest finite number. Pass factored=True (the "
             f"residuals and embeddings are kept apart, each finite; graft_select's "
             f"functions scale them before any product), or rescale the inputs.")
-    return G if half is None else _to_half(G, half, xp, owner)
+    return G
 
 
 def _to_half(X, half, xp, owner):
