@@ -370,10 +370,17 @@ class _HeadFinder:
             error = self._not_logits(head, outputs, producers)
         return (None, error) if error is not None else (head, None)
 
+    @torch.compiler.disable  # a hook inside a compiled forward: its walk runs eagerly
     def _not_logits(self, head, outputs, producers):
         """Why the model's output, computed from ``head``, is not that layer's logits
-        (up to what ``self.loss`` allows, see `_same_logits`), or None."""
+        (up to what ``self.loss`` allows, see `_same_logits`), or None.
+
+        Only a (b, C) head output is compared: a per-token head (a (b, T, C)
+        output the model pools) is reported by `_problem` at ``observe()``.
+        """
         logits = self.seen[head][1]
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            return None
         derived = [t for t in outputs if t.grad_fn is not None
                    and head in _upstream([t], producers)]
         if any(_same_logits(t, logits, self.loss) for t in derived):
@@ -407,16 +414,23 @@ def _same_logits(output, logits, loss):
     cast and, with ``loss="cross_entropy"``, a shift per row (``log_softmax``) or a
     ``softmax``: the values that give the same residuals.
 
-    Compared in float32 to a tolerance of 64 roundings of the coarser dtype
-    times the logits' largest magnitude (``log_softmax`` subtracts a
-    ``logsumexp`` that large).
+    Compared in float32 (float64 if either is) to a tolerance of 64 roundings
+    of the coarsest dtype involved times the logits' largest magnitude
+    (``log_softmax`` subtracts a ``logsumexp`` that large), on the rows where
+    both are finite (a diverged batch's NaN, a log-probability that underflowed
+    to -inf say nothing); with no such row there is nothing to refute.
     """
     if (not isinstance(output, torch.Tensor) or output.numel() != logits.numel()
             or not output.is_floating_point() or not logits.is_floating_point()):
         return False
-    eps = max(torch.finfo(output.dtype).eps, torch.finfo(logits.dtype).eps)
-    z = logits.detach().float()
-    out = output.detach().reshape(logits.shape).float().to(z.device)
+    dtype = torch.float64 if torch.float64 in (output.dtype, logits.dtype) else torch.float32
+    eps = max(torch.finfo(output.dtype).eps, torch.finfo(logits.dtype).eps,
+              torch.finfo(dtype).eps)
+    z = logits.detach().to(dtype)
+    out = output.detach().reshape(logits.shape).to(device=z.device, dtype=dtype)
+    if z.ndim == 2:
+        finite = (torch.isfinite(z) & torch.isfinite(out)).all(dim=1)
+        z, out = z[finite], out[finite]
     tol = 64 * eps * (1.0 + float(z.abs().max()) if z.numel() else 1.0)
     difference = out - z
     if not z.numel() or float(difference.abs().max()) <= tol:

@@ -657,7 +657,7 @@ StoredGradients, default=None
             With ``set_output(transform="pandas")`` (or scikit-learn's
             ``transform_output`` config) a DataFrame: its index is X's for a
             DataFrame, the selected row numbers ``sample_indices_`` for a NumPy
-            array.
+            array or a list.
 
         Raises
         ------
@@ -679,12 +679,12 @@ StoredGradients, default=None
         if not is_dask_array(X):  # a dask array is checked block by block, lazily
             self._validate_X(X, reset=False)
         subset = self._take_rows(X)
-        if container == "pandas" and isinstance(X, np.ndarray) and subset.ndim == 2:
+        if container == "pandas" and isinstance(X, (np.ndarray, list, tuple)):
             import pandas as pd  # set_output(transform="pandas") needs pandas
 
             # the selected rows keep their row numbers (scikit-learn's wrapper would
             # number them 0..k-1), and the wrapper names the columns
-            subset = pd.DataFrame(subset, index=to_numpy(self.sample_indices_), copy=False)
+            subset = pd.DataFrame(subset, index=to_numpy(self.sample_indices_))
         return subset
 
     def fit_transform(self, X, y=None, *, gradients=None):

@@ -333,6 +333,17 @@ class ConvHead(nn.Module):
         return self.head(torch.relu(self.body(x))[:, :, None])[:, :, 0]
 
 
+class PooledTokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(D_IN, 4 * H)
+        self.head = nn.Linear(H, C)
+
+    def forward(self, x):
+        tokens = torch.relu(self.body(x)).reshape(x.shape[0], 4, H)
+        return self.head(tokens)[:, -1]
+
+
 def _one_batch(model, sampler, X, **observe):
     batch = next(iter(sampler))
     model(X[batch])
@@ -416,6 +427,37 @@ class TestHead:
                                              r"layer's output.*layer=.*logits= to observe"):
             _one_batch(model, sampler, X)
         assert bool((sampler.state_dict()["last_seen"] < 0).all())
+
+    @pytest.mark.parametrize("case", ["float64", "nan_row", "compiled"])
+    def test_head_behind_log_softmax_in_hard_settings(self, case):
+        """A head behind log_softmax is found in float64 (the comparison ran in float32
+        against float64's rounding), when the first batch holds a NaN row (it compared
+        the NaN), and in a forward compiled with torch.compile (the check broke a
+        Dynamo guard): the check added to watch() rejected all three."""
+        X, y = _data()
+        model = nn.Sequential(HeadFirst(), nn.LogSoftmax(dim=1))
+        if case == "float64":
+            model, X = model.double(), X.double()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        capture = sampler.watch(model)
+        batch = next(iter(sampler))
+        inputs = X[batch].clone()
+        if case == "nan_row":
+            inputs[0] = float("nan")
+        forward = torch.compile(model, backend="aot_eager") if case == "compiled" else model
+        forward(inputs)
+        sampler.observe()  # a NaN row is set aside by the store (reported at the refit)
+        assert capture.error is None and capture.layer is model[0].head
+
+    def test_pooled_per_token_head_keeps_its_message(self):
+        """A head applied per token whose outputs the model pools: observe() names the
+        per-token input (the logits check leaves it to that message)."""
+        X, y = _data()
+        model = PooledTokens()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model)
+        with pytest.raises(ValueError, match=r"got an input of shape \(8, 4, 5\), not \(b, d\)"):
+            _one_batch(model, sampler, X)
 
     def test_regression_output_behind_a_shift_raises(self):
         """With loss="mse" a shift of the head's output changes the residuals

@@ -395,6 +395,8 @@ class TestCitizenship:
         np.testing.assert_array_equal(out.to_numpy(), X[rows])
         np.testing.assert_array_equal(out.index.to_numpy(), rows)
         assert list(out.columns) == [f"x{i}" for i in range(X.shape[1])]
+        listed = selector.transform(X.tolist())  # a list's rows keep their numbers too
+        np.testing.assert_array_equal(listed.index.to_numpy(), rows)
         frame = pd.DataFrame(X, columns=[f"pixel{i}" for i in range(X.shape[1])],
                              index=np.arange(len(X)) + 1000)
         pipe = Pipeline([("scale", StandardScaler()),
