@@ -485,7 +485,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
     def _stalest(self, candidates, budget, never=0):
         """The least recently observed candidates (never observed first), in a share of
         budget that holds every never-observed one it can."""
-        share = max(round(self.refresh_share * budget), min(never, budget))
+        share = refresh_count(self.refresh_share, budget, never)
         store = self.recorder.store
         if share == 0:
             return torch.zeros(0, dtype=torch.int64)
@@ -584,18 +584,23 @@ def _first_refreshes(planner):
     """Refreshes the first refit is expected to plan (observe-only; 0 otherwise).
 
     A share of the budget, or, without a warm start (the first refit comes before
-    any full pass), every never-observed candidate the budget holds, as
-    ``EpochPlanner._stalest`` takes them; after a warm start none are left.
+    any full pass), every never-observed candidate the budget holds: the
+    :func:`refresh_count` of ``EpochPlanner._stalest``, with the never-observed
+    candidates expected now; after a warm start none are left.
     """
     if not planner.source.refreshes_stale:
         return 0
-    budget = planner._budget()
-    refreshed = round(planner.refresh_share * budget)
+    expected = 0
     if planner.warm_start_epochs == 0:
         never = int((planner.recorder.store.last_seen.cpu() < 0).sum())
         expected = round(never * planner._n_candidates() / max(1, planner.n_samples))
-        refreshed = max(refreshed, min(expected, budget))
-    return refreshed
+    return refresh_count(planner.refresh_share, planner._budget(), expected)
+
+
+def refresh_count(refresh_share, budget, never):
+    """Refreshes of a refit: a ``refresh_share`` of the ``budget``, or every one of the
+    ``never`` never-observed candidates the budget holds, if more."""
+    return max(round(refresh_share * budget), min(never, budget))
 
 
 def refit_candidates(n, count, shuffle, generator):

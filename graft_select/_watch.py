@@ -424,18 +424,18 @@ def _same_logits(output, logits, loss):
             or not output.is_floating_point() or not logits.is_floating_point()):
         return False
     dtype = torch.float64 if torch.float64 in (output.dtype, logits.dtype) else torch.float32
-    eps = max(torch.finfo(output.dtype).eps, torch.finfo(logits.dtype).eps,
-              torch.finfo(dtype).eps)
+    eps = max(torch.finfo(output.dtype).eps, torch.finfo(logits.dtype).eps)
     z = logits.detach().to(dtype)
     out = output.detach().reshape(logits.shape).to(device=z.device, dtype=dtype)
-    if z.ndim == 2:
-        finite = (torch.isfinite(z) & torch.isfinite(out)).all(dim=1)
-        z, out = z[finite], out[finite]
-    tol = 64 * eps * (1.0 + float(z.abs().max()) if z.numel() else 1.0)
-    difference = out - z
-    if not z.numel() or float(difference.abs().max()) <= tol:
+    finite = (torch.isfinite(z) & torch.isfinite(out)).all(dim=1)
+    z, out = z[finite], out[finite]
+    if not z.numel():
         return True
-    if loss != "cross_entropy" or z.ndim != 2:
+    tol = 64 * eps * (1.0 + float(z.abs().max()))
+    difference = out - z
+    if float(difference.abs().max()) <= tol:
+        return True
+    if loss != "cross_entropy":
         return False
     spread = difference.max(dim=1).values - difference.min(dim=1).values
     if float(spread.max()) <= tol:  # log_softmax, or any shift per row

@@ -20,9 +20,9 @@ import warnings
 from typing import ClassVar
 
 import numpy as np
-import sklearn
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
+from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._backend import (
@@ -893,9 +893,9 @@ def _maxvol_or_uniform(source, params, chunks, picked, rng, ratio, compute_weigh
 
 def _output_container(estimator):
     """What ``transform`` is asked to return: ``"default"``, ``"pandas"`` or ``"polars"``,
-    from ``set_output`` or else scikit-learn's ``transform_output`` config."""
-    config = getattr(estimator, "_sklearn_output_config", {}).get("transform")
-    return config if config is not None else sklearn.get_config()["transform_output"]
+    from ``set_output`` or else scikit-learn's ``transform_output`` config (read as
+    scikit-learn's own output wrapper reads it)."""
+    return _get_output_config("transform", estimator)["dense"]
 
 
 def _is_host_like(X):
