@@ -390,8 +390,8 @@ class _HeadFinder:
         shapes = ", ".join(str(tuple(t.shape)) for t in derived)
         return (f"its output (shape {shapes}) is computed from '{self._name(head)}' "
                 f"(a {type(head).__name__} with outputs of shape {tuple(logits.shape)}) but "
-                f"is not {allowed}: a scale, temperature or normalisation after that "
-                "layer, or a head that is not a torch.nn.Linear, so the values observe() "
+                f"is not {allowed}: a scale, temperature, mask or normalisation after "
+                "that layer, or a head that is not a torch.nn.Linear, so the values observe() "
                 "would record are not the model's logits; pass the layer whose output is "
                 "the logits as layer=, or pass embeddings= and logits= to observe()")
 
@@ -417,8 +417,13 @@ def _same_logits(output, logits, loss):
     Compared in float32 (float64 if either is) to a tolerance of 64 roundings
     of the coarsest dtype involved times the logits' largest magnitude
     (``log_softmax`` subtracts a ``logsumexp`` that large), on the rows where
-    both are finite (a diverged batch's NaN, a log-probability that underflowed
-    to -inf say nothing); with no such row there is nothing to refute.
+    both are finite (a diverged batch's NaN, a log-probability that overflowed
+    to -inf say nothing); with no such row there is nothing to refute. A row of
+    finite logits whose magnitudes stay under a quarter of the output dtype's
+    largest value (no cast, shift or ``log_softmax`` of it can overflow) with a
+    non-finite output entry refutes it: a mask (``masked_fill`` with -inf
+    before the loss) changes the residuals, and every masked row would
+    otherwise be set aside as non-finite.
     """
     if (not isinstance(output, torch.Tensor) or output.numel() != logits.numel()
             or not output.is_floating_point() or not logits.is_floating_point()):
@@ -427,6 +432,10 @@ def _same_logits(output, logits, loss):
     eps = max(torch.finfo(output.dtype).eps, torch.finfo(logits.dtype).eps)
     z = logits.detach().to(dtype)
     out = output.detach().reshape(logits.shape).to(device=z.device, dtype=dtype)
+    bounded = torch.isfinite(z).all(dim=1) & (
+        z.abs().amax(dim=1) < torch.finfo(output.dtype).max / 4)
+    if bool((bounded & ~torch.isfinite(out).all(dim=1)).any()):
+        return False  # an entry masked to +-inf or NaN after the layer
     finite = (torch.isfinite(z) & torch.isfinite(out)).all(dim=1)
     z, out = z[finite], out[finite]
     if not z.numel():

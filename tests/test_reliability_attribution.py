@@ -323,6 +323,23 @@ class CosineHead(nn.Module):
         return 10 * h @ nn.functional.normalize(self.weight, dim=1).T
 
 
+class MaskedHead(nn.Module):
+    """Logits with class 0 masked to -inf in every other row, then ``log_softmax``."""
+
+    def __init__(self, log_softmax=False):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, H), nn.ReLU())
+        self.head = nn.Linear(H, C)
+        self.log_softmax = log_softmax
+
+    def forward(self, x):
+        z = self.head(self.body(x))
+        mask = torch.zeros_like(z, dtype=torch.bool)
+        mask[::2, 0] = True
+        z = z.masked_fill(mask, float("-inf"))
+        return torch.log_softmax(z, dim=1) if self.log_softmax else z
+
+
 class ConvHead(nn.Module):
     def __init__(self):
         super().__init__()
@@ -425,6 +442,21 @@ class TestHead:
         sampler.watch(model)
         with pytest.raises(ValueError, match=r"computed from '(body|head)'.*not that "
                                              r"layer's output.*layer=.*logits= to observe"):
+            _one_batch(model, sampler, X)
+        assert bool((sampler.state_dict()["last_seen"] < 0).all())
+
+    @pytest.mark.parametrize("log_softmax", [False, True])
+    def test_masked_logits_raise(self, log_softmax):
+        """Logits masked to -inf after the Linear (for example allowed actions),
+        alone or under log_softmax: the residuals of the masked output are not the
+        Linear's. The check set every row holding -inf aside as non-finite, so a
+        mask in every batch passed it and observe() recorded the unmasked logits,
+        silently. It now raises."""
+        X, y = _data()
+        model = MaskedHead(log_softmax)
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model)
+        with pytest.raises(ValueError, match=r"computed from 'head'.*mask"):
             _one_batch(model, sampler, X)
         assert bool((sampler.state_dict()["last_seen"] < 0).all())
 
