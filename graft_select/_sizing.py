@@ -18,6 +18,14 @@ __all__ = [
 #: Largest chunk of the default chunking (``chunk_size=None``).
 DEFAULT_CHUNK_ROWS = 4096
 
+#: Relative gradient errors up to this count as 0 (ties), in the subset sizes and
+#: in the MaxVol-or-uniform check alike. An error is the square root of a
+#: difference of squared norms, so below about 3 times the square root of
+#: float32's rounding unit it can be rounding residue (gradients of a rank below
+#: the subset size give 1e-16 in float64, 1e-4 in float32), which would otherwise
+#: decide the sizes differently on each backend and under a scaling of the gradients.
+ERROR_TIE = 1e-3
+
 
 def default_chunks(n, max_rows=None):
     """Chunk bounds for ``chunk_size=None``: one chunk up to ``max_rows`` rows, else
@@ -137,6 +145,7 @@ def allocate_sizes(errors, k_min, k_max, budget, tol=None, slack=0.05):
         error is at most ``tol``, as long as the total stays within ``slack`` of
         ``budget``; otherwise (and when ``tol`` is None) the total is set to the
         budget (clipped to that window) and distributed by error levelling.
+        Errors up to `ERROR_TIE` count as 0 (so a ``tol`` below it acts as it).
 
     Returns
     -------
@@ -147,9 +156,12 @@ def allocate_sizes(errors, k_min, k_max, budget, tol=None, slack=0.05):
     Error levelling gives the next sample to the chunk whose current error is the
     largest, until the total is reached: it equalises the chunks' errors, so easy
     chunks get few samples and hard chunks many. Because each chunk's errors are
-    non-increasing, this is a single sort of all candidate increments.
+    non-increasing, this is a single sort of all candidate increments. Once every
+    chunk's error is at the tie level, the rest of the budget goes round the
+    chunks by size, smallest first, as `apportion` would share it.
     """
     errors = np.asarray(errors, dtype=np.float64)
+    errors = np.where(errors <= ERROR_TIE, 0.0, errors)
     k_min = np.asarray(k_min, dtype=np.int64)
     k_max = np.asarray(k_max, dtype=np.int64)
     lowest, highest = int(k_min.sum()), int(k_max.sum())

@@ -53,7 +53,7 @@ from ._selection import (
     selected_indices,
     subset_sizes,
 )
-from ._sizing import BudgetWarning, budget, budget_overshoot
+from ._sizing import ERROR_TIE, BudgetWarning, budget, budget_overshoot
 from ._validation import (
     check_array,
     check_no_bool_numbers,
@@ -834,8 +834,6 @@ def _caller_level():
 
 #: ``max_error_ratio="auto"`` for gradients used once (arrays, factored, dask).
 _STATIC_ERROR_RATIO = 0.25
-#: Gradient errors up to this count as 0 in the ``max_error_ratio`` check.
-_ERROR_TIE = 1e-3
 
 
 def _error_ratio(max_error_ratio, gradients, strategy):
@@ -872,7 +870,7 @@ def _maxvol_or_uniform(source, params, chunks, picked, rng, ratio, compute_weigh
     errors, errors_u = np.asarray(errors), np.asarray(errors_u)
     # errors at the rounding level of float32 are ties (both subsets match the mean
     # gradient): MaxVol's picks stay, whatever the rounding of the proxies' form
-    floor = lambda e: np.where(e <= _ERROR_TIE, 0.0, e)  # noqa: E731
+    floor = lambda e: np.where(e <= ERROR_TIE, 0.0, e)  # noqa: E731
     # a uniform draw of the very rows MaxVol picked is no alternative: keep the pivot order
     same = np.array([np.array_equal(np.sort(lo), np.sort(un)) for lo, un in zip(local, uniform)],
                     dtype=bool)

@@ -213,6 +213,36 @@ class TestSizing:
         sizes = allocate_sizes(errors, np.array([1, 1]), np.array([4, 4]), budget=5)
         assert sizes.tolist() == [1, 4]
 
+    def test_rounding_level_errors_are_ties(self):
+        """Errors at the rounding level (under ERROR_TIE) do not decide sizes: the budget
+        left once every chunk is there goes round the chunks evenly. Levelling sorted
+        1e-16 residues, so chunks got 20 or 80 rows by rounding."""
+        errors = np.array([[0.5, 3e-16, 1e-16, 2e-16], [0.4, 1e-15, 5e-16, 1e-16]])
+        sizes = allocate_sizes(errors, np.array([1, 1]), np.array([4, 4]), budget=6)
+        assert sizes.tolist() == [3, 3]
+
+    @pytest.mark.filterwarnings("ignore:The weights of chunks")
+    def test_low_rank_gradients_same_sizes_on_every_backend(self):
+        """Gradients of rank below the subset sizes (a logistic regression's 8 columns):
+        every chunk's nested error reaches rounding level, which decided the sizes
+        (NumPy [80, 20, 20, ...], torch and 3 G other ones). Now the same, even sizes
+        and rows on NumPy, torch and under a scaling of the gradients."""
+        torch = pytest.importorskip("torch")
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((2000, 3))
+        logits = X @ rng.standard_normal((3, 2))
+        y = (rng.random(2000) < 1 / (1 + np.exp(logits[:, 0] - logits[:, 1]))).astype(int)
+        from graft_select.gradients import last_layer_gradients
+
+        G = last_layer_gradients(logits, y, X)
+        fits = [GraftSelector(0.2, chunk_size=200, random_state=0).fit(X_, gradients=G_)
+                for X_, G_ in [(X, G), (torch.from_numpy(X), torch.from_numpy(G)),
+                               (X, 3 * G)]]
+        for fit in fits:
+            assert np.asarray(fit.subset_sizes_).tolist() == [40] * 10
+            np.testing.assert_array_equal(np.asarray(fit.sample_indices_),
+                                          fits[0].sample_indices_)
+
     def test_apportion_exact_total(self):
         """Fixed sizes add up to round(fraction * n) with at least one per chunk."""
         sizes = apportion(0.3, np.array([32] * 18 + [24]))
