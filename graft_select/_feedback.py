@@ -202,7 +202,8 @@ def _check_view_rows(rows, n_table, owner):
             f"shape {host.shape} and dtype {host.dtype}.")
     host = host.astype(np.int64, copy=False)
     if host.shape[0] < 2:
-        raise ValueError(f"{owner} needs at least 2 rows to select from, got {host.shape[0]}.")
+        raise ValueError(
+            f"{owner} needs at least 2 rows to select from, got n_samples={host.shape[0]}.")
     low, high = int(host.min()), int(host.max())
     if low < 0 or high >= n_table:
         raise ValueError(

@@ -268,7 +268,7 @@ def as_array(X):
 def check_rows(n, y, owner):
     """Raise a ValueError unless there are 2 rows or more, and y (if given) has n."""
     if n < 2:
-        raise ValueError(f"{owner} needs at least 2 rows to select from, got {n}.")
+        raise ValueError(f"{owner} needs at least 2 rows to select from, got n_samples={n}.")
     rows = None if y is None else n_rows(y, "y")
     if isinstance(rows, numbers.Real) and math.isnan(rows):  # a dask array
         raise ValueError(
@@ -277,7 +277,8 @@ def check_rows(n, y, owner):
         )
     if y is not None and rows != n:
         raise ValueError(
-            f"'y' has {n_rows(y)} rows but X has {n}; pass one target per row of X."
+            f"'y' has {n_rows(y)} rows but the data to select from has {n}; pass one "
+            f"target per row of X (or of the StoredGradients view)."
         )
 
 
@@ -287,9 +288,13 @@ def n_rows(X, name="y"):
         return X.shape[0]
     if hasattr(X, "__len__") and not isinstance(X, (str, bytes)) and not hasattr(X, "shape"):
         return len(X)
+    if hasattr(X, "__array__") and not hasattr(X, "shape"):  # an object NumPy converts
+        shape = np.asarray(X).shape
+        if shape:
+            return shape[0]
     raise TypeError(
-        f"'{name}' must be an array-like of shape (n_samples,), one entry per row of X; got "
-        f"{type(X).__name__} ({X!r})."
+        f"'{name}' must be an array-like with one entry per row of the fitted data, of "
+        f"shape (n_samples,) or (n_samples, ...); got {type(X).__name__} ({X!r})."
     )
 
 

@@ -19,10 +19,13 @@ import time
 import warnings
 from typing import ClassVar
 
+import array_api_compat
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
+from sklearn.utils._metadata_requests import RequestMethod
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils._set_output import _get_output_config
+from sklearn.utils.metadata_routing import UNCHANGED, UNUSED
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._backend import (
@@ -229,8 +232,9 @@ _DOC_ATTRIBUTES = """
         ``subset_sizes_.sum()`` exceeds it only by the at-least-one-row-per-chunk
         rule (a :class:`BudgetWarning` past 10%) or within ``gradient_tol``'s 5%.
     n_features_in_ : int
-        Number of features seen during fit (``d + 1`` for a :class:`StoredGradients`
-        fit: the embedding width plus the bias).
+        Number of features seen during fit. Not set by a :class:`StoredGradients`
+        fit, which sees no X: ``transform`` then takes any data with
+        ``n_samples_fit_`` rows.
     feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names, when X was a DataFrame with string column names.
     n_samples_fit_ : int
@@ -312,11 +316,13 @@ class _GraftBase(BaseEstimator):
         "random_state": "an int, a numpy random generator or None",
     }
 
-    def _fit(self, X, y=None, gradients=None, compute_weights=True):
+    def _fit(self, X, y=None, gradients=None, compute_weights=True, then=None):
         """Fit atomically: a failing fit leaves the estimator's state as it was.
 
         Every door (``fit``, ``fit_transform``, ``fit_resample``) comes here, so
-        each reads the pool of an enclosing `selecting_pool` here.
+        each reads the pool of an enclosing `selecting_pool` here. ``then``, a
+        function of no arguments, runs after the fit (taking the selected rows)
+        and its result is returned; the state comes back if it fails too.
         """
         saved = dict(self.__dict__)
         try:
@@ -324,7 +330,8 @@ class _GraftBase(BaseEstimator):
             scope = gradients.residuals if X is None and isinstance(
                 gradients, StoredGradients) else X
             with device_scope(scope):
-                return self._fit_steps(X, y, gradients, compute_weights, _POOL.get())
+                self._fit_steps(X, y, gradients, compute_weights, _POOL.get())
+            return self if then is None else then()
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
@@ -392,7 +399,10 @@ class _GraftBase(BaseEstimator):
         self.sample_indices_ = source.output(selected_indices(chunks, local))
         self.sample_weight_ = None if weights is None else source.output(weights)
         self.gradient_error_ = gradient_error
-        self.n_features_in_ = source.n_features
+        if isinstance(source, StoreSource):  # no X: transform takes any row-aligned data
+            self.__dict__.pop("n_features_in_", None)
+        else:
+            self.n_features_in_ = source.n_features
         self.n_samples_fit_ = source.n_samples
 
     def _source(self, X, gradients, chunk_size):
@@ -467,7 +477,7 @@ class _GraftBase(BaseEstimator):
         if reset:
             self._forget_feature_names()  # a tensor has no column names
             self.n_features_in_ = int(checked.shape[1])
-        elif checked.shape[1] != self.n_features_in_:
+        elif hasattr(self, "n_features_in_") and checked.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {checked.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
@@ -687,8 +697,13 @@ StoredGradients, default=None
             subset = pd.DataFrame(subset, index=to_numpy(self.sample_indices_))
         return subset
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit_transform(self, X, y=None, *, gradients=None):
         """Fit, then return the selected rows of X.
+
+        As ``fit(X, y, gradients=gradients).transform(X)``, except that when
+        ``transform`` fails (for example a DataFrame output asked for a tensor)
+        the estimator stays as it was before the call.
 
         Parameters
         ----------
@@ -712,7 +727,8 @@ StoredGradients, default=None
             ``y``. Use :class:`GraftResampler` in an ``imblearn.pipeline.Pipeline``
             instead, or ``y[selector.sample_indices_]``.
         """
-        X_subset = self.fit(X, y, gradients=gradients).transform(X)
+        _check_rows_to_return(gradients, type(self).__name__, "fit_transform")
+        X_subset = self._fit(X, y, gradients, then=lambda: self.transform(X))
         k = int(self.sample_indices_.shape[0])
         if y is not None and k < self.n_samples_fit_:
             warnings.warn(
@@ -755,9 +771,57 @@ class GraftResampler(_GraftBase):
     """
     )
 
+    # Metadata routing (imbalanced-learn's Pipeline routes a sampler's fit_resample and
+    # fit, and calls fit_resample only): gradients go to fit_resample by default, and
+    # fit's parameters are not routed (an unset request would make every routed fit raise)
+    __metadata_request__fit: ClassVar[dict] = {"gradients": UNUSED, "compute_weights": UNUSED}
+    __metadata_request__fit_resample: ClassVar[dict] = {"gradients": True}
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, *, gradients=None, compute_weights=True):
+        """Select the rows of X, as :meth:`GraftSelector.fit` does.
+
+        ``fit_resample`` fits and returns the selected rows; ``fit`` fits only
+        (imbalanced-learn's samplers have both), which also serves a
+        :class:`StoredGradients` view (``X=None``), whose rows
+        ``fit_resample`` cannot return.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, DataFrame, tensor} of shape (n_samples, n_features)
+            Features, or None with ``gradients=StoredGradients(...)``.
+        y : array-like of shape (n_samples,), default=None
+            Ignored except for its length, which must match X.
+        gradients : array of shape (n_samples, p), FactoredGradients or \
+StoredGradients, default=None
+            Per-sample gradient proxies (see :meth:`GraftSelector.fit`).
+        compute_weights : bool, default=True
+            False leaves ``sample_weight_`` None (see :meth:`GraftSelector.fit`).
+
+        Returns
+        -------
+        self : GraftResampler
+            The fitted resampler.
+        """
+        return self._fit(X, y, gradients, compute_weights)
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit_resample(self, X, y, *, gradients=None):
         """Select rows and return them with their targets.
+
+        Atomic: when the rows cannot be taken from X or y, the estimator stays
+        as it was before the call.
+
+        In an ``imblearn.pipeline.Pipeline``, ``gradients`` reach this method
+        only under scikit-learn's metadata routing: without it imbalanced-learn
+        passes a step's parameters (``graftresampler__gradients=G``) to the
+        step's ``fit``, which its Pipeline does not call for a sampler, so they
+        are dropped without a word. Under routing ``fit_resample`` requests
+        ``gradients`` by default::
+
+            sklearn.set_config(enable_metadata_routing=True)
+            pipe = make_pipeline(GraftResampler(0.3), LogisticRegression())
+            pipe.fit(X, y, gradients=G)
 
         Parameters
         ----------
@@ -777,8 +841,40 @@ class GraftResampler(_GraftBase):
         """
         if y is None:
             raise ValueError("'y' is required by GraftResampler.fit_resample; pass targets.")
-        self._fit(X, y, gradients)
-        return self._take_rows(X), self._take_rows(y, "y")
+        _check_rows_to_return(gradients, type(self).__name__, "fit_resample")
+        return self._fit(X, y, gradients,
+                         then=lambda: (self._take_rows(X), self._take_rows(y, "y")))
+
+    def set_fit_resample_request(self, *, gradients=UNCHANGED):
+        """Request ``gradients`` for ``fit_resample`` under metadata routing.
+
+        scikit-learn's ``set_{method}_request``, for the method imbalanced-learn
+        adds (its Pipeline routes ``fit_resample``'s metadata this way). Defined
+        here whether or not imbalanced-learn was imported before graft_select
+        (scikit-learn generates these methods for the methods it knows when a
+        class is created). Needs ``sklearn.set_config(enable_metadata_routing=True)``
+        and imbalanced-learn.
+
+        Parameters
+        ----------
+        gradients : bool, None or str, default=sklearn.utils.metadata_routing.UNCHANGED
+            True: ``gradients`` passed to a router (a Pipeline's ``fit``) reach
+            ``fit_resample``; False: they do not; None: passing them raises; a
+            string: the name under which the router gets them.
+
+        Returns
+        -------
+        self : GraftResampler
+        """
+        try:
+            import imblearn.base  # noqa: F401  adds fit_resample to the routed methods
+        except ImportError as exc:
+            raise ImportError(
+                "GraftResampler.set_fit_resample_request routes metadata through "
+                "imbalanced-learn's Pipeline; install imbalanced-learn "
+                "(pip install imbalanced-learn).") from exc
+        request = RequestMethod("fit_resample", ["gradients"])
+        return request.__get__(self, type(self))(gradients=gradients)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -786,7 +882,8 @@ class GraftResampler(_GraftBase):
 
 # Modules whose frames a warning skips to reach the user's line: the package and
 # scikit-learn's method wrappers (_fit_context, set_output's fit_transform).
-_INTERNAL_MODULES = ("graft_select.", "sklearn.base", "sklearn.utils._set_output")
+_INTERNAL_MODULES = ("graft_select.", "sklearn.base", "sklearn.utils._set_output",
+                     "sklearn.pipeline", "imblearn.")
 
 
 _POOL = contextvars.ContextVar("graft_select_pool", default=None)
@@ -896,10 +993,28 @@ def _output_container(estimator):
     return _get_output_config("transform", estimator)["dense"]
 
 
+def _check_rows_to_return(gradients, owner, method):
+    """Raise before fitting where ``method`` could not return rows: a StoredGradients fit
+    has no X."""
+    if isinstance(gradients, StoredGradients):
+        raise ValueError(
+            f"{owner}.{method} returns the selected rows of X, and a StoredGradients "
+            f"view has no X. Call fit(None, gradients=view), then take the rows of "
+            f"your data with sample_indices_ (or transform(data), for GraftSelector).")
+
+
 def _is_host_like(X):
-    if isinstance(X, (np.ndarray, list, tuple)):
+    """NumPy, lists, pandas, and other objects NumPy converts (``__array__``) that are
+    not arrays of a library with its own namespace (torch, CuPy, dask, ...)."""
+    if isinstance(X, (np.ndarray, list, tuple)) or type(X).__module__.startswith("pandas"):
         return True
-    return type(X).__module__.startswith("pandas")
+    if not hasattr(X, "__array__"):
+        return False
+    try:
+        array_api_compat.array_namespace(X)
+    except TypeError:
+        return True
+    return False
 
 
 def _check_stored_params(X, strategy, basis, owner):
@@ -925,6 +1040,11 @@ def _take(X, indices):
         return X.iloc[to_numpy(indices)]
     if isinstance(X, (list, tuple)):
         return [X[i] for i in to_numpy(indices)]
+    if not (is_sparse(X) or isinstance(X, np.ndarray)) and _is_host_like(X):
+        return np.asarray(X)[to_numpy(indices)]  # an object NumPy converts (__array__)
+    if is_sparse(X) and X.format not in ("csr", "csc", "lil"):
+        # COO, DIA, BSR and DOK rows cannot be taken as such: through CSR, in X's format
+        return X.tocsr()[to_numpy(indices)].asformat(X.format)
     if is_sparse(X) or isinstance(X, np.ndarray):
         return X[to_numpy(indices)]
     # X may come from another library than the fitted data (NumPy fit, torch transform;

@@ -364,7 +364,8 @@ class TestFitFeedback:
         """Residuals alone (bias gradients) are accepted."""
         R, _ = self._store(rng)
         sel = self._selector().fit(None, gradients=StoredGradients(R, None, torch.arange(1200)))
-        assert sel.n_features_in_ == 1 and np.all(np.isfinite(sel.gradient_error_))
+        assert not hasattr(sel, "n_features_in_")
+        assert np.all(np.isfinite(sel.gradient_error_))
 
     def test_non_finite_store_named(self, rng):
         """NaN in a stored row is a ValueError naming the chunks; the estimator is unchanged."""
