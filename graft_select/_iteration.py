@@ -5,6 +5,7 @@ This module imports torch; only the sampler and its parts import it.
 """
 
 import collections
+import dis
 import itertools
 import numbers
 import sys
@@ -54,11 +55,15 @@ class BatchIterator:
         self._distinct = None
         loader = _loader_iterator()  # the DataLoader iterator this pass runs under, if any
         self._loader = None if loader is None else weakref.ref(loader)
-        self.unordered = loader is not None and (
-            getattr(loader, "_in_order", True) is False and loader._num_workers > 0)
+        # a loader with workers fetches ahead of the loop; one without hands each batch
+        # to the loop as it takes it from the sampler
+        self._ahead = loader is not None and loader._num_workers > 0
+        self.unordered = self._ahead and getattr(loader, "_in_order", True) is False
         self._baseline = None  # (position, loader's yielded count) at the first batch
+        self._yielded = None  # the loader's yielded count when it last asked for a batch
         self._consumer = None  # (id, code) of the frame that pulled the latest batch
         self._consumer_module = None  # that frame's module
+        self._pulled_by_for = False  # whether that frame pulled it with a for loop
         self._last_received = None  # received() at the previous observe() without indices
 
     @property
@@ -96,8 +101,23 @@ class BatchIterator:
         return len(self.batches) - self.position
 
     def resume_position(self):
-        """Batches the loop consumed: observed ones if it observes, else handed-out ones."""
-        return self.consumed if self.observed_any else self.position
+        """Batches the loop consumed: up to the last observed one if it observes, else the
+        ones it received (a DataLoader with workers fetches ahead of the loop: the batches
+        handed to its workers are not trained yet, and resuming after them lost them).
+
+        A batch received but not observed after the last observation is handed out
+        again on resume: observe() is what marks a batch trained, and a checkpoint
+        taken before a batch's step must not skip it.
+        """
+        return self.consumed if self.observed_any else self.received()
+
+    def __getstate__(self):
+        # a pickled pass (torch.save(sampler), a spawned process) keeps its batches and
+        # position; the weak reference to a live DataLoader iterator and the frame of
+        # the latest pull do not pickle, and belong to this process only
+        state = self.__dict__.copy()
+        state.update(_loader=None, _baseline=None, _consumer=None, _consumer_module=None)
+        return state
 
     def _note_consumer(self, frame):
         """Remember the frame that pulls batches: the first one outside the DataLoader."""
@@ -106,28 +126,39 @@ class BatchIterator:
             frame = frame.f_back
         self._consumer = None if frame is None else (id(frame), frame.f_code)
         self._consumer_module = None if frame is None else frame.f_globals.get("__name__", "")
-        if self._baseline is None and self._loader is not None:
-            loader = self._loader()
-            if loader is not None:  # the loader counts from here (a restored one: not from 0)
+        self._pulled_by_for = _at_for_iter(frame)
+        loader = None if self._loader is None else self._loader()
+        if loader is not None:
+            if self._baseline is None:  # the loader counts from here (a restored one: not 0)
                 self._baseline = (self.position, loader._num_yielded)
+            # what the loop had received when the loader asked for this batch: all that
+            # received() can tell once the loader is gone (a loop left with break)
+            self._yielded = loader._num_yielded
 
     def received(self):
         """Batches of the pass that reached the training loop (or a wrapper around the loader).
 
         A DataLoader with workers fetches ahead: its batches reach the loop when
-        it yields them, in order, and it counts them.
+        it yields them, in order, and it counts them (one without workers yields
+        each batch as it takes it: all it took were received). Once a loader with
+        workers is gone (the loop left it with ``break``), the count it had when it
+        last asked for a batch: the batch the loop was then given may be counted
+        out (handed out again on resume), never one it was not given.
         """
-        loader = None if self._loader is None else self._loader()
-        if loader is None or self._baseline is None:
+        if self._baseline is None or not self._ahead:
             return self.position
+        loader = None if self._loader is None else self._loader()
+        now = self._yielded if loader is None else loader._num_yielded
         first, yielded = self._baseline
-        return min(self.position, first + loader._num_yielded - yielded)
+        return min(self.position, first + now - yielded)
 
     def locate(self):
         """Depth in ``pending`` of the batch the training loop is on (observe() without indices).
 
         The loop is on the latest batch it received. Batches it received before
-        and did not observe were skipped: they are consumed, nothing recorded.
+        and did not observe were skipped: they are consumed, nothing recorded. A
+        loop that pulls batches with ``next()`` instead of a ``for`` statement may
+        hold one fetched ahead: two pending there raise.
         Behind a wrapper that fetches ahead of the loop (Lightning's fetcher, a
         generator), received batches may not have reached the loop yet: the
         oldest one is then the one trained, unless two or more batches arrived
@@ -153,7 +184,14 @@ class BatchIterator:
                 "batch once, after its forward pass, or pass indices=.")
         depth = 0
         if len(depths) > 1:
-            if self._consumed_here():  # the loop pulls batches itself: it is on the latest
+            if self._consumed_here() and not self._pulled_by_for:
+                raise ValueError(
+                    f"observe() without 'indices' cannot tell which batch the training loop "
+                    f"is on: {len(depths)} batches it pulled with next() are not observed "
+                    "yet, so a batch fetched ahead (next_batch = next(it) before the current "
+                    "one's step) and a batch whose observe() was skipped look the same. Pass "
+                    "the batch's indices to observe(), or iterate with a for loop.")
+            if self._consumed_here():  # a for loop holds one batch: it is on the latest
                 depth = depths[-1]
             elif self._last_received is not None and received - self._last_received >= 2:
                 raise ValueError(
@@ -302,6 +340,19 @@ def refuse_accelerate_wrapper():
             "to accelerator.prepare(); prepare the model and optimizer only and wrap the "
             "loader with graft_select.accelerate.prepare_data_loader(accelerator, loader) "
             "(GraftBatchSampler shards over the processes itself).")
+
+
+def _at_for_iter(frame):
+    """Whether ``frame`` is at a ``for`` statement's step (``FOR_ITER``), not at a call
+    such as ``next(it)``: a for loop holds one batch at a time, so two batches pending
+    there mean a skipped observe(), where two pulled by ``next()`` may be one fetched
+    ahead. False where the instruction cannot be read."""
+    if frame is None:
+        return False
+    try:
+        return dis.opname[frame.f_code.co_code[frame.f_lasti]].startswith("FOR_ITER")
+    except (IndexError, AttributeError):
+        return False
 
 
 def _loader_iterator():

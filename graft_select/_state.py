@@ -16,18 +16,22 @@ import torch
 from ._checks import LOSSES, check_indices
 from ._store import FEEDBACK_NAMES
 
-__all__ = ["check_feedback", "check_loss", "check_sketch", "check_state"]
+__all__ = ["check_feedback", "check_loss", "check_order", "check_sketch", "check_state"]
 
 STATE_KEYS = {"epoch", "batches_yielded", "subset", "subset_epoch", "store", "last_seen",
               "rejected", "selection_seconds", "refit_epochs", "next_refit", "batch_size",
               "num_replicas", "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
               "background", "pending_refit", "loss", "refit_seconds", "trained_seconds",
-              "rank", "unmerged_rows", "subset_refreshed", "pool_factor"}
+              "rank", "unmerged_rows", "subset_refreshed", "pool_factor", "shuffle",
+              "fraction", "warm_start_epochs", "pass_done"}
 # absent from states saved before they were added
 OPTIONAL_KEYS = {"rejected", "refit_epochs", "next_refit", "batch_size", "num_replicas",
                  "sample_offset", "plan_offset", "sketch_width", "seed", "sketched",
                  "background", "pending_refit", "loss", "refit_seconds", "trained_seconds",
-                 "rank", "unmerged_rows", "subset_refreshed", "pool_factor"}
+                 "rank", "unmerged_rows", "subset_refreshed", "pool_factor", "shuffle",
+                 "fraction", "warm_start_epochs", "pass_done"}
+#: The parameters that order an epoch's batches, as a state records them (None: absent).
+ORDER_KEYS = ("seed", "shuffle", "fraction", "warm_start_epochs")
 PENDING_KEYS = {"epoch", "snapshot_epoch", "refreshed", "chosen", "error", "budget", "seconds",
                 "report"}
 
@@ -77,10 +81,49 @@ def check_state(state, n_samples):
     return {"epoch": epoch, "batches_yielded": batches, "subset": subset,
             "subset_epoch": subset_epoch, "subset_refreshed": refreshed,
             "pool_factor": None if pool_factor is None else float(pool_factor),
+            "order": _check_order_keys(state, owner),
             "selection_seconds": float(seconds),
             **_check_schedule(state, owner), **_check_position(state, owner),
             **_check_sketch_keys(state, owner), **_check_background(state, owner, n_samples),
             "loss": _check_loss_key(state, owner), **feedback}
+
+
+def _check_order_keys(state, owner):
+    """The recorded parameters that order an epoch (`ORDER_KEYS`; None where absent)."""
+    order = {key: state.get(key) for key in ORDER_KEYS}
+    checks = {"seed": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+              "shuffle": lambda v: isinstance(v, bool),
+              "fraction": lambda v: (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                     and 0 < v <= 1),
+              "warm_start_epochs": lambda v: (isinstance(v, numbers.Integral)
+                                              and not isinstance(v, bool) and v >= 0)}
+    for key, value in order.items():
+        if value is not None and not checks[key](value):
+            raise ValueError(f"The {key!r} of the state passed to {owner} is not one a "
+                             f"GraftBatchSampler has: got {value!r}.")
+    return order
+
+
+def check_order(checked, parameters):
+    """Raise if ``checked`` (a checked state) was saved in the middle of an epoch by a
+    sampler whose ``parameters`` (a dict over `ORDER_KEYS`) ordered the epoch otherwise:
+    the rest of the epoch would be cut from another order, training some samples twice
+    and skipping others. A state saved between epochs (before the pass, or once the
+    pass handed out and the loop consumed all its batches) loads under any of them."""
+    if checked["pass_done"] or not (checked["batches_yielded"] or checked["sample_offset"]):
+        return
+    saved = checked["order"]
+    other = [key for key in ORDER_KEYS
+             if saved[key] is not None and saved[key] != parameters[key]]
+    if other:
+        got = ", ".join(f"{key}={saved[key]!r}" for key in other)
+        has = ", ".join(f"{key}={parameters[key]!r}" for key in other)
+        raise ValueError(
+            f"The state passed to GraftBatchSampler.load_state_dict was saved in the "
+            f"middle of epoch {checked['epoch']} by a sampler with {got}, but this sampler "
+            f"has {has}: the rest of the epoch would come from another order of the "
+            f"samples, training some twice and skipping others. Build the sampler with "
+            f"{got} to resume, or load a state saved between epochs.")
 
 
 def _check_loss_key(state, owner):
@@ -148,6 +191,11 @@ def _check_position(state, owner):
         checked[name] = None if value is None else _state_int(value, name, owner, low=low)
     for name in ("sample_offset", "plan_offset", "rank", "unmerged_rows"):
         checked[name] = _state_int(state.get(name, 0), name, owner)
+    done = state.get("pass_done", False)
+    if not isinstance(done, bool):
+        raise ValueError(f"The 'pass_done' of the state passed to {owner} must be a bool. Got "
+                         f"{done!r} instead.")
+    checked["pass_done"] = done
     if checked["num_replicas"] is not None and checked["rank"] >= checked["num_replicas"]:
         raise ValueError(f"The 'rank' of the state passed to {owner} must be below its "
                          f"'num_replicas' ({checked['num_replicas']}). Got {checked['rank']} "

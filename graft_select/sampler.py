@@ -30,7 +30,7 @@ from ._iteration import BatchIterator, LastLayerCapture, calling_owner, refuse_a
 from ._planner import EpochPlanner, RefitReport
 from ._recorder import FeedbackRecorder
 from ._sources import check_features, feature_source
-from ._state import check_loss, check_sketch, check_state
+from ._state import ORDER_KEYS, check_loss, check_order, check_sketch, check_state
 from ._store import FEEDBACK_DTYPES
 from ._validation import check_bool, check_int, check_option, check_real
 from .selector import GraftSelector
@@ -276,6 +276,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         # (plan offset, samples, num_replicas) to skip at the first iteration after
         # load_state_dict; see _pass_batches
         self._resume = None
+        self._resume_done = False  # whether the loaded state's pass had ended
+        self._repeated_pass = False  # a full observed pass ran at this epoch before this one
         self._iteration = None  # the current pass (a BatchIterator)
         self._pass_offsets = (0, 0)  # (plan offset, sample offset) of the current pass
         self._pass_length = 0  # batches the current pass hands out
@@ -365,6 +367,17 @@ class GraftBatchSampler(Sampler[list[int]]):
             Explicit per-sample gradient proxies, instead of logits and targets
             (passing both raises).
         """
+        if self._repeated_pass:
+            self._repeated_pass = False
+            refit = (f" and the refit due at epoch {self.epoch + 1} never happens"
+                     if self._planner.refit_due(self.epoch + 1) else "")
+            warnings.warn(
+                f"GraftBatchSampler trains a second full pass at epoch {self.epoch}: "
+                f"set_epoch() was not called after the first, so the epoch repeats (the same "
+                f"batches, in the same order){refit}. Call sampler.set_epoch(epoch) before "
+                f"each epoch; with Lightning, add graft_select.lightning.GraftCallback"
+                f"(sampler) to the Trainer's callbacks (Lightning does not call set_epoch on "
+                f"a batch sampler).", UserWarning, stacklevel=2)
         self._recorder.observe(self._iteration, self.epoch, indices, embeddings=embeddings,
                                logits=logits, targets=targets, gradients=gradients)
 
@@ -414,7 +427,9 @@ class GraftBatchSampler(Sampler[list[int]]):
 
         The current epoch changes nothing (a loaded resume position is kept).
         A loop that iterates the sampler again after a full pass without
-        calling it gets a warning when the next epoch would have refitted.
+        calling it gets a warning: when the next epoch would have refitted, or
+        at the first ``observe()`` of the second pass (a pass that is not
+        observed, such as an evaluation over the training loader, does not warn).
 
         Parameters
         ----------
@@ -427,6 +442,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         if epoch != self.epoch:
             self._resume = None
             self._iteration = None
+            self._repeated_pass = False
         self.epoch = epoch
 
     def __len__(self):
@@ -540,10 +556,25 @@ class GraftBatchSampler(Sampler[list[int]]):
                 f"{self.fraction}), or pass drop_last=False.")
 
     def _warn_if_epoch_repeats(self):
-        """Warn when a full pass is followed by another at the same epoch, a refit being due."""
+        """Warn when a full pass is followed by another at the same epoch.
+
+        After a pass the loop observed, the new pass is noted and its first
+        observe() warns: two trained passes of one epoch are a loop that forgot
+        set_epoch() (the warm-start epochs, or ``fraction=1.0``, then repeat the
+        same order forever, and no refit happens), where a pass that is not
+        observed (an evaluation over the training loader) says nothing. A loop
+        that never observes (fixed ``features``) is warned here, when the next
+        epoch would have refitted.
+        """
         previous = self._iteration
-        if (previous is None or not previous.batches or previous.position < len(previous.batches)
-                or not self._planner.refit_due(self.epoch + 1)):
+        self._repeated_pass = False
+        if (previous is None or not previous.batches
+                or previous.position < len(previous.batches)):
+            return
+        if previous.observed_any:  # warned at this pass's first observe(), if it has one
+            self._repeated_pass = True
+            return
+        if not self._planner.refit_due(self.epoch + 1):
             return
         warnings.warn(
             f"GraftBatchSampler is iterated again at epoch {self.epoch} after a full pass: "
@@ -574,7 +605,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         ``num_replicas`` they count in, the current subset, the recorded
         feedback (one row per sample of each kind observed, the last-seen epochs
         and the rejected rows not yet reported, so a resumed run reports them),
-        and the ``loss``, ``sketch_width`` and ``seed`` that shaped it. 50,000 samples with
+        and the ``loss``, ``sketch_width``, ``seed``, ``shuffle``, ``fraction``,
+        ``warm_start_epochs`` and ``pool_factor`` that shaped it. 50,000 samples with
         512-d embeddings and 10 classes take about 104 MB.
 
         Returns
@@ -588,7 +620,9 @@ class GraftBatchSampler(Sampler[list[int]]):
                     else 0)
         return {"epoch": self.epoch, **self._position(), **self._planner.state(),
                 **self._recorder.state(), "loss": self.loss, "sketch_width": self.sketch_width,
-                "seed": self.seed, "sketched": [name for name in self._recorder.store
+                "seed": self.seed, "shuffle": self.shuffle, "fraction": self.fraction,
+                "warm_start_epochs": self.warm_start_epochs,
+                "sketched": [name for name in self._recorder.store
                                                 if self._recorder.store.sketched(name)],
                 "rank": self.rank if num_replicas > 1 else 0, "unmerged_rows": unmerged}
 
@@ -611,18 +645,23 @@ class GraftBatchSampler(Sampler[list[int]]):
             If the state is not one of a sampler over a dataset of this size,
             its feedback was recorded under another ``loss``, or sketched with
             another ``sketch_width`` or ``seed``, or its pool drawn for another
-            ``pool_factor`` (the sampler is left unchanged).
+            ``pool_factor``, or if it was saved in the middle of an epoch by a
+            sampler with another ``seed``, ``shuffle``, ``fraction`` or
+            ``warm_start_epochs`` (the rest of the epoch would come from another
+            order); the sampler is left unchanged.
         """
         checked = check_state(state, self.n_samples)
         check_loss(checked, self.loss)
         check_sketch(checked, sketch_width=self.sketch_width, seed=self.seed)
         _check_pool_factor(checked, self.pool_factor)
+        check_order(checked, {key: getattr(self, key) for key in ORDER_KEYS})
         _warn_other_ranks_feedback(checked, self.num_replicas, self.rank)
         # first: it raises, having changed nothing, for rows feedback_dtype cannot hold
         self._recorder.load(checked)
         self._planner.load(checked)
         self.epoch = checked["epoch"]
         batch_size = checked["batch_size"] or self.batch_size
+        self._resume_done = checked["pass_done"]
         self._resume = (checked["plan_offset"],
                         checked["sample_offset"] + checked["batches_yielded"] * batch_size,
                         checked["num_replicas"])
@@ -630,18 +669,21 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def _position(self):
         """The resume position: the state's batches_yielded and what they count in."""
+        done = False
         if self._iteration is not None:
             plan_offset, samples = self._pass_offsets
             batches = self._iteration.resume_position()
             num_replicas = self.num_replicas
+            done = batches >= len(self._iteration.batches)
         elif self._resume is not None:
             (plan_offset, samples, num_replicas), batches = self._resume, 0
+            done = self._resume_done
         else:
             plan_offset = samples = batches = 0
             num_replicas = self._ranks.known_replicas()
         return {"batches_yielded": batches, "batch_size": self.batch_size,
                 "num_replicas": num_replicas, "sample_offset": samples,
-                "plan_offset": plan_offset}
+                "plan_offset": plan_offset, "pass_done": done}
 
 
 # ------------------------------------------------------------------------ helpers
@@ -868,16 +910,38 @@ def _dist_ready():
 
 class _Ranks:
     """``(num_replicas, rank)``, read from torch.distributed at the first set_epoch, len()
-    or iteration, so that a sampler built before the process group exists still shards."""
+    or iteration, so that a sampler built before the process group exists still shards.
+
+    Kept once given or read from a process group. Read before any group exists they
+    are ``(1, 0)`` for now and read again next time: a ``total_batches()`` before
+    ``init_process_group`` used to fix the world size at 1, so every rank trained the
+    whole plan and refitted on its own feedback alone. A group found later with
+    another world size warns that the values read before it were one process's.
+    """
 
     def __init__(self, num_replicas, rank):
         self._given = _check_replica_args(num_replicas, rank)
         self._resolved = None
+        self._assumed = None  # (1, 0) as read before a process group existed
 
     def resolve(self):
-        if self._resolved is None:
-            self._resolved = _replicas(*self._given)
-        return self._resolved
+        if self._resolved is not None:
+            return self._resolved
+        value = _replicas(*self._given)
+        if not (_dist_ready() or None not in self._given):
+            self._assumed = value
+            return value
+        if self._assumed is not None and value[0] != self._assumed[0]:
+            warnings.warn(
+                f"GraftBatchSampler was used before torch.distributed was initialized "
+                f"(total_batches(), len(), state_dict(), set_epoch() or a pass) and counted "
+                f"for {self._assumed[0]} process; the process group now has "
+                f"{value[0]}. Values read before it (an LR schedule sized by "
+                f"total_batches()) were for {self._assumed[0]} process: read them after "
+                f"init_process_group, or pass num_replicas= and rank= to the sampler.",
+                UserWarning, stacklevel=3)
+        self._resolved = value
+        return value
 
     def known_replicas(self):
         """num_replicas if known without reading torch.distributed now, else None."""

@@ -242,6 +242,38 @@ class TestOutOfOrderLoader:
         assert bool(_assert_attributed(sampler, model.embed(X)).all())
 
 
+class TestLoopPullingAhead:
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_next_fetched_ahead_raises_before_recording(self, num_workers):
+        """A loop that fetches the next batch with next() before the current one's step
+        (to overlap a copy): observe() without indices stored each batch's values under
+        the next batch's indices (48 of 48 rows wrong) and raised only at the epoch's
+        end, pointing elsewhere. It now raises at the first observe(), having recorded
+        nothing, and names the fix."""
+        X, _, model, sampler = _setup()
+        loader = DataLoader(TensorDataset(X), batch_sampler=sampler, num_workers=num_workers)
+        batches = iter(loader)
+        current = next(batches)
+        upcoming = next(batches)  # fetched ahead of the current batch's step
+        model(current[0])
+        with pytest.raises(ValueError, match=r"pulled with next\(\).*fetched ahead.*indices"):
+            sampler.observe()
+        assert _unobserved(sampler, torch.arange(N))
+        del upcoming
+
+    def test_for_loop_that_skips_an_observe_still_records_the_latest(self):
+        """A for loop holds one batch at a time: with an observe() skipped (a NaN loss's
+        continue), the next observe() records the batch the loop is on, as before."""
+        X, _, model, sampler = _setup()
+        for step, (x,) in enumerate(DataLoader(TensorDataset(X), batch_sampler=sampler)):
+            model(x)
+            if step == 2:
+                continue
+            sampler.observe()
+        seen = _assert_attributed(sampler, model.embed(X).detach())
+        assert int(seen.sum()) == N - B
+
+
 class TwoHeads(nn.Module):
     def __init__(self):
         super().__init__()

@@ -108,6 +108,39 @@ def test_f06_set_epoch_or_a_partial_pass_does_not_warn():
         list(sampler)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"fraction": 1.0}])
+def test_second_trained_pass_without_set_epoch_warns_with_no_refit_due(kwargs):
+    """With the default warm start (no refit due at epoch 1) or fraction=1.0, a loop that
+    forgets set_epoch trained the same order every epoch and never selected, without a
+    word. The second trained pass now warns at its first observe(), once; a pass that is
+    not observed (an evaluation over the training loader) does not."""
+    n = 100
+    sampler = GraftBatchSampler(n, 10, **{"fraction": 0.3, **kwargs},
+                                targets=torch.arange(n) % 3)
+
+    def trained_pass():
+        for batch in sampler:
+            rows = torch.tensor(batch)
+            sampler.observe(rows, embeddings=torch.randn(len(rows), 4),
+                            logits=torch.randn(len(rows), 3))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch in range(3):  # set_epoch every epoch, an evaluation pass after each
+            sampler.set_epoch(epoch)
+            trained_pass()
+            list(sampler)
+    sampler.set_epoch(5)
+    trained_pass()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trained_pass()
+        trained_pass()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert all("second full pass at epoch 5" in m and "set_epoch" in m for m in messages)
+
+
 def test_f06_lightning_without_callback_warns(lightning_runs):
     """Lightning without GraftCallback (it never calls set_epoch on a batch sampler) warns."""
     entry = lightning_runs["no_callback"]

@@ -159,6 +159,29 @@ class TestEpochPlan:
         with pytest.raises(ValueError, match=r"pool_factor=2.0.*pool_factor=1.5"):
             other.load_state_dict(sampler.state_dict())
 
+    @pytest.mark.parametrize("change", [{"seed": 1}, {"shuffle": False}, {"fraction": 0.3},
+                                        {"warm_start_epochs": 3}])
+    def test_mid_epoch_state_of_another_order_raises(self, change):
+        """A state saved in the middle of an epoch, loaded by a sampler whose seed, shuffle,
+        fraction or warm-start epochs order the epoch otherwise, raises naming both values
+        (it loaded, and the rest of the epoch trained 23 samples twice and 23 never). A
+        state saved after the epoch's pass loads under any of them."""
+        kwargs = {"fraction": 0.5, "warm_start_epochs": 1}
+        sampler = GraftBatchSampler(100, 10, **kwargs)
+        batches = iter(sampler)
+        for _ in range(4):
+            next(batches)
+        other = GraftBatchSampler(100, 10, **{**kwargs, **change})
+        key, value = next(iter(change.items()))
+        saved = kwargs.get(key, {"seed": 0, "shuffle": True}.get(key))
+        with pytest.raises(ValueError, match=rf"middle of epoch 0 by a sampler with "
+                                             rf"{key}={saved}.*has {key}={value}"):
+            other.load_state_dict(sampler.state_dict())
+        assert other.state_dict()["batches_yielded"] == 0  # left unchanged
+        list(batches)
+        other.load_state_dict(sampler.state_dict())  # the pass is over: between epochs
+        assert list(other) == []
+
     @pytest.mark.parametrize("value", [0.5, float("nan"), "2", True])
     def test_pool_factor_checked(self, value):
         """A pool_factor below 1, not finite or not a number raises, naming it."""
@@ -1120,6 +1143,53 @@ class TestDataLoader:
                                                        num_workers=num_workers)]
         assert trained + rest == expected
 
+    def test_resume_without_observe_counts_received_batches(self):
+        """A loop that never observes (fixed features=) behind workers that fetch ahead:
+        the resume position counts the batches the loop received (3), not those handed to
+        the workers (7), which a resumed run skipped untrained (16 of 64 samples)."""
+        data = TensorDataset(torch.arange(64))
+        X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+
+        def make():
+            return GraftBatchSampler(64, 4, fraction=0.5, features=X, warm_start_epochs=1)
+
+        sampler = make()
+        trained = []
+        for step, (idx,) in enumerate(DataLoader(data, batch_sampler=sampler,
+                                                 num_workers=2, prefetch_factor=2)):
+            trained.append(idx.tolist())
+            if step == 2:
+                state = sampler.state_dict()  # a checkpoint in the loop
+                break
+        assert state["batches_yielded"] == 3
+        # after the loop left the loader, no batch the loop was not given counts as trained
+        assert 2 <= sampler.state_dict()["batches_yielded"] <= 3
+        resumed = make()
+        resumed.load_state_dict(state)
+        rest = [idx.tolist() for (idx,) in DataLoader(data, batch_sampler=resumed,
+                                                       num_workers=2)]
+        assert trained + rest == list(make())
+
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_pickles_after_a_pass(self, num_workers, tmp_path):
+        """A sampler that ran a pass pickles (torch.save, a spawned process): its pass held
+        a weak reference to the DataLoader iterator and a frame's code object, and
+        pickling raised TypeError. The copy resumes where the original stands."""
+        import pickle
+
+        data = TensorDataset(torch.arange(N))
+        emb, logits, targets = _feedback()
+        sampler = GraftBatchSampler(N, 8, fraction=0.5, warm_start_epochs=1)
+        for step, (idx,) in enumerate(DataLoader(data, batch_sampler=sampler,
+                                                 num_workers=num_workers)):
+            sampler.observe(embeddings=emb[idx], logits=logits[idx], targets=targets[idx])
+            if step == 4:
+                break
+        copy = pickle.loads(pickle.dumps(sampler))
+        torch.save(sampler, tmp_path / "sampler.pt")
+        assert copy.state_dict()["batches_yielded"] == 5
+        assert list(copy) == list(sampler)
+
     @pytest.mark.parametrize("form", ["reversed", "first half", "int32 list"])
     def test_observed_part_of_a_batch_counts_it_trained(self, form):
         """observe(indices=...) with a handed-out batch reordered, or a part of it, marks
@@ -1175,6 +1245,36 @@ def _ddp_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+def _early_count_worker(rank, world, port, out_dir):
+    """total_batches() read before init_process_group, then two epochs on two ranks."""
+    import warnings
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3, warm_start_epochs=1)
+    early = sampler.total_batches(2)  # e.g. to size an LR schedule: no group yet
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        emb, logits, targets = _feedback()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            shares = []
+            for epoch in range(2):
+                sampler.set_epoch(epoch)
+                share = _flat(sampler)
+                rows = torch.tensor(share)
+                sampler.observe(rows, embeddings=emb[rows], logits=logits[rows],
+                                targets=targets[rows])
+                shares.append(share)
+        torch.save({"early": early, "later": sampler.total_batches(2), "shares": shares,
+                    "num_replicas": sampler.num_replicas, "plan": sampler._plan().tolist(),
+                    "warnings": [str(w.message) for w in caught]},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
 def _merge_worker(rank, world, port, out_dir):
     """Four ranks observe overlapping rows over two refits (refit_every=2); see the test."""
     import torch.distributed as dist
@@ -1223,6 +1323,20 @@ class TestDistributed:
         shares = [_flat(r["batches"]) for r in results]
         assert len(shares[0]) == len(shares[1]) == round(0.3 * N) // 2
         assert not set(shares[0]) & set(shares[1])
+
+    def test_counted_before_the_process_group(self, tmp_path):
+        """total_batches() before init_process_group no longer fixes the world size at 1
+        (each rank trained the whole plan and refitted on its own feedback, the ranks'
+        subsets differing): the ranks shard and agree on the plan, and a warning says
+        the earlier count was one process's."""
+        out = spawn_ranks(_early_count_worker, 2, tmp_path)
+        for o in out:
+            assert o["num_replicas"] == 2 and o["early"] == 2 * o["later"]
+            assert any("before torch.distributed was initialized" in w
+                       for w in o["warnings"])
+        assert out[0]["plan"] == out[1]["plan"]
+        for epoch in range(2):
+            assert not set(out[0]["shares"][epoch]) & set(out[1]["shares"][epoch])
 
     def test_four_ranks_merge_changed_rows(self, tmp_path):
         """Four gloo ranks send only their changed rows; newest wins, ties to the highest rank."""
