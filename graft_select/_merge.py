@@ -12,7 +12,34 @@ import torch
 
 from ._store import FEEDBACK_DTYPES, FEEDBACK_NAMES
 
-__all__ = ["merge"]
+__all__ = ["merge", "union_of_ranks"]
+
+
+def _comm_device(dist):
+    """Where collectives take their tensors: NCCL moves CUDA tensors only, gloo CPU ones."""
+    return (torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl" else torch.device("cpu"))
+
+
+def union_of_ranks(indices, num_replicas):
+    """The sorted union of every rank's ``indices`` (int64, CPU), the same on every rank.
+
+    A collective: every rank calls it at the same point (a refit).
+    """
+    import torch.distributed as dist
+
+    comm = _comm_device(dist)
+    counts = [torch.zeros(1, dtype=torch.int64, device=comm) for _ in range(num_replicas)]
+    dist.all_gather(counts, torch.tensor([len(indices)], dtype=torch.int64, device=comm))
+    width = int(torch.cat(counts).max())
+    if width == 0:
+        return indices.new_zeros(0)
+    padded = torch.full((width,), -1, dtype=torch.int64, device=comm)
+    padded[:len(indices)] = indices.to(comm)
+    parts = [torch.empty_like(padded) for _ in range(num_replicas)]
+    dist.all_gather(parts, padded)
+    every = torch.cat(parts).cpu()
+    return torch.unique(every[every >= 0])
 
 
 def merge(store, num_replicas):
@@ -32,9 +59,7 @@ def merge(store, num_replicas):
     """
     import torch.distributed as dist
 
-    # NCCL only moves CUDA tensors; gloo takes CPU (and CUDA) tensors.
-    comm = (torch.device("cuda", torch.cuda.current_device())
-            if dist.get_backend() == "nccl" else torch.device("cpu"))
+    comm = _comm_device(dist)
     sent = [0]
 
     def gather(tensor):

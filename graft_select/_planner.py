@@ -373,8 +373,11 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
         budget = self._pool_budget()
         feature_seconds, gathered_bytes = self.source.refresh(candidates, epoch, num_replicas)
         rejected, n_rejected = self.recorder.report_rejected()
+        unusable = self.recorder.unusable(rejected, num_replicas)
         with single_threaded():  # no thread pool spins on the cores another one needs
             candidates, excluded = self._guard(candidates, budget)
+            if len(unusable):  # no feedback, and not for lack of an observe()
+                candidates = _without(candidates, unusable, n)
             never = self._unobserved(candidates)
             # refreshes are trained every epoch: a share of an epoch's budget
             refreshed = (self._stalest(candidates, self._budget(), never)
@@ -477,7 +480,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
         """Number of candidates never observed (observe-only mode; they have no feedback)."""
         if not self.source.refreshes_stale:
             return 0
-        never = int((self.recorder.store.last_seen.cpu()[candidates] < 0).sum())
+        never = int((self.recorder.store.last_seen.cpu()[candidates] == -1).sum())
         if never:
             _warn_unobserved(never, len(candidates), self._budget())
         return never
@@ -592,7 +595,7 @@ def _first_refreshes(planner):
         return 0
     expected = 0
     if planner.warm_start_epochs == 0:
-        never = int((planner.recorder.store.last_seen.cpu() < 0).sum())
+        never = int((planner.recorder.store.last_seen.cpu() == -1).sum())
         expected = round(never * planner._n_candidates() / max(1, planner.n_samples))
     return refresh_count(planner.refresh_share, planner._budget(), expected)
 

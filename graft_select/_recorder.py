@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from ._checks import check_batch, check_indices
-from ._merge import merge
+from ._merge import merge, union_of_ranks
 from ._state import check_feedback
 from ._store import FeedbackStore
 from ._watch import LastLayerCapture, check_watched
@@ -220,6 +220,36 @@ class FeedbackRecorder:
                 "(all of them are in last_refit.rejected_indices).", UserWarning, stacklevel=6)
         return rejected, n_rows
 
+    def unusable(self, rejected, num_replicas):
+        """Samples with no usable feedback: rows observed for them were rejected, and none
+        was ever stored. Marks the new ones (warning about them) and returns them all.
+
+        Left out of refits: counted as never observed, they were trained first, up
+        to the whole budget, at every refit (labels equal to an ``ignore_index``
+        such as -100 are rejected as out of range, so selected epochs trained only
+        unlabelled samples). The mark is a last-seen epoch of `UNUSABLE`, kept in
+        the state; a row stored later replaces it. Under torch.distributed the
+        ranks' new marks are joined (a collective), so that every rank plans alike.
+        """
+        last_seen = self.store.last_seen  # a view: marked in place
+        if len(rejected):
+            rejected = rejected[last_seen.cpu()[rejected] == -1]
+        if num_replicas > 1 and _dist_ready():
+            rejected = union_of_ranks(rejected, num_replicas)
+        if len(rejected):
+            last_seen[rejected.to(last_seen.device)] = UNUSABLE
+            first = ", ".join(str(i) for i in rejected[:5].tolist())
+            warnings.warn(
+                f"GraftBatchSampler leaves {len(rejected)} samples out of its refits "
+                f"(first: {first}): every row observed for them was rejected and none was "
+                f"stored, so they have no feedback to select on (labels outside [0, "
+                f"n_classes), such as an ignore_index of -100, or outputs that are never "
+                f"finite). Samples without feedback for lack of an observe() are trained "
+                f"first instead; these would have taken the budget. Filter such samples out "
+                f"of the dataset, or fix their outputs; a row stored later brings a sample "
+                f"back.", UserWarning, stacklevel=6)
+        return torch.nonzero(last_seen.cpu() == UNUSABLE).flatten()
+
     def merge_ranks(self, num_replicas):
         """Under torch.distributed, merge the rows every rank observed since the last merge.
 
@@ -256,6 +286,10 @@ class FeedbackRecorder:
     def load_feedback(self, feedback):
         """Check, then load, the feedback of a snapshot (a torchdata iterator state)."""
         self.load(check_feedback(feedback, self.n_samples, "GraftBatchSampler"))
+
+
+#: The last-seen epoch of a sample whose observed rows were all rejected (never stored).
+UNUSABLE = -2
 
 
 def _dist_ready():

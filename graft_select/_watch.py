@@ -87,6 +87,7 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         self.model = model
         self.inputs = self.outputs = None
         self.rows = []  # rows of each forward of the layer since the last take()
+        self.modes = []  # (autograd on, training) of each of those forwards
         self.problem = None  # why the latest forward of the layer gave no values
         self.model_forwards = 0  # forwards of the model since the last take()
         self.error = None  # why the head cannot be found (permanent)
@@ -109,6 +110,7 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
 
     def _hook(self, module, args, kwargs, output):
         self._head_calls += 1
+        self.modes.append((torch.is_grad_enabled(), module.training))
         try:  # the user's forward must never fail because of watch()
             self._record(args[0] if args else next(iter(kwargs.values()), None), output)
         except Exception as exc:  # reported by observe(), never raised here
@@ -166,6 +168,7 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         x, out = finder.seen[head]
         calls = len(finder.outputs[head])  # the head's calls in the finding forward
         self.rows = [None] * (calls - 1)
+        self.modes = [(torch.is_grad_enabled(), head.training)] * calls
         self._record(x, out)
         self._head_calls = calls
 
@@ -181,6 +184,7 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         values = (self.inputs, self.outputs)
         self.inputs = self.outputs = None
         self.rows = []
+        self.modes = []
         self.problem = None
         self.model_forwards = 0
         return values
@@ -231,9 +235,10 @@ def check_watched(capture, n_rows):
             capture._resolve(None)
         if capture._finder is not None and capture.error is None and finder.model_ran:
             capture.error = ("its output is not the output of one of its torch.nn.Linear "
-                             "layers, and its forwards ran without autograd (under "
-                             "torch.no_grad()), so the layer that gives the logits cannot be "
-                             "told; pass it as layer=")
+                             "layers, and it carries no autograd graph (the forwards ran "
+                             "under torch.no_grad(), or the model returns detached values), "
+                             "so the layer that gives the logits cannot be told; pass it as "
+                             "layer=")
     if capture.error is not None:
         raise ValueError(f"GraftBatchSampler.watch could not find the head of "
                          f"{type(capture.model).__name__}: {capture.error}.")
@@ -248,7 +253,36 @@ def check_watched(capture, n_rows):
     rows = capture.rows
     if rows[-1] != n_rows:
         raise ValueError(_rows_message(capture, rows, n_rows))
+    mixed = _mixed_modes_message(capture)
+    if mixed is not None:
+        raise ValueError(mixed)
     return capture.inputs, capture.outputs
+
+
+def _mixed_modes_message(capture):
+    """Why the latest forward is not the training batch's, or None: a forward with
+    autograd ran since the last observation, and the latest ran in another mode (under
+    torch.no_grad() or in eval mode: an evaluation or another batch of the same size)."""
+    modes = capture.modes
+    if not modes:
+        return None
+    latest = modes[-1]
+    earlier = [mode for mode in modes[:-1] if mode[0] and mode != latest]
+    if not earlier:
+        return None
+
+    def words(mode):
+        grad, training = mode
+        return (f"{'with' if grad else 'without'} autograd in "
+                f"{'training' if training else 'eval'} mode")
+
+    return (
+        f"The watched layer {capture.name()} ran {len(modes)} forward passes since the "
+        f"last observe(): one {words(earlier[-1])}, and the latest {words(latest)} (an "
+        f"evaluation, or another batch of the same size). observe() records the latest "
+        f"forward, which is not the training batch's. Call observe() right after the "
+        f"training batch's forward, before other forwards of the model, or pass "
+        f"embeddings= and logits= to observe().")
 
 
 def _no_forward_message(capture):
@@ -355,8 +389,8 @@ class _HeadFinder:
                 return None, ("its forward never ran and its layers ran without autograd, so "
                               "the layer that gives the logits cannot be told; pass it as "
                               "layer=")
-            return self._one(found, "the layers called last (the model's own forward "
-                                    "never ran)")
+            return self._one(found, "its own forward never ran, and the layers called "
+                                    "last are")
         outputs = _tensors(output)
         direct = [layer for layer, outs in self.outputs.items()
                   if any(out is t for out in outs for t in outputs)]

@@ -4,6 +4,7 @@ Importing this module imports lightning; ``import graft_select`` does not.
 """
 
 import math
+import numbers
 
 import lightning.pytorch as pl
 
@@ -130,9 +131,9 @@ class GraftCallback(pl.Callback):
         self._check_loader(trainer)
         self._check_resume(trainer)
         self.sampler.set_epoch(trainer.current_epoch)
-        if trainer.limit_train_batches != 1.0:
-            return  # the user caps the epoch; Lightning's own count is then the right one
-        length = len(self.sampler)
+        # Lightning applies limit_train_batches to the length of the first epoch only: a
+        # share of it (0.5) would cap every later epoch at half the warm start's batches
+        length = _limited(len(self.sampler), trainer.limit_train_batches)
         trainer.fit_loop.max_batches = length
         combined = getattr(trainer.fit_loop, "_combined_loader", None)
         if combined is not None and len(combined.flattened) == 1:
@@ -238,6 +239,17 @@ class GraftCallback(pl.Callback):
             f"the callbacks, or start the run afresh.")
 
 
+def _limited(length, limit):
+    """An epoch's batches under ``limit_train_batches``, as Lightning counts them: an int
+    caps the count, a float keeps that share (rounded down, at least one batch when the
+    share is positive)."""
+    if isinstance(limit, numbers.Integral) and not isinstance(limit, bool):
+        return min(length, int(limit))
+    if limit >= 1.0:
+        return length
+    return min(length, max(1 if limit > 0 else 0, int(length * limit)))
+
+
 def _plan_steps_with(trainer):
     """Make ``trainer.estimated_stepping_batches`` count the sampler's real batches."""
     cls = type(trainer)
@@ -247,12 +259,12 @@ def _plan_steps_with(trainer):
 
     def estimated_stepping_batches(self):
         callbacks = [c for c in self.callbacks if isinstance(c, GraftCallback)]
-        if (len(callbacks) != 1 or self.max_epochs in (None, -1)
-                or self.limit_train_batches != 1.0):
+        if len(callbacks) != 1 or self.max_epochs in (None, -1):
             return base.fget(self)
         sampler = callbacks[0].sampler
         accumulate = self.accumulate_grad_batches
-        steps = sum(math.ceil(batches / accumulate) * count  # closed form: no loop over epochs
+        limit = self.limit_train_batches
+        steps = sum(math.ceil(_limited(batches, limit) / accumulate) * count  # closed form
                     for batches, count in sampler._batch_runs(self.max_epochs))
         return min(steps, self.max_steps) if self.max_steps != -1 else steps
 

@@ -5,6 +5,7 @@ the worst failure of a sampler, so most tests check which sample each stored row
 landed under, not only that nothing raised.
 """
 
+import contextlib
 import warnings
 
 import pytest
@@ -274,6 +275,46 @@ class TestLoopPullingAhead:
         assert int(seen.sum()) == N - B
 
 
+class TestForwardsBetween:
+    @pytest.mark.parametrize("mode", ["no_grad_eval", "no_grad", "eval"])
+    def test_other_forward_before_observe_raises(self, mode):
+        """A forward of the same batch size in another mode between the training forward
+        and observe() (an evaluation batch): its values were stored under the training
+        batch's indices, silently. observe() now raises, names both modes and the fix,
+        and records nothing."""
+        X, y, model, sampler = _setup()
+        batch = next(iter(sampler))
+        nn.functional.cross_entropy(model(X[batch]), y[batch]).backward()
+        model.train(mode == "no_grad")
+        with torch.no_grad() if mode.startswith("no_grad") else contextlib.nullcontext():
+            model(torch.randn(B, D_IN))
+        model.train()
+        with pytest.raises(ValueError, match=r"ran 2 forward passes since the last observe\(\)"
+                                             r": one with autograd in training mode.*"
+                                             r"embeddings= and logits="):
+            sampler.observe()
+        assert _unobserved(sampler, torch.arange(N))
+
+    def test_evaluation_after_observe_and_recomputed_forwards_pass(self):
+        """Forwards in another mode before the training forward (an evaluation between
+        steps), or in the same mode after it (a checkpointed head recomputed in the
+        backward pass), leave the training forward's values recorded."""
+        X, y, model, sampler = _setup()
+        for step, batch in enumerate(sampler):
+            if step == 1:
+                with torch.no_grad():
+                    model.eval()
+                    model(torch.randn(B, D_IN))
+                    model.train()
+            out = model(X[batch])
+            if step == 2:
+                model(X[batch])  # the same forward again, as a recomputation
+            nn.functional.cross_entropy(out, y[batch]).backward()
+            sampler.observe()
+        seen = _assert_attributed(sampler, model.embed(X).detach())
+        assert bool(seen.all())
+
+
 class TwoHeads(nn.Module):
     def __init__(self):
         super().__init__()
@@ -534,6 +575,38 @@ class TestHead:
         sampler.watch(model)
         with pytest.raises(ValueError, match=r"is not that layer's output: "):
             _one_batch(model, sampler, X)
+
+    def test_detached_output_named(self):
+        """A model returning detached logits: the message says so (it said the forwards
+        ran under torch.no_grad(), which they did not)."""
+        X, _, _, sampler = _setup()
+
+        class Detached(Net):
+            def forward(self, x):
+                return super().forward(x).detach()
+
+        model = Detached()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1,
+                                    targets=_data()[1])
+        sampler.watch(model)
+        with pytest.raises(ValueError, match=r"no autograd graph.*returns detached values"):
+            _one_batch(model, sampler, X)
+
+    def test_layers_called_without_the_models_forward_named(self):
+        """Two Linear layers called directly (a training_step that skips the model's
+        forward): the message reads as a sentence (a verb was missing)."""
+        X, y = _data()
+        model = TwoHeads()
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+        sampler.watch(model)
+        batch = next(iter(sampler))
+        features = model.body(X[batch])
+        model.cls(features)
+        model.box(features)
+        with pytest.raises(ValueError, match=r"its own forward never ran, and the layers "
+                                             r"called last are several torch.nn.Linear "
+                                             r"layers \('cls', 'box'\)"):
+            sampler.observe()
 
     def test_f04_two_heads_raise(self):
         """Two returned heads: observe() names both and asks for layer=."""

@@ -152,6 +152,45 @@ def test_f06_lightning_without_callback_warns(lightning_runs):
 # ------------------------------------------------------------ 7: never-observed rows
 
 
+def test_samples_with_only_rejected_rows_are_left_out():
+    """Samples whose every observed row is rejected (labels of -100, an ignore_index)
+    counted as never observed and took every refit's whole budget: each selected epoch
+    trained the 60 unlabelled samples only. They are now left out of refits (with a
+    warning naming them), whatever the epoch, and a resumed run plans the same."""
+    n, c = 200, 3
+    g = torch.Generator().manual_seed(0)
+    X, logits = torch.randn(n, 4, generator=g), torch.randn(n, c, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    y[:60] = -100
+
+    def run(resume_at=None):
+        def make():
+            return GraftBatchSampler(n, 10, fraction=0.3, warm_start_epochs=1, refit_every=1)
+
+        sampler, plans = make(), []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for epoch in range(4):
+                if epoch == resume_at:
+                    state, sampler = sampler.state_dict(), make()
+                    sampler.load_state_dict(state)
+                sampler.set_epoch(epoch)
+                plan = [i for batch in sampler for i in batch]
+                plans.append(plan)
+                for start in range(0, len(plan), 10):
+                    rows = torch.tensor(plan[start:start + 10])
+                    sampler.observe(rows, embeddings=X[rows], logits=logits[rows],
+                                    targets=y[rows])
+        return plans, sampler, [str(w.message) for w in caught]
+
+    plans, sampler, messages = run()
+    assert [sum(i < 60 for i in plan) for plan in plans] == [60, 0, 0, 0]
+    assert all(len(plan) == 60 for plan in plans[1:])
+    assert sampler.last_refit.n_unobserved == 0
+    assert sum("leaves 60 samples out of its refits" in m for m in messages) == 1
+    assert run(resume_at=2)[0] == plans
+
+
 def _partly_observed(observed_batches, n=128):
     sampler = GraftBatchSampler(n, 16, fraction=0.25, warm_start_epochs=1, seed=0)
     feedback = _feedback(n)
@@ -189,6 +228,20 @@ def test_f07_lightning_partial_epoch(lightning_runs):
     assert result["n_unobserved"] == 256 and result["n_refreshed"] == result["n_selected"]
     assert result["selected_observed"] == 0
     assert any("never observed" in w for w in lightning_runs["partial_epoch"]["warnings"])
+
+
+@pytest.mark.parametrize("case, limit", [("limited_half", 0.5), ("limited_two", 2)])
+def test_lightning_limit_train_batches_caps_every_epoch(lightning_runs, case, limit):
+    """limit_train_batches (a share or a count) caps every epoch's batches, and
+    estimated_stepping_batches counts them: Lightning capped every epoch at half the
+    warm-start epoch's batches, so selected epochs ran whole (7, 5, 5, ... instead of
+    7, 2, 2, ...), and a schedule sized by the estimate (35 steps) never ended (27).
+    An int 2 equals 2.0, and the callback took it for no cap at all."""
+    result = _result(lightning_runs, case)
+    expected = {epoch: (max(1, int(n * limit)) if isinstance(limit, float) else min(n, limit))
+                for epoch, n in result["lengths"].items()}
+    assert result["ran"] == expected and len(set(result["lengths"].values())) == 2
+    assert result["planned"] == result["steps"] == sum(expected.values())
 
 
 # ------------------------------------------------------------------ 8: drop_last

@@ -1275,6 +1275,34 @@ def _early_count_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+def _unusable_worker(rank, world, port, out_dir):
+    """Rank 0 observes samples 0-29 with labels of -100 (ignore_index); see the test."""
+    import warnings
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3, warm_start_epochs=1,
+                                    refit_every=1)
+        emb, logits, targets = _feedback()
+        mine = torch.arange(rank, N, world)
+        labels = targets[mine].clone()
+        if rank == 0:
+            labels[mine < 30] = -100
+        sampler.observe(mine, embeddings=emb[mine], logits=logits[mine], targets=labels)
+        plans = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for epoch in (1, 2):
+                sampler.set_epoch(epoch)
+                plans.append(sampler._plan().tolist())
+        torch.save({"plans": plans}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
 def _merge_worker(rank, world, port, out_dir):
     """Four ranks observe overlapping rows over two refits (refit_every=2); see the test."""
     import torch.distributed as dist
@@ -1337,6 +1365,16 @@ class TestDistributed:
         assert out[0]["plan"] == out[1]["plan"]
         for epoch in range(2):
             assert not set(out[0]["shares"][epoch]) & set(out[1]["shares"][epoch])
+
+    def test_unusable_samples_left_out_on_every_rank(self, tmp_path):
+        """Samples whose only rows were rejected on one rank (labels of -100) are left out
+        of the refits on every rank alike: the ranks' plans agree, and hold none of them
+        (they were trained first at every refit, as never observed)."""
+        out = spawn_ranks(_unusable_worker, 2, tmp_path)
+        assert out[0]["plans"] == out[1]["plans"]
+        unusable = set(range(0, 30, 2))  # rank 0's share of samples 0-29
+        for plan in out[0]["plans"]:
+            assert not unusable & set(plan) and len(plan) == round(0.3 * N)
 
     def test_four_ranks_merge_changed_rows(self, tmp_path):
         """Four gloo ranks send only their changed rows; newest wins, ties to the highest rank."""

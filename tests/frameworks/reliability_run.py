@@ -123,6 +123,28 @@ def lightning_cases(out):
         return {"planned": module.planned_steps, "steps": fit.global_step,
                 "expected": s.total_batches(4)}
 
+    class Lengths(pl.Callback):
+        """Per epoch the sampler's batches (after GraftCallback set the epoch) and the
+        batches Lightning ran."""
+
+        def __init__(self, sampler):
+            self.sampler, self.lengths, self.ran = sampler, {}, {}
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.lengths[trainer.current_epoch] = len(self.sampler)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            epoch = trainer.current_epoch
+            self.ran[epoch] = self.ran.get(epoch, 0) + 1
+
+    def limited(limit):  # sampler review, finding 9
+        s = sampler()
+        lengths, module = Lengths(s), Classifier()
+        fit = trainer([GraftCallback(s), lengths], 4, limit_train_batches=limit)
+        fit.fit(module, DataLoader(data, batch_sampler=s))
+        return {"lengths": lengths.lengths, "ran": lengths.ran,
+                "planned": module.planned_steps, "steps": fit.global_step}
+
     def plain_loader():  # finding 34
         trainer([GraftCallback(sampler())], 1).fit(
             Classifier(), DataLoader(data, batch_size=32, shuffle=True))
@@ -153,7 +175,9 @@ def lightning_cases(out):
     for name, case in [("no_callback", no_callback), ("partial_epoch", partial_epoch),
                        ("drop_last", drop_last), ("plain_loader", plain_loader),
                        ("other_sampler", other_sampler), ("reloaded", reloaded),
-                       ("resumed_without_state", resumed_without_state)]:
+                       ("resumed_without_state", resumed_without_state),
+                       ("limited_half", lambda: limited(0.5)),
+                       ("limited_two", lambda: limited(2))]:
         pl.seed_everything(0, verbose=False)
         run_case(results, name, case)
     return results
