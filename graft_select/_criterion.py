@@ -51,7 +51,8 @@ def nested_gradient_errors(G, order):
     ----------
     G : array of shape (..., n_samples, n_features) or FactoredGradients
         Per-sample gradients (or a sketch of them), one per row; see
-        :func:`last_layer_gradients`.
+        :func:`last_layer_gradients`. Not a dask array (a TypeError): compute
+        it first.
     order : integer array of shape (k,) or (..., k)
         Unique row indices in ``[0, n_samples)``; a 1-D ``order`` is used for
         every matrix of a stack. NumPy indices are moved to ``G``'s device.
@@ -116,11 +117,11 @@ def nested_gradient_errors(G, order):
     """
     owner = "nested_gradient_errors"
     if isinstance(G, FactoredGradients):
-        R, H, xp, device = check_factored(G, owner)
+        R, H, xp, device = check_factored(G, owner, allow_dask=False)
         order = check_indices(order, "order", owner, R.shape[:-1], xp, device, unique=True)
         G = FactoredGradients(R, H)
     else:
-        G, xp = check_array(G, "G", owner, min_ndim=2)
+        G, xp = check_array(G, "G", owner, min_ndim=2, allow_dask=False, factored=True)
         G = detached(G, xp)
         device = get_namespace(G)[1]
         order = check_indices(order, "order", owner, G.shape[:-1], xp, device, unique=True)
@@ -296,7 +297,8 @@ def gradient_error(G, indices, *, weights=None):
     Parameters
     ----------
     G : array of shape (..., n_samples, n_features) or FactoredGradients
-        Per-sample gradients (or a sketch of them), one per row.
+        Per-sample gradients (or a sketch of them), one per row. Not a dask
+        array (a TypeError): compute it first.
     indices : integer array of shape (k,) or (..., k)
         Row indices in ``[0, n_samples)``; a 1-D array is used for every matrix
         of a stack. Repeated indices are allowed (they share the weight).
@@ -351,11 +353,11 @@ def gradient_error(G, indices, *, weights=None):
     """
     owner = "gradient_error"
     if isinstance(G, FactoredGradients):
-        R, H, xp, device = check_factored(G, owner)
+        R, H, xp, device = check_factored(G, owner, allow_dask=False)
         indices = check_indices(indices, "indices", owner, R.shape[:-1], xp, device)
         G = FactoredGradients(R, H)
     else:
-        G, xp = check_array(G, "G", owner, min_ndim=2)
+        G, xp = check_array(G, "G", owner, min_ndim=2, allow_dask=False, factored=True)
         G = detached(G, xp)
         device = get_namespace(G)[1]
         indices = check_indices(indices, "indices", owner, G.shape[:-1], xp, device)
@@ -419,7 +421,7 @@ def _check_weights(weights, indices, stack, xp, owner):
     if weights is None:
         return None
     weights = as_array(weights)
-    weights, _ = check_array(weights, "weights", owner, min_ndim=1)
+    weights, _ = check_array(weights, "weights", owner, min_ndim=1, allow_dask=False)
     weights = detached(weights, xp)
     get_namespace(indices, weights)
     m, k = indices.shape

@@ -39,7 +39,12 @@ from ._hierarchy import root_errors, root_orders
 from ._orders import prefix_errors, stack_order, subset_errors
 from ._selection import stack_groups
 from ._sizing import default_chunks
-from ._validation import check_not_empty
+from ._validation import (
+    check_not_empty,
+    check_not_factor_pair,
+    complex_data_error,
+    reshape_hint,
+)
 from .gradients import FactoredGradients
 
 __all__ = ["DaskSource", "aligned", "aligned_to", "take_rows"]
@@ -346,7 +351,7 @@ def _check_dask(X, name, owner, *, min_ndim=2, convert=True):
         want = "a 2-D array" if min_ndim == 2 else "a 1-D or 2-D array"
         raise ValueError(
             f"'{name}' of {owner} must be {want}, got a dask array of shape {X.shape}; "
-            f"reshape it, e.g. X.reshape(n_samples, -1)."
+            f"{reshape_hint(name, 2 if X.ndim > 2 else min_ndim)}."
         )
     if any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError(
@@ -371,6 +376,8 @@ def _check_dask(X, name, owner, *, min_ndim=2, convert=True):
     kind = np.dtype(X.dtype).kind
     if kind in "iub" or (name == "X" and kind == "f" and X.dtype not in _X_DTYPES):
         return X.astype(np.float64)  # as the in-memory fit converts X
+    if kind == "c":
+        raise complex_data_error(name, owner, X.dtype)
     if kind != "f":
         raise TypeError(
             f"'{name}' of {owner} must hold real numbers, got dtype {X.dtype}; convert "
@@ -383,6 +390,7 @@ def _check_gradients(gradients, X, owner):
     """Dense or factored gradients as dask arrays chunked like X (NumPy is wrapped)."""
     if gradients is None:
         return None
+    check_not_factor_pair(gradients, "gradients", owner, max_ndim=2)
     if isinstance(gradients, FactoredGradients):
         return FactoredGradients(
             _check_gradient_part(gradients.residuals, X, "gradients.residuals", owner),

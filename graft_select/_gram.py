@@ -48,7 +48,8 @@ def gram_matrix(G):
     Parameters
     ----------
     G : array of shape (..., n_samples, n_features) or FactoredGradients
-        Per-sample gradients, one per row.
+        Per-sample gradients, one per row. For dask arrays ``K`` is a lazy
+        dask array.
 
     Returns
     -------
@@ -69,7 +70,7 @@ def gram_matrix(G):
         R, H, xp, _ = check_factored(G, "gram_matrix")
         (R, r_exponent), (H, h_exponent) = rescale_extreme(R, xp), rescale_extreme(H, xp)
         return _unscaled(factored_gram(R, H, R, H, xp), r_exponent + h_exponent)
-    G, xp = check_array(G, "G", "gram_matrix", min_ndim=2)
+    G, xp = check_array(G, "G", "gram_matrix", min_ndim=2, factored=True)
     G, exponent = rescale_extreme(detached(G, xp), xp)
     return _unscaled(G @ xp.matrix_transpose(G), exponent)
 

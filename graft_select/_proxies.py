@@ -436,15 +436,17 @@ def _sketch(F, n_sketch, rng, xp, device):
 # ----------------------------------------------------------------------- helpers
 
 
-def check_factored(F, owner, name="G"):
+def check_factored(F, owner, name="G", *, allow_dask=True, accepted=None):
     """Validate the two factors; returns (residuals, inputs, xp, device).
 
     ``name`` is what the caller calls the FactoredGradients (``"gradients"`` in the
     selector), so a message names the user's argument; ``""`` for a method of it.
+    ``allow_dask`` and ``accepted`` are passed on to :func:`check_array`.
     """
     prefix = f"{name}." if name else ""
-    R, xp = check_array(F.residuals, f"{prefix}residuals", owner, min_ndim=2)
-    H, _ = check_array(F.inputs, f"{prefix}inputs", owner, min_ndim=2)
+    kwargs = {"min_ndim": 2, "allow_dask": allow_dask, "accepted": accepted}
+    R, xp = check_array(F.residuals, f"{prefix}residuals", owner, **kwargs)
+    H, _ = check_array(F.inputs, f"{prefix}inputs", owner, **kwargs)
     _, device = get_namespace(R, H)
     if R.ndim != H.ndim or R.shape[:-1] != H.shape[:-1]:
         raise ValueError(

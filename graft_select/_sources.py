@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ._backend import is_sparse
-from ._validation import check_dense_tensor, check_real_host
+from ._validation import check_dense_tensor, check_real_host, complex_data_error
 from .gradients import FactoredGradients
 
 __all__ = ["CallableFeatures", "FixedFeatures", "ObservedFeedback", "feature_source"]
@@ -158,11 +158,8 @@ def check_features(features, n_samples):
             f"'features' of {owner} must be an array of real numbers of shape "
             f"(n_samples, n_features), got a {type(features).__name__} ({exc})."
         ) from exc
-    if features.is_complex():
-        raise TypeError(
-            f"'features' of {owner} must hold real numbers, got dtype {features.dtype}; "
-            f"convert it, e.g. torch.view_as_real(features).flatten(1)."
-        )
+    if features.is_complex():  # a ValueError, as for complex host features
+        raise complex_data_error("features", owner, features.dtype)
     if features.ndim != 2 or features.shape[0] != n_samples:
         raise ValueError(f"The 'features' array of GraftBatchSampler must have shape "
                          f"({n_samples}, n_features), got {tuple(features.shape)}.")

@@ -16,6 +16,7 @@ import numpy as np
 from ._backend import (
     get_namespace,
     host_float_dtype,
+    is_dask_array,
     is_meta,
     is_sparse,
     sparse_tensor_layout,
@@ -31,11 +32,13 @@ __all__ = [
     "check_finite",
     "check_int",
     "check_no_bool_numbers",
+    "check_not_factor_pair",
     "check_option",
     "check_random_state",
     "check_real",
     "check_real_host",
     "check_rows",
+    "complex_data_error",
     "float_info",
     "half_dtype",
     "n_rows",
@@ -143,17 +146,27 @@ def check_not_empty(shape, name, owner):
 
 
 def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False,
-                ensure_finite=True):
+                allow_dask=True, accepted=None, factored=False, ensure_finite=True):
     """Validate a numeric array and return it with a floating dtype.
 
     Integer and boolean arrays are converted to float64 (documented behaviour);
     float32 and float64 are kept; half precision (float16, bfloat16) is converted
-    to float32, where every kernel computes; complex arrays are rejected, and so
-    are ``None``, ragged lists and meta tensors (which hold no values). Empty arrays, arrays
+    to float32, where every kernel computes; complex arrays are rejected (a
+    ValueError, as scikit-learn's), and so are ``None``, ragged lists and meta
+    tensors (which hold no values). Empty arrays, arrays
     with too few dimensions and arrays holding NaN or infinity are rejected with a
     message naming ``name`` and the first offending row. ``ensure_finite=False``
     leaves the last test to the caller (see :func:`check_finite`), for a caller
     that reads the whole array anyway and can pass a reduction of it.
+
+    ``allow_dask=False`` rejects a dask array with a TypeError that says to compute
+    it first, for a function whose kernels need the whole matrix in memory.
+    ``accepted`` is what the message for an object of no known array library says
+    the argument must be (by default the libraries that ``allow_sparse`` and
+    ``allow_dask`` admit). ``factored=True`` is for an argument that also takes a
+    :class:`~graft_select.gradients.FactoredGradients`: a tuple or list of two
+    2-D arrays that cannot be one array of the allowed dimensions is then a
+    TypeError saying to wrap them as ``FactoredGradients(R, H)``.
 
     Returns
     -------
@@ -166,9 +179,17 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
         if not allow_sparse:
             raise TypeError(
                 f"{owner} does not accept a scipy.sparse matrix for '{name}'; "
-                f"pass a dense array (for example X.toarray())."
+                f"pass a dense array (for example {name}.toarray())."
             )
         return _check_sparse(X, name, owner), np
+    if is_dask_array(X) and not allow_dask:
+        raise TypeError(
+            f"{owner} does not accept a dask array for '{name}': it computes on the whole "
+            f"matrix in memory; compute it first ({name}.compute()). To select rows of a "
+            f"dask array, fit GraftSelector on it, which runs the kernels block by block."
+        )
+    if factored:
+        check_not_factor_pair(X, name, owner, max_ndim)
     X = _as_array_like(X, name, owner)
     if is_meta(X):
         raise TypeError(
@@ -179,10 +200,13 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
     try:
         xp, _ = get_namespace(X)
     except TypeError as exc:
+        if accepted is None:
+            accepted = _accepted_arrays(allow_sparse, allow_dask)
+        frame = type(X).__module__.startswith("pandas") and hasattr(X, "to_numpy")
+        convert = f"{name}.to_numpy()" if frame else f"np.asarray({name})"
         raise TypeError(
-            f"'{name}' of {owner} must be an array (NumPy, pandas, scipy.sparse, torch, "
-            f"CuPy or dask), got an object of type {type(X).__name__}; convert it first, "
-            f"e.g. np.asarray({name})."
+            f"'{name}' of {owner} must be {accepted}, got an object of type "
+            f"{type(X).__name__}; convert it first, e.g. {convert}."
         ) from exc
     ndim = X.ndim
     if ndim < min_ndim or (max_ndim is not None and ndim > max_ndim):
@@ -194,13 +218,50 @@ def check_array(X, name, owner, *, min_ndim=2, max_ndim=None, allow_sparse=False
             want = f"an array with {min_ndim} to {max_ndim} dimensions"
         raise ValueError(
             f"'{name}' of {owner} must be {want}, got an array of shape "
-            f"{tuple(X.shape)}; reshape it, e.g. X.reshape(n_samples, -1)."
+            f"{tuple(X.shape)}; {reshape_hint(name, min_ndim)}."
         )
     check_not_empty(X.shape, name, owner)
     X = _as_float(X, xp, name, owner)
     if ensure_finite:
         check_finite(X, name, owner, xp)
     return X, xp
+
+
+def _accepted_arrays(allow_sparse, allow_dask):
+    """What an argument of a function written against the array API accepts, in words."""
+    libraries = f"NumPy, torch, CuPy{', dask' if allow_dask else ''} or another array-API library"
+    sparse = " or a scipy.sparse CSR/CSC matrix" if allow_sparse else ""
+    return f"an array ({libraries}){sparse}"
+
+
+def reshape_hint(name, min_ndim):
+    """How to reshape the argument ``name`` to the dimensions a check wants."""
+    if min_ndim <= 1:
+        return f"reshape it, e.g. {name}.reshape(-1)"
+    return f"reshape it, e.g. {name}.reshape(n_samples, -1)"
+
+
+def check_not_factor_pair(X, name, owner, max_ndim):
+    """A TypeError if X is a tuple or list of two 2-D arrays that is not one array.
+
+    ``(R, H)`` is easily passed for ``FactoredGradients(R, H)``; as one array it is
+    ragged (different widths) or one dimension too many. Two 2-D arrays of one
+    shape are a stack of two matrices where the caller accepts stacks.
+    """
+    if type(X) not in (tuple, list) or len(X) != 2:  # a FactoredGradients is a tuple too
+        return
+    shapes = [getattr(part, "shape", None) for part in X]
+    if any(shape is None or len(shape) != 2 for shape in shapes):
+        return
+    if tuple(shapes[0]) == tuple(shapes[1]) and (max_ndim is None or max_ndim >= 3):
+        return
+    raise TypeError(
+        f"'{name}' of {owner} is a {type(X).__name__} of two 2-D arrays, of shapes "
+        f"{tuple(shapes[0])} and {tuple(shapes[1])}, not an array. If they are the factors "
+        f"(residuals, inputs) of last-layer gradients, wrap them as FactoredGradients(R, H) "
+        f"(from graft_select.gradients import FactoredGradients); for one matrix of "
+        f"gradients, pass that matrix."
+    )
 
 
 def _as_array_like(X, name, owner):
@@ -299,25 +360,24 @@ def n_rows(X, name="y"):
 
 
 def check_real_host(X, name, owner):
-    """Reject complex or non-numeric host data (NumPy, lists, pandas) with ``name`` in the text.
+    """Reject complex or non-numeric host data (NumPy, lists, pandas, scipy.sparse), naming it.
 
     For the host inputs an estimator passes on to scikit-learn's ``validate_data``,
     whose own messages ("Complex data not supported", "could not convert string to
     float") do not say which argument was wrong.
     """
     if hasattr(X, "dtypes") and not hasattr(X, "dtype"):  # a DataFrame
-        kinds = [getattr(d, "kind", "O") for d in X.dtypes]
+        dtypes = list(X.dtypes)
+        kinds = [getattr(d, "kind", "O") for d in dtypes]
         convert = X.to_numpy
     else:
         X = _as_array_like(X, name, owner) if isinstance(X, (list, tuple)) else X
-        kinds = [getattr(getattr(X, "dtype", None), "kind", "f")]
+        dtypes = [getattr(X, "dtype", None)]
+        kinds = [getattr(dtypes[0], "kind", "f")]
         convert = X.astype if hasattr(X, "astype") else None
     _check_no_dates(X, kinds, name, owner)
     if "c" in kinds:  # a ValueError, as scikit-learn's estimator checks expect
-        raise ValueError(
-            f"Complex data not supported: '{name}' of {owner} must hold real numbers; "
-            f"convert it first, e.g. np.abs({name}) or np.hstack([{name}.real, {name}.imag])."
-        )
+        raise complex_data_error(name, owner, dtypes[kinds.index("c")])
     if set(kinds) <= set("biuf"):
         return
     try:  # object columns of numbers are fine (scikit-learn converts them)
@@ -327,6 +387,19 @@ def check_real_host(X, name, owner):
             f"'{name}' of {owner} must hold real numbers, got non-numeric values ({exc}); "
             f"encode text columns as numbers first."
         ) from exc
+
+
+def complex_data_error(name, owner, dtype):
+    """The ValueError for complex ``name`` (scikit-learn's class and opening words).
+
+    Every array check raises it, whatever the array's library, so that complex
+    input is one exception class everywhere.
+    """
+    return ValueError(
+        f"Complex data not supported: '{name}' of {owner} must hold real numbers, got "
+        f"dtype {dtype}; convert it first, e.g. keep the real part ({name}.real) or put "
+        f"the real and imaginary parts side by side as columns."
+    )
 
 
 def _check_no_dates(X, kinds, name, owner):
@@ -416,6 +489,8 @@ def _as_float(X, xp, name, owner):
         return X
     if xp.isdtype(dtype, ("integral", "bool")):
         return xp.astype(X, xp.float64)
+    if xp.isdtype(dtype, "complex floating"):
+        raise complex_data_error(name, owner, dtype)
     raise TypeError(
         f"'{name}' of {owner} must hold real numbers, got dtype {dtype}; convert it, "
         f"e.g. to float64."
@@ -428,13 +503,13 @@ def _check_sparse(X, name, owner):
     if X.format not in ("csr", "csc"):
         raise TypeError(
             f"'{name}' of {owner} must be a CSR or CSC sparse matrix, got format "
-            f"{X.format!r}; convert it with X.tocsr()."
+            f"{X.format!r}; convert it with {name}.tocsr()."
         )
     if 0 in X.shape:
         raise ValueError(f"'{name}' of {owner} is empty (shape {X.shape}).")
     if not np.issubdtype(X.dtype, np.floating):
         if np.iscomplexobj(X.data):
-            raise TypeError(f"'{name}' of {owner} must hold real numbers, got {X.dtype}.")
+            raise complex_data_error(name, owner, X.dtype)
         X = X.astype(np.float64)
     if not np.all(np.isfinite(X.data)):
         coo = X.tocoo()

@@ -25,7 +25,8 @@ class GraftCallback(pl.Callback):
       :meth:`~graft_select.sampler.GraftBatchSampler.observe`;
     - sets the sampler's epoch before each epoch's first batch is drawn;
     - keeps the epoch's number of batches (``trainer.num_training_batches``,
-      the progress bar) equal to the sampler's, warm start included, and makes
+      the progress bar) equal to the sampler's, warm start included, capped by
+      ``limit_train_batches`` epoch by epoch, and makes
       ``trainer.estimated_stepping_batches`` the real number of optimizer steps
       of the run (from :meth:`~graft_select.sampler.GraftBatchSampler.total_batches`);
     - saves the sampler's state (recorded feedback included) in checkpoints
@@ -120,6 +121,10 @@ class GraftCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         """Set the sampler's epoch and make Lightning's batch count match the sampler's.
+
+        The epoch's batches are the sampler's, capped by ``limit_train_batches``
+        (a count, or a share of each epoch's own batches: Lightning computes the
+        share once, from the first epoch).
 
         Parameters
         ----------

@@ -45,12 +45,14 @@ def low_rank_features(
     Parameters
     ----------
     X : array of shape (n_samples, n_features) or (..., n_samples, n_features)
-        Data in any array-API namespace (NumPy, torch, CuPy, ...), or a 2-D
-        scipy.sparse CSR/CSC matrix, which is never densified. Integer and bool
-        arrays are converted to float64; float32 stays float32. Half precision
-        (float16, bfloat16) is computed in float32 and the result is returned in
-        the input's dtype. Inputs of any finite magnitude are accepted: X is
-        scaled by a power of two when its entries are extremely large or small.
+        Data in NumPy, torch, CuPy or another array-API namespace except dask
+        (compute a dask array first, or fit :class:`~graft_select.GraftSelector`
+        on it), or a 2-D scipy.sparse CSR/CSC matrix, which is never densified.
+        Integer and bool arrays are converted to float64; float32 stays
+        float32. Half precision (float16, bfloat16) is computed in float32 and
+        the result is returned in the input's dtype. Inputs of any finite
+        magnitude are accepted: X is scaled by a power of two when its entries
+        are extremely large or small.
     n_components : int
         Rank ``r`` of the factor, ``1 <= r <= min(n_samples, n_features)``.
     method : {"auto", "exact", "randomized"}, default="auto"
@@ -106,7 +108,7 @@ def low_rank_features(
     """
     owner = "low_rank_features"
     half = None if is_sparse(X) else half_dtype(X)
-    X, xp = check_array(X, "X", owner, allow_sparse=True)
+    X, xp = check_array(X, "X", owner, allow_sparse=True, allow_dask=False)
     n_samples, n_features = X.shape[-2:]
     r = check_int(n_components, "n_components", owner, low=1, high=min(n_samples, n_features))
     method = check_option(method, "method", owner, _SVD_METHODS)
@@ -137,7 +139,8 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
         A tall matrix (typically the orthonormal factor from
         :func:`low_rank_features`) or a stack of them. Integer and bool arrays are
         converted to float64; half precision (float16, bfloat16) is computed in
-        float32. ``A`` is never modified.
+        float32. ``A`` is never modified. Not a dask array (a TypeError):
+        compute it first.
     k : int, default=None
         Number of rows to return, ``1 <= k <= n``; ``None`` means ``k = r``.
     method : {"volume", "lu"}, default="volume"
@@ -211,7 +214,7 @@ def fast_maxvol(A, k=None, *, method="volume", refine=False, tol=1.05, max_iter=
     if is_meta(A):
         check_array(A, "A", owner)  # raises the meta-tensor error
     view = torch_cpu_view(A)
-    checked, _ = check_array(A if view is None else view, "A", owner,
+    checked, _ = check_array(A if view is None else view, "A", owner, allow_dask=False,
                              ensure_finite=False)  # checked in the body, from sq_norms
     n, r = checked.shape[-2:]
     if n < r:

@@ -319,7 +319,9 @@ class GraftBatchSampler(Sampler[list[int]]):
         later observations overwrite earlier ones. Wrong shapes or dtypes raise;
         rows with NaN, infinity (also once stored) or a label outside
         ``[0, n_classes)`` are not stored, and the next refit warns and lists
-        them in :attr:`last_refit`.
+        them in :attr:`last_refit`. A sample none of whose rows was ever stored
+        (a label of -100, an ``ignore_index``) has no feedback: refits leave it
+        out (with a warning) until a row of it is stored.
 
         Without ``indices`` the batch is the one the training loop is on: the
         latest batch the DataLoader (or the sampler) handed to the loop, also

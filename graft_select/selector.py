@@ -60,6 +60,7 @@ from ._sizing import ERROR_TIE, BudgetWarning, budget, budget_overshoot
 from ._validation import (
     check_array,
     check_no_bool_numbers,
+    check_not_factor_pair,
     check_random_state,
     check_real_host,
     check_rows,
@@ -67,6 +68,10 @@ from ._validation import (
 )
 
 __all__ = ["BudgetWarning", "GraftResampler", "GraftSelector", "StoredGradients"]
+
+# what the estimators' X and gradients accept, for the messages of check_array
+_X_ARRAYS = "an array (NumPy, pandas, scipy.sparse CSR/CSC, torch, CuPy or dask)"
+_GRADIENT_ARRAYS = "an array (NumPy, pandas, torch or CuPy; dask when X is a dask array)"
 
 _DOC_PARAMETERS = """
     Parameters
@@ -139,8 +144,11 @@ _DOC_PARAMETERS = """
         that reaches it). ``None`` sets the total to the budget and levels the
         chunks' errors.
     min_fraction, max_fraction : float, default=None
-        The band of per-chunk sizes with gradients, as shares of the chunk:
-        ``fraction / 2`` and ``min(1, 2 * fraction)`` when None.
+        The band of per-chunk subset sizes, as shares of the chunk:
+        ``fraction / 2`` and ``min(1, 2 * fraction)`` when None. Only a fit with
+        gradients uses it (without them every chunk keeps ``fraction`` of its
+        rows), but every fit checks it: a band that does not contain
+        ``fraction`` raises a ValueError with or without gradients.
     max_error_ratio : float, "auto" or None, default="auto"
         With gradients, a check of MaxVol's picks against a uniform draw. Each
         chunk's subset is compared with a seeded uniform subset of the same size
@@ -169,7 +177,15 @@ _DOC_PARAMETERS = """
         None keeps MaxVol's picks everywhere. Without gradients, or with
         ``strategy="uniform"``, it does nothing.
     svd_method : {"auto", "exact", "randomized"}, default="auto"
-        Method of :func:`~graft_select.low_rank_features`.
+        Method of :func:`~graft_select.low_rank_features`. With the gradients as
+        the basis it factors each chunk's Gram matrix: ``"exact"`` takes its
+        eigenvectors, ``"randomized"`` the range finder with oversampling and
+        power iterations. A :class:`StoredGradients` fit ignores it: a view's
+        factor is always one range-finder step on the chunk's Gram matrix (one
+        product with a Gaussian matrix and a QR), so a view selects other rows
+        than the same proxies given as a
+        :class:`~graft_select.FactoredGradients`, and its ``gradient_error_``
+        can be larger (see :class:`StoredGradients`).
     random_state : int, RandomState instance or None, default=None
         Seeds the randomized SVD, the uniform picks and the uniform strategy.
     batch_size : int or None
@@ -203,7 +219,12 @@ _DOC_ATTRIBUTES = """
         = (w * losses).sum() / n_samples`` in torch, for idx =
         ``sample_indices_`` and w = ``sample_weight_``: the weighted gradient
         then matches the full data's at the parameters where the gradients
-        were taken, to within ``gradient_error_``. None after ``fit(...,
+        were taken, to within ``gradient_error_``. This holds at
+        ``fraction=1.0`` too: every row is kept, but the weights are still
+        least-squares coefficients, not 1s (the minimum-norm ones when a
+        chunk has more rows than its gradients have independent directions,
+        the usual case), and some can be negative; weighted training on them
+        is not plain training on all the rows. None after ``fit(...,
         compute_weights=False)``. In a merge-and-reduce fit (``chunk_size=None``
         beyond 4096 rows) a "chunk" is a group of the tree, usually all the
         rows: the weights are those of the group's mean gradient over all its
@@ -419,11 +440,13 @@ class _GraftBase(BaseEstimator):
                 f"{owner}.fit needs X (the rows to select from), got None; None is only "
                 f"accepted with gradients=StoredGradients(...)."
             )
+        gradients = _from_pandas(gradients, owner)
         if is_dask_array(X):
             from ._dask import DaskSource  # dask is imported only for dask input
 
             self._forget_feature_names()
             return DaskSource(X, gradients, chunk_size, owner)
+        _check_not_dask(gradients, X, owner)
         X, xp = self._validate_X(X, reset=True)
         memory = InMemorySource if chunk_size is not None else InMemoryTree
         return memory(X, xp, self._validate_gradients(gradients, X.shape[0]))
@@ -464,8 +487,7 @@ class _GraftBase(BaseEstimator):
     def _validate_X(self, X, reset):
         """Check X and return (X ready for the kernels, namespace)."""
         if is_sparse(X) or _is_host_like(X):
-            if not is_sparse(X):
-                check_real_host(X, "X", type(self).__name__)
+            check_real_host(X, "X", type(self).__name__)  # names X in the complex error
             checked = validate_data(
                 self, X, reset=reset, accept_sparse=("csr", "csc"),
                 dtype=(np.float64, np.float32), ensure_all_finite=False,
@@ -473,7 +495,8 @@ class _GraftBase(BaseEstimator):
             checked, xp = check_array(checked, "X", type(self).__name__, max_ndim=2,
                                       allow_sparse=True)
             return checked, xp
-        checked, xp = check_array(X, "X", type(self).__name__, max_ndim=2)
+        checked, xp = check_array(X, "X", type(self).__name__, max_ndim=2,
+                                  accepted=_X_ARRAYS)
         if reset:
             self._forget_feature_names()  # a tensor has no column names
             self.n_features_in_ = int(checked.shape[1])
@@ -489,7 +512,8 @@ class _GraftBase(BaseEstimator):
             return None
         owner = type(self).__name__
         if isinstance(gradients, FactoredGradients):
-            R, H, xp, _ = check_factored(gradients, owner, name="gradients")
+            R, H, xp, _ = check_factored(gradients, owner, name="gradients",
+                                         accepted=_GRADIENT_ARRAYS)
             if R.ndim != 2:
                 raise ValueError(
                     f"'gradients' of {owner} must be a FactoredGradients of 2-D factors "
@@ -499,9 +523,12 @@ class _GraftBase(BaseEstimator):
             rows = R.shape[0]
             gradients = FactoredGradients(rescale_extreme(R, xp)[0], rescale_extreme(H, xp)[0])
         else:
+            check_not_factor_pair(gradients, "gradients", owner, max_ndim=2)
             if _is_host_like(gradients):
                 check_real_host(gradients, "gradients", owner)
-            gradients, xp = check_array(gradients, "gradients", owner, max_ndim=2)
+            accepted = f"{_GRADIENT_ARRAYS}, a FactoredGradients or a StoredGradients"
+            gradients, xp = check_array(gradients, "gradients", owner, max_ndim=2,
+                                        accepted=accepted)
             rows = gradients.shape[0]
             gradients = rescale_extreme(gradients, xp)[0]
         if rows != n:
@@ -622,7 +649,11 @@ StoredGradients, default=None
             Per-sample gradient proxies (see
             :func:`~graft_select.last_layer_gradients`). They choose the subset
             size per chunk and give ``sample_weight_`` and ``gradient_error_``.
-            A :class:`StoredGradients` view of a table (a sampler's feedback
+            An array (and each factor of a
+            :class:`~graft_select.FactoredGradients`) is NumPy, torch, CuPy, a
+            pandas DataFrame (read by position, as NumPy), or a dask array when
+            X is one (compute it first for X in memory). A
+            :class:`StoredGradients` view of a table (a sampler's feedback
             store) is read one group of chunks at a time, never copied; it
             needs ``X=None``, ``strategy="graft"`` and a basis other than
             ``"input"``.
@@ -1015,6 +1046,45 @@ def _is_host_like(X):
     except TypeError:
         return True
     return False
+
+
+def _from_pandas(gradients, owner):
+    """Gradients given as a pandas DataFrame or Series (or factors given so), as NumPy.
+
+    By position, as X's rows are read: the index and column labels are ignored.
+    """
+    if isinstance(gradients, FactoredGradients):
+        return FactoredGradients(
+            _frame_values(gradients.residuals, "gradients.residuals", owner),
+            _frame_values(gradients.inputs, "gradients.inputs", owner))
+    return _frame_values(gradients, "gradients", owner)
+
+
+def _frame_values(values, name, owner):
+    """The values of a pandas DataFrame or Series as a float NumPy array; others as they are."""
+    if not (type(values).__module__.startswith("pandas") and hasattr(values, "to_numpy")):
+        return values
+    check_real_host(values, name, owner)  # names text, date and complex columns
+    dtypes = list(values.dtypes) if hasattr(values, "columns") else [values.dtype]
+    dtype = np.float32 if all(d == np.float32 for d in dtypes) else np.float64
+    # C order, as NumPy gradients usually are: the same fit to the last bit
+    return np.ascontiguousarray(values.to_numpy(dtype=dtype, na_value=np.nan))
+
+
+def _check_not_dask(gradients, X, owner):
+    """A TypeError if gradients (or a factor of them) are a dask array and X is not."""
+    parts = ((("gradients.residuals", gradients.residuals),
+              ("gradients.inputs", gradients.inputs))
+             if isinstance(gradients, FactoredGradients) else (("gradients", gradients),))
+    for name, part in parts:
+        if is_dask_array(part):
+            raise TypeError(
+                f"'{name}' of {owner} is a dask array but X is not (got "
+                f"{type(X).__name__}); a fit runs on dask only when X is a dask array. "
+                f"Compute the gradients first ({name}.compute()), or pass X as a dask "
+                f"array too, in row blocks like the gradients' "
+                f"(dask.array.from_array(X, chunks=({name}.chunks[0], -1)) for NumPy X)."
+            )
 
 
 def _check_stored_params(X, strategy, basis, owner):

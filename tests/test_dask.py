@@ -455,7 +455,7 @@ class TestBadInput:
             sel.fit(da.zeros(100, chunks=50))
         with pytest.raises(ValueError, match="is empty"):
             sel.fit(da.zeros((100, 0), chunks=(50, -1)))
-        with pytest.raises(TypeError, match="must hold real numbers"):
+        with pytest.raises(ValueError, match="Complex data not supported: 'X' of GraftSelector"):
             sel.fit(da.zeros((100, 3), chunks=(50, -1), dtype=complex))
         with pytest.raises(ValueError, match="at least 2 rows"):
             sel.fit(da.zeros((1, 3), chunks=(1, -1)))
@@ -469,6 +469,68 @@ class TestBadInput:
                           asarray=False)
         with pytest.raises(TypeError, match=r"scipy\.sparse blocks"):
             GraftSelector(0.2, chunk_size=BATCH).fit(X)
+
+
+class TestDaskWithMemory:
+    """Dask arrays where only in-memory arrays can go (black-box review, item 5): a named
+    error that says to compute them, where they crashed deep inside dask's QR or
+    linalg; gram_matrix, a product, stays lazy."""
+
+    @pytest.mark.parametrize("x_kind", ["numpy", "torch"])
+    @pytest.mark.parametrize("g_kind", ["dense", "factored"])
+    @pytest.mark.parametrize("chunk_size", [BATCH, None])
+    def test_dask_gradients_with_in_memory_x(self, data, x_kind, g_kind, chunk_size):
+        """Dask gradients with a NumPy or torch X: compute them, or make X a dask array."""
+        X, _, dense, factored = data
+        if x_kind == "torch":
+            X = pytest.importorskip("torch").from_numpy(X)
+        G = _dask_like(dense if g_kind == "dense" else factored, (500, -1))
+        name = "gradients" if g_kind == "dense" else "gradients.residuals"
+        selector = GraftSelector(0.2, chunk_size=chunk_size, random_state=0)
+        with pytest.raises(TypeError, match=rf"'{name}' of GraftSelector is a dask array but "
+                                            rf"X is not.*{re.escape(name)}\.compute\(\)"):
+            selector.fit(X, gradients=G)
+        assert not hasattr(selector, "sample_indices_")
+
+    @pytest.mark.parametrize("kind", ["dense", "factored"])
+    def test_gradient_kernels_refuse_dask(self, data, kind):
+        """gradient_error and nested_gradient_errors name the dask argument."""
+        from graft_select.gradients import gradient_error, nested_gradient_errors
+
+        G = _dask_like((data[2] if kind == "dense" else data[3]), (500, -1))
+        name = "G" if kind == "dense" else "G.residuals"
+        for function in (gradient_error, nested_gradient_errors):
+            with pytest.raises(TypeError, match=rf"{function.__name__} does not accept a dask "
+                                                rf"array for '{name}'.*{name}\.compute\(\)"):
+                function(G, [0, 1])
+        with pytest.raises(TypeError, match=r"does not accept a dask array for 'weights'"):
+            gradient_error(data[2], [0, 1], weights=da.ones(2, chunks=1))
+
+    def test_linalg_kernels_refuse_dask(self, data):
+        """low_rank_features and fast_maxvol name the dask argument (they worked for some
+        options only: the exact SVD of a 2-D array, MaxVol with k <= r)."""
+        from graft_select import fast_maxvol, low_rank_features
+
+        A = da.from_array(data[0], chunks=(500, -1))
+        with pytest.raises(TypeError, match=r"low_rank_features does not accept a dask array "
+                                            r"for 'X'.*X\.compute\(\)"):
+            low_rank_features(A, 3, method="exact")
+        with pytest.raises(TypeError, match=r"fast_maxvol does not accept a dask array "
+                                            r"for 'A'.*A\.compute\(\)"):
+            fast_maxvol(A)
+
+    def test_gram_matrix_stays_lazy(self, data):
+        """gram_matrix of dask gradients (dense or factored) is a lazy dask array equal to
+        the in-memory one."""
+        from graft_select.gradients import gram_matrix
+
+        _, _, dense, factored = data
+        for G in (dense[:300], FactoredGradients(factored.residuals[:300],
+                                                 factored.inputs[:300])):
+            K = gram_matrix(_dask_like(G, (100, -1)))
+            assert isinstance(K, da.Array)
+            with dask.config.set(scheduler="synchronous"):
+                np.testing.assert_allclose(K.compute(), gram_matrix(G), rtol=1e-12, atol=1e-12)
 
 
 class TestBlockTask:

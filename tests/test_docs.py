@@ -16,6 +16,7 @@ import importlib
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import graft_select
@@ -252,3 +253,82 @@ class TestGettingStarted:
                     if "GraftSelector(" in b)
         exec(compile(code, "getting_started.rst", "exec"), {})
         assert capsys.readouterr().out.splitlines()[0] == "(180, 64)"
+
+
+def _words(text):
+    """``text`` with its line breaks and indentation collapsed to single spaces."""
+    return " ".join(text.split())
+
+
+class TestDocumentedFacts:
+    """What the reference and the user guide say about behaviour holds (black-box review,
+    items 11, 12 and 14): each test checks the behaviour and the sentence stating it."""
+
+    def test_version_entry_quotes_no_number(self):
+        """The ``__version__`` entry says how to read the version; a number written there
+        drifts (it said "0.1.0" for 0.2.0.dev0)."""
+        text = (DOCS / "api.rst").read_text(encoding="utf-8")
+        entry = text.split(".. data:: __version__", 1)[1]
+        assert not re.search(r"\d+\.\d+", entry), entry
+        assert "graft_select.__version__" in entry
+
+    @pytest.mark.filterwarnings("ignore:The weights of chunk:UserWarning")
+    def test_half_precision_result_dtypes(self):
+        """Half precision: the kernels return float32, the estimators float64, as the user
+        guide says (it said "errors and weights are float32" for both)."""
+        from graft_select import GraftSelector
+        from graft_select.gradients import gradient_error, gram_matrix, nested_gradient_errors
+
+        G = np.random.default_rng(0).standard_normal((40, 5)).astype(np.float16)
+        error, weights = gradient_error(G, [0, 1])
+        assert {error.dtype, weights.dtype, nested_gradient_errors(G, [0, 1]).dtype,
+                gram_matrix(G).dtype} == {np.dtype(np.float32)}
+        fitted = GraftSelector(0.2, chunk_size=20, random_state=0).fit(G, gradients=G)
+        assert fitted.sample_weight_.dtype == fitted.gradient_error_.dtype == np.float64
+        guide = _words((DOCS / "user_guide.rst").read_text(encoding="utf-8"))
+        bullet = guide.split("**Half precision**", 1)[1].split("- **", 1)[0]
+        assert "gradient kernels" in bullet and "return float32" in bullet
+        assert "``sample_weight_`` is float64" in bullet
+        assert "``gradient_error_`` a NumPy float64 array" in bullet
+
+    def test_band_checked_without_gradients(self):
+        """A band without ``fraction`` raises without gradients too, as documented (the
+        docs said the band applies "with gradients")."""
+        from graft_select import GraftSelector
+
+        X = np.random.default_rng(0).standard_normal((50, 3))
+        with pytest.raises(ValueError, match=r"must contain fraction=0\.2"):
+            GraftSelector(0.2, min_fraction=0.5).fit(X)
+        assert "every fit checks it" in _words(GraftSelector.__doc__)
+
+    def test_svd_method_does_not_apply_to_views(self):
+        """A StoredGradients fit selects the same rows whatever ``svd_method``, and both
+        the parameter and the view say so."""
+        from graft_select import GraftSelector, StoredGradients
+
+        rng = np.random.default_rng(0)
+        residuals, embeddings = rng.standard_normal((600, 5)), rng.standard_normal((600, 16))
+        fits = [GraftSelector(0.1, chunk_size=200, svd_method=method, random_state=0,
+                              max_error_ratio=None).fit(
+                    None, gradients=StoredGradients(residuals, embeddings))
+                for method in ("exact", "randomized")]
+        np.testing.assert_array_equal(fits[0].sample_indices_, fits[1].sample_indices_)
+        parameter = _words(GraftSelector.__doc__).split("svd_method :", 1)[1]
+        parameter = parameter.split("random_state :", 1)[0]
+        assert "StoredGradients` fit ignores it" in parameter
+        assert "FactoredGradients" in parameter
+        assert "``svd_method`` does not apply to a view" in _words(StoredGradients.__doc__)
+
+    @pytest.mark.filterwarnings("ignore:The weights of chunk:UserWarning")
+    def test_weights_at_fraction_one(self):
+        """At fraction=1.0 with gradients every row is kept with least-squares weights (some
+        negative), not 1s, and ``sample_weight_``'s entry says so."""
+        from graft_select import GraftSelector
+
+        X = np.random.default_rng(0).standard_normal((10, 4))
+        fitted = GraftSelector(1.0, random_state=0).fit(X, gradients=X)
+        assert sorted(fitted.sample_indices_.tolist()) == list(range(10))
+        assert (fitted.sample_weight_ < 0).any()
+        entry = _words(GraftSelector.__doc__).split("sample_weight_ :", 1)[1]
+        entry = entry.split("gradient_error_ :", 1)[0]
+        assert "``fraction=1.0`` too: every row is kept" in entry

@@ -528,9 +528,9 @@ class TestFastMaxvolValidation:
             fast_maxvol(self.A.T.copy())
 
     def test_complex_rejected(self, backend):
-        """Complex A is a TypeError asking for real numbers."""
+        """Complex A is a ValueError asking for real numbers, on every backend."""
         A = self.A.astype(np.complex128)
-        with pytest.raises(TypeError, match=r"'A' of fast_maxvol must hold real numbers"):
+        with pytest.raises(ValueError, match=r"'A' of fast_maxvol must hold real numbers"):
             fast_maxvol(backend.asarray(A))
 
     def test_sparse_rejected(self):
@@ -842,6 +842,8 @@ class TestLowRankFeaturesValidation:
             low_rank_features(backend.asarray(X), 2)
 
     def test_complex(self):
-        """Complex X is a TypeError."""
-        with pytest.raises(TypeError, match="real numbers"):
+        """Complex X is a ValueError, dense or sparse (scikit-learn's class for it)."""
+        with pytest.raises(ValueError, match="Complex data not supported: 'X' of low_rank"):
             low_rank_features(self.X.astype(np.complex64), 2)
+        with pytest.raises(ValueError, match="Complex data not supported: 'X' of low_rank"):
+            low_rank_features(scipy.sparse.csr_matrix(self.X.astype(np.complex64)), 2)

@@ -528,3 +528,121 @@ class TestMessages:
         """Complex or str X: the message names 'X' of GraftSelector."""
         with pytest.raises(error, match="'X' of GraftSelector must hold real numbers"):
             GraftSelector().fit(X)
+
+    # ------------------------------------------------ black-box review, item 13
+
+    @pytest.mark.parametrize("library, name", [
+        *((library, "X") for library in ("numpy", "list", "pandas", "sparse", "torch", "dask")),
+        *((library, "gradients") for library in ("numpy", "list", "pandas", "torch", "dask")),
+    ])
+    def test_complex_one_error_class(self, rng, library, name):
+        """Complex X or gradients: a ValueError naming the argument, whatever the library
+        (torch and dask raised a TypeError, NumPy a ValueError)."""
+        A = rng.standard_normal((20, 3))
+        if library == "dask":
+            da = pytest.importorskip("dask.array")
+            convert = lambda a: da.from_array(a, chunks=(10, -1))  # noqa: E731
+        elif library == "pandas":
+            convert = pytest.importorskip("pandas").DataFrame
+        else:
+            convert = {"numpy": np.asarray, "list": lambda a: a.tolist(),
+                       "sparse": scipy.sparse.csr_matrix, "torch": torch.from_numpy}[library]
+        X = convert(A + 1j if name == "X" else A)
+        G = convert(A + 1j) if name == "gradients" else None
+        with pytest.raises(ValueError, match=f"Complex data not supported: '{name}' of "
+                                             f"GraftSelector must hold real numbers"):
+            GraftSelector(0.2, chunk_size=10).fit(X, gradients=G)
+
+    def test_complex_kernels_and_factors(self, rng):
+        """The kernels, FactoredGradients factors, a StoredGradients table and the sampler's
+        features reject complex data with the same ValueError on every library."""
+        from graft_select import StoredGradients
+        from graft_select.gradients import gram_matrix
+        from graft_select.sampler import GraftBatchSampler
+
+        A = rng.standard_normal((20, 3)) + 1j
+        T = torch.from_numpy(A)
+        calls = {
+            "'X' of low_rank_features": lambda: low_rank_features(T, 2),
+            "'A' of fast_maxvol": lambda: fast_maxvol(T),
+            "'G' of gradient_error": lambda: gradient_error(T, [0, 1]),
+            "'G' of gram_matrix": lambda: gram_matrix(T),
+            "'G.residuals' of nested_gradient_errors": lambda: nested_gradient_errors(
+                FactoredGradients(T, T.real), [0, 1]),
+            "'gradients.inputs' of GraftSelector": lambda: GraftSelector().fit(
+                A.real, gradients=FactoredGradients(A.real, A)),
+            "'gradients.residuals' of GraftSelector": lambda: GraftSelector().fit(
+                None, gradients=StoredGradients(T, T.real)),
+            "'features' of GraftBatchSampler": lambda: GraftBatchSampler(
+                20, 4, features=T.to(torch.complex64)),
+        }
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match=f"Complex data not supported: {name}"):
+                call()
+
+    def test_reshape_hint_names_the_argument(self, rng):
+        """The reshape hint names the argument that has the wrong shape, not X."""
+        X = rng.standard_normal((20, 3))
+        cases = [
+            ("gradients.reshape(n_samples, -1)",
+             lambda: GraftSelector().fit(X, gradients=X[:, 0])),
+            ("A.reshape(n_samples, -1)", lambda: fast_maxvol(X[:, 0])),
+            ("G.reshape(n_samples, -1)", lambda: gradient_error(X[:, 0], [0])),
+            ("weights.reshape(-1)", lambda: gradient_error(X, [0], weights=np.float64(1.0))),
+        ]
+        da = pytest.importorskip("dask.array")
+        Xd = da.from_array(X, chunks=(10, -1))
+        cases.append(("gradients.reshape(n_samples, -1)",
+                      lambda: GraftSelector(chunk_size=10).fit(Xd, gradients=Xd[:, 0])))
+        for hint, call in cases:
+            with pytest.raises(ValueError) as info:
+                call()
+            assert hint in str(info.value) and "X.reshape" not in str(info.value)
+
+    @pytest.mark.parametrize("widths", [(4, 6), (4, 4)])
+    def test_factor_pair_tuple(self, rng, widths):
+        """A tuple (R, H) for gradients says to wrap it as FactoredGradients(R, H) (it was
+        called a nested list with rows of different lengths, or a 3-D array)."""
+        X = rng.standard_normal((20, 3))
+        R, H = rng.standard_normal((20, widths[0])), rng.standard_normal((20, widths[1]))
+        match = r"of two 2-D arrays.*FactoredGradients\(R, H\)"
+        with pytest.raises(TypeError, match=rf"'gradients' of GraftSelector is a tuple {match}"):
+            GraftSelector().fit(X, gradients=(R, H))
+        da = pytest.importorskip("dask.array")
+        with pytest.raises(TypeError, match=rf"'gradients' of GraftSelector is a tuple {match}"):
+            GraftSelector(chunk_size=10).fit(da.from_array(X, chunks=(10, -1)),
+                                             gradients=(R, H))
+        if widths[0] != widths[1]:
+            with pytest.raises(TypeError, match=rf"'G' of gradient_error is a tuple {match}"):
+                gradient_error((R, H), [0, 1])
+            from graft_select.gradients import gram_matrix
+
+            with pytest.raises(TypeError, match=rf"'G' of gram_matrix is a list {match}"):
+                gram_matrix([R, H])
+        else:  # two matrices of one shape are a stack where the kernels take stacks
+            errors, _ = gradient_error((R, H), [0, 1])
+            assert errors.shape == (2,)
+
+    @pytest.mark.parametrize("call, name, accepted", [
+        (lambda F: low_rank_features(F, 2), "'X' of low_rank_features",
+         "an array (NumPy, torch, CuPy or another array-API library) or a scipy.sparse "
+         "CSR/CSC matrix"),
+        (lambda F: fast_maxvol(F), "'A' of fast_maxvol",
+         "an array (NumPy, torch, CuPy or another array-API library)"),
+        (lambda F: gradient_error(F, [0]), "'G' of gradient_error",
+         "an array (NumPy, torch, CuPy or another array-API library)"),
+        (lambda F: nested_gradient_errors(FactoredGradients(F, F), [0]),
+         "'G.residuals' of nested_gradient_errors",
+         "an array (NumPy, torch, CuPy or another array-API library)"),
+    ])
+    def test_dataframe_message_lists_what_is_accepted(self, rng, call, name, accepted):
+        """A DataFrame given to a kernel: the message lists what the argument accepts
+        (it listed pandas, scipy.sparse and dask for every argument, then rejected the
+        DataFrame) and says how to convert it."""
+        pd = pytest.importorskip("pandas")
+        frame = pd.DataFrame(rng.standard_normal((20, 3)))
+        with pytest.raises(TypeError) as info:
+            call(frame)
+        message = str(info.value)
+        assert f"{name} must be {accepted}, got an object of type DataFrame" in message
+        assert "pandas" not in message and ".to_numpy()" in message

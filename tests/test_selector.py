@@ -307,6 +307,40 @@ class TestTypes:
         expected = GraftSelector(fraction=0.1, chunk_size=256, random_state=0).fit(X)
         np.testing.assert_array_equal(selector.sample_indices_.numpy(), expected.sample_indices_)
 
+    @pytest.mark.filterwarnings("ignore:The weights of chunk:UserWarning")
+    def test_dataframe_gradients(self, digits, digit_gradients):
+        """Gradients (or factors) given as DataFrames are read by position, as NumPy; the
+        message for what gradients cannot be lists what they can (review item 6)."""
+        pd = pytest.importorskip("pandas")
+        from graft_select import FactoredGradients
+
+        X, y = digits
+        G = digit_gradients
+        kw = dict(fraction=0.1, chunk_size=256, random_state=0)
+        expected = GraftSelector(**kw).fit(X, gradients=G)
+        frame = pd.DataFrame(G, index=np.arange(len(G))[::-1])  # the index is ignored
+        got = GraftSelector(**kw).fit(X, gradients=frame)
+        np.testing.assert_array_equal(got.sample_indices_, expected.sample_indices_)
+        np.testing.assert_array_equal(got.sample_weight_, expected.sample_weight_)
+        R, H = np.eye(10)[y] - 0.1, np.hstack([X, np.ones((len(X), 1))])
+        factored = GraftSelector(**kw).fit(X, gradients=FactoredGradients(R, H))
+        framed = GraftSelector(**kw).fit(
+            X, gradients=FactoredGradients(pd.DataFrame(R), pd.DataFrame(H)))
+        np.testing.assert_array_equal(framed.sample_indices_, factored.sample_indices_)
+        text = frame.astype(object)
+        text.iloc[3, 2] = "a"
+        with pytest.raises(TypeError, match="'gradients' of GraftSelector must hold real"):
+            GraftSelector(**kw).fit(X, gradients=text)
+
+        class Opaque:  # an array of no library the estimators know
+            shape, ndim = G.shape, 2
+
+        with pytest.raises(TypeError) as info:
+            GraftSelector(**kw).fit(X, gradients=Opaque())
+        assert ("must be an array (NumPy, pandas, torch or CuPy; dask when X is a dask "
+                "array), a FactoredGradients or a StoredGradients, got an object of type "
+                "Opaque") in str(info.value)
+
     def test_get_support_mask(self, digits):
         """get_support() is a boolean mask matching sample_indices_."""
         X, _ = digits

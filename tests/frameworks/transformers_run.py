@@ -73,6 +73,10 @@ def main(out):
                 "global_step": output.global_step, "max_steps": trainer.state.max_steps,
                 "epoch_batches": trainer.epoch_batches, "world": trainer.args.world_size,
                 "gathered_bytes": sampler.last_refit.gathered_bytes}, f"{out}/rank{rank}.pt")
+    # every rank done before any tears its process group down: a rank that exits while
+    # the other still talks to the group can abort the other at exit ("terminate called
+    # without an active exception", seen under load in a full test run)
+    trainer.accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":
