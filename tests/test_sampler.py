@@ -1,5 +1,6 @@
 """GraftBatchSampler: epochs, feedback, determinism, resume, distributed, DataLoader."""
 
+import contextlib
 import os
 
 import pytest
@@ -1228,12 +1229,21 @@ class TestDataLoader:
         assert list(sampler) == expected  # a started pass consumed the position
 
 
-def _ddp_worker(rank, world, port, out_dir):
+@contextlib.contextmanager
+def _process_group(rank, world, port):
+    """A gloo process group of ``world`` ranks for the block (a spawned worker's)."""
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    with _process_group(rank, world, port):
         sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3, warm_start_epochs=1)
         emb, logits, targets = _feedback()
         mine = torch.arange(rank, N, world)  # each rank observes only its own share
@@ -1241,8 +1251,6 @@ def _ddp_worker(rank, world, port, out_dir):
         sampler.set_epoch(1)
         torch.save({"batches": list(sampler), "plan": sampler._plan().tolist()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def _early_count_worker(rank, world, port, out_dir):
@@ -1279,11 +1287,7 @@ def _unusable_worker(rank, world, port, out_dir):
     """Rank 0 observes samples 0-29 with labels of -100 (ignore_index); see the test."""
     import warnings
 
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with _process_group(rank, world, port):
         sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3, warm_start_epochs=1,
                                     refit_every=1)
         emb, logits, targets = _feedback()
@@ -1299,18 +1303,12 @@ def _unusable_worker(rank, world, port, out_dir):
                 sampler.set_epoch(epoch)
                 plans.append(sampler._plan().tolist())
         torch.save({"plans": plans}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def _merge_worker(rank, world, port, out_dir):
     """Four ranks observe overlapping rows over two refits (refit_every=2); see the test."""
-    import torch.distributed as dist
-
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with _process_group(rank, world, port):
         sampler = GraftBatchSampler(N, 16, fraction=0.3, seed=3, refit_every=2,
                                     warm_start_epochs=1)
         emb, logits, targets = _feedback()
@@ -1339,8 +1337,6 @@ def _merge_worker(rank, world, port, out_dir):
         out["bytes3"] = sampler.last_refit.gathered_bytes
         out["last_seen3"] = sampler.state_dict()["last_seen"]
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 class TestDistributed:
