@@ -61,6 +61,7 @@ class BatchIterator:
         self.unordered = self._ahead and getattr(loader, "_in_order", True) is False
         self._baseline = None  # (position, loader's yielded count) at the first batch
         self._yielded = None  # the loader's yielded count when it last asked for a batch
+        self._frozen = None  # received() as it was when this pass was pickled
         self._consumer = None  # (id, code) of the frame that pulled the latest batch
         self._consumer_module = None  # that frame's module
         self._pulled_by_for = False  # whether that frame pulled it with a for loop
@@ -116,7 +117,8 @@ class BatchIterator:
         # position; the weak reference to a live DataLoader iterator and the frame of
         # the latest pull do not pickle, and belong to this process only
         state = self.__dict__.copy()
-        state.update(_loader=None, _baseline=None, _consumer=None, _consumer_module=None)
+        state.update(_loader=None, _baseline=None, _consumer=None, _consumer_module=None,
+                     _frozen=self.received())
         return state
 
     def _note_consumer(self, frame):
@@ -141,16 +143,24 @@ class BatchIterator:
         A DataLoader with workers fetches ahead: its batches reach the loop when
         it yields them, in order, and it counts them (one without workers yields
         each batch as it takes it: all it took were received). Once a loader with
-        workers is gone (the loop left it with ``break``), the count it had when it
-        last asked for a batch: the batch the loop was then given may be counted
-        out (handed out again on resume), never one it was not given.
+        workers is gone: every batch if it took them all (the loop ran to the end;
+        one that left with ``break`` in the last prefetched batches is counted as
+        having run them), else the count it had when it last asked for a batch
+        (the loop left with ``break``): a batch the loop was given since may be
+        counted out (handed out again on resume), never one it was not given. A
+        pickled pass keeps the count of the moment it was pickled.
         """
+        if self._frozen is not None:
+            return self._frozen
         if self._baseline is None or not self._ahead:
             return self.position
-        loader = None if self._loader is None else self._loader()
-        now = self._yielded if loader is None else loader._num_yielded
         first, yielded = self._baseline
-        return min(self.position, first + now - yielded)
+        loader = None if self._loader is None else self._loader()
+        if loader is not None:
+            return min(self.position, first + loader._num_yielded - yielded)
+        if self.position >= len(self.batches):
+            return self.position  # the loader took every batch: the loop ran to the end
+        return min(self.position, first + self._yielded - yielded)
 
     def locate(self):
         """Depth in ``pending`` of the batch the training loop is on (observe() without indices).

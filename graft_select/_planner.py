@@ -373,7 +373,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
         budget = self._pool_budget()
         feature_seconds, gathered_bytes = self.source.refresh(candidates, epoch, num_replicas)
         rejected, n_rejected = self.recorder.report_rejected()
-        unusable = self.recorder.unusable(rejected, num_replicas)
+        unusable = self.recorder.unusable(num_replicas)
         with single_threaded():  # no thread pool spins on the cores another one needs
             candidates, excluded = self._guard(candidates, budget)
             if len(unusable):  # no feedback, and not for lack of an observe()

@@ -19,8 +19,8 @@ import torch
 from ._checks import check_batch, check_indices
 from ._merge import merge, union_of_ranks
 from ._state import check_feedback
-from ._store import FeedbackStore
-from ._watch import LastLayerCapture, check_watched
+from ._store import BAD_LABEL, FeedbackStore
+from ._watch import LastLayerCapture, check_watched, mixed_modes_message
 
 __all__ = ["FeedbackRecorder"]
 
@@ -49,6 +49,7 @@ class FeedbackRecorder:
                                    seed=seed, loss=loss)
         self.capture = None  # LastLayerCapture from watch()
         self._targets_on = {}  # device -> targets there (observe() reads no value back)
+        self._unusable_warned = 0  # samples left out without feedback, as last warned
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -81,6 +82,9 @@ class FeedbackRecorder:
                                  "once.")
             depth = iteration.locate()
         if captured:  # the watched layer's latest forward pass
+            mixed = mixed_modes_message(self.capture)  # the fast path below checks no more
+            if mixed is not None:
+                raise ValueError(mixed)
             embeddings, logits = self.capture.inputs, self.capture.outputs
         if gradients is None and self._observe_like_last(iteration, epoch, indices, depth,
                                                          embeddings, logits, targets):
@@ -220,35 +224,35 @@ class FeedbackRecorder:
                 "(all of them are in last_refit.rejected_indices).", UserWarning, stacklevel=6)
         return rejected, n_rows
 
-    def unusable(self, rejected, num_replicas):
-        """Samples with no usable feedback: rows observed for them were rejected, and none
-        was ever stored. Marks the new ones (warning about them) and returns them all.
+    def unusable(self, num_replicas):
+        """Samples with no usable feedback: their rows had labels out of range (an
+        ``ignore_index`` such as -100) and none was ever stored. Warns about new ones.
 
         Left out of refits: counted as never observed, they were trained first, up
-        to the whole budget, at every refit (labels equal to an ``ignore_index``
-        such as -100 are rejected as out of range, so selected epochs trained only
-        unlabelled samples). The mark is a last-seen epoch of `UNUSABLE`, kept in
-        the state; a row stored later replaces it. Under torch.distributed the
-        ranks' new marks are joined (a collective), so that every rank plans alike.
+        to the whole budget, at every refit, so selected epochs trained only
+        unlabelled samples. The store marks them (a last-seen epoch of
+        ``BAD_LABEL``, kept in the state; a row stored later replaces it). Rows
+        rejected for non-finite values leave no mark: the next refit trains such a
+        sample again, as a never-observed one. Under torch.distributed the ranks'
+        marks are joined (a collective), so that every rank plans alike.
         """
         last_seen = self.store.last_seen  # a view: marked in place
-        if len(rejected):
-            rejected = rejected[last_seen.cpu()[rejected] == -1]
+        marked = torch.nonzero(last_seen.cpu() == BAD_LABEL).flatten()
         if num_replicas > 1 and _dist_ready():
-            rejected = union_of_ranks(rejected, num_replicas)
-        if len(rejected):
-            last_seen[rejected.to(last_seen.device)] = UNUSABLE
-            first = ", ".join(str(i) for i in rejected[:5].tolist())
+            marked = union_of_ranks(marked, num_replicas)
+            last_seen[marked.to(last_seen.device)] = BAD_LABEL
+        if len(marked) > self._unusable_warned:
+            first = ", ".join(str(i) for i in marked[:5].tolist())
             warnings.warn(
-                f"GraftBatchSampler leaves {len(rejected)} samples out of its refits "
-                f"(first: {first}): every row observed for them was rejected and none was "
-                f"stored, so they have no feedback to select on (labels outside [0, "
-                f"n_classes), such as an ignore_index of -100, or outputs that are never "
-                f"finite). Samples without feedback for lack of an observe() are trained "
-                f"first instead; these would have taken the budget. Filter such samples out "
-                f"of the dataset, or fix their outputs; a row stored later brings a sample "
-                f"back.", UserWarning, stacklevel=6)
-        return torch.nonzero(last_seen.cpu() == UNUSABLE).flatten()
+                f"GraftBatchSampler leaves {len(marked)} samples out of its refits (first: "
+                f"{first}): every row observed for them had a label outside [0, "
+                f"n_classes) (such as an ignore_index of -100) and none was stored, so they "
+                f"have no feedback to select on. Samples without feedback for lack of an "
+                f"observe() are trained first instead; these would have taken the budget. "
+                f"Filter such samples out of the dataset; a row stored later brings a "
+                f"sample back.", UserWarning, stacklevel=6)
+        self._unusable_warned = len(marked)
+        return marked
 
     def merge_ranks(self, num_replicas):
         """Under torch.distributed, merge the rows every rank observed since the last merge.
@@ -286,10 +290,6 @@ class FeedbackRecorder:
     def load_feedback(self, feedback):
         """Check, then load, the feedback of a snapshot (a torchdata iterator state)."""
         self.load(check_feedback(feedback, self.n_samples, "GraftBatchSampler"))
-
-
-#: The last-seen epoch of a sample whose observed rows were all rejected (never stored).
-UNUSABLE = -2
 
 
 def _dist_ready():

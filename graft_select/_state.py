@@ -115,6 +115,10 @@ def check_order(checked, parameters):
     saved = checked["order"]
     other = [key for key in ORDER_KEYS
              if saved[key] is not None and saved[key] != parameters[key]]
+    warm = saved["warm_start_epochs"]
+    if warm is not None and checked["epoch"] < min(warm, parameters["warm_start_epochs"]):
+        # a warm-start epoch under both: all the data, in an order of the seed and shuffle
+        other = [key for key in other if key in ("seed", "shuffle")]
     if other:
         got = ", ".join(f"{key}={saved[key]!r}" for key in other)
         has = ", ".join(f"{key}={parameters[key]!r}" for key in other)

@@ -291,7 +291,7 @@ class FeedbackStore(collections.abc.Mapping):
         Everything runs on the store's device (the values' device, unless the
         store was placed elsewhere first); nothing is read back to the host.
         """
-        values, ok = _block_values(batch, self.dtype, self.loss)
+        values, ok, label_ok = _block_values(batch, self.dtype, self.loss)
         if not self._placed:
             self._place(ok.device)
         device = self._last_seen.device
@@ -318,6 +318,19 @@ class FeedbackStore(collections.abc.Mapping):
             written = ok & (self._last_row[indices] == position)
             self._last_row.index_fill_(0, indices, -1)  # reset only what was touched
         self._write(indices, stored, ok, written, epoch)
+        if label_ok is not None:
+            self._mark_bad_labels(indices, _to(label_ok, device))
+
+    def _mark_bad_labels(self, indices, label_ok):
+        """A sample never stored whose row had a label out of range (an ``ignore_index``
+        of -100) gets the last-seen epoch `BAD_LABEL`: it has no feedback, and not for
+        lack of an observe(); refits leave it out (``FeedbackRecorder.unusable``). A row
+        stored later replaces the mark. Runs on the store's device, no read back."""
+        indices = indices.clamp(0, self.n_samples)  # the spare row for out-of-range ones
+        seen = self._last_seen[indices]
+        marked = torch.where(~label_ok & (seen == -1) & (indices < self.n_samples),
+                             BAD_LABEL, seen)  # no boolean indexing: no read back
+        self._last_seen.index_copy_(0, indices, marked)
 
     def _stored_rows(self, values, device):
         """The rows ``values`` (name -> (b, width)) on ``device``, sketched and cast as stored.
@@ -573,6 +586,10 @@ def _copy_rows(table, target, rows):
     table.index_copy_(0, target, rows)
 
 
+#: The last-seen epoch of a sample whose rows were rejected for a label out of range and
+#: that was never stored (see ``FeedbackStore._mark_bad_labels``).
+BAD_LABEL = -2
+
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> same-size integer
 
 
@@ -597,7 +614,8 @@ def signature(batch):
 
 
 def _block_values(batch, dtype, loss="cross_entropy"):
-    """The stored rows of a block of batches, and ``ok``: rows without NaN, inf or bad label.
+    """The stored rows of a block of batches, ``ok``: rows without NaN, inf or bad label,
+    and ``label_ok``: rows whose class label is in range (None without class labels).
 
     Computed in float32, or in float64 for a float64 store (``dtype``). With
     ``loss="cross_entropy"`` one column of logits is a binary model's single
@@ -637,7 +655,7 @@ def _block_values(batch, dtype, loss="cross_entropy"):
     ok = torch.isfinite(total)
     if label_ok is not None:
         ok &= _to(label_ok, ok.device)
-    return values, ok
+    return values, ok, label_ok
 
 
 def _underflow(full, stored):

@@ -253,21 +253,23 @@ def check_watched(capture, n_rows):
     rows = capture.rows
     if rows[-1] != n_rows:
         raise ValueError(_rows_message(capture, rows, n_rows))
-    mixed = _mixed_modes_message(capture)
+    mixed = mixed_modes_message(capture)
     if mixed is not None:
         raise ValueError(mixed)
     return capture.inputs, capture.outputs
 
 
-def _mixed_modes_message(capture):
+def mixed_modes_message(capture):
     """Why the latest forward is not the training batch's, or None: a forward with
-    autograd ran since the last observation, and the latest ran in another mode (under
-    torch.no_grad() or in eval mode: an evaluation or another batch of the same size)."""
+    autograd in training mode ran since the last observation, and the latest did not
+    (it ran under torch.no_grad() or in eval mode: an evaluation). A latest forward
+    with autograd in training mode is taken for the training batch's, whatever ran
+    before it (an attack or an evaluation in eval mode, a recomputed checkpoint)."""
     modes = capture.modes
-    if not modes:
+    if not modes or modes[-1] == (True, True):
         return None
     latest = modes[-1]
-    earlier = [mode for mode in modes[:-1] if mode[0] and mode != latest]
+    earlier = [mode for mode in modes[:-1] if mode == (True, True)]
     if not earlier:
         return None
 
@@ -279,10 +281,10 @@ def _mixed_modes_message(capture):
     return (
         f"The watched layer {capture.name()} ran {len(modes)} forward passes since the "
         f"last observe(): one {words(earlier[-1])}, and the latest {words(latest)} (an "
-        f"evaluation, or another batch of the same size). observe() records the latest "
-        f"forward, which is not the training batch's. Call observe() right after the "
-        f"training batch's forward, before other forwards of the model, or pass "
-        f"embeddings= and logits= to observe().")
+        f"evaluation), so it is not taken for the training batch's and nothing is "
+        f"recorded. Call observe() right after the training batch's forward, before "
+        f"other forwards of the model (under Lightning, list GraftCallback before "
+        f"callbacks that run the model), or pass embeddings= and logits= to observe().")
 
 
 def _no_forward_message(capture):

@@ -72,6 +72,7 @@ class GraftCallback(pl.Callback):
         self._capture = None
         self._loaded = False  # whether a checkpoint gave the sampler its state
         self._first_epoch = True  # no epoch of the current fit started yet
+        self._capped = None  # (epoch, batches) Lightning runs of the current epoch
 
     # ------------------------------------------------------------------ setup
 
@@ -139,6 +140,7 @@ class GraftCallback(pl.Callback):
         # Lightning applies limit_train_batches to the length of the first epoch only: a
         # share of it (0.5) would cap every later epoch at half the warm start's batches
         length = _limited(len(self.sampler), trainer.limit_train_batches)
+        self._capped = (self.sampler.epoch, length)
         trainer.fit_loop.max_batches = length
         combined = getattr(trainer.fit_loop, "_combined_loader", None)
         if combined is not None and len(combined.flattened) == 1:
@@ -180,9 +182,14 @@ class GraftCallback(pl.Callback):
         Returns
         -------
         state : dict
-            ``{"sampler": sampler.state_dict()}``.
+            ``{"sampler": sampler.state_dict(), "epoch_done": bool}``: whether the
+            epoch ran all the batches Lightning runs of it (``limit_train_batches``
+            may stop it before the sampler's pass ends).
         """
-        return {"sampler": self.sampler.state_dict()}
+        state = self.sampler.state_dict()
+        done = (self._capped is not None and self._capped[0] == state["epoch"]
+                and state["batches_yielded"] >= self._capped[1])
+        return {"sampler": state, "epoch_done": bool(done or state["pass_done"])}
 
     def load_state_dict(self, state_dict):
         """Restore the sampler from a checkpoint written by :meth:`state_dict`.
@@ -196,9 +203,10 @@ class GraftCallback(pl.Callback):
         self.sampler.load_state_dict(state)
         self._loaded = True
         # A checkpoint taken after the epoch's last batch resumes at the next epoch:
-        # Lightning creates that epoch's iterator before any epoch hook runs.
+        # Lightning creates that epoch's iterator before any epoch hook runs. The last
+        # batch is the sampler's, or the last limit_train_batches lets run.
         batches, start, _ = self.sampler._pass_batches()
-        if start >= len(batches):
+        if start >= len(batches) or state_dict.get("epoch_done", False):
             self.sampler.set_epoch(state["epoch"] + 1)
 
     # ------------------------------------------------------------- diagnosis

@@ -319,9 +319,11 @@ class GraftBatchSampler(Sampler[list[int]]):
         later observations overwrite earlier ones. Wrong shapes or dtypes raise;
         rows with NaN, infinity (also once stored) or a label outside
         ``[0, n_classes)`` are not stored, and the next refit warns and lists
-        them in :attr:`last_refit`. A sample none of whose rows was ever stored
-        (a label of -100, an ``ignore_index``) has no feedback: refits leave it
-        out (with a warning) until a row of it is stored.
+        them in :attr:`last_refit`. A sample whose rows had a label out of range
+        (-100, an ``ignore_index``) and none was ever stored has no feedback:
+        refits leave it out (with a warning) until a row of it is stored. One
+        whose rows were rejected for NaN or infinity is trained again at the
+        next refit, as a never-observed sample.
 
         Without ``indices`` the batch is the one the training loop is on: the
         latest batch the DataLoader (or the sampler) handed to the loop, also
@@ -543,6 +545,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         if self._resume is None:
             return 0, 0
         plan_offset, samples, num_replicas = self._resume
+        if self._resume_done:  # the saved pass had ended: this epoch has nothing left,
+            return plan_offset, sys.maxsize  # whatever its plan's length here
         if num_replicas is None or num_replicas == self.num_replicas:
             return plan_offset, samples
         # another world size: the ranks consumed the first samples * num_replicas
@@ -569,6 +573,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         epoch would have refitted.
         """
         previous = self._iteration
+        if previous is not None and previous.untouched and not previous.skip:
+            return  # a DataLoader with workers calls iter() twice: the pass starts again
         self._repeated_pass = False
         if (previous is None or not previous.batches
                 or previous.position < len(previous.batches)):

@@ -72,7 +72,7 @@ class TestIterationSemantics:
         first = [next(iterator) for _ in range(2)]
         rest = list(iterator)
         fresh = _sampler()
-        fresh.load_state_dict({**sampler.state_dict(), "batches_yielded": 2})
+        fresh.load_state_dict({**sampler.state_dict(), "batches_yielded": 2, "pass_done": False})
         fresh.set_epoch(2)
         assert list(fresh) == rest
         assert list(fresh)[:2] == first  # the next pass starts at batch 0

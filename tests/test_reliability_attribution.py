@@ -295,6 +295,35 @@ class TestForwardsBetween:
             sampler.observe()
         assert _unobserved(sampler, torch.arange(N))
 
+    def test_other_forward_in_the_steady_state_raises(self):
+        """The check runs at every observe(), not only at a pass's first: an evaluation
+        forward before observe() at the fourth step was stored as the training batch's."""
+        X, _, model, sampler = _setup()
+        for step, batch in enumerate(sampler):
+            model(X[batch])
+            if step == 3:
+                with torch.no_grad():
+                    model(torch.randn(B, D_IN))
+                with pytest.raises(ValueError, match="forward passes since the last"):
+                    sampler.observe()
+                break
+            sampler.observe()
+        seen = _assert_attributed(sampler, model.embed(X).detach())
+        assert int(seen.sum()) == 3 * B
+
+    def test_forwards_in_eval_mode_with_autograd_before_training_pass(self):
+        """An eval-mode forward with autograd before the training forward (an adversarial
+        attack, an evaluation without no_grad) raised: the latest forward, in training
+        mode with autograd, is the training batch's."""
+        X, _, model, sampler = _setup()
+        for batch in sampler:
+            model.eval()
+            model(X[batch] + 0.1)
+            model.train()
+            model(X[batch])
+            sampler.observe()
+        assert bool(_assert_attributed(sampler, model.embed(X).detach()).all())
+
     def test_evaluation_after_observe_and_recomputed_forwards_pass(self):
         """Forwards in another mode before the training forward (an evaluation between
         steps), or in the same mode after it (a checkpointed head recomputed in the

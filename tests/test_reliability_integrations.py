@@ -141,6 +141,23 @@ def test_second_trained_pass_without_set_epoch_warns_with_no_refit_due(kwargs):
     assert all("second full pass at epoch 5" in m and "set_epoch" in m for m in messages)
 
 
+def test_second_trained_pass_warns_behind_workers():
+    """With DataLoader workers (which call iter() twice per pass) a loop that forgets
+    set_epoch was not warned: the second iter() cleared the note of the first."""
+    n = 100
+    sampler = GraftBatchSampler(n, 10, fraction=0.3, targets=torch.arange(n) % 3)
+    loader = DataLoader(TensorDataset(torch.arange(n)), batch_sampler=sampler, num_workers=2)
+
+    def trained_pass():
+        for (rows,) in loader:
+            sampler.observe(rows, embeddings=torch.randn(len(rows), 4),
+                            logits=torch.randn(len(rows), 3))
+
+    trained_pass()
+    with pytest.warns(UserWarning, match="second full pass at epoch 0"):
+        trained_pass()
+
+
 def test_f06_lightning_without_callback_warns(lightning_runs):
     """Lightning without GraftCallback (it never calls set_epoch on a batch sampler) warns."""
     entry = lightning_runs["no_callback"]
@@ -189,6 +206,25 @@ def test_samples_with_only_rejected_rows_are_left_out():
     assert sampler.last_refit.n_unobserved == 0
     assert sum("leaves 60 samples out of its refits" in m for m in messages) == 1
     assert run(resume_at=2)[0] == plans
+
+
+def test_samples_with_non_finite_rows_are_trained_again():
+    """Rows rejected for NaN (one bad batch, a transient state of the model) leave no
+    mark: the next refit trains those samples again as never observed (they were left
+    out of every later refit, for good)."""
+    n, c = 200, 3
+    g = torch.Generator().manual_seed(0)
+    X, logits = torch.randn(n, 4, generator=g), torch.randn(n, c, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    sampler = GraftBatchSampler(n, 10, fraction=0.3, warm_start_epochs=1, refit_every=1)
+    rows = torch.arange(n)
+    bad = logits.clone()
+    bad[:8] = float("nan")
+    sampler.observe(rows, embeddings=X, logits=bad, targets=y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sampler.set_epoch(1)
+    assert set(range(8)) <= set(sampler._plan().tolist())
 
 
 def _partly_observed(observed_batches, n=128):
@@ -242,6 +278,16 @@ def test_lightning_limit_train_batches_caps_every_epoch(lightning_runs, case, li
                 for epoch, n in result["lengths"].items()}
     assert result["ran"] == expected and len(set(result["lengths"].values())) == 2
     assert result["planned"] == result["steps"] == sum(expected.values())
+
+
+def test_lightning_resume_of_an_epoch_cut_by_limit_train_batches(lightning_runs):
+    """A checkpoint at the end of an epoch that limit_train_batches cut resumes at the
+    next epoch (it resumed the sampler inside the old epoch, and the first observe()
+    raised): epochs 2 and 3 run, each capped."""
+    result = _result(lightning_runs, "resume_limited")
+    assert sorted(result["ran"]) == [2, 3]
+    assert all(result["ran"][e] == max(1, int(result["lengths"][e] * 0.5))
+               for e in result["ran"])
 
 
 # ------------------------------------------------------------------ 8: drop_last

@@ -163,25 +163,33 @@ class TestEpochPlan:
     @pytest.mark.parametrize("change", [{"seed": 1}, {"shuffle": False}, {"fraction": 0.3},
                                         {"warm_start_epochs": 3}])
     def test_mid_epoch_state_of_another_order_raises(self, change):
-        """A state saved in the middle of an epoch, loaded by a sampler whose seed, shuffle,
-        fraction or warm-start epochs order the epoch otherwise, raises naming both values
-        (it loaded, and the rest of the epoch trained 23 samples twice and 23 never). A
-        state saved after the epoch's pass loads under any of them."""
-        kwargs = {"fraction": 0.5, "warm_start_epochs": 1}
+        """A state saved in the middle of a selected epoch, loaded by a sampler whose seed,
+        shuffle, fraction or warm-start epochs order the epoch otherwise, raises naming
+        both values (it loaded, and the rest of the epoch trained 23 samples twice and 23
+        never). A state saved after the epoch's pass loads under any of them, and one
+        saved in a warm-start epoch of both under another fraction (the same order)."""
+        X = torch.randn(100, 5, generator=torch.Generator().manual_seed(0))
+        kwargs = {"fraction": 0.5, "warm_start_epochs": 1, "features": X}
         sampler = GraftBatchSampler(100, 10, **kwargs)
+        sampler.set_epoch(1)
         batches = iter(sampler)
-        for _ in range(4):
+        for _ in range(2):
             next(batches)
         other = GraftBatchSampler(100, 10, **{**kwargs, **change})
         key, value = next(iter(change.items()))
         saved = kwargs.get(key, {"seed": 0, "shuffle": True}.get(key))
-        with pytest.raises(ValueError, match=rf"middle of epoch 0 by a sampler with "
+        with pytest.raises(ValueError, match=rf"middle of epoch 1 by a sampler with "
                                              rf"{key}={saved}.*has {key}={value}"):
             other.load_state_dict(sampler.state_dict())
         assert other.state_dict()["batches_yielded"] == 0  # left unchanged
         list(batches)
         other.load_state_dict(sampler.state_dict())  # the pass is over: between epochs
         assert list(other) == []
+        warm = GraftBatchSampler(100, 10, **kwargs)
+        first = next(iter(warm))
+        resumed = GraftBatchSampler(100, 10, **{**kwargs, "fraction": 0.3})
+        resumed.load_state_dict(warm.state_dict())
+        assert [first, *resumed] == list(GraftBatchSampler(100, 10, **kwargs))
 
     @pytest.mark.parametrize("value", [0.5, float("nan"), "2", True])
     def test_pool_factor_checked(self, value):
@@ -1170,6 +1178,36 @@ class TestDataLoader:
         rest = [idx.tolist() for (idx,) in DataLoader(data, batch_sampler=resumed,
                                                        num_workers=2)]
         assert trained + rest == list(make())
+
+    def test_resume_after_a_whole_pass_without_observe(self):
+        """A loop that never observes, behind workers, runs the epoch to its end: the
+        state counts every batch and resumes nothing of the epoch (the count the loader
+        had at its last request said 3 of 8, and 5 batches were trained again)."""
+        data = TensorDataset(torch.arange(64))
+        X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+        sampler = GraftBatchSampler(64, 8, fraction=0.5, features=X, warm_start_epochs=1)
+        assert len([b for b in DataLoader(data, batch_sampler=sampler, num_workers=2)]) == 8
+        state = sampler.state_dict()
+        assert state["batches_yielded"] == 8 and state["pass_done"]
+        resumed = GraftBatchSampler(64, 8, fraction=0.5, features=X, warm_start_epochs=1)
+        resumed.load_state_dict(state)
+        assert list(resumed) == []
+
+    def test_pickled_pass_keeps_the_received_count(self):
+        """A pass pickled in the loop (workers fetching ahead) keeps the count of batches
+        the loop received: the copy counted those handed to the workers, and a resume
+        from it skipped half the epoch untrained."""
+        import pickle
+
+        data = TensorDataset(torch.arange(64))
+        X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+        sampler = GraftBatchSampler(64, 4, fraction=0.5, features=X, warm_start_epochs=1)
+        for step, _ in enumerate(DataLoader(data, batch_sampler=sampler, num_workers=2,
+                                            prefetch_factor=2)):
+            if step == 2:
+                copy = pickle.loads(pickle.dumps(sampler))
+                break
+        assert copy.state_dict()["batches_yielded"] == 3
 
     @pytest.mark.parametrize("num_workers", [0, 2])
     def test_pickles_after_a_pass(self, num_workers, tmp_path):

@@ -145,6 +145,19 @@ def lightning_cases(out):
         return {"lengths": lengths.lengths, "ran": lengths.ran,
                 "planned": module.planned_steps, "steps": fit.global_step}
 
+    def resume_limited():  # sampler re-review, finding 6
+        path = os.path.join(out, "limited.ckpt")
+        first = sampler()
+        fit = trainer([GraftCallback(first)], 2, limit_train_batches=0.5)
+        fit.fit(Classifier(), DataLoader(data, batch_sampler=first))
+        fit.save_checkpoint(path)  # after epoch 1's last (capped) batch
+        again = sampler()
+        lengths, module = Lengths(again), Classifier()
+        fit = trainer([GraftCallback(again), lengths], 4, limit_train_batches=0.5)
+        fit.fit(module, DataLoader(data, batch_sampler=again),
+                ckpt_path=path)
+        return {"lengths": lengths.lengths, "ran": lengths.ran, "steps": fit.global_step}
+
     def plain_loader():  # finding 34
         trainer([GraftCallback(sampler())], 1).fit(
             Classifier(), DataLoader(data, batch_size=32, shuffle=True))
@@ -177,7 +190,8 @@ def lightning_cases(out):
                        ("other_sampler", other_sampler), ("reloaded", reloaded),
                        ("resumed_without_state", resumed_without_state),
                        ("limited_half", lambda: limited(0.5)),
-                       ("limited_two", lambda: limited(2))]:
+                       ("limited_two", lambda: limited(2)),
+                       ("resume_limited", resume_limited)]:
         pl.seed_everything(0, verbose=False)
         run_case(results, name, case)
     return results
