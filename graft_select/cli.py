@@ -272,7 +272,13 @@ def read_array(path, *, key=None, name="FEATURES", header=None, index_column=Fal
     data, None applies the default rule of `_read_csv`. ``index_column`` (CSV
     only): the first column is a row index, dropped.
     """
-    path = Path(path)
+    try:
+        return _read_array(Path(path), key, name, header, index_column)
+    except OSError as exc:  # a path the system refuses (too long, no permission)
+        raise CommandError(f"cannot read {name} file {str(path)!r}: {exc}") from exc
+
+
+def _read_array(path, key, name, header, index_column):
     suffix = path.suffix.lower()
     if path.is_dir():
         raise CommandError(f"{name} {str(path)!r} is a directory; pass a file (.npy, .npz "
@@ -436,7 +442,13 @@ def _check_numeric(X, path, name):
 
 
 def _check_output(path):
-    path = Path(path)
+    try:
+        return _checked_output(Path(path))
+    except OSError as exc:  # a path the system refuses (too long, no permission)
+        raise CommandError(f"cannot write --output {str(path)!r}: {exc}") from exc
+
+
+def _checked_output(path):
     suffix = path.suffix.lower()
     if path.is_dir():
         raise CommandError(f"--output {str(path)!r} is a directory; name a file in it, e.g. "
@@ -466,9 +478,12 @@ def _check_not_an_input(output, inputs, force):
 
 
 def _same_file(a, b):
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:  # a path the system refuses is no input file
+        return False
 
 
 def write_indices(indices, path):
@@ -514,7 +529,9 @@ def _run_select(args):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            selector.fit(X, gradients=gradients)
+            # no weights: select writes the indices only, and a warning about weights
+            # would advise on values it never writes
+            selector.fit(X, gradients=gradients, compute_weights=False)
     except (ValueError, TypeError) as exc:  # parameter and data errors of the selector
         raise CommandError(str(exc)) from exc
     for warning in caught:
@@ -543,7 +560,9 @@ def _run_demo(args):
     from .demo import check_config, config_from_options, format_tables, run_demo
 
     options = dict(
-        fractions=args.fractions, seeds=args.seeds, epochs=args.epochs,
+        # a fraction (or seed) given twice would run, and count, every run twice
+        fractions=None if args.fractions is None else list(dict.fromkeys(args.fractions)),
+        seeds=args.seeds, epochs=args.epochs,
         strategies=args.strategies,
         refit_every=args.refit_every, warm_start_epochs=args.warm_start_epochs,
         batch_size=args.batch_size, selection_size=args.selection_size,

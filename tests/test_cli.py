@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -47,6 +48,18 @@ def _assert_one_line_error(capsys, code, match=None):
 
 
 class TestSelect:
+    def test_paths_the_system_refuses(self, tmp_path, X, capsys):
+        """A path too long for the file system is a one-line error, as a missing file is
+        (FEATURES and --output printed a traceback)."""
+        np.save(tmp_path / "X.npy", X)
+        long = "a" * 300 + ".npy"
+        _assert_one_line_error(capsys, main(["select", str(tmp_path / long), "--fraction",
+                                             "0.25", "--output", str(tmp_path / "o.npy")]),
+                               "cannot read FEATURES file")
+        _assert_one_line_error(capsys, main(["select", str(tmp_path / "X.npy"), "--fraction",
+                                             "0.25", "--output", str(tmp_path / long)]),
+                               "cannot write --output")
+
     def test_npy_to_npy(self, tmp_path, X, capsys):
         """Features from .npy, indices to .npy, one summary line on stdout."""
         np.save(tmp_path / "X.npy", X)
@@ -167,6 +180,27 @@ class TestSelect:
                      "--fraction", "0.25", "--batch-size", "50", "--output", str(out)]) == 0
         indices = np.load(out)
         assert len(set(indices.tolist())) == indices.size and indices.max() < N
+
+
+    def test_gradients_select_the_estimators_rows_without_weight_advice(self, tmp_path, X,
+                                                                        capsys):
+        """select writes indices only: it no longer forwards the estimator's warning about
+        negative weight sums (advice on sample_weight_, which it never writes), and
+        picks GraftSelector's rows."""
+        G = np.random.default_rng(1).normal(size=(N, 12))
+        np.save(tmp_path / "X.npy", X)
+        np.save(tmp_path / "G.npy", G)
+        out = tmp_path / "idx.npy"
+        assert main(["select", str(tmp_path / "X.npy"), "--gradients", str(tmp_path / "G.npy"),
+                     "--fraction", "0.25", "--chunk-size", "50", "--seed", "0",
+                     "--output", str(out)]) == 0
+        assert "sample_weight_" not in capsys.readouterr().err
+        from graft_select import GraftSelector
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = GraftSelector(0.25, chunk_size=50, random_state=0).fit(X, gradients=G)
+        np.testing.assert_array_equal(np.load(out), expected.sample_indices_)
 
 
 class TestSelectErrors:
@@ -335,6 +369,22 @@ class TestDemoCommand:
         saved = json.loads((out / "results.json").read_text())
         for line in saved["verdict"]:
             assert line in stdout.splitlines()
+
+    def test_repeated_fractions_run_once(self, monkeypatch, tmp_path):
+        """--fractions 0.3 0.3 ran (and reported) every run twice; it runs 0.3 once."""
+        pytest.importorskip("torch")
+        import graft_select.demo as demo
+
+        seen = []
+
+        def stop(config):
+            seen.append(config)
+            raise ValueError("stop here")
+
+        monkeypatch.setattr(demo, "check_config", stop)
+        assert main(["demo", "--fractions", "0.3", "0.3", "0.1", "--out",
+                     str(tmp_path)]) == 2
+        assert tuple(seen[0].fractions) == (0.3, 0.1)
 
     def test_default_is_the_short_demo(self):
         """Without --quick or --full: 3 seeds of budget, graft and budget_wall."""
