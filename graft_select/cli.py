@@ -214,7 +214,9 @@ def _add_select_command(commands):
                         metavar="B",
                         help="select per chunk of B consecutive rows (default: all rows at "
                              "once up to 4096, else equal chunks of at most 4096 rows, which "
-                             "keeps the cost linear in the number of rows); every chunk "
+                             "keeps the cost linear in the number of rows, or at small "
+                             "fractions (about 1/32 and below) a merge-and-reduce tree over "
+                             "them, as GraftSelector(chunk_size=None)); every chunk "
                              "keeps at least one row, and a warning says when that moves "
                              "the total by more than 10%%")
     select.add_argument("--n-components", type=_positive_int, metavar="R",

@@ -117,7 +117,9 @@ def make_mnist1d(n_samples=30_000, *, test_size=0.2, random_state=0):
         10 (the classes are balanced). The default gives 24,000 training signals.
     test_size : float, default=0.2
         Share of the signals held out as the test set (mnist1d's ``train_split`` is
-        ``1 - test_size``).
+        ``1 - test_size``): the training set is the first ``int(n * (1 - test_size))``
+        signals, as mnist1d splits them, so the test set can hold one signal more than
+        ``test_size * n`` (901 of 1,000 at 0.9).
     random_state : int or None, default=0
         Seed of the private ``numpy.random.RandomState`` that draws the transformations;
         the same seed gives the same arrays, and ``mnist1d``'s own generator with
