@@ -82,7 +82,7 @@ class FeedbackRecorder:
                                  "once.")
             depth = iteration.locate()
         if captured:  # the watched layer's latest forward pass
-            mixed = mixed_modes_message(self.capture)  # the fast path below checks no more
+            mixed = mixed_modes_message(self.capture)  # for both paths below
             if mixed is not None:
                 raise ValueError(mixed)
             embeddings, logits = self.capture.inputs, self.capture.outputs

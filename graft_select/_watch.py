@@ -253,9 +253,6 @@ def check_watched(capture, n_rows):
     rows = capture.rows
     if rows[-1] != n_rows:
         raise ValueError(_rows_message(capture, rows, n_rows))
-    mixed = mixed_modes_message(capture)
-    if mixed is not None:
-        raise ValueError(mixed)
     return capture.inputs, capture.outputs
 
 
@@ -266,21 +263,15 @@ def mixed_modes_message(capture):
     with autograd in training mode is taken for the training batch's, whatever ran
     before it (an attack or an evaluation in eval mode, a recomputed checkpoint)."""
     modes = capture.modes
-    if not modes or modes[-1] == (True, True):
+    training = (True, True)  # autograd on, training mode
+    if not modes or modes[-1] == training or training not in modes[:-1]:
         return None
-    latest = modes[-1]
-    earlier = [mode for mode in modes[:-1] if mode == (True, True)]
-    if not earlier:
-        return None
-
-    def words(mode):
-        grad, training = mode
-        return (f"{'with' if grad else 'without'} autograd in "
-                f"{'training' if training else 'eval'} mode")
-
+    grad, train = modes[-1]
+    latest = (f"{'with' if grad else 'without'} autograd in "
+              f"{'training' if train else 'eval'} mode")
     return (
         f"The watched layer {capture.name()} ran {len(modes)} forward passes since the "
-        f"last observe(): one {words(earlier[-1])}, and the latest {words(latest)} (an "
+        f"last observe(): one with autograd in training mode, and the latest {latest} (an "
         f"evaluation), so it is not taken for the training batch's and nothing is "
         f"recorded. Call observe() right after the training batch's forward, before "
         f"other forwards of the model (under Lightning, list GraftCallback before "
