@@ -608,15 +608,13 @@ class TestHead:
     def test_detached_output_named(self):
         """A model returning detached logits: the message says so (it said the forwards
         ran under torch.no_grad(), which they did not)."""
-        X, _, _, sampler = _setup()
-
         class Detached(Net):
             def forward(self, x):
                 return super().forward(x).detach()
 
+        X, y = _data()
         model = Detached()
-        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1,
-                                    targets=_data()[1])
+        sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
         sampler.watch(model)
         with pytest.raises(ValueError, match=r"no autograd graph.*returns detached values"):
             _one_batch(model, sampler, X)
