@@ -30,7 +30,11 @@ class GraftCallback(pl.Callback):
       ``trainer.estimated_stepping_batches`` the real number of optimizer steps
       of the run (from :meth:`~graft_select.sampler.GraftBatchSampler.total_batches`);
     - saves the sampler's state (recorded feedback included) in checkpoints
-      and restores it on resume.
+      and restores it on resume. A run that ``max_steps`` stopped in the
+      middle of an epoch resumes the rest of that epoch's pass: Lightning
+      counts the stopped epoch as finished and resumes at the next epoch
+      number, which trains the interrupted pass's remaining batches; the
+      epochs after it follow Lightning's numbers.
 
     Parameters
     ----------
@@ -135,8 +139,10 @@ class GraftCallback(pl.Callback):
             The module being trained.
         """
         self._check_loader(trainer)
+        first = self._first_epoch
         self._check_resume(trainer)
-        self.sampler.set_epoch(trainer.current_epoch)
+        if not (first and self._finishes_interrupted_pass(trainer)):
+            self.sampler.set_epoch(trainer.current_epoch)
         # Lightning applies limit_train_batches to the length of the first epoch only: a
         # share of it (0.5) would cap every later epoch at half the warm start's batches
         length = _limited(len(self.sampler), trainer.limit_train_batches)
@@ -235,6 +241,34 @@ class GraftCallback(pl.Callback):
             f"DataLoader at epoch {trainer.current_epoch}: the loader batches with {cause}. "
             f"The callback records feedback for the batches its sampler hands out, so it "
             f"would record none.")
+
+    def _finishes_interrupted_pass(self, trainer):
+        """Whether this epoch resumes the sampler's pass that ``max_steps`` interrupted.
+
+        Lightning counts an epoch that ``max_steps`` stopped as finished: a
+        checkpoint saved after such a stop resumes at the next epoch number, from
+        the batch the stop left (its batch count is restored). The loader's
+        iterator, made before this hook, already hands out the rest of the
+        sampler's interrupted pass; that pass is finished under Lightning's epoch
+        number, and the epochs after it follow Lightning's. Setting the sampler to
+        Lightning's epoch instead would train the start of another epoch's plan in
+        place of the rest of this one, and leave the iterator unpaired.
+        """
+        iteration = self.sampler._iteration
+        # a pass resumed mid-way (start > 0) that this fit has not trained from yet
+        if (not self._loaded or iteration is None or iteration.start == 0
+                or iteration.observed_any or self.sampler.epoch >= trainer.current_epoch):
+            return False
+        resumed_at = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if resumed_at == iteration.start:
+            return True
+        raise ValueError(
+            f"GraftCallback: the checkpoint resumes Lightning at epoch {trainer.current_epoch}, "
+            f"batch {resumed_at}, but the GraftBatchSampler's state at epoch "
+            f"{self.sampler.epoch}, batch {iteration.start} of its pass: the two were saved "
+            f"at different points. Resume from a checkpoint that Lightning saved with "
+            f"GraftCallback among the callbacks (ModelCheckpoint or trainer.save_checkpoint), "
+            f"or start the run afresh.")
 
     def _check_resume(self, trainer):
         """Raise when resuming a checkpoint that holds no state of this callback."""

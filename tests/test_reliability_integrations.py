@@ -290,6 +290,50 @@ def test_lightning_resume_of_an_epoch_cut_by_limit_train_batches(lightning_runs)
                for e in result["ran"])
 
 
+def test_lightning_resume_after_max_steps_finishes_the_interrupted_epoch(lightning_runs):
+    """A run stopped by max_steps mid-epoch and resumed from its checkpoint: Lightning
+    counts the stopped epoch as finished and resumes at the next epoch number, from the
+    batch it stopped at. The first observe() raised (the callback moved the sampler to
+    Lightning's epoch under the loader's running iterator). The resumed epoch now
+    trains exactly the rest of the interrupted pass, and the next epoch a whole one."""
+    result = _result(lightning_runs, "resume_max_steps")
+    epoch_0 = result["whole"][0]  # 16 batches of 32 (warm start: all 512 samples)
+    assert result["stopped"] == {0: epoch_0[:5]}
+    assert sorted(result["resumed"]) == [1, 2]
+    assert result["resumed"][1] == epoch_0[5:]
+    assert len(result["resumed"][2]) == result["lengths"][2]
+    assert result["steps"] == len(epoch_0) + result["lengths"][2]
+
+
+@pytest.mark.parametrize("lightning_at, finishes", [(5, True), (3, None)])
+def test_lightning_interrupted_pass_needs_the_same_position(lightning_at, finishes):
+    """The interrupted pass is finished only where Lightning resumes at the batch the
+    sampler's state does; two positions that disagree (a callback state and loop state
+    of different moments) raise, naming both, instead of pairing batches wrongly."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("lightning")
+    from graft_select.lightning import GraftCallback
+
+    first = GraftBatchSampler(64, 8, fraction=0.5, seed=0)
+    first.set_epoch(0)
+    batches = iter(first)
+    for _ in range(5):
+        first.observe(next(batches), embeddings=torch.randn(8, 4), logits=torch.randn(8, 3),
+                      targets=torch.randint(0, 3, (8,)))
+    callback = GraftCallback(GraftBatchSampler(64, 8, fraction=0.5, seed=0))
+    callback.load_state_dict({"sampler": first.state_dict(), "epoch_done": False})
+    iter(callback.sampler)  # Lightning makes the loader's iterator before the epoch hook
+    progress = SimpleNamespace(current=SimpleNamespace(ready=lightning_at))
+    trainer = SimpleNamespace(current_epoch=1, fit_loop=SimpleNamespace(
+        epoch_loop=SimpleNamespace(batch_progress=progress)))
+    if finishes:
+        assert callback._finishes_interrupted_pass(trainer)
+    else:
+        with pytest.raises(ValueError, match=r"epoch 1, batch 3.*epoch 0, batch 5"):
+            callback._finishes_interrupted_pass(trainer)
+
+
 # ------------------------------------------------------------------ 8: drop_last
 
 

@@ -184,6 +184,34 @@ def lightning_cases(out):
         trainer([GraftCallback(s)], 4).fit(
             Classifier(), DataLoader(data, batch_sampler=s), ckpt_path=path)
 
+    class Trained(pl.Callback):
+        """Per Lightning epoch, the batches trained: (labels, row sums) of each, in order."""
+
+        def __init__(self):
+            self.batches = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            x, y = batch
+            self.batches.setdefault(trainer.current_epoch, []).append(
+                (y.tolist(), x.sum(1).tolist()))
+
+    def resume_max_steps():  # a run stopped by max_steps mid-epoch, then resumed
+        whole, plain = Trained(), sampler()
+        trainer([GraftCallback(plain), whole], 3).fit(
+            Classifier(), DataLoader(data, batch_sampler=plain))
+        path = os.path.join(out, "max_steps.ckpt")
+        first, stopped = sampler(), Trained()
+        fit = trainer([GraftCallback(first), stopped], 3, max_steps=5)
+        fit.fit(Classifier(), DataLoader(data, batch_sampler=first))
+        fit.save_checkpoint(path)  # Lightning counts the stopped epoch as finished
+        again, resumed = sampler(), Trained()
+        lengths = Lengths(again)
+        fit = trainer([GraftCallback(again), resumed, lengths], 3)
+        fit.fit(Classifier(), DataLoader(data, batch_sampler=again), ckpt_path=path)
+        return {"whole": whole.batches, "stopped": stopped.batches,
+                "resumed": resumed.batches, "lengths": lengths.lengths,
+                "steps": fit.global_step}
+
     results = {}
     for name, case in [("no_callback", no_callback), ("partial_epoch", partial_epoch),
                        ("drop_last", drop_last), ("plain_loader", plain_loader),
@@ -191,7 +219,8 @@ def lightning_cases(out):
                        ("resumed_without_state", resumed_without_state),
                        ("limited_half", lambda: limited(0.5)),
                        ("limited_two", lambda: limited(2)),
-                       ("resume_limited", resume_limited)]:
+                       ("resume_limited", resume_limited),
+                       ("resume_max_steps", resume_max_steps)]:
         pl.seed_everything(0, verbose=False)
         run_case(results, name, case)
     return results
