@@ -15,6 +15,8 @@ matplotlib and requests at import time, and transforms one sample at a time (abo
 18 s for 30,000 samples against well under a second here).
 """
 
+import math
+
 import numpy as np
 from scipy.interpolate import interp1d
 from scipy.ndimage import gaussian_filter1d
@@ -206,6 +208,15 @@ def load_digits_split(random_state=0, *, test_size=0.25):
     random_state = check_int(random_state, "random_state", owner, low=0, high=2**32 - 1)
     test_size = check_real(test_size, "test_size", owner, low=0.0, high=1.0, closed="neither")
     X, y = load_digits(return_X_y=True)
+    n, classes = y.size, np.unique(y).size
+    n_test = math.ceil(test_size * n)  # as train_test_split counts them
+    if n_test < classes or n - n_test < classes:
+        low, high = classes / n, (n - classes) / n
+        raise ValueError(
+            f"load_digits_split: test_size={test_size} holds {n_test} of the {n} images "
+            f"out and leaves {n - n_test} for training, but the stratified split needs at "
+            f"least one image of each of the {classes} classes on both sides; pass a "
+            f"test_size from {low:.4f} to {high:.4f}.")
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_size, stratify=y, random_state=random_state
     )

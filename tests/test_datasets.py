@@ -127,3 +127,14 @@ def test_imports_without_torch():
     """graft_select.datasets does not import torch."""
     code = "import sys, graft_select.datasets; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("test_size, held_out", [(0.001, 2), (0.999, 1796)])
+def test_load_digits_split_too_few_of_a_class_names_the_range(test_size, held_out):
+    """A split that leaves a side without every class raised scikit-learn's own error
+    (without the function's name or the range that works); now one that gives both."""
+    with pytest.raises(ValueError, match=rf"load_digits_split: test_size={test_size} holds "
+                                         rf"{held_out} of the 1797.*from 0\.0056 to 0\.9944"):
+        load_digits_split(test_size=test_size)
+    X_train, _, X_test, _ = load_digits_split(test_size=10 / 1797)  # the smallest that works
+    assert (len(X_train), len(X_test)) == (1787, 10)
