@@ -29,6 +29,7 @@ from ._background import BackgroundRefit, FinishedRefit, refit_threads, resolve_
 from ._feedback import refit_workers
 from ._schedule import RefitSchedule
 from ._sizing import budget as selection_budget
+from ._store import NEVER_SEEN
 from .selector import BudgetWarning, GraftSelector, StoredGradients, selecting_pool
 
 #: ``max_error_ratio`` of a refit whose selector template says "auto": a chunk keeps
@@ -480,7 +481,7 @@ selector, label_noise_guard, max_overhead, background, candidate_share, pool_fac
         """Number of candidates never observed (observe-only mode; they have no feedback)."""
         if not self.source.refreshes_stale:
             return 0
-        never = int((self.recorder.store.last_seen.cpu()[candidates] == -1).sum())
+        never = int((self.recorder.store.last_seen.cpu()[candidates] == NEVER_SEEN).sum())
         if never:
             _warn_unobserved(never, len(candidates), self._budget())
         return never
@@ -595,7 +596,7 @@ def _first_refreshes(planner):
         return 0
     expected = 0
     if planner.warm_start_epochs == 0:
-        never = int((planner.recorder.store.last_seen.cpu() == -1).sum())
+        never = int((planner.recorder.store.last_seen.cpu() == NEVER_SEEN).sum())
         expected = round(never * planner._n_candidates() / max(1, planner.n_samples))
     return refresh_count(planner.refresh_share, planner._budget(), expected)
 

@@ -64,7 +64,7 @@ class FeedbackStore(collections.abc.Mapping):
         self.seed = seed
         self._rows = {}  # name -> (n_samples + 1, width); row n_samples is the spare row
         self.sketch = Sketch(sketch_width, seed)
-        self._last_seen = torch.full((n_samples + 1,), -1, dtype=torch.int64)
+        self._last_seen = torch.full((n_samples + 1,), NEVER_SEEN, dtype=torch.int64)
         self._dirty = torch.zeros(n_samples + 1, dtype=torch.bool)  # written since merge
         self._rejected = torch.zeros(n_samples + 1, dtype=torch.int32)  # spare: bad indices
         self._placed = False  # moved to the device of the recorded values yet?
@@ -221,7 +221,7 @@ class FeedbackStore(collections.abc.Mapping):
                     f"recorded before with {_kinds_text(self._kinds)} only: they count as "
                     "not observed until observed again with every kind (their rows of the "
                     "new kind are empty).", UserWarning, stacklevel=5)
-                self._last_seen[:self.n_samples] = -1
+                self._last_seen[:self.n_samples] = NEVER_SEEN
             self._kinds = kinds
             return
         raise ValueError(
@@ -328,7 +328,7 @@ class FeedbackStore(collections.abc.Mapping):
         stored later replaces the mark. Runs on the store's device, no read back."""
         indices = indices.clamp(0, self.n_samples)  # the spare row for out-of-range ones
         seen = self._last_seen[indices]
-        marked = torch.where(~label_ok & (seen == -1) & (indices < self.n_samples),
+        marked = torch.where(~label_ok & (seen == NEVER_SEEN) & (indices < self.n_samples),
                              BAD_LABEL, seen)  # no boolean indexing: no read back
         self._last_seen.index_copy_(0, indices, marked)
 
@@ -557,7 +557,7 @@ def loaded_tables(store, last_seen, rejected, dtype):
                 f"{float(rows[row].abs().max()):.4g}); load it into a sampler with "
                 f"feedback_dtype={wider}.")
     tables = {}
-    last_seen = torch.cat([last_seen, torch.tensor([-1])])
+    last_seen = torch.cat([last_seen, torch.tensor([NEVER_SEEN])])
     rejected = rejected.clone()
     for name, rows in cast.items():
         spare = torch.zeros((1, rows.shape[1]), dtype=dtype)
@@ -566,7 +566,7 @@ def loaded_tables(store, last_seen, rejected, dtype):
         if bool(bad.any()):
             rows[bad] = 0
             rejected += (bad & (last_seen >= 0)).to(torch.int32)
-            last_seen[bad] = -1
+            last_seen[bad] = NEVER_SEEN
         tables[name] = rows
     return tables, last_seen, rejected
 
@@ -585,6 +585,9 @@ def _copy_rows(table, target, rows):
         return
     table.index_copy_(0, target, rows)
 
+
+#: The last-seen epoch of a sample never observed.
+NEVER_SEEN = -1
 
 #: The last-seen epoch of a sample whose rows were rejected for a label out of range and
 #: that was never stored (see ``FeedbackStore._mark_bad_labels``).
