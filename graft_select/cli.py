@@ -227,9 +227,11 @@ def _add_select_command(commands):
                         help=f"random seed, in [0, {_MAX_SEED}] (default: 0)")
     header = select.add_mutually_exclusive_group()
     header.add_argument("--header", dest="header", action="store_true", default=None,
-                        help="CSV files have a header row (skipped)")
+                        help="every CSV file read (FEATURES and --gradients) has a header "
+                             "row (skipped)")
     header.add_argument("--no-header", dest="header", action="store_false",
-                        help="CSV files have no header row: the first line is data")
+                        help="no CSV file read has a header row: the first line is "
+                             "data")
     select.add_argument("--index-column", action="store_true",
                         help="the first column of the CSV files is a row index, as pandas "
                              "writes it by default (df.to_csv(path)): skip it")
@@ -516,8 +518,15 @@ def _run_select(args):
         gradients = read_array(args.gradients, key=args.gradients_key, name="gradients",
                                header=args.header, index_column=args.index_column)
         if gradients.shape[0] != X.shape[0]:
+            csv = [str(p).lower().endswith(".csv") for p in (args.features, args.gradients)]
+            hint = ""
+            if args.header is not None and any(csv):
+                flag = "--header" if args.header else "--no-header"
+                hint = (f" {flag} applies to every CSV file read: where only one of them "
+                        f"has a header row, give the other one a header row too, or write "
+                        f"it as .npy.")
             raise CommandError(f"--gradients has {gradients.shape[0]} rows but FEATURES has "
-                               f"{X.shape[0]}; give one gradient row per sample.")
+                               f"{X.shape[0]}; give one gradient row per sample.{hint}")
     elif args.gradients_key is not None:
         raise CommandError("--gradients-key was given without --gradients.")
 

@@ -95,6 +95,21 @@ class TestSelect:
         np.testing.assert_array_equal(np.load(tmp_path / "idx.npy"),
                                       np.load(tmp_path / "ref.npy"))
 
+    def test_header_flag_reads_both_csv_files(self, tmp_path, X, capsys):
+        """--header skips the first line of FEATURES and of --gradients alike: where only
+        FEATURES has one, the gradients lose a row, and the row-count error says why."""
+        features = _write_csv(tmp_path / "X.csv", X, [str(i) for i in range(D)])
+        G = np.random.default_rng(1).normal(size=(N, 3))
+        gradients = _write_csv(tmp_path / "G.csv", G)
+        args = ["select", str(features), "--gradients", str(gradients), "--fraction", "0.25",
+                "--output", str(tmp_path / "idx.npy"), "--header"]
+        line = _assert_one_line_error(capsys, main(args),
+                                      f"--gradients has {N - 1} rows but FEATURES has {N}")
+        assert "--header applies to every CSV file read" in line
+        _write_csv(gradients, G, ["g0", "g1", "g2"])  # both with a header row: fine
+        assert main(args) == 0
+        _check_selection(np.load(tmp_path / "idx.npy"))
+
     def test_one_column_starting_at_zero_is_data(self, tmp_path):
         """One column whose first value is 0 stays data under the default rule."""
         path = tmp_path / "x.csv"
