@@ -169,20 +169,27 @@ def verdict(result):
     One line per fraction: GRAFT minus each baseline in test-accuracy points,
     mean +- std over the paired seeds, and GRAFT's cost against budget-matched
     full data. "ahead of" means the mean exceeds the std, "behind" the reverse,
-    "level with" otherwise. The numbers are those of ``comparisons``, rounded to
-    two decimals.
+    "level with" otherwise. One seed has no spread to weigh a difference against:
+    its line gives the differences without those words, and says to run more seeds.
+    The numbers are those of ``comparisons``, rounded to two decimals.
     """
     lines = []
     for fraction in result["config"]["fractions"]:
         rows = [c for c in result["comparisons"] if c["fraction"] == fraction]
         if not rows:
             continue
-        parts = [f"{_standing(c['difference_mean'], c['difference_std'])} "
-                 f"{_AGAINST[c['baseline']]} by {c['difference_mean']:+.2f} +- "
-                 f"{c['difference_std']:.2f} points" for c in rows]
         budget = [c for c in rows if c["baseline"] == "budget"]
         cost = (f" (GRAFT's cost {budget[0]['cost_ratio']:.2f}x budget-matched full data's)"
                 if budget else "")
+        if rows[0]["n_seeds"] < 2:
+            parts = [f"{c['difference_mean']:+.2f} points against {_AGAINST[c['baseline']]}"
+                     for c in rows]
+            lines.append(f"GRAFT {fraction:g}: {'; '.join(parts)}{cost}; one seed, so no "
+                         f"spread to judge these by: run --seeds 3 or more for a verdict.")
+            continue
+        parts = [f"{_standing(c['difference_mean'], c['difference_std'])} "
+                 f"{_AGAINST[c['baseline']]} by {c['difference_mean']:+.2f} +- "
+                 f"{c['difference_std']:.2f} points" for c in rows]
         lines.append(f"GRAFT {fraction:g}: {'; '.join(parts)}{cost}; "
                      f"mean +- std over {rows[0]['n_seeds']} seed(s).")
     if result["config"].get("quick"):
