@@ -53,7 +53,7 @@ class BatchIterator:
         self.observed_any = False
         self.pending = collections.deque()
         self._distinct = None
-        loader = _loader_iterator()  # the DataLoader iterator this pass runs under, if any
+        loader = loader_iterator()  # the DataLoader iterator this pass runs under, if any
         self._loader = None if loader is None else weakref.ref(loader)
         # a loader with workers fetches ahead of the loop; one without hands each batch
         # to the loop as it takes it from the sampler
@@ -85,6 +85,15 @@ class BatchIterator:
     def untouched(self):
         """Whether this pass has handed out no batch yet."""
         return self.position == self.start and not self.pending
+
+    @property
+    def running(self):
+        """Whether this pass handed out batches and has batches left to hand out or observe."""
+        return not self.untouched and (self.position < len(self.batches) or bool(self.pending))
+
+    def loader(self):
+        """The DataLoader iterator this pass runs under, while it is alive; else None."""
+        return None if self._loader is None else self._loader()
 
     def __iter__(self):
         return self
@@ -365,7 +374,7 @@ def _at_for_iter(frame):
         return False
 
 
-def _loader_iterator():
+def loader_iterator():
     """The DataLoader iterator whose creation or reset called the sampler's ``__iter__``."""
     base = getattr(sys.modules.get("torch.utils.data.dataloader"), "_BaseDataLoaderIter", None)
     if base is None:

@@ -26,7 +26,13 @@ from torch.utils.data import Sampler
 from . import _plan
 from ._backend import load_namespaces
 from ._checks import LOSSES, check_labels, check_regression_targets
-from ._iteration import BatchIterator, LastLayerCapture, calling_owner, refuse_accelerate_wrapper
+from ._iteration import (
+    BatchIterator,
+    LastLayerCapture,
+    calling_owner,
+    loader_iterator,
+    refuse_accelerate_wrapper,
+)
 from ._planner import EpochPlanner, RefitReport
 from ._recorder import FeedbackRecorder
 from ._sources import check_features, feature_source
@@ -279,6 +285,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._resume_done = False  # whether the loaded state's pass had ended
         self._repeated_pass = False  # a full observed pass ran at this epoch before this one
         self._iteration = None  # the current pass (a BatchIterator)
+        self._side_handed_out = 0  # batches of side passes since the last observe()
         self._pass_offsets = (0, 0)  # (plan offset, sample offset) of the current pass
         self._pass_length = 0  # batches the current pass hands out
 
@@ -382,8 +389,32 @@ class GraftBatchSampler(Sampler[list[int]]):
                 f"each epoch; with Lightning, add graft_select.lightning.GraftCallback"
                 f"(sampler) to the Trainer's callbacks (Lightning does not call set_epoch on "
                 f"a batch sampler).", UserWarning, stacklevel=2)
+        side, self._side_handed_out = self._side_handed_out, 0
+        if indices is None and side:
+            self._check_not_training_a_side_pass(side)
         self._recorder.observe(self._iteration, self.epoch, indices, embeddings=embeddings,
                                logits=logits, targets=targets, gradients=gradients)
+
+    def _check_not_training_a_side_pass(self, side):
+        """Raise where the loop received nothing of the running pass since the last
+        observe() while a pass beside it handed out ``side`` batches: the loop left the
+        running pass (its DataLoader iterator still alive) and trains the new one, whose
+        batches observe() without indices cannot pair."""
+        running = self._iteration
+        if running is None or running._last_received is None:
+            return
+        if running.received() > running._last_received:
+            return  # the loop went on with the running pass (the side pass was an evaluation)
+        raise ValueError(
+            f"observe() without 'indices' pairs a batch with the running pass of epoch "
+            f"{self.epoch} ({running.received()} of {len(running.batches)} batches "
+            f"received), but the loop received none of it since the last observe() while "
+            f"another iteration over this sampler, under another DataLoader iterator, "
+            f"handed out {side} batch{'es' if side > 1 else ''}. Such an iteration is taken for an evaluation over "
+            f"the training loader and records nothing, because the running pass's "
+            f"DataLoader iterator is still alive. To train a new pass, call "
+            f"set_epoch() first or let go of the earlier iterator (``del it``), or pass "
+            f"indices= to observe().")
 
     def watch(self, model, layer=None):
         """Capture the input and output of the model's head at every forward.
@@ -486,8 +517,10 @@ class GraftBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         refuse_accelerate_wrapper()
-        self._warn_if_epoch_repeats()
         skip = _accelerate_skip(self)
+        if skip is None and self._runs_under_another_loader():
+            return self._side_pass()
+        self._warn_if_epoch_repeats()
         if skip is not None and "graft_select.accelerate" in sys.modules:
             sys.modules["graft_select.accelerate"].check_skipped_wrapper(self, skip)
         previous = self._iteration
@@ -508,6 +541,34 @@ class GraftBatchSampler(Sampler[list[int]]):
         # accelerate's skip_first_batches drops the first `skip` batches it gets: they go
         # out as placeholders, never as handed-out batches (observe() would pair with them)
         return itertools.chain((batch.tolist() for batch in batches[:skip]), self._iteration)
+
+    def _runs_under_another_loader(self):
+        """Whether a pass of this epoch is running under a DataLoader iterator that is
+        still alive and is not the one iterating now: the new iteration is then a pass
+        of its own beside the training one (an evaluation over the training loader in
+        the middle of an epoch), see `_side_pass`."""
+        running = self._iteration
+        if running is None or running.skip or not running.running:
+            return False
+        loader = running.loader()
+        return loader is not None and loader is not loader_iterator()
+
+    def _side_pass(self):
+        """The epoch's batches for an iteration beside the running pass (an evaluation
+        over the training loader in the middle of an epoch): this rank's share of the
+        whole plan, in order. It records nothing, moves no resume position and leaves
+        the running pass as it is: observe() and state_dict() keep following that one.
+        A loop that trains such a pass instead is stopped at its first observe() without
+        indices (see `observe`)."""
+        batches = _plan.split_batches(self._shard(self._plan()), self.batch_size,
+                                      self.drop_last)
+
+        def side():
+            for batch in batches:
+                self._side_handed_out += 1
+                yield batch.tolist()
+
+        return side()
 
     def _pass_batches(self, skip=None):
         """``(batches, start, (plan_offset, sample_offset))`` of the coming pass.

@@ -891,3 +891,66 @@ class TestTargetChecks:
         sampler = GraftBatchSampler(N, B, warm_start_epochs=1)
         with pytest.raises(ValueError, match=r"'embeddings' has shape .*no columns"):
             sampler.observe(torch.arange(B), embeddings=torch.zeros(B, 0))
+
+
+# ------------------------------------ an iteration beside the running pass (an evaluation)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_over_the_training_loader_mid_epoch(workers):
+    """An evaluation over the training loader in the middle of an epoch replaced the
+    running pass: the next observe() raised (or, under the Hugging Face Trainer, stored
+    the training batches' rows under the evaluation's indices), and a checkpoint taken
+    after it saved the evaluation's finished pass (the resumed run skipped the rest of
+    the epoch). It is now a pass beside the running one: every sample is trained and
+    stored under its own index, and the state keeps the training pass's position."""
+    X, y, model, sampler = _setup()
+    loader = DataLoader(TensorDataset(X, y), batch_sampler=sampler, num_workers=workers)
+    sampler.set_epoch(0)
+    evaluated = 0
+    for step, (x, _) in enumerate(loader):
+        model(x).sum().backward()
+        sampler.observe()
+        if step == 2:
+            with torch.no_grad():
+                model.eval()
+                evaluated = sum(len(xe) for xe, _ in loader)
+                model.train()
+            state = sampler.state_dict()
+            assert (state["batches_yielded"], state["pass_done"]) == (3, False)
+    assert evaluated == N
+    assert bool((_assert_attributed(sampler, model.embed(X))).all())
+    resumed = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1)
+    resumed.load_state_dict(state)
+    rest = [i for batch in resumed for i in batch]
+    sampler.set_epoch(0)
+    whole = [i for batch in sampler for i in batch]
+    assert rest == whole[3 * B:]
+
+
+def test_training_a_new_pass_beside_a_live_one_raises():
+    """A loop that leaves a pass while still holding its DataLoader iterator and trains
+    a new iteration of the same epoch: that iteration is taken for an evaluation, so its
+    first observe() without indices raises (it would pair the new pass's batch with the
+    old one's), naming the fixes; released, the old iterator no longer counts."""
+    X, y, model, sampler = _setup()
+    loader = DataLoader(TensorDataset(X, y), batch_sampler=sampler)
+    sampler.set_epoch(0)
+    it = iter(loader)
+    for _ in range(2):
+        x, _ = next(it)
+        model(x).sum().backward()
+        sampler.observe()
+    with pytest.raises(ValueError, match=r"handed out 1 batch\. .*set_epoch\(\) first or "
+                                         r"let go of the earlier iterator"):
+        for x, _ in loader:
+            model(x).sum().backward()
+            sampler.observe()
+    del it
+    trained = 0
+    for x, _ in loader:
+        model(x).sum().backward()
+        sampler.observe()
+        trained += 1
+    assert trained == N // B
+    _assert_attributed(sampler, model.embed(X))

@@ -144,6 +144,31 @@ class TestFeedback:
             stores.append(trainer.sampler.state_dict()["store"])
         assert all(torch.equal(stores[0][k], stores[1][k]) for k in stores[0])
 
+    def test_callback_evaluating_the_training_loader(self, tmp_path):
+        """A callback that iterates the train_dataloader the Trainer hands it, in the
+        middle of an epoch, replaced the running pass: the next micro-batches were
+        recorded under the callback's batches (58 of 120 stored rows wrong). Now the
+        store is the same as without the callback (no dropout)."""
+        from transformers import TrainerCallback
+
+        class Evaluate(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, train_dataloader=None,
+                            **kwargs):
+                if state.global_step == 3:
+                    with torch.no_grad():
+                        self.seen = sum(len(b["input_ids"]) for b in train_dataloader)
+
+        stores = []
+        for evaluate in (False, True):
+            trainer = _trainer(tmp_path / str(evaluate))
+            callback = Evaluate()
+            if evaluate:
+                trainer.add_callback(callback)
+            trainer.train()
+            stores.append(trainer.sampler.state_dict()["store"])
+        assert callback.seen == N
+        assert all(torch.equal(stores[0][k], stores[1][k]) for k in stores[0])
+
     def test_causal_lm(self, tmp_path):
         """A tiny GPT-2 trains with the sketched gradient proxy; planned steps run."""
         torch.manual_seed(0)
