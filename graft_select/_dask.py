@@ -32,6 +32,7 @@ from ._backend import (
     get_namespace,
     is_dask_array,
     is_sparse,
+    single_threaded,
     to_numpy,
 )
 from ._dask_tree import bad_rows, block_gradients, dask_roots, leaf_masses, picked_gradients
@@ -87,16 +88,26 @@ class DaskSource:
         return _block_orders(params, self.X, self.gradients, chunks, groups, self._owner)
 
     def tree_orders(self, params, plan, rng):
-        """Per group of ``plan`` its root's order and nested errors: a dask reduction."""
+        """Per group of ``plan`` its root's order and nested errors: a dask reduction.
+
+        The nodes and the roots run with every native thread pool at one thread,
+        as `_hierarchy.InMemoryTree.tree_orders` runs them: a root's pivots
+        depend on the BLAS threads' rounding (two picks of a 41,000-row fit with
+        dense gradients swapped places at two threads), so only the same limit
+        gives the in-memory result. The limit is process-wide: it holds for the
+        threaded scheduler's tasks and an in-process cluster's; worker processes
+        of ``distributed`` start at one BLAS thread.
+        """
         X_blocks, G_blocks = self.X.to_delayed().ravel(), _gradient_blocks(self.gradients)
         bounds = _block_bounds(self.X)
         plan = plan.with_masses(leaf_masses(params, plan, X_blocks, G_blocks, bounds))
-        roots = dask_roots(params, plan, X_blocks, G_blocks, bounds)
-        bad = [(root.X, root.G) for root in roots if not hasattr(root, "rows")]
-        if bad:
-            _raise_non_finite(bad, [(0, None)] * len(bad), self._owner)
-        self.tree = (plan, roots)
-        return root_orders(params, plan, roots, rng, self.with_gradients)
+        with single_threaded():
+            roots = dask_roots(params, plan, X_blocks, G_blocks, bounds)
+            bad = [(root.X, root.G) for root in roots if not hasattr(root, "rows")]
+            if bad:
+                _raise_non_finite(bad, [(0, None)] * len(bad), self._owner)
+            self.tree = (plan, roots)
+            return root_orders(params, plan, roots, rng, self.with_gradients)
 
     def picked_errors(self, chunks, local, with_weights):
         """Errors and (unless not wanted) weights of the picked rows, one task per block."""

@@ -199,6 +199,22 @@ class TestSameAsInMemory:
                 da.from_array(X, chunks=(128, -1)))
         _assert_same_fit(lazy, eager)
 
+    def test_tree_with_dense_gradients_at_default_threads(self):
+        """chunk_size=None with dense gradients equals the in-memory tree at the default BLAS
+        threads: the root's pivots depend on the threads' rounding, and the dask tree ran
+        its roots at the default threads where the in-memory tree runs them at one (two of
+        group 1's picks on this data swapped places)."""
+        rng = np.random.default_rng(1)
+        X = rng.standard_normal((41000, 8)).astype(np.float32)
+        G = rng.standard_normal((41000, 6)).astype(np.float32)
+        params = dict(fraction=0.01, chunk_size=None, random_state=3)
+        eager = GraftSelector(**params).fit(X, gradients=G)
+        assert len(eager.chunk_sizes_) == 2  # two groups, as in the review's data
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(**params).fit(da.from_array(X, chunks=(8192, -1)),
+                                               gradients=da.from_array(G, chunks=(8192, -1)))
+        _assert_same_fit(lazy, eager)
+
     def test_refit_forgets_feature_names(self, data):
         """A refit on a dask array drops feature names of an earlier DataFrame fit."""
         pd = pytest.importorskip("pandas")

@@ -337,6 +337,27 @@ class TestDask:
                 _lazy(X, "unaligned"), gradients=_lazy(dense, "unaligned"))
         _same(lazy, eager)
 
+    def test_nodes_and_roots_run_at_one_thread(self, data, monkeypatch):
+        """The dask tree's nodes and roots run with the BLAS pools at one thread, as in
+        memory, even where the caller runs BLAS at two threads."""
+        import threadpoolctl
+
+        seen = []
+        real = _hierarchy.stack_order
+
+        def spy(*args):
+            seen.extend(info["num_threads"] for info in threadpoolctl.threadpool_info()
+                        if info["user_api"] == "blas")
+            return real(*args)
+
+        monkeypatch.setattr(_hierarchy, "stack_order", spy)
+        X, _, dense, _ = data
+        with threadpoolctl.threadpool_limits(2, user_api="blas"), dask.config.set(
+                scheduler="threads"):
+            GraftSelector(0.005, random_state=0).fit(_lazy(X, "aligned"),
+                                                     gradients=_lazy(dense, "aligned"))
+        assert seen and set(seen) == {1}
+
     def test_default_scheduler_is_threads_not_processes(self, data, monkeypatch):
         """With nothing configured the bags run on threads, as the dask arrays would.
 
