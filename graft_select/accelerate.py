@@ -11,6 +11,7 @@ Importing this module imports accelerate; ``import graft_select`` does not.
 
 import weakref
 
+import torch.distributed as dist
 from accelerate.data_loader import DataLoaderStateMixin
 from accelerate.state import GradientState
 from accelerate.utils import send_to_device
@@ -155,13 +156,21 @@ class GraftDataLoader(DataLoaderStateMixin):
         """The sampler's state (see :meth:`GraftBatchSampler.state_dict`).
 
         ``accelerator.save_state()`` saves it: :func:`prepare_data_loader`
-        registers the loader for checkpointing.
+        registers the loader for checkpointing. accelerate writes the main
+        process's state only, and every process loads that file; so under
+        several processes the ranks first merge the feedback they observed since
+        the last refit, as a refit does (``save_state()`` calls this on every
+        process). Every rank then holds the same feedback and the same position
+        in its share of the plan, and the one file resumes each of them exactly.
 
         Returns
         -------
         state : dict
         """
-        return self.sampler.state_dict()
+        sampler = self.sampler
+        if sampler.num_replicas > 1 and dist.is_available() and dist.is_initialized():
+            sampler._recorder.merge_ranks(sampler.num_replicas)
+        return sampler.state_dict()
 
     def load_state_dict(self, state):
         """Restore the sampler's state (see :meth:`GraftBatchSampler.load_state_dict`).

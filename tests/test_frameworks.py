@@ -254,6 +254,24 @@ class TestAccelerate:
         assert ranks[0]["epochs"][0]["batches"] == 29 and ranks[0]["epochs"][1]["batches"] == 9
         assert plans[1] != plans[2] and ranks[0]["epochs"][2]["gradient_error"] is not None
 
+    def test_save_state_two_processes_resumes_exactly(self, tmp_path):
+        """accelerator.save_state() writes the main process's state only, and each rank
+        loaded it: rank 1 lost the feedback it observed since the last refit, and the
+        next refit's plan differed (55-56 of 60 samples in common). The ranks now merge
+        their feedback when the state is taken: every rank resumes the rest of the
+        epoch and the following refitted epoch exactly as the uninterrupted run."""
+        pytest.importorskip("accelerate")
+        _torchrun("resume-full", tmp_path)
+        _torchrun("resume-load", tmp_path)
+        assert sorted(p.name for p in (tmp_path / "checkpoint").glob("custom_checkpoint_*")) \
+            == ["custom_checkpoint_0.pkl"]
+        for rank in range(2):
+            full = _load(tmp_path / f"resume-full-rank{rank}.pt")["trained"]
+            resumed = _load(tmp_path / f"resume-load-rank{rank}.pt")["trained"]
+            assert sorted(resumed) == [2, 3]
+            assert resumed[2] == full[2][3:]
+            assert resumed[3] == full[3]
+
     def test_single_process(self, tmp_path):
         """1 process: prepare() is refused with the fix; the helper keeps set_epoch and resume."""
         pytest.importorskip("accelerate")

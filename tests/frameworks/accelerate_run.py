@@ -6,6 +6,8 @@ usage (1 process):   python accelerate_run.py MODE OUT
   MODE: prepare (the loader goes through accelerator.prepare: must raise on every rank)
         helper  (graft_select.accelerate.prepare_data_loader, 3 epochs)
         single-epoch (1 process: a direct sampler.set_epoch(3) and a mid-epoch resume)
+        resume-full (4 epochs, accelerator.save_state() after 3 batches of epoch 2)
+        resume-load (accelerator.load_state() of resume-full's checkpoint, to the end)
 Writes OUT/<mode>-rank<r>.pt.
 """
 
@@ -46,6 +48,35 @@ def train_epoch(accelerator, model, optimizer, sampler, loader):
         optimizer.step()
         sampler.observe(targets=y)
         trained.append(len(y))
+    return trained
+
+
+def resume_run(accelerator, data, model, optimizer, mode, checkpoint, save_at=(2, 3)):
+    """Per epoch, the dataset indices this rank trained, batch by batch, with a sampler
+    that refits every epoch; resume-full saves the state at ``save_at`` (epoch, batches trained),
+    resume-load starts from that state."""
+    sampler = GraftBatchSampler(len(data), batch_size=32, fraction=0.3, seed=0,
+                                warm_start_epochs=1, refit_every=1)
+    sampler.watch(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    data = TensorDataset(*data.tensors, torch.arange(len(data)))
+    loader = prepare_data_loader(accelerator, DataLoader(data, batch_sampler=sampler))
+    start = 0
+    if mode == "resume-load":
+        accelerator.load_state(checkpoint)
+        start = sampler.epoch
+    trained = {}
+    for epoch in range(start, 4):
+        loader.set_epoch(epoch)
+        for x, y, index in loader:
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            optimizer.step()
+            sampler.observe(targets=y)
+            trained.setdefault(epoch, []).append(index.tolist())
+            if mode == "resume-full" and (epoch, len(trained[epoch])) == save_at:
+                accelerator.save_state(checkpoint)
     return trained
 
 
@@ -98,6 +129,9 @@ def main(mode, out):
         result.update(epoch=sampler.epoch, batches=batches, rest=rest,
                       expected=[len(b) for b in expected], position=state["batches_yielded"],
                       rest_match=match)
+    elif mode in ("resume-full", "resume-load"):
+        result["trained"] = resume_run(accelerator, data, model, optimizer, mode,
+                                       os.path.join(out, "checkpoint"))
     torch.save(result, os.path.join(out, f"{mode}-rank{rank}.pt"))
     # every rank done before any tears its process group down: a rank that destroys
     # it while the other still talks to it can abort the other at exit ("terminate
