@@ -364,7 +364,10 @@ def _check_dask(X, name, owner, *, min_ndim=2, convert=True):
             f"'{name}' of {owner} must be {want}, got a dask array of shape {X.shape}; "
             f"{reshape_hint(name, 2 if X.ndim > 2 else min_ndim)}."
         )
-    if any(math.isnan(c) for c in X.chunks[0]):
+    # X's column count is its n_features_in_; the other arrays' columns are only
+    # read block by block, so an unknown count there is harmless
+    sizes = X.chunks[0] + (X.chunks[1] if name == "X" else ())
+    if any(math.isnan(c) for c in sizes):
         raise ValueError(
             f"'{name}' of {owner} is a dask array with unknown chunk sizes (NaN in "
             f"{name}.chunks, as after boolean indexing or DataFrame.values); call "

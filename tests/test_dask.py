@@ -391,6 +391,22 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"unknown chunk sizes.*compute_chunk_sizes\(\)"):
             GraftSelector(0.2, chunk_size=BATCH).fit(masked)
 
+    def test_unknown_column_count(self, data):
+        """A NaN column count (after X[:, dask_mask]) asks for compute_chunk_sizes(), in fit
+        and in transform (it used to fail with "cannot convert float NaN to integer")."""
+        Xd = da.from_array(data[0], chunks=(500, -1))
+        keep = da.from_array(np.arange(D) % 3 != 1, chunks=D)
+        assert np.isnan(Xd[:, keep].shape[1])  # the case under test
+        sel = GraftSelector(0.2, chunk_size=BATCH)
+        match = r"'X' of GraftSelector is a dask array with unknown chunk sizes.*" \
+                r"X = X.compute_chunk_sizes\(\) first"
+        with dask.config.set(scheduler="synchronous"):
+            with pytest.raises(ValueError, match=match):
+                sel.fit(Xd[:, keep])
+            sel.fit(Xd[:, keep].compute_chunk_sizes())  # the fix the message names
+            with pytest.raises(ValueError, match=match):
+                sel.transform(Xd[:, keep])
+
     def test_column_blocks(self, data):
         """Blocks that split rows over columns ask for rechunk({1: -1})."""
         Xd = da.from_array(data[0], chunks=(500, 4))
