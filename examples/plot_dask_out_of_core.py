@@ -75,10 +75,12 @@ gradients = FactoredGradients(residuals, inputs)
 # -------------------------
 # Two workers stand in for a cluster here (threads, to keep the example fast;
 # ``processes=True`` or a ``distributed.Client`` to a real cluster work the
-# same). ``chunk_size`` is required for dask input: the blocks of 10,000 rows are
-# rechunked to a multiple of it (here 9,984 = 39 x 256 rows). With gradients,
-# MaxVol runs on the gradient proxies (``basis="auto"``), which favours the rows
-# with the largest residuals: the rows the warm model gets wrong. On this data a
+# same). ``chunk_size=256`` picks the per-chunk path, block by block: the blocks
+# of 10,000 rows are rechunked to a multiple of it (here 9,984 = 39 x 256 rows).
+# The default ``chunk_size=None`` would run the merge-and-reduce tree as a dask
+# reduction instead (see :doc:`/dask`). With gradients, MaxVol runs on the
+# gradient proxies (``basis="auto"``), which favours the rows with the largest
+# residuals: the rows the warm model gets wrong. On this data a
 # quarter of the rows are misclassified, far more than a 10 % subset can hold,
 # so MaxVol's picks would be a biased sample of hard rows (trained from scratch,
 # they scored 0.29 against 0.76 for a uniform 10 %). The default
