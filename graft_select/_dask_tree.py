@@ -145,25 +145,37 @@ def _merge_part(task, children):
 def picked_gradients(roots, gradients, chunks, local):
     """Per group the gradient rows of its picks, in pick order (host or device arrays).
 
-    Picks among the root's candidates come from the root; others (uniform
-    picks) are read from the dask array.
+    Picks among the root's candidates come from the root; the others (uniform
+    picks) of all groups are read from the dask array in one compute, so each
+    gradient block is read at most once per call, however many groups it holds.
     """
-    picked = []
-    for root, (begin, _), lo in zip(roots, chunks, local):
+    picked, missing = [], []
+    for g, (root, (begin, _), lo) in enumerate(zip(roots, chunks, local)):
         wanted = begin + np.asarray(lo, dtype=np.int64)
         sorter = np.argsort(root.rows, kind="stable")
         at = np.minimum(np.searchsorted(root.rows, wanted, sorter=sorter), len(sorter) - 1)
         found = sorter[at]
         if np.all(root.rows[found] == wanted):
             picked.append(take_rows(root.G, found))
-            continue
-        unique, inverse = np.unique(wanted, return_inverse=True)
-        if isinstance(gradients, FactoredGradients):
-            parts = dask.compute(gradients.residuals[unique], gradients.inputs[unique])
-            picked.append(FactoredGradients(*(take_rows(P, inverse) for P in parts)))
         else:
-            picked.append(take_rows(to_numpy(gradients[unique].compute()), inverse))
+            picked.append(None)
+            missing.append((g, wanted))
+    if missing:
+        unique, inverse = np.unique(np.concatenate([wanted for _, wanted in missing]),
+                                    return_inverse=True)
+        rows = _read_rows(gradients, unique)
+        ends = np.cumsum([wanted.size for _, wanted in missing])
+        for (g, _), part in zip(missing, np.split(inverse, ends[:-1])):
+            picked[g] = take_rows(rows, part)
     return picked
+
+
+def _read_rows(gradients, rows):
+    """Rows ``rows`` (sorted global rows) of dense or factored dask gradients, one compute."""
+    if isinstance(gradients, FactoredGradients):
+        return FactoredGradients(*dask.compute(gradients.residuals[rows],
+                                               gradients.inputs[rows]))
+    return to_numpy(gradients[rows].compute())
 
 
 def block_gradients(gradients):

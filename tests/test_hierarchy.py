@@ -358,6 +358,38 @@ class TestDask:
                                                      gradients=_lazy(dense, "aligned"))
         assert seen and set(seen) == {1}
 
+    @pytest.mark.parametrize("kind", ["dense", "factored"])
+    @pytest.mark.parametrize("extra, reads", [({}, 3), ({"uniform_share": 0.3}, 4),
+                                              ({"max_error_ratio": None}, 2)],
+                             ids=["check", "check-uniform_share", "no-check"])
+    def test_gradient_blocks_read_once_per_pass(self, data, kind, extra, reads):
+        """Each gradient block is read once per pass, however many groups it holds: the
+        masses, the tree, the check's uniform subsets, the uniform_share picks outside the
+        roots' candidates (the picks of each group were read by a compute of their own)."""
+        X, _, dense, factored = data
+        G = dense if kind == "dense" else factored
+        counts = {}
+
+        def counted(A, name):
+            def count(block, block_info=None):
+                key = (name, block_info[0]["chunk-location"][0])
+                counts[key] = counts.get(key, 0) + 1
+                return block
+
+            return da.from_array(A, chunks=(1500, -1)).map_blocks(count, dtype=A.dtype)
+
+        lazy_G = FactoredGradients(counted(G.residuals, "R"), counted(G.inputs, "H")) \
+            if kind == "factored" else counted(G, "G")
+        params = dict(fraction=0.03, random_state=0, **extra)
+        eager = GraftSelector(**params).fit(X, gradients=G)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = GraftSelector(**params).fit(counted(X, "X"), gradients=lazy_G)
+        assert len(eager.chunk_sizes_) == 6  # three groups per block
+        _same(lazy, eager)
+        names = ["G"] if kind == "dense" else ["R", "H"]
+        assert {key: n for key, n in counts.items() if key[0] != "X"} == {
+            (name, b): reads for name in names for b in (0, 1)}
+
     def test_default_scheduler_is_threads_not_processes(self, data, monkeypatch):
         """With nothing configured the bags run on threads, as the dask arrays would.
 
