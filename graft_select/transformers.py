@@ -158,6 +158,8 @@ class GraftTrainerMixin:
         self.lm_proxy = CausalLMProxy(lm_proxy_width, sampler.seed)
         self.epoch_batches = []  # this process's batches per epoch of the run's plan
         self._capture = None
+        self._loop_epochs = 0  # the epochs the Trainer's loop runs (see _run_epoch)
+        self._schedule_steps = None  # the LR schedule's length, kept across a resume
         _check_supported(self)
 
     # ------------------------------------------------------------------ data
@@ -237,7 +239,31 @@ class GraftTrainerMixin:
         values[3] = max_steps * total_batch  # as the Trainer counts samples
         values[5] = self.epoch_batches[0]
         values[6] = max_steps
+        self._loop_epochs = values[0]
         return tuple(values)
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        """The Trainer's LR schedule, of the length the run first created it with.
+
+        Epochs a refit shrinks end the run before the steps planned at its
+        start, and the schedule keeps its length; a run resumed after such an
+        epoch plans fewer steps, and creates its schedule with the saved run's
+        length, so that it follows the same learning rates.
+
+        Parameters
+        ----------
+        num_training_steps : int
+            The steps this run plans.
+        optimizer : torch.optim.Optimizer, default=None
+            As for ``transformers.Trainer.create_scheduler``.
+
+        Returns
+        -------
+        scheduler : torch.optim.lr_scheduler.LRScheduler
+        """
+        if self._schedule_steps is None:
+            self._schedule_steps = num_training_steps
+        return super().create_scheduler(self._schedule_steps, optimizer)
 
     def _plan_epochs(self, args):
         """Batches per epoch of the run: the checkpoint's history, then the sampler's plan."""
@@ -306,7 +332,13 @@ class GraftTrainerMixin:
         return math.ceil(samples / sampler.batch_size)
 
     def _run_epoch(self, *args, **kwargs):
-        """One epoch, with that epoch's own number of batches and steps (see Trainer)."""
+        """One epoch, with that epoch's own number of batches and steps (see Trainer).
+
+        With an explicit ``max_steps``, epochs that a refit shrank leave the
+        Trainer's loop (sized at the start) short of it: its last epoch then runs
+        the next ones, each opened with the callbacks' ``on_epoch_begin``, until
+        ``max_steps``.
+        """
         epoch = kwargs["epoch"]
         self.sampler.set_epoch(epoch)
         batches = len(self.sampler)  # the epoch's real plan (a refit runs here)
@@ -314,21 +346,35 @@ class GraftTrainerMixin:
         if self._capture is None:
             self._capture = self._watch()
         kwargs.update(steps_in_epoch=batches, num_update_steps_per_epoch=self._steps_of(batches))
-        return super()._run_epoch(*args, **kwargs)
+        result = super()._run_epoch(*args, **kwargs)
+        state = self.state
+        if (self.args.max_steps > 0 and epoch + 1 >= self._loop_epochs
+                and state.global_step < state.max_steps and not self.control.should_training_stop):
+            self._loop_epochs = epoch + 2
+            state.num_train_epochs = self._loop_epochs
+            self.control = self.callback_handler.on_epoch_begin(self.args, state, self.control)
+            kwargs.update(epoch=epoch + 1, steps_trained_in_current_epoch=0)
+            return self._run_epoch(*args, **kwargs)
+        return result
 
     def _check_planned(self, epoch, batches):
-        if epoch >= len(self.epoch_batches) or self.epoch_batches[epoch] == batches:
+        if epoch >= len(self.epoch_batches):
+            self.epoch_batches.append(batches)  # an epoch past the loop's (see _run_epoch)
+            return
+        if self.epoch_batches[epoch] == batches:
             return
         planned = self.epoch_batches[epoch]
         self.epoch_batches[epoch] = batches
         if self.args.max_steps <= 0:
             self.state.max_steps = sum(self._steps_of(b) for b in self.epoch_batches)
+            ends = f"The run now ends at step {self.state.max_steps}"
+        else:
+            ends = f"Epochs are added until step {self.state.max_steps} (max_steps)"
         warnings.warn(
             f"{type(self).__name__}: epoch {epoch} of the GraftBatchSampler has {batches} "
             f"batches, not the {planned} planned when training started (its refit selected "
-            f"another number of samples). The run now ends at step {self.state.max_steps}; "
-            "the learning-rate schedule keeps the length it was created with.",
-            UserWarning, stacklevel=3)
+            f"another number of samples). {ends}; the learning-rate schedule keeps the "
+            "length it was created with.", UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------- feedback
 
@@ -441,7 +487,8 @@ class GraftTrainerMixin:
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, STATE_FILE.format(rank=self.args.process_index))
         torch.save({"sampler": self.sampler.state_dict(),
-                    "epoch_batches": list(self.epoch_batches)}, path)
+                    "epoch_batches": list(self.epoch_batches),
+                    "schedule_steps": self._schedule_steps}, path)
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None,
               **kwargs):
@@ -464,6 +511,7 @@ class GraftTrainerMixin:
             if resume_from_checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory "
                                  f"({self.args.output_dir}).")
+        self._schedule_steps = None
         if resume_from_checkpoint:
             self._load_sampler(resume_from_checkpoint)
         else:
@@ -486,6 +534,7 @@ class GraftTrainerMixin:
         saved = torch.load(path, weights_only=False)
         self.sampler.load_state_dict(saved["sampler"])
         self.epoch_batches = list(saved["epoch_batches"])
+        self._schedule_steps = saved.get("schedule_steps")
 
 
 class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
@@ -556,8 +605,11 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
     Notes
     -----
     A refit that selects another number of samples than planned (the
-    label-noise guard or ``refresh_share`` can) changes the run's length; the
-    trainer then warns and updates ``state.max_steps``. Resuming needs the
+    label-noise guard or ``refresh_share`` can, and samples whose labels are
+    all ``-100`` are left out) changes the run's length; the trainer then warns
+    and updates ``state.max_steps``, or, with an explicit ``max_steps``, adds
+    epochs until it. The learning-rate schedule keeps the length it was
+    created with, through a resume too. Resuming needs the
     same number of processes, batch size and ``gradient_accumulation_steps``
     as the saved run. A masked or sequence-to-sequence LM (its head is its
     output embeddings, but it is no causal LM) raises a ValueError at the

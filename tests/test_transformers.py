@@ -5,6 +5,7 @@ The two-process run is a real torchrun of tests/frameworks/transformers_run.py.
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,51 @@ class TestBookkeeping:
         assert [e["epoch"] for e in evals] == [1.0, 2.0, 3.0]
         steps = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*"))
         assert steps == [15, 20, 25]
+
+
+class HalfIgnored(Logged):
+    """Every other label is -100 (an ignore_index): refits leave those samples out, so
+    the selected epochs hold fewer batches than planned at the start (8, not 14)."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return {**item, "labels": torch.tensor(-100) if i % 2 == 0 else item["labels"]}
+
+
+def _shrinking(folder, resume=None, **kwargs):
+    """A run whose selected epochs shrink; returns the trainer and its final weights."""
+    data = HalfIgnored()
+    trainer = _trainer(folder, data=data, sampler=_sampler(data, fraction=0.9), **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train(resume_from_checkpoint=resume)
+    return trainer, [p.detach().clone() for p in trainer.model.parameters()]
+
+
+class TestShrunkEpochs:
+    def test_explicit_max_steps_is_reached(self, tmp_path):
+        """With max_steps, epochs that a refit shrank ended the run early (step 31 of 43,
+        the schedule short of 0, a warning naming step 43): epochs are now added until
+        max_steps, and num_train_epochs counts them."""
+        trainer, _ = _shrinking(tmp_path, max_steps=43)
+        assert trainer.state.global_step == trainer.state.max_steps == 43
+        assert trainer.epoch_batches == [15, 8, 8, 8, 8]
+        assert trainer.state.num_train_epochs == 5
+        assert trainer.lr_scheduler.get_last_lr()[0] == 0.0
+
+    @pytest.mark.parametrize("kwargs", [{"max_steps": 43}, {"num_train_epochs": 3}])
+    def test_resume_after_a_shrunk_epoch_is_exact(self, tmp_path, kwargs):
+        """A resume after the epochs shrank planned its schedule from the shrunk epochs
+        (31 steps where the saved run's schedule had 43) and, with max_steps, trained 12
+        steps more than the saved run: it now gives the same steps and weights."""
+        full, weights = _shrinking(tmp_path / "full", save_strategy="steps", save_steps=20,
+                                   **kwargs)
+        resumed, resumed_weights = _shrinking(tmp_path / "resumed",
+                                              resume=str(tmp_path / "full" / "checkpoint-20"),
+                                              **kwargs)
+        assert resumed.state.global_step == full.state.global_step
+        assert resumed.epoch_batches == full.epoch_batches
+        assert all(torch.equal(a, b) for a, b in zip(weights, resumed_weights))
 
 
 class TestFeedback:
