@@ -265,14 +265,16 @@ def _weights_block(gradients, chunks, local):
 def take_rows(selector, X, name="X"):
     """The rows ``sample_indices_`` of the dask array ``X``, as a lazy dask array.
 
-    Each block's selected rows are taken where that block of ``X`` lives (after
-    the rechunk of :func:`aligned` to the fitted chunks). When ``sample_indices_``
-    visits the blocks in order (every selection chunk within one block), block
-    ``b`` of the result holds block ``b``'s rows, in the order of
-    ``sample_indices_``. Otherwise (a chunk, tree leaf or group of unequal size
-    straddles a block, and its picks in pivot order mix two blocks) the rows are
-    taken per block and then put in the order of ``sample_indices_``, which moves
-    rows between blocks.
+    Each block's selected rows are taken where that block of ``X`` lives, from
+    ``X``'s own blocks: no rechunk, so no task holds more than a block of ``X``
+    (a rechunk to the fitted chunks made blocks of a whole tree group, all of
+    ``X`` with one group). When ``sample_indices_`` visits the blocks in order
+    (every selection chunk within one block), block ``b`` of the result holds
+    block ``b``'s rows, in the order of ``sample_indices_``. Otherwise (a chunk,
+    tree leaf or group straddles a block, and its picks in pivot order mix two
+    blocks) the rows are taken per block and then put in the order of
+    ``sample_indices_``, which moves the selected rows, and only those, between
+    blocks.
     """
     owner = type(selector).__name__
     X = _check_dask(X, name, owner, min_ndim=1 if name != "X" else 2, convert=False)
@@ -287,7 +289,6 @@ def take_rows(selector, X, name="X"):
             f"{selector.n_samples_fit_}; the selection is a set of row indices of the "
             f"fitted data, so pass that same data (or refit)."
         )
-    X = aligned(X, int(selector.chunk_sizes_[0]))
     indices = np.asarray(to_numpy(selector.sample_indices_), dtype=np.int64)
     starts = np.array([start for start, _ in _block_bounds(X)], dtype=np.int64)
     block = np.searchsorted(starts, indices, side="right") - 1

@@ -390,6 +390,41 @@ class TestDask:
         assert {key: n for key, n in counts.items() if key[0] != "X"} == {
             (name, b): reads for name in names for b in (0, 1)}
 
+    @pytest.mark.parametrize("fraction", [0.005, 0.03])
+    def test_transform_holds_a_block_at_most(self, data, fraction):
+        """transform and fit_resample after a tree fit take the rows from X's own blocks:
+        no task result is larger than a block (a rechunk to chunk_sizes_[0], a whole group,
+        used to put all of X in one task with one group), and the rows and labels are
+        those of sample_indices_, in its order."""
+        from dask.callbacks import Callback
+
+        from graft_select import GraftResampler
+
+        class Largest(Callback):
+            def __init__(self):
+                self.nbytes = 0
+
+            def _posttask(self, key, result, dsk, state, worker_id):
+                self.nbytes = max(self.nbytes, getattr(result, "nbytes", 0))
+
+        X, labels = data[0], data[1]
+        Xd = da.from_array(X, chunks=(300, -1)) + 0.0  # a task per block, as a real source
+        yd = da.from_array(labels, chunks=300) + 0
+        block = 300 * X.shape[1] * X.itemsize
+        with dask.config.set(scheduler="synchronous"):
+            sel = GraftSelector(fraction, random_state=0).fit(Xd)
+            assert len(sel.chunk_sizes_) == (1 if fraction == 0.005 else 6)
+            with Largest() as largest:
+                out = sel.transform(Xd).compute()
+            assert largest.nbytes <= block
+            np.testing.assert_array_equal(out, X[sel.sample_indices_])
+            with Largest() as largest:  # the fit too: its blocks grow by less than a leaf
+                X_sub, y_sub = dask.compute(*GraftResampler(fraction, random_state=0)
+                                            .fit_resample(Xd, yd))
+            assert largest.nbytes < block + LEAF * X.shape[1] * X.itemsize
+        np.testing.assert_array_equal(X_sub, X[sel.sample_indices_])
+        np.testing.assert_array_equal(y_sub, labels[sel.sample_indices_])
+
     def test_default_scheduler_is_threads_not_processes(self, data, monkeypatch):
         """With nothing configured the bags run on threads, as the dask arrays would.
 
