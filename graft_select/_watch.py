@@ -100,6 +100,7 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
             self._handles = [layer.register_forward_hook(self._hook, with_kwargs=True)]
         self._model_handle = self._model_pre_handle = None
         self._head_calls = 0  # calls of the hooked layer in the model's current forward
+        self._tokens = None  # (input, output) of a per-token head, pooled by the model hook
         if model is not None and model is not layer:
             self._model_handle = model.register_forward_hook(self._model_hook,
                                                              with_kwargs=True)
@@ -124,8 +125,35 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
         self.inputs = self.outputs = None
         self.problem = (_per_token_problem if self.per_token else _problem)(x, output)
         self.rows.append(output.shape[0] if self.problem is None else None)
+        self._tokens = None
         if self.problem is None:
             self.inputs, self.outputs = x.detach(), output.detach()
+        elif (not self.per_token and _per_token_problem(x, output) is None
+              and output.ndim == 3):
+            self._tokens = (x.detach(), output.detach())  # a head applied per token
+
+    def _pool(self, output):
+        """Where the model returns one token's logits per sample of a per-token head (a
+        decoder's sequence classifier, pooling at each sequence's last token), keep that
+        token's embeddings and logits: the (b, C) output whose rows each equal the head's
+        output at a token whose input is the same for every token that matches."""
+        x, out = self._tokens
+        for pooled in _tensors(output):
+            if pooled.shape != (out.shape[0], out.shape[2]) or pooled.dtype != out.dtype:
+                continue
+            match = (out == pooled.detach()[:, None, :].to(out.device)).all(dim=-1)
+            if not bool(match.any(dim=1).all()):
+                continue
+            token = match.to(torch.int8).argmax(dim=1)  # the first matching token of each row
+            rows = torch.arange(out.shape[0], device=out.device)
+            chosen = x[rows, token]
+            same = (x == chosen[:, None, :]).all(dim=-1) | ~match
+            if not bool(same.all()):
+                continue  # two tokens give the row's logits from different embeddings
+            self.inputs, self.outputs = chosen, out[rows, token]
+            self.problem = None
+            self.rows[-1] = out.shape[0]
+            return
 
     def _model_hook(self, module, args, kwargs, output):
         self.model_forwards += 1
@@ -136,6 +164,12 @@ class LastLayerCapture:  # public as graft_select.sampler.LastLayerCapture
             except Exception as exc:  # reported by observe(), never raised here
                 self.error = (f"finding its head failed ({type(exc).__name__}: {exc}); pass "
                               "the layer that maps embeddings to logits as layer=")
+        if self._tokens is not None and self._head_calls <= 1:
+            try:
+                self._pool(output)
+            except Exception as exc:  # reported by observe(), never raised here
+                self.problem = f"made its pooled rows fail ({type(exc).__name__}: {exc})"
+            self._tokens = None
         if self._head_calls > 1 and self.outputs is not None and not any(
                 _same_tensor(self.outputs, t) for t in _tensors(output)):
             # which call gave the returned logits cannot be told: the latest is kept

@@ -379,20 +379,17 @@ class GraftTrainerMixin:
     # ------------------------------------------------------------- feedback
 
     def _head(self):
-        """The layer to hook: ``layer``, else the LM head, ``classifier`` or ``score``."""
+        """The layer to hook: ``layer``, else the LM head, else None (the sampler's
+        watch() finds the head from the logits' autograd graph, and checks it: a layer
+        picked by its name, ``classifier``, was hooked behind a temperature or as an
+        auxiliary head)."""
         if self.layer is not None:
             return self.layer
         model = self.model
         output = _output_embeddings(model)
         if isinstance(output, torch.nn.Linear):
             return output
-        for name in ("classifier", "score"):
-            head = getattr(model, name, None)
-            if isinstance(head, torch.nn.Module):
-                linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
-                if linears:
-                    return linears[-1]
-        return None  # the sampler hooks the model's last Linear
+        return None  # the sampler's watch() finds the head from the logits' autograd graph
 
     def _watch(self):
         """Hook the head: per token for a causal LM's (read by the proxy), else through
@@ -446,12 +443,18 @@ class GraftTrainerMixin:
         if capture.per_token:
             self._observe_causal_lm(labels)
         elif capture.problem is not None:
-            raise ValueError(
-                f"{type(self).__name__}: the hooked head {capture.name()} {capture.problem} "
-                "at its latest forward; GraftTrainer supports sequence classification (head "
-                "outputs (b, C), labels (b,)) and causal LMs (outputs (b, T, V), labels "
-                "(b, T)). Pass the Linear that maps pooled embeddings to logits as layer=.")
+            raise ValueError(self._unsupported(
+                f"its head {capture.name()} {capture.problem} at its latest forward"))
+        elif capture.outputs is not None and capture.outputs.shape[0] != len(self._indices()):
+            raise ValueError(self._unsupported(
+                f"its head {capture.name()} gave {capture.outputs.shape[0]} rows for the "
+                f"micro-batch's {len(self._indices())} samples (a multiple-choice model "
+                f"scores each choice)"))
         elif labels is not None:
+            if self.sampler.loss == "cross_entropy" and labels.ndim != 1:
+                raise ValueError(self._unsupported(
+                    f"its batches' labels have shape {tuple(labels.shape)}, not (b,): one "
+                    f"class per sample (multi-label and per-token labels are not)"))
             self.sampler.observe(self._indices(), targets=labels)
         elif self.sampler.targets is not None:
             self.sampler.observe(self._indices())
@@ -460,6 +463,16 @@ class GraftTrainerMixin:
                 f"{type(self).__name__} needs each training batch's class labels: the "
                 "batches have no 'labels' entry; name the label column 'labels' (as "
                 "transformers' collators do) or give GraftBatchSampler targets=.")
+
+    def _unsupported(self, reason):
+        """The message for a model GraftTrainer does not train, with ``reason``."""
+        return (f"{type(self).__name__} supports single-label sequence classification "
+                f"(head outputs (b, C), labels (b,); a decoder that pools its last token's "
+                f"logits included), regression with GraftBatchSampler(loss='mse'), and "
+                f"causal LMs (outputs (b, T, V), labels (b, T)); {type(self.model).__name__} "
+                f"is not one of these: {reason}. Train it with transformers.Trainer, or in a "
+                f"loop that records per-sample gradient proxies with "
+                f"GraftBatchSampler.observe(indices, gradients=...).")
 
     def _observe_causal_lm(self, labels):
         """Record the micro-batch's CausalLMProxy rows, from the LM head's latest forward."""
@@ -550,10 +563,12 @@ class GraftTrainer(GraftTrainerMixin, transformers.Trainer):
       the learning-rate schedule, the progress bar, ``state.epoch`` and
       ``num_train_epochs`` match the steps that really run, with or without
       ``max_steps`` and with ``gradient_accumulation_steps``;
-    - hooks the model's head (``layer``, else the LM head, the last Linear of
-      ``classifier`` or ``score``, else the last Linear) and records every
-      training micro-batch once, with the batch's ``labels`` as targets; evaluation
-      forwards are not recorded;
+    - hooks the model's head (``layer``, else the LM head, else the Linear whose
+      output the model returns, found from the logits' autograd graph as
+      :meth:`~graft_select.sampler.GraftBatchSampler.watch` finds it; a decoder's
+      sequence classifier, whose ``score`` runs on every token, records the
+      returned token's row) and records every training micro-batch once, with
+      the batch's ``labels`` as targets; evaluation forwards are not recorded;
     - for a causal LM (a model that generates and has no encoder, hooked at its
       output embeddings: head outputs ``(b, T, V)``, labels ``(b, T)``) hooks
       the head per token and records a :class:`CausalLMProxy` of each

@@ -583,15 +583,20 @@ class TestHead:
         sampler.observe()  # a NaN row is set aside by the store (reported at the refit)
         assert capture.error is None and capture.layer is model[0].head
 
-    def test_pooled_per_token_head_keeps_its_message(self):
-        """A head applied per token whose outputs the model pools: observe() names the
-        per-token input (the logits check leaves it to that message)."""
+    def test_head_per_token_returning_its_last_token(self):
+        """A head applied per token whose model returns the last token's logits: observe()
+        records that token's embeddings (it named the per-token input and raised; a
+        pooling that is no one token's logits still does, see
+        test_watch_pools_a_per_token_head_at_the_returned_token)."""
         X, y = _data()
         model = PooledTokens()
         sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
         sampler.watch(model)
-        with pytest.raises(ValueError, match=r"got an input of shape \(8, 4, 5\), not \(b, d\)"):
-            _one_batch(model, sampler, X)
+        batch = _one_batch(model, sampler, X)
+        with torch.no_grad():
+            last = torch.relu(model.body(X)).reshape(N, 4, H)[:, -1]
+        stored = sampler.state_dict()["store"]["embeddings"]
+        torch.testing.assert_close(stored[batch], last[batch])
 
     def test_regression_output_behind_a_shift_raises(self):
         """With loss="mse" a shift of the head's output changes the residuals
@@ -954,3 +959,52 @@ def test_training_a_new_pass_beside_a_live_one_raises():
         trained += 1
     assert trained == N // B
     _assert_attributed(sampler, model.embed(X))
+
+
+# ------------------------------------------- a per-token head pooled at one token per row
+
+
+class TokenHead(nn.Module):
+    """A head applied to every token; the output is one token's logits per sequence (the
+    last non-padding one, as a decoder's sequence classifier does), or their mean."""
+
+    def __init__(self, pool="last"):
+        super().__init__()
+        self.body = nn.Linear(D_IN, H)
+        self.score = nn.Linear(H, C)
+        self.pool = pool
+
+    def tokens(self, x):  # (b, T, D_IN) -> (b, T, H)
+        return torch.tanh(self.body(x))
+
+    def forward(self, x, lengths):
+        logits = self.score(self.tokens(x))  # (b, T, C)
+        if self.pool == "mean":
+            return logits.mean(dim=1)
+        return logits[torch.arange(len(x)), lengths - 1]
+
+
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_watch_pools_a_per_token_head_at_the_returned_token(pool):
+    """watch() refused a head applied per token whose model returns one token's logits
+    per sample (GPT-2's and Llama's sequence classifiers): it now records that token's
+    embeddings and logits. A pooling that is not one token's logits (a mean) is still
+    refused, naming the per-token input."""
+    torch.manual_seed(0)
+    model, T = TokenHead(pool), 5
+    X = torch.randn(N, T, D_IN)
+    lengths = torch.randint(1, T + 1, (N,))
+    sampler = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1,
+                                targets=torch.randint(0, C, (N,)))
+    sampler.watch(model)
+    sampler.set_epoch(0)
+    for batch in sampler:
+        model(X[batch], lengths[batch]).sum().backward()
+        if pool == "mean":
+            with pytest.raises(ValueError, match=r"input of shape \(8, 5, 5\), not \(b, d\)"):
+                sampler.observe()
+            return
+        sampler.observe()
+    with torch.no_grad():
+        expected = model.tokens(X)[torch.arange(N), lengths - 1]
+    assert bool(_assert_attributed(sampler, expected).all())

@@ -247,7 +247,8 @@ class TestFeedback:
 
 
     def test_token_classification_raises(self, tmp_path):
-        """A per-token classifier (outputs (b, T, C)) is refused, naming the head and layer=."""
+        """A per-token classifier (outputs (b, T, C)) is refused as a model kind GraftTrainer
+        does not train, naming the head (the message suggested a layer= it cannot use)."""
         torch.manual_seed(0)
         model = transformers.BertForTokenClassification(BertConfig(
             vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -255,8 +256,54 @@ class TestFeedback:
         data = [{"input_ids": ids, "labels": ids % 2} for ids in Logged().ids]
         trainer = GraftTrainer(model=model, args=_args(tmp_path), train_dataset=data,
                                sampler=_sampler(data))
-        with pytest.raises(ValueError, match=r"'classifier'.*\(8, 8, 16\).*layer="):
+        with pytest.raises(ValueError, match=r"BertForTokenClassification is not one of these: "
+                                             r"its head 'classifier'.*\(8, 8, 16\)"):
             trainer.train()
+
+    @pytest.mark.parametrize("kind", ["multi-label", "multiple-choice"])
+    def test_other_heads_are_refused_by_kind(self, tmp_path, kind):
+        """Multi-label and multiple-choice models got observe()'s own advice (pass
+        gradients=, or targets.argmax(1), which would train other labels): GraftTrainer
+        now says it does not train that kind of model, and what to use instead."""
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=16,
+                            max_position_embeddings=16, num_labels=3)
+        ids = Logged().ids
+        if kind == "multi-label":
+            config.problem_type = "multi_label_classification"
+            model = BertForSequenceClassification(config)
+            data = [{"input_ids": i, "labels": (i[:3] % 2).float()} for i in ids]
+            match = r"labels have shape \(8, 3\), not \(b,\)"
+        else:
+            model = transformers.BertForMultipleChoice(config)
+            data = [{"input_ids": torch.stack([i, i.flip(0)]), "labels": i[0] % 2} for i in ids]
+            match = r"gave 16 rows for the micro-batch's 8 samples"
+        trainer = GraftTrainer(model=model, args=_args(tmp_path), train_dataset=data,
+                               sampler=_sampler(data))
+        with pytest.raises(ValueError, match=rf"{type(model).__name__} is not one of these: "
+                                             rf".*{match}.*transformers.Trainer"):
+            trainer.train()
+
+    def test_decoder_sequence_classifier(self, tmp_path):
+        """A decoder's sequence classifier applies its 'score' head to every token and
+        returns the logits of each sequence's last token: it was refused (with a layer=
+        fix it cannot use). Its samples are now recorded with that token's embeddings."""
+        torch.manual_seed(0)
+        model = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=16,
+            pad_token_id=VOCAB - 1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        data = Logged()
+        # a learning rate of 0: every recorded row is comparable with the final model's
+        trainer = GraftTrainer(model=model, args=_args(tmp_path, num_train_epochs=1,
+                                                       learning_rate=0.0),
+                               train_dataset=data, sampler=_sampler(data))
+        trainer.train()
+        model.eval()
+        with torch.no_grad():
+            hidden = model.transformer(data.ids).last_hidden_state[:, -1]  # no padding
+        stored = trainer.sampler.state_dict()["store"]["embeddings"]
+        torch.testing.assert_close(stored, hidden, rtol=1e-4, atol=1e-5)
 
 
 class TestPerTokenCapture:
