@@ -410,8 +410,9 @@ class GraftBatchSampler(Sampler[list[int]]):
             f"{self.epoch} ({running.received()} of {len(running.batches)} batches "
             f"received), but the loop received none of it since the last observe() while "
             f"another iteration over this sampler, under another DataLoader iterator, "
-            f"handed out {side} batch{'es' if side > 1 else ''}. Such an iteration is taken for an evaluation over "
-            f"the training loader and records nothing, because the running pass's "
+            f"handed out {side} batch{'es' if side > 1 else ''}. Such an iteration is "
+            f"taken for an evaluation over the training loader and records nothing, "
+            f"because the running pass's "
             f"DataLoader iterator is still alive. To train a new pass, call "
             f"set_epoch() first or let go of the earlier iterator (``del it``), or pass "
             f"indices= to observe().")
