@@ -229,6 +229,12 @@ def prepare_data_loader(accelerator, dataloader, *, register_for_checkpointing=T
         raise TypeError("prepare_data_loader expects a torch DataLoader built with "
                         "batch_sampler=GraftBatchSampler(...); pass other loaders to "
                         "accelerator.prepare().")
+    if getattr(accelerator, "split_batches", False):
+        raise ValueError(
+            "prepare_data_loader got an Accelerator with split_batches=True, which splits "
+            "each batch across the processes; GraftBatchSampler hands each process its own "
+            "batches of its batch_size. Build the Accelerator with split_batches=False (its "
+            "DataLoaderConfiguration) and give the sampler each process's batch size.")
     loader = GraftDataLoader(dataloader, accelerator.device)
     if register_for_checkpointing and not _registered(accelerator, loader.sampler):
         accelerator.register_for_checkpointing(loader)

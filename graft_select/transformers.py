@@ -751,3 +751,11 @@ def _check_supported(trainer):
         if value != wanted:
             raise ValueError(f"The TrainingArguments '{name}' of {owner} must equal {what}, "
                              f"{wanted!r}. Got {value!r} instead.")
+    config = getattr(args, "accelerator_config", None)
+    if getattr(config, "split_batches", False):
+        raise ValueError(
+            f"The TrainingArguments accelerator_config of {owner} has split_batches=True, "
+            "which splits each batch across the processes; GraftBatchSampler hands each "
+            "process its own batches of per_device_train_batch_size. Leave split_batches "
+            "False and set per_device_train_batch_size (and the sampler's batch_size) to "
+            "each process's share.")

@@ -415,6 +415,20 @@ def test_f25_graft_data_loader_has_dataloader_attributes():
         loader.no_such_attribute  # noqa: B018
 
 
+def test_prepare_data_loader_refuses_split_batches():
+    """An Accelerator with split_batches=True (each batch split across processes) was
+    ignored: every process trained whole batches, the run half its steps. Refused."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("accelerate")
+    from graft_select.accelerate import prepare_data_loader
+
+    accelerator = SimpleNamespace(split_batches=True, device=torch.device("cpu"))
+    loader = DataLoader(TensorDataset(torch.arange(40)), batch_sampler=GraftBatchSampler(40, 8))
+    with pytest.raises(ValueError, match=r"split_batches=True.*split_batches=False"):
+        prepare_data_loader(accelerator, loader)
+
+
 def test_f26_skip_first_batches_resumes_exactly(accelerate_runs):
     """skip_first_batches, after load_state or alone, trains exactly the remaining batches."""
     result = _result(accelerate_runs, "skip_batches")

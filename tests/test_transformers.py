@@ -354,6 +354,13 @@ class TestConstruction:
         with pytest.raises(ValueError, match="group_by_length"):
             _trainer(tmp_path, train_sampling_strategy="group_by_length")
 
+    def test_split_batches_raises(self, tmp_path):
+        """split_batches=True split each batch across processes under the plain Trainer
+        and was ignored here (twice the per-process batch, half the steps): refused."""
+        with pytest.raises(ValueError, match=r"accelerator_config of GraftTrainer has "
+                                             r"split_batches=True"):
+            _trainer(tmp_path, accelerator_config={"split_batches": True})
+
     def test_iterable_dataset_raises(self, tmp_path):
         """An IterableDataset is refused at construction."""
         class Stream(torch.utils.data.IterableDataset):
