@@ -59,7 +59,7 @@ def dask_roots(params, plan, X_blocks, G_blocks, bounds):
         bag = db.from_delayed(parts)
         items.append(bag.reduction(_first, functools.partial(_merge_part, plan.task(params, g)),
                                    split_every=plan.fan_in))
-    return list(dask.compute(*items, **_array_scheduler()))
+    return [_realigned(root) for root in dask.compute(*items, **_array_scheduler())]
 
 
 def leaf_masses(params, plan, X_blocks, G_blocks, bounds):
@@ -89,8 +89,8 @@ def _leaf_blocks(leaves, bounds):
 def _leaf_rows(X, gradients, lo, hi):
     """Rows ``lo:hi`` of a block of X and of its gradients (an array, a tuple or None)."""
     if isinstance(gradients, tuple):
-        return X[lo:hi], tuple(A[lo:hi] for A in gradients)
-    return X[lo:hi], None if gradients is None else gradients[lo:hi]
+        return _realigned((X[lo:hi], tuple(A[lo:hi] for A in gradients)))
+    return _realigned((X[lo:hi], None if gradients is None else gradients[lo:hi]))
 
 
 def _leaf_mass_part(params, X, gradients, lo, hi):
@@ -221,3 +221,23 @@ def _combine(found):
     if not found:
         return None
     return (sum(c for c, _ in found), min(f for _, f in found))
+
+
+def _realigned(value):
+    """``value`` with every NumPy array whose memory is not aligned to its itemsize copied.
+
+    Arrays that travel between processes (a ``distributed`` worker's blocks, the
+    roots that come back to the host) are deserialized at whatever byte offset
+    their frame lands on. On such an array NumPy's matmul leaves BLAS for its
+    own loop, which rounds differently (``R.T @ H`` of float32 factors, by
+    about 1e-5), so a tree fit with factored gradients on a process cluster
+    gave other weights and errors from run to run. Tuples (factor pairs,
+    `FactoredGradients`, `_hierarchy.Node`) are walked; anything else (None,
+    device arrays) is returned as it is.
+    """
+    if isinstance(value, np.ndarray):
+        return value if value.flags.aligned else value.copy()
+    if not isinstance(value, tuple):
+        return value
+    parts = [_realigned(part) for part in value]
+    return type(value)(*parts) if hasattr(value, "_fields") else tuple(parts)

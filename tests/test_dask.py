@@ -215,6 +215,22 @@ class TestSameAsInMemory:
                                                gradients=da.from_array(G, chunks=(8192, -1)))
         _assert_same_fit(lazy, eager)
 
+    def test_tree_with_factored_gradients_on_worker_processes(self, client):
+        """chunk_size=None with factored gradients on the processes=True LocalCluster equals
+        the in-memory fit: blocks a worker deserializes at an odd byte offset used to send
+        NumPy's matmul off BLAS, and the weights and gradient_error_ changed from run to run
+        (tests/test_hierarchy.py pins the cause without a cluster)."""
+        rng = np.random.default_rng(5)
+        X = rng.standard_normal((20000, 8)).astype(np.float32)
+        G = FactoredGradients(rng.standard_normal((20000, 3)).astype(np.float32),
+                              rng.standard_normal((20000, 5)).astype(np.float32))
+        params = dict(fraction=0.01, chunk_size=None, uniform_share=0.2, random_state=7)
+        eager = GraftSelector(**params).fit(X, gradients=G)
+        with dask.config.set(scheduler=client.get):
+            lazy = GraftSelector(**params).fit(da.from_array(X, chunks=(3000, -1)),
+                                               gradients=_dask_like(G, (3000, -1)))
+        _assert_same_fit(lazy, eager)
+
     def test_refit_forgets_feature_names(self, data):
         """A refit on a dask array drops feature names of an earlier DataFrame fit."""
         pd = pytest.importorskip("pandas")

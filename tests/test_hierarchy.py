@@ -425,6 +425,35 @@ class TestDask:
         np.testing.assert_array_equal(X_sub, X[sel.sample_indices_])
         np.testing.assert_array_equal(y_sub, labels[sel.sample_indices_])
 
+    @pytest.mark.parametrize("kind", ["dense", "factored"])
+    def test_blocks_at_any_byte_offset(self, data, kind):
+        """Blocks whose memory is not aligned to their itemsize (as a process worker may
+        deserialize them) give the in-memory fit bit for bit: NumPy's matmul leaves BLAS
+        on them and rounds otherwise, which made a tree with factored gradients on a
+        processes=True cluster change its weights from run to run."""
+        def unaligned(block):
+            buffer = bytearray(block.nbytes + 1)
+            moved = np.ndarray(block.shape, block.dtype, buffer=buffer, offset=1)
+            moved[...] = block
+            return moved
+
+        X, _, dense, factored = data
+        X = X.astype(np.float32)
+        G = dense.astype(np.float32) if kind == "dense" else FactoredGradients(
+            *(P.astype(np.float32) for P in factored))
+        lazy_G = _lazy(G, "aligned")
+        lazy_G = FactoredGradients(*(P.map_blocks(unaligned) for P in lazy_G)) \
+            if kind == "factored" else lazy_G.map_blocks(unaligned)
+        params = dict(fraction=0.02, uniform_share=0.2, random_state=7)
+        eager = GraftSelector(**params).fit(X, gradients=G)
+        with dask.config.set(scheduler="synchronous"):
+            flags = _lazy(X, "aligned").map_blocks(unaligned).map_blocks(
+                lambda block: np.array([[block.flags.aligned]]), chunks=(1, 1)).compute()
+            assert not flags.any()  # the case under test
+            lazy = GraftSelector(**params).fit(_lazy(X, "aligned").map_blocks(unaligned),
+                                               gradients=lazy_G)
+        _same(lazy, eager)
+
     def test_default_scheduler_is_threads_not_processes(self, data, monkeypatch):
         """With nothing configured the bags run on threads, as the dask arrays would.
 
