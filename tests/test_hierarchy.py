@@ -53,6 +53,22 @@ def data():
     return X, labels, dense, FactoredGradients(R, H)
 
 
+
+def _blas_threads_of_nodes(monkeypatch):
+    """A list that collects the BLAS pools' thread counts at every node's pivots."""
+    import threadpoolctl
+
+    seen = []
+    real = _hierarchy.stack_order
+
+    def spy(*args):
+        seen.extend(info["num_threads"] for info in threadpoolctl.threadpool_info()
+                    if info["user_api"] == "blas")
+        return real(*args)
+
+    monkeypatch.setattr(_hierarchy, "stack_order", spy)
+    return seen
+
 class TestPlan:
     """`plan_tree`: when there is a tree, and its groups."""
 
@@ -144,17 +160,7 @@ class TestNodeCandidates:
 
     def test_nodes_run_at_one_thread(self, monkeypatch):
         """Every node's factor and pivots run with the BLAS pools at one thread."""
-        import threadpoolctl
-
-        seen = []
-        real = _hierarchy.stack_order
-
-        def spy(*args):
-            seen.extend(info["num_threads"] for info in threadpoolctl.threadpool_info()
-                        if info["user_api"] == "blas")
-            return real(*args)
-
-        monkeypatch.setattr(_hierarchy, "stack_order", spy)
+        seen = _blas_threads_of_nodes(monkeypatch)
         X, _ = prototypes(12 * LEAF)
         GraftSelector(0.005, random_state=0).fit(X)
         assert seen and set(seen) == {1}
@@ -340,18 +346,10 @@ class TestDask:
     def test_nodes_and_roots_run_at_one_thread(self, data, monkeypatch):
         """The dask tree's nodes and roots run with the BLAS pools at one thread, as in
         memory, even where the caller runs BLAS at two threads."""
+        seen = _blas_threads_of_nodes(monkeypatch)
+        X, _, dense, _ = data
         import threadpoolctl
 
-        seen = []
-        real = _hierarchy.stack_order
-
-        def spy(*args):
-            seen.extend(info["num_threads"] for info in threadpoolctl.threadpool_info()
-                        if info["user_api"] == "blas")
-            return real(*args)
-
-        monkeypatch.setattr(_hierarchy, "stack_order", spy)
-        X, _, dense, _ = data
         with threadpoolctl.threadpool_limits(2, user_api="blas"), dask.config.set(
                 scheduler="threads"):
             GraftSelector(0.005, random_state=0).fit(_lazy(X, "aligned"),
