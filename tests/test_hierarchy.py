@@ -53,7 +53,6 @@ def data():
     return X, labels, dense, FactoredGradients(R, H)
 
 
-
 def _blas_threads_of_nodes(monkeypatch):
     """A list that collects the BLAS pools' thread counts at every node's pivots."""
     import threadpoolctl
