@@ -68,6 +68,7 @@ def _blas_threads_of_nodes(monkeypatch):
     monkeypatch.setattr(_hierarchy, "stack_order", spy)
     return seen
 
+
 class TestPlan:
     """`plan_tree`: when there is a tree, and its groups."""
 
