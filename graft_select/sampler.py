@@ -285,7 +285,8 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._resume_done = False  # whether the loaded state's pass had ended
         self._repeated_pass = False  # a full observed pass ran at this epoch before this one
         self._iteration = None  # the current pass (a BatchIterator)
-        self._side_handed_out = 0  # batches of side passes since the last observe()
+        self._side = None  # a pass beside the running one (see _side_pass)
+        self._side_seen = 0  # its batches handed out at the last observe()
         self._pass_offsets = (0, 0)  # (plan offset, sample offset) of the current pass
         self._pass_length = 0  # batches the current pass hands out
 
@@ -378,6 +379,8 @@ class GraftBatchSampler(Sampler[list[int]]):
             Explicit per-sample gradient proxies, instead of logits and targets
             (passing both raises).
         """
+        if indices is None and self._side is not None:
+            self._follow_a_trained_side_pass()
         if self._repeated_pass:
             self._repeated_pass = False
             refit = (f" and the refit due at epoch {self.epoch + 1} never happens"
@@ -389,33 +392,36 @@ class GraftBatchSampler(Sampler[list[int]]):
                 f"each epoch; with Lightning, add graft_select.lightning.GraftCallback"
                 f"(sampler) to the Trainer's callbacks (Lightning does not call set_epoch on "
                 f"a batch sampler).", UserWarning, stacklevel=2)
-        side, self._side_handed_out = self._side_handed_out, 0
-        if indices is None and side:
-            self._check_not_training_a_side_pass(side)
         self._recorder.observe(self._iteration, self.epoch, indices, embeddings=embeddings,
                                logits=logits, targets=targets, gradients=gradients)
 
-    def _check_not_training_a_side_pass(self, side):
-        """Raise where the loop received nothing of the running pass since the last
-        observe() while a pass beside it handed out ``side`` batches: the loop left the
-        running pass (its DataLoader iterator still alive) and trains the new one, whose
-        batches observe() without indices cannot pair."""
-        running = self._iteration
-        if running is None or running._last_received is None:
+    def _follow_a_trained_side_pass(self):
+        """Make the pass beside the running one the running pass when the loop trains it.
+
+        The loop received nothing of the running pass since the last observe() while
+        the side pass handed out batches: it left the running pass, whose DataLoader
+        iterator something else keeps alive (a held ``it = iter(loader)``, a loader
+        that keeps its iterator, a traceback), and trains the new iteration, as a new
+        pass always replaced the old one. Where the running pass was observed with
+        explicit indices only, which pass the loop is on cannot be told: that raises.
+        """
+        side, running = self._side, self._iteration
+        handed_out, self._side_seen = side.position, side.position
+        if handed_out == side.start or running is None:
             return
-        if running.received() > running._last_received:
-            return  # the loop went on with the running pass (the side pass was an evaluation)
-        raise ValueError(
-            f"observe() without 'indices' pairs a batch with the running pass of epoch "
-            f"{self.epoch} ({running.received()} of {len(running.batches)} batches "
-            f"received), but the loop received none of it since the last observe() while "
-            f"another iteration over this sampler, under another DataLoader iterator, "
-            f"handed out {side} batch{'es' if side > 1 else ''}. Such an iteration is "
-            f"taken for an evaluation over the training loader and records nothing, "
-            f"because the running pass's "
-            f"DataLoader iterator is still alive. To train a new pass, call "
-            f"set_epoch() first or let go of the earlier iterator (``del it``), or pass "
-            f"indices= to observe().")
+        seen = running._last_received
+        if seen is None:
+            raise ValueError(
+                "observe() without 'indices' cannot tell which pass the training loop is "
+                f"on: a new iteration over this sampler handed out {handed_out} batches "
+                f"while the running pass of epoch {self.epoch}, observed with explicit "
+                "indices so far, is still held by a DataLoader iterator. Pass indices= to "
+                "observe(), or call set_epoch() before a new pass.")
+        if running.received() > seen:
+            return  # the loop went on with the running pass: the side pass was an evaluation
+        self._repeated_pass = running.position >= len(running.batches)
+        self._iteration, self._side = side, None
+        self._pass_offsets, self._pass_length = (0, 0), len(side.batches)
 
     def watch(self, model, layer=None):
         """Capture the input and output of the model's head at every forward.
@@ -478,6 +484,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         if epoch != self.epoch:
             self._resume = None
             self._iteration = None
+            self._side = None
             self._repeated_pass = False
         self.epoch = epoch
 
@@ -544,32 +551,28 @@ class GraftBatchSampler(Sampler[list[int]]):
         return itertools.chain((batch.tolist() for batch in batches[:skip]), self._iteration)
 
     def _runs_under_another_loader(self):
-        """Whether a pass of this epoch is running under a DataLoader iterator that is
-        still alive and is not the one iterating now: the new iteration is then a pass
-        of its own beside the training one (an evaluation over the training loader in
-        the middle of an epoch), see `_side_pass`."""
+        """Whether a trained pass of this epoch (one observe() at least) is held by a
+        DataLoader iterator that is alive and is not the one iterating now: the new
+        iteration is then a pass beside it (an evaluation over the training loader),
+        see `_side_pass`. An unobserved pass (a validation or sanity check over the
+        training loader, before training) is replaced, as any pass before a new one."""
         running = self._iteration
-        if running is None or running.skip or not running.running:
+        if running is None or running.skip or not running.observed_any:
             return False
         loader = running.loader()
         return loader is not None and loader is not loader_iterator()
 
     def _side_pass(self):
-        """The epoch's batches for an iteration beside the running pass (an evaluation
-        over the training loader in the middle of an epoch): this rank's share of the
-        whole plan, in order. It records nothing, moves no resume position and leaves
-        the running pass as it is: observe() and state_dict() keep following that one.
-        A loop that trains such a pass instead is stopped at its first observe() without
-        indices (see `observe`)."""
+        """A pass of the epoch's batches beside the running one (an evaluation over the
+        training loader from a callback or between steps): this rank's share of the whole
+        plan, in order. The running pass stays the one observe() pairs with and
+        state_dict() saves, unless the loop trains the side pass instead (see
+        `_follow_a_trained_side_pass`)."""
         batches = _plan.split_batches(self._shard(self._plan()), self.batch_size,
                                       self.drop_last)
-
-        def side():
-            for batch in batches:
-                self._side_handed_out += 1
-                yield batch.tolist()
-
-        return side()
+        self._side = BatchIterator(batches, 0, self._recorder)
+        self._side_seen = 0
+        return self._side
 
     def _pass_batches(self, skip=None):
         """``(batches, start, (plan_offset, sample_offset))`` of the coming pass.
@@ -735,7 +738,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._resume = (checked["plan_offset"],
                         checked["sample_offset"] + checked["batches_yielded"] * batch_size,
                         checked["num_replicas"])
-        self._iteration = None
+        self._iteration = self._side = None
 
     def _position(self):
         """The resume position: the state's batches_yielded and what they count in."""
