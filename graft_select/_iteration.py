@@ -17,6 +17,9 @@ from ._watch import LastLayerCapture
 
 __all__ = ["BatchIterator", "LastLayerCapture"]
 
+#: Counts the batches every pass hands out: which of two passes handed one out last.
+_HANDOUTS = itertools.count(1)
+
 #: Pending batches searched for the one observe(indices=...) names (depths 0 to 8).
 SEARCH_DEPTH = 9
 
@@ -50,6 +53,7 @@ class BatchIterator:
         self.skip = skip
         self.position = start
         self.consumed = start
+        self.last_handout = 0  # when it last handed out a batch (a count over all passes)
         self.observed_any = False
         self.pending = collections.deque()
         self._distinct = None
@@ -105,6 +109,7 @@ class BatchIterator:
         batch = self.batches[self.position]
         self.pending.append(self.position)
         self.position += 1
+        self.last_handout = next(_HANDOUTS)
         return batch.tolist()
 
     def __len__(self):

@@ -287,6 +287,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._iteration = None  # the current pass (a BatchIterator)
         self._side = None  # a pass beside the running one (see _side_pass)
         self._side_seen = 0  # its batches handed out at the last observe()
+        self._side_offsets = (0, 0)  # its _pass_offsets, should it become the running pass
         self._pass_offsets = (0, 0)  # (plan offset, sample offset) of the current pass
         self._pass_length = 0  # batches the current pass hands out
 
@@ -410,6 +411,10 @@ class GraftBatchSampler(Sampler[list[int]]):
         if handed_out == side.start or running is None:
             return
         seen = running._last_received
+        if not running.observed_any:  # nothing to count from: the pass that handed out last
+            if side.last_handout > running.last_handout:
+                self._follow(side, running)
+            return
         if seen is None:
             raise ValueError(
                 "observe() without 'indices' cannot tell which pass the training loop is "
@@ -419,9 +424,13 @@ class GraftBatchSampler(Sampler[list[int]]):
                 "observe(), or call set_epoch() before a new pass.")
         if running.received() > seen:
             return  # the loop went on with the running pass: the side pass was an evaluation
-        self._repeated_pass = running.position >= len(running.batches)
+        self._follow(side, running)
+
+    def _follow(self, side, running):
+        """The side pass becomes the running pass (see `_follow_a_trained_side_pass`)."""
+        self._repeated_pass = running.observed_any and running.position >= len(running.batches)
         self._iteration, self._side = side, None
-        self._pass_offsets, self._pass_length = (0, 0), len(side.batches)
+        self._pass_offsets, self._pass_length = self._side_offsets, len(side.batches) - side.start
 
     def watch(self, model, layer=None):
         """Capture the input and output of the model's head at every forward.
@@ -557,7 +566,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         see `_side_pass`. An unobserved pass (a validation or sanity check over the
         training loader, before training) is replaced, as any pass before a new one."""
         running = self._iteration
-        if running is None or running.skip or not running.observed_any:
+        if running is None or running.skip:
             return False
         loader = running.loader()
         return loader is not None and loader is not loader_iterator()
@@ -568,10 +577,15 @@ class GraftBatchSampler(Sampler[list[int]]):
         plan, in order. The running pass stays the one observe() pairs with and
         state_dict() saves, unless the loop trains the side pass instead (see
         `_follow_a_trained_side_pass`)."""
-        batches = _plan.split_batches(self._shard(self._plan()), self.batch_size,
-                                      self.drop_last)
-        self._side = BatchIterator(batches, 0, self._recorder)
-        self._side_seen = 0
+        running = self._iteration
+        if running.observed_any:  # an evaluation in the middle of training: the whole epoch
+            batches, start = _plan.split_batches(self._shard(self._plan()), self.batch_size,
+                                                 self.drop_last), 0
+        else:  # beside a pass nothing observed yet (a sanity check): from where it started
+            batches, start = running.batches, running.start
+        self._side = BatchIterator(batches, start, self._recorder)
+        self._side_seen = start
+        self._side_offsets = (0, 0) if running.observed_any else self._pass_offsets
         return self._side
 
     def _pass_batches(self, skip=None):

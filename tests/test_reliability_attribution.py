@@ -1046,3 +1046,56 @@ def test_watch_pools_a_per_token_head_at_the_returned_token(pool):
     with torch.no_grad():
         expected = model.tokens(X)[torch.arange(N), lengths - 1]
     assert bool(_assert_attributed(sampler, expected).all())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_before_the_first_batch(workers):
+    """An evaluation over the training loader after the training loop made its iterator
+    but before its first batch (Lightning's on_train_epoch_start): with no workers the
+    untouched pass was replaced, the loop trained the old one, and its rows were stored
+    under the evaluation's indices. The pass that handed out a batch last is now the one
+    the first observe() pairs with."""
+    X, y, model, sampler = _setup()
+    loader = DataLoader(TensorDataset(X, y), batch_sampler=sampler, num_workers=workers)
+    sampler.set_epoch(0)
+    training = iter(loader)
+    with torch.no_grad():
+        evaluated = sum(len(xe) for xe, _ in loader)
+    for x, _ in training:
+        model(x).sum().backward()
+        sampler.observe()
+    assert evaluated == N
+    assert bool(_assert_attributed(sampler, model.embed(X)).all())
+
+
+def test_sanity_check_after_a_resume_keeps_the_position():
+    """A validation over the training loader right after load_state_dict (Lightning's
+    sanity check on resume) took the resume position, and training started the epoch
+    over (rows stored under other samples, then a raise). Training now resumes at the
+    saved position."""
+    X, y, model, sampler = _setup()
+    loader = DataLoader(TensorDataset(X, y), batch_sampler=sampler)
+    sampler.set_epoch(0)
+    whole = [list(batch) for batch in sampler]
+    sampler.set_epoch(1)
+    sampler.set_epoch(0)
+    for step, (x, _) in enumerate(loader):
+        model(x).sum().backward()
+        sampler.observe()
+        if step == 2:
+            break
+    state = sampler.state_dict()
+    resumed = GraftBatchSampler(N, B, fraction=1.0, warm_start_epochs=1, targets=y)
+    resumed.watch(model)
+    resumed.load_state_dict(state)
+    loader = DataLoader(TensorDataset(X, y, torch.arange(N)), batch_sampler=resumed)
+    sanity = iter(loader)
+    with torch.no_grad():
+        next(sanity), next(sanity)
+    trained = []
+    for x, _, index in loader:
+        model(x).sum().backward()
+        resumed.observe()
+        trained.append(index.tolist())
+    assert trained == whole[3:]
+    del sanity
