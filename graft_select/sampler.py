@@ -560,16 +560,18 @@ class GraftBatchSampler(Sampler[list[int]]):
         return itertools.chain((batch.tolist() for batch in batches[:skip]), self._iteration)
 
     def _runs_under_another_loader(self):
-        """Whether a trained pass of this epoch (one observe() at least) is held by a
-        DataLoader iterator that is alive and is not the one iterating now: the new
-        iteration is then a pass beside it (an evaluation over the training loader),
-        see `_side_pass`. An unobserved pass (a validation or sanity check over the
-        training loader, before training) is replaced, as any pass before a new one."""
+        """Whether a pass of this epoch is held by a DataLoader iterator that is alive
+        and is not the one iterating now, or was handed out to a loop that iterates the
+        sampler itself while a DataLoader iterates now: the new iteration is then a pass
+        beside it (an evaluation over the training loader), see `_side_pass`."""
         running = self._iteration
         if running is None or running.skip:
             return False
+        current = loader_iterator()
+        if running._loader is None:  # a loop that iterates the sampler itself
+            return current is not None and not running.untouched
         loader = running.loader()
-        return loader is not None and loader is not loader_iterator()
+        return loader is not None and loader is not current
 
     def _side_pass(self):
         """A pass of the epoch's batches beside the running one (an evaluation over the

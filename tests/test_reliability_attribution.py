@@ -1099,3 +1099,20 @@ def test_sanity_check_after_a_resume_keeps_the_position():
         trained.append(index.tolist())
     assert trained == whole[3:]
     del sanity
+
+
+def test_loop_over_the_sampler_with_a_dataloader_evaluation():
+    """A loop that iterates the sampler itself and evaluates through a DataLoader over it
+    mid-epoch: the evaluation replaced the loop's pass, and the next observe() stored
+    the loop's batch under the evaluation's samples. It is now a pass beside it."""
+    X, y, model, sampler = _setup()
+    sampler.set_epoch(0)
+    for step, batch in enumerate(sampler):
+        model(X[batch]).sum().backward()
+        sampler.observe()
+        if step == 2:
+            with torch.no_grad():
+                evaluated = sum(len(xe) for xe, _ in DataLoader(TensorDataset(X, y),
+                                                                 batch_sampler=sampler))
+    assert evaluated == N
+    assert bool(_assert_attributed(sampler, model.embed(X)).all())
