@@ -15,7 +15,7 @@ import torch
 
 from ._watch import LastLayerCapture
 
-__all__ = ["BatchIterator", "LastLayerCapture"]
+__all__ = ["BatchIterator", "LastLayerCapture", "SidePass"]
 
 #: Counts the batches every pass hands out: which of two passes handed one out last.
 _HANDOUTS = itertools.count(1)
@@ -377,6 +377,62 @@ def _at_for_iter(frame):
         return dis.opname[frame.f_code.co_code[frame.f_lasti]].startswith("FOR_ITER")
     except (IndexError, AttributeError):
         return False
+
+
+class SidePass:
+    """A pass beside the running one (an evaluation over the training loader from a
+    callback or between steps), and whether the loop trains it instead.
+
+    ``iteration`` is its BatchIterator, ``offsets`` the sampler's pass offsets it
+    stands for, should it become the running pass.
+    """
+
+    def __init__(self, iteration, offsets):
+        self.iteration = iteration
+        self.offsets = offsets
+        self.seen = iteration.start  # its batches handed out at the last observe()
+
+    @staticmethod
+    def beside(running):
+        """Whether a new iteration is a pass beside ``running``: a pass held by a
+        DataLoader iterator that is alive and is not the one iterating now, or handed
+        out to a loop that iterates the sampler itself while a DataLoader iterates now."""
+        if running is None or running.skip:
+            return False
+        current = loader_iterator()
+        if running._loader is None:  # a loop that iterates the sampler itself
+            return current is not None and not running.untouched
+        loader = running.loader()
+        return loader is not None and loader is not current
+
+    def trained_instead(self, running, epoch):
+        """Whether the loop trains this pass rather than ``running`` (at an observe()
+        without indices).
+
+        It does when it received nothing of the running pass since the last
+        observe() while this pass handed out batches: it left the running pass,
+        whose DataLoader iterator something else keeps alive (a held ``it =
+        iter(loader)``, a loader that keeps its iterator, a traceback), as a new
+        pass always replaced the old one. Beside a pass nothing observed yet, the
+        pass that handed out a batch last is the loop's. Where the running pass
+        was observed with explicit indices only, which pass the loop is on cannot
+        be told: that raises.
+        """
+        side = self.iteration
+        handed_out, self.seen = side.position, side.position
+        if handed_out == side.start or running is None:
+            return False
+        if not running.observed_any:
+            return side.last_handout > running.last_handout
+        seen = running._last_received
+        if seen is None:
+            raise ValueError(
+                "observe() without 'indices' cannot tell which pass the training loop is "
+                f"on: a new iteration over this sampler handed out {handed_out} batches "
+                f"while the running pass of epoch {epoch}, observed with explicit "
+                "indices so far, is still held by a DataLoader iterator. Pass indices= to "
+                "observe(), or call set_epoch() before a new pass.")
+        return running.received() <= seen
 
 
 def loader_iterator():

@@ -29,8 +29,8 @@ from ._checks import LOSSES, check_labels, check_regression_targets
 from ._iteration import (
     BatchIterator,
     LastLayerCapture,
+    SidePass,
     calling_owner,
-    loader_iterator,
     refuse_accelerate_wrapper,
 )
 from ._planner import EpochPlanner, RefitReport
@@ -285,9 +285,7 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._resume_done = False  # whether the loaded state's pass had ended
         self._repeated_pass = False  # a full observed pass ran at this epoch before this one
         self._iteration = None  # the current pass (a BatchIterator)
-        self._side = None  # a pass beside the running one (see _side_pass)
-        self._side_seen = 0  # its batches handed out at the last observe()
-        self._side_offsets = (0, 0)  # its _pass_offsets, should it become the running pass
+        self._side = None  # a SidePass beside the running pass (see _side_pass)
         self._pass_offsets = (0, 0)  # (plan offset, sample offset) of the current pass
         self._pass_length = 0  # batches the current pass hands out
 
@@ -380,8 +378,9 @@ class GraftBatchSampler(Sampler[list[int]]):
             Explicit per-sample gradient proxies, instead of logits and targets
             (passing both raises).
         """
-        if indices is None and self._side is not None:
-            self._follow_a_trained_side_pass()
+        if indices is None and self._side is not None and self._side.trained_instead(
+                self._iteration, self.epoch):
+            self._follow_side_pass()
         if self._repeated_pass:
             self._repeated_pass = False
             refit = (f" and the refit due at epoch {self.epoch + 1} never happens"
@@ -396,41 +395,13 @@ class GraftBatchSampler(Sampler[list[int]]):
         self._recorder.observe(self._iteration, self.epoch, indices, embeddings=embeddings,
                                logits=logits, targets=targets, gradients=gradients)
 
-    def _follow_a_trained_side_pass(self):
-        """Make the pass beside the running one the running pass when the loop trains it.
-
-        The loop received nothing of the running pass since the last observe() while
-        the side pass handed out batches: it left the running pass, whose DataLoader
-        iterator something else keeps alive (a held ``it = iter(loader)``, a loader
-        that keeps its iterator, a traceback), and trains the new iteration, as a new
-        pass always replaced the old one. Where the running pass was observed with
-        explicit indices only, which pass the loop is on cannot be told: that raises.
-        """
+    def _follow_side_pass(self):
+        """The side pass, which the loop trains, becomes the running pass."""
         side, running = self._side, self._iteration
-        handed_out, self._side_seen = side.position, side.position
-        if handed_out == side.start or running is None:
-            return
-        seen = running._last_received
-        if not running.observed_any:  # nothing to count from: the pass that handed out last
-            if side.last_handout > running.last_handout:
-                self._follow(side, running)
-            return
-        if seen is None:
-            raise ValueError(
-                "observe() without 'indices' cannot tell which pass the training loop is "
-                f"on: a new iteration over this sampler handed out {handed_out} batches "
-                f"while the running pass of epoch {self.epoch}, observed with explicit "
-                "indices so far, is still held by a DataLoader iterator. Pass indices= to "
-                "observe(), or call set_epoch() before a new pass.")
-        if running.received() > seen:
-            return  # the loop went on with the running pass: the side pass was an evaluation
-        self._follow(side, running)
-
-    def _follow(self, side, running):
-        """The side pass becomes the running pass (see `_follow_a_trained_side_pass`)."""
         self._repeated_pass = running.observed_any and running.position >= len(running.batches)
-        self._iteration, self._side = side, None
-        self._pass_offsets, self._pass_length = self._side_offsets, len(side.batches) - side.start
+        self._iteration, self._side = side.iteration, None
+        self._pass_offsets = side.offsets
+        self._pass_length = len(side.iteration.batches) - side.iteration.start
 
     def watch(self, model, layer=None):
         """Capture the input and output of the model's head at every forward.
@@ -535,7 +506,7 @@ class GraftBatchSampler(Sampler[list[int]]):
     def __iter__(self):
         refuse_accelerate_wrapper()
         skip = _accelerate_skip(self)
-        if skip is None and self._runs_under_another_loader():
+        if skip is None and SidePass.beside(self._iteration):
             return self._side_pass()
         self._warn_if_epoch_repeats()
         if skip is not None and "graft_select.accelerate" in sys.modules:
@@ -559,36 +530,21 @@ class GraftBatchSampler(Sampler[list[int]]):
         # out as placeholders, never as handed-out batches (observe() would pair with them)
         return itertools.chain((batch.tolist() for batch in batches[:skip]), self._iteration)
 
-    def _runs_under_another_loader(self):
-        """Whether a pass of this epoch is held by a DataLoader iterator that is alive
-        and is not the one iterating now, or was handed out to a loop that iterates the
-        sampler itself while a DataLoader iterates now: the new iteration is then a pass
-        beside it (an evaluation over the training loader), see `_side_pass`."""
-        running = self._iteration
-        if running is None or running.skip:
-            return False
-        current = loader_iterator()
-        if running._loader is None:  # a loop that iterates the sampler itself
-            return current is not None and not running.untouched
-        loader = running.loader()
-        return loader is not None and loader is not current
-
     def _side_pass(self):
         """A pass of the epoch's batches beside the running one (an evaluation over the
         training loader from a callback or between steps): this rank's share of the whole
         plan, in order. The running pass stays the one observe() pairs with and
         state_dict() saves, unless the loop trains the side pass instead (see
-        `_follow_a_trained_side_pass`)."""
+        `SidePass.trained_instead`)."""
         running = self._iteration
         if running.observed_any:  # an evaluation in the middle of training: the whole epoch
             batches, start = _plan.split_batches(self._shard(self._plan()), self.batch_size,
                                                  self.drop_last), 0
         else:  # beside a pass nothing observed yet (a sanity check): from where it started
             batches, start = running.batches, running.start
-        self._side = BatchIterator(batches, start, self._recorder)
-        self._side_seen = start
-        self._side_offsets = (0, 0) if running.observed_any else self._pass_offsets
-        return self._side
+        offsets = (0, 0) if running.observed_any else self._pass_offsets
+        self._side = SidePass(BatchIterator(batches, start, self._recorder), offsets)
+        return self._side.iteration
 
     def _pass_batches(self, skip=None):
         """``(batches, start, (plan_offset, sample_offset))`` of the coming pass.
