@@ -90,11 +90,6 @@ class BatchIterator:
         """Whether this pass has handed out no batch yet."""
         return self.position == self.start and not self.pending
 
-    @property
-    def running(self):
-        """Whether this pass handed out batches and has batches left to hand out or observe."""
-        return not self.untouched and (self.position < len(self.batches) or bool(self.pending))
-
     def loader(self):
         """The DataLoader iterator this pass runs under, while it is alive; else None."""
         return None if self._loader is None else self._loader()
@@ -390,7 +385,6 @@ class SidePass:
     def __init__(self, iteration, offsets):
         self.iteration = iteration
         self.offsets = offsets
-        self.seen = iteration.start  # its batches handed out at the last observe()
 
     @staticmethod
     def beside(running):
@@ -419,7 +413,7 @@ class SidePass:
         be told: that raises.
         """
         side = self.iteration
-        handed_out, self.seen = side.position, side.position
+        handed_out = side.position
         if handed_out == side.start or running is None:
             return False
         if not running.observed_any:

@@ -538,11 +538,11 @@ class GraftBatchSampler(Sampler[list[int]]):
         `SidePass.trained_instead`)."""
         running = self._iteration
         if running.observed_any:  # an evaluation in the middle of training: the whole epoch
-            batches, start = _plan.split_batches(self._shard(self._plan()), self.batch_size,
-                                                 self.drop_last), 0
+            batches = _plan.split_batches(self._shard(self._plan()), self.batch_size,
+                                          self.drop_last)
+            start, offsets = 0, (0, 0)
         else:  # beside a pass nothing observed yet (a sanity check): from where it started
-            batches, start = running.batches, running.start
-        offsets = (0, 0) if running.observed_any else self._pass_offsets
+            batches, start, offsets = running.batches, running.start, self._pass_offsets
         self._side = SidePass(BatchIterator(batches, start, self._recorder), offsets)
         return self._side.iteration
 
