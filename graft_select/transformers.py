@@ -339,6 +339,21 @@ class GraftTrainerMixin:
         the next ones, each opened with the callbacks' ``on_epoch_begin``, until
         ``max_steps``.
         """
+        result = self._one_epoch(*args, **kwargs)
+        state = self.state
+        # a loop here, not a call per added epoch: a long max_steps over shrunk epochs
+        # would otherwise nest one call per epoch
+        while (self.args.max_steps > 0 and kwargs["epoch"] + 1 >= self._loop_epochs
+               and state.global_step < state.max_steps
+               and not self.control.should_training_stop):
+            kwargs.update(epoch=kwargs["epoch"] + 1, steps_trained_in_current_epoch=0)
+            self._loop_epochs = state.num_train_epochs = kwargs["epoch"] + 1
+            self.control = self.callback_handler.on_epoch_begin(self.args, state, self.control)
+            result = self._one_epoch(*args, **kwargs)
+        return result
+
+    def _one_epoch(self, *args, **kwargs):
+        """The Trainer's epoch ``kwargs["epoch"]``, with the sampler's batches for it."""
         epoch = kwargs["epoch"]
         self.sampler.set_epoch(epoch)
         batches = len(self.sampler)  # the epoch's real plan (a refit runs here)
@@ -346,16 +361,7 @@ class GraftTrainerMixin:
         if self._capture is None:
             self._capture = self._watch()
         kwargs.update(steps_in_epoch=batches, num_update_steps_per_epoch=self._steps_of(batches))
-        result = super()._run_epoch(*args, **kwargs)
-        state = self.state
-        if (self.args.max_steps > 0 and epoch + 1 >= self._loop_epochs
-                and state.global_step < state.max_steps and not self.control.should_training_stop):
-            self._loop_epochs = epoch + 2
-            state.num_train_epochs = self._loop_epochs
-            self.control = self.callback_handler.on_epoch_begin(self.args, state, self.control)
-            kwargs.update(epoch=epoch + 1, steps_trained_in_current_epoch=0)
-            return self._run_epoch(*args, **kwargs)
-        return result
+        return super()._run_epoch(*args, **kwargs)
 
     def _check_planned(self, epoch, batches):
         if epoch >= len(self.epoch_batches):
