@@ -449,16 +449,16 @@ class GraftTrainerMixin:
         if capture.per_token:
             self._observe_causal_lm(labels)
         elif capture.problem is not None:
-            raise ValueError(self._unsupported(
+            raise ValueError(_unsupported(self,
                 f"its head {capture.name()} {capture.problem} at its latest forward"))
         elif capture.outputs is not None and capture.outputs.shape[0] != len(self._indices()):
-            raise ValueError(self._unsupported(
+            raise ValueError(_unsupported(self,
                 f"its head {capture.name()} gave {capture.outputs.shape[0]} rows for the "
                 f"micro-batch's {len(self._indices())} samples (a multiple-choice model "
                 f"scores each choice)"))
         elif labels is not None:
             if self.sampler.loss == "cross_entropy" and labels.ndim != 1:
-                raise ValueError(self._unsupported(
+                raise ValueError(_unsupported(self,
                     f"its batches' labels have shape {tuple(labels.shape)}, not (b,): one "
                     f"class per sample (multi-label and per-token labels are not)"))
             self.sampler.observe(self._indices(), targets=labels)
@@ -469,16 +469,6 @@ class GraftTrainerMixin:
                 f"{type(self).__name__} needs each training batch's class labels: the "
                 "batches have no 'labels' entry; name the label column 'labels' (as "
                 "transformers' collators do) or give GraftBatchSampler targets=.")
-
-    def _unsupported(self, reason):
-        """The message for a model GraftTrainer does not train, with ``reason``."""
-        return (f"{type(self).__name__} supports single-label sequence classification "
-                f"(head outputs (b, C), labels (b,); a decoder that pools its last token's "
-                f"logits included), regression with GraftBatchSampler(loss='mse'), and "
-                f"causal LMs (outputs (b, T, V), labels (b, T)); {type(self.model).__name__} "
-                f"is not one of these: {reason}. Train it with transformers.Trainer, or in a "
-                f"loop that records per-sample gradient proxies with "
-                f"GraftBatchSampler.observe(indices, gradients=...).")
 
     def _observe_causal_lm(self, labels):
         """Record the micro-batch's CausalLMProxy rows, from the LM head's latest forward."""
@@ -720,6 +710,17 @@ def _epoch_steps(steps, num_train_epochs):
     if whole < len(steps):
         total += math.ceil((num_train_epochs - whole) * steps[whole])
     return total
+
+
+def _unsupported(trainer, reason):
+    """The message for a model ``trainer`` (a GraftTrainer) does not train, with ``reason``."""
+    return (f"{type(trainer).__name__} supports single-label sequence classification "
+            f"(head outputs (b, C), labels (b,); a decoder that pools its last token's "
+            f"logits included), regression with GraftBatchSampler(loss='mse'), and "
+            f"causal LMs (outputs (b, T, V), labels (b, T)); {type(trainer.model).__name__} "
+            f"is not one of these: {reason}. Train it with transformers.Trainer, or in a "
+            f"loop that records per-sample gradient proxies with "
+            f"GraftBatchSampler.observe(indices, gradients=...).")
 
 
 def _check_supported(trainer):
